@@ -1,0 +1,46 @@
+"""Shared fixtures: a seeded run per test and `check_layer`, the one way every layer is tested."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    keras.utils.set_random_seed(0)
+    yield 0
+
+
+@pytest.fixture(autouse=True)
+def float32_policy():
+    """A test that switches to mixed precision must not leak it into the next test."""
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def check_layer(layer, inputs, tmp_path, **call_kwargs):
+    """Config round-trip, eager call, symbolic call, one `fit` step and `.keras` save/load of `layer`."""
+    outputs = np.asarray(layer(inputs, **call_kwargs))
+
+    clone = layer.__class__.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    clone(inputs, **call_kwargs)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(np.asarray(clone(inputs, **call_kwargs)), outputs, atol=1e-6)
+
+    symbolic_in = keras.Input(shape=inputs.shape[1:], dtype=str(inputs.dtype), batch_size=None)
+    wrapper = keras.Model(symbolic_in, layer(symbolic_in, **call_kwargs))
+    assert tuple(wrapper.output.shape[1:]) == outputs.shape[1:]
+
+    wrapper.compile(optimizer="sgd", loss="mse")
+    wrapper.fit(inputs, np.zeros_like(outputs), epochs=1, batch_size=len(inputs), verbose=0)
+
+    path = str(tmp_path / "layer.keras")
+    wrapper.save(path)
+    restored = keras.models.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(np.asarray(restored(inputs)), np.asarray(wrapper(inputs)), atol=1e-6)
+    return outputs

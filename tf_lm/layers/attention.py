@@ -1,0 +1,123 @@
+"""Causal multi-head self-attention with a fused QKV projection and a fixed-shape KV cache."""
+
+import math
+
+import keras
+from keras import ops
+
+# Finite rather than -inf so a row with every key masked (a padded query) gives a uniform, not NaN, softmax.
+_MASKED_SCORE = -1e9
+
+
+def _default_kernel_initializer():
+    return keras.initializers.RandomNormal(stddev=0.02)
+
+
+@keras.saving.register_keras_serializable(package="tf_lm")
+class CausalSelfAttention(keras.layers.Layer):
+    """Multi-head self-attention in which position t only attends to positions <= t.
+
+    The causal mask is built here from positions, so callers only pass padding. With a cache the
+    layer processes only the new tokens: it writes their keys/values into the preallocated cache
+    at `cache_index` and attends over the whole cache, the causal mask turning rectangular.
+
+    Args:
+        num_heads: int. Number of attention heads; must divide the input width.
+        dropout: float, default 0. Dropout on the attention weights and on the output projection.
+        kernel_initializer: initializer of the QKV projection. Defaults to N(0, 0.02).
+        output_kernel_initializer: initializer of the output projection. Defaults to N(0, 0.02);
+            GPT-2 scales it by 1/sqrt(2·n_layer), which `TransformerLM` does.
+
+    Call args:
+        x: float tensor `[batch, time, hidden_dim]`.
+        padding_mask: optional bool/int tensor `[batch, key_length]`, 1 for real tokens. `key_length` is
+            `time` without a cache and the cache length with one.
+        cache: optional float tensor `[batch, 2, max_length, num_heads, head_dim]` (keys, values).
+        cache_index: int scalar, required with `cache`: the position of `x[:, 0]`.
+        training: bool, default False. Enables dropout.
+
+    Returns:
+        `y` of shape `[batch, time, hidden_dim]`, or `(y, updated_cache)` when a cache was passed.
+
+    Example:
+    >>> attention = CausalSelfAttention(num_heads=2)
+    >>> attention(ops.ones((2, 5, 8))).shape
+    (2, 5, 8)
+    """
+
+    def __init__(self, num_heads, dropout=0.0, kernel_initializer=None, output_kernel_initializer=None, **kwargs):
+        super().__init__(**kwargs)
+        if int(num_heads) < 1:
+            raise ValueError(f"num_heads must be >= 1. Received: num_heads={num_heads}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout}")
+        self.num_heads = int(num_heads)
+        self.dropout = float(dropout)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer or _default_kernel_initializer())
+        self.output_kernel_initializer = keras.initializers.get(
+            output_kernel_initializer or _default_kernel_initializer()
+        )
+
+    def build(self, input_shape):
+        hidden_dim = input_shape[-1]
+        if hidden_dim % self.num_heads:
+            raise ValueError(
+                f"The input width must be divisible by num_heads. Received: hidden_dim={hidden_dim}, "
+                f"num_heads={self.num_heads}"
+            )
+        self.hidden_dim = hidden_dim
+        self.head_dim = hidden_dim // self.num_heads
+        self.qkv_dense = keras.layers.Dense(
+            3 * hidden_dim, kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy, name="qkv"
+        )
+        self.qkv_dense.build(input_shape)
+        self.output_dense = keras.layers.Dense(
+            hidden_dim, kernel_initializer=self.output_kernel_initializer, dtype=self.dtype_policy, name="output"
+        )
+        self.output_dense.build(input_shape)
+        self.attention_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self.output_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+
+    def call(self, x, padding_mask=None, cache=None, cache_index=None, training=False):
+        batch, time = ops.shape(x)[0], ops.shape(x)[1]
+        qkv = ops.reshape(self.qkv_dense(x), (batch, time, 3, self.num_heads, self.head_dim))  # (B, T, 3, H, Dh)
+        query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, H, Dh) each
+
+        query_start = 0
+        if cache is not None:
+            if cache_index is None:
+                raise ValueError("cache_index is required when a cache is passed.")
+            new_entries = ops.stack([key, value], axis=1)  # (B, 2, T, H, Dh)
+            cache = ops.slice_update(cache, (0, 0, cache_index, 0, 0), ops.cast(new_entries, cache.dtype))
+            key, value = cache[:, 0], cache[:, 1]  # (B, S, H, Dh)
+            query_start = cache_index
+
+        key_length = ops.shape(key)[1]
+        query_positions = ops.arange(time) + query_start
+        allowed = ops.arange(key_length)[None, :] <= query_positions[:, None]  # (T, S)
+        allowed = allowed[None, None]  # (1, 1, T, S)
+        if padding_mask is not None:
+            allowed = ops.logical_and(allowed, ops.cast(padding_mask, "bool")[:, None, None, :])  # (B, 1, T, S)
+
+        scores = ops.einsum("bqhd,bkhd->bhqk", query, ops.cast(key, query.dtype))  # (B, H, T, S)
+        scores = ops.cast(scores, "float32") * (1.0 / math.sqrt(self.head_dim))
+        scores = ops.where(allowed, scores, _MASKED_SCORE)
+        weights = ops.cast(ops.softmax(scores, axis=-1), query.dtype)
+        weights = self.attention_dropout(weights, training=training)
+        attended = ops.einsum("bhqk,bkhd->bqhd", weights, ops.cast(value, query.dtype))  # (B, T, H, Dh)
+        attended = ops.reshape(attended, (batch, time, self.hidden_dim))  # (B, T, d)
+        y = self.output_dropout(self.output_dense(attended), training=training)
+        return y if cache is None else (y, cache)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_heads=self.num_heads,
+            dropout=self.dropout,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            output_kernel_initializer=keras.initializers.serialize(self.output_kernel_initializer),
+        )
+        return config

@@ -1,0 +1,114 @@
+"""One pre-LayerNorm decoder block: x + Attention(LN(x)), then x + MLP(LN(x))."""
+
+import keras
+from keras import ops
+
+from tf_lm.layers.attention import CausalSelfAttention
+
+
+@keras.saving.register_keras_serializable(package="tf_lm")
+class TransformerBlock(keras.layers.Layer):
+    """A GPT-2 decoder block: pre-LayerNorm, causal self-attention, tanh-GELU MLP, residuals.
+
+    Args:
+        num_heads: int. Attention heads; must divide the input width.
+        intermediate_dim: int, default 4·hidden_dim. Width of the MLP.
+        dropout: float, default 0. Dropout inside attention and on both residual branches.
+        layer_norm_epsilon: float, default 1e-5.
+        kernel_initializer: initializer of the QKV and MLP input kernels. Defaults to N(0, 0.02).
+        output_kernel_initializer: initializer of the two projections that write into the residual
+            stream. Defaults to N(0, 0.02).
+
+    Call args:
+        x: float tensor `[batch, time, hidden_dim]`.
+        padding_mask, cache, cache_index, training: as `CausalSelfAttention`.
+
+    Returns:
+        `y` of shape `[batch, time, hidden_dim]`, or `(y, updated_cache)` when a cache was passed.
+
+    Example:
+    >>> block = TransformerBlock(num_heads=2)
+    >>> block(ops.ones((2, 5, 8))).shape
+    (2, 5, 8)
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        intermediate_dim=None,
+        dropout=0.0,
+        layer_norm_epsilon=1e-5,
+        kernel_initializer=None,
+        output_kernel_initializer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if intermediate_dim is not None and int(intermediate_dim) < 1:
+            raise ValueError(f"intermediate_dim must be >= 1. Received: intermediate_dim={intermediate_dim}")
+        self.num_heads = int(num_heads)
+        self.intermediate_dim = None if intermediate_dim is None else int(intermediate_dim)
+        self.dropout = float(dropout)
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        self.kernel_initializer = keras.initializers.get(
+            kernel_initializer or keras.initializers.RandomNormal(stddev=0.02)
+        )
+        self.output_kernel_initializer = keras.initializers.get(
+            output_kernel_initializer or keras.initializers.RandomNormal(stddev=0.02)
+        )
+
+    def build(self, input_shape):
+        hidden_dim = input_shape[-1]
+        intermediate_dim = self.intermediate_dim or 4 * hidden_dim
+        self.attention_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="attention_norm"
+        )
+        self.attention_norm.build(input_shape)
+        self.attention = CausalSelfAttention(
+            self.num_heads,
+            dropout=self.dropout,
+            kernel_initializer=self.kernel_initializer,
+            output_kernel_initializer=self.output_kernel_initializer,
+            dtype=self.dtype_policy,
+            name="attention",
+        )
+        self.attention.build(input_shape)
+        self.mlp_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="mlp_norm"
+        )
+        self.mlp_norm.build(input_shape)
+        self.mlp_in = keras.layers.Dense(
+            intermediate_dim, kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy, name="mlp_in"
+        )
+        self.mlp_in.build(input_shape)
+        self.mlp_out = keras.layers.Dense(
+            hidden_dim, kernel_initializer=self.output_kernel_initializer, dtype=self.dtype_policy, name="mlp_out"
+        )
+        self.mlp_out.build(tuple(input_shape[:-1]) + (intermediate_dim,))
+        self.mlp_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+
+    def call(self, x, padding_mask=None, cache=None, cache_index=None, training=False):
+        attended = self.attention(
+            self.attention_norm(x), padding_mask=padding_mask, cache=cache, cache_index=cache_index, training=training
+        )
+        if cache is not None:
+            attended, cache = attended
+        x = x + attended
+        # GPT-2's "gelu_new" is the tanh approximation; exact GELU would break parity with its checkpoints.
+        hidden = ops.gelu(self.mlp_in(self.mlp_norm(x)), approximate=True)
+        x = x + self.mlp_dropout(self.mlp_out(hidden), training=training)
+        return x if cache is None else (x, cache)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_heads=self.num_heads,
+            intermediate_dim=self.intermediate_dim,
+            dropout=self.dropout,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            output_kernel_initializer=keras.initializers.serialize(self.output_kernel_initializer),
+        )
+        return config

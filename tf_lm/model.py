@@ -1,0 +1,133 @@
+"""`TransformerLM`: a GPT-2 style decoder-only language model trained on P(W) = Π P(w_i | w_1..w_{i-1})."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+from tf_lm.configs import LMConfig
+from tf_lm.layers import TiedLMHead, TokenAndPositionEmbedding, TransformerBlock
+
+
+@keras.saving.register_keras_serializable(package="tf_lm")
+class TransformerLM(keras.Model):
+    """Token + position embeddings, `n_layer` pre-LN blocks, a final LayerNorm and a tied head.
+
+    Args:
+        config: `LMConfig` (or its dict form, as stored by `get_config`).
+
+    Call args:
+        token_ids: int tensor `[batch, time]`, `time <= config.block_size`.
+        padding_mask: optional `[batch, time]`, 1 for real tokens.
+        training: bool, default False.
+
+    Returns:
+        float32 logits `[batch, time, vocab_size]`: row t is the distribution of token t+1.
+
+    Example:
+    >>> model = TransformerLM(LMConfig.preset("nano", vocab_size=65))
+    >>> model(ops.zeros((2, 8), "int32")).shape
+    (2, 8, 65)
+    """
+
+    def __init__(self, config: LMConfig | dict, **kwargs):
+        super().__init__(**kwargs)
+        self.config = LMConfig.from_dict(config) if isinstance(config, dict) else config
+        cfg = self.config
+        # === Layers ===
+        self.embedding = TokenAndPositionEmbedding(
+            cfg.vocab_size, cfg.block_size, cfg.n_embd, dtype=self.dtype_policy, name="embedding"
+        )
+        self.embedding_dropout = keras.layers.Dropout(cfg.dropout, dtype=self.dtype_policy, name="embedding_dropout")
+        # GPT-2 scales the init of projections that write into the residual stream by 1/sqrt(2·n_layer),
+        # so the stream's variance does not grow with depth.
+        residual_init = keras.initializers.RandomNormal(stddev=0.02 / math.sqrt(2 * cfg.n_layer))
+        self.blocks = [
+            TransformerBlock(
+                cfg.n_head,
+                dropout=cfg.dropout,
+                layer_norm_epsilon=cfg.layer_norm_epsilon,
+                output_kernel_initializer=residual_init,
+                dtype=self.dtype_policy,
+                name=f"block_{i}",
+            )
+            for i in range(cfg.n_layer)
+        ]
+        self.final_norm = keras.layers.LayerNormalization(
+            epsilon=cfg.layer_norm_epsilon, dtype=self.dtype_policy, name="final_norm"
+        )
+        self.head = TiedLMHead(dtype="float32", name="lm_head")
+        self.build((None, None))
+
+    def build(self, input_shape):
+        hidden_shape = (None, None, self.config.n_embd)
+        self.embedding.build(input_shape)
+        for block in self.blocks:
+            block.build(hidden_shape)
+        self.final_norm.build(hidden_shape)
+        self.built = True
+
+    def _check_length(self, time):
+        if isinstance(time, int) and time > self.config.block_size:
+            raise ValueError(
+                f"Sequence length {time} exceeds the model's context block_size={self.config.block_size}; "
+                "truncate the input or build the model with a larger block_size."
+            )
+
+    def call(self, token_ids, padding_mask=None, training=False):
+        self._check_length(token_ids.shape[1])
+        x = self.embedding_dropout(self.embedding(token_ids), training=training)  # (B, T, d)
+        for block in self.blocks:
+            x = block(x, padding_mask=padding_mask, training=training)
+        return self.head(self.final_norm(x), self.embedding.token_embeddings)  # (B, T, V) float32
+
+    def init_cache(self, batch_size, max_length=None):
+        """Returns a zero KV cache: one `[batch, 2, max_length, n_head, head_dim]` tensor per block."""
+        max_length = self.config.block_size if max_length is None else max_length
+        self._check_length(max_length)
+        shape = (batch_size, 2, max_length, self.config.n_head, self.config.head_dim)
+        return [ops.zeros(shape, dtype=self.compute_dtype) for _ in self.blocks]
+
+    def call_with_cache(self, token_ids, cache, cache_index, padding_mask=None, position_ids=None):
+        """Runs only the new tokens `token_ids` `[batch, time]` against a KV cache from `init_cache`.
+
+        Args:
+            token_ids: int tensor `[batch, time]`; `token_ids[:, 0]` sits at `cache_index`.
+            cache: list of per-block cache tensors.
+            cache_index: int scalar, where the new tokens are written.
+            padding_mask: optional `[batch, max_length]` over the whole cache, 1 for real tokens.
+            position_ids: optional `[batch, time]` positions (left-padded prompts); default
+                `cache_index + arange(time)`.
+
+        Returns:
+            `(logits [batch, time, vocab_size] float32, updated cache)`.
+        """
+        x = self.embedding(token_ids, start_index=cache_index, position_ids=position_ids)
+        new_cache = []
+        for block, block_cache in zip(self.blocks, cache):
+            x, block_cache = block(x, padding_mask=padding_mask, cache=block_cache, cache_index=cache_index)
+            new_cache.append(block_cache)
+        return self.head(self.final_norm(x), self.embedding.token_embeddings), new_cache
+
+    def score(self, token_ids, padding_mask=None):
+        """log P(W) = Σ_i log P(w_i | w_1..w_{i-1}) for each row of `token_ids`.
+
+        The first token is the condition, so a row of T tokens gets T-1 scored tokens. Padded
+        targets (padding_mask 0) get log-prob 0 and do not count towards the sum.
+
+        Returns:
+            dict with `token_log_probs` `[batch, time-1]` and `log_likelihood` `[batch]`.
+        """
+        token_ids = ops.convert_to_tensor(token_ids, dtype="int32")
+        logits = self(token_ids, padding_mask=padding_mask)[:, :-1]  # (B, T-1, V)
+        targets = token_ids[:, 1:]  # (B, T-1)
+        log_probs = ops.log_softmax(logits, axis=-1)
+        token_log_probs = ops.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]  # (B, T-1)
+        if padding_mask is not None:
+            token_log_probs = token_log_probs * ops.cast(ops.convert_to_tensor(padding_mask)[:, 1:], "float32")
+        return {"token_log_probs": token_log_probs, "log_likelihood": ops.sum(token_log_probs, axis=-1)}
+
+    def get_config(self):
+        return {"config": self.config.to_dict(), "name": self.name, "dtype": keras.dtype_policies.serialize(self.dtype_policy)}
