@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+
+from conftest import check_layer
+from tf_lm.layers import CausalSelfAttention
+
+
+def _inputs(batch=2, time=5, width=8, seed=0):
+    return np.random.default_rng(seed).normal(size=(batch, time, width)).astype("float32")
+
+
+def test_layer_contract(tmp_path):
+    outputs = check_layer(CausalSelfAttention(num_heads=2), _inputs(), tmp_path)
+    assert outputs.shape == (2, 5, 8)
+
+
+def test_width_not_divisible_by_heads_is_refused():
+    with pytest.raises(ValueError, match="Received: hidden_dim=8, num_heads=3"):
+        CausalSelfAttention(num_heads=3)(_inputs())
+
+
+def test_outputs_before_t_ignore_inputs_from_t_on():
+    layer = CausalSelfAttention(num_heads=2)
+    x = _inputs()
+    for k in range(1, 5):
+        edited = x.copy()
+        edited[:, k:] = _inputs(seed=k)[:, k:]
+        np.testing.assert_allclose(np.asarray(layer(edited))[:, :k], np.asarray(layer(x))[:, :k], atol=1e-6)
+
+
+def test_padded_keys_are_ignored():
+    layer = CausalSelfAttention(num_heads=2)
+    x = _inputs()
+    padding_mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    edited = x.copy()
+    edited[0, 3:] = 100.0
+    real = np.asarray(layer(x, padding_mask=padding_mask))
+    np.testing.assert_allclose(np.asarray(layer(edited, padding_mask=padding_mask))[0, :3], real[0, :3], atol=1e-6)
+
+
+def test_cached_decoding_equals_full_pass():
+    layer = CausalSelfAttention(num_heads=2)
+    x = _inputs(time=6)
+    full = np.asarray(layer(x))
+    cache = np.zeros((2, 2, 8, 2, 4), "float32")
+    prefix, cache = layer(x[:, :3], cache=cache, cache_index=0)
+    steps = [np.asarray(prefix)]
+    for t in range(3, 6):
+        y, cache = layer(x[:, t : t + 1], cache=cache, cache_index=t)
+        steps.append(np.asarray(y))
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
+
+
+def test_cache_needs_an_index():
+    with pytest.raises(ValueError, match="cache_index is required"):
+        CausalSelfAttention(num_heads=2)(_inputs(), cache=np.zeros((2, 2, 8, 2, 4), "float32"))

@@ -1,0 +1,39 @@
+import numpy as np
+
+from conftest import check_layer
+from tf_lm.layers import TransformerBlock
+
+
+def _inputs(time=5, seed=0):
+    return np.random.default_rng(seed).normal(size=(2, time, 8)).astype("float32")
+
+
+def test_layer_contract(tmp_path):
+    outputs = check_layer(TransformerBlock(num_heads=2, intermediate_dim=16, dropout=0.1), _inputs(), tmp_path)
+    assert outputs.shape == (2, 5, 8)
+
+
+def test_default_mlp_is_four_times_wider():
+    block = TransformerBlock(num_heads=2)
+    block(_inputs())
+    assert tuple(block.mlp_in.kernel.shape) == (8, 32)
+
+
+def test_causal_and_cached_like_its_attention():
+    block = TransformerBlock(num_heads=2)
+    x = _inputs(time=6)
+    full = np.asarray(block(x))
+    edited = x.copy()
+    edited[:, 4:] = 3.0
+    np.testing.assert_allclose(np.asarray(block(edited))[:, :4], full[:, :4], atol=1e-6)
+    cache = np.zeros((2, 2, 6, 2, 4), "float32")
+    head, cache = block(x[:, :4], cache=cache, cache_index=0)
+    tail, cache = block(x[:, 4:], cache=cache, cache_index=4)
+    np.testing.assert_allclose(np.concatenate([head, tail], axis=1), full, atol=1e-5)
+
+
+def test_dropout_only_in_training():
+    block = TransformerBlock(num_heads=2, dropout=0.5)
+    x = _inputs()
+    np.testing.assert_array_equal(np.asarray(block(x)), np.asarray(block(x)))
+    assert not np.allclose(np.asarray(block(x, training=True)), np.asarray(block(x)))

@@ -1,0 +1,58 @@
+import dataclasses
+
+import pytest
+
+from tf_lm import LMConfig
+from tf_lm.configs import PRESETS
+
+
+def test_presets_have_the_documented_shapes():
+    nano = LMConfig.preset("nano", vocab_size=65)
+    assert (nano.n_layer, nano.n_head, nano.n_embd, nano.block_size, nano.vocab_size) == (4, 4, 128, 64, 65)
+    small = LMConfig.preset("char-small")
+    assert (small.n_layer, small.n_head, small.n_embd, small.block_size) == (6, 6, 384, 256)
+    gpt2 = LMConfig.preset("gpt2")
+    assert (gpt2.n_layer, gpt2.n_head, gpt2.n_embd, gpt2.block_size, gpt2.vocab_size) == (12, 12, 768, 1024, 50257)
+    assert set(PRESETS) == {"nano", "char-small", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"}
+
+
+def test_overrides_apply_and_config_is_frozen():
+    config = LMConfig.preset("gpt2", n_layer=2, dropout=0.1)
+    assert config.n_layer == 2 and config.dropout == 0.1 and config.n_embd == 768
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.n_layer = 3
+
+
+def test_dict_round_trip():
+    config = LMConfig.preset("nano")
+    assert LMConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"n_embd": 130, "n_head": 4}, "divisible by n_head"),
+        ({"block_size": 0}, "block_size"),
+        ({"vocab_size": -1}, "vocab_size"),
+        ({"dropout": 1.0}, "dropout"),
+    ],
+)
+def test_inconsistent_configs_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LMConfig.preset("nano", **kwargs)
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(ValueError, match="choose one of"):
+        LMConfig.preset("gpt5")
+
+
+def test_unknown_dict_field_is_refused():
+    with pytest.raises(ValueError, match="Unknown LMConfig fields"):
+        LMConfig.from_dict({"n_layers": 3})
+
+
+def test_gpt2_parameter_count_matches_the_published_124m():
+    config = LMConfig.preset("gpt2")
+    embeddings = config.vocab_size * config.n_embd + config.block_size * config.n_embd
+    assert config.non_embedding_params() + embeddings == 124_439_808

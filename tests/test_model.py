@@ -1,0 +1,124 @@
+import keras
+import numpy as np
+import pytest
+
+from tf_lm import LMConfig, TransformerLM
+
+TINY = LMConfig(vocab_size=13, block_size=16, n_layer=2, n_head=2, n_embd=8)
+
+
+def _ids(batch=2, time=10, seed=0, vocab=13):
+    return np.random.default_rng(seed).integers(0, vocab, size=(batch, time)).astype("int32")
+
+
+def test_logits_shape_and_dtype():
+    logits = TransformerLM(TINY)(_ids())
+    assert tuple(logits.shape) == (2, 10, 13) and logits.dtype == "float32"
+
+
+def test_causality():
+    model = TransformerLM(TINY)
+    ids = _ids()
+    reference = np.asarray(model(ids))
+    for k in range(1, 10):
+        edited = ids.copy()
+        edited[:, k:] = _ids(seed=k)[:, k:]
+        np.testing.assert_allclose(np.asarray(model(edited))[:, :k], reference[:, :k], atol=1e-5)
+
+
+def test_prefill_then_cached_steps_equal_one_full_pass():
+    model = TransformerLM(TINY)
+    ids = _ids(time=12)
+    full = np.asarray(model(ids))
+    cache = model.init_cache(batch_size=2, max_length=16)
+    logits, cache = model.call_with_cache(ids[:, :5], cache, cache_index=0)
+    pieces = [np.asarray(logits)]
+    for t in range(5, 12):
+        logits, cache = model.call_with_cache(ids[:, t : t + 1], cache, cache_index=t)
+        pieces.append(np.asarray(logits))
+    np.testing.assert_allclose(np.concatenate(pieces, axis=1), full, atol=1e-5)
+
+
+def test_real_positions_ignore_what_padding_holds():
+    model = TransformerLM(TINY)
+    ids = _ids()
+    padding_mask = np.ones_like(ids)
+    padding_mask[0, 6:] = 0
+    edited = ids.copy()
+    edited[0, 6:] = (ids[0, 6:] + 5) % 13
+    a = np.asarray(model(ids, padding_mask=padding_mask))
+    b = np.asarray(model(edited, padding_mask=padding_mask))
+    np.testing.assert_allclose(a[0, :6], b[0, :6], atol=1e-6)
+    np.testing.assert_allclose(a[1], b[1], atol=1e-6)
+
+
+def test_score_is_the_chain_rule():
+    model = TransformerLM(TINY)
+    ids = _ids()
+    out = model.score(ids)
+    logits = np.asarray(model(ids), dtype="float64")
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    expected = np.take_along_axis(log_probs[:, :-1], ids[:, 1:, None], axis=-1)[..., 0]
+    np.testing.assert_allclose(np.asarray(out["token_log_probs"]), expected, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out["log_likelihood"]), expected.sum(-1), atol=1e-4)
+
+
+def test_score_honours_padding():
+    model = TransformerLM(TINY)
+    ids = _ids()
+    padding_mask = np.ones_like(ids)
+    padding_mask[0, 7:] = 0
+    out = model.score(ids, padding_mask=padding_mask)
+    alone = model.score(ids[:1, :7])
+    np.testing.assert_allclose(np.asarray(out["token_log_probs"])[0, 6:], 0.0)
+    np.testing.assert_allclose(np.asarray(out["log_likelihood"])[0], np.asarray(alone["log_likelihood"])[0], atol=1e-5)
+
+
+def test_too_long_input_names_the_fix():
+    with pytest.raises(ValueError, match="exceeds the model's context block_size=16"):
+        TransformerLM(TINY)(_ids(time=17))
+
+
+def test_config_round_trip_and_keras_file(tmp_path):
+    model = TransformerLM(TINY, name="lm")
+    clone = TransformerLM.from_config(model.get_config())
+    assert clone.config == model.config and clone.get_config() == model.get_config()
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    restored = keras.models.load_model(path, safe_mode=True)
+    assert isinstance(restored, TransformerLM)
+    np.testing.assert_array_equal(np.asarray(restored(_ids())), np.asarray(model(_ids())))
+
+
+def test_tied_head_shares_the_token_embedding():
+    model = TransformerLM(TINY)
+    names = [v.path for v in model.trainable_variables]
+    assert sum("token_embeddings" in n for n in names) == 1
+    expected = (
+        TINY.vocab_size * TINY.n_embd + TINY.block_size * TINY.n_embd + TINY.non_embedding_params()
+    )
+    assert model.count_params() == expected
+
+
+def test_memorises_one_sequence_with_compile_and_fit():
+    model = TransformerLM(TINY)
+    ids = _ids(batch=1, time=16)
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    history = model.fit(ids[:, :-1], ids[:, 1:], epochs=300, verbose=0)
+    assert history.history["loss"][-1] < 0.05
+
+
+def test_trains_under_mixed_bfloat16_with_float32_logits():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    model = TransformerLM(TINY)
+    assert model.compute_dtype == "bfloat16" and model.embedding.token_embeddings.dtype == "float32"
+    ids = _ids(batch=4, time=16)
+    assert model(ids).dtype == "float32"
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    history = model.fit(ids[:, :-1], ids[:, 1:], epochs=30, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert history.history["loss"][-1] < history.history["loss"][0]
