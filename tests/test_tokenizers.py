@@ -1,0 +1,151 @@
+import os
+import time
+
+import numpy as np
+import pytest
+
+from tf_lm.data import BPETokenizer, CharTokenizer, build_tokenizer, load_tokenizer
+from tf_lm.data.tokenizers import END_OF_TEXT
+
+CORPUS = (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\n"
+    "All:\nSpeak, speak.\n\nFirst Citizen:\nYou are all resolved rather to die than to famish?\n"
+) * 20
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    return BPETokenizer.train(CORPUS, vocab_size=300)
+
+
+def test_char_vocabulary_is_sorted_characters():
+    tok = CharTokenizer.from_text("hello world")
+    assert tok.chars == tuple(sorted(set("hello world")))
+    assert tok.encode("hello") == [3, 2, 4, 4, 5]
+    assert tok.vocab_size == 8 and tok.is_char_level
+    assert tok.eos_id is None and tok.pad_id is None
+
+
+def test_char_round_trip_including_non_ascii():
+    text = CORPUS + "naïve café — “quotes” 😀 \t\r\n"
+    tok = CharTokenizer.from_text(text)
+    ids = tok.encode(text)
+    assert len(ids) == len(text)
+    assert tok.decode(ids) == text
+    assert tok.decode(np.asarray(ids, dtype=np.int32)) == text
+
+
+def test_char_unknown_character_raises_naming_it():
+    tok = CharTokenizer.from_text("abc")
+    with pytest.raises(ValueError, match=r"'z'.*unknown_token"):
+        tok.encode("abz")
+
+
+def test_char_unknown_token_maps_unseen_characters():
+    tok = CharTokenizer.from_text("abc", unknown_token="?")
+    assert tok.vocab_size == 4
+    assert tok.decode(tok.encode("axc€")) == "a?c?"
+
+
+def test_char_decode_rejects_out_of_range_ids():
+    tok = CharTokenizer.from_text("abc")
+    with pytest.raises(ValueError, match="outside"):
+        tok.decode([0, 3])
+
+
+def test_char_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="non-empty"):
+        CharTokenizer.from_text("")
+    with pytest.raises(ValueError, match="single-character"):
+        CharTokenizer(["ab"])
+    with pytest.raises(ValueError, match="unknown_token"):
+        CharTokenizer.from_text("abc", unknown_token="<unk>")
+
+
+def test_char_save_load_gives_identical_ids(tmp_path):
+    tok = CharTokenizer.from_text(CORPUS, unknown_token="\ufffd")
+    tok.save(str(tmp_path))
+    loaded = load_tokenizer(str(tmp_path))
+    assert isinstance(loaded, CharTokenizer)
+    assert loaded.encode(CORPUS + "€") == tok.encode(CORPUS + "€")
+    assert loaded.fingerprint == tok.fingerprint
+    assert [p.name for p in tmp_path.iterdir()] == ["char_tokenizer.json"]  # no temp file left
+
+
+def test_char_fingerprint_tracks_vocabulary():
+    assert CharTokenizer.from_text("abc").fingerprint == CharTokenizer(["c", "b", "a"]).fingerprint
+    assert CharTokenizer.from_text("abc").fingerprint != CharTokenizer.from_text("abd").fingerprint
+    assert CharTokenizer.from_text("abc").fingerprint != CharTokenizer.from_text("abc", unknown_token="?").fingerprint
+
+
+def test_char_encode_is_vectorised():
+    text = CORPUS * (1_000_000 // len(CORPUS) + 1)  # ~1 MB
+    tok = CharTokenizer.from_text(text)
+    start = time.perf_counter()
+    ids = tok.encode(text)
+    assert time.perf_counter() - start < 0.5
+    assert len(ids) == len(text)
+
+
+def test_bpe_round_trip_and_special_tokens(bpe):
+    assert not bpe.is_char_level
+    assert 256 < bpe.vocab_size <= 300
+    assert bpe.eos_id == bpe._tokenizer.token_to_id(END_OF_TEXT)
+    assert bpe.pad_id is None
+    assert bpe.decode(bpe.encode(CORPUS)) == CORPUS
+    unseen = "Zebra ünïcödé 😀 text never seen in training"
+    assert bpe.decode(bpe.encode(unseen)) == unseen  # byte-level: nothing is unknown
+    assert len(bpe.encode(CORPUS)) < len(CORPUS) / 2  # the merges really compress the corpus
+    assert bpe.encode(f"a{END_OF_TEXT}b")[1] == bpe.eos_id
+
+
+def test_bpe_save_load_gives_identical_ids(bpe, tmp_path):
+    bpe.save(str(tmp_path))
+    assert (tmp_path / "tokenizer.json").is_file()
+    loaded = load_tokenizer(str(tmp_path))
+    assert isinstance(loaded, BPETokenizer)
+    assert loaded.encode(CORPUS) == bpe.encode(CORPUS)
+    assert loaded.fingerprint == bpe.fingerprint and loaded.eos_id == bpe.eos_id
+
+
+def test_bpe_loads_gpt2_style_vocab_and_merges(bpe, tmp_path):
+    bpe._tokenizer.model.save(str(tmp_path))  # writes vocab.json + merges.txt, GPT-2's layout
+    assert sorted(os.listdir(tmp_path)) == ["merges.txt", "vocab.json"]
+    loaded = load_tokenizer(str(tmp_path))
+    assert isinstance(loaded, BPETokenizer)
+    assert loaded.encode(CORPUS) == bpe.encode(CORPUS)
+    assert loaded.encode(f"x{END_OF_TEXT}") == [loaded.encode("x")[0], bpe.eos_id]
+
+
+def test_bpe_rejects_bad_inputs(bpe, tmp_path):
+    with pytest.raises(ValueError, match="vocab_size"):
+        BPETokenizer.train(CORPUS, vocab_size=100)
+    with pytest.raises(ValueError, match="outside"):
+        bpe.decode([bpe.vocab_size])
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ValueError, match="damaged"):
+        BPETokenizer.load(str(tmp_path))
+
+
+def test_load_tokenizer_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_tokenizer(str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="char_tokenizer.json"):
+        load_tokenizer(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="char_tokenizer.json"):
+        CharTokenizer.load(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        BPETokenizer.load(str(tmp_path))
+
+
+def test_build_tokenizer_maps_kinds():
+    char = build_tokenizer("char", CORPUS)
+    assert isinstance(char, CharTokenizer) and char.vocab_size == len(set(CORPUS))
+    bpe = build_tokenizer("bpe", CORPUS, vocab_size=280)
+    assert isinstance(bpe, BPETokenizer) and bpe.vocab_size <= 280
+    with pytest.raises(ValueError, match="Unknown tokenizer kind 'word'"):
+        build_tokenizer("word", CORPUS)
+    with pytest.raises(ValueError, match="drop vocab_size"):
+        build_tokenizer("char", CORPUS, vocab_size=100)
+    with pytest.raises(ValueError, match="non-empty"):
+        build_tokenizer("bpe", "")

@@ -1,0 +1,359 @@
+"""Tokenizers: text <-> token ids behind one interface, saved beside every trained model.
+
+Two kinds share `encode`, `decode`, `vocab_size`, `eos_id`, `pad_id`, `is_char_level`, `fingerprint`,
+`save(directory)` and `load(directory)`:
+
+- `CharTokenizer`: one id per character, the vocabulary being the sorted characters of a corpus (the classic
+  char-level setup). Encoding is a numpy table lookup over code points, so a megabyte takes milliseconds.
+- `BPETokenizer`: byte-level BPE from HF `tokenizers`, trained to a target vocabulary size or loaded from a
+  `tokenizer.json` or GPT-2 style `vocab.json` + `merges.txt`.
+
+`load_tokenizer(directory)` picks the class from the files present; `build_tokenizer(kind, text)` is the one
+place a `--tokenizer` flag value becomes a tokenizer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from typing import Iterable, Sequence
+
+import numpy as np
+
+CHAR_FILE = "char_tokenizer.json"
+BPE_FILE = "tokenizer.json"
+GPT2_VOCAB_FILE = "vocab.json"
+GPT2_MERGES_FILE = "merges.txt"
+END_OF_TEXT = "<|endoftext|>"
+TOKENIZER_KINDS = ("char", "bpe")
+DEFAULT_BPE_VOCAB_SIZE = 4096
+
+# UTF-32 gives one fixed-width code point per character; "surrogatepass" keeps lone surrogates (legal in a
+# Python str) round-tripping instead of raising deep inside numpy.
+_UTF32 = "utf-32-le"
+_SURROGATES = "surrogatepass"
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False, encoding="utf-8") as f:
+        f.write(text)
+    os.replace(f.name, path)
+
+
+def _code_points(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode(_UTF32, _SURROGATES), dtype="<u4")  # [len(text)]
+
+
+class CharTokenizer:
+    """One id per character; ids follow the sorted order of the vocabulary's characters.
+
+    Args:
+        chars: sequence of single-character strings, the vocabulary. Sorted and de-duplicated here, so the ids
+            do not depend on the order given.
+        unknown_token: str or None, default None. One character that every character outside the vocabulary
+            maps to (added to the vocabulary if missing). With None, such characters raise a ValueError.
+
+    Raises:
+        ValueError: if `chars` is empty or holds a string that is not exactly one character, or
+            `unknown_token` is not one character.
+
+    Example:
+    >>> tok = CharTokenizer.from_text("hello world")
+    >>> tok.encode("hello")
+    [3, 2, 4, 4, 5]
+    >>> tok.decode(tok.encode("hello"))
+    'hello'
+    """
+
+    is_char_level = True
+    eos_id = None
+    pad_id = None
+
+    def __init__(self, chars: Sequence[str], unknown_token: str | None = None):
+        chars = list(chars)
+        bad = [c for c in chars if not isinstance(c, str) or len(c) != 1]
+        if bad:
+            raise ValueError(f"CharTokenizer needs single-character strings. Received: {bad[:5]!r}")
+        if unknown_token is not None and (not isinstance(unknown_token, str) or len(unknown_token) != 1):
+            raise ValueError(
+                f"CharTokenizer.unknown_token must be one character (e.g. '\\ufffd') or None. "
+                f"Received: unknown_token={unknown_token!r}"
+            )
+        vocab = set(chars) | ({unknown_token} if unknown_token is not None else set())
+        if not vocab:
+            raise ValueError("CharTokenizer needs at least one character; build it from a non-empty text.")
+        self.chars: tuple[str, ...] = tuple(sorted(vocab))
+        self.unknown_token = unknown_token
+        self._id_to_code = _code_points("".join(self.chars))  # [vocab_size]
+        # A dense code point -> id table (-1 = not in the vocabulary): one numpy gather encodes a whole text.
+        self._code_to_id = np.full(int(self._id_to_code.max()) + 1, -1, dtype=np.int32)
+        self._code_to_id[self._id_to_code] = np.arange(len(self.chars), dtype=np.int32)
+        self._unknown_id = None if unknown_token is None else self.chars.index(unknown_token)
+
+    @classmethod
+    def from_text(cls, text: str, unknown_token: str | None = None) -> "CharTokenizer":
+        """Builds the vocabulary from the distinct characters of `text`.
+
+        Raises:
+            ValueError: if `text` is empty.
+        """
+        if not text:
+            raise ValueError("CharTokenizer.from_text needs a non-empty text to take its characters from.")
+        return cls(np.unique(_code_points(text)).astype("<u4").tobytes().decode(_UTF32, _SURROGATES), unknown_token)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the vocabulary and unknown token: equal fingerprints encode every text alike."""
+        payload = json.dumps({"kind": "char", "chars": self.chars, "unknown_token": self.unknown_token})
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """`encode` as an int32 numpy array [len(text)], without building a Python list."""
+        codes = _code_points(text)  # [T]
+        in_table = codes < len(self._code_to_id)
+        ids = np.full(codes.shape, -1, dtype=np.int32)
+        ids[in_table] = self._code_to_id[codes[in_table]]
+        missing = ids < 0
+        if missing.any():
+            if self._unknown_id is None:
+                position = int(np.argmax(missing))
+                char = text[position]
+                raise ValueError(
+                    f"Character {char!r} (U+{ord(char):04X}) at position {position} is not in this "
+                    f"CharTokenizer's {self.vocab_size}-character vocabulary; build the tokenizer from text that "
+                    f"contains it, or pass unknown_token='\\ufffd' (any one character) to map unseen characters to it."
+                )
+            ids[missing] = self._unknown_id
+        return ids
+
+    def encode(self, text: str) -> list[int]:
+        """Returns one id per character of `text`.
+
+        Raises:
+            ValueError: if a character is outside the vocabulary and there is no `unknown_token`.
+        """
+        return self.encode_array(text).tolist()
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Returns the text of `ids` (any int sequence, numpy or tensor).
+
+        Raises:
+            ValueError: if an id is outside [0, vocab_size).
+        """
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)  # [T]
+        bad = (ids < 0) | (ids >= self.vocab_size)
+        if bad.any():
+            raise ValueError(
+                f"Token id {int(ids[bad][0])} is outside this CharTokenizer's vocabulary [0, {self.vocab_size}); "
+                "decode ids produced by the same tokenizer (or a model trained with it)."
+            )
+        return self._id_to_code[ids].astype("<u4").tobytes().decode(_UTF32, _SURROGATES)
+
+    def save(self, directory: str) -> None:
+        """Writes `char_tokenizer.json` into `directory` (created if needed)."""
+        payload = {"kind": "char", "chars": list(self.chars), "unknown_token": self.unknown_token}
+        _atomic_write_text(os.path.join(directory, CHAR_FILE), json.dumps(payload, ensure_ascii=False, indent=1))
+
+    @classmethod
+    def load(cls, directory: str) -> "CharTokenizer":
+        """Reads a tokenizer written by `save`.
+
+        Raises:
+            FileNotFoundError: if `directory` has no `char_tokenizer.json`.
+            ValueError: if the file is not a valid char tokenizer.
+        """
+        path = os.path.join(directory, CHAR_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No {CHAR_FILE} in {directory!r}; save a CharTokenizer there first.")
+        try:
+            with open(path, encoding="utf-8") as f:
+                payload = json.load(f)
+            return cls(payload["chars"], payload.get("unknown_token"))
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{path} is not a valid CharTokenizer file ({error}); save the tokenizer again.") from None
+
+    def __repr__(self) -> str:
+        return f"CharTokenizer(vocab_size={self.vocab_size}, unknown_token={self.unknown_token!r})"
+
+
+class BPETokenizer:
+    """Byte-level BPE (GPT-2 style) on top of an HF `tokenizers.Tokenizer`.
+
+    Byte-level means every string encodes (no unknown tokens) and decode(encode(text)) == text.
+
+    Args:
+        tokenizer: a `tokenizers.Tokenizer`. Usually made by `train` or `load`.
+
+    Example:
+    >>> tok = BPETokenizer.train("the cat sat on the mat " * 50, vocab_size=300)
+    >>> tok.decode(tok.encode("the cat")) == "the cat"
+    True
+    """
+
+    is_char_level = False
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self.eos_id: int | None = tokenizer.token_to_id(END_OF_TEXT)
+        padding = tokenizer.padding
+        self.pad_id: int | None = None if padding is None else padding["pad_id"]
+
+    @classmethod
+    def train(cls, text_or_iterator: str | Iterable[str], vocab_size: int = DEFAULT_BPE_VOCAB_SIZE,
+              min_frequency: int = 2) -> "BPETokenizer":
+        """Trains byte-level BPE with an `<|endoftext|>` special token.
+
+        Args:
+            text_or_iterator: str, or an iterator of str (e.g. documents).
+            vocab_size: int, default 4096. Target vocabulary size, including the 256 byte tokens and
+                `<|endoftext|>`; a small corpus may stop short of it.
+            min_frequency: int, default 2. Pairs seen fewer times are not merged.
+
+        Raises:
+            ValueError: if `vocab_size` < 257.
+        """
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        if not isinstance(vocab_size, int) or vocab_size < 257:
+            raise ValueError(
+                f"BPETokenizer.vocab_size must be an integer >= 257 (256 bytes + {END_OF_TEXT}). "
+                f"Received: vocab_size={vocab_size!r}"
+            )
+        tokenizer = Tokenizer(models.BPE())
+        # GPT-2's setup: no prefix space, byte-level pre-tokenizer and decoder, so decode is exact.
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=[END_OF_TEXT],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        texts = [text_or_iterator] if isinstance(text_or_iterator, str) else text_or_iterator
+        tokenizer.train_from_iterator(texts, trainer=trainer)
+        return cls(tokenizer)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the serialised tokenizer (vocabulary, merges, pre-tokenizer): equal means equal ids."""
+        return hashlib.sha256(self._tokenizer.to_str().encode("utf-8")).hexdigest()
+
+    def encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text).ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Returns the text of `ids`; special tokens such as `<|endoftext|>` are kept.
+
+        Raises:
+            ValueError: if an id is outside [0, vocab_size).
+        """
+        ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(
+                f"Token id {bad[0]} is outside this BPETokenizer's vocabulary [0, {self.vocab_size}); "
+                "decode ids produced by the same tokenizer (or a model trained with it)."
+            )
+        return self._tokenizer.decode(ids, skip_special_tokens=False)
+
+    def save(self, directory: str) -> None:
+        """Writes HF `tokenizer.json` into `directory` (created if needed)."""
+        _atomic_write_text(os.path.join(directory, BPE_FILE), self._tokenizer.to_str(pretty=True))
+
+    @classmethod
+    def load(cls, directory: str) -> "BPETokenizer":
+        """Reads `tokenizer.json`, or GPT-2 style `vocab.json` + `merges.txt`, from `directory`.
+
+        Raises:
+            FileNotFoundError: if neither form is there.
+            ValueError: if the files are not a valid tokenizer.
+        """
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+        json_path = os.path.join(directory, BPE_FILE)
+        vocab_path = os.path.join(directory, GPT2_VOCAB_FILE)
+        merges_path = os.path.join(directory, GPT2_MERGES_FILE)
+        try:
+            if os.path.isfile(json_path):
+                return cls(Tokenizer.from_file(json_path))
+            if os.path.isfile(vocab_path) and os.path.isfile(merges_path):
+                tokenizer = Tokenizer(models.BPE.from_file(vocab_path, merges_path))
+                tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+                tokenizer.decoder = decoders.ByteLevel()
+                # GPT-2's vocab.json already holds <|endoftext|>; marking it special keeps it one token.
+                if END_OF_TEXT in tokenizer.get_vocab():
+                    tokenizer.add_special_tokens([END_OF_TEXT])
+                return cls(tokenizer)
+        except Exception as error:  # tokenizers raises a bare Exception for malformed files.
+            raise ValueError(f"Could not read the BPE tokenizer in {directory!r} ({error}); the files are damaged.") from None
+        raise FileNotFoundError(
+            f"No {BPE_FILE} (or {GPT2_VOCAB_FILE} + {GPT2_MERGES_FILE}) in {directory!r}; "
+            "save a BPETokenizer there or copy GPT-2's tokenizer files in."
+        )
+
+    def __repr__(self) -> str:
+        return f"BPETokenizer(vocab_size={self.vocab_size}, eos_id={self.eos_id})"
+
+
+def load_tokenizer(directory: str) -> CharTokenizer | BPETokenizer:
+    """Loads whichever tokenizer `directory` holds, chosen by its files.
+
+    Raises:
+        FileNotFoundError: if `directory` does not exist or holds no tokenizer files.
+
+    Example:
+    >>> tok = load_tokenizer("runs/shakespeare/tokenizer")  # doctest: +SKIP
+    """
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"Tokenizer directory {directory!r} does not exist; pass the directory a tokenizer was saved to.")
+    if os.path.isfile(os.path.join(directory, CHAR_FILE)):
+        return CharTokenizer.load(directory)
+    names = (BPE_FILE, GPT2_VOCAB_FILE, GPT2_MERGES_FILE)
+    if any(os.path.isfile(os.path.join(directory, name)) for name in names):
+        return BPETokenizer.load(directory)
+    raise FileNotFoundError(
+        f"No tokenizer in {directory!r}: expected {CHAR_FILE}, {BPE_FILE}, or {GPT2_VOCAB_FILE} + {GPT2_MERGES_FILE}."
+    )
+
+
+def build_tokenizer(kind: str, text: str, vocab_size: int | None = None) -> CharTokenizer | BPETokenizer:
+    """Builds a tokenizer of `kind` from `text`: the one place a `--tokenizer` value maps onto a class.
+
+    Args:
+        kind: "char" or "bpe".
+        text: str. The training text (usually the train split).
+        vocab_size: int or None. BPE's target size (default 4096). A char vocabulary is the text's
+            characters, so it must be None for "char".
+
+    Raises:
+        ValueError: on an unknown kind, on `vocab_size` for "char", or an empty text.
+
+    Example:
+    >>> build_tokenizer("char", "abcab").vocab_size
+    3
+    """
+    if kind == "char":
+        if vocab_size is not None:
+            raise ValueError(
+                f"A char tokenizer's vocabulary is the text's characters; drop vocab_size or use kind='bpe'. "
+                f"Received: vocab_size={vocab_size}"
+            )
+        return CharTokenizer.from_text(text)
+    if kind == "bpe":
+        if not text:
+            raise ValueError("BPETokenizer needs a non-empty text to train on.")
+        return BPETokenizer.train(text, vocab_size=DEFAULT_BPE_VOCAB_SIZE if vocab_size is None else vocab_size)
+    raise ValueError(f"Unknown tokenizer kind {kind!r}; choose one of {list(TOKENIZER_KINDS)}.")
