@@ -6,7 +6,7 @@ import transformers
 from safetensors.numpy import save_file
 
 from tf_lm import LMConfig, TransformerLM
-from tf_lm.convert import _tf_gpt2_state, from_gpt2_safetensors, from_hf_gpt2, load_gpt2_state
+from tf_lm.convert import gpt2_state_from_hf, from_gpt2_safetensors, from_hf_gpt2, load_gpt2_state
 
 
 
@@ -45,7 +45,7 @@ def test_padded_logits_match_hf(hf_gpt2):
 
 
 def test_safetensors_checkpoint_loads_through_numpy(hf_gpt2, tmp_path):
-    save_file({f"transformer.{k}": v for k, v in _tf_gpt2_state(hf_gpt2).items()}, str(tmp_path / "model.safetensors"))
+    save_file({f"transformer.{k}": v for k, v in gpt2_state_from_hf(hf_gpt2).items()}, str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text(json.dumps(hf_gpt2.config.to_dict()))
     ids = _ids(2)
     np.testing.assert_allclose(
@@ -61,4 +61,4 @@ def test_missing_checkpoint_file_is_named(tmp_path):
 def test_shape_mismatch_is_refused(hf_gpt2):
     wrong = TransformerLM(LMConfig(vocab_size=97, block_size=24, n_layer=2, n_head=4, n_embd=16))
     with pytest.raises(ValueError, match="Shape mismatch for 'wte.weight'"):
-        load_gpt2_state(wrong, _tf_gpt2_state(hf_gpt2))
+        load_gpt2_state(wrong, gpt2_state_from_hf(hf_gpt2))

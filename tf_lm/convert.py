@@ -36,7 +36,7 @@ def _config_from_gpt2(hf_config: dict) -> LMConfig:
     )
 
 
-def _tf_gpt2_state(hf_model) -> dict[str, np.ndarray]:
+def gpt2_state_from_hf(hf_model) -> dict[str, np.ndarray]:
     """Reads a (built) HF TF GPT-2 into GPT-2's PyTorch names."""
     main = hf_model.transformer
     state = {"wte.weight": main.wte.weights[0].numpy(), "wpe.weight": main.wpe.weights[0].numpy()}
@@ -106,7 +106,7 @@ def from_hf_gpt2(hf_model) -> TransformerLM:
     if not getattr(hf_model, "built", False):
         hf_model(hf_model.dummy_inputs)
     config = _config_from_gpt2(hf_model.config.to_dict())
-    return load_gpt2_state(TransformerLM(config), _tf_gpt2_state(hf_model))
+    return load_gpt2_state(TransformerLM(config), gpt2_state_from_hf(hf_model))
 
 
 def from_gpt2_safetensors(checkpoint_dir: str) -> TransformerLM:

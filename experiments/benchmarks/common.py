@@ -47,3 +47,35 @@ def best_rate(step: Callable[[], object], units_per_step: float, warmup: int = 2
                 break
         best = max(best, calls * units_per_step / elapsed)
     return best
+
+
+def hf_gpt2(config, dropout: float = 0.0):
+    """HF `TFGPT2LMHeadModel` (a tf_keras model) with the same shape as an `LMConfig`: the peer we race."""
+    import transformers
+
+    hf_config = transformers.GPT2Config(
+        vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd, n_layer=config.n_layer,
+        n_head=config.n_head, resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+    )
+    model = transformers.TFGPT2LMHeadModel(hf_config)
+    model(model.dummy_inputs)
+    return model
+
+
+def hf_gpt2_train_step(model, learning_rate: float = 1e-3):
+    """An XLA-compiled forward/backward/AdamW step for an HF TF model, as HF documents for TF training."""
+    import tensorflow as tf
+    import tf_keras
+
+    optimizer = tf_keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=0.1)
+    loss_fn = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    @tf.function(jit_compile=True)
+    def step(inputs, targets):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(targets, model(inputs, training=True).logits)
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return loss
+
+    return step
