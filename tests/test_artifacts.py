@@ -1,0 +1,46 @@
+import os
+
+import numpy as np
+import pytest
+
+from tf_lm import LMConfig, TransformerLM
+from tf_lm.artifacts import load_model_dir, read_config, save_model_dir
+from tf_lm.data import CharTokenizer
+
+TEXT = "hello tf_lm, hello world"
+
+
+def _saved(tmp_path):
+    tokenizer = CharTokenizer.from_text(TEXT)
+    model = TransformerLM(LMConfig(vocab_size=tokenizer.vocab_size, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    save_model_dir(str(tmp_path), model, tokenizer)
+    return model, tokenizer
+
+
+def test_round_trip_carries_model_config_and_tokenizer(tmp_path):
+    model, tokenizer = _saved(tmp_path)
+    restored, restored_tokenizer = load_model_dir(str(tmp_path))
+    ids = np.array([tokenizer.encode("hello w")], dtype="int32")
+    np.testing.assert_array_equal(np.asarray(restored(ids)), np.asarray(model(ids)))
+    assert restored_tokenizer.encode(TEXT) == tokenizer.encode(TEXT)
+    assert read_config(str(tmp_path)) == model.config
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".saving-")]
+
+
+def test_missing_directory_says_how_to_make_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train one with"):
+        load_model_dir(str(tmp_path / "nothing"))
+
+
+def test_corrupt_model_file_is_one_clear_error(tmp_path):
+    _saved(tmp_path)
+    (tmp_path / "model.keras").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="damaged or not a tf_lm model"):
+        load_model_dir(str(tmp_path))
+
+
+def test_tokenizer_larger_than_the_model_is_refused(tmp_path):
+    _saved(tmp_path)
+    CharTokenizer.from_text(TEXT + "XYZ!?").save(str(tmp_path / "tokenizer"))
+    with pytest.raises(ValueError, match="mixes files from different runs"):
+        load_model_dir(str(tmp_path))
