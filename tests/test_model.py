@@ -103,11 +103,13 @@ def test_tied_head_shares_the_token_embedding():
 def test_memorises_one_sequence_with_compile_and_fit():
     model = TransformerLM(TINY)
     ids = _ids(batch=1, time=16)
+    inputs, targets = ids[:, :-1], ids[:, 1:]
     model.compile(
-        optimizer=keras.optimizers.Adam(3e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        optimizer=keras.optimizers.Adam(1e-2), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
-    history = model.fit(ids[:, :-1], ids[:, 1:], epochs=300, verbose=0)
-    assert history.history["loss"][-1] < 0.05
+    # 150 steps in one epoch: per-epoch overhead would otherwise dominate this tiny model.
+    model.fit(np.repeat(inputs, 150, axis=0), np.repeat(targets, 150, axis=0), batch_size=1, verbose=0)
+    assert model.evaluate(inputs, targets, verbose=0) < 0.05
 
 
 def test_trains_under_mixed_bfloat16_with_float32_logits():
@@ -119,6 +121,7 @@ def test_trains_under_mixed_bfloat16_with_float32_logits():
     model.compile(
         optimizer=keras.optimizers.Adam(3e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
-    history = model.fit(ids[:, :-1], ids[:, 1:], epochs=30, verbose=0)
-    assert np.isfinite(history.history["loss"]).all()
-    assert history.history["loss"][-1] < history.history["loss"][0]
+    before = model.evaluate(ids[:, :-1], ids[:, 1:], verbose=0)
+    model.fit(np.repeat(ids[:, :-1], 8, axis=0), np.repeat(ids[:, 1:], 8, axis=0), batch_size=4, verbose=0)
+    after = model.evaluate(ids[:, :-1], ids[:, 1:], verbose=0)
+    assert np.isfinite(after) and after < before
