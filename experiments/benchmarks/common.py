@@ -28,26 +28,36 @@ class Row:
         return {**dataclasses.asdict(self), "ratio": self.ratio}
 
 
+def _timed_window(step: Callable[[], object], units_per_step: float, min_seconds: float) -> float:
+    calls, start = 0, time.perf_counter()
+    while True:
+        step()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return calls * units_per_step / elapsed
+
+
 def best_rate(step: Callable[[], object], units_per_step: float, warmup: int = 2, repeats: int = 5,
               min_seconds: float = 1.0) -> float:
     """Units per second of `step` (which must block until done), best of `repeats` timed windows.
 
     Best-of rather than mean: on a shared 2-core machine the slow windows measure the neighbours.
     """
-    for _ in range(warmup):
-        step()
-    best = 0.0
-    for _ in range(repeats):
-        calls, start = 0, time.perf_counter()
-        while True:
-            step()
-            calls += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_seconds:
-                break
-        best = max(best, calls * units_per_step / elapsed)
-    return best
+    return race({"step": step}, units_per_step, warmup, repeats, min_seconds)["step"]
 
+
+def race(steps: dict[str, Callable[[], object]], units_per_step: float, warmup: int = 2, repeats: int = 5,
+         min_seconds: float = 1.0) -> dict[str, float]:
+    """Best units/s of each step, timing their windows in turn so that ours and the peer's see the same load."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    best = dict.fromkeys(steps, 0.0)
+    for _ in range(repeats):
+        for name, step in steps.items():
+            best[name] = max(best[name], _timed_window(step, units_per_step, min_seconds))
+    return best
 
 def hf_gpt2(config, dropout: float = 0.0):
     """HF `TFGPT2LMHeadModel` (a tf_keras model) with the same shape as an `LMConfig`: the peer we race."""

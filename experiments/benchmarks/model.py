@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from experiments.benchmarks.common import Row, best_rate, hf_gpt2, hf_gpt2_train_step
+from experiments.benchmarks.common import Row, hf_gpt2, hf_gpt2_train_step, race
 from tf_lm import LMConfig, TransformerLM
 
 # (name, config, batch): the two CPU shapes.
@@ -44,15 +44,22 @@ def run(quick: bool):
         tokens = batch * config.block_size
         ours, theirs = TransformerLM(config), hf_gpt2(config)
 
-        ours_forward = tf.function(lambda x: ours(x), jit_compile=True)
-        theirs_forward = tf.function(lambda x: theirs(x).logits, jit_compile=True)
-        forward = [best_rate(lambda f=f: f(inputs).numpy(), tokens, repeats=repeats, min_seconds=seconds)
-                   for f in (ours_forward, theirs_forward)]
-        rows.append(Row("model", f"forward {name}", "tokens/s", forward[0], forward[1], "HF TFGPT2LMHeadModel XLA"))
-
-        steps = (train_step(ours), hf_gpt2_train_step(theirs))
-        training = [best_rate(lambda s=s: s(inputs, targets).numpy(), tokens, repeats=repeats, min_seconds=seconds)
-                    for s in steps]
-        rows.append(Row("model", f"train step {name}", "tokens/s", training[0], training[1],
+        forward = race(
+            {
+                "ours": lambda f=tf.function(lambda x: ours(x), jit_compile=True): f(inputs).numpy(),
+                "hf": lambda f=tf.function(lambda x: theirs(x).logits, jit_compile=True): f(inputs).numpy(),
+            },
+            tokens, repeats=repeats, min_seconds=seconds,
+        )
+        rows.append(Row("model", f"forward {name}", "tokens/s", forward["ours"], forward["hf"],
+                        "HF TFGPT2LMHeadModel XLA"))
+        training = race(
+            {
+                "ours": lambda s=train_step(ours): s(inputs, targets).numpy(),
+                "hf": lambda s=hf_gpt2_train_step(theirs): s(inputs, targets).numpy(),
+            },
+            tokens, repeats=repeats, min_seconds=seconds,
+        )
+        rows.append(Row("model", f"train step {name}", "tokens/s", training["ours"], training["hf"],
                         "HF TFGPT2LMHeadModel XLA", target=">= 1.3x"))
     return rows
