@@ -1,0 +1,174 @@
+"""tf_lm.bert.data: TSV/CSV and TFDS inputs, every bad input, and per-batch (and bucketed) padding."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_lm.bert import data
+
+SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
+
+
+def whitespace_tokenizer(texts, truncation=True, max_length=512):
+    """A stand-in for a Hugging Face tokenizer: [CLS]=1, words=len(word)+2, [SEP]=2."""
+    ids = [[1] + [len(word) + 2 for word in text.split()][: max_length - 2] + [2] for text in texts]
+    return {"input_ids": ids}
+
+
+def write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_read_tsv_with_header(tmp_path):
+    path = write(tmp_path / "train.tsv", "label\tsentence\n1\ta fine film \n0\ta dull mess \n")
+    result = data.read_table(path)
+    assert result.texts == ["a fine film ", "a dull mess "]
+    np.testing.assert_array_equal(result.labels, [1, 0])
+    assert result.source == "train.tsv"
+
+
+def test_read_csv_with_quotes_and_named_columns(tmp_path):
+    path = write(tmp_path / "reviews.csv", 'id,review,stars\n7,"good, really good",2\n8,"""meh""",0\n')
+    result = data.read_table(path, text_key="review", label_key="stars", max_examples=1)
+    assert result.texts == ["good, really good"]
+    np.testing.assert_array_equal(result.labels, [2])
+
+
+@pytest.mark.parametrize("header", ["", "text\tlabel\n"])
+def test_read_by_column_index_with_or_without_header(tmp_path, header):
+    path = write(tmp_path / "plain.tsv", header + "great\t1\nawful\t0\n")
+    result = data.read_table(path, text_key="0", label_key="1")
+    assert result.texts == ["great", "awful"]
+    np.testing.assert_array_equal(result.labels, [1, 0])
+
+
+def test_read_sst2_dev():
+    result = data.read_table(str(SST2 / "dev.tsv"))
+    assert len(result) == 872
+    assert np.bincount(result.labels).tolist() == [428, 444]
+
+
+@pytest.mark.parametrize(
+    "name, text, kwargs, error, match",
+    [
+        ("empty.tsv", "", {}, ValueError, "is empty"),
+        ("header.tsv", "sentence\tlabel\n", {}, ValueError, "no examples"),
+        ("notext.tsv", "text\tlabel\nfine\t1\n", {}, ValueError, "no text column 'sentence'"),
+        ("nolabel.tsv", "sentence\tstars\nfine\t1\n", {}, ValueError, "no label column 'label'"),
+        ("word.tsv", "sentence\tlabel\nfine\tpositive\n", {}, ValueError, "not an integer"),
+        ("short.tsv", "sentence\tlabel\nfine\n", {}, ValueError, "fewer than"),
+        ("data.json", "{}", {}, ValueError, ".tsv or .csv"),
+    ],
+)
+def test_read_table_rejects_bad_files(tmp_path, name, text, kwargs, error, match):
+    path = write(tmp_path / name, text)
+    with pytest.raises(error, match=match):
+        data.read_table(path, **kwargs)
+
+
+def test_read_table_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No data file"):
+        data.read_table(str(tmp_path / "absent.tsv"))
+
+
+def test_check_labels_names_the_bad_example(tmp_path):
+    result = data.read_table(write(tmp_path / "t.tsv", "sentence\tlabel\na\t0\nb\t1\nc\t2\n"))
+    data.check_labels(result, num_labels=3)
+    with pytest.raises(ValueError, match="t.tsv: example 2 has label 2, outside the 2 classes"):
+        data.check_labels(result, num_labels=2)
+
+
+def test_load_tfds_glue_sst2_from_mock_data():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=12):
+        result = data.load_tfds("glue/sst2", "train", max_examples=10)
+        with pytest.raises(ValueError, match="no feature 'text'.*--text_key"):
+            data.load_tfds("glue/sst2", "train", text_key="text")
+    assert len(result) == 10 and all(isinstance(text, str) for text in result.texts)
+    assert result.label_names == ["negative", "positive"]
+    assert set(result.labels.tolist()) <= {0, 1}
+    assert result.source == "tfds:glue/sst2[train]"
+
+
+def test_load_tfds_any_text_dataset_with_keys_from_mock_data():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=5):
+        result = data.load_tfds("imdb_reviews", "test", text_key="text", label_key="label")
+    assert len(result) == 5 and result.label_names == ["neg", "pos"]
+
+
+def test_load_tfds_unknown_dataset_is_one_sentence():
+    with pytest.raises(ValueError, match="Could not load tfds:no_such_dataset_xyz"):
+        data.load_tfds("no_such_dataset_xyz", "train")
+
+
+def test_encode_truncates_to_max_length():
+    ids = data.encode(whitespace_tokenizer, ["a b c d e f", "a"], max_length=4)
+    assert [row.tolist() for row in ids] == [[1, 3, 3, 2], [1, 3, 2]]
+    assert ids[0].dtype == np.int32
+
+
+def random_sequences(n, low=2, high=20, seed=0):
+    rng = np.random.default_rng(seed)
+    token_ids = [rng.integers(5, 100, size=rng.integers(low, high + 1)).astype(np.int32) for _ in range(n)]
+    return token_ids, rng.integers(0, 2, size=n)
+
+
+def unpad(batches):
+    """(sequence, label) pairs of the real rows, to check every example arrives exactly once."""
+    seen = []
+    for features, labels, weights in batches:
+        for ids, mask, label, weight in zip(features["input_ids"].numpy(), features["attention_mask"].numpy(),
+                                            labels.numpy(), weights.numpy()):
+            if weight > 0:
+                seen.append((tuple(ids[mask == 1]), int(label)))
+    return sorted(seen)
+
+
+def test_dynamic_padding_pads_each_batch_to_its_longest():
+    token_ids, labels = random_sequences(23)
+    batches = list(data.make_dataset(token_ids, labels, batch_size=5))
+    assert len(batches) == data.count_batches(token_ids, 5) == 5
+    for i, (features, batch_labels, weights) in enumerate(batches):
+        lengths = [len(row) for row in token_ids[5 * i: 5 * i + 5]]
+        assert features["input_ids"].shape == (len(lengths), max(lengths))
+        np.testing.assert_array_equal(features["attention_mask"].numpy().sum(1), lengths)
+        np.testing.assert_array_equal(features["input_ids"].numpy()[features["attention_mask"].numpy() == 0], 0)
+        np.testing.assert_allclose(weights.numpy().sum(), 1.0, rtol=1e-6)
+    widths = {batch[0]["input_ids"].shape[1] for batch in batches}
+    assert len(widths) > 1, "all batches came out the same width: padding is not per batch"
+    assert unpad(batches) == sorted((tuple(row), int(y)) for row, y in zip(token_ids, labels))
+
+
+def test_bucketed_batches_are_full_and_padded_to_their_bucket():
+    token_ids, labels = random_sequences(40)
+    widths = (6, 12, 20)
+    dataset = data.make_dataset(token_ids, labels, batch_size=8, shuffle=True, seed=3, bucket_widths=widths, pad_id=9)
+    batches = list(dataset)
+    assert len(batches) == data.count_batches(token_ids, 8, widths)
+    for features, _, weights in batches:
+        width = features["input_ids"].shape[1]
+        assert features["input_ids"].shape[0] == 8 and width in widths
+        lengths = features["attention_mask"].numpy().sum(1)[weights.numpy() > 0]
+        assert lengths.max() <= width and (width == widths[0] or lengths.min() > widths[widths.index(width) - 1])
+        np.testing.assert_allclose(weights.numpy().sum(), 1.0, rtol=1e-6)
+        np.testing.assert_array_equal(features["input_ids"].numpy()[features["attention_mask"].numpy() == 0], 9)
+    assert unpad(batches) == sorted((tuple(row), int(y)) for row, y in zip(token_ids, labels))
+    second_epoch = [b[1].numpy().tolist() for b in dataset]
+    assert second_epoch != [b[1].numpy().tolist() for b in batches], "shuffle must differ between epochs"
+
+
+@pytest.mark.parametrize("widths", [(12, 6, 20), (6, 12)])
+def test_bucket_widths_must_ascend_and_cover(widths):
+    token_ids, labels = random_sequences(10)
+    with pytest.raises(ValueError, match="bucket_widths"):
+        data.make_dataset(token_ids, labels, batch_size=4, bucket_widths=widths)
+
+
+def test_dataset_elements_feed_a_model_signature():
+    token_ids, labels = random_sequences(4)
+    spec = data.make_dataset(token_ids, labels, batch_size=2).element_spec
+    assert spec[0]["input_ids"].dtype == tf.int32 and spec[1].dtype == tf.int32 and spec[2].dtype == tf.float32
