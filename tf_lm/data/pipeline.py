@@ -55,6 +55,12 @@ def encode_corpus(corpus: Corpus, tokenizer, cache_dir: str | None = None) -> di
 
     Returns:
         {"train": int32 [T_train], "validation": int32 [T_val]}.
+
+    Raises:
+        ValueError: whatever the tokenizer raises (e.g. a character outside a CharTokenizer's vocabulary).
+
+    Example:
+    >>> ids = encode_corpus(read_source(), tokenizer, cache_dir="runs/ids")  # doctest: +SKIP
     """
     ids = {}
     for split in SPLITS:
@@ -65,11 +71,20 @@ def encode_corpus(corpus: Corpus, tokenizer, cache_dir: str | None = None) -> di
             continue
         ids[split] = _encode(tokenizer, text)
         if path is not None:
-            os.makedirs(cache_dir, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".tmp", delete=False) as f:
-                np.save(f, ids[split])
-            os.replace(f.name, path)
+            _save_atomically(path, ids[split])
     return ids
+
+
+def _save_atomically(path: str, array: np.ndarray) -> None:
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as f:
+        try:
+            np.save(f, array)
+        except BaseException:  # e.g. a full disk or Ctrl-C: leave no partial file behind
+            os.remove(f.name)
+            raise
+    os.replace(f.name, path)
 
 
 def _epoch_window_starts(epoch, seed, num_windows: int, max_offset: int, block_size: int):
