@@ -1,0 +1,174 @@
+"""tf_lm.bert.hub: name resolution, the torch-free safetensors loader (checked against a numpy BERT), saving."""
+
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tf_lm.bert import hub
+
+SENTENCES = ["a gorgeous , witty , seductive movie .", "the plot is nothing but boilerplate clichés"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return hub.load_tokenizer("minilm")
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return hub.load_classifier("minilm", num_labels=3, label_names=["neg", "neutral", "pos"])
+
+
+@pytest.fixture(scope="module")
+def state():
+    from safetensors.numpy import load_file
+
+    return load_file(os.path.join(hub.resolve_checkpoint("minilm"), "model.safetensors"))
+
+
+def test_import_tf_lm_does_not_import_transformers():
+    code = (
+        "import os, sys, tf_lm, tf_lm.bert, tf_lm.bert.data\n"
+        "assert 'transformers' not in sys.modules, 'transformers was imported'\n"
+        "assert 'TF_USE_LEGACY_KERAS' not in os.environ, 'TF_USE_LEGACY_KERAS was set'\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_resolve_checkpoint():
+    assert os.path.isfile(os.path.join(hub.resolve_checkpoint("minilm"), "vocab.txt"))
+    assert hub.resolve_checkpoint("bert-base-uncased") == "bert-base-uncased"
+    with pytest.raises(FileNotFoundError, match="No checkpoint directory at './absent'"):
+        hub.resolve_checkpoint("./absent")
+
+
+def test_tokenizer_is_uncased_bert_without_padding(tokenizer):
+    ids = tokenizer(["A Fine Film", "ok"])["input_ids"]
+    assert ids == [[101, 1037, 2986, 2143, 102], [101, 7929, 102]]
+
+
+def test_unknown_model_offline_fails_fast_in_one_sentence(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="'tf-lm-tests/no-such-model'.*unreachable.*--model=minilm"):
+        hub.load_classifier("tf-lm-tests/no-such-model", num_labels=2)
+    with pytest.raises(ValueError, match="no-such-model"):
+        hub.load_tokenizer("tf-lm-tests/no-such-model")
+    assert time.perf_counter() - start < 10
+
+
+def test_unknown_model_without_offline_flag_fails_without_minutes_of_retries(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="no-such-model"):
+        hub.load_classifier("tf-lm-tests/no-such-model", num_labels=2)
+    assert time.perf_counter() - start < 30
+
+
+def gelu(x):
+    return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
+
+
+def layer_norm(x, state, name, eps=1e-12):
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * state[f"{name}.weight"] + state[f"{name}.bias"]
+
+
+def numpy_bert(state, ids, mask, num_heads=12):
+    """BERT straight from the PyTorch-named tensors: an independent check of transformers' name mapping."""
+    batch, length = ids.shape
+
+    def dense(x, name):
+        return x @ state[f"{name}.weight"].T + state[f"{name}.bias"]
+
+    x = (state["embeddings.word_embeddings.weight"][ids] + state["embeddings.position_embeddings.weight"][:length]
+         + state["embeddings.token_type_embeddings.weight"][0])  # [B, T, D]
+    x = layer_norm(x, state, "embeddings.LayerNorm")
+    head_dim = x.shape[-1] // num_heads
+    bias = (1.0 - mask[:, None, None, :]) * -1e9  # [B, 1, 1, T]
+    layers = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.layer.")})
+    for i in layers:
+        p = f"encoder.layer.{i}"
+        q, k, v = (dense(x, f"{p}.attention.self.{n}").reshape(batch, length, num_heads, head_dim).transpose(0, 2, 1, 3)
+                   for n in ("query", "key", "value"))  # [B, H, T, hd]
+        scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(head_dim) + bias  # [B, H, T, T]
+        weights = np.exp(scores - scores.max(-1, keepdims=True))
+        weights /= weights.sum(-1, keepdims=True)
+        context = (weights @ v).transpose(0, 2, 1, 3).reshape(batch, length, -1)  # [B, T, D]
+        x = layer_norm(dense(context, f"{p}.attention.output.dense") + x, state, f"{p}.attention.output.LayerNorm")
+        h = gelu(dense(x, f"{p}.intermediate.dense"))  # [B, T, 4D]
+        x = layer_norm(dense(h, f"{p}.output.dense") + x, state, f"{p}.output.LayerNorm")
+    return x, np.tanh(dense(x[:, 0], "pooler.dense"))  # [B, T, D], [B, D]
+
+
+def test_numpy_loader_loads_every_encoder_weight(classifier, tokenizer, state):
+    batch = tokenizer(SENTENCES, padding=True, return_tensors="np")
+    features = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    output = classifier.bert(features, training=False)
+    hidden, pooled = numpy_bert(state, batch["input_ids"], batch["attention_mask"].astype(np.float32))
+    real = batch["attention_mask"] == 1
+    np.testing.assert_allclose(output.last_hidden_state.numpy()[real], hidden[real], atol=2e-4)
+    np.testing.assert_allclose(output.pooler_output.numpy(), pooled, atol=2e-4)
+    assert classifier.config.num_labels == 3 and hub.label_names(classifier) == ["neg", "neutral", "pos"]
+    assert hub.position_limit(classifier) == 512
+
+
+def test_save_pretrained_round_trip_matches_transformers_loader(classifier, tokenizer, tmp_path):
+    target = tmp_path / "best"
+    hub.save_pretrained(str(target), classifier, tokenizer, {"metrics.json": {"accuracy": 0.5}})
+    hub.save_pretrained(str(target), classifier, tokenizer, {"metrics.json": {"accuracy": 0.75}})  # replaces it
+    assert sorted(os.listdir(tmp_path)) == ["best"], "staging or retired directories were left behind"
+    assert '"accuracy": 0.75' in (target / "metrics.json").read_text()
+    # The saved safetensors are TF-format, so this goes through transformers' own from_pretrained.
+    reloaded = hub.load_classifier(str(target))
+    batch = dict(tokenizer(SENTENCES, padding=True, return_tensors="np"))
+    del batch["token_type_ids"]
+    np.testing.assert_allclose(reloaded(batch).logits.numpy(), classifier(batch).logits.numpy(), atol=1e-6)
+    assert hub.label_names(reloaded) == ["neg", "neutral", "pos"]
+    assert hub.load_tokenizer(str(target))(["A Fine Film"])["input_ids"] == [[101, 1037, 2986, 2143, 102]]
+
+
+def test_checkpoint_missing_an_encoder_weight_is_rejected(state, tmp_path):
+    from safetensors.numpy import save_file
+
+    broken = {k: v for k, v in state.items() if k != "encoder.layer.3.output.dense.weight"}
+    save_file(broken, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    (tmp_path / "config.json").write_text(open(os.path.join(hub.resolve_checkpoint("minilm"), "config.json")).read())
+    with pytest.raises(ValueError, match="encoder.layer.3.output.dense.weight"):
+        hub.load_classifier(str(tmp_path), num_labels=2)
+
+
+def test_directory_without_weights_or_config(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No config.json"):
+        hub.load_classifier(str(tmp_path))
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(FileNotFoundError, match="No model.safetensors or tf_model.h5"):
+        hub.load_classifier(str(tmp_path))
+
+
+def test_label_names_must_match_num_labels():
+    with pytest.raises(ValueError, match="3 label names for 2 labels"):
+        hub.load_classifier("minilm", num_labels=2, label_names=["a", "b", "c"])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"learning_rate": 0.0, "num_train_steps": 10, "warmup_steps": 1}, "learning_rate"),
+    ({"learning_rate": 1e-4, "num_train_steps": 10, "warmup_steps": 11}, "warmup_steps"),
+])
+def test_create_optimizer_rejects_bad_schedules(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        hub.create_optimizer(**kwargs)
+
+
+def test_create_optimizer_warms_up_then_decays_linearly():
+    optimizer = hub.create_optimizer(1e-4, num_train_steps=100, warmup_steps=10)
+    schedule = optimizer.learning_rate
+    rates = [float(schedule(step)) for step in (0, 5, 10, 55, 100)]
+    np.testing.assert_allclose(rates, [0.0, 5e-5, 1e-4, 5e-5, 0.0], atol=1e-9)

