@@ -1,0 +1,54 @@
+"""Exports a trained model directory as a servable SavedModel with a text-in, text-out `generate` signature.
+
+    python -m experiments.export --model_dir=runs/shakespeare --export_dir=exports/shakespeare
+
+The sampler is fixed at export time by the same flags as `experiments.generate` (default greedy). Loading
+needs only TensorFlow:
+
+    m = tf.saved_model.load("exports/shakespeare")
+    m.generate(prompt=tf.constant(["ROMEO:"]), max_new_tokens=tf.constant(100), seed=tf.constant(0, tf.int64))
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+
+from experiments.generate import define_sampling_flags, sampling_kwargs
+
+FLAGS = flags.FLAGS
+
+
+def define_export_flags() -> None:
+    flags.DEFINE_string("model_dir", None, "A model directory written by training (model.keras + tokenizer/).")
+    flags.DEFINE_string("export_dir", None, "Where to write the SavedModel (replaced if it exists).")
+    define_sampling_flags(default_temperature=0.0)
+
+
+def run(model_dir: str, export_dir: str, sampling: dict) -> None:
+    """Loads `model_dir` and writes its SavedModel to `export_dir`.
+
+    Raises:
+        FileNotFoundError: if `model_dir` is not a model directory.
+        ValueError: for a tokenizer that cannot be exported or bad sampler settings.
+    """
+    from tf_lm.artifacts import load_model_dir
+    from tf_lm.generation.export import export_saved_model
+
+    model, tokenizer = load_model_dir(model_dir)
+    export_saved_model(model, tokenizer, export_dir, **sampling)
+    print(f"Wrote a SavedModel with a 'generate' signature to {export_dir}")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
+    try:
+        run(FLAGS.model_dir, FLAGS.export_dir, sampling_kwargs(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p))
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    define_export_flags()
+    flags.mark_flags_as_required(["model_dir", "export_dir"])
+    app.run(main)

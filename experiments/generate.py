@@ -1,0 +1,102 @@
+"""Streams text from a trained model directory as it is generated.
+
+    python -m experiments.generate --model_dir=runs/shakespeare --prompt="ROMEO:" --max_new_tokens=300 \
+        --temperature=0.8 --top_k=40 --seed=1 --num_samples=2
+
+The sampler follows the flags: --temperature=0 is greedy; --top_p picks nucleus sampling (with --top_k, top-k
+first); --top_k alone picks top-k; otherwise plain temperature sampling. Tokens are decoded in chunks of
+--chunk_size steps, each chunk a compiled program that carries the KV cache on, so text appears as it is made.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+
+def define_sampling_flags(default_temperature: float) -> None:
+    """--temperature, --top_k and --top_p, shared by `experiments.generate` and `experiments.export`."""
+    flags.DEFINE_float("temperature", default_temperature, "Softmax temperature; 0 means greedy decoding.")
+    flags.DEFINE_integer("top_k", None, "Sample among the k most likely tokens.")
+    flags.DEFINE_float("top_p", None, "Nucleus sampling: the smallest set of tokens holding this probability mass.")
+
+
+def sampling_kwargs(temperature: float, top_k: int | None, top_p: float | None) -> dict:
+    """The one mapping from sampling flags to `generate`'s sampler arguments."""
+    sampler = "top_p" if top_p is not None else "top_k" if top_k is not None else "temperature"
+    return {"sampler": sampler, "temperature": temperature, "top_k": top_k, "top_p": top_p}
+
+
+def define_generate_flags() -> None:
+    flags.DEFINE_string("model_dir", None, "A model directory written by training (model.keras + tokenizer/).")
+    flags.DEFINE_string("prompt", "\n", "Text to continue; every character/token must be in the tokenizer.")
+    flags.DEFINE_integer("max_new_tokens", 200, "New tokens per sample; prompt + new tokens must fit the context.")
+    flags.DEFINE_integer("seed", None, "Seed of the random samplers; sample i uses seed + i. Unset: random.")
+    flags.DEFINE_integer("num_samples", 1, "Number of samples, streamed one after another.")
+    flags.DEFINE_integer("chunk_size", 8, "Decoding steps per streamed chunk.")
+    define_sampling_flags(default_temperature=0.8)
+
+
+class _TextPrinter:
+    """Prints the text of a growing id sequence, holding back an incomplete multi-byte character."""
+
+    def __init__(self, tokenizer, out):
+        self.tokenizer, self.out = tokenizer, out
+        self.ids: list[int] = []
+        self.printed = 0
+
+    def add(self, ids: list[int]) -> None:
+        self.ids.extend(ids)
+        # Decoding everything so far, not just the chunk: a byte-level BPE chunk can end mid-character.
+        text = self.tokenizer.decode(self.ids).rstrip("\ufffd")
+        self.out.write(text[self.printed :])
+        self.out.flush()
+        self.printed = max(self.printed, len(text))
+
+
+def run(model_dir: str, prompt: str, max_new_tokens: int, seed: int | None, num_samples: int, chunk_size: int,
+        sampling: dict, out=sys.stdout) -> None:
+    """Loads `model_dir` and streams `num_samples` continuations of `prompt` to `out`.
+
+    Raises:
+        FileNotFoundError: if `model_dir` is not a model directory.
+        ValueError: for a prompt the tokenizer cannot encode or the model cannot continue, or bad settings.
+    """
+    from tf_lm.artifacts import load_model_dir
+    from tf_lm.generation import stream
+
+    if num_samples < 1:
+        raise ValueError(f"--num_samples must be >= 1. Received: {num_samples}")
+    model, tokenizer = load_model_dir(model_dir)
+    prompt_ids = tokenizer.encode(prompt)
+    stop_token_ids = None if getattr(tokenizer, "eos_id", None) is None else [tokenizer.eos_id]
+    for sample in range(num_samples):
+        if num_samples > 1:
+            out.write(f"--- sample {sample + 1} of {num_samples} ---\n")
+        out.write(prompt)
+        printer = _TextPrinter(tokenizer, out)
+        for chunk in stream(model, [prompt_ids], max_new_tokens=max_new_tokens,
+                            seed=None if seed is None else seed + sample, stop_token_ids=stop_token_ids,
+                            chunk_size=chunk_size, **sampling):
+            printer.add(chunk[0])
+        out.write("\n")
+        out.flush()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments {argv[1:]}; pass the prompt with --prompt.")
+    try:
+        run(FLAGS.model_dir, FLAGS.prompt, FLAGS.max_new_tokens, FLAGS.seed, FLAGS.num_samples, FLAGS.chunk_size,
+            sampling_kwargs(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p))
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    define_generate_flags()
+    flags.mark_flags_as_required(["model_dir"])
+    app.run(main)

@@ -1,0 +1,157 @@
+"""Export a model and its char-level tokenizer as a SavedModel that serves text in, text out.
+
+The SavedModel needs only TensorFlow: the weights, the decoding loop (prefill + cached steps + the sampler)
+and the tokenizer all live in the graph. Char-level tokenisation is two lookup tables (character -> id as a
+hash table, id -> character as a constant gathered from), so the `generate` signature takes and returns
+strings and TensorFlow Serving can serve it as is. The graph keeps dynamic shapes (any batch, prompt length
+and `max_new_tokens`) and is not XLA-compiled, so it runs wherever TensorFlow does.
+
+Signature `generate`:
+    prompt: string `[batch]`, UTF-8 prompts (each at least one character, every character in the vocabulary).
+    max_new_tokens: int32 scalar.
+    seed: int64 scalar, for random samplers (ignored by greedy).
+  returns
+    text: string `[batch]`, the new text only (up to and including a stop character).
+    token_ids: int32 `[batch, steps]`, the new ids, 0 after a row's stop.
+    lengths: int32 `[batch]`, the new tokens of each row.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+from tf_lm.generation.generate import next_fn, prefill
+from tf_lm.generation.samplers import Sampler, get_sampler
+
+
+class GenerationModule(tf.Module):
+    """A `tf.Module` holding the model, the char tables and the sampler, with a `generate` tf.function.
+
+    Args:
+        model: a `TransformerLM`.
+        tokenizer: a char-level tokenizer (`tokenizer.is_char_level`), with `chars` and `unknown_token`.
+        sampler: a `Sampler`, fixed at export time.
+        stop_token_ids: optional ints; a row stops at (and includes) the first one it emits.
+
+    Raises:
+        ValueError: if the tokenizer is not char-level or does not fit the model's vocabulary.
+
+    Example:
+    >>> module = GenerationModule(model, CharTokenizer.from_text("hello"), GreedySampler())  # doctest: +SKIP
+    >>> module.generate(tf.constant(["he"]), tf.constant(5), tf.constant(0, tf.int64))["text"]  # doctest: +SKIP
+    """
+
+    def __init__(self, model, tokenizer, sampler: Sampler, stop_token_ids=None):
+        super().__init__(name="tf_lm_generation")
+        if not getattr(tokenizer, "is_char_level", False):
+            raise ValueError(
+                f"Only char-level tokenizers can be exported with in-graph tokenisation; got {tokenizer!r}. "
+                "Export a model trained with --tokenizer=char."
+            )
+        if tokenizer.vocab_size > model.config.vocab_size:
+            raise ValueError(
+                f"The tokenizer has {tokenizer.vocab_size} ids but the model only {model.config.vocab_size}; "
+                "export a model with the tokenizer it was trained with."
+            )
+        # The variables are tracked in a plain list, the model itself only through the closure below: a tracked
+        # Keras model would add its own serving function to the SavedModel.
+        self.model_variables = list(model.variables)
+        self.block_size = model.config.block_size
+        chars = tf.constant(list(tokenizer.chars))
+        unknown_id = -1 if tokenizer.unknown_token is None else list(tokenizer.chars).index(tokenizer.unknown_token)
+        self.char_to_id = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(chars, tf.range(tokenizer.vocab_size, dtype=tf.int32)),
+            default_value=unknown_id,
+        )
+        self.id_to_char = tf.Variable(chars, trainable=False, name="id_to_char")
+        stop_token_ids = [int(t) for t in stop_token_ids or []]
+        self.stop_token_ids = tf.constant(stop_token_ids, tf.int32, shape=[len(stop_token_ids)])
+
+        def generate(prompt, max_new_tokens, seed):
+            chars = tf.strings.unicode_split(prompt, "UTF-8")  # (B, (L)) ragged
+            ids = self.char_to_id.lookup(chars)  # (B, (L))
+            lengths = tf.cast(ids.row_lengths(), tf.int32)  # (B,)
+            checks = [
+                tf.debugging.assert_non_negative(
+                    ids.flat_values, message="A prompt holds a character outside the model's vocabulary."
+                ),
+                tf.debugging.assert_positive(lengths, message="Every prompt needs at least one character."),
+                tf.debugging.assert_positive(max_new_tokens, message="max_new_tokens must be >= 1."),
+                tf.debugging.assert_less_equal(
+                    lengths + max_new_tokens, self.block_size,
+                    message="A prompt plus max_new_tokens exceeds the model's context (block_size).",
+                ),
+            ]
+            with tf.control_dependencies(checks):
+                right_padded = ids.to_tensor(default_value=0)  # (B, P)
+            prompt_length = tf.shape(right_padded)[1]
+            pad_lengths = prompt_length - lengths  # (B,)
+            source = tf.range(prompt_length)[None, :] - pad_lengths[:, None]  # (B, P): slot -> source column
+            left_padded = tf.where(source >= 0, tf.gather(right_padded, tf.maximum(source, 0), batch_dims=1), 0)
+
+            seed_pair = tf.cast(tf.stack([seed // 2**31, seed % 2**31]), tf.int32)  # as generate's int seed
+            tokens, cache, cache_mask = prefill(model, left_padded, pad_lengths, max_new_tokens)
+            tokens, _, index, _ = sampler(
+                next_fn(model, pad_lengths, cache_mask), tokens, cache, prompt_length,
+                prompt_length + max_new_tokens, seed_pair, self.stop_token_ids,
+            )
+            new = tokens[:, prompt_length:index]  # (B, steps)
+            is_stop = tf.reduce_any(new[:, :, None] == self.stop_token_ids[None, None, :], axis=-1)  # (B, steps)
+            # A row's length runs up to and including its first stop token.
+            first_stop = tf.where(
+                tf.reduce_any(is_stop, axis=1), tf.argmax(tf.cast(is_stop, tf.int32), axis=1, output_type=tf.int32) + 1,
+                tf.shape(new)[1],
+            )  # (B,)
+            keep = tf.range(tf.shape(new)[1])[None, :] < first_stop[:, None]  # (B, steps)
+            new = tf.where(keep, new, 0)
+            text = tf.strings.reduce_join(
+                tf.ragged.boolean_mask(tf.gather(self.id_to_char, new), keep), axis=1
+            )  # (B,)
+            return {"text": text, "token_ids": new, "lengths": first_stop}
+
+        self.generate = tf.function(generate, input_signature=[
+            tf.TensorSpec([None], tf.string, name="prompt"),
+            tf.TensorSpec([], tf.int32, name="max_new_tokens"),
+            tf.TensorSpec([], tf.int64, name="seed"),
+        ])
+
+
+def export_saved_model(model, tokenizer, export_dir: str, sampler: str | Sampler = "greedy", temperature: float = 1.0,
+                       top_k: int | None = None, top_p: float | None = None, stop_token_ids=None) -> None:
+    """Writes a SavedModel with a `generate` signature (text in, text out) to `export_dir`.
+
+    The directory is written under a temporary name beside `export_dir` and renamed into place, replacing an
+    earlier export only once the new one is complete.
+
+    Args:
+        model: a `TransformerLM`.
+        tokenizer: its char-level tokenizer.
+        export_dir: str, the SavedModel directory to (re)create.
+        sampler, temperature, top_k, top_p: the decoding strategy baked into the graph, as `generate`.
+        stop_token_ids: optional ints that end a row.
+
+    Raises:
+        ValueError: for a non-char tokenizer or bad sampler settings.
+
+    Example:
+    >>> export_saved_model(model, tokenizer, "exports/shakespeare")  # doctest: +SKIP
+    >>> tf.saved_model.load("exports/shakespeare").generate(
+    ...     prompt=tf.constant(["ROMEO:"]), max_new_tokens=tf.constant(50), seed=tf.constant(0, tf.int64))  # doctest: +SKIP
+    """
+    module = GenerationModule(model, tokenizer, get_sampler(sampler, temperature, top_k, top_p), stop_token_ids)
+    export_dir = os.path.abspath(export_dir)
+    parent = os.path.dirname(export_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(export_dir)}-")
+    try:
+        tf.saved_model.save(module, staging, signatures={"generate": module.generate})
+        if os.path.isdir(export_dir):
+            shutil.rmtree(export_dir)
+        os.replace(staging, export_dir)
+    finally:
+        if os.path.isdir(staging):
+            shutil.rmtree(staging)

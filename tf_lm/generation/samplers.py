@@ -1,0 +1,285 @@
+"""Samplers: turn next-token logits into tokens, one cached step at a time, inside one compiled loop.
+
+A sampler knows nothing about the model. It gets a `next(tokens, cache, index)` closure that returns the
+logits of token `index` (and the updated cache), and it fills a fixed-shape token buffer slot by slot in a
+`tf.while_loop`, so the whole decode compiles to one XLA loop. Subclasses only choose the token:
+`get_next_token(logits, seed)`.
+
+Randomness is stateless: the step at buffer slot `index` draws with `fold_in(seed, index)`, so the same seed
+always gives the same tokens, in eager, `tf.function` and XLA alike. Random samplers use the Gumbel-max trick
+(argmax of logits plus Gumbel noise is a sample of softmax(logits)) on `tf.random.stateless_uniform`, so a row's
+draw depends on its row index in the batch and the seed, never on the other rows.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+# Finite rather than -inf: a filtered-out logit plus Gumbel noise must stay below every kept one, never NaN.
+_FILTERED_LOGIT = -1e30
+
+
+class Sampler:
+    """Base class: the decoding loop; subclasses override `get_next_token`.
+
+    Args:
+        temperature: float > 0, default 1. Logits are divided by it before sampling; below 1 sharpens,
+            above 1 flattens. (Greedy decoding is `GreedySampler`; `get_sampler` maps temperature 0 to it.)
+
+    Call args:
+        next: callable `(tokens, cache, index) -> (logits [batch, vocab] float32, cache)`: the logits of
+            the token at buffer slot `index` given `tokens[:, :index]`.
+        tokens: int32 tensor `[batch, length]`, the token buffer; slots `>= index` are filled.
+        cache: any nest of tensors `next` threads through (the model's KV cache).
+        index: int scalar, the first slot to fill.
+        end_index: int scalar, one past the last slot to fill (`<= length`).
+        seed: int32 tensor `[2]`; required by random samplers, ignored by greedy.
+        stop_token_ids: optional int32 tensor `[num_stop]`. A row that emits one stops; its later slots get 0.
+        done: optional bool tensor `[batch]`, rows that already stopped (to resume a chunked decode).
+
+    Returns:
+        `(tokens, cache, index, done)`: the filled buffer, the cache, the slot after the last one filled
+        (less than `end_index` when every row stopped early) and the per-row stop flags.
+
+    Example:
+    >>> def next(tokens, cache, index):
+    ...     return tf.one_hot(tf.fill([2], 3), 8) * 1e9, cache
+    >>> tokens, _, index, _ = GreedySampler()(next, tf.zeros([2, 6], "int32"), (), 2, 6)
+    >>> tokens.numpy()[0].tolist(), int(index)
+    ([0, 0, 3, 3, 3, 3], 6)
+    """
+
+    def __init__(self, temperature: float = 1.0):
+        if not temperature > 0:
+            raise ValueError(
+                f"temperature must be > 0; use GreedySampler (or temperature=0 in get_sampler) for greedy "
+                f"decoding. Received: temperature={temperature}"
+            )
+        self.temperature = float(temperature)
+
+    def get_next_token(self, logits, seed):
+        """Returns int32 tokens `[batch]` drawn from float32 `logits` `[batch, vocab]` with the `[2]` seed."""
+        raise NotImplementedError(f"{type(self).__name__} must implement get_next_token.")
+
+    def filter_logits(self, logits):
+        """Returns `logits` / temperature with every token this sampler must never emit set very negative."""
+        return logits / self.temperature
+
+    def __call__(self, next, tokens, cache, index, end_index, seed=None, stop_token_ids=None, done=None):
+        tokens = tf.convert_to_tensor(tokens, tf.int32)
+        batch = tf.shape(tokens)[0]
+        seed = tf.zeros([2], tf.int32) if seed is None else tf.convert_to_tensor(seed, tf.int32)
+        stop_token_ids = tf.zeros([0], tf.int32) if stop_token_ids is None else tf.cast(stop_token_ids, tf.int32)
+        done = tf.zeros([batch], tf.bool) if done is None else tf.convert_to_tensor(done, tf.bool)
+        index = tf.convert_to_tensor(index, tf.int32)
+        end_index = tf.convert_to_tensor(end_index, tf.int32)
+
+        def cond(index, tokens, cache, done):
+            return tf.logical_and(index < end_index, tf.logical_not(tf.reduce_all(done)))
+
+        def body(index, tokens, cache, done):
+            logits, cache = next(tokens, cache, index)  # (B, V)
+            step_seed = tf.random.experimental.stateless_fold_in(seed, index)
+            token = self.get_next_token(tf.cast(logits, tf.float32), step_seed)  # (B,)
+            token = tf.where(done, tf.zeros_like(token), token)
+            tokens = tf.tensor_scatter_nd_update(
+                tokens, tf.stack([tf.range(batch), tf.fill([batch], index)], axis=1), token
+            )  # (B, length)
+            is_stop = tf.reduce_any(token[:, None] == stop_token_ids[None, :], axis=1)  # (B,)
+            return index + 1, tokens, cache, tf.logical_or(done, is_stop)
+
+        index, tokens, cache, done = tf.while_loop(cond, body, (index, tokens, cache, done))
+        return tokens, cache, index, done
+
+    def get_config(self) -> dict:
+        """The sampler's settings; two samplers with equal configs draw identical tokens."""
+        return {"temperature": self.temperature}
+
+
+def _gumbel_argmax(logits, seed):
+    """A sample of softmax(logits) per row: argmax(logits + Gumbel noise). `[batch, vocab]` -> `[batch]`."""
+    # minval > 0 keeps log(-log(u)) finite.
+    uniform = tf.random.stateless_uniform(tf.shape(logits), seed, minval=1e-20, maxval=1.0, dtype=tf.float32)
+    gumbel = -tf.math.log(-tf.math.log(uniform))  # (B, V)
+    return tf.argmax(logits + gumbel, axis=-1, output_type=tf.int32)
+
+
+class GreedySampler(Sampler):
+    """Always the most likely token (ties: the lowest id). Deterministic; ignores the seed.
+
+    Example:
+    >>> GreedySampler().get_next_token(tf.constant([[0.1, 2.0, 0.5]]), None).numpy().tolist()
+    [1]
+    """
+
+    def __init__(self):
+        super().__init__(temperature=1.0)
+
+    def get_next_token(self, logits, seed):
+        return tf.argmax(logits, axis=-1, output_type=tf.int32)
+
+    def get_config(self):
+        return {}
+
+
+class RandomSampler(Sampler):
+    """A sample of softmax(logits / temperature) over the whole vocabulary (the "temperature" sampler).
+
+    Example:
+    >>> sampler = RandomSampler(temperature=0.8)
+    >>> sampler.get_next_token(tf.constant([[0.0, 1e9, 0.0]]), tf.constant([1, 2])).numpy().tolist()
+    [1]
+    """
+
+    def get_next_token(self, logits, seed):
+        return _gumbel_argmax(self.filter_logits(logits), seed)
+
+
+class TopKSampler(Sampler):
+    """A sample among the `k` most likely tokens, renormalised, after dividing by the temperature.
+
+    Args:
+        k: int >= 1. Number of candidate tokens per step.
+        temperature: float > 0, default 1.
+
+    Example:
+    >>> sampler = TopKSampler(k=2)
+    >>> token = sampler.get_next_token(tf.constant([[5.0, 0.0, 4.0, -1.0]]), tf.constant([0, 7]))
+    >>> int(token[0]) in (0, 2)
+    True
+    """
+
+    def __init__(self, k: int, temperature: float = 1.0):
+        super().__init__(temperature)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"top_k must be an integer >= 1. Received: top_k={k!r}")
+        self.k = k
+
+    def filter_logits(self, logits):
+        logits = super().filter_logits(logits)
+        k = min(self.k, logits.shape[-1])
+        kth_largest = tf.math.top_k(logits, k=k, sorted=True).values[:, -1:]  # (B, 1)
+        # Ties with the k-th logit are kept too; with float logits they are vanishingly rare.
+        return tf.where(logits < kth_largest, _FILTERED_LOGIT, logits)
+
+    def get_next_token(self, logits, seed):
+        return _gumbel_argmax(self.filter_logits(logits), seed)
+
+    def get_config(self):
+        return {**super().get_config(), "k": self.k}
+
+
+class TopPSampler(Sampler):
+    """Nucleus sampling: a sample among the smallest set of most likely tokens whose probability reaches `p`.
+
+    Args:
+        p: float in (0, 1]. Probability mass of the nucleus; the most likely token is always kept.
+        k: optional int >= 1. Also keep at most the `k` most likely tokens (top-k then top-p), which also
+            limits the sort to `k` entries.
+        temperature: float > 0, default 1. Applied before the nucleus is computed.
+
+    Example:
+    >>> sampler = TopPSampler(p=0.5)
+    >>> sampler.get_next_token(tf.constant([[0.0, 3.0, 0.0]]), tf.constant([0, 1])).numpy().tolist()
+    [1]
+    """
+
+    def __init__(self, p: float, k: int | None = None, temperature: float = 1.0):
+        super().__init__(temperature)
+        if not 0.0 < p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1]. Received: top_p={p}")
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(f"top_k must be an integer >= 1 or None. Received: top_k={k!r}")
+        self.p = float(p)
+        self.k = k
+
+    def filter_logits(self, logits):
+        logits = super().filter_logits(logits)
+        vocab = logits.shape[-1]
+        k = vocab if self.k is None else min(self.k, vocab)
+        sorted_logits, sorted_ids = tf.math.top_k(logits, k=k, sorted=True)  # (B, k) each
+        # Softmax in float32 over the whole vocabulary, so top-k-then-top-p measures mass against all tokens.
+        log_normaliser = tf.reduce_logsumexp(logits, axis=-1, keepdims=True)  # (B, 1)
+        sorted_probs = tf.exp(sorted_logits - log_normaliser)  # (B, k)
+        mass_before = tf.cumsum(sorted_probs, axis=-1, exclusive=True)  # (B, k)
+        # A token is in the nucleus if the tokens ranked above it hold less than p; rank 0 always is.
+        keep_sorted = tf.logical_or(mass_before < self.p, tf.range(k)[None, :] == 0)  # (B, k)
+        batch = tf.shape(logits)[0]
+        row_ids = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(sorted_ids))  # (B, k)
+        keep = tf.scatter_nd(
+            tf.stack([row_ids, sorted_ids], axis=-1), tf.cast(keep_sorted, tf.int32), tf.shape(logits)
+        )  # (B, V): 1 inside the nucleus
+        return tf.where(keep > 0, logits, _FILTERED_LOGIT)
+
+    def get_next_token(self, logits, seed):
+        return _gumbel_argmax(self.filter_logits(logits), seed)
+
+    def get_config(self):
+        return {**super().get_config(), "p": self.p, "k": self.k}
+
+
+SAMPLERS = ("greedy", "temperature", "top_k", "top_p")
+
+
+def get_sampler(sampler: str | Sampler = "greedy", temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None) -> Sampler:
+    """Maps a sampler name and its settings to a `Sampler`, rejecting settings the sampler would ignore.
+
+    Args:
+        sampler: one of "greedy", "temperature", "top_k", "top_p", or a `Sampler` (returned as is; the
+            other arguments must then keep their defaults).
+        temperature: float >= 0, default 1. 0 means greedy, whatever the sampler.
+        top_k: int, required by "top_k"; optional for "top_p" (top-k, then the nucleus).
+        top_p: float in (0, 1], required by "top_p".
+
+    Returns:
+        A `Sampler`.
+
+    Raises:
+        ValueError: for an unknown name, a missing or out-of-range setting, or a setting the chosen sampler
+            does not use (e.g. `top_k` with "temperature").
+
+    Example:
+    >>> get_sampler("top_p", temperature=0.8, top_p=0.95).get_config()
+    {'temperature': 0.8, 'p': 0.95, 'k': None}
+    >>> type(get_sampler("top_k", temperature=0, top_k=5)).__name__
+    'GreedySampler'
+    """
+    if isinstance(sampler, Sampler):
+        if (temperature, top_k, top_p) != (1.0, None, None):
+            raise ValueError("Pass temperature/top_k/top_p to the Sampler's constructor, not beside a Sampler.")
+        return sampler
+    if sampler not in SAMPLERS:
+        raise ValueError(f"Unknown sampler {sampler!r}; choose one of {list(SAMPLERS)} or pass a Sampler.")
+    if temperature is None or not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0 (0 means greedy). Received: temperature={temperature}")
+    unused = {
+        "greedy": {"top_k": top_k, "top_p": top_p},
+        "temperature": {"top_k": top_k, "top_p": top_p},
+        "top_k": {"top_p": top_p},
+        "top_p": {},
+    }[sampler]
+    unused = sorted(name for name, value in unused.items() if value is not None)
+    if unused:
+        raise ValueError(
+            f"The {sampler!r} sampler does not use {unused}; drop them or pick the sampler that does "
+            f"(top_k: 'top_k' or 'top_p', top_p: 'top_p')."
+        )
+    if sampler == "greedy" and temperature not in (0, 1):
+        raise ValueError(f"The 'greedy' sampler has no temperature; use 'temperature'. Received: {temperature}")
+    if sampler == "top_k" and top_k is None:
+        raise ValueError("The 'top_k' sampler needs top_k, e.g. top_k=40.")
+    if sampler == "top_p" and top_p is None:
+        raise ValueError("The 'top_p' sampler needs top_p, e.g. top_p=0.95.")
+    # Checked before the temperature-0 shortcut, so a bad top_k/top_p is reported even when greedy wins.
+    if sampler == "top_k":
+        TopKSampler(top_k)
+    if sampler == "top_p":
+        TopPSampler(top_p, top_k)
+    if sampler == "greedy" or temperature == 0:
+        return GreedySampler()
+    if sampler == "temperature":
+        return RandomSampler(temperature)
+    if sampler == "top_k":
+        return TopKSampler(top_k, temperature)
+    return TopPSampler(top_p, top_k, temperature)
