@@ -119,7 +119,8 @@ def test_model_fit_consumes_the_datasets(corpus, tokenizer):
     import keras
 
     train, validation = lm_datasets(corpus, tokenizer, BLOCK, 4)
-    model = keras.Sequential([keras.layers.Embedding(tokenizer.vocab_size, 4), keras.layers.Dense(tokenizer.vocab_size)])
+    vocab = tokenizer.vocab_size
+    model = keras.Sequential([keras.layers.Embedding(vocab, 4), keras.layers.Dense(vocab)])
     model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     history = model.fit(train, steps_per_epoch=2, epochs=1, validation_data=validation, shuffle=False, verbose=0)
     assert np.isfinite(history.history["val_loss"][0])
@@ -172,7 +173,8 @@ def test_split_shorter_than_a_window_is_rejected(train_len, validation_len, spli
     text = positional_text(train_len + validation_len)
     corpus = Corpus(text[:train_len], text[train_len:], name="text:short.txt")
     tokenizer = CharTokenizer.from_text(text)
-    with pytest.raises(ValueError, match=rf"The {split} split of 'text:short.txt' has {BLOCK} tokens.*smaller block_size"):
+    message = rf"The {split} split of 'text:short.txt' has {BLOCK} tokens.*smaller block_size"
+    with pytest.raises(ValueError, match=message):
         lm_datasets(corpus, tokenizer, BLOCK, 2)
 
 

@@ -74,7 +74,9 @@ def read_source(source: str = DEFAULT_SOURCE, *, validation_fraction: float = 0.
     True
     """
     if not isinstance(validation_fraction, (int, float)) or not 0.0 < validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction must be in (0, 1). Received: validation_fraction={validation_fraction!r}")
+        raise ValueError(
+            f"validation_fraction must be in (0, 1). Received: validation_fraction={validation_fraction!r}"
+        )
     scheme, sep, rest = source.partition(":")
     if not sep or scheme not in SCHEMES:
         raise ValueError(
@@ -110,14 +112,18 @@ def _read_builtin(source: str, name: str) -> str:
 def _read_text_files(source: str, pattern: str) -> str:
     paths = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
     if not paths:
-        raise FileNotFoundError(f"No files match {source!r}; check the path, or quote the glob so the shell leaves it alone.")
+        raise FileNotFoundError(
+            f"No files match {source!r}; check the path, or quote the glob so the shell leaves it alone."
+        )
     texts = []
     for path in paths:
         try:
             with open(path, encoding="utf-8") as f:
                 texts.append(f.read())
         except UnicodeDecodeError as error:
-            raise ValueError(f"{path} (from {source!r}) is not UTF-8 text ({error.reason}); convert it to UTF-8.") from None
+            raise ValueError(
+                f"{path} (from {source!r}) is not UTF-8 text ({error.reason}); convert it to UTF-8."
+            ) from None
     return "".join(texts)
 
 
@@ -137,7 +143,9 @@ def _read_tfds(source, name, validation_fraction, data_dir, manual_dir, train_sp
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
-        raise ValueError(f"Unknown TFDS dataset in {source!r}; check the name against `tfds.list_builders()`.") from None
+        raise ValueError(
+            f"Unknown TFDS dataset in {source!r}; check the name against `tfds.list_builders()`."
+        ) from None
     features = builder.info.features
     if text_key not in features:
         raise ValueError(
@@ -154,7 +162,9 @@ def _read_tfds(source, name, validation_fraction, data_dir, manual_dir, train_sp
     known = set(builder.info.splits.keys())  # empty when TFDS does not know the splits (e.g. mocked data)
     for split in _split_names(train_split):
         if known and split not in known:
-            raise ValueError(f"TFDS dataset {name!r} has no split {split!r}; pass tfds_train_split= one of {sorted(known)}.")
+            raise ValueError(
+                f"TFDS dataset {name!r} has no split {split!r}; pass tfds_train_split= one of {sorted(known)}."
+            )
     has_validation = not known or all(split in known for split in _split_names(validation_split))
 
     def read(split: str) -> str:

@@ -298,7 +298,9 @@ class BPETokenizer:
                     tokenizer.add_special_tokens([END_OF_TEXT])
                 return cls(tokenizer)
         except Exception as error:  # tokenizers raises a bare Exception for malformed files.
-            raise ValueError(f"Could not read the BPE tokenizer in {directory!r} ({error}); the files are damaged.") from None
+            raise ValueError(
+                f"Could not read the BPE tokenizer in {directory!r} ({error}); the files are damaged."
+            ) from None
         raise FileNotFoundError(
             f"No {BPE_FILE} (or {GPT2_VOCAB_FILE} + {GPT2_MERGES_FILE}) in {directory!r}; "
             "save a BPETokenizer there or copy GPT-2's tokenizer files in."
@@ -318,7 +320,9 @@ def load_tokenizer(directory: str) -> CharTokenizer | BPETokenizer:
     >>> tok = load_tokenizer("runs/shakespeare/tokenizer")  # doctest: +SKIP
     """
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"Tokenizer directory {directory!r} does not exist; pass the directory a tokenizer was saved to.")
+        raise FileNotFoundError(
+            f"Tokenizer directory {directory!r} does not exist; pass the directory a tokenizer was saved to."
+        )
     if os.path.isfile(os.path.join(directory, CHAR_FILE)):
         return CharTokenizer.load(directory)
     names = (BPE_FILE, GPT2_VOCAB_FILE, GPT2_MERGES_FILE)
