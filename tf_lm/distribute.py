@@ -1,0 +1,131 @@
+"""`resolve_strategy`: the one place a `tf.distribute.Strategy` is created, from a name such as `--strategy`.
+
+Everything that trains builds its model, optimizer and metrics inside `strategy.scope()` and feeds it a
+dataset distributed with `strategy.distribute_datasets_from_function`, so the same code runs on one CPU,
+several GPUs, a TPU or a cluster of workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import tensorflow as tf
+
+STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "tpu", "multi_worker")
+
+
+def _tpu_strategy(tpu: str | None) -> tf.distribute.Strategy:
+    where = repr(tpu) if tpu else "this machine (local)"
+    hint = "pass --tpu=<name or grpc://host:port> on a TPU VM or pod, or pick another --strategy"
+    if tpu and tpu.startswith("grpc://"):
+        # TensorFlow waits forever for a gRPC server that is not there; a plain connect fails in seconds.
+        host, _, port = tpu[len("grpc://"):].rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except (OSError, ValueError):
+            raise ValueError(f"No TPU is reachable at {where}; {hint}.") from None
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "local")
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, tf.errors.OpError, RuntimeError) as error:
+        raise ValueError(
+            f"No TPU is reachable at {where}; {hint} ({type(error).__name__})."
+        ) from None
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def _tpu_visible(tpu: str | None) -> bool:
+    # A TPU VM exposes its chips as /dev/accel*; a TPU node is named by TPU_NAME. Without either, probing
+    # would only waste a connection attempt.
+    return bool(tpu or os.environ.get("TPU_NAME") or os.path.exists("/dev/accel0"))
+
+
+def _cluster_from_tf_config() -> dict:
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        raise ValueError(
+            "--strategy=multi_worker needs the TF_CONFIG environment variable describing the cluster and this "
+            'task, e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}.'
+        )
+    try:
+        tf_config = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"TF_CONFIG is not valid JSON ({error}); fix the environment variable.") from None
+    if not isinstance(tf_config, dict) or "cluster" not in tf_config or "task" not in tf_config:
+        raise ValueError(f"TF_CONFIG must hold a 'cluster' and a 'task'. Received: TF_CONFIG={raw}")
+    return tf_config
+
+
+def resolve_strategy(name: str = "auto", tpu: str | None = None) -> tf.distribute.Strategy:
+    """Returns the `tf.distribute.Strategy` named `name`, always a real strategy object.
+
+    Args:
+        name: str, default "auto". One of:
+            "auto": a TPU if one is visible (`tpu` given, `TPU_NAME` set or a TPU VM), else all GPUs
+                (`MirroredStrategy`) if there are several, else the one GPU, else the CPU.
+            "cpu": `OneDeviceStrategy` on `/cpu:0`, even when GPUs are present.
+            "gpu": `OneDeviceStrategy` on `/gpu:0`.
+            "mirrored": `MirroredStrategy` over all GPUs, or over all logical CPU devices when there is no GPU.
+            "tpu": `TPUStrategy` on the TPU named by `tpu` (default: the local TPU VM).
+            "multi_worker": `MultiWorkerMirroredStrategy`, the cluster and this task taken from `TF_CONFIG`.
+        tpu: str, default None. TPU name or `grpc://` address; only meaningful with "tpu" or "auto".
+
+    Returns:
+        A `tf.distribute.Strategy`; `strategy.num_replicas_in_sync` is the number of model replicas.
+
+    Raises:
+        ValueError: for an unknown name, `tpu` with a strategy other than "tpu"/"auto", "gpu" without a GPU,
+            "tpu" without a reachable TPU, or "multi_worker" without a valid `TF_CONFIG`.
+
+    Example:
+    >>> strategy = resolve_strategy("cpu")
+    >>> strategy.num_replicas_in_sync
+    1
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"Unknown strategy {name!r}; choose one of {list(STRATEGIES)}.")
+    if tpu and name not in ("auto", "tpu"):
+        raise ValueError(f"--tpu={tpu!r} only applies to --strategy=tpu or auto. Received: strategy={name!r}")
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        if _tpu_visible(tpu):
+            return _tpu_strategy(tpu)
+        name = "mirrored" if len(gpus) > 1 else "gpu" if gpus else "cpu"
+    if name == "cpu":
+        return tf.distribute.OneDeviceStrategy("/cpu:0")
+    if name == "gpu":
+        if not gpus:
+            raise ValueError("--strategy=gpu but TensorFlow sees no GPU; check the CUDA install or use --strategy=cpu.")
+        return tf.distribute.OneDeviceStrategy("/gpu:0")
+    if name == "mirrored":
+        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "tpu":
+        return _tpu_strategy(tpu)
+    _cluster_from_tf_config()
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the shared outputs: the chief, else worker 0, else the only process.
+
+    Args:
+        strategy: a strategy from `resolve_strategy`.
+
+    Returns:
+        bool. True for every single-process strategy.
+
+    Example:
+    >>> is_chief(resolve_strategy("cpu"))
+    True
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type or isinstance(strategy, tf.distribute.TPUStrategy):
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
