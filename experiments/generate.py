@@ -74,13 +74,15 @@ def run(model_dir: str, prompt: str, max_new_tokens: int, seed: int | None, num_
     prompt_ids = tokenizer.encode(prompt)
     stop_token_ids = None if getattr(tokenizer, "eos_id", None) is None else [tokenizer.eos_id]
     for sample in range(num_samples):
+        # `stream` checks the prompt and settings when called, so a refusal comes before any output.
+        chunks = stream(model, [prompt_ids], max_new_tokens=max_new_tokens,
+                        seed=None if seed is None else seed + sample, stop_token_ids=stop_token_ids,
+                        chunk_size=chunk_size, **sampling)
         if num_samples > 1:
             out.write(f"--- sample {sample + 1} of {num_samples} ---\n")
         out.write(prompt)
         printer = _TextPrinter(tokenizer, out)
-        for chunk in stream(model, [prompt_ids], max_new_tokens=max_new_tokens,
-                            seed=None if seed is None else seed + sample, stop_token_ids=stop_token_ids,
-                            chunk_size=chunk_size, **sampling):
+        for chunk in chunks:
             printer.add(chunk[0])
         out.write("\n")
         out.flush()

@@ -97,7 +97,7 @@ class GenerationModule(tf.Module):
             tokens, cache, cache_mask = prefill(model, left_padded, pad_lengths, max_new_tokens)
             tokens, _, index, _ = sampler(
                 next_fn(model, pad_lengths, cache_mask), tokens, cache, prompt_length,
-                prompt_length + max_new_tokens, seed_pair, self.stop_token_ids,
+                prompt_length + max_new_tokens, seed_pair, self.stop_token_ids, prompt_length=prompt_length,
             )
             new = tokens[:, prompt_length:index]  # (B, steps)
             is_stop = tf.reduce_any(new[:, :, None] == self.stop_token_ids[None, None, :], axis=-1)  # (B, steps)

@@ -94,7 +94,7 @@ class _Programs:
             tokens, cache, cache_mask = prefill(model, prompt, pad_lengths, max_new_tokens)
             tokens, _, index, _ = sampler(
                 next_fn(model, pad_lengths, cache_mask), tokens, cache, prompt_length,
-                prompt_length + max_new_tokens, seed, stop_token_ids,
+                prompt_length + max_new_tokens, seed, stop_token_ids, prompt_length=prompt_length,
             )
             return tokens[:, prompt_length:], index - prompt_length  # (B, N), steps run
 
@@ -103,10 +103,11 @@ class _Programs:
             return prefill(model_ref(), prompt, pad_lengths, max_new_tokens)
 
         @tf.function(jit_compile=True)
-        def advance(tokens, cache, cache_mask, pad_lengths, index, end_index, done, seed, stop_token_ids):
+        def advance(tokens, cache, cache_mask, pad_lengths, index, end_index, done, seed, stop_token_ids,
+                    prompt_length):
             return sampler(
                 next_fn(model_ref(), pad_lengths, cache_mask), tokens, cache, index, end_index, seed,
-                stop_token_ids, done,
+                stop_token_ids, done, prompt_length,
             )
 
         self.run, self.start, self.advance = run, start, advance
@@ -223,8 +224,8 @@ def generate(model, prompt_ids, max_new_tokens: int = 100, sampler: str | Sample
     Prefills the prompts once, then runs one cached step per new token inside a single
     `tf.function(jit_compile=True)`. The compiled program is cached per (model, sampler settings, batch size,
     prompt-length bucket, max_new_tokens), so repeated calls do not retrace. A padded batch gives each row the
-    same tokens as generating it alone (exactly for greedy; random samplers draw a row's noise from its row
-    index, see `tf_lm.generation.samplers`).
+    same tokens as generating it alone: greedy rows always; random samplers key a row's noise by the seed,
+    the step and the row's index in the batch, so row 0 (or any row with the same index) matches too.
 
     Args:
         model: a `TransformerLM`.
@@ -311,7 +312,7 @@ def _chunks(programs: _Programs, batch: _Batch, chunk_size: int) -> Iterator[lis
         # Python ints become tensors here, so every chunk reuses one compiled program.
         tokens, cache, new_index, done = programs.advance(
             tokens, cache, cache_mask, batch.pad_lengths, tf.constant(index), tf.constant(chunk_end), done,
-            batch.seed, batch.stop_token_ids,
+            batch.seed, batch.stop_token_ids, tf.constant(batch.prompt_length),
         )
         new_index = int(new_index)
         chunk = []

@@ -5,10 +5,11 @@ logits of token `index` (and the updated cache), and it fills a fixed-shape toke
 `tf.while_loop`, so the whole decode compiles to one XLA loop. Subclasses only choose the token:
 `get_next_token(logits, seed)`.
 
-Randomness is stateless: the step at buffer slot `index` draws with `fold_in(seed, index)`, so the same seed
-always gives the same tokens, in eager, `tf.function` and XLA alike. Random samplers use the Gumbel-max trick
-(argmax of logits plus Gumbel noise is a sample of softmax(logits)) on `tf.random.stateless_uniform`, so a row's
-draw depends on its row index in the batch and the seed, never on the other rows.
+Randomness is stateless: the step that fills buffer slot `index` draws with
+`fold_in(seed, index - prompt_length)`, i.e. keyed by the new token's number, so the same seed always gives the same tokens, in eager, `tf.function`, XLA and the exported SavedModel alike. Random samplers
+use the Gumbel-max trick (argmax of logits plus Gumbel noise is a sample of softmax(logits)) with noise hashed
+from (seed, row, token id), so a row's draw depends on the seed, the step and its row index in the batch,
+never on the other rows or on how far the prompts were padded.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class Sampler:
         seed: int32 tensor `[2]`; required by random samplers, ignored by greedy.
         stop_token_ids: optional int32 tensor `[num_stop]`. A row that emits one stops; its later slots get 0.
         done: optional bool tensor `[batch]`, rows that already stopped (to resume a chunked decode).
+        prompt_length: int scalar, default 0. Slots before it hold the prompt; the step filling slot `index`
+            draws with `fold_in(seed, index - prompt_length)`.
 
     Returns:
         `(tokens, cache, index, done)`: the filled buffer, the cache, the slot after the last one filled
@@ -65,7 +68,8 @@ class Sampler:
         """Returns `logits` / temperature with every token this sampler must never emit set very negative."""
         return logits / self.temperature
 
-    def __call__(self, next, tokens, cache, index, end_index, seed=None, stop_token_ids=None, done=None):
+    def __call__(self, next, tokens, cache, index, end_index, seed=None, stop_token_ids=None, done=None,
+                 prompt_length=0):
         tokens = tf.convert_to_tensor(tokens, tf.int32)
         batch = tf.shape(tokens)[0]
         seed = tf.zeros([2], tf.int32) if seed is None else tf.convert_to_tensor(seed, tf.int32)
@@ -73,13 +77,14 @@ class Sampler:
         done = tf.zeros([batch], tf.bool) if done is None else tf.convert_to_tensor(done, tf.bool)
         index = tf.convert_to_tensor(index, tf.int32)
         end_index = tf.convert_to_tensor(end_index, tf.int32)
+        prompt_length = tf.convert_to_tensor(prompt_length, tf.int32)
 
         def cond(index, tokens, cache, done):
             return tf.logical_and(index < end_index, tf.logical_not(tf.reduce_all(done)))
 
         def body(index, tokens, cache, done):
             logits, cache = next(tokens, cache, index)  # (B, V)
-            step_seed = tf.random.experimental.stateless_fold_in(seed, index)
+            step_seed = fold_in(seed, index - prompt_length)
             token = self.get_next_token(tf.cast(logits, tf.float32), step_seed)  # (B,)
             token = tf.where(done, tf.zeros_like(token), token)
             tokens = tf.tensor_scatter_nd_update(
@@ -96,11 +101,42 @@ class Sampler:
         return {"temperature": self.temperature}
 
 
+def _mix32(x):
+    """murmur3's 32-bit finaliser: a bijection on uint32 that spreads every input bit over the output."""
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+    x = x * tf.constant(0x85EBCA6B, tf.uint32)
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 13))
+    x = x * tf.constant(0xC2B2AE35, tf.uint32)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+
+
+def fold_in(seed, data):
+    """A new `[2]` int32 seed from `seed` and the int32 scalar `data` (e.g. the step)."""
+    key = tf.bitcast(tf.convert_to_tensor(seed, tf.int32), tf.uint32)  # (2,)
+    data = tf.bitcast(tf.convert_to_tensor(data, tf.int32), tf.uint32)
+    first = _mix32(_mix32(tf.bitwise.bitwise_xor(data, key[0])) + key[1])
+    second = _mix32(tf.bitwise.bitwise_xor(first, key[1]) + tf.constant(0x9E3779B9, tf.uint32))
+    return tf.bitcast(tf.stack([first, second]), tf.int32)
+
+
+def uniform(shape, seed):
+    """Float32 uniform noise in (0, 1) of a 2-D `shape`, a pure function of `seed` and each element's position.
+
+    A counter-based hash, not `tf.random.stateless_uniform`: TensorFlow's stateless ops draw different
+    numbers under XLA than outside it, and the exported (non-XLA) SavedModel must sample what the
+    XLA-compiled `generate` samples.
+    """
+    key = tf.bitcast(tf.convert_to_tensor(seed, tf.int32), tf.uint32)  # (2,)
+    rows, columns = shape[0], shape[1]
+    counter = tf.cast(tf.range(rows)[:, None] * columns + tf.range(columns)[None, :], tf.uint32)  # (B, V)
+    bits = _mix32(_mix32(tf.bitwise.bitwise_xor(counter, key[0])) + key[1])  # (B, V)
+    # The top 24 bits, centred in their bucket: never exactly 0 or 1, so the logs below stay finite.
+    return tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * 2.0**-24 + 2.0**-25
+
+
 def _gumbel_argmax(logits, seed):
     """A sample of softmax(logits) per row: argmax(logits + Gumbel noise). `[batch, vocab]` -> `[batch]`."""
-    # minval > 0 keeps log(-log(u)) finite.
-    uniform = tf.random.stateless_uniform(tf.shape(logits), seed, minval=1e-20, maxval=1.0, dtype=tf.float32)
-    gumbel = -tf.math.log(-tf.math.log(uniform))  # (B, V)
+    gumbel = -tf.math.log(-tf.math.log(uniform(tf.shape(logits), seed)))  # (B, V)
     return tf.argmax(logits + gumbel, axis=-1, output_type=tf.int32)
 
 

@@ -1,0 +1,109 @@
+"""The exported SavedModel: loaded in a fresh process without tf_lm, it reproduces in-process generation."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import pytest
+
+from tf_lm import LMConfig, TransformerLM, generate
+from tf_lm.artifacts import save_model_dir
+from tf_lm.data import BPETokenizer, CharTokenizer
+from tf_lm.generation.export import export_saved_model
+
+REPO = Path(__file__).resolve().parents[1]
+TEXT = "hello world, how are you?\n"
+PROMPTS = ["hello", "how are", "w"]
+
+# Runs in a fresh interpreter: only TensorFlow, and it checks that nothing imported tf_lm.
+LOAD_AND_RUN = """
+import json, sys
+import tensorflow as tf
+results = []
+for export_dir, max_new_tokens, seed, prompts in json.loads(sys.argv[1]):
+    serving = tf.saved_model.load(export_dir).signatures["generate"]
+    out = serving(prompt=tf.constant(prompts), max_new_tokens=tf.constant(max_new_tokens),
+                  seed=tf.constant(seed, tf.int64))
+    results.append({
+        "text": [t.decode("utf-8") for t in out["text"].numpy()],
+        "token_ids": out["token_ids"].numpy().tolist(),
+        "lengths": out["lengths"].numpy().tolist(),
+    })
+assert "tf_lm" not in sys.modules, "loading the SavedModel imported tf_lm"
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer():
+    keras.utils.set_random_seed(2)
+    tokenizer = CharTokenizer.from_text(TEXT)
+    model = TransformerLM(LMConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=16))
+    return model, tokenizer
+
+
+def load_and_run(*jobs):
+    """Runs each `(export_dir, max_new_tokens, seed, prompts)` job in one fresh process; returns their outputs."""
+    jobs = [(str(export_dir), *rest) for export_dir, *rest in jobs]
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_RUN, json.dumps(jobs)],
+        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_saved_model_reproduces_in_process_generation_without_tf_lm(model_and_tokenizer, tmp_path):
+    model, tokenizer = model_and_tokenizer
+    greedy_dir, sampled_dir = tmp_path / "greedy", tmp_path / "top_p"
+    export_saved_model(model, tokenizer, str(greedy_dir))
+    stop = tokenizer.encode("o")[0]
+    export_saved_model(model, tokenizer, str(sampled_dir), sampler="top_p", temperature=1.5, top_p=0.9,
+                       stop_token_ids=[stop])
+    assert not any(name.startswith(".") for name in os.listdir(tmp_path))  # no staging directory left behind
+
+    greedy, sampled = load_and_run((greedy_dir, 7, 0, PROMPTS), (sampled_dir, 9, 77, PROMPTS))
+
+    prompt_ids = [tokenizer.encode(p) for p in PROMPTS]
+    expected = generate(model, prompt_ids, max_new_tokens=7)
+    assert greedy["token_ids"] == expected
+    assert greedy["text"] == [tokenizer.decode(row) for row in expected]
+
+    # The baked-in sampler draws the same noise as the XLA-compiled generate, stop token included.
+    expected = generate(model, prompt_ids, max_new_tokens=9, sampler="top_p", temperature=1.5, top_p=0.9, seed=77,
+                        stop_token_ids=[stop])
+    served = sampled
+    assert served["lengths"] == [len(row) for row in expected]
+    assert [row[:length] for row, length in zip(served["token_ids"], served["lengths"])] == expected
+    assert served["text"] == [tokenizer.decode(row) for row in expected]
+
+
+def test_export_rejects_a_bpe_tokenizer(model_and_tokenizer, tmp_path):
+    model, _ = model_and_tokenizer
+    bpe = BPETokenizer.train("the cat sat on the mat " * 20, vocab_size=300)
+    with pytest.raises(ValueError, match="Only char-level tokenizers"):
+        export_saved_model(model, bpe, str(tmp_path / "bpe"))
+    assert not (tmp_path / "bpe").exists()
+
+
+def test_export_cli_writes_a_saved_model_and_reports_errors_in_one_line(model_and_tokenizer, tmp_path):
+    from experiments.export import run
+    from experiments.generate import sampling_kwargs
+
+    model, tokenizer = model_and_tokenizer
+    save_model_dir(str(tmp_path / "model"), model, tokenizer)
+    run(str(tmp_path / "model"), str(tmp_path / "export"), sampling_kwargs(0.0, None, None))
+    assert (tmp_path / "export" / "saved_model.pb").is_file()
+    with pytest.raises(FileNotFoundError, match="No model.keras"):
+        run(str(tmp_path / "missing"), str(tmp_path / "export2"), sampling_kwargs(0.0, None, None))
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.export", f"--model_dir={tmp_path / 'missing'}",
+         f"--export_dir={tmp_path / 'export3'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: No model.keras")

@@ -1,0 +1,213 @@
+"""`generate` / `stream` on a tiny model, and the `experiments.generate` CLI around them."""
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from tf_lm import LMConfig, TransformerLM, generate
+from tf_lm.artifacts import save_model_dir
+from tf_lm.data import CharTokenizer
+from tf_lm.generation import GreedySampler, stream
+from tf_lm.generation.generate import _programs
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = LMConfig(vocab_size=13, block_size=24, n_layer=2, n_head=2, n_embd=16)
+PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12], [7]]
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(1)
+    return TransformerLM(CONFIG)
+
+
+def uncached_greedy(model, prompt, max_new_tokens):
+    """The reference: a full forward pass over the whole sequence for every new token."""
+    ids = list(prompt)
+    for _ in range(max_new_tokens):
+        ids.append(int(np.argmax(model(np.array([ids], np.int32))[0, -1])))
+    return ids[len(prompt):]
+
+
+def test_cached_greedy_equals_uncached_argmax_loop(model):
+    new = generate(model, PROMPTS, max_new_tokens=8)
+    assert new == [uncached_greedy(model, prompt, 8) for prompt in PROMPTS]
+
+
+def test_padded_batch_equals_each_row_alone(model):
+    batch = generate(model, PROMPTS, max_new_tokens=6)
+    assert batch == [generate(model, [prompt], max_new_tokens=6)[0] for prompt in PROMPTS]
+    # Random samplers too, for a row at the same index, however far the batch pads it (3 -> 16 slots).
+    sampled = generate(model, [[1, 2, 3], list(range(1, 10))], max_new_tokens=6, sampler="top_p", top_p=0.9,
+                       temperature=2.0, seed=3)
+    alone = generate(model, [[1, 2, 3]], max_new_tokens=6, sampler="top_p", top_p=0.9, temperature=2.0, seed=3)
+    assert sampled[0] == alone[0]
+
+
+def test_padded_array_with_mask_equals_ragged_lists(model):
+    array = np.zeros((2, 9), np.int32)
+    mask = np.zeros((2, 9), np.int32)
+    for row, prompt in enumerate(PROMPTS[:2]):  # right-padded, the usual tokenizer output
+        array[row, : len(prompt)], mask[row, : len(prompt)] = prompt, 1
+    assert generate(model, array, max_new_tokens=5, padding_mask=mask) == generate(model, PROMPTS[:2], max_new_tokens=5)
+
+
+def test_temperature_zero_equals_greedy(model):
+    greedy = generate(model, PROMPTS, max_new_tokens=6)
+    assert generate(model, PROMPTS, max_new_tokens=6, sampler="top_k", top_k=4, temperature=0.0, seed=9) == greedy
+
+
+def test_seed_reproduces_and_other_seeds_differ(model):
+    settings = dict(max_new_tokens=12, sampler="temperature", temperature=3.0)
+    first = generate(model, PROMPTS, seed=11, **settings)
+    assert generate(model, PROMPTS, seed=11, **settings) == first
+    assert generate(model, PROMPTS, seed=12, **settings) != first
+
+
+def test_stop_token_ends_a_row_and_includes_the_stop(model):
+    free = generate(model, PROMPTS, max_new_tokens=8, sampler="top_k", top_k=5, seed=4)
+    stop = free[0][2]
+    stopped = generate(model, PROMPTS, max_new_tokens=8, sampler="top_k", top_k=5, seed=4, stop_token_ids=[stop])
+    for free_row, stopped_row in zip(free, stopped):
+        end = free_row.index(stop) + 1 if stop in free_row else len(free_row)
+        assert stopped_row == free_row[:end]
+
+
+def test_stream_chunks_concatenate_to_generate(model):
+    settings = dict(max_new_tokens=10, sampler="top_p", top_p=0.8, temperature=1.5, seed=5)
+    expected = generate(model, PROMPTS, **settings, stop_token_ids=[3])
+    chunks = list(stream(model, PROMPTS, **settings, stop_token_ids=[3], chunk_size=3))
+    assert 2 <= len(chunks) <= 4 and all(len(row) <= 3 for chunk in chunks for row in chunk)
+    assert [sum((chunk[row] for chunk in chunks), []) for row in range(len(PROMPTS))] == expected
+
+
+def test_prompts_in_one_bucket_reuse_one_compiled_program(model):
+    run = _programs(model, GreedySampler()).run
+    generate(model, [[1, 2, 3]], max_new_tokens=4)
+    traces = run.experimental_get_tracing_count()
+    generate(model, [[1, 2, 3, 4, 5]], max_new_tokens=4)
+    generate(model, [[9, 8, 7, 6, 5, 4, 3]], max_new_tokens=4)
+    assert run.experimental_get_tracing_count() == traces
+
+
+def test_context_edges(model):
+    # One prompt token and the whole rest of the context: the prompt bucket shrinks to one slot.
+    assert generate(model, [[5]], max_new_tokens=CONFIG.block_size - 1) == [
+        uncached_greedy(model, [5], CONFIG.block_size - 1)
+    ]
+    # A prompt that fills the context but one slot.
+    prompt = list(np.arange(CONFIG.block_size - 1) % CONFIG.vocab_size)
+    assert generate(model, [prompt], max_new_tokens=1) == [uncached_greedy(model, prompt, 1)]
+
+
+@pytest.mark.parametrize(
+    "prompts, kwargs, message",
+    [
+        ([[1, 2], []], {}, "Prompt 1 is empty"),
+        ([[1] * 20], {"max_new_tokens": 5}, "beyond the model's context block_size=24"),
+        ([[1] * 25], {"max_new_tokens": 1}, "beyond the model's context"),
+        ([[1, 13]], {}, r"token id 13, outside the model's vocabulary \[0, 13\)"),
+        ([[1, -1]], {}, "token id -1"),
+        ([[1, 2]], {"max_new_tokens": 0}, "max_new_tokens must be an integer >= 1"),
+        ([[1, 2]], {"max_new_tokens": 2.5}, "max_new_tokens must be an integer >= 1"),
+        ([1, 2, 3], {}, "wrap a single prompt in a list"),
+        ([], {}, "holds no prompts"),
+        ([[1.5, 2.0]], {}, "integer token ids"),
+        ([[1, 2]], {"padding_mask": [[1, 1]]}, "ragged lists need none"),
+        (np.ones((2, 3), np.int32), {"padding_mask": np.ones((2, 4))}, "shape of prompt_ids"),
+        ([[1, 2]], {"seed": -1}, "seed must be an integer"),
+        ([[1, 2]], {"stop_token_ids": [99]}, "stop_token_ids"),
+        ([[1, 2]], {"sampler": "top_k"}, "needs top_k"),
+    ],
+)
+def test_generate_rejects_bad_input(model, prompts, kwargs, message):
+    kwargs = {"max_new_tokens": 4, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        generate(model, prompts, **kwargs)
+
+
+def test_stream_checks_arguments_when_called(model):
+    with pytest.raises(ValueError, match="chunk_size"):
+        stream(model, [[1]], max_new_tokens=2, chunk_size=0)
+    with pytest.raises(ValueError, match="is empty"):
+        stream(model, [[]], max_new_tokens=2)
+
+
+# === The CLI ===
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, model):
+    tokenizer = CharTokenizer.from_text("abcdefghijkl\n")
+    assert tokenizer.vocab_size <= CONFIG.vocab_size
+    directory = tmp_path_factory.mktemp("model")
+    save_model_dir(str(directory), model, tokenizer)
+    return str(directory)
+
+
+class RecordingOut(io.StringIO):
+    def __init__(self):
+        super().__init__()
+        self.writes = []
+
+    def write(self, text):
+        self.writes.append(text)
+        return super().write(text)
+
+
+def test_cli_streams_text_chunk_by_chunk(model_dir):
+    from experiments.generate import run, sampling_kwargs
+
+    out = RecordingOut()
+    run(model_dir, "abc", max_new_tokens=6, seed=1, num_samples=2, chunk_size=2,
+        sampling=sampling_kwargs(temperature=1.0, top_k=4, top_p=None), out=out)
+    samples = out.getvalue().split("--- sample ")[1:]
+    assert len(samples) == 2
+    for sample in samples:
+        text = sample.split("---\n", 1)[1]
+        assert text.startswith("abc") and len(text) == len("abc") + 6 + 1  # prompt, 6 characters, newline
+    # Three chunks of two characters per sample, each written as it came.
+    assert sum(1 for w in out.writes if len(w) == 2 and "-" not in w) >= 6
+    # sample i uses seed + i: the second sample equals a one-sample run with seed 2.
+    again = io.StringIO()
+    run(model_dir, "abc", max_new_tokens=6, seed=2, num_samples=1, chunk_size=3,
+        sampling=sampling_kwargs(temperature=1.0, top_k=4, top_p=None), out=again)
+    assert samples[1].split("---\n", 1)[1] == again.getvalue()
+
+
+def test_sampling_flags_pick_the_sampler():
+    from experiments.generate import sampling_kwargs
+
+    assert sampling_kwargs(0.8, None, None)["sampler"] == "temperature"
+    assert sampling_kwargs(0.8, 40, None)["sampler"] == "top_k"
+    assert sampling_kwargs(0.8, 40, 0.9)["sampler"] == "top_p"
+
+
+def test_cli_rejects_prompts_it_cannot_continue(model_dir):
+    from experiments.generate import run, sampling_kwargs
+
+    settings = dict(max_new_tokens=3, seed=None, num_samples=1, chunk_size=2,
+                    sampling=sampling_kwargs(0.0, None, None))
+    for prompt, message in [("abZ", "Character 'Z'"), ("", "Prompt 0 is empty"), ("a" * 30, "block_size=24")]:
+        out = io.StringIO()
+        with pytest.raises(ValueError, match=message):
+            run(model_dir, prompt, out=out, **settings)
+        assert out.getvalue() == ""  # refused before printing anything
+    with pytest.raises(ValueError, match="num_samples"):
+        run(model_dir, "a", **{**settings, "num_samples": 0})
+
+
+def test_cli_errors_are_one_line_and_exit_non_zero():
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.generate", "--model_dir=/nonexistent/model", "--prompt=hi"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: No model.keras in '/nonexistent/model'")
