@@ -1,0 +1,114 @@
+"""Fine-tunes a pretrained BERT (`TFBertForSequenceClassification`) for text classification.
+
+    python -m experiments.finetune_bert --model=minilm --dataset=tfds:glue/sst2 --max_length=64 \
+        --epochs=3 --output_dir=runs/sst2
+    python -m experiments.finetune_bert --model=minilm --train_file=../shared/data/sst2/train.tsv \
+        --eval_file=../shared/data/sst2/dev.tsv --max_train_examples=8000 --epochs=1 --output_dir=runs/sst2
+
+The best model (by eval accuracy) lands in `<output_dir>/best` (safetensors + tokenizer), ready for
+`python -m experiments.predict_bert --model_dir=<output_dir>/best "a sentence"`; per-epoch metrics go to
+`<output_dir>/history.json`.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+TFDS_PREFIX = "tfds:"
+
+
+def define_finetune_flags() -> None:
+    flags.DEFINE_string("model", "minilm", "'minilm' (offline MiniLM-L6 BERT), a checkpoint directory or a hub id.")
+    flags.DEFINE_string("dataset", None, "A TFDS text-classification dataset, e.g. tfds:glue/sst2 (or --train_file).")
+    flags.DEFINE_string("train_split", "train", "TFDS split to train on.")
+    flags.DEFINE_string("eval_split", "validation", "TFDS split to evaluate on.")
+    flags.DEFINE_string("tfds_data_dir", None, "Where prepared TFDS datasets live (TFDS's default if unset).")
+    flags.DEFINE_string("train_file", None, "Training TSV/CSV file with a header (instead of --dataset).")
+    flags.DEFINE_string("eval_file", None, "Evaluation TSV/CSV file, with --train_file.")
+    flags.DEFINE_string("text_key", "sentence", "Text column / feature (a column name, or a 0-based index).")
+    flags.DEFINE_string("label_key", "label", "Integer label column / feature (a column name, or a 0-based index).")
+    flags.DEFINE_integer("num_labels", None, "Number of classes; inferred from the data if unset.")
+    flags.DEFINE_integer("max_train_examples", None, "Train on only the first this many examples.")
+    flags.DEFINE_integer("max_length", 128, "Longest sequence in tokens ([CLS]/[SEP] included); longer are cut.")
+    flags.DEFINE_integer("batch_size", 32, "Global batch size, split across replicas.")
+    flags.DEFINE_float("learning_rate", 5e-5, "Peak AdamW learning rate (linear warm-up, then linear decay).")
+    flags.DEFINE_float("warmup_fraction", 0.1, "Share of the training steps spent warming up.")
+    flags.DEFINE_float("weight_decay", 0.01, "AdamW weight decay (not applied to LayerNorm and biases).")
+    flags.DEFINE_integer("epochs", 3, "Passes over the training data.")
+    flags.DEFINE_integer("max_steps", None, "Train this many steps instead of --epochs passes.")
+    flags.DEFINE_integer("num_buckets", 4, "Length buckets (few padded shapes); 0 pads each batch to its longest.")
+    flags.DEFINE_bool("jit_compile", False, "XLA-compile the train and eval steps.")
+    flags.DEFINE_integer("seed", 0, "Shuffling seed.")
+    flags.DEFINE_string("output_dir", None, "Where best/ and history.json are written.")
+    flags.DEFINE_string("strategy", "auto", "auto, cpu, gpu, mirrored, tpu or multi_worker.")
+    flags.DEFINE_string("tpu", None, "TPU name or grpc:// address, with --strategy=tpu or auto.")
+
+
+def config_from_flags():
+    """The one mapping from flags to a `FinetuneConfig`."""
+    from tf_lm.bert.finetune import FinetuneConfig
+
+    return FinetuneConfig(
+        max_length=FLAGS.max_length, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
+        epochs=FLAGS.epochs, max_steps=FLAGS.max_steps, warmup_fraction=FLAGS.warmup_fraction,
+        weight_decay=FLAGS.weight_decay, num_buckets=FLAGS.num_buckets, jit_compile=FLAGS.jit_compile,
+        seed=FLAGS.seed,
+    )
+
+
+def load_data(dataset: str | None, train_file: str | None, eval_file: str | None, text_key: str, label_key: str,
+              max_train_examples: int | None, train_split: str, eval_split: str, tfds_data_dir: str | None):
+    """(train, eval) `TextClassificationData` from a `tfds:` dataset or a pair of files.
+
+    Raises:
+        ValueError: if neither or both sources are given, or the data are bad (see `tf_lm.bert.data`).
+        FileNotFoundError: for a missing file.
+    """
+    from tf_lm.bert import data
+
+    if (dataset is None) == (train_file is None):
+        raise ValueError("Pass exactly one of --dataset=tfds:<name> or --train_file (with --eval_file).")
+    if dataset is not None:
+        if not dataset.startswith(TFDS_PREFIX):
+            raise ValueError(f"--dataset must look like tfds:<name>, e.g. tfds:glue/sst2. Received: {dataset!r}")
+        name = dataset.removeprefix(TFDS_PREFIX)
+        return (
+            data.load_tfds(name, train_split, text_key, label_key, tfds_data_dir, max_train_examples),
+            data.load_tfds(name, eval_split, text_key, label_key, tfds_data_dir),
+        )
+    if eval_file is None:
+        raise ValueError("--train_file needs an --eval_file to pick the best model on.")
+    return (
+        data.read_table(train_file, text_key, label_key, max_train_examples),
+        data.read_table(eval_file, text_key, label_key),
+    )
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
+    try:
+        config = config_from_flags()
+        train_data, eval_data = load_data(
+            FLAGS.dataset, FLAGS.train_file, FLAGS.eval_file, FLAGS.text_key, FLAGS.label_key,
+            FLAGS.max_train_examples, FLAGS.train_split, FLAGS.eval_split, FLAGS.tfds_data_dir,
+        )
+        # Imported only now: it loads transformers, which bad data need not wait for.
+        from tf_lm.bert.finetune import finetune
+        from tf_lm.distribute import resolve_strategy
+
+        strategy = resolve_strategy(FLAGS.strategy, FLAGS.tpu)
+        history = finetune(FLAGS.model, train_data, eval_data, config, FLAGS.output_dir, strategy, FLAGS.num_labels)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}")
+    best = max(history, key=lambda record: record["eval_accuracy"])
+    print(f"best eval accuracy {best['eval_accuracy']:.4f} (f1 {best['eval_f1']:.4f}) after epoch {best['epoch']}; "
+          f"saved to {FLAGS.output_dir}/best")
+
+
+if __name__ == "__main__":
+    define_finetune_flags()
+    flags.mark_flags_as_required(["output_dir"])
+    logging.set_verbosity(logging.INFO)
+    app.run(main)

@@ -1,0 +1,56 @@
+"""Classifies sentences with a fine-tuned model directory (from `experiments.finetune_bert`).
+
+    python -m experiments.predict_bert --model_dir=runs/sst2/best "a gorgeous, witty film" "a dull mess"
+
+Prints one line per sentence: the predicted label, its probability and the sentence, tab-separated.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+
+def define_predict_flags() -> None:
+    flags.DEFINE_string("model_dir", None, "A fine-tuned model directory (<output_dir>/best of finetune_bert).")
+    flags.DEFINE_integer("max_length", 128, "Longer sentences are cut to this many tokens.")
+
+
+def run(model_dir: str, sentences: list[str], max_length: int, out=sys.stdout) -> None:
+    """Loads `model_dir` and writes `label<TAB>probability<TAB>sentence` per sentence to `out`.
+
+    Raises:
+        FileNotFoundError: if `model_dir` is not a model directory.
+        ValueError: if no sentence is given or `max_length` exceeds the model's positions.
+    """
+    if not sentences:
+        raise ValueError('Pass the sentences to classify as arguments: predict_bert --model_dir=DIR "a sentence".')
+    if not os.path.isdir(model_dir):
+        raise FileNotFoundError(f"No model directory at {model_dir!r}; train one with experiments.finetune_bert.")
+    from tf_lm.bert import hub
+    from tf_lm.bert.finetune import classify
+
+    model = hub.load_classifier(model_dir)
+    if not 2 <= max_length <= hub.position_limit(model):
+        raise ValueError(f"--max_length must lie in [2, {hub.position_limit(model)}]. Received: {max_length}")
+    names = hub.label_names(model)
+    predictions, probabilities = classify(model, hub.load_tokenizer(model_dir), sentences, max_length)
+    for sentence, label, probability in zip(sentences, predictions, probabilities):
+        out.write(f"{names[label]}\t{probability:.4f}\t{sentence}\n")
+
+
+def main(argv):
+    try:
+        run(FLAGS.model_dir, argv[1:], FLAGS.max_length)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    define_predict_flags()
+    flags.mark_flags_as_required(["model_dir"])
+    app.run(main)

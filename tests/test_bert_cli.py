@@ -1,0 +1,83 @@
+"""experiments.finetune_bert and experiments.predict_bert end to end: a tiny run, its predictions, bad inputs."""
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SST2 = REPO.parent / "shared" / "data" / "sst2"
+
+
+def run(module, *args, env=None):
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=REPO,
+                          env=environment, timeout=300)
+
+
+def assert_one_line_error(result, match):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and match in last, last
+
+
+def write_tsv(path, rows):
+    path.write_text("sentence\tlabel\n" + "".join(f"{text}\t{label}\n" for text, label in rows))
+    return str(path)
+
+
+def test_predict_prints_label_and_probability(tmp_path):
+    from experiments import predict_bert
+    from tf_lm.bert import hub
+
+    model_dir = str(tmp_path / "model")
+    model = hub.load_classifier("minilm", num_labels=2, label_names=["negative", "positive"])
+    hub.save_pretrained(model_dir, model, hub.load_tokenizer("minilm"))
+    out = io.StringIO()
+    predict_bert.run(model_dir, ["a gorgeous film", "a dull mess"], max_length=16, out=out)
+    lines = out.getvalue().strip().splitlines()
+    assert len(lines) == 2
+    for line, sentence in zip(lines, ["a gorgeous film", "a dull mess"]):
+        label, probability, text = line.split("\t")
+        assert label in ("negative", "positive") and 0.5 <= float(probability) <= 1 and text == sentence
+
+
+@pytest.mark.slow
+def test_finetune_then_predict(tmp_path):
+    train = write_tsv(tmp_path / "train.tsv", [("a gorgeous film", 1), ("a dull mess", 0)] * 4)
+    result = run("experiments.finetune_bert", "--model=minilm", f"--train_file={train}", f"--eval_file={train}",
+                 "--max_length=8", "--batch_size=4", "--max_steps=2", "--num_buckets=1",
+                 f"--output_dir={tmp_path / 'run'}", "--strategy=cpu")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "best eval accuracy" in result.stdout
+    result = run("experiments.predict_bert", f"--model_dir={tmp_path / 'run' / 'best'}", "a gorgeous film",
+                 "a dull mess")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 2
+    for line, sentence in zip(lines, ["a gorgeous film", "a dull mess"]):
+        label, probability, text = line.split("\t")
+        assert label in ("LABEL_0", "LABEL_1") and 0.5 <= float(probability) <= 1 and text == sentence
+
+
+def test_finetune_bad_inputs_fail_in_one_line(tmp_path):
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("")
+    assert_one_line_error(run("experiments.finetune_bert", f"--train_file={empty}", f"--eval_file={empty}",
+                              f"--output_dir={tmp_path}"), "is empty")
+
+
+def test_finetune_unknown_model_offline_fails_in_one_line(tmp_path):
+    train = write_tsv(tmp_path / "train.tsv", [("good", 1), ("bad", 0)])
+    assert_one_line_error(run("experiments.finetune_bert", "--model=tf-lm-tests/no-such-model",
+                              f"--train_file={train}", f"--eval_file={train}", f"--output_dir={tmp_path}",
+                              env={"HF_HUB_OFFLINE": "1"}), "no-such-model")
+
+
+def test_predict_without_model_dir_fails_in_one_line(tmp_path):
+    assert_one_line_error(run("experiments.predict_bert", f"--model_dir={tmp_path / 'absent'}", "a sentence"),
+                          "No model directory")

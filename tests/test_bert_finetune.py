@@ -1,0 +1,86 @@
+"""tf_lm.bert.finetune: config checks, metrics, and a tiny end-to-end fine-tune whose best model is saved."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tf_lm.bert import data, finetune, hub
+from tf_lm.distribute import resolve_strategy
+
+SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"max_length": 1}, "max_length"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"max_steps": 0}, "max_steps"),
+    ({"warmup_fraction": 1.0}, "warmup_fraction"),
+    ({"learning_rate": -1.0}, "learning_rate"),
+    ({"num_buckets": 65, "max_length": 64}, "num_buckets"),
+])
+def test_config_rejects_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        finetune.FinetuneConfig(**kwargs)
+
+
+def test_bucket_widths():
+    assert finetune.FinetuneConfig(max_length=64, num_buckets=4).bucket_widths == (16, 32, 48, 64)
+    assert finetune.FinetuneConfig(max_length=10, num_buckets=3).bucket_widths == (4, 7, 10)
+    assert finetune.FinetuneConfig(num_buckets=0).bucket_widths is None
+
+
+def test_classification_metrics():
+    labels, predictions = np.array([1, 1, 0, 0, 1]), np.array([1, 0, 0, 1, 1])
+    # Class 1: tp=2, fp=1, fn=1 -> f1 = 4 / 6.
+    assert finetune.classification_metrics(labels, predictions, 2) == pytest.approx({"accuracy": 0.6, "f1": 2 / 3})
+    labels, predictions = np.array([0, 1, 2, 2]), np.array([0, 2, 2, 2])
+    # Macro over classes: f1 = (1 + 0 + 0.8) / 3.
+    assert finetune.classification_metrics(labels, predictions, 3) == pytest.approx({"accuracy": 0.75, "f1": 0.6})
+
+
+def short_sst2(path, split, n, max_words=8):
+    """The first `n` SST-2 rows of at most `max_words` words, written to `path` as TSV."""
+    rows = [line for line in (SST2 / split).read_text().splitlines()[1:] if len(line.split()) <= max_words + 1][:n]
+    path.write_text("sentence\tlabel\n" + "\n".join(rows) + "\n")
+    return data.read_table(str(path))
+
+
+def test_finetune_saves_the_best_model_and_history(tmp_path):
+    train = short_sst2(tmp_path / "train.tsv", "train.tsv", 24)
+    dev = short_sst2(tmp_path / "dev.tsv", "dev.tsv", 12)
+    config = finetune.FinetuneConfig(max_length=16, batch_size=8, learning_rate=1e-4, max_steps=5, num_buckets=2)
+    history = finetune.finetune("minilm", train, dev, config, str(tmp_path / "run"), resolve_strategy("cpu"))
+
+    steps_per_epoch = data.count_batches(data.encode(hub.load_tokenizer("minilm"), train.texts, 16), 8, (8, 16))
+    assert [record["step"] for record in history] == [steps_per_epoch, 5]
+    assert history[0]["train_examples"] == 24, "one epoch must see every training example once"
+    assert all(np.isfinite(record["train_loss"]) and 0 <= record["eval_accuracy"] <= 1 for record in history)
+    assert json.loads((tmp_path / "run" / finetune.HISTORY_FILE).read_text()) == history
+
+    best_dir = tmp_path / "run" / finetune.BEST_DIR
+    assert {"config.json", "model.safetensors", "vocab.txt", "metrics.json"} <= set(os.listdir(best_dir))
+    best = json.loads((best_dir / "metrics.json").read_text())
+    assert best["eval_accuracy"] == max(record["eval_accuracy"] for record in history)
+    model = hub.load_classifier(str(best_dir))
+    predictions, probabilities = finetune.classify(model, hub.load_tokenizer(str(best_dir)), dev.texts, 16)
+    assert np.mean(predictions == dev.labels) == pytest.approx(best["eval_accuracy"])
+    assert np.all((probabilities >= 0.5) & (probabilities <= 1))
+
+
+def test_label_outside_num_labels_is_rejected(tmp_path):
+    (tmp_path / "t.tsv").write_text("sentence\tlabel\ngood\t1\nbad\t0\nodd\t2\n")
+    train = data.read_table(str(tmp_path / "t.tsv"))
+    dev = data.read_table(str(SST2 / "dev.tsv"), max_examples=4)
+    with pytest.raises(ValueError, match="t.tsv: example 2 has label 2, outside the 2 classes"):
+        finetune.finetune("minilm", train, dev, finetune.FinetuneConfig(), str(tmp_path), resolve_strategy("cpu"),
+                          num_labels=2)
+
+
+def test_max_length_over_the_model_limit_is_rejected(tmp_path):
+    dev = data.read_table(str(SST2 / "dev.tsv"), max_examples=4)
+    with pytest.raises(ValueError, match="max_length 1024 exceeds .*512"):
+        finetune.finetune("minilm", dev, dev, finetune.FinetuneConfig(max_length=1024), str(tmp_path),
+                          resolve_strategy("cpu"))
