@@ -83,7 +83,13 @@ def test_tfds_missing_text_feature(tmp_path):
 
 
 def test_tfds_failed_download_is_one_sentence(tmp_path, monkeypatch):
+    from tensorflow_datasets.core.download import downloader
+
+    default_retries = downloader.MAX_RETRIES
+
     def offline(self, *args, **kwargs):
+        # Offline, TFDS's own 10 retries would take minutes before this error; the call lowers them.
+        assert downloader.MAX_RETRIES == 2
         raise ConnectionError("Failed to resolve 'raw.githubusercontent.com'")
 
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
@@ -93,6 +99,7 @@ def test_tfds_failed_download_is_one_sentence(tmp_path, monkeypatch):
     assert "'tiny_shakespeare'" in message and "could not be downloaded" in message
     assert "tfds_data_dir" in message and "tfds_manual_dir" in message
     assert info.value.__cause__ is None and info.value.__suppress_context__  # TFDS's traceback stays out
+    assert downloader.MAX_RETRIES == default_retries
 
 
 def test_tfds_tiny_shakespeare_prepares_offline_from_manual_dir(tmp_path):

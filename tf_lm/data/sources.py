@@ -11,6 +11,7 @@ validation split, contiguous, like the classic char-level setup.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import os
@@ -132,6 +133,21 @@ def _split_names(split: str) -> list[str]:
     return [re.sub(r"\[.*\]$", "", part.strip()) for part in split.split("+")]
 
 
+@contextlib.contextmanager
+def _few_download_retries(retries: int = 2):
+    """Offline, TFDS's default 10 retries with exponential back-off take ~3.5 minutes before the error appears.
+
+    TFDS exposes the count only as a module constant, so it is lowered for the one call that may download.
+    """
+    from tensorflow_datasets.core.download import downloader
+
+    default, downloader.MAX_RETRIES = downloader.MAX_RETRIES, retries
+    try:
+        yield
+    finally:
+        downloader.MAX_RETRIES = default
+
+
 def _read_tfds(source, name, validation_fraction, data_dir, manual_dir, train_split, validation_split, text_key):
     # TFDS is imported here: it is slow to import and only this scheme needs it.
     import tensorflow_datasets as tfds
@@ -152,10 +168,11 @@ def _read_tfds(source, name, validation_fraction, data_dir, manual_dir, train_sp
             f"TFDS dataset {name!r} has no feature {text_key!r}; pass tfds_text_key= one of {sorted(features.keys())}."
         )
     try:
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+        with _few_download_retries():
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     except Exception as error:  # TFDS surfaces network, checksum and manual-dir failures as many unrelated types.
         raise FileNotFoundError(
-            f"TFDS dataset {name!r} is not prepared in {builder.data_dir_root!r} and could not be downloaded or built "
+            f"TFDS dataset {name!r} is not prepared in '{builder.data_dir_root}' and could not be downloaded or built "
             f"({type(error).__name__}); {hint}."
         ) from None
 
