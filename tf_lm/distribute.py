@@ -66,8 +66,8 @@ def resolve_strategy(name: str = "auto", tpu: str | None = None) -> tf.distribut
         name: str, default "auto". One of:
             "auto": a TPU if one is visible (`tpu` given, `TPU_NAME` set or a TPU VM), else all GPUs
                 (`MirroredStrategy`) if there are several, else the one GPU, else the CPU.
-            "cpu": `OneDeviceStrategy` on `/cpu:0`, even when GPUs are present.
-            "gpu": `OneDeviceStrategy` on `/gpu:0`.
+            "cpu": the CPU: the default strategy on a machine without GPUs, else `OneDeviceStrategy("/cpu:0")`.
+            "gpu": the default strategy, which places everything on `/gpu:0`; fails without a GPU.
             "mirrored": `MirroredStrategy` over all GPUs, or over all logical CPU devices when there is no GPU.
             "tpu": `TPUStrategy` on the TPU named by `tpu` (default: the local TPU VM).
             "multi_worker": `MultiWorkerMirroredStrategy`, the cluster and this task taken from `TF_CONFIG`.
@@ -81,7 +81,7 @@ def resolve_strategy(name: str = "auto", tpu: str | None = None) -> tf.distribut
             "tpu" without a reachable TPU, or "multi_worker" without a valid `TF_CONFIG`.
 
     Example:
-    >>> strategy = resolve_strategy("cpu")
+    >>> strategy = resolve_strategy("auto")
     >>> strategy.num_replicas_in_sync
     1
     """
@@ -94,12 +94,14 @@ def resolve_strategy(name: str = "auto", tpu: str | None = None) -> tf.distribut
         if _tpu_visible(tpu):
             return _tpu_strategy(tpu)
         name = "mirrored" if len(gpus) > 1 else "gpu" if gpus else "cpu"
+    # The default strategy, not OneDeviceStrategy, for one device: only under it can a single XLA program hold
+    # the whole step, optimizer update included (Keras 3's update needs a replica context otherwise).
     if name == "cpu":
-        return tf.distribute.OneDeviceStrategy("/cpu:0")
+        return tf.distribute.OneDeviceStrategy("/cpu:0") if gpus else tf.distribute.get_strategy()
     if name == "gpu":
         if not gpus:
             raise ValueError("--strategy=gpu but TensorFlow sees no GPU; check the CUDA install or use --strategy=cpu.")
-        return tf.distribute.OneDeviceStrategy("/gpu:0")
+        return tf.distribute.get_strategy()
     if name == "mirrored":
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices)

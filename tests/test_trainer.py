@@ -1,0 +1,148 @@
+"""`Trainer`: the custom step learns, matches across replica counts, resumes exactly and stops on NaN."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_lm.configs import LMConfig
+from tf_lm.distribute import resolve_strategy
+from tf_lm.training import TrainConfig, Trainer, TrainingDiverged, weights_digest
+
+MODEL = LMConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8)
+
+
+def synthetic(seed=0, batch=4, block=8, vocab=11):
+    """The data contract in miniature: batch s is a pure function of (seed, s), and start_step skips to s.
+
+    Like `lm_datasets`, each input pipeline reads its own stream of rows and yields per-replica batches; a
+    pipeline that feeds several replicas (MirroredStrategy) yields several batches per global step.
+    """
+
+    def train(start_step, context):
+        pipelines = 1 if context is None else context.num_input_pipelines
+        pipeline = 0 if context is None else context.input_pipeline_id
+        per_replica = batch if context is None else context.get_per_replica_batch_size(batch)
+
+        def row(r):
+            return tf.random.stateless_uniform((block + 1,), (seed, r * pipelines + pipeline), 0, vocab, tf.int32)
+
+        rows = tf.data.Dataset.counter(start_step * (batch // pipelines)).map(row)
+        return rows.batch(per_replica, drop_remainder=True).map(lambda ids: (ids[:, :-1], ids[:, 1:]))
+
+    def validation(context):
+        return train(10_000, context).take(3)
+
+    return train, validation
+
+
+def config(**overrides):
+    values = dict(batch_size=4, steps=4, warmup_steps=1, eval_every=2, eval_steps=2, checkpoint_every=2, log_every=1)
+    return TrainConfig(**{**values, **overrides})
+
+
+def test_loss_falls_on_a_learnable_stream(tmp_path):
+    def repeating(start_step, context):
+        del start_step, context
+        ids = tf.constant([[i % 4 for i in range(9)]] * 4)  # (4, 9): a period-4 sequence
+        return tf.data.Dataset.from_tensors((ids[:, :-1], ids[:, 1:])).repeat()
+
+    trainer = Trainer(MODEL, config(steps=40, learning_rate=1e-2, eval_every=40, checkpoint_every=40), resolve_strategy(),
+                      str(tmp_path), verbose=False)
+    result = trainer.fit(repeating, lambda context: repeating(0, context).take(1))
+    assert result["validation"]["loss"] < 0.5 * np.log(11)
+    assert (tmp_path / "metrics.csv").read_text().count("\n") == 40 + 1 + 1  # header, 40 train rows, 1 validation
+    assert (tmp_path / "loss.png").stat().st_size > 0
+
+
+def test_resume_continues_exactly_with_dropout(tmp_path):
+    train, validation = synthetic()
+    cfg, model = config(steps=4), dataclasses.replace(MODEL, dropout=0.2)
+    straight = Trainer(model, cfg, resolve_strategy(), str(tmp_path / "a"), verbose=False)
+    expected = straight.fit(train, validation)
+
+    first = Trainer(model, config(steps=2), resolve_strategy(), str(tmp_path / "b"), verbose=False)
+    first.fit(train, validation)
+    tf.random.uniform(())  # disturb the global random state: everything must come from the checkpoint
+    second = Trainer(model, cfg, resolve_strategy(), str(tmp_path / "b"), verbose=False)
+    resumed = second.fit(train, validation)
+    assert resumed["start_step"] == 2
+    for a, b in zip(straight.model.weights, second.model.weights):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    assert resumed["validation"]["loss"] == pytest.approx(expected["validation"]["loss"], abs=1e-6)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    train, validation = synthetic()
+
+    def poisoned(start_step, context):
+        # Steps 1 and 2 are clean; from step 3 on the targets are out of range, which XLA turns into a NaN loss.
+        batches = train(start_step, context).enumerate(start_step)
+        return batches.map(lambda i, xy: (xy[0], tf.where(i >= 2, xy[1] * 0 + 99, xy[1])))
+
+    trainer = Trainer(MODEL, config(steps=4), resolve_strategy(), str(tmp_path), verbose=False)
+    with pytest.raises(TrainingDiverged, match="NaN/inf at step 3.*ckpt-2"):
+        trainer.fit(poisoned, validation)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.index")) == ["ckpt-2.index"]
+
+
+def test_batch_not_divisible_by_replicas_is_rejected(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from tf_lm.configs import LMConfig
+        from tf_lm.distribute import resolve_strategy
+        from tf_lm.training import TrainConfig, Trainer
+        try:
+            Trainer(LMConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8), TrainConfig(batch_size=3),
+                    resolve_strategy("mirrored"), {str(tmp_path)!r})
+        except ValueError as error:
+            print(error)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert "--batch_size=3 is not divisible by the 2 replicas" in out.stdout
+
+
+def test_mirrored_over_two_cpus_matches_one_device(tmp_path):
+    # Logical devices must be configured before TensorFlow initialises them, hence a fresh interpreter.
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        import numpy as np, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
+        from test_trainer import MODEL, config, synthetic
+        from tf_lm.distribute import resolve_strategy
+        from tf_lm.training import Trainer
+        weights = {{}}
+        for name in ("cpu", "mirrored"):
+            train, validation = synthetic()
+            trainer = Trainer(MODEL, config(steps=1, warmup_steps=0, grad_clip=0.05), resolve_strategy(name),
+                              {str(tmp_path)!r} + "/" + name, verbose=False)
+            result = trainer.fit(train, validation)
+            weights[name] = [np.asarray(w) for w in trainer.model.weights]
+            print(name, trainer.strategy.num_replicas_in_sync, result["validation"]["loss"])
+        diff = max(float(np.max(np.abs(a - b))) for a, b in zip(weights["cpu"], weights["mirrored"]))
+        print(json.dumps({{"max_abs_diff": diff}}))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "mirrored 2" in out.stdout
+    assert json.loads(out.stdout.strip().splitlines()[-1])["max_abs_diff"] < 1e-5
+
+
+def test_weights_digest_tells_weights_apart(tmp_path):
+    trainer = Trainer(MODEL, config(), resolve_strategy(), str(tmp_path), verbose=False)
+    before = weights_digest(trainer.model)
+    trainer.model.weights[0].assign(trainer.model.weights[0] + 1e-7)
+    assert weights_digest(trainer.model) != before

@@ -1,0 +1,113 @@
+"""Training records: one CSV, TensorBoard summaries and `loss.png`, plus the derived metrics and MFU."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+# What TensorBoard's scalar plugin writes, spelled out: the tensorboard package (which `tf.summary.scalar` needs)
+# is not a dependency, yet the events it reads are core TensorFlow.
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+).SerializeToString()
+
+FIELDS = ("step", "split", "loss", "perplexity", "bits", "learning_rate", "tokens_per_second", "mfu", "elapsed")
+
+
+def derived(loss: float) -> dict:
+    """Perplexity and bits per token (per character for a char tokenizer) from a mean loss in nats."""
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "bits": loss / math.log(2)}
+
+
+def measure_matmul_peak(size: int = 2048, repeats: int = 3) -> float:
+    """The machine's fp32 matmul throughput in FLOP/s: the best of `repeats` XLA-compiled `size`³ matmuls.
+
+    MFU divides achieved training FLOP/s by this, so it is the same yardstick as the benchmark's.
+
+    Example:
+    >>> measure_matmul_peak(256) > 0
+    True
+    """
+    a = tf.random.normal((size, size))
+    b = tf.random.normal((size, size))
+    matmul = tf.function(lambda x, y: tf.reduce_sum(tf.matmul(x, y)), jit_compile=True)
+    matmul(a, b).numpy()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a, b).numpy()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+class MetricsLog:
+    """Appends rows to `<model_dir>/metrics.csv` (rewritten atomically), TensorBoard and `loss.png`.
+
+    On resume, rows past the restored step are dropped: they came from steps that are about to be redone.
+
+    Args:
+        model_dir: str. Where `metrics.csv`, `loss.png` and `logs/` go.
+        start_step: int, default 0. The step training resumes from.
+        enabled: bool, default True. False on non-chief workers: nothing is written.
+    """
+
+    def __init__(self, model_dir: str, start_step: int = 0, enabled: bool = True):
+        self.model_dir = model_dir
+        self.enabled = enabled
+        self.path = os.path.join(model_dir, "metrics.csv")
+        self.rows: list[dict] = []
+        if enabled and os.path.isfile(self.path):
+            with open(self.path, newline="") as f:
+                self.rows = [row for row in csv.DictReader(f) if int(row["step"]) <= start_step]
+        self.writers = {}
+        if enabled:
+            for split in ("train", "validation"):
+                self.writers[split] = tf.summary.create_file_writer(os.path.join(model_dir, "logs", split))
+
+    def log(self, step: int, split: str, **values) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, "split": split, **{k: values.get(k, "") for k in FIELDS[2:]}}
+        self.rows.append(row)
+        with self.writers[split].as_default(step=step):
+            for name, value in values.items():
+                if value != "" and value is not None:
+                    tf.summary.write(name, tf.constant(float(value)), metadata=_SCALAR_METADATA)
+        self.writers[split].flush()
+        temporary = self.path + ".tmp"
+        with open(temporary, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=FIELDS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(temporary, self.path)
+
+    def plot(self) -> None:
+        """Draws training and validation loss against step into `loss.png`."""
+        if not self.enabled or not self.rows:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display on a server or in a test
+        from matplotlib import pyplot as plt
+
+        figure, axes = plt.subplots(figsize=(7, 4))
+        for split in ("train", "validation"):
+            points = [(int(r["step"]), float(r["loss"])) for r in self.rows if r["split"] == split]
+            if points:
+                steps, losses = np.array(points).T
+                axes.plot(steps, losses, marker="o" if split == "validation" else None, label=split)
+        axes.set_xlabel("step")
+        axes.set_ylabel("loss (nats per token)")
+        axes.grid(alpha=0.3)
+        axes.legend()
+        figure.tight_layout()
+        temporary = os.path.join(self.model_dir, ".loss.tmp.png")
+        figure.savefig(temporary, dpi=100)
+        plt.close(figure)
+        os.replace(temporary, os.path.join(self.model_dir, "loss.png"))

@@ -1,0 +1,367 @@
+"""`Trainer`: the custom distributed training step and loop — evaluation, checkpoints, NaN and SIGTERM handling.
+
+The trainer owns its step instead of using `model.fit`: Keras 3 `fit` fails under
+`MultiWorkerMirroredStrategy` (keras-team/keras#20585), and owning the step gives exact control of the
+checkpointed input position, so a resumed run continues the very batch stream it left.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import signal
+import threading
+import time
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_lm.configs import LMConfig
+from tf_lm.distribute import is_chief
+from tf_lm.model import TransformerLM
+from tf_lm.training.checkpoints import Checkpoints
+from tf_lm.training.metrics import MetricsLog, derived
+from tf_lm.training.optimizer import make_optimizer
+from tf_lm.training.schedule import WarmupCosine
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything about a training run that is not the model's shape.
+
+    Args:
+        dataset: str, default "builtin:pydoc". A `tf_lm.data.read_source` source.
+        tokenizer: "char" (default) or "bpe".
+        bpe_vocab_size: int or None. BPE vocabulary size (None: the data module's default); only with "bpe".
+        batch_size: int, default 12. The global batch, split evenly over the replicas.
+        steps: int, default 2000. Optimizer updates in the whole run.
+        learning_rate: float, default 1e-3. Peak rate after warm-up.
+        min_learning_rate: float, default 1e-4. Floor of the cosine decay, reached at `steps`.
+        warmup_steps: int, default 100. Linear warm-up length.
+        weight_decay: float, default 0.1. AdamW decoupled decay, on matrices only.
+        beta1, beta2: floats, default 0.9 and 0.99.
+        grad_clip: float, default 1.0. Clip the global gradient norm to this; 0 disables clipping.
+        eval_every: int, default 250. Validate every this many steps (and at the last step).
+        eval_steps: int, default 20. Validation batches per evaluation.
+        checkpoint_every: int, default 250. Checkpoint every this many steps (and at the last step).
+        log_every: int, default 10. Write a training row to the CSV/TensorBoard every this many steps.
+        precision: "float32" (default), "mixed_bfloat16" or "mixed_float16".
+        seed: int, default 0. Seeds the initialisation, dropout and the data order.
+
+    Raises:
+        ValueError: if a value is out of range.
+    """
+
+    dataset: str = "builtin:pydoc"
+    tokenizer: str = "char"
+    bpe_vocab_size: int | None = None
+    batch_size: int = 12
+    steps: int = 2000
+    learning_rate: float = 1e-3
+    min_learning_rate: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    eval_every: int = 250
+    eval_steps: int = 20
+    checkpoint_every: int = 250
+    log_every: int = 10
+    precision: str = "float32"
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("batch_size", "steps", "eval_every", "eval_steps", "checkpoint_every", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1. Received: {name}={value!r}")
+        if self.tokenizer not in ("char", "bpe"):
+            raise ValueError(f"Unknown tokenizer {self.tokenizer!r}; choose char or bpe.")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"Unknown precision {self.precision!r}; choose one of {list(PRECISIONS)}.")
+        if self.warmup_steps < 0 or self.warmup_steps >= self.steps:
+            raise ValueError(
+                f"warmup_steps must be in [0, steps={self.steps}). Received: warmup_steps={self.warmup_steps}"
+            )
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be >= 0 (0 disables it). Received: grad_clip={self.grad_clip}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class TrainingDiverged(ValueError):
+    """The loss (or the weights) became NaN/inf; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM arrived; a checkpoint of the current step was written first."""
+
+
+def weights_digest(model: keras.Model) -> str:
+    """sha256 of all model weights' bytes: equal digests mean bit-identical weights (e.g. across workers)."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
+    return digest.hexdigest()
+
+
+class Trainer:
+    """Builds a `TransformerLM` and its AdamW under `strategy` and trains it with a custom step.
+
+    The loss is the sparse cross-entropy of the logits, summed over every replica's tokens and divided by the
+    global batch's token count, so N replicas give the same gradient as one device with the same global batch.
+    Gradients are summed across replicas before the global norm is taken, so clipping sees the true norm.
+    On one device (the default strategy) forward, backward, clipping and the AdamW update are one XLA
+    program; under a distribution strategy the forward/backward pass is XLA-compiled per replica and the
+    all-reduce and update run around it.
+
+    Args:
+        model_config: `LMConfig`. `block_size` is also the training window length.
+        config: `TrainConfig`.
+        strategy: from `tf_lm.distribute.resolve_strategy`.
+        model_dir: str. Where checkpoints, metrics and logs are written (by the chief only).
+        peak_flops: float or None. The machine's measured matmul FLOP/s, for MFU; None leaves MFU out.
+        jit_compile: bool, default True. XLA-compile the step.
+        verbose: bool, default True. Show a progress bar (chief only).
+
+    Raises:
+        ValueError: if the global batch does not divide evenly over the replicas.
+
+    Example:
+    >>> trainer = Trainer(LMConfig.preset("nano"), TrainConfig(steps=10), resolve_strategy(), "runs/x")  # doctest: +SKIP
+    >>> trainer.fit(train_dataset_fn, validation_dataset_fn)  # doctest: +SKIP
+    """
+
+    def __init__(self, model_config: LMConfig, config: TrainConfig, strategy: tf.distribute.Strategy,
+                 model_dir: str, peak_flops: float | None = None, jit_compile: bool = True, verbose: bool = True):
+        replicas = strategy.num_replicas_in_sync
+        if config.batch_size % replicas:
+            raise ValueError(
+                f"--batch_size={config.batch_size} is not divisible by the {replicas} replicas of the strategy; "
+                f"use a multiple of {replicas}."
+            )
+        self.model_config = model_config
+        self.config = config
+        self.strategy = strategy
+        self.model_dir = model_dir
+        self.peak_flops = peak_flops
+        self.chief = is_chief(strategy)
+        self.verbose = verbose and self.chief
+        # Only the default strategy lets Keras 3's optimizer update run inside one XLA program with the step.
+        self.fused = strategy is tf.distribute.get_strategy()
+        self.tokens_per_step = config.batch_size * model_config.block_size
+
+        keras.mixed_precision.set_global_policy(config.precision)
+        with strategy.scope():
+            keras.utils.set_random_seed(config.seed)  # same initialisation and dropout seeds on every worker
+            self.model = TransformerLM(model_config)
+            schedule = WarmupCosine(config.learning_rate, config.min_learning_rate, config.warmup_steps, config.steps)
+            self.optimizer = make_optimizer(
+                self.model, schedule, config.weight_decay, config.beta1, config.beta2, config.precision
+            )
+        self.checkpoints = Checkpoints(f"{model_dir}/checkpoints", self.model, self.optimizer, chief=self.chief)
+        self._train_step = self._make_train_step(jit_compile)
+        self._eval_step = self._make_eval_step(jit_compile)
+        self._stop_signal = None
+
+    # === The step ===
+    def _loss_and_grads(self, inputs, targets):
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            logits = self.model(inputs, training=True)  # (b, T, V) float32
+            token_losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)  # (b, T)
+            loss = tf.reduce_sum(token_losses) / self.tokens_per_step  # this replica's share of the global mean
+            scaled_loss = self.optimizer.scale_loss(loss)  # loss scaling under mixed_float16, identity otherwise
+        return loss, tape.gradient(scaled_loss, variables)
+
+    def _clip(self, grads):
+        scale = self.optimizer.scale_loss(tf.constant(1.0))
+        norm = tf.linalg.global_norm(grads) / scale  # the unscaled gradient's norm
+        if self.config.grad_clip > 0:
+            factor = self.config.grad_clip / tf.maximum(norm, self.config.grad_clip)  # tf.clip_by_global_norm's rule
+            grads = [g * tf.cast(factor, g.dtype) for g in grads]
+        return grads, norm
+
+    def _make_train_step(self, jit_compile):
+        variables = self.model.trainable_variables
+        if self.fused:
+            def step(inputs, targets):
+                loss, grads = self._loss_and_grads(inputs, targets)
+                grads, norm = self._clip(grads)
+                self.optimizer.apply_gradients(zip(grads, variables))
+                return loss, norm
+
+            compiled = tf.function(step, jit_compile=jit_compile)
+            return lambda iterator: compiled(*next(iterator))
+
+        loss_and_grads = tf.function(self._loss_and_grads, jit_compile=jit_compile)
+
+        def replica_step(inputs, targets):
+            loss, grads = loss_and_grads(inputs, targets)
+            context = tf.distribute.get_replica_context()
+            grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+            loss = context.all_reduce(tf.distribute.ReduceOp.SUM, loss)
+            grads, norm = self._clip(grads)
+            # Keras 3's optimizer sums the replicas' gradients again; hand each replica 1/N of the summed,
+            # clipped gradient so that sum is the gradient itself.
+            replicas = context.num_replicas_in_sync
+            self.optimizer.apply_gradients(zip([g / replicas for g in grads], variables))
+            return loss, norm
+
+        @tf.function
+        def distributed_step(iterator):
+            loss, norm = self.strategy.run(replica_step, args=next(iterator))
+            local = self.strategy.experimental_local_results
+            return local(loss)[0], local(norm)[0]
+
+        return distributed_step
+
+    def _make_eval_step(self, jit_compile):
+        def step(inputs, targets):
+            logits = self.model(inputs, training=False)  # (b, T, V)
+            token_losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)  # (b, T)
+            return tf.reduce_sum(token_losses), tf.cast(tf.size(token_losses), tf.float32)
+
+        compiled = tf.function(step, jit_compile=jit_compile)
+        if self.fused:
+            return compiled
+
+        @tf.function
+        def distributed_step(inputs, targets):
+            # Called from a Python replica function (as in training), XLA places each replica's program on the
+            # replica's device; handed to strategy.run directly, it reads the other replica's variables.
+            total, count = self.strategy.run(lambda x, y: compiled(x, y), args=(inputs, targets))
+            reduce = self.strategy.reduce
+            return reduce(tf.distribute.ReduceOp.SUM, total, None), reduce(tf.distribute.ReduceOp.SUM, count, None)
+
+        return distributed_step
+
+    def _distribute(self, dataset_fn: Callable):
+        if self.fused:
+            return dataset_fn(None)
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    # === Evaluation ===
+    def evaluate(self, validation_dataset_fn: Callable, steps: int | None = None) -> dict:
+        """Mean loss per token (with perplexity and bits) over the first `steps` validation batches.
+
+        Args:
+            validation_dataset_fn: `input_context -> tf.data.Dataset` of `(inputs, targets)` (global batch size
+                divided by the context when one is given), e.g. `lm_datasets(...)[1]`.
+            steps: int or None. Batches to read; None means `config.eval_steps`.
+
+        Returns:
+            dict with `loss`, `perplexity`, `bits`.
+        """
+        steps = self.config.eval_steps if steps is None else steps
+        dataset = self._distribute(lambda context: validation_dataset_fn(context).take(steps))
+        total, count = 0.0, 0.0
+        for inputs, targets in dataset:
+            batch_total, batch_count = self._eval_step(inputs, targets)
+            total, count = total + float(batch_total), count + float(batch_count)
+        if not count:
+            raise ValueError("The validation split yielded no batch; use a longer corpus or a smaller block_size.")
+        return derived(total / count)
+
+    # === The loop ===
+    def _save(self, step: int) -> None:
+        finite = all(bool(tf.reduce_all(tf.math.is_finite(tf.cast(v, tf.float32)))) for v in self.model.weights)
+        if not finite:
+            self._diverged(step, "the weights")
+        self.checkpoints.save(step)
+
+    def _diverged(self, step: int, what: str):
+        kept = self.checkpoints.latest or "none was written yet"
+        raise TrainingDiverged(
+            f"Training diverged: {what} became NaN/inf at step {step}; stopped, and the last good checkpoint "
+            f"({kept}) is kept. Lower --learning_rate, raise --warmup_steps or set --grad_clip, then rerun."
+        )
+
+    def _on_sigterm(self, signum, frame):
+        del frame
+        self._stop_signal = signum
+
+    def fit(self, train_dataset_fn: Callable, validation_dataset_fn: Callable) -> dict:
+        """Trains from the latest checkpoint in `model_dir/checkpoints` (or from scratch) to `config.steps`.
+
+        Args:
+            train_dataset_fn: `(start_step, input_context) -> tf.data.Dataset`, infinite, whose batch at global
+                step s depends only on (seed, s), e.g. `lm_datasets(..., start_step=s, input_context=ctx)[0]`.
+            validation_dataset_fn: `input_context -> tf.data.Dataset`, as for `evaluate`.
+
+        Returns:
+            dict: `start_step`, `step`, `train_loss` (mean over the last log window), `validation` (the last
+            evaluation's dict), `tokens_per_second`, `mfu` (or None) and `weights_digest`.
+
+        Raises:
+            TrainingDiverged: when the loss or weights become NaN/inf (the last good checkpoint is kept).
+            TrainingInterrupted: on SIGTERM, after a checkpoint of the current step.
+        """
+        config = self.config
+        start = self.checkpoints.restore()
+        log = MetricsLog(self.model_dir, start, enabled=self.chief)
+        result = {"start_step": start, "step": start, "train_loss": None, "validation": None,
+                  "tokens_per_second": None, "mfu": None}
+        progbar = keras.utils.Progbar(config.steps, stateful_metrics=["loss", "tok/s"]) if self.verbose else None
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm) if in_main_thread else None
+        try:
+            iterator = iter(self._distribute(lambda context: train_dataset_fn(start, context)))
+            window_losses, window_start, window_steps, started = [], None, 0, time.perf_counter()
+            for step in range(start + 1, config.steps + 1):  # `step` updates done after this iteration
+                loss, _ = self._train_step(iterator)
+                loss = float(loss)
+                if not math.isfinite(loss):
+                    self._diverged(step, "the loss")
+                if window_start is None:  # the first step includes XLA compilation: time from after it
+                    window_start = time.perf_counter()
+                else:
+                    window_steps += 1
+                window_losses.append(loss)
+                elapsed = time.perf_counter() - window_start
+                rate = window_steps * self.tokens_per_step / elapsed if window_steps else 0.0
+                if progbar is not None:
+                    progbar.update(step, [("loss", loss), ("tok/s", rate)])
+                if step % config.log_every == 0 or step == config.steps:
+                    mfu = self._mfu(rate)
+                    learning_rate = float(self.optimizer.learning_rate)
+                    train = derived(float(np.mean(window_losses)))
+                    log.log(step, "train", **train, learning_rate=learning_rate, tokens_per_second=rate, mfu=mfu,
+                            elapsed=time.perf_counter() - started)
+                    result.update(train_loss=train["loss"], tokens_per_second=rate, mfu=mfu)
+                    window_losses = []
+                if step % config.eval_every == 0 or step == config.steps:
+                    result["validation"] = self.evaluate(validation_dataset_fn)
+                    log.log(step, "validation", **result["validation"], elapsed=time.perf_counter() - started)
+                    if self.verbose:
+                        v = result["validation"]
+                        print(f"\nstep {step}: validation loss {v['loss']:.4f}, perplexity {v['perplexity']:.2f}, "
+                              f"{v['bits']:.3f} bits/token", flush=True)
+                    log.plot()
+                result["step"] = step
+                if step % config.checkpoint_every == 0 or step == config.steps or self._stop_signal:
+                    self._save(step)
+                if self._stop_signal:
+                    log.plot()
+                    raise TrainingInterrupted(
+                        f"Stopped by signal {self._stop_signal} at step {step}; a checkpoint was written to "
+                        f"{self.checkpoints.directory}, so rerunning the same command resumes from it."
+                    )
+            log.plot()
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, previous_handler)
+        result["weights_digest"] = weights_digest(self.model)
+        return result
+
+    def _mfu(self, tokens_per_second: float) -> float | None:
+        if not self.peak_flops or not tokens_per_second:
+            return None
+        return self.model_config.flops_per_token(self.model_config.block_size) * tokens_per_second / self.peak_flops
