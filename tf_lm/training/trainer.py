@@ -130,6 +130,7 @@ class Trainer:
         peak_flops: float or None. The machine's measured matmul FLOP/s, for MFU; None leaves MFU out.
         jit_compile: bool, default True. XLA-compile the step.
         verbose: bool, default True. Show a progress bar (chief only).
+        bits_unit: str, default "token". What a bit is per in the printed validation line ("char" for char models).
 
     Raises:
         ValueError: if the global batch does not divide evenly over the replicas.
@@ -140,7 +141,8 @@ class Trainer:
     """
 
     def __init__(self, model_config: LMConfig, config: TrainConfig, strategy: tf.distribute.Strategy,
-                 model_dir: str, peak_flops: float | None = None, jit_compile: bool = True, verbose: bool = True):
+                 model_dir: str, peak_flops: float | None = None, jit_compile: bool = True, verbose: bool = True,
+                 bits_unit: str = "token"):
         replicas = strategy.num_replicas_in_sync
         if config.batch_size % replicas:
             raise ValueError(
@@ -154,6 +156,7 @@ class Trainer:
         self.peak_flops = peak_flops
         self.chief = is_chief(strategy)
         self.verbose = verbose and self.chief
+        self.bits_unit = bits_unit
         # Only the default strategy lets Keras 3's optimizer update run inside one XLA program with the step.
         self.fused = strategy is tf.distribute.get_strategy()
         self.tokens_per_step = config.batch_size * model_config.block_size
@@ -306,6 +309,8 @@ class Trainer:
         """
         config = self.config
         start = self.checkpoints.restore()
+        if self.verbose and start:
+            print(f"resuming from {self.checkpoints.latest} (step {start} of {config.steps})", flush=True)
         log = MetricsLog(self.model_dir, start, enabled=self.chief)
         result = {"start_step": start, "step": start, "train_loss": None, "validation": None,
                   "tokens_per_second": None, "mfu": None}
@@ -314,19 +319,20 @@ class Trainer:
         previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm) if in_main_thread else None
         try:
             iterator = iter(self._distribute(lambda context: train_dataset_fn(start, context)))
-            window_losses, window_start, window_steps, started = [], None, 0, time.perf_counter()
+            # Throughput counts training steps only: evaluation, checkpoints and the first step (XLA compilation)
+            # are left out of the clock.
+            window_losses, step_seconds, started = [], [], time.perf_counter()
             for step in range(start + 1, config.steps + 1):  # `step` updates done after this iteration
+                step_start = time.perf_counter()
                 loss, _ = self._train_step(iterator)
                 loss = float(loss)
+                if step > start + 1:
+                    step_seconds.append(time.perf_counter() - step_start)
                 if not math.isfinite(loss):
                     self._diverged(step, "the loss")
-                if window_start is None:  # the first step includes XLA compilation: time from after it
-                    window_start = time.perf_counter()
-                else:
-                    window_steps += 1
                 window_losses.append(loss)
-                elapsed = time.perf_counter() - window_start
-                rate = window_steps * self.tokens_per_step / elapsed if window_steps else 0.0
+                recent = step_seconds[-50:]
+                rate = len(recent) * self.tokens_per_step / sum(recent) if recent else 0.0
                 if progbar is not None:
                     progbar.update(step, [("loss", loss), ("tok/s", rate)])
                 if step % config.log_every == 0 or step == config.steps:
@@ -343,7 +349,7 @@ class Trainer:
                     if self.verbose:
                         v = result["validation"]
                         print(f"\nstep {step}: validation loss {v['loss']:.4f}, perplexity {v['perplexity']:.2f}, "
-                              f"{v['bits']:.3f} bits/token", flush=True)
+                              f"{v['bits']:.3f} bits/{self.bits_unit}", flush=True)
                     log.plot()
                 result["step"] = step
                 if step % config.checkpoint_every == 0 or step == config.steps or self._stop_signal:

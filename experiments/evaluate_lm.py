@@ -1,0 +1,124 @@
+"""Evaluates a trained model directory: loss, perplexity and bits per token (per character for char models).
+
+    python -m experiments.evaluate_lm --model_dir=runs/shakespeare \\
+        --dataset=text:../shared/data/tinyshakespeare/input.txt [--split=validation]
+    python -m experiments.evaluate_lm --model_dir=runs/shakespeare --score="To be, or not to be"
+
+`--score` prints log P(W) = Σ_i log P(w_i | w_1..w_{i-1}) and each token's log-probability.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+from absl import app, flags, logging
+
+from experiments.flags import define_data_flags
+from tf_lm.artifacts import load_model_dir
+from tf_lm.data import Corpus, lm_datasets, read_source
+from tf_lm.data.tokenizers import CharTokenizer
+from tf_lm.training.metrics import derived
+
+FLAGS = flags.FLAGS
+
+
+def evaluate_split(model, tokenizer, corpus: Corpus, split: str, batch_size: int = 16,
+                   max_batches: int | None = None) -> dict:
+    """Mean next-token loss of `model` over `split` of `corpus`, in contiguous non-overlapping windows.
+
+    Args:
+        model: a `TransformerLM`.
+        tokenizer: its tokenizer.
+        corpus: `Corpus`.
+        split: "validation" or "train".
+        batch_size: int, default 16. Windows per batch.
+        max_batches: int or None. Stop after this many batches (None: the whole split).
+
+    Returns:
+        dict with `loss` (nats per token), `perplexity`, `bits` (per token) and `tokens` (how many were scored).
+
+    Raises:
+        ValueError: for an unknown split, or a split shorter than one window.
+    """
+    if split not in ("train", "validation"):
+        raise ValueError(f"Unknown split {split!r}; choose train or validation.")
+    # The validation pipeline walks its split once, window after window; point it at the chosen split.
+    text = getattr(corpus, split)
+    windows = lm_datasets(Corpus(train=text, validation=text, name=corpus.name), tokenizer,
+                          model.config.block_size, batch_size)[1]
+    if max_batches:
+        windows = windows.take(max_batches)
+
+    @tf.function(jit_compile=True)
+    def batch_loss(inputs, targets):
+        logits = model(inputs, training=False)  # (b, T, V)
+        token_losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)  # (b, T)
+        return tf.reduce_sum(token_losses), tf.size(token_losses)
+
+    total, count = 0.0, 0
+    for inputs, targets in windows:
+        batch_total, batch_count = batch_loss(inputs, targets)
+        total, count = total + float(batch_total), count + int(batch_count)
+    return {**derived(total / count), "tokens": count}
+
+
+def score_text(model, tokenizer, text: str) -> dict:
+    """log P(W) of `text` and each token's log-probability given the tokens before it.
+
+    Returns:
+        dict with `tokens` (the token strings), `token_log_probs` (one per token after the first) and
+        `log_likelihood` (their sum, in nats).
+
+    Raises:
+        ValueError: if `text` has fewer than 2 tokens or more than the model's context.
+    """
+    ids = tokenizer.encode(text)
+    if len(ids) < 2:
+        raise ValueError(f"--score needs at least 2 tokens (the first is only the condition). Received: {text!r}")
+    if len(ids) > model.config.block_size:
+        raise ValueError(
+            f"--score text has {len(ids)} tokens, more than the model's context of {model.config.block_size}; "
+            "score a shorter text."
+        )
+    scores = model.score(np.array([ids], dtype=np.int32))
+    return {
+        "tokens": [tokenizer.decode([i]) for i in ids],
+        "token_log_probs": np.asarray(scores["token_log_probs"])[0].tolist(),
+        "log_likelihood": float(np.asarray(scores["log_likelihood"])[0]),
+    }
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    try:
+        model, tokenizer = load_model_dir(FLAGS.model_dir)
+        unit = "char" if isinstance(tokenizer, CharTokenizer) else "token"
+        if FLAGS.score is not None:
+            result = score_text(model, tokenizer, FLAGS.score)
+            n = len(result["token_log_probs"])
+            print(f"log P(W) = {result['log_likelihood']:.4f} nats ({result['log_likelihood'] / math.log(2):.3f} bits) "
+                  f"over {n} predicted tokens; the first token {result['tokens'][0]!r} is the condition")
+            for token, log_prob in zip(result["tokens"][1:], result["token_log_probs"]):
+                print(f"  {token!r:>12}  log P = {log_prob:8.4f}")
+            return
+        corpus = read_source(FLAGS.dataset, validation_fraction=FLAGS.validation_fraction,
+                             tfds_data_dir=FLAGS.tfds_data_dir, tfds_manual_dir=FLAGS.tfds_manual_dir)
+        result = evaluate_split(model, tokenizer, corpus, FLAGS.split, FLAGS.batch_size, FLAGS.max_batches)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None
+    print(f"{FLAGS.dataset} [{FLAGS.split}], {result['tokens']:,} tokens: loss {result['loss']:.4f} nats/token, "
+          f"perplexity {result['perplexity']:.3f}, {result['bits']:.4f} bits/{unit}")
+
+
+if __name__ == "__main__":
+    define_data_flags()
+    flags.DEFINE_string("model_dir", None, "A model directory written by experiments.train_lm.")
+    flags.DEFINE_enum("split", "validation", ["validation", "train"], "Which split of --dataset to evaluate.")
+    flags.DEFINE_integer("batch_size", 16, "Windows per evaluation batch.")
+    flags.DEFINE_integer("max_batches", None, "Evaluate only this many batches (default: the whole split).")
+    flags.DEFINE_string("score", None, "Instead of a split: print log P(W) of this text and each token's log-prob.")
+    flags.mark_flags_as_required(["model_dir"])
+    app.run(main)

@@ -1,0 +1,93 @@
+"""Shared absl flags and `configs_from_flags`, the one place flags map onto `LMConfig` and `TrainConfig`.
+
+Every flag is optional; a flag the user did not set leaves the preset's (or `TrainConfig`'s) value alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from absl import flags
+
+from tf_lm.configs import PRESETS, LMConfig
+from tf_lm.distribute import STRATEGIES
+from tf_lm.training import TrainConfig
+from tf_lm.training.trainer import PRECISIONS
+
+_TRAIN = TrainConfig()
+# Model fields a flag may override; vocab_size comes from the tokenizer, block_size from --block_size.
+MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "dropout")
+TRAIN_FIELDS = tuple(field.name for field in dataclasses.fields(TrainConfig))
+
+
+def define_data_flags() -> None:
+    """--dataset and the options of `tf_lm.data.read_source`, shared by training and evaluation."""
+    flags.DEFINE_string("dataset", _TRAIN.dataset, "Text source: builtin:pydoc, text:<file or glob>, tfds:<name>.")
+    flags.DEFINE_float("validation_fraction", 0.1, "Share of the text held out for validation, when the source "
+                       "has no validation split of its own.")
+    flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (where prepared datasets live).")
+    flags.DEFINE_string("tfds_manual_dir", None, "TFDS manual_dir holding the dataset's downloaded files.")
+    flags.DEFINE_string("data_cache_dir", None, "Directory caching the token ids (.npy); unset: tokenise each run.")
+
+
+def define_train_flags() -> None:
+    """Model, data, optimisation, evaluation, precision, strategy and output flags of `train_lm`."""
+    define_data_flags()
+    flags.DEFINE_enum("preset", "nano", sorted(PRESETS), "Model preset; the flags below override its fields.")
+    flags.DEFINE_integer("n_layer", None, "Transformer blocks (default: the preset's).")
+    flags.DEFINE_integer("n_head", None, "Attention heads (default: the preset's).")
+    flags.DEFINE_integer("n_embd", None, "Residual width (default: the preset's).")
+    flags.DEFINE_float("dropout", None, "Dropout rate (default: the preset's).")
+    flags.DEFINE_integer("block_size", None, "Context length trained on (default and maximum: the preset's).")
+    flags.DEFINE_enum("tokenizer", _TRAIN.tokenizer, ["char", "bpe"], "Tokenizer built from the training text.")
+    flags.DEFINE_integer("bpe_vocab_size", None, "BPE vocabulary size (only with --tokenizer=bpe).")
+    flags.DEFINE_integer("batch_size", _TRAIN.batch_size, "Global batch size (split over the replicas).")
+    flags.DEFINE_integer("steps", _TRAIN.steps, "Optimizer steps in the whole run.")
+    flags.DEFINE_float("learning_rate", _TRAIN.learning_rate, "Peak learning rate.")
+    flags.DEFINE_float("min_learning_rate", _TRAIN.min_learning_rate, "Floor of the cosine decay.")
+    flags.DEFINE_integer("warmup_steps", _TRAIN.warmup_steps, "Linear warm-up steps.")
+    flags.DEFINE_float("weight_decay", _TRAIN.weight_decay, "AdamW weight decay (matrices only).")
+    flags.DEFINE_float("beta1", _TRAIN.beta1, "AdamW beta1.")
+    flags.DEFINE_float("beta2", _TRAIN.beta2, "AdamW beta2.")
+    flags.DEFINE_float("grad_clip", _TRAIN.grad_clip, "Clip the global gradient norm to this (0: off).")
+    flags.DEFINE_integer("eval_every", _TRAIN.eval_every, "Validate every this many steps.")
+    flags.DEFINE_integer("eval_steps", _TRAIN.eval_steps, "Validation batches per evaluation.")
+    flags.DEFINE_integer("checkpoint_every", _TRAIN.checkpoint_every, "Checkpoint every this many steps.")
+    flags.DEFINE_integer("log_every", _TRAIN.log_every, "Write a metrics row every this many steps.")
+    flags.DEFINE_enum("precision", _TRAIN.precision, list(PRECISIONS), "Compute precision.")
+    flags.DEFINE_integer("seed", _TRAIN.seed, "Seed of the initialisation, dropout and data order.")
+    flags.DEFINE_enum("strategy", "auto", list(STRATEGIES), "tf.distribute strategy.")
+    flags.DEFINE_string("tpu", None, "TPU name or grpc:// address (with --strategy=tpu or auto).")
+    flags.DEFINE_string("model_dir", None, "Output directory: model, checkpoints, metrics, logs. Rerun to resume.")
+
+
+def configs_from_flags(flag_values: flags.FlagValues) -> tuple[LMConfig, TrainConfig]:
+    """Maps the parsed flags onto `(LMConfig, TrainConfig)`: the preset first, then only the flags the user set.
+
+    The returned `LMConfig` keeps the preset's `vocab_size`; the caller replaces it with the tokenizer's.
+
+    Args:
+        flag_values: parsed `absl.flags.FLAGS` after `define_train_flags()`.
+
+    Returns:
+        `(model_config, train_config)`.
+
+    Raises:
+        ValueError: for --block_size beyond the preset's context, or any out-of-range value.
+
+    Example:
+    >>> model_config, train_config = configs_from_flags(flags.FLAGS)  # doctest: +SKIP
+    """
+    preset = PRESETS[flag_values.preset]
+    overrides = {name: flag_values[name].value for name in MODEL_FIELDS if flag_values[name].present}
+    if flag_values["block_size"].present:
+        block_size = flag_values.block_size
+        if block_size > preset.block_size:
+            raise ValueError(
+                f"--block_size={block_size} exceeds the {preset.block_size} positions of --preset="
+                f"{flag_values.preset}; use a block size <= {preset.block_size} or a preset with a longer context."
+            )
+        overrides["block_size"] = block_size
+    model_config = LMConfig.preset(flag_values.preset, **overrides)
+    train_config = TrainConfig(**{name: flag_values[name].value for name in TRAIN_FIELDS if flag_values[name].present})
+    return model_config, train_config
