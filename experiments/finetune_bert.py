@@ -12,6 +12,8 @@ The best model (by eval accuracy) lands in `<output_dir>/best` (safetensors + to
 
 from __future__ import annotations
 
+import dataclasses
+
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
@@ -29,6 +31,7 @@ def define_finetune_flags() -> None:
     flags.DEFINE_string("text_key", "sentence", "Text column / feature (a column name, or a 0-based index).")
     flags.DEFINE_string("label_key", "label", "Integer label column / feature (a column name, or a 0-based index).")
     flags.DEFINE_integer("num_labels", None, "Number of classes; inferred from the data if unset.")
+    flags.DEFINE_list("label_names", None, "Class names by id, e.g. negative,positive (default: TFDS names).")
     flags.DEFINE_integer("max_train_examples", None, "Train on only the first this many examples.")
     flags.DEFINE_integer("max_length", 128, "Longest sequence in tokens ([CLS]/[SEP] included); longer are cut.")
     flags.DEFINE_integer("batch_size", 32, "Global batch size, split across replicas.")
@@ -94,6 +97,8 @@ def main(argv):
             FLAGS.dataset, FLAGS.train_file, FLAGS.eval_file, FLAGS.text_key, FLAGS.label_key,
             FLAGS.max_train_examples, FLAGS.train_split, FLAGS.eval_split, FLAGS.tfds_data_dir,
         )
+        if FLAGS.label_names:
+            train_data = dataclasses.replace(train_data, label_names=FLAGS.label_names)
         # Imported only now: it loads transformers, which bad data need not wait for.
         from tf_lm.bert.finetune import finetune
         from tf_lm.distribute import resolve_strategy

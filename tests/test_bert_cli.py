@@ -50,7 +50,7 @@ def test_predict_prints_label_and_probability(tmp_path):
 def test_finetune_then_predict(tmp_path):
     train = write_tsv(tmp_path / "train.tsv", [("a gorgeous film", 1), ("a dull mess", 0)] * 4)
     result = run("experiments.finetune_bert", "--model=minilm", f"--train_file={train}", f"--eval_file={train}",
-                 "--max_length=8", "--batch_size=4", "--max_steps=2", "--num_buckets=1",
+                 "--max_length=8", "--batch_size=4", "--max_steps=2", "--num_buckets=1", "--label_names=neg,pos",
                  f"--output_dir={tmp_path / 'run'}", "--strategy=cpu")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "best eval accuracy" in result.stdout
@@ -61,7 +61,7 @@ def test_finetune_then_predict(tmp_path):
     assert len(lines) == 2
     for line, sentence in zip(lines, ["a gorgeous film", "a dull mess"]):
         label, probability, text = line.split("\t")
-        assert label in ("LABEL_0", "LABEL_1") and 0.5 <= float(probability) <= 1 and text == sentence
+        assert label in ("neg", "pos") and 0.5 <= float(probability) <= 1 and text == sentence
 
 
 def test_finetune_bad_inputs_fail_in_one_line(tmp_path):

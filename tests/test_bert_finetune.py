@@ -84,3 +84,47 @@ def test_max_length_over_the_model_limit_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="max_length 1024 exceeds .*512"):
         finetune.finetune("minilm", dev, dev, finetune.FinetuneConfig(max_length=1024), str(tmp_path),
                           resolve_strategy("cpu"))
+
+
+@pytest.mark.slow
+def test_jit_compiled_trainer_matches_the_plain_one():
+    strategy = resolve_strategy("cpu")
+    tokenizer = hub.load_tokenizer("minilm")
+    dev = data.read_table(str(SST2 / "dev.tsv"), max_examples=6)
+    dataset = data.make_dataset(data.encode(tokenizer, dev.texts, 16), dev.labels, batch_size=4, bucket_widths=(16,))
+    with strategy.scope():
+        model = hub.load_classifier("minilm", num_labels=2)
+        optimizer = hub.create_optimizer(1e-4, num_train_steps=4, warmup_steps=0)
+    plain = finetune.ClassifierTrainer(model, optimizer, strategy, jit_compile=False)
+    compiled = finetune.ClassifierTrainer(model, optimizer, strategy, jit_compile=True)
+    np.testing.assert_allclose(compiled.predict(dataset)[0], plain.predict(dataset)[0], atol=1e-4)
+    loss, seen = compiled.train(dataset)
+    assert np.isfinite(loss) and seen == 6
+
+
+MIRRORED_SCRIPT = """
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from tf_lm.bert import data, finetune
+from tf_lm.distribute import resolve_strategy
+strategy = resolve_strategy("mirrored")
+assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
+dev = data.read_table(sys.argv[1], max_examples=10)
+config = finetune.FinetuneConfig(max_length=16, batch_size=4, epochs=1, num_buckets=2)
+history = finetune.finetune("minilm", dev, dev, config, sys.argv[2], strategy)
+assert history[-1]["train_examples"] == 10 and 0 <= history[-1]["eval_accuracy"] <= 1, history
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_finetune_under_a_two_replica_mirrored_strategy(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, str(SST2 / "dev.tsv"), str(tmp_path)],
+                            capture_output=True, text=True, timeout=600,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
