@@ -89,6 +89,10 @@ def resolve_strategy(name: str = "auto", tpu: str | None = None) -> tf.distribut
         raise ValueError(f"Unknown strategy {name!r}; choose one of {list(STRATEGIES)}.")
     if tpu and name not in ("auto", "tpu"):
         raise ValueError(f"--tpu={tpu!r} only applies to --strategy=tpu or auto. Received: strategy={name!r}")
+    if name == "multi_worker":
+        # Before anything lists devices: collective ops must be configured before TensorFlow's context starts.
+        _cluster_from_tf_config()
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         if _tpu_visible(tpu):
@@ -105,10 +109,7 @@ def resolve_strategy(name: str = "auto", tpu: str | None = None) -> tf.distribut
     if name == "mirrored":
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices)
-    if name == "tpu":
-        return _tpu_strategy(tpu)
-    _cluster_from_tf_config()
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    return _tpu_strategy(tpu)
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

@@ -1,0 +1,136 @@
+"""experiments/train_lm.py as a user runs it: exact resume after SIGKILL, two workers, bad input."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from absl import flags
+
+from experiments.flags import configs_from_flags, define_train_flags
+from tf_lm.configs import LMConfig
+from tf_lm.training import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+# A tiny model on the builtin corpus: steps take milliseconds, so process start-up dominates.
+TINY = ["--preset=nano", "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",
+        "--warmup_steps=1", "--eval_every=1000", "--eval_steps=1", "--log_every=50"]
+
+
+def command(model_dir, *extra):
+    return [sys.executable, "-m", "experiments.train_lm", f"--model_dir={model_dir}", *TINY, *extra]
+
+
+def environment(**extra):
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO), **extra}
+
+
+def run(args, **env):
+    return subprocess.run(args, cwd=REPO, env=environment(**env), capture_output=True, text=True, timeout=240)
+
+
+def saved_weights(model_dir):
+    from tf_lm.artifacts import load_model_dir
+
+    model, _ = load_model_dir(str(model_dir))
+    return [np.asarray(w) for w in model.weights]
+
+
+def test_sigkill_mid_run_then_rerun_ends_with_the_uninterrupted_weights(tmp_path):
+    steps = ["--steps=40", "--checkpoint_every=2", "--dropout=0.1", "--log_every=10"]  # dropout: its randomness must resume too
+    straight = subprocess.Popen(command(tmp_path / "straight", *steps), cwd=REPO, env=environment(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed_dir = tmp_path / "killed"
+    victim = subprocess.Popen(command(killed_dir, *steps), cwd=REPO, env=environment(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while not list(killed_dir.glob("checkpoints/checkpoint")) and time.time() < deadline:
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL
+    assert not (killed_dir / "model.keras").exists(), "the run finished before it was killed"
+
+    resumed = run(command(killed_dir, *steps))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stdout
+    assert straight.wait(timeout=240) == 0
+    for a, b in zip(saved_weights(tmp_path / "straight"), saved_weights(killed_dir)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    rows = (killed_dir / "metrics.csv").read_text().splitlines()
+    assert [int(r.split(",")[0]) for r in rows[1:] if ",train," in r] == list(range(10, 41, 10))
+    for name in ("config.json", "run_config.json", "loss.png", "tokenizer", "logs"):
+        assert (killed_dir / name).exists(), name
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_workers_finish_with_identical_weights_and_only_the_chief_writes(tmp_path):
+    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
+    workers = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        workers.append(subprocess.Popen(
+            command(tmp_path / f"worker{index}", "--strategy=multi_worker", "--steps=4", "--checkpoint_every=2"),
+            cwd=REPO, env=environment(TF_CONFIG=tf_config), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ))
+    outputs = [worker.communicate(timeout=240) for worker in workers]
+    for worker, (out, err) in zip(workers, outputs):
+        assert worker.returncode == 0, err[-3000:]
+    digests = [[line for line in out.splitlines() if line.startswith("weights sha256")] for out, _ in outputs]
+    assert digests[0] and digests[0] == digests[1]
+    assert (tmp_path / "worker0" / "model.keras").exists()
+    assert sorted(p.name for p in (tmp_path / "worker0" / "checkpoints").glob("*.index")) == ["ckpt-2.index", "ckpt-4.index"]
+    assert not (tmp_path / "worker1").exists()  # the non-chief's checkpoints went to a deleted temp dir
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--strategy=tpu"], "error: No TPU is reachable"),
+        (["--precision=float8"], "--precision=float8"),
+        (["--block_size=65"], "error: --block_size=65 exceeds the 64 positions of --preset=nano"),
+        (["--batch_size=0"], "error: batch_size must be an integer >= 1"),
+    ],
+)
+def test_bad_input_fails_in_one_line_and_writes_nothing(tmp_path, args, message):
+    result = run(command(tmp_path / "run", *args))
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_model_dir_of_another_config_is_refused_and_left_alone(tmp_path):
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    before = json.dumps({"model": LMConfig.preset("nano", n_layer=3).to_dict(), "train": TrainConfig().to_dict(),
+                         "tokenizer_fingerprint": "x"})
+    (model_dir / "run_config.json").write_text(before)
+    result = run(command(model_dir, "--steps=4"))
+    assert result.returncode != 0
+    assert "holds a run with a different config (" in result.stderr
+    assert "n_layer: 3 -> 1" in result.stderr
+    assert (model_dir / "run_config.json").read_text() == before
+    assert sorted(p.name for p in model_dir.iterdir()) == ["run_config.json"]
+
+
+def test_configs_from_flags_takes_the_preset_then_only_the_flags_set():
+    values = flags.FlagValues()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(flags, "FLAGS", values)
+        define_train_flags()
+    values(["train_lm", "--preset=char-small", "--n_layer=2", "--steps=7", "--block_size=128"])
+    model_config, train_config = configs_from_flags(values)
+    assert model_config == LMConfig.preset("char-small", n_layer=2, block_size=128)  # dropout 0.2 kept from the preset
+    assert train_config == TrainConfig(steps=7)
