@@ -40,7 +40,7 @@ def define_finetune_flags() -> None:
     flags.DEFINE_float("weight_decay", 0.01, "AdamW weight decay (not applied to LayerNorm and biases).")
     flags.DEFINE_integer("epochs", 3, "Passes over the training data.")
     flags.DEFINE_integer("max_steps", None, "Train this many steps instead of --epochs passes.")
-    flags.DEFINE_integer("num_buckets", 4, "Length buckets (few padded shapes); 0 pads each batch to its longest.")
+    flags.DEFINE_integer("num_buckets", 8, "Length buckets (few padded shapes); 0 pads each batch to its longest.")
     flags.DEFINE_bool("jit_compile", False, "XLA-compile the train and eval steps.")
     flags.DEFINE_integer("seed", 0, "Shuffling seed.")
     flags.DEFINE_string("output_dir", None, "Where best/ and history.json are written.")

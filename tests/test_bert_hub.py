@@ -172,3 +172,10 @@ def test_create_optimizer_warms_up_then_decays_linearly():
     schedule = optimizer.learning_rate
     rates = [float(schedule(step)) for step in (0, 5, 10, 55, 100)]
     np.testing.assert_allclose(rates, [0.0, 5e-5, 1e-4, 5e-5, 0.0], atol=1e-9)
+
+
+def test_export_refuses_a_directory_with_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not empty"):
+        hub.export_tf_checkpoint("minilm", str(tmp_path))
+    assert (tmp_path / "notes.txt").read_text() == "keep me"

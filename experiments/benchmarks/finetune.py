@@ -21,7 +21,7 @@ SST2 = Path(__file__).resolve().parents[3] / "shared" / "data" / "sst2"
 MAX_LENGTH = 64
 BATCH_SIZE = 32
 TRAIN_EXAMPLES = 8000
-LEARNING_RATE = 1e-4
+LEARNING_RATE = 2e-4
 PEER_LEARNING_RATE = 5e-5
 PEER_WARMUP_STEPS = 3
 

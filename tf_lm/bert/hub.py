@@ -323,10 +323,15 @@ def export_tf_checkpoint(name: str, out_dir: str) -> str:
     Returns:
         str: `out_dir`.
 
+    Raises:
+        ValueError: if `out_dir` already holds files (it is written whole, so nothing there is overwritten).
+
     Example:
     >>> path = export_tf_checkpoint("minilm", "/tmp/minilm-tf")
     >>> model = transformers.TFBertForSequenceClassification.from_pretrained(path)
     """
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise ValueError(f"{out_dir!r} already exists and is not empty; pick a new directory for the checkpoint.")
     encoder = _load(transformers.TFAutoModel, name)
     save_pretrained(out_dir, encoder, load_tokenizer(name))
     return out_dir
