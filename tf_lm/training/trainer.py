@@ -170,7 +170,8 @@ class Trainer:
                 self.model, schedule, config.weight_decay, config.beta1, config.beta2, config.precision
             )
         self.checkpoints = Checkpoints(f"{model_dir}/checkpoints", self.model, self.optimizer, chief=self.chief)
-        self._train_step = self._make_train_step(jit_compile)
+        self.train_step = self._make_train_step(jit_compile)
+        """`train_step(iterator)`: one optimizer update on the next batch; returns `(loss, gradient norm)`."""
         self._eval_step = self._make_eval_step(jit_compile)
         self._stop_signal = None
 
@@ -324,7 +325,7 @@ class Trainer:
             window_losses, step_seconds, started = [], [], time.perf_counter()
             for step in range(start + 1, config.steps + 1):  # `step` updates done after this iteration
                 step_start = time.perf_counter()
-                loss, _ = self._train_step(iterator)
+                loss, _ = self.train_step(iterator)
                 loss = float(loss)
                 if step > start + 1:
                     step_seconds.append(time.perf_counter() - step_start)
