@@ -1,0 +1,68 @@
+"""experiments/evaluate_lm.py: split metrics agree with a direct computation; --score prints log P(W)."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from experiments.evaluate_lm import evaluate_split, score_text
+from tf_lm import LMConfig, TransformerLM
+from tf_lm.artifacts import save_model_dir
+from tf_lm.data import Corpus, build_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+TEXT = "the cat sat on the mat. " * 40
+
+
+@pytest.fixture()
+def model_dir(tmp_path):
+    tokenizer = build_tokenizer("char", TEXT)
+    model = TransformerLM(LMConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=8))
+    save_model_dir(str(tmp_path / "model"), model, tokenizer)
+    (tmp_path / "corpus.txt").write_text(TEXT)
+    return tmp_path / "model", model, tokenizer
+
+
+def test_split_loss_is_the_mean_token_nll(model_dir):
+    _, model, tokenizer = model_dir
+    corpus = Corpus(train=TEXT, validation=TEXT[:200], name="test")
+    result = evaluate_split(model, tokenizer, corpus, "validation", batch_size=4)
+    ids = np.array(tokenizer.encode(TEXT[:200]), dtype=np.int32)
+    windows = np.stack([ids[i:i + 17] for i in range(0, len(ids) - 16, 16) if i + 17 <= len(ids)])  # (n, 17)
+    logits = np.asarray(model(windows[:, :-1]), dtype=np.float64)  # (n, 16, V)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    expected = -float(np.mean(np.take_along_axis(log_probs, windows[:, 1:, None], -1)))
+    assert result["tokens"] == windows.shape[0] * 16
+    assert result["loss"] == pytest.approx(expected, rel=1e-4)
+    assert result["bits"] == pytest.approx(expected / math.log(2), rel=1e-4)
+
+
+def test_score_sums_token_log_probs(model_dir):
+    _, model, tokenizer = model_dir
+    result = score_text(model, tokenizer, "the mat")
+    assert result["tokens"][0] == "t" and len(result["token_log_probs"]) == 6
+    assert result["log_likelihood"] == pytest.approx(sum(result["token_log_probs"]), rel=1e-5)
+    with pytest.raises(ValueError, match="more than the model's context of 16"):
+        score_text(model, tokenizer, "t" * 17)
+
+
+def test_script_reports_and_scores(model_dir):
+    path, _, _ = model_dir
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
+    corpus = f"--dataset=text:{path.parent / 'corpus.txt'}"
+    args = [sys.executable, "-m", "experiments.evaluate_lm", f"--model_dir={path}"]
+    out = subprocess.run(args + [corpus, '--score=the cat'], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "log P(W) = " in out.stdout and "over 6 predicted tokens" in out.stdout
+    out = subprocess.run(args + [corpus, "--split=train"], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "perplexity" in out.stdout and "bits/char" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "experiments.evaluate_lm", f"--model_dir={path.parent / 'none'}"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "error: No model.keras" in out.stderr and "Traceback" not in out.stderr
