@@ -139,8 +139,9 @@ def export_saved_model(model, tokenizer, export_dir: str, sampler: str | Sampler
 
     Example:
     >>> export_saved_model(model, tokenizer, "exports/shakespeare")  # doctest: +SKIP
-    >>> tf.saved_model.load("exports/shakespeare").generate(
-    ...     prompt=tf.constant(["ROMEO:"]), max_new_tokens=tf.constant(50), seed=tf.constant(0, tf.int64))  # doctest: +SKIP
+    >>> serve = tf.saved_model.load("exports/shakespeare").signatures["generate"]  # doctest: +SKIP
+    >>> serve(prompt=tf.constant(["ROMEO:"]), max_new_tokens=tf.constant(50),
+    ...       seed=tf.constant(0, tf.int64))["text"]  # doctest: +SKIP
     """
     module = GenerationModule(model, tokenizer, get_sampler(sampler, temperature, top_k, top_p), stop_token_ids)
     export_dir = os.path.abspath(export_dir)

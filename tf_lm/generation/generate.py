@@ -185,8 +185,8 @@ class _Batch:
                 )
             if row.size + self.max_new_tokens > config.block_size:
                 raise ValueError(
-                    f"Prompt {i} has {row.size} tokens and max_new_tokens={self.max_new_tokens}, {row.size + self.max_new_tokens} "
-                    f"in all, beyond the model's context block_size={config.block_size}; shorten the prompt (keep its "
+                    f"Prompt {i} has {row.size} tokens and max_new_tokens={self.max_new_tokens}, "
+                    f"{row.size + self.max_new_tokens} in all, beyond the model's context block_size={config.block_size}; shorten the prompt (keep its "
                     "last tokens) or ask for fewer new tokens."
                 )
         stop_token_ids = [] if stop_token_ids is None else [int(t) for t in stop_token_ids]

@@ -6,8 +6,9 @@ logits of token `index` (and the updated cache), and it fills a fixed-shape toke
 `get_next_token(logits, seed)`.
 
 Randomness is stateless: the step that fills buffer slot `index` draws with
-`fold_in(seed, index - prompt_length)`, i.e. keyed by the new token's number, so the same seed always gives the same tokens, in eager, `tf.function`, XLA and the exported SavedModel alike. Random samplers
-use the Gumbel-max trick (argmax of logits plus Gumbel noise is a sample of softmax(logits)) with noise hashed
+`fold_in(seed, index - prompt_length)`, i.e. keyed by the new token's number, so the same seed always gives the
+same tokens, in eager, `tf.function`, XLA and the exported SavedModel alike. Random samplers use the Gumbel-max
+trick (argmax of logits plus Gumbel noise is a sample of softmax(logits)) with noise hashed
 from (seed, row, token id), so a row's draw depends on the seed, the step and its row index in the batch,
 never on the other rows or on how far the prompts were padded.
 """
