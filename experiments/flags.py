@@ -20,45 +20,61 @@ MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "dropout")
 TRAIN_FIELDS = tuple(field.name for field in dataclasses.fields(TrainConfig))
 
 
-def define_data_flags() -> None:
+def define_data_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """--dataset and the options of `tf_lm.data.read_source`, shared by training and evaluation."""
-    flags.DEFINE_string("dataset", _TRAIN.dataset, "Text source: builtin:pydoc, text:<file or glob>, tfds:<name>.")
+    flags.DEFINE_string("dataset", _TRAIN.dataset, "Text source: builtin:pydoc, text:<file or glob>, tfds:<name>.",
+        flag_values=flag_values)
     flags.DEFINE_float("validation_fraction", 0.1, "Share of the text held out for validation, when the source "
-                       "has no validation split of its own.")
-    flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (where prepared datasets live).")
-    flags.DEFINE_string("tfds_manual_dir", None, "TFDS manual_dir holding the dataset's downloaded files.")
-    flags.DEFINE_string("data_cache_dir", None, "Directory caching the token ids (.npy); unset: tokenise each run.")
+                       "has no validation split of its own.", flag_values=flag_values)
+    flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (where prepared datasets live).", flag_values=flag_values)
+    flags.DEFINE_string("tfds_manual_dir", None, "TFDS manual_dir holding the dataset's downloaded files.",
+        flag_values=flag_values)
+    flags.DEFINE_string("data_cache_dir", None, "Directory caching the token ids (.npy); unset: tokenise each run.",
+        flag_values=flag_values)
 
 
-def define_train_flags() -> None:
+def define_train_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Model, data, optimisation, evaluation, precision, strategy and output flags of `train_lm`."""
-    define_data_flags()
-    flags.DEFINE_enum("preset", "nano", sorted(PRESETS), "Model preset; the flags below override its fields.")
-    flags.DEFINE_integer("n_layer", None, "Transformer blocks (default: the preset's).")
-    flags.DEFINE_integer("n_head", None, "Attention heads (default: the preset's).")
-    flags.DEFINE_integer("n_embd", None, "Residual width (default: the preset's).")
-    flags.DEFINE_float("dropout", None, "Dropout rate (default: the preset's).")
-    flags.DEFINE_integer("block_size", None, "Context length trained on (default and maximum: the preset's).")
-    flags.DEFINE_enum("tokenizer", _TRAIN.tokenizer, ["char", "bpe"], "Tokenizer built from the training text.")
-    flags.DEFINE_integer("bpe_vocab_size", None, "BPE vocabulary size (only with --tokenizer=bpe).")
-    flags.DEFINE_integer("batch_size", _TRAIN.batch_size, "Global batch size (split over the replicas).")
-    flags.DEFINE_integer("steps", _TRAIN.steps, "Optimizer steps in the whole run.")
-    flags.DEFINE_float("learning_rate", _TRAIN.learning_rate, "Peak learning rate.")
-    flags.DEFINE_float("min_learning_rate", _TRAIN.min_learning_rate, "Floor of the cosine decay.")
-    flags.DEFINE_integer("warmup_steps", _TRAIN.warmup_steps, "Linear warm-up steps.")
-    flags.DEFINE_float("weight_decay", _TRAIN.weight_decay, "AdamW weight decay (matrices only).")
-    flags.DEFINE_float("beta1", _TRAIN.beta1, "AdamW beta1.")
-    flags.DEFINE_float("beta2", _TRAIN.beta2, "AdamW beta2.")
-    flags.DEFINE_float("grad_clip", _TRAIN.grad_clip, "Clip the global gradient norm to this (0: off).")
-    flags.DEFINE_integer("eval_every", _TRAIN.eval_every, "Validate every this many steps.")
-    flags.DEFINE_integer("eval_steps", _TRAIN.eval_steps, "Validation batches per evaluation.")
-    flags.DEFINE_integer("checkpoint_every", _TRAIN.checkpoint_every, "Checkpoint every this many steps.")
-    flags.DEFINE_integer("log_every", _TRAIN.log_every, "Write a metrics row every this many steps.")
-    flags.DEFINE_enum("precision", _TRAIN.precision, list(PRECISIONS), "Compute precision.")
-    flags.DEFINE_integer("seed", _TRAIN.seed, "Seed of the initialisation, dropout and data order.")
-    flags.DEFINE_enum("strategy", "auto", list(STRATEGIES), "tf.distribute strategy.")
-    flags.DEFINE_string("tpu", None, "TPU name or grpc:// address (with --strategy=tpu or auto).")
-    flags.DEFINE_string("model_dir", None, "Output directory: model, checkpoints, metrics, logs. Rerun to resume.")
+    define_data_flags(flag_values)
+    flags.DEFINE_enum("preset", "nano", sorted(PRESETS), "Model preset; the flags below override its fields.",
+        flag_values=flag_values)
+    flags.DEFINE_integer("n_layer", None, "Transformer blocks (default: the preset's).", flag_values=flag_values)
+    flags.DEFINE_integer("n_head", None, "Attention heads (default: the preset's).", flag_values=flag_values)
+    flags.DEFINE_integer("n_embd", None, "Residual width (default: the preset's).", flag_values=flag_values)
+    flags.DEFINE_float("dropout", None, "Dropout rate (default: the preset's).", flag_values=flag_values)
+    flags.DEFINE_integer("block_size", None, "Context length trained on (default and maximum: the preset's).",
+        flag_values=flag_values)
+    flags.DEFINE_enum("tokenizer", _TRAIN.tokenizer, ["char", "bpe"], "Tokenizer built from the training text.",
+        flag_values=flag_values)
+    flags.DEFINE_integer("bpe_vocab_size", None, "BPE vocabulary size (only with --tokenizer=bpe).",
+        flag_values=flag_values)
+    flags.DEFINE_integer("batch_size", _TRAIN.batch_size, "Global batch size (split over the replicas).",
+        flag_values=flag_values)
+    flags.DEFINE_integer("steps", _TRAIN.steps, "Optimizer steps in the whole run.", flag_values=flag_values)
+    flags.DEFINE_float("learning_rate", _TRAIN.learning_rate, "Peak learning rate.", flag_values=flag_values)
+    flags.DEFINE_float("min_learning_rate", _TRAIN.min_learning_rate, "Floor of the cosine decay.",
+        flag_values=flag_values)
+    flags.DEFINE_integer("warmup_steps", _TRAIN.warmup_steps, "Linear warm-up steps.", flag_values=flag_values)
+    flags.DEFINE_float("weight_decay", _TRAIN.weight_decay, "AdamW weight decay (matrices only).",
+        flag_values=flag_values)
+    flags.DEFINE_float("beta1", _TRAIN.beta1, "AdamW beta1.", flag_values=flag_values)
+    flags.DEFINE_float("beta2", _TRAIN.beta2, "AdamW beta2.", flag_values=flag_values)
+    flags.DEFINE_float("grad_clip", _TRAIN.grad_clip, "Clip the global gradient norm to this (0: off).",
+        flag_values=flag_values)
+    flags.DEFINE_integer("eval_every", _TRAIN.eval_every, "Validate every this many steps.", flag_values=flag_values)
+    flags.DEFINE_integer("eval_steps", _TRAIN.eval_steps, "Validation batches per evaluation.", flag_values=flag_values)
+    flags.DEFINE_integer("checkpoint_every", _TRAIN.checkpoint_every, "Checkpoint every this many steps.",
+        flag_values=flag_values)
+    flags.DEFINE_integer("log_every", _TRAIN.log_every, "Write a metrics row every this many steps.",
+        flag_values=flag_values)
+    flags.DEFINE_enum("precision", _TRAIN.precision, list(PRECISIONS), "Compute precision.", flag_values=flag_values)
+    flags.DEFINE_integer("seed", _TRAIN.seed, "Seed of the initialisation, dropout and data order.",
+        flag_values=flag_values)
+    flags.DEFINE_enum("strategy", "auto", list(STRATEGIES), "tf.distribute strategy.", flag_values=flag_values)
+    flags.DEFINE_string("tpu", None, "TPU name or grpc:// address (with --strategy=tpu or auto).",
+        flag_values=flag_values)
+    flags.DEFINE_string("model_dir", None, "Output directory: model, checkpoints, metrics, logs. Rerun to resume.",
+        flag_values=flag_values)
 
 
 def configs_from_flags(flag_values: flags.FlagValues) -> tuple[LMConfig, TrainConfig]:

@@ -127,10 +127,8 @@ def test_a_model_dir_of_another_config_is_refused_and_left_alone(tmp_path):
 
 def test_configs_from_flags_takes_the_preset_then_only_the_flags_set():
     values = flags.FlagValues()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(flags, "FLAGS", values)
-        define_train_flags()
-    values(["train_lm", "--preset=char-small", "--n_layer=2", "--steps=7", "--block_size=128"])
+    define_train_flags(values)
+    values(["train_lm", "--preset=char-small", "--n_layer=2", "--steps=700", "--block_size=128"])
     model_config, train_config = configs_from_flags(values)
     assert model_config == LMConfig.preset("char-small", n_layer=2, block_size=128)  # dropout 0.2 kept from the preset
-    assert train_config == TrainConfig(steps=7)
+    assert train_config == TrainConfig(steps=700)

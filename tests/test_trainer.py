@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -12,7 +14,7 @@ import tensorflow as tf
 
 from tf_lm.configs import LMConfig
 from tf_lm.distribute import resolve_strategy
-from tf_lm.training import TrainConfig, Trainer, TrainingDiverged, weights_digest
+from tf_lm.training import TrainConfig, Trainer, TrainingDiverged, TrainingInterrupted, weights_digest
 
 MODEL = LMConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8)
 
@@ -146,3 +148,36 @@ def test_weights_digest_tells_weights_apart(tmp_path):
     before = weights_digest(trainer.model)
     trainer.model.weights[0].assign(trainer.model.weights[0] + 1e-7)
     assert weights_digest(trainer.model) != before
+
+
+def test_sigterm_checkpoints_the_current_step_and_stops(tmp_path):
+    train, validation = synthetic()
+
+    def poke(index):
+        if int(index) == 2:  # when the batch of step 3 is fetched (tf.data may fetch it during step 2)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return index
+
+    def signalling(start_step, context):
+        def fetch(index, batch):
+            with tf.control_dependencies([tf.py_function(poke, [index], tf.int64)]):
+                return tf.identity(batch[0]), batch[1]
+
+        return train(start_step, context).enumerate(start_step).map(fetch)
+
+    handler = signal.getsignal(signal.SIGTERM)
+    trainer = Trainer(MODEL, config(steps=8, checkpoint_every=100), resolve_strategy(), str(tmp_path), verbose=False)
+    with pytest.raises(TrainingInterrupted, match=r"at step [23];") as stopped:
+        trainer.fit(signalling, validation)
+    step = stopped.value.args[0].split("at step ")[1].split(";")[0]
+    assert [p.name for p in (tmp_path / "checkpoints").glob("*.index")] == [f"ckpt-{step}.index"]
+    assert signal.getsignal(signal.SIGTERM) is handler  # the trainer's handler is removed again
+
+
+def test_mixed_float16_trains_with_loss_scaling(tmp_path):
+    train, validation = synthetic()
+    trainer = Trainer(MODEL, config(steps=2, warmup_steps=0, precision="mixed_float16"), resolve_strategy(),
+                      str(tmp_path), verbose=False)
+    result = trainer.fit(train, validation)
+    assert trainer.model.compute_dtype == "float16"
+    assert np.isfinite(result["validation"]["loss"])
