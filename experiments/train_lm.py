@@ -134,7 +134,8 @@ def train(model_config: LMConfig, train_config: TrainConfig, model_dir: str, str
         v = result["validation"] or {}
         mfu = "" if result["mfu"] is None else f", MFU {result['mfu']:.2f}"
         rate = "" if result["tokens_per_second"] is None else f", {result['tokens_per_second']:,.0f} tokens/s{mfu}"
-        val = f", validation loss {v['loss']:.4f} ({v['bits']:.3f} bits/{unit}, perplexity {v['perplexity']:.2f})" if v else ""
+        val = (f", validation loss {v['loss']:.4f} ({v['bits']:.3f} bits/{unit}, "
+               f"perplexity {v['perplexity']:.2f})") if v else ""
         print(f"step {result['step']}{val}{rate}", flush=True)
         print(f"weights sha256 {result['weights_digest']}", flush=True)
         if chief:

@@ -43,7 +43,8 @@ def saved_weights(model_dir):
 
 
 def test_sigkill_mid_run_then_rerun_ends_with_the_uninterrupted_weights(tmp_path):
-    steps = ["--steps=40", "--checkpoint_every=2", "--dropout=0.1", "--log_every=10"]  # dropout: its randomness must resume too
+    # Dropout on: its randomness must resume exactly too.
+    steps = ["--steps=40", "--checkpoint_every=2", "--dropout=0.1", "--log_every=10"]
     straight = subprocess.Popen(command(tmp_path / "straight", *steps), cwd=REPO, env=environment(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     killed_dir = tmp_path / "killed"
@@ -90,7 +91,8 @@ def test_two_workers_finish_with_identical_weights_and_only_the_chief_writes(tmp
     digests = [[line for line in out.splitlines() if line.startswith("weights sha256")] for out, _ in outputs]
     assert digests[0] and digests[0] == digests[1]
     assert (tmp_path / "worker0" / "model.keras").exists()
-    assert sorted(p.name for p in (tmp_path / "worker0" / "checkpoints").glob("*.index")) == ["ckpt-2.index", "ckpt-4.index"]
+    indexes = sorted(p.name for p in (tmp_path / "worker0" / "checkpoints").glob("*.index"))
+    assert indexes == ["ckpt-2.index", "ckpt-4.index"]
     assert not (tmp_path / "worker1").exists()  # the non-chief's checkpoints went to a deleted temp dir
 
 

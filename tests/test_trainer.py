@@ -54,8 +54,8 @@ def test_loss_falls_on_a_learnable_stream(tmp_path):
         ids = tf.constant([[i % 4 for i in range(9)]] * 4)  # (4, 9): a period-4 sequence
         return tf.data.Dataset.from_tensors((ids[:, :-1], ids[:, 1:])).repeat()
 
-    trainer = Trainer(MODEL, config(steps=40, learning_rate=1e-2, eval_every=40, checkpoint_every=40), resolve_strategy(),
-                      str(tmp_path), verbose=False)
+    cfg = config(steps=40, learning_rate=1e-2, eval_every=40, checkpoint_every=40)
+    trainer = Trainer(MODEL, cfg, resolve_strategy(), str(tmp_path), verbose=False)
     result = trainer.fit(repeating, lambda context: repeating(0, context).take(1))
     assert result["validation"]["loss"] < 0.5 * np.log(11)
     assert (tmp_path / "metrics.csv").read_text().count("\n") == 40 + 1 + 1  # header, 40 train rows, 1 validation

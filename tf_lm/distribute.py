@@ -48,7 +48,8 @@ def _cluster_from_tf_config() -> dict:
     if not raw:
         raise ValueError(
             "--strategy=multi_worker needs the TF_CONFIG environment variable describing the cluster and this "
-            'task, e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}.'
+            'task, e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+            '"task": {"type": "worker", "index": 0}}.'
         )
     try:
         tf_config = json.loads(raw)

@@ -45,7 +45,8 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
             )
         if warmup_steps < 0 or decay_steps <= warmup_steps:
             raise ValueError(
-                f"Need 0 <= warmup_steps < decay_steps. Received: warmup_steps={warmup_steps}, decay_steps={decay_steps}"
+                f"Need 0 <= warmup_steps < decay_steps. "
+                f"Received: warmup_steps={warmup_steps}, decay_steps={decay_steps}"
             )
         self.learning_rate = float(learning_rate)
         self.min_learning_rate = float(min_learning_rate)

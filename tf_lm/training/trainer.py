@@ -136,7 +136,8 @@ class Trainer:
         ValueError: if the global batch does not divide evenly over the replicas.
 
     Example:
-    >>> trainer = Trainer(LMConfig.preset("nano"), TrainConfig(steps=10), resolve_strategy(), "runs/x")  # doctest: +SKIP
+    >>> strategy = resolve_strategy()
+    >>> trainer = Trainer(LMConfig.preset("nano"), TrainConfig(steps=10), strategy, "runs/x")  # doctest: +SKIP
     >>> trainer.fit(train_dataset_fn, validation_dataset_fn)  # doctest: +SKIP
     """
 
