@@ -122,6 +122,8 @@ class Trainer:
     program; under a distribution strategy the forward/backward pass is XLA-compiled per replica and the
     all-reduce and update run around it.
 
+    Sets Keras's global dtype policy to `config.precision` (layers read it when they are built).
+
     Args:
         model_config: `LMConfig`. `block_size` is also the training window length.
         config: `TrainConfig`.
