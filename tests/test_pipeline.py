@@ -77,6 +77,14 @@ def test_start_step_skips_in_constant_time(corpus, tokenizer):
     np.testing.assert_array_equal(y, x + 1)
 
 
+def test_start_step_counts_global_steps_when_one_pipeline_feeds_two_replicas(corpus, tokenizer):
+    # MirroredStrategy's shape: one input pipeline, two replicas, so each global step takes two per-replica batches.
+    context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=2)
+    uninterrupted = take(lm_datasets(corpus, tokenizer, BLOCK, 8, seed=3, input_context=context)[0], 2 * 5 + 4)
+    resumed = take(lm_datasets(corpus, tokenizer, BLOCK, 8, seed=3, start_step=5, input_context=context)[0], 4)
+    assert starts_of(resumed) == starts_of(uninterrupted[10:])
+
+
 def test_validation_covers_the_split_once(corpus, tokenizer):
     _, validation = lm_datasets(corpus, tokenizer, BLOCK, 5)
     batches = take(validation, 100)

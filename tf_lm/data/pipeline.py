@@ -176,7 +176,8 @@ def lm_datasets(source: str | Corpus, tokenizer, block_size: int, batch_size: in
         num_pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
         batch = input_context.get_per_replica_batch_size(batch_size)
     return (
-        _train_dataset(corpus, ids["train"], block_size, batch, seed, start_step, num_pipelines, pipeline_id),
+        _train_dataset(corpus, ids["train"], block_size, batch, batch_size // num_pipelines, seed, start_step,
+                       num_pipelines, pipeline_id),
         _validation_dataset(ids["validation"], block_size, batch, num_pipelines, pipeline_id),
     )
 
@@ -192,7 +193,8 @@ def _options(sharded: bool) -> tf.data.Options:
     return options
 
 
-def _train_dataset(corpus, ids: np.ndarray, block_size, batch, seed, start_step, num_pipelines, pipeline_id):
+def _train_dataset(corpus, ids: np.ndarray, block_size, batch, windows_per_step, seed, start_step, num_pipelines,
+                   pipeline_id):
     num_ids = len(ids)
     # As many full windows as fit after any offset in [0, block_size); tiny corpora get one window and
     # whatever slack there is.
@@ -207,7 +209,9 @@ def _train_dataset(corpus, ids: np.ndarray, block_size, batch, seed, start_step,
 
     # The stream of windows is epoch after epoch of `per_pipeline` windows; batches may straddle epochs, so
     # global step s covers stream positions [s*batch, (s+1)*batch) and starting there needs no iteration.
-    first = start_step * batch
+    # A pipeline feeds every replica of its worker, so one global step consumes batch_size / num_pipelines of its
+    # windows: several per-replica batches under MirroredStrategy, one under one-device-per-worker MultiWorker.
+    first = start_step * windows_per_step
     first_epoch, skip = divmod(first, per_pipeline)
     seed_t, skip_t = tf.constant(seed, tf.int64), tf.constant(skip, tf.int64)
 
