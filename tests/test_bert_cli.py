@@ -1,3 +1,4 @@
+from experiments.benchmarks.common import SHARED_DATA
 """experiments.finetune_bert and experiments.predict_bert end to end: a tiny run, its predictions, bad inputs."""
 
 import io
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SST2 = REPO.parent / "shared" / "data" / "sst2"
+SST2 = SHARED_DATA / "sst2"
 
 
 def run(module, *args, env=None):

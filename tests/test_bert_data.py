@@ -1,14 +1,14 @@
 """tf_lm.bert.data: TSV/CSV and TFDS inputs, every bad input, and per-batch (and bucketed) padding."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from experiments.benchmarks.common import SHARED_DATA
 from tf_lm.bert import data
 
-SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
+SST2 = SHARED_DATA / "sst2"
 
 
 def whitespace_tokenizer(texts, truncation=True, max_length=512):

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from experiments.benchmarks.common import SHARED_DATA
 from tf_lm.bert import data, finetune, hub
 from tf_lm.distribute import resolve_strategy
 
-SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
+SST2 = SHARED_DATA / "sst2"
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -1,11 +1,10 @@
-from pathlib import Path
 
 import pytest
 import tensorflow_datasets as tfds
 
+from experiments.benchmarks.common import SHARED_DATA
 from tf_lm.data import Corpus, read_source
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def test_builtin_pydoc_is_the_default_and_splits_contiguously():

@@ -3,8 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
+from pathlib import Path
 from typing import Callable
+
+
+def _shared_data_dir() -> Path:
+    """The real datasets that tests and benchmarks read (never the package): $TF_LM_SHARED_DATA, else the
+    `shared/data` beside the checkout, else the machine's /work/shared/data (a clone elsewhere still finds it)."""
+    candidates = [os.environ.get("TF_LM_SHARED_DATA"), Path(__file__).resolve().parents[3] / "shared" / "data",
+                  "/work/shared/data"]
+    for candidate in filter(None, candidates):
+        if Path(candidate).is_dir():
+            return Path(candidate)
+    return Path(candidates[1])
+
+
+SHARED_DATA = _shared_data_dir()
 
 
 @dataclasses.dataclass

@@ -6,14 +6,13 @@ yields tokens far faster than training consumes them, data loading is never the 
 times the vectorised `CharTokenizer.encode_array` against nanoGPT's per-character list comprehension.
 """
 
-from pathlib import Path
 
-from experiments.benchmarks.common import Row, race
+from experiments.benchmarks.common import SHARED_DATA, Row, race
 from experiments.benchmarks.model import train_step
 from tf_lm import LMConfig, TransformerLM
 from tf_lm.data import build_tokenizer, lm_datasets, read_source
 
-SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare" / "input.txt"
+SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
 BLOCK_SIZE, PIPELINE_BATCH, TRAIN_BATCH = 256, 64, 8
 
 

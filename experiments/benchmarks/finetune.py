@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import tempfile
 import time
-from pathlib import Path
 
-from experiments.benchmarks.common import Row
+from experiments.benchmarks.common import SHARED_DATA, Row
 
-SST2 = Path(__file__).resolve().parents[3] / "shared" / "data" / "sst2"
+SST2 = SHARED_DATA / "sst2"
 MAX_LENGTH = 64
 BATCH_SIZE = 32
 TRAIN_EXAMPLES = 8000

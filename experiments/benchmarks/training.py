@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from experiments.benchmarks.common import Row, best_rate
+from experiments.benchmarks.common import SHARED_DATA, Row, best_rate
 from tf_lm.configs import LMConfig
 from tf_lm.distribute import resolve_strategy
 from tf_lm.training import TrainConfig, Trainer, measure_matmul_peak
@@ -31,7 +31,7 @@ SHAPES = {  # name: (n_layer, n_head, n_embd, block_size, batch_size)
 }
 VOCAB = 65
 REPO = Path(__file__).resolve().parents[2]
-SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
 QUALITY_FLAGS = [
     "--preset=nano", f"--dataset=text:{SHAKESPEARE}", "--tokenizer=char", "--steps=2000", "--batch_size=12",
     "--block_size=64", "--learning_rate=1e-3", "--min_learning_rate=1e-4", "--warmup_steps=100", "--beta2=0.99",
