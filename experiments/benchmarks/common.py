@@ -88,12 +88,15 @@ def hf_gpt2(config, dropout: float = 0.0):
     return model
 
 
-def hf_gpt2_train_step(model, learning_rate: float = 1e-3):
-    """An XLA-compiled forward/backward/AdamW step for an HF TF model, as HF documents for TF training."""
+def hf_gpt2_train_step(model, learning_rate: float = 1e-3, beta_2: float = 0.999, grad_clip: float | None = None):
+    """An XLA-compiled forward/backward/AdamW step for an HF TF model, as HF documents for TF training.
+
+    `grad_clip` clips the global gradient norm, so the peer can do exactly the work our trainer's step does.
+    """
     import tensorflow as tf
     import tf_keras
 
-    optimizer = tf_keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=0.1)
+    optimizer = tf_keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=0.1, beta_2=beta_2)
     loss_fn = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     @tf.function(jit_compile=True)
@@ -101,6 +104,8 @@ def hf_gpt2_train_step(model, learning_rate: float = 1e-3):
         with tf.GradientTape() as tape:
             loss = loss_fn(targets, model(inputs, training=True).logits)
         gradients = tape.gradient(loss, model.trainable_variables)
+        if grad_clip:
+            gradients, _ = tf.clip_by_global_norm(gradients, grad_clip)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables))
         return loss
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.benchmarks.common import Row, best_rate
+from experiments.benchmarks.common import Row, best_rate, hf_gpt2
 from tf_lm import LMConfig, TransformerLM
 from tf_lm.generation import generate
 
@@ -25,13 +25,8 @@ SHAPES = (
 def _hf_generate(config: LMConfig):
     """HF's XLA-compiled greedy `generate` for a random `TFGPT2LMHeadModel` of `config`'s shape."""
     import tensorflow as tf
-    from transformers import GPT2Config, TFGPT2LMHeadModel
 
-    hf_config = GPT2Config(
-        vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
-        n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-    )
-    model = TFGPT2LMHeadModel(hf_config)
+    model = hf_gpt2(config)
     xla_generate = tf.function(model.generate, jit_compile=True)
 
     def run(prompts: np.ndarray, max_new_tokens: int):

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from experiments.benchmarks.common import SHARED_DATA, Row, best_rate
+from experiments.benchmarks.common import SHARED_DATA, Row, hf_gpt2, hf_gpt2_train_step, race
 from tf_lm.configs import LMConfig
 from tf_lm.distribute import resolve_strategy
 from tf_lm.training import TrainConfig, Trainer, measure_matmul_peak
@@ -52,41 +52,16 @@ def ours_step(config: LMConfig, batch_size: int, model_dir: str):
     return lambda: float(trainer.train_step(iterator)[0])
 
 
-def hf_step(config: LMConfig, batch_size: int):
-    import tf_keras
-    from transformers import GPT2Config, TFGPT2LMHeadModel
-
-    hf_config = GPT2Config(vocab_size=VOCAB, n_positions=config.block_size, n_embd=config.n_embd,
-                           n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
-                           attn_pdrop=0.0)
-    model = TFGPT2LMHeadModel(hf_config)
-    inputs, targets = _batch(config.block_size, batch_size)
-    model(inputs)
-    optimizer = tf_keras.optimizers.AdamW(1e-3, weight_decay=0.1, beta_2=0.99)
-    variables = model.trainable_variables
-
-    @tf.function(jit_compile=True)
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            logits = model(x, training=True).logits  # (B, T, V)
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
-        grads, _ = tf.clip_by_global_norm(tape.gradient(loss, variables), 1.0)
-        optimizer.apply_gradients(zip(grads, variables))
-        return loss
-
-    return lambda: float(step(inputs, targets))
-
-
 def side_by_side(config: LMConfig, batch_size: int, rounds: int) -> tuple[float, float]:
-    """Best tokens/s of ours and the peer, timed in alternating windows so both see the same neighbours."""
-    tokens = batch_size * config.block_size
+    """Best tokens/s of ours and the peer (same clipping and betas), timed in alternating windows."""
+    inputs, targets = _batch(config.block_size, batch_size)
     with tempfile.TemporaryDirectory() as model_dir:
-        ours, peer = ours_step(config, batch_size, model_dir), hf_step(config, batch_size)
-        best_ours = best_peer = 0.0
-        for _ in range(rounds):
-            best_ours = max(best_ours, best_rate(ours, tokens, repeats=1))
-            best_peer = max(best_peer, best_rate(peer, tokens, repeats=1))
-    return best_ours, best_peer
+        peer = hf_gpt2_train_step(hf_gpt2(config), beta_2=0.99, grad_clip=1.0)
+        rates = race(
+            {"ours": ours_step(config, batch_size, model_dir), "hf": lambda: float(peer(inputs, targets))},
+            batch_size * config.block_size, repeats=rounds,
+        )
+    return rates["ours"], rates["hf"]
 
 
 def quality_row() -> Row:
