@@ -1,9 +1,11 @@
 """`lm_datasets`: token-id streams become `tf.data` pipelines of (inputs, targets) windows.
 
-Training is an infinite stream of windows of `block_size + 1` ids. Every epoch starts the windows at a fresh
-random offset and visits them in a fresh random order, both drawn statelessly from `(seed, epoch)`. So the batch
-at global step `s` is a pure function of `(seed, s)`, and `start_step=s` starts there in O(1): after a SIGKILL a
-restarted run sees exactly the batches the uninterrupted run would have seen.
+Training is an infinite stream of windows of `block_size + 1` ids, sampled as nanoGPT samples them: every window
+starts at an independent, uniformly random position of the train split. Row `r` of the global batch at step `s`
+(global window index `s * batch_size + r`) starts at a stateless draw from `(seed, s)`, so the batch at global step
+`s` is a pure function of `(seed, s)`, and `start_step=s` starts there in O(1): after a SIGKILL a restarted run sees
+exactly the batches the uninterrupted run would have seen. Input pipelines split each global batch into disjoint
+row ranges, so any number of pipelines and replicas trains on the same windows as one device.
 
 Validation is finite: contiguous, non-overlapping windows that cover the split once (only the final partial window
 is dropped).
@@ -87,15 +89,6 @@ def _save_atomically(path: str, array: np.ndarray) -> None:
     os.replace(f.name, path)
 
 
-def _epoch_window_starts(epoch, seed, num_windows: int, max_offset: int, block_size: int):
-    """Start positions of one epoch's training windows, in that epoch's shuffled order: int64 [num_windows]."""
-    # Two independent stateless streams per (seed, epoch): one for the offset, one for the order.
-    offset_seed, order_seed = tf.unstack(tf.random.experimental.stateless_split(tf.stack([seed, epoch]), num=2))
-    offset = tf.random.stateless_uniform([], offset_seed, minval=0, maxval=max_offset + 1, dtype=tf.int64)
-    order = tf.random.experimental.stateless_shuffle(tf.range(num_windows, dtype=tf.int64), seed=order_seed)
-    return offset + order * block_size  # [num_windows]
-
-
 def _windows_to_pairs(ids: tf.Tensor, block_size: int):
     """Maps a batch of window starts [b] to (inputs, targets), each int32 [b, block_size]."""
 
@@ -127,25 +120,26 @@ def lm_datasets(source: str | Corpus, tokenizer, block_size: int, batch_size: in
         block_size: int. Tokens per example (the model's context length).
         batch_size: int. The global batch; with `input_context`, each input pipeline yields
             `input_context.get_per_replica_batch_size(batch_size)` examples per batch.
-        seed: int, default 0. Seeds every epoch's window offset and order.
+        seed: int, default 0. Seeds the training windows' start positions.
         start_step: int, default 0. The global step of the first training batch; earlier batches are skipped
             without being computed, so resuming at step `s` continues the stream exactly.
         cache_dir: str or None. Where the token ids are cached (see `encode_corpus`); None tokenises every call.
         input_context: `tf.distribute.InputContext` or None. For
             `strategy.distribute_datasets_from_function`: this pipeline reads its own shard
-            (`input_pipeline_id` of `num_input_pipelines`) of every epoch's windows, disjoint from the others.
+            (`input_pipeline_id` of `num_input_pipelines`): its own rows of every global batch, disjoint from the
+            other pipelines' rows, and its own validation windows.
         **read_source_kwargs: passed to `read_source` (e.g. `validation_fraction`, `tfds_data_dir`); only with a
             source string.
 
     Returns:
         `(train, validation)`. `train` is infinite and yields int32 `([b, block_size], [b, block_size])` with
-        targets = inputs shifted by one; every batch has exactly b rows. `validation` is finite: its windows are
-        contiguous and non-overlapping and cover the split once; the last batch may be smaller.
+        targets = inputs shifted by one; every batch has exactly b rows, each a window at an independent uniformly
+        random start. `validation` is finite: its windows are contiguous and non-overlapping and cover the split
+        once; the last batch may be smaller.
 
     Raises:
         ValueError: on non-positive sizes, a negative `start_step`, `read_source_kwargs` with a `Corpus`, a split
-            shorter than `block_size + 1` tokens, or a train split with fewer windows than input pipelines; and
-            whatever `read_source` or the tokenizer raise.
+            shorter than `block_size + 1` tokens; and whatever `read_source` or the tokenizer raise.
 
     Example:
     >>> tok = CharTokenizer.from_text(read_source().train, unknown_token="?")  # doctest: +SKIP
@@ -176,8 +170,7 @@ def lm_datasets(source: str | Corpus, tokenizer, block_size: int, batch_size: in
         num_pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
         batch = input_context.get_per_replica_batch_size(batch_size)
     return (
-        _train_dataset(corpus, ids["train"], block_size, batch, batch_size // num_pipelines, seed, start_step,
-                       num_pipelines, pipeline_id),
+        _train_dataset(ids["train"], block_size, batch, batch_size, seed, start_step, num_pipelines, pipeline_id),
         _validation_dataset(ids["validation"], block_size, batch, num_pipelines, pipeline_id),
     )
 
@@ -193,38 +186,29 @@ def _options(sharded: bool) -> tf.data.Options:
     return options
 
 
-def _train_dataset(corpus, ids: np.ndarray, block_size, batch, windows_per_step, seed, start_step, num_pipelines,
-                   pipeline_id):
-    num_ids = len(ids)
-    # As many full windows as fit after any offset in [0, block_size); tiny corpora get one window and
-    # whatever slack there is.
-    num_windows = max(1, (num_ids - block_size) // block_size)
-    max_offset = min(block_size - 1, num_ids - 1 - num_windows * block_size)
-    per_pipeline = num_windows // num_pipelines  # equal shares keep every replica on the same step
-    if per_pipeline < 1:
-        raise ValueError(
-            f"The train split of {corpus.name!r} has {num_windows} windows of block_size+1={block_size + 1} tokens, "
-            f"fewer than the {num_pipelines} input pipelines; use a longer corpus or a smaller block_size."
-        )
+def _train_dataset(ids: np.ndarray, block_size, batch, global_batch, seed, start_step, num_pipelines, pipeline_id):
+    # Every position whose window of block_size + 1 ids fits in the split, the last id included.
+    num_starts = len(ids) - block_size
+    # A pipeline feeds every replica of its worker, so one global step takes global_batch / num_pipelines of the
+    # global batch's rows: several per-replica batches under MirroredStrategy, one under one-device-per-worker
+    # MultiWorker. Pipeline p owns rows [p * windows_per_step, (p + 1) * windows_per_step).
+    windows_per_step = global_batch // num_pipelines
+    first_row = pipeline_id * windows_per_step
+    seed_t = tf.constant(seed, tf.int64)
 
-    # The stream of windows is epoch after epoch of `per_pipeline` windows; batches may straddle epochs, so
-    # global step s covers stream positions [s*batch, (s+1)*batch) and starting there needs no iteration.
-    # A pipeline feeds every replica of its worker, so one global step consumes batch_size / num_pipelines of its
-    # windows: several per-replica batches under MirroredStrategy, one under one-device-per-worker MultiWorker.
-    first = start_step * windows_per_step
-    first_epoch, skip = divmod(first, per_pipeline)
-    seed_t, skip_t = tf.constant(seed, tf.int64), tf.constant(skip, tf.int64)
-
-    def epoch_windows(epoch):
-        starts = _epoch_window_starts(epoch, seed_t, num_windows, max_offset, block_size)  # [num_windows]
-        mine = starts[pipeline_id::num_pipelines][:per_pipeline]  # this pipeline's disjoint share
-        return tf.data.Dataset.from_tensor_slices(mine[tf.where(epoch == first_epoch, skip_t, 0):])
+    def step_windows(step):
+        # The whole global batch is drawn from (seed, step) and sliced, so row r's start is the same however many
+        # pipelines and replicas share the batch.
+        starts = tf.random.stateless_uniform([global_batch], tf.stack([seed_t, step]), minval=0, maxval=num_starts,
+                                             dtype=tf.int64)  # [global_batch]
+        mine = starts[first_row:first_row + windows_per_step]  # [windows_per_step]
+        return tf.reshape(mine, [-1, batch])  # [windows_per_step / batch, batch]: this step's per-replica batches
 
     ids_t = tf.constant(ids)  # [T]; captured by the map, so the whole stream lives in memory once
     dataset = (
-        tf.data.Dataset.counter(first_epoch)
-        .flat_map(epoch_windows)
-        .batch(batch, drop_remainder=True)
+        tf.data.Dataset.counter(start_step)  # global steps, so starting at start_step needs no iteration
+        .map(step_windows)
+        .unbatch()
         .map(_windows_to_pairs(ids_t, block_size), num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )
