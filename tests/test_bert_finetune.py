@@ -21,6 +21,7 @@ SST2 = SHARED_DATA / "sst2"
     ({"warmup_fraction": 1.0}, "warmup_fraction"),
     ({"learning_rate": -1.0}, "learning_rate"),
     ({"num_buckets": 65, "max_length": 64}, "num_buckets"),
+    ({"precision": "float16"}, "precision"),
 ])
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -120,6 +120,25 @@ def test_numpy_loader_loads_every_encoder_weight(classifier, tokenizer, state):
     assert hub.position_limit(classifier) == 512
 
 
+def test_mixed_bfloat16_classifier_keeps_float32_weights_and_the_global_policy(classifier, tokenizer, state):
+    import tf_keras
+
+    model = hub.load_classifier("minilm", num_labels=3, precision="mixed_bfloat16")
+    assert tf_keras.mixed_precision.global_policy().name == "float32", "the policy must not leak past loading"
+    query = model.bert.encoder.layer[0].attention.self_attention.query
+    assert query.compute_dtype == "bfloat16" and query.kernel.dtype == "float32"
+    np.testing.assert_array_equal(query.kernel.numpy(), state["encoder.layer.0.attention.self.query.weight"].T)
+    batch = tokenizer(SENTENCES, padding=True, return_tensors="np")
+    features = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    pooled = model.bert(features, training=False).pooler_output
+    assert pooled.dtype == "bfloat16"
+    # bfloat16 keeps 8 bits of mantissa: the same encoder, to within a few hundredths on tanh outputs.
+    reference = classifier.bert(features, training=False).pooler_output.numpy()
+    np.testing.assert_allclose(pooled.numpy().astype(np.float32), reference, atol=0.05)
+    with pytest.raises(ValueError, match="Unknown precision 'mixed_float16'"):
+        hub.load_classifier("minilm", precision="mixed_float16")
+
+
 def test_save_pretrained_round_trip_matches_transformers_loader(classifier, tokenizer, tmp_path):
     target = tmp_path / "best"
     hub.save_pretrained(str(target), classifier, tokenizer, {"metrics.json": {"accuracy": 0.5}})

@@ -42,6 +42,8 @@ class FinetuneConfig:
         num_buckets: int, default 8. Length buckets, widths spread evenly up to `max_length`; 0 pads each
             batch to its own longest sequence instead (every batch a new shape).
         jit_compile: bool, default False. XLA-compile the train and eval steps.
+        precision: str, default "float32". Or "mixed_bfloat16": bfloat16 compute, float32 weights and loss
+            (see `hub.load_classifier`).
         seed: int, default 0. Shuffling seed.
     """
 
@@ -54,6 +56,7 @@ class FinetuneConfig:
     weight_decay: float = 0.01
     num_buckets: int = 8
     jit_compile: bool = False
+    precision: str = "float32"
     seed: int = 0
 
     def __post_init__(self):
@@ -68,6 +71,10 @@ class FinetuneConfig:
             raise ValueError(f"warmup_fraction must lie in [0, 1). Received: warmup_fraction={self.warmup_fraction}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0. Received: learning_rate={self.learning_rate}")
+        if self.precision not in hub.PRECISIONS:
+            raise ValueError(
+                f"Unknown precision {self.precision!r} for fine-tuning; choose one of {list(hub.PRECISIONS)}."
+            )
         if not 0 <= self.num_buckets <= self.max_length:
             raise ValueError(f"num_buckets must lie in [0, max_length]. Received: num_buckets={self.num_buckets}")
 
@@ -239,7 +246,8 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
     train_ids = data_lib.encode(tokenizer, train_data.texts, config.max_length)
     steps_per_epoch = data_lib.count_batches(train_ids, config.batch_size, config.bucket_widths)
     with strategy.scope():
-        model = hub.load_classifier(model_name, num_labels=num_labels, label_names=train_data.label_names)
+        model = hub.load_classifier(model_name, num_labels=num_labels, label_names=train_data.label_names,
+                                    precision=config.precision)
         if config.max_length > hub.position_limit(model):
             raise ValueError(
                 f"max_length {config.max_length} exceeds the {hub.position_limit(model)} positions of "

@@ -23,10 +23,13 @@ import shutil
 import socket
 import urllib.parse
 
+import tf_keras
 import transformers
 from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
 
 MINILM = "minilm"
+# float16 would also need loss scaling in the train step; bfloat16 has float32's range and needs none.
+PRECISIONS = ("float32", "mixed_bfloat16")
 HUB_PROBE_TIMEOUT_S = 3.0
 _CONFIG_FILE = "config.json"
 _SAFETENSORS_FILE = "model.safetensors"
@@ -196,13 +199,30 @@ def load_tokenizer(name: str):
         return transformers.AutoTokenizer.from_pretrained(checkpoint)
 
 
-def load_classifier(name: str, num_labels: int | None = None, label_names: list[str] | None = None):
+@contextlib.contextmanager
+def _dtype_policy(precision: str):
+    """tf_keras layers read the global policy when they are constructed; it is restored afterwards."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r} for fine-tuning; choose one of {list(PRECISIONS)}.")
+    previous = tf_keras.mixed_precision.global_policy()
+    tf_keras.mixed_precision.set_global_policy(precision)
+    try:
+        yield
+    finally:
+        tf_keras.mixed_precision.set_global_policy(previous)
+
+
+def load_classifier(name: str, num_labels: int | None = None, label_names: list[str] | None = None,
+                    precision: str = "float32"):
     """A `TF*ForSequenceClassification` (for BERT: `TFBertForSequenceClassification`) with pretrained encoder.
 
     Args:
         name: str. `"minilm"`, a checkpoint directory or a hub id.
         num_labels: int, default None (the checkpoint's own, 2 for a bare encoder). Classes of the new head.
         label_names: list of str, default None. Class names stored in the config (`id2label`), shown by predict.
+        precision: str, default "float32". `"mixed_bfloat16"` computes in bfloat16 with float32 weights (the
+            model's logits come out in bfloat16); it pays where the hardware has bfloat16 matmuls (AVX512_BF16
+            or AMX CPUs, recent GPUs, TPUs) and is slower where it is emulated.
 
     Returns:
         A tf_keras model; called on `{"input_ids", "attention_mask"}` it returns an output with `.logits`
@@ -210,8 +230,8 @@ def load_classifier(name: str, num_labels: int | None = None, label_names: list[
 
     Raises:
         FileNotFoundError: if a directory lacks `config.json` or weights.
-        ValueError: if the checkpoint misses encoder weights (only the head may start random), or a hub id
-            cannot be fetched.
+        ValueError: if the checkpoint misses encoder weights (only the head may start random), a hub id
+            cannot be fetched, or the precision is unknown.
 
     Example:
     >>> model = load_classifier("minilm", num_labels=2)
@@ -226,7 +246,8 @@ def load_classifier(name: str, num_labels: int | None = None, label_names: list[
             raise ValueError(f"{len(label_names)} label names for {num_labels} labels. Received: {label_names}")
         overrides["id2label"] = dict(enumerate(label_names))
         overrides["label2id"] = {label: i for i, label in enumerate(label_names)}
-    return _load(transformers.TFAutoModelForSequenceClassification, name, **overrides)
+    with _dtype_policy(precision):
+        return _load(transformers.TFAutoModelForSequenceClassification, name, **overrides)
 
 
 def position_limit(model) -> int:
