@@ -36,6 +36,7 @@ def define_finetune_flags() -> None:
     flags.DEFINE_integer("max_length", 128, "Longest sequence in tokens ([CLS]/[SEP] included); longer are cut.")
     flags.DEFINE_integer("batch_size", 32, "Global batch size, split across replicas.")
     flags.DEFINE_float("learning_rate", 5e-5, "Peak AdamW learning rate (linear warm-up, then linear decay).")
+    flags.DEFINE_float("head_lr_multiplier", 1.0, "Pooler and classifier train at this multiple of --learning_rate.")
     flags.DEFINE_float("warmup_fraction", 0.1, "Share of the training steps spent warming up.")
     flags.DEFINE_float("weight_decay", 0.01, "AdamW weight decay (not applied to LayerNorm and biases).")
     flags.DEFINE_integer("epochs", 3, "Passes over the training data.")
@@ -56,6 +57,7 @@ def config_from_flags():
 
     return FinetuneConfig(
         max_length=FLAGS.max_length, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
+        head_lr_multiplier=FLAGS.head_lr_multiplier,
         epochs=FLAGS.epochs, max_steps=FLAGS.max_steps, warmup_fraction=FLAGS.warmup_fraction,
         weight_decay=FLAGS.weight_decay, num_buckets=FLAGS.num_buckets, jit_compile=FLAGS.jit_compile,
         precision=FLAGS.precision, seed=FLAGS.seed,

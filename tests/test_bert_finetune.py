@@ -22,6 +22,7 @@ SST2 = SHARED_DATA / "sst2"
     ({"learning_rate": -1.0}, "learning_rate"),
     ({"num_buckets": 65, "max_length": 64}, "num_buckets"),
     ({"precision": "float16"}, "precision"),
+    ({"head_lr_multiplier": 0.0}, "head_lr_multiplier"),
 ])
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -86,6 +87,26 @@ def test_max_length_over_the_model_limit_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="max_length 1024 exceeds .*512"):
         finetune.finetune("minilm", dev, dev, finetune.FinetuneConfig(max_length=1024), str(tmp_path),
                           resolve_strategy("cpu"))
+
+
+def test_head_trains_at_its_multiple_of_the_learning_rate():
+    strategy = resolve_strategy("cpu")
+    tokenizer = hub.load_tokenizer("minilm")
+    dev = data.read_table(str(SST2 / "dev.tsv"), max_examples=4)
+    dataset = data.make_dataset(data.encode(tokenizer, dev.texts, 16), dev.labels, batch_size=4, bucket_widths=(16,))
+    with strategy.scope():
+        model = hub.load_classifier("minilm", num_labels=2)
+    config = finetune.FinetuneConfig(learning_rate=1e-4, head_lr_multiplier=10, warmup_fraction=0, weight_decay=0)
+    trainer = finetune.make_trainer(model, config, total_steps=10, strategy=strategy)
+    head = {v.ref() for v in hub.head_variables(model)}
+    before = [v.numpy() for v in model.trainable_variables]
+    trainer.train(dataset, steps=1)
+    # Adam's first step moves each weight by the learning rate times g / (|g| + eps): at most the rate.
+    moves = {True: [], False: []}
+    for variable, old in zip(model.trainable_variables, before):
+        moves[variable.ref() in head].append(np.abs(variable.numpy() - old).max())
+    assert max(moves[True]) == pytest.approx(1e-3, rel=1e-2)
+    assert max(moves[False]) == pytest.approx(1e-4, rel=1e-2)
 
 
 @pytest.mark.slow

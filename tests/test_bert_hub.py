@@ -120,6 +120,12 @@ def test_numpy_loader_loads_every_encoder_weight(classifier, tokenizer, state):
     assert hub.position_limit(classifier) == 512
 
 
+def test_head_variables_are_the_pooler_and_the_classifier(classifier):
+    names = [v.name.split("/", 1)[1] for v in hub.head_variables(classifier)]
+    assert names == ["bert/pooler/dense/kernel:0", "bert/pooler/dense/bias:0", "classifier/kernel:0",
+                     "classifier/bias:0"]
+
+
 def test_mixed_bfloat16_classifier_keeps_float32_weights_and_the_global_policy(classifier, tokenizer, state):
     import tf_keras
 

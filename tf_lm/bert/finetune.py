@@ -2,8 +2,9 @@
 
 Most of the speed over a plain `fit` comes from the data: with batches bucketed by length an SST-2 phrase
 costs about 17 tokens of compute (8 buckets, real length 13), against about 40 when random batches are padded
-to their longest member. The train and eval steps are `tf.function`s (optionally XLA-compiled) whose traces
-generalise over batch shapes, run through `strategy.run` so the same code serves CPU, GPUs and TPUs.
+to their longest member. The train and eval steps are `tf.function`s (optionally XLA-compiled) that pull
+their batch from a distributed iterator, so each is traced once for all batch shapes, and run through
+`strategy.run` so the same code serves CPU, GPUs and TPUs.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ class FinetuneConfig:
         max_length: int, default 128. Longest sequence in tokens ([CLS] and [SEP] included); longer are cut.
         batch_size: int, default 32. Global batch size (split across replicas).
         learning_rate: float, default 5e-5. Peak AdamW learning rate.
+        head_lr_multiplier: float, default 1.0. The pooler and classifier (`hub.head_variables`) train at this
+            multiple of `learning_rate`, with their own AdamW on the same schedule: the classifier starts from
+            random weights and the pooler was not trained for the task, so in a short fine-tune a larger step
+            lets them keep up with the pretrained encoder.
         epochs: int, default 3. Passes over the training data (evaluated after each).
         max_steps: int or None, default None. If set, train exactly this many steps instead of `epochs`
             passes (still evaluating after every pass and at the end).
@@ -50,6 +55,7 @@ class FinetuneConfig:
     max_length: int = 128
     batch_size: int = 32
     learning_rate: float = 5e-5
+    head_lr_multiplier: float = 1.0
     epochs: int = 3
     max_steps: int | None = None
     warmup_fraction: float = 0.1
@@ -71,6 +77,8 @@ class FinetuneConfig:
             raise ValueError(f"warmup_fraction must lie in [0, 1). Received: warmup_fraction={self.warmup_fraction}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0. Received: learning_rate={self.learning_rate}")
+        if self.head_lr_multiplier <= 0:
+            raise ValueError(f"head_lr_multiplier must be > 0. Received: head_lr_multiplier={self.head_lr_multiplier}")
         if self.precision not in hub.PRECISIONS:
             raise ValueError(
                 f"Unknown precision {self.precision!r} for fine-tuning; choose one of {list(hub.PRECISIONS)}."
@@ -115,6 +123,8 @@ class ClassifierTrainer:
         optimizer: a tf_keras optimizer built in the same scope (`hub.create_optimizer`).
         strategy: the `tf.distribute.Strategy` both were built under.
         jit_compile: bool, default False. XLA-compile the forward/backward pass and the eval forward pass.
+        head_optimizer: a second tf_keras optimizer, default None. If given, it updates `hub.head_variables(model)`
+            and `optimizer` the rest.
 
     Example:
     >>> trainer = ClassifierTrainer(model, optimizer, strategy)
@@ -122,14 +132,24 @@ class ClassifierTrainer:
     >>> metrics = trainer.evaluate(eval_dataset)
     """
 
-    def __init__(self, model, optimizer, strategy: tf.distribute.Strategy, jit_compile: bool = False):
+    def __init__(self, model, optimizer, strategy: tf.distribute.Strategy, jit_compile: bool = False,
+                 head_optimizer=None):
         self.model = model
-        self.optimizer = optimizer
         self.strategy = strategy
-        self._gradients = tf.function(self._loss_and_gradients, jit_compile=jit_compile, reduce_retracing=True)
-        self._logits = tf.function(self._forward, jit_compile=jit_compile, reduce_retracing=True)
-        self._train_step = tf.function(self._distributed_train_step, reduce_retracing=True)
-        self._eval_step = tf.function(self._distributed_eval_step, reduce_retracing=True)
+        variables = model.trainable_variables
+        if head_optimizer is None:
+            self._updates = [(optimizer, list(range(len(variables))))]
+        else:
+            head = {v.ref() for v in hub.head_variables(model)}
+            in_head = [v.ref() in head for v in variables]
+            self._updates = [(opt, [i for i, h in enumerate(in_head) if h == want])
+                             for opt, want in ((optimizer, False), (head_optimizer, True))]
+        # One trace for every batch shape: the steps pull batches from an iterator whose element spec leaves
+        # batch and length unknown (every bucket would otherwise trace the HF model anew, seconds each).
+        self._gradients = tf.function(self._loss_and_gradients, jit_compile=jit_compile)
+        self._logits = tf.function(self._forward, jit_compile=jit_compile)
+        self._train_step = tf.function(self._distributed_train_step)
+        self._eval_step = tf.function(self._distributed_eval_step)
 
     def _forward(self, features):
         return self.model(features, training=False).logits  # [B, C]
@@ -143,21 +163,32 @@ class ClassifierTrainer:
             loss = tf.reduce_sum(losses * weights)  # this replica's share of the global batch mean
         return loss, tape.gradient(loss, variables)
 
-    def _distributed_train_step(self, batch):
+    def _distributed_train_step(self, iterator):
         def replica_step(features, labels, weights):
             loss, gradients = self._gradients(features, labels, weights)
-            self.optimizer.apply_gradients(zip(gradients, self.model.trainable_variables))
-            return loss
+            variables = self.model.trainable_variables
+            for optimizer, indices in self._updates:
+                optimizer.apply_gradients([(gradients[i], variables[i]) for i in indices])
+            return loss, tf.math.count_nonzero(weights, dtype=tf.int32)
 
-        per_replica = self.strategy.run(replica_step, args=batch)
-        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        per_replica = self.strategy.run(replica_step, args=next(iterator))
+        return tuple(self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for value in per_replica)
 
-    def _distributed_eval_step(self, batch):
+    def _distributed_eval_step(self, iterator):
         def replica_step(features, labels, weights):
             return tf.nn.softmax(tf.cast(self._logits(features), tf.float32)), labels, weights  # [B, C], [B], [B]
 
-        per_replica = self.strategy.run(replica_step, args=batch)
+        per_replica = self.strategy.run(replica_step, args=next(iterator))
         return tuple(self.strategy.gather(value, axis=0) for value in per_replica)
+
+    def _steps(self, step_fn, dataset: tf.data.Dataset):
+        """Yields `step_fn(iterator)` until `dataset` runs out."""
+        iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
+        while True:
+            try:
+                yield step_fn(iterator)
+            except tf.errors.OutOfRangeError:
+                return
 
     def train(self, dataset: tf.data.Dataset, steps: int | None = None) -> tuple[float, int]:
         """Trains on `dataset` (from `data.make_dataset`) for `steps` batches, or all of it.
@@ -166,17 +197,17 @@ class ClassifierTrainer:
             (mean training loss over the steps, number of real examples seen).
         """
         total_loss, total_steps, seen = 0.0, 0, 0
-        for batch in self.strategy.experimental_distribute_dataset(dataset.take(-1 if steps is None else steps)):
-            total_loss += float(self._train_step(batch))
+        for loss, real in self._steps(self._train_step, dataset.take(-1 if steps is None else steps)):
+            total_loss += float(loss)
             total_steps += 1
-            seen += int(sum(int(np.count_nonzero(v)) for v in self.strategy.experimental_local_results(batch[2])))
+            seen += int(real)
         return total_loss / max(total_steps, 1), seen
 
     def predict(self, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities `[n, C]` and labels `[n]` of the real (weight > 0) rows of `dataset`."""
         probabilities, labels = [], []
-        for batch in self.strategy.experimental_distribute_dataset(dataset):
-            probs, batch_labels, weights = (np.asarray(v) for v in self._eval_step(batch))
+        for outputs in self._steps(self._eval_step, dataset):
+            probs, batch_labels, weights = (np.asarray(v) for v in outputs)
             real = weights > 0
             probabilities.append(probs[real])
             labels.append(batch_labels[real])
@@ -189,6 +220,27 @@ class ClassifierTrainer:
         picked = probabilities[np.arange(len(labels)), labels]  # [n]
         metrics["loss"] = float(-np.mean(np.log(np.maximum(picked, 1e-12))))
         return metrics
+
+
+def make_trainer(model, config: FinetuneConfig, total_steps: int,
+                 strategy: tf.distribute.Strategy) -> ClassifierTrainer:
+    """A `ClassifierTrainer` for `model` with AdamW (and a head AdamW if `config.head_lr_multiplier` != 1).
+
+    The optimizers are built in `strategy.scope()`, warming up over `config.warmup_fraction` of `total_steps`
+    and decaying linearly to 0 at `total_steps`.
+
+    Example:
+    >>> trainer = make_trainer(model, FinetuneConfig(learning_rate=2e-4, head_lr_multiplier=10), 250, strategy)
+    """
+    warmup_steps = int(config.warmup_fraction * total_steps)
+
+    def optimizer(learning_rate):
+        return hub.create_optimizer(learning_rate, total_steps, warmup_steps, config.weight_decay)
+
+    with strategy.scope():
+        body = optimizer(config.learning_rate)
+        head = optimizer(config.learning_rate * config.head_lr_multiplier) if config.head_lr_multiplier != 1 else None
+    return ClassifierTrainer(model, body, strategy, config.jit_compile, head_optimizer=head)
 
 
 def _resolve_num_labels(num_labels: int | None, train_data: data_lib.TextClassificationData) -> int:
@@ -253,11 +305,8 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
                 f"max_length {config.max_length} exceeds the {hub.position_limit(model)} positions of "
                 f"{model_name!r}; lower --max_length."
             )
-        total_steps = config.max_steps or config.epochs * steps_per_epoch
-        optimizer = hub.create_optimizer(
-            config.learning_rate, total_steps, int(config.warmup_fraction * total_steps), config.weight_decay
-        )
-    trainer = ClassifierTrainer(model, optimizer, strategy, config.jit_compile)
+    total_steps = config.max_steps or config.epochs * steps_per_epoch
+    trainer = make_trainer(model, config, total_steps, strategy)
 
     pad_id = tokenizer.pad_token_id or 0
     train_ds = data_lib.make_dataset(

@@ -250,6 +250,20 @@ def load_classifier(name: str, num_labels: int | None = None, label_names: list[
         return _load(transformers.TFAutoModelForSequenceClassification, name, **overrides)
 
 
+def head_variables(model) -> list:
+    """The trainable variables above the pretrained encoder: the pooler (if any) and the task head.
+
+    Example:
+    >>> [v.name.split("/", 1)[1] for v in head_variables(load_classifier("minilm", num_labels=2))]
+    ['bert/pooler/dense/kernel:0', 'bert/pooler/dense/bias:0', 'classifier/kernel:0', 'classifier/bias:0']
+    """
+    base = getattr(model, model.base_model_prefix)
+    pooler = getattr(base, "pooler", None)
+    pooler_variables = {v.ref() for v in pooler.trainable_variables} if pooler is not None else set()
+    encoder = {v.ref() for v in base.trainable_variables} - pooler_variables
+    return [v for v in model.trainable_variables if v.ref() not in encoder]
+
+
 def position_limit(model) -> int:
     """The longest input (in tokens) the model's position embeddings cover."""
     return int(model.config.max_position_embeddings)
