@@ -89,6 +89,15 @@ def test_max_length_over_the_model_limit_is_rejected(tmp_path):
                           resolve_strategy("cpu"))
 
 
+def test_same_seed_repeats_a_run(tmp_path):
+    train = short_sst2(tmp_path / "train.tsv", "train.tsv", 16)
+    config = finetune.FinetuneConfig(max_length=16, batch_size=8, learning_rate=1e-4, max_steps=2, num_buckets=2)
+    runs = [finetune.finetune("minilm", train, train, config, str(tmp_path / f"run{i}"), resolve_strategy("cpu"))
+            for i in range(2)]
+    assert runs[0][-1]["train_loss"] == runs[1][-1]["train_loss"]
+    assert runs[0][-1]["eval_loss"] == runs[1][-1]["eval_loss"]
+
+
 def test_head_trains_at_its_multiple_of_the_learning_rate():
     strategy = resolve_strategy("cpu")
     tokenizer = hub.load_tokenizer("minilm")

@@ -49,7 +49,8 @@ class FinetuneConfig:
         jit_compile: bool, default False. XLA-compile the train and eval steps.
         precision: str, default "float32". Or "mixed_bfloat16": bfloat16 compute, float32 weights and loss
             (see `hub.load_classifier`).
-        seed: int, default 0. Shuffling seed.
+        seed: int, default 0. Seeds the shuffling, the new head's initial weights and dropout, so a rerun
+            repeats a run.
     """
 
     max_length: int = 128
@@ -282,6 +283,7 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
     >>> history = finetune("minilm", read_table("train.tsv"), read_table("dev.tsv"),
     ...                    FinetuneConfig(max_length=64, epochs=1), "runs/sst2", resolve_strategy("cpu"))
     """
+    hub.set_seed(config.seed)
     num_labels = _resolve_num_labels(num_labels, train_data)
     for split in (train_data, eval_data):
         data_lib.check_labels(split, num_labels)

@@ -250,6 +250,11 @@ def load_classifier(name: str, num_labels: int | None = None, label_names: list[
         return _load(transformers.TFAutoModelForSequenceClassification, name, **overrides)
 
 
+def set_seed(seed: int) -> None:
+    """Seeds Python, numpy, TF and tf_keras, whose initializers and dropout layers (HF's) draw from its own seed."""
+    tf_keras.utils.set_random_seed(seed)
+
+
 def head_variables(model) -> list:
     """The trainable variables above the pretrained encoder: the pooler (if any) and the task head.
 
