@@ -68,7 +68,7 @@ def define_train_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer("log_every", _TRAIN.log_every, "Write a metrics row every this many steps.",
         flag_values=flag_values)
     flags.DEFINE_enum("precision", _TRAIN.precision, list(PRECISIONS), "Compute precision.", flag_values=flag_values)
-    flags.DEFINE_integer("seed", _TRAIN.seed, "Seed of the initialisation, dropout and data order.",
+    flags.DEFINE_integer("seed", _TRAIN.seed, "Seed of the initialisation, dropout and training windows.",
         flag_values=flag_values)
     flags.DEFINE_enum("strategy", "auto", list(STRATEGIES), "tf.distribute strategy.", flag_values=flag_values)
     flags.DEFINE_string("tpu", None, "TPU name or grpc:// address (with --strategy=tpu or auto).",

@@ -51,7 +51,7 @@ class TrainConfig:
         checkpoint_every: int, default 250. Checkpoint every this many steps (and at the last step).
         log_every: int, default 10. Write a training row to the CSV/TensorBoard every this many steps.
         precision: "float32" (default), "mixed_bfloat16" or "mixed_float16".
-        seed: int, default 0. Seeds the initialisation, dropout and the data order.
+        seed: int, default 0. Seeds the initialisation, dropout and the training windows.
 
     Raises:
         ValueError: if a value is out of range.
