@@ -5,9 +5,8 @@ Both fine-tune the offline MiniLM-L6 BERT at max_length 64, batch 32. The peer i
 padded to their longest sentence. Ours buckets by length and computes in bfloat16 (float32 weights, loss and
 optimizer), which this CPU runs natively (AVX512_BF16). Throughput is timed in alternating windows of 20 steps
 (peer, ours, peer, ...), so both run under the same background load on this shared machine, each after an
-untimed tracing window.
-Then ours fine-tunes for the whole epoch (its end-to-end examples/s includes tracing) and is evaluated on all
-872 SST-2 dev sentences.
+untimed tracing window. Then ours fine-tunes for the whole epoch (its end-to-end examples/s includes tracing) and
+is evaluated on all 872 SST-2 dev sentences, once per seed in `SEEDS`.
 
     python -m experiments.benchmark --sections=finetune
 """
@@ -23,8 +22,10 @@ SST2 = SHARED_DATA / "sst2"
 MAX_LENGTH = 64
 BATCH_SIZE = 32
 TRAIN_EXAMPLES = 8000
-LEARNING_RATE = 2e-4
-HEAD_LR_MULTIPLIER = 10.0
+LEARNING_RATE = 1e-4
+HEAD_LR_MULTIPLIER = 20.0
+# A seed moves one-epoch dev accuracy by up to 1.5 points (dropout, shuffling, the new head): report a mean.
+SEEDS = (0, 1, 2)
 PRECISION = "mixed_bfloat16"
 PEER_LEARNING_RATE = 5e-5
 
@@ -100,11 +101,15 @@ def run(quick: bool) -> list[Row]:
     steps, rounds = (5, 1) if quick else (20, 3)
     ours_rate, peer_rate = _interleaved_rates(train, steps, rounds)
 
-    config = _config(epochs=1)
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as output_dir:
-        (record,) = finetune("minilm", train, dev, config, output_dir, resolve_strategy("cpu"))
-    wall = time.perf_counter() - start
+    records, walls = [], []
+    for seed in SEEDS[:1] if quick else SEEDS:
+        config = _config(epochs=1, seed=seed)
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory() as output_dir:
+            records += finetune("minilm", train, dev, config, output_dir, resolve_strategy("cpu"))
+        walls.append(time.perf_counter() - start)
+    record = records[0]
+    accuracies = [r["eval_accuracy"] for r in records]
     setting = f"MiniLM-L6, SST-2 first {len(train):,}, T<={MAX_LENGTH}, B={BATCH_SIZE}"
     return [
         Row("finetune", f"train steps, {setting}", "examples/s", ours_rate, peer_rate,
@@ -113,8 +118,10 @@ def run(quick: bool) -> list[Row]:
             f"{rounds}; peer AdamW {PEER_LEARNING_RATE:g}, float32"),
         Row("finetune", f"1 epoch end to end, {setting}", "examples/s", record["train_examples_per_s"],
             notes=f"tracing included; lr {LEARNING_RATE:g} (head x{HEAD_LR_MULTIPLIER:g}), linear warm-up and decay"),
-        Row("finetune", f"dev accuracy after 1 epoch ({len(dev)} sentences)", "accuracy", record["eval_accuracy"],
-            target=">= 0.86", notes=f"f1 {record['eval_f1']:.4f}; seed {config.seed}; the issue's plain fit: 0.849"),
+        Row("finetune", f"dev accuracy after 1 epoch ({len(dev)} sentences), mean of {len(records)} seeds",
+            "accuracy", sum(accuracies) / len(accuracies), target=">= 0.86",
+            notes=f"seeds {SEEDS[:len(records)]}: {', '.join(f'{a:.4f}' for a in accuracies)}; f1 (seed 0) "
+                  f"{record['eval_f1']:.4f}; the issue's plain fit: 0.849"),
         Row("finetune", f"evaluate {len(dev)} dev sentences", "s", record["eval_seconds"], target="seconds"),
-        Row("finetune", "fine-tune wall time (load, tokenise, epoch, eval, save)", "s", wall),
+        Row("finetune", "fine-tune wall time (load, tokenise, epoch, eval, save)", "s", walls[0]),
     ]
