@@ -89,6 +89,13 @@ def test_max_length_over_the_model_limit_is_rejected(tmp_path):
                           resolve_strategy("cpu"))
 
 
+def dev_batches(n):
+    """The first `n` SST-2 dev sentences in batches of 4, cut and padded to 16 tokens."""
+    dev = data.read_table(str(SST2 / "dev.tsv"), max_examples=n)
+    token_ids = data.encode(hub.load_tokenizer("minilm"), dev.texts, 16)
+    return data.make_dataset(token_ids, dev.labels, batch_size=4, bucket_widths=(16,))
+
+
 def test_same_seed_repeats_a_run(tmp_path):
     train = short_sst2(tmp_path / "train.tsv", "train.tsv", 16)
     config = finetune.FinetuneConfig(max_length=16, batch_size=8, learning_rate=1e-4, max_steps=2, num_buckets=2)
@@ -100,9 +107,7 @@ def test_same_seed_repeats_a_run(tmp_path):
 
 def test_head_trains_at_its_multiple_of_the_learning_rate():
     strategy = resolve_strategy("cpu")
-    tokenizer = hub.load_tokenizer("minilm")
-    dev = data.read_table(str(SST2 / "dev.tsv"), max_examples=4)
-    dataset = data.make_dataset(data.encode(tokenizer, dev.texts, 16), dev.labels, batch_size=4, bucket_widths=(16,))
+    dataset = dev_batches(4)
     with strategy.scope():
         model = hub.load_classifier("minilm", num_labels=2)
     config = finetune.FinetuneConfig(learning_rate=1e-4, head_lr_multiplier=10, warmup_fraction=0, weight_decay=0)
@@ -121,9 +126,7 @@ def test_head_trains_at_its_multiple_of_the_learning_rate():
 @pytest.mark.slow
 def test_jit_compiled_trainer_matches_the_plain_one():
     strategy = resolve_strategy("cpu")
-    tokenizer = hub.load_tokenizer("minilm")
-    dev = data.read_table(str(SST2 / "dev.tsv"), max_examples=6)
-    dataset = data.make_dataset(data.encode(tokenizer, dev.texts, 16), dev.labels, batch_size=4, bucket_widths=(16,))
+    dataset = dev_batches(6)
     with strategy.scope():
         model = hub.load_classifier("minilm", num_labels=2)
         optimizer = hub.create_optimizer(1e-4, num_train_steps=4, warmup_steps=0)

@@ -80,10 +80,7 @@ class FinetuneConfig:
             raise ValueError(f"learning_rate must be > 0. Received: learning_rate={self.learning_rate}")
         if self.head_lr_multiplier <= 0:
             raise ValueError(f"head_lr_multiplier must be > 0. Received: head_lr_multiplier={self.head_lr_multiplier}")
-        if self.precision not in hub.PRECISIONS:
-            raise ValueError(
-                f"Unknown precision {self.precision!r} for fine-tuning; choose one of {list(hub.PRECISIONS)}."
-            )
+        hub.check_precision(self.precision)
         if not 0 <= self.num_buckets <= self.max_length:
             raise ValueError(f"num_buckets must lie in [0, max_length]. Received: num_buckets={self.num_buckets}")
 

@@ -199,11 +199,16 @@ def load_tokenizer(name: str):
         return transformers.AutoTokenizer.from_pretrained(checkpoint)
 
 
+def check_precision(precision: str) -> None:
+    """Raises ValueError unless `precision` is one of `PRECISIONS`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r} for fine-tuning; choose one of {list(PRECISIONS)}.")
+
+
 @contextlib.contextmanager
 def _dtype_policy(precision: str):
     """tf_keras layers read the global policy when they are constructed; it is restored afterwards."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"Unknown precision {precision!r} for fine-tuning; choose one of {list(PRECISIONS)}.")
+    check_precision(precision)
     previous = tf_keras.mixed_precision.global_policy()
     tf_keras.mixed_precision.set_global_policy(precision)
     try:
