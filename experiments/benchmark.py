@@ -9,15 +9,11 @@ so the ratio is measured on the same machine at the same moment, not remembered.
 import importlib
 import json
 import os
-import pkgutil
 import platform
 
 from absl import app, flags
 
-from experiments import benchmarks
-
-# Every module in experiments/benchmarks/ (but the shared plumbing) is a section.
-SECTIONS = tuple(m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.name != "common")
+from experiments.benchmarks import SECTIONS
 
 flags.DEFINE_list("sections", list(SECTIONS), f"Benchmark sections to run, from {SECTIONS}.")
 flags.DEFINE_string("output", "bench_results/results.json", "Where to write the JSON results.")
