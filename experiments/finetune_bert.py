@@ -45,7 +45,7 @@ def define_finetune_flags() -> None:
     flags.DEFINE_bool("jit_compile", False, "XLA-compile the train and eval steps.")
     flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16"],
                       "mixed_bfloat16: bfloat16 compute, float32 weights (fast on AVX512_BF16/AMX CPUs, GPUs, TPUs).")
-    flags.DEFINE_integer("seed", 0, "Shuffling seed.")
+    flags.DEFINE_integer("seed", 0, "Seed of the shuffling, the new head's initial weights and dropout.")
     flags.DEFINE_string("output_dir", None, "Where best/ and history.json are written.")
     flags.DEFINE_string("strategy", "auto", "auto, cpu, gpu, mirrored, tpu or multi_worker.")
     flags.DEFINE_string("tpu", None, "TPU name or grpc:// address, with --strategy=tpu or auto.")
