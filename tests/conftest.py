@@ -1,12 +1,18 @@
-"""Shared fixtures: a seeded run per test and `check_layer`, the one way every layer is tested."""
+"""Shared fixtures: a seeded run per test, `check_layer` (the one way every layer is tested) and `run_module`
+(the one way a test runs an `experiments` script as a user would)."""
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -44,3 +50,21 @@ def check_layer(layer, inputs, tmp_path, **call_kwargs):
     restored = keras.models.load_model(path, safe_mode=True)
     np.testing.assert_allclose(np.asarray(restored(inputs)), np.asarray(wrapper(inputs)), atol=1e-6)
     return outputs
+
+
+def script_environment(**extra):
+    """The environment a script runs in: the repo importable, TensorFlow's C++ logging quiet, then `extra`."""
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO), **extra}
+
+
+def run_module(module, *args, env=None, timeout=300):
+    """Runs `python -m module *args` from the repo root; returns the finished process with text output."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=script_environment(**(env or {})),
+                           capture_output=True, text=True, timeout=timeout)
+
+
+def failure_line(result):
+    """The last stderr line of a script that must have failed cleanly: non-zero exit, no traceback."""
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    return result.stderr.strip().splitlines()[-1]

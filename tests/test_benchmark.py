@@ -1,22 +1,15 @@
 """experiments.benchmark end to end: a quick run writes the JSON and the table; an unknown section fails in one line."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import failure_line, run_module
 
 from experiments.benchmarks import SECTIONS
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def run_benchmark(*args):
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "experiments.benchmark", "--quick", *args], cwd=REPO,
-                          env=environment, capture_output=True, text=True, timeout=900)
+    return run_module("experiments.benchmark", "--quick", *args, timeout=900)
 
 
 def check_quick_run(tmp_path, sections):
@@ -45,8 +38,6 @@ def test_quick_run_of_every_section(tmp_path):
 def test_unknown_section_fails_in_one_line_and_writes_nothing(tmp_path):
     output = tmp_path / "results.json"
     result = run_benchmark("--sections=data,bogus", f"--output={output}")
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
+    last = failure_line(result)
     assert last == f"Unknown benchmark sections ['bogus']; choose from {list(SECTIONS)}.", last
     assert not output.exists()

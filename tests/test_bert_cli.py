@@ -1,28 +1,17 @@
-from experiments.benchmarks.common import SHARED_DATA
 """experiments.finetune_bert and experiments.predict_bert end to end: a tiny run, its predictions, bad inputs."""
 
 import io
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import failure_line, run_module
 
-REPO = Path(__file__).resolve().parents[1]
+from experiments.benchmarks.common import SHARED_DATA
+
 SST2 = SHARED_DATA / "sst2"
 
 
-def run(module, *args, env=None):
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=REPO,
-                          env=environment, timeout=300)
-
-
 def assert_one_line_error(result, match):
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    last = result.stderr.strip().splitlines()[-1]
+    last = failure_line(result)
     assert last.startswith("error:") and match in last, last
 
 
@@ -50,13 +39,13 @@ def test_predict_prints_label_and_probability(tmp_path):
 @pytest.mark.slow
 def test_finetune_then_predict(tmp_path):
     train = write_tsv(tmp_path / "train.tsv", [("a gorgeous film", 1), ("a dull mess", 0)] * 4)
-    result = run("experiments.finetune_bert", "--model=minilm", f"--train_file={train}", f"--eval_file={train}",
-                 "--max_length=8", "--batch_size=4", "--max_steps=2", "--num_buckets=1", "--label_names=neg,pos",
-                 f"--output_dir={tmp_path / 'run'}", "--strategy=cpu")
+    result = run_module("experiments.finetune_bert", "--model=minilm", f"--train_file={train}",
+                        f"--eval_file={train}", "--max_length=8", "--batch_size=4", "--max_steps=2", "--num_buckets=1",
+                        "--label_names=neg,pos", f"--output_dir={tmp_path / 'run'}", "--strategy=cpu")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "best eval accuracy" in result.stdout
-    result = run("experiments.predict_bert", f"--model_dir={tmp_path / 'run' / 'best'}", "a gorgeous film",
-                 "a dull mess")
+    result = run_module("experiments.predict_bert", f"--model_dir={tmp_path / 'run' / 'best'}", "a gorgeous film",
+                        "a dull mess")
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 2
@@ -68,17 +57,17 @@ def test_finetune_then_predict(tmp_path):
 def test_finetune_bad_inputs_fail_in_one_line(tmp_path):
     empty = tmp_path / "empty.tsv"
     empty.write_text("")
-    assert_one_line_error(run("experiments.finetune_bert", f"--train_file={empty}", f"--eval_file={empty}",
-                              f"--output_dir={tmp_path}"), "is empty")
+    assert_one_line_error(run_module("experiments.finetune_bert", f"--train_file={empty}", f"--eval_file={empty}",
+                                     f"--output_dir={tmp_path}"), "is empty")
 
 
 def test_finetune_unknown_model_offline_fails_in_one_line(tmp_path):
     train = write_tsv(tmp_path / "train.tsv", [("good", 1), ("bad", 0)])
-    assert_one_line_error(run("experiments.finetune_bert", "--model=tf-lm-tests/no-such-model",
-                              f"--train_file={train}", f"--eval_file={train}", f"--output_dir={tmp_path}",
-                              env={"HF_HUB_OFFLINE": "1"}), "no-such-model")
+    assert_one_line_error(run_module("experiments.finetune_bert", "--model=tf-lm-tests/no-such-model",
+                                     f"--train_file={train}", f"--eval_file={train}", f"--output_dir={tmp_path}",
+                                     env={"HF_HUB_OFFLINE": "1"}), "no-such-model")
 
 
 def test_predict_without_model_dir_fails_in_one_line(tmp_path):
-    assert_one_line_error(run("experiments.predict_bert", f"--model_dir={tmp_path / 'absent'}", "a sentence"),
-                          "No model directory")
+    result = run_module("experiments.predict_bert", f"--model_dir={tmp_path / 'absent'}", "a sentence")
+    assert_one_line_error(result, "No model directory")

@@ -1,20 +1,16 @@
 """experiments/evaluate_lm.py: split metrics agree with a direct computation; --score prints log P(W)."""
 
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_module
 
 from experiments.evaluate_lm import evaluate_split, score_text
 from tf_lm import LMConfig, TransformerLM
 from tf_lm.artifacts import save_model_dir
 from tf_lm.data import Corpus, build_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
 TEXT = "the cat sat on the mat. " * 40
 
 
@@ -52,17 +48,13 @@ def test_score_sums_token_log_probs(model_dir):
 
 def test_script_reports_and_scores(model_dir):
     path, _, _ = model_dir
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
     corpus = f"--dataset=text:{path.parent / 'corpus.txt'}"
-    args = [sys.executable, "-m", "experiments.evaluate_lm", f"--model_dir={path}"]
-    out = subprocess.run(args + [corpus, '--score=the cat'], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=120)
+    args = ["experiments.evaluate_lm", f"--model_dir={path}", corpus]
+    out = run_module(*args, "--score=the cat", timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "log P(W) = " in out.stdout and "over 6 predicted tokens" in out.stdout
-    out = subprocess.run(args + [corpus, "--split=train"], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=120)
+    out = run_module(*args, "--split=train", timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "perplexity" in out.stdout and "bits/char" in out.stdout
-    out = subprocess.run([sys.executable, "-m", "experiments.evaluate_lm", f"--model_dir={path.parent / 'none'}"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    out = run_module("experiments.evaluate_lm", f"--model_dir={path.parent / 'none'}", timeout=120)
     assert out.returncode != 0 and "error: No model.keras" in out.stderr and "Traceback" not in out.stderr

@@ -1,22 +1,17 @@
 """`generate` / `stream` on a tiny model, and the `experiments.generate` CLI around them."""
 
 import io
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+from conftest import failure_line, run_module
 
 from tf_lm import LMConfig, TransformerLM, generate
 from tf_lm.artifacts import save_model_dir
 from tf_lm.data import CharTokenizer
 from tf_lm.generation import GreedySampler, stream
 from tf_lm.generation.generate import _programs
-
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = LMConfig(vocab_size=13, block_size=24, n_layer=2, n_head=2, n_embd=16)
 PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12], [7]]
 
@@ -204,10 +199,6 @@ def test_cli_rejects_prompts_it_cannot_continue(model_dir):
 
 
 def test_cli_errors_are_one_line_and_exit_non_zero():
-    result = subprocess.run(
-        [sys.executable, "-m", "experiments.generate", "--model_dir=/nonexistent/model", "--prompt=hi"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)},
-    )
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: No model.keras in '/nonexistent/model'")
+    result = run_module("experiments.generate", "--model_dir=/nonexistent/model", "--prompt=hi",
+                        env={"TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=120)
+    assert failure_line(result).startswith("error: No model.keras in '/nonexistent/model'")

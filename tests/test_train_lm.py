@@ -1,23 +1,20 @@
 """experiments/train_lm.py as a user runs it: exact resume after SIGKILL, two workers, bad input."""
 
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, script_environment
 from absl import flags
 
 from experiments.flags import configs_from_flags, define_train_flags
 from tf_lm.configs import LMConfig
 from tf_lm.training import TrainConfig
-
-REPO = Path(__file__).resolve().parents[1]
 # A tiny model on the builtin corpus: steps take milliseconds, so process start-up dominates.
 TINY = ["--preset=nano", "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",
         "--warmup_steps=1", "--eval_every=1000", "--eval_steps=1", "--log_every=50"]
@@ -27,12 +24,8 @@ def command(model_dir, *extra):
     return [sys.executable, "-m", "experiments.train_lm", f"--model_dir={model_dir}", *TINY, *extra]
 
 
-def environment(**extra):
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO), **extra}
-
-
 def run(args, **env):
-    return subprocess.run(args, cwd=REPO, env=environment(**env), capture_output=True, text=True, timeout=240)
+    return subprocess.run(args, cwd=REPO, env=script_environment(**env), capture_output=True, text=True, timeout=240)
 
 
 def saved_weights(model_dir):
@@ -45,10 +38,10 @@ def saved_weights(model_dir):
 def test_sigkill_mid_run_then_rerun_ends_with_the_uninterrupted_weights(tmp_path):
     # Dropout on: its randomness must resume exactly too.
     steps = ["--steps=40", "--checkpoint_every=2", "--dropout=0.1", "--log_every=10"]
-    straight = subprocess.Popen(command(tmp_path / "straight", *steps), cwd=REPO, env=environment(),
+    straight = subprocess.Popen(command(tmp_path / "straight", *steps), cwd=REPO, env=script_environment(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     killed_dir = tmp_path / "killed"
-    victim = subprocess.Popen(command(killed_dir, *steps), cwd=REPO, env=environment(),
+    victim = subprocess.Popen(command(killed_dir, *steps), cwd=REPO, env=script_environment(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
     while not list(killed_dir.glob("checkpoints/checkpoint")) and time.time() < deadline:
@@ -83,7 +76,8 @@ def test_two_workers_finish_with_identical_weights_and_only_the_chief_writes(tmp
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         workers.append(subprocess.Popen(
             command(tmp_path / f"worker{index}", "--strategy=multi_worker", "--steps=4", "--checkpoint_every=2"),
-            cwd=REPO, env=environment(TF_CONFIG=tf_config), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=REPO, env=script_environment(TF_CONFIG=tf_config), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
         ))
     outputs = [worker.communicate(timeout=240) for worker in workers]
     for worker, (out, err) in zip(workers, outputs):
