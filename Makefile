@@ -22,9 +22,11 @@ demo: $(STAMP)
 	$(PY) -m experiments.demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 test-all: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -m "slow or not slow"
 
 bench: $(STAMP)

@@ -9,10 +9,9 @@ is complete, only samples).
 
 from absl import app, flags, logging
 
+from experiments.train_lm import train
 from tf_lm import LMConfig, generate
 from tf_lm.training import TrainConfig, TrainingInterrupted
-
-from experiments.train_lm import train
 
 flags.DEFINE_string("model_dir", "runs/demo", "Where the demo run is written (rerun to resume).")
 flags.DEFINE_integer("steps", 1000, "Training steps.")

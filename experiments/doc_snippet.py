@@ -74,7 +74,7 @@ def main(argv):
     try:
         checkpoint = prepare_checkpoint(FLAGS.model, FLAGS.checkpoint_dir)
     except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"error: {error}")
+        raise SystemExit(f"error: {error}") from None
     print(f"--- the snippet as written, from_pretrained({checkpoint!r}) ---")
     try:
         snippet_as_written(checkpoint, epochs=FLAGS.epochs)

@@ -45,7 +45,7 @@ def main(argv):
     try:
         run(FLAGS.model_dir, FLAGS.export_dir, sampling_kwargs(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p))
     except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"error: {error}")
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

@@ -110,7 +110,7 @@ def main(argv):
         strategy = resolve_strategy(FLAGS.strategy, FLAGS.tpu)
         history = finetune(FLAGS.model, train_data, eval_data, config, FLAGS.output_dir, strategy, FLAGS.num_labels)
     except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"error: {error}")
+        raise SystemExit(f"error: {error}") from None
     best = max(history, key=lambda record: record["eval_accuracy"])
     print(f"best eval accuracy {best['eval_accuracy']:.4f} (f1 {best['eval_f1']:.4f}) after epoch {best['epoch']}; "
           f"saved to {FLAGS.output_dir}/best")

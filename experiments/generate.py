@@ -95,7 +95,7 @@ def main(argv):
         run(FLAGS.model_dir, FLAGS.prompt, FLAGS.max_new_tokens, FLAGS.seed, FLAGS.num_samples, FLAGS.chunk_size,
             sampling_kwargs(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p))
     except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"error: {error}")
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def main(argv):
     try:
         run(FLAGS.model_dir, argv[1:], FLAGS.max_length)
     except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"error: {error}")
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from tf_lm import artifacts
 from tf_lm.configs import LMConfig
 from tf_lm.data import build_tokenizer, lm_datasets, load_tokenizer, read_source
 from tf_lm.distribute import is_chief, resolve_strategy
-from tf_lm.training import Trainer, TrainConfig, TrainingInterrupted, measure_matmul_peak
+from tf_lm.training import TrainConfig, Trainer, TrainingInterrupted, measure_matmul_peak
 
 RUN_CONFIG = "run_config.json"
 # Fields that decide which batches a step sees or what the weights are; changing one in a model_dir that

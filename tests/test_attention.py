@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-
 from conftest import check_layer
+
 from tf_lm.layers import CausalSelfAttention
 
 

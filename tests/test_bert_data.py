@@ -132,7 +132,7 @@ def test_dynamic_padding_pads_each_batch_to_its_longest():
     token_ids, labels = random_sequences(23)
     batches = list(data.make_dataset(token_ids, labels, batch_size=5))
     assert len(batches) == data.count_batches(token_ids, 5) == 5
-    for i, (features, batch_labels, weights) in enumerate(batches):
+    for i, (features, _labels, weights) in enumerate(batches):
         lengths = [len(row) for row in token_ids[5 * i: 5 * i + 5]]
         assert features["input_ids"].shape == (len(lengths), max(lengths))
         np.testing.assert_array_equal(features["attention_mask"].numpy().sum(1), lengths)

@@ -6,9 +6,7 @@ import transformers
 from safetensors.numpy import save_file
 
 from tf_lm import LMConfig, TransformerLM
-from tf_lm.convert import gpt2_state_from_hf, from_gpt2_safetensors, from_hf_gpt2, load_gpt2_state
-
-
+from tf_lm.convert import from_gpt2_safetensors, from_hf_gpt2, gpt2_state_from_hf, load_gpt2_state
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +43,8 @@ def test_padded_logits_match_hf(hf_gpt2):
 
 
 def test_safetensors_checkpoint_loads_through_numpy(hf_gpt2, tmp_path):
-    save_file({f"transformer.{k}": v for k, v in gpt2_state_from_hf(hf_gpt2).items()}, str(tmp_path / "model.safetensors"))
+    state = {f"transformer.{k}": v for k, v in gpt2_state_from_hf(hf_gpt2).items()}
+    save_file(state, str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text(json.dumps(hf_gpt2.config.to_dict()))
     ids = _ids(2)
     np.testing.assert_allclose(

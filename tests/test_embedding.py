@@ -1,6 +1,6 @@
 import numpy as np
-
 from conftest import check_layer
+
 from tf_lm.layers import TokenAndPositionEmbedding
 
 

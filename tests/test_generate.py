@@ -12,6 +12,7 @@ from tf_lm.artifacts import save_model_dir
 from tf_lm.data import CharTokenizer
 from tf_lm.generation import GreedySampler, stream
 from tf_lm.generation.generate import _programs
+
 CONFIG = LMConfig(vocab_size=13, block_size=24, n_layer=2, n_head=2, n_embd=16)
 PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12], [7]]
 

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from tf_lm import LMConfig, TransformerLM
+from tf_lm.configs import PRESETS
 
 TINY = LMConfig(vocab_size=13, block_size=16, n_layer=2, n_head=2, n_embd=8)
 
@@ -125,3 +126,23 @@ def test_trains_under_mixed_bfloat16_with_float32_logits():
     model.fit(np.repeat(ids[:, :-1], 8, axis=0), np.repeat(ids[:, 1:], 8, axis=0), batch_size=4, verbose=0)
     after = model.evaluate(ids[:, :-1], ids[:, 1:], verbose=0)
     assert np.isfinite(after) and after < before
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_no_two_initial_weight_tensors_are_equal(preset):
+    # The preset's layer layout (depth, heads) at a small width, so even gpt2-xl's 48 blocks build quickly.
+    layout = PRESETS[preset]
+    config = LMConfig.preset(preset, vocab_size=11, block_size=11, n_embd=2 * layout.n_head)
+    model = TransformerLM(config)
+    random_weights = {}
+    for variable in model.weights:
+        values = np.asarray(variable)
+        if np.unique(values).size > 1:  # biases start at 0 and LayerNorm scales at 1, by design
+            random_weights[variable.path] = values.ravel()
+    assert len(random_weights) == 2 + 4 * config.n_layer  # both embeddings; qkv, output, mlp_in, mlp_out per block
+    # Same-shaped tensors must differ, and no tensor may start as a prefix of another one's values.
+    seen = {}
+    for path, values in random_weights.items():
+        key = values[: min(len(v) for v in random_weights.values())].tobytes()
+        assert key not in seen, f"{path} starts with the same values as {seen[key]}"
+        seen[key] = path

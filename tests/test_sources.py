@@ -6,7 +6,6 @@ from experiments.benchmarks.common import SHARED_DATA
 from tf_lm.data import Corpus, read_source
 
 
-
 def test_builtin_pydoc_is_the_default_and_splits_contiguously():
     from pydoc_data.topics import topics
 

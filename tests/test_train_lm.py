@@ -9,12 +9,13 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, script_environment
 from absl import flags
+from conftest import REPO, script_environment
 
 from experiments.flags import configs_from_flags, define_train_flags
 from tf_lm.configs import LMConfig
 from tf_lm.training import TrainConfig
+
 # A tiny model on the builtin corpus: steps take milliseconds, so process start-up dominates.
 TINY = ["--preset=nano", "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",
         "--warmup_steps=1", "--eval_every=1000", "--eval_steps=1", "--log_every=50"]
@@ -80,7 +81,7 @@ def test_two_workers_finish_with_identical_weights_and_only_the_chief_writes(tmp
             text=True,
         ))
     outputs = [worker.communicate(timeout=240) for worker in workers]
-    for worker, (out, err) in zip(workers, outputs):
+    for worker, (_out, err) in zip(workers, outputs):
         assert worker.returncode == 0, err[-3000:]
     digests = [[line for line in out.splitlines() if line.startswith("weights sha256")] for out, _ in outputs]
     assert digests[0] and digests[0] == digests[1]

@@ -57,14 +57,14 @@ class LMConfig:
         return self.n_embd // self.n_head
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "LMConfig":
+    def preset(cls, name: str, **overrides: Any) -> LMConfig:
         """Returns the named preset with `overrides` applied, e.g. `LMConfig.preset("gpt2", dropout=0.1)`."""
         if name not in PRESETS:
             raise ValueError(f"Unknown LMConfig preset {name!r}; choose one of {sorted(PRESETS)}.")
         return dataclasses.replace(PRESETS[name], **overrides)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "LMConfig":
+    def from_dict(cls, values: dict[str, Any]) -> LMConfig:
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

@@ -130,4 +130,8 @@ class TransformerLM(keras.Model):
         return {"token_log_probs": token_log_probs, "log_likelihood": ops.sum(token_log_probs, axis=-1)}
 
     def get_config(self):
-        return {"config": self.config.to_dict(), "name": self.name, "dtype": keras.dtype_policies.serialize(self.dtype_policy)}
+        return {
+            "config": self.config.to_dict(),
+            "name": self.name,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+        }

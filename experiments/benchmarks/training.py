@@ -66,9 +66,9 @@ def side_by_side(config: LMConfig, batch_size: int, rounds: int) -> tuple[float,
 
 
 def quality_row() -> Row:
+    from experiments.evaluate_lm import evaluate_split
     from tf_lm.artifacts import load_model_dir
     from tf_lm.data import read_source
-    from experiments.evaluate_lm import evaluate_split
 
     with tempfile.TemporaryDirectory() as model_dir:
         start = time.perf_counter()

@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import tempfile
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -95,7 +95,7 @@ class CharTokenizer:
         self._unknown_id = None if unknown_token is None else self.chars.index(unknown_token)
 
     @classmethod
-    def from_text(cls, text: str, unknown_token: str | None = None) -> "CharTokenizer":
+    def from_text(cls, text: str, unknown_token: str | None = None) -> CharTokenizer:
         """Builds the vocabulary from the distinct characters of `text`.
 
         Raises:
@@ -163,7 +163,7 @@ class CharTokenizer:
         _atomic_write_text(os.path.join(directory, CHAR_FILE), json.dumps(payload, ensure_ascii=False, indent=1))
 
     @classmethod
-    def load(cls, directory: str) -> "CharTokenizer":
+    def load(cls, directory: str) -> CharTokenizer:
         """Reads a tokenizer written by `save`.
 
         Raises:
@@ -208,7 +208,7 @@ class BPETokenizer:
 
     @classmethod
     def train(cls, text_or_iterator: str | Iterable[str], vocab_size: int = DEFAULT_BPE_VOCAB_SIZE,
-              min_frequency: int = 2) -> "BPETokenizer":
+              min_frequency: int = 2) -> BPETokenizer:
         """Trains byte-level BPE with an `<|endoftext|>` special token.
 
         Args:
@@ -274,7 +274,7 @@ class BPETokenizer:
         _atomic_write_text(os.path.join(directory, BPE_FILE), self._tokenizer.to_str(pretty=True))
 
     @classmethod
-    def load(cls, directory: str) -> "BPETokenizer":
+    def load(cls, directory: str) -> BPETokenizer:
         """Reads `tokenizer.json`, or GPT-2 style `vocab.json` + `merges.txt`, from `directory`.
 
         Raises:

@@ -16,7 +16,7 @@ window recomputed every step, which defeats the cache. An empty prompt is refuse
 from __future__ import annotations
 
 import weakref
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -113,7 +113,7 @@ class _Programs:
         self.run, self.start, self.advance = run, start, advance
 
 
-_PROGRAMS: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+_PROGRAMS: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
 
 
 def _programs(model, sampler: Sampler) -> _Programs:
@@ -186,7 +186,8 @@ class _Batch:
             if row.size + self.max_new_tokens > config.block_size:
                 raise ValueError(
                     f"Prompt {i} has {row.size} tokens and max_new_tokens={self.max_new_tokens}, "
-                    f"{row.size + self.max_new_tokens} in all, beyond the model's context block_size={config.block_size}; shorten the prompt (keep its "
+                    f"{row.size + self.max_new_tokens} in all, beyond the model's context "
+                    f"block_size={config.block_size}; shorten the prompt (keep its "
                     "last tokens) or ask for fewer new tokens."
                 )
         stop_token_ids = [] if stop_token_ids is None else [int(t) for t in stop_token_ids]

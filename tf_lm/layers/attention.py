@@ -5,6 +5,8 @@ import math
 import keras
 from keras import ops
 
+from tf_lm.layers.initializers import clone_initializer
+
 # Finite rather than -inf so a row with every key masked (a padded query) gives a uniform, not NaN, softmax.
 _MASKED_SCORE = -1e9
 
@@ -68,11 +70,17 @@ class CausalSelfAttention(keras.layers.Layer):
         self.hidden_dim = hidden_dim
         self.head_dim = hidden_dim // self.num_heads
         self.qkv_dense = keras.layers.Dense(
-            3 * hidden_dim, kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy, name="qkv"
+            3 * hidden_dim,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            dtype=self.dtype_policy,
+            name="qkv",
         )
         self.qkv_dense.build(input_shape)
         self.output_dense = keras.layers.Dense(
-            hidden_dim, kernel_initializer=self.output_kernel_initializer, dtype=self.dtype_policy, name="output"
+            hidden_dim,
+            kernel_initializer=clone_initializer(self.output_kernel_initializer),
+            dtype=self.dtype_policy,
+            name="output",
         )
         self.output_dense.build(input_shape)
         self.attention_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)

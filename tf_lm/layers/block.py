@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from tf_lm.layers.attention import CausalSelfAttention
+from tf_lm.layers.initializers import clone_initializer
 
 
 @keras.saving.register_keras_serializable(package="tf_lm")
@@ -66,8 +67,8 @@ class TransformerBlock(keras.layers.Layer):
         self.attention = CausalSelfAttention(
             self.num_heads,
             dropout=self.dropout,
-            kernel_initializer=self.kernel_initializer,
-            output_kernel_initializer=self.output_kernel_initializer,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            output_kernel_initializer=clone_initializer(self.output_kernel_initializer),
             dtype=self.dtype_policy,
             name="attention",
         )
@@ -77,11 +78,17 @@ class TransformerBlock(keras.layers.Layer):
         )
         self.mlp_norm.build(input_shape)
         self.mlp_in = keras.layers.Dense(
-            intermediate_dim, kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy, name="mlp_in"
+            intermediate_dim,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            dtype=self.dtype_policy,
+            name="mlp_in",
         )
         self.mlp_in.build(input_shape)
         self.mlp_out = keras.layers.Dense(
-            hidden_dim, kernel_initializer=self.output_kernel_initializer, dtype=self.dtype_policy, name="mlp_out"
+            hidden_dim,
+            kernel_initializer=clone_initializer(self.output_kernel_initializer),
+            dtype=self.dtype_policy,
+            name="mlp_out",
         )
         self.mlp_out.build(tuple(input_shape[:-1]) + (intermediate_dim,))
         self.mlp_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)

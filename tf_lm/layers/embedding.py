@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from tf_lm.layers.initializers import clone_initializer
+
 
 @keras.saving.register_keras_serializable(package="tf_lm")
 class TokenAndPositionEmbedding(keras.layers.Layer):
@@ -42,17 +44,22 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
 
     def build(self, input_shape):
         self.token_embeddings = self.add_weight(
-            name="token_embeddings", shape=(self.vocab_size, self.hidden_dim), initializer=self.embeddings_initializer
+            name="token_embeddings",
+            shape=(self.vocab_size, self.hidden_dim),
+            initializer=clone_initializer(self.embeddings_initializer),
         )
         self.position_embeddings = self.add_weight(
-            name="position_embeddings", shape=(self.max_length, self.hidden_dim), initializer=self.embeddings_initializer
+            name="position_embeddings",
+            shape=(self.max_length, self.hidden_dim),
+            initializer=clone_initializer(self.embeddings_initializer),
         )
 
     def call(self, token_ids, start_index=0, position_ids=None):
         tokens = ops.take(self.token_embeddings, token_ids, axis=0)  # (B, T, d)
         if position_ids is None:
             time = ops.shape(token_ids)[1]
-            positions = ops.slice(self.position_embeddings, (start_index, 0), (time, self.hidden_dim))[None]  # (1, T, d)
+            positions = ops.slice(self.position_embeddings, (start_index, 0), (time, self.hidden_dim))
+            positions = positions[None]  # (1, T, d)
         else:
             positions = ops.take(self.position_embeddings, position_ids, axis=0)  # (B, T, d)
         return tokens + ops.cast(positions, tokens.dtype)
