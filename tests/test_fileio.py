@@ -1,0 +1,112 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+from tf_lm.fileio import atomic_directory, atomic_write, check_replaceable
+
+
+def _names(directory):
+    return sorted(os.listdir(directory))
+
+
+def test_atomic_write_replaces_text_and_bytes_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "sub" / "a.txt"
+    atomic_write(str(path), "first ü")
+    assert path.read_text(encoding="utf-8") == "first ü"
+    atomic_write(str(path), b"\x00second")
+    assert path.read_bytes() == b"\x00second"
+    assert _names(tmp_path / "sub") == ["a.txt"]
+
+
+def test_atomic_write_on_a_gfile_filesystem():
+    atomic_write("ram://fileio_test/a.txt", "in memory")
+    with tf.io.gfile.GFile("ram://fileio_test/a.txt") as f:
+        assert f.read() == "in memory"
+    assert tf.io.gfile.listdir("ram://fileio_test") == ["a.txt"]
+
+
+def test_atomic_write_full_disk_keeps_old_content_and_no_temporary(tmp_path):
+    # RLIMIT_FSIZE makes the kernel refuse writes past the limit, as a full disk does; in a child so the limit
+    # (and its SIGXFSZ) stay out of the test process.
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"old")
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))\n"
+        "from tf_lm.fileio import atomic_write\n"
+        "try:\n"
+        f"    atomic_write({str(path)!r}, b'x' * 100_000)\n"
+        "except Exception as error:\n"
+        "    print(type(error).__name__)\n"
+        "    sys.exit(3)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=120)
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert path.read_bytes() == b"old"
+    assert _names(tmp_path) == ["a.bin"]
+
+
+def test_atomic_directory_creates_and_replaces_one_of_ours(tmp_path):
+    target = tmp_path / "out"
+    for content in ("v1", "v2"):
+        with atomic_directory(str(target), marker="ours.txt") as staging:
+            assert os.path.dirname(staging) == str(tmp_path)
+            with open(os.path.join(staging, "ours.txt"), "w") as f:
+                f.write(content)
+        assert (target / "ours.txt").read_text() == content
+        assert _names(target) == ["ours.txt"]
+        assert _names(tmp_path) == ["out"]  # no staging or retired directory left
+
+
+def test_atomic_directory_accepts_an_empty_directory(tmp_path):
+    (tmp_path / "out").mkdir()
+    with atomic_directory(str(tmp_path / "out") + "/", marker="ours.txt") as staging:
+        open(os.path.join(staging, "ours.txt"), "w").close()
+    assert _names(tmp_path / "out") == ["ours.txt"]
+
+
+@pytest.mark.parametrize("foreign", ["directory", "file", "cwd"])
+def test_atomic_directory_refuses_anything_else_and_touches_nothing(tmp_path, monkeypatch, foreign):
+    target = tmp_path / "out"
+    if foreign == "file":
+        target.write_text("precious")
+    else:
+        target.mkdir()
+        (target / "precious.txt").write_text("precious")
+    path = str(target)
+    if foreign == "cwd":
+        monkeypatch.chdir(target)
+        path = "."
+    with pytest.raises(ValueError, match=r"(is a file|not one of ours).*choose a new or empty directory") as error:
+        with atomic_directory(path, marker="ours.txt"):
+            raise AssertionError("the body must not run")
+    assert "\n" not in str(error.value)
+    assert str(target) in str(error.value)
+    assert _names(tmp_path) == ["out"]
+    assert (target if foreign == "file" else target / "precious.txt").read_text() == "precious"
+    with pytest.raises(ValueError):
+        check_replaceable(path, "ours.txt")
+
+
+def test_atomic_directory_failure_keeps_the_old_directory(tmp_path):
+    target = tmp_path / "out"
+    with atomic_directory(str(target), marker="ours.txt") as staging:
+        (tmp_path / os.path.basename(staging) / "ours.txt").write_text("v1")
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_directory(str(target), marker="ours.txt") as staging:
+            (tmp_path / os.path.basename(staging) / "ours.txt").write_text("v2")
+            raise RuntimeError("boom")
+    assert (target / "ours.txt").read_text() == "v1"
+    assert _names(tmp_path) == ["out"]
+
+
+def test_atomic_directory_requires_the_marker_in_what_it_swaps_in(tmp_path):
+    with pytest.raises(ValueError, match="holds no ours.txt"):
+        with atomic_directory(str(tmp_path / "out"), marker="ours.txt") as staging:
+            open(os.path.join(staging, "other.txt"), "w").close()
+    assert _names(tmp_path) == []
