@@ -3,10 +3,18 @@ import json
 import numpy as np
 import pytest
 import transformers
-from safetensors.numpy import save_file
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
+from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
 
 from tf_lm import LMConfig, TransformerLM
-from tf_lm.convert import from_gpt2_safetensors, from_hf_gpt2, gpt2_state_from_hf, load_gpt2_state
+from tf_lm.convert import (
+    from_gpt2_safetensors,
+    from_hf_gpt2,
+    gpt2_state_from_hf,
+    load_gpt2_state,
+    save_gpt2_checkpoint,
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +69,65 @@ def test_shape_mismatch_is_refused(hf_gpt2):
     wrong = TransformerLM(LMConfig(vocab_size=97, block_size=24, n_layer=2, n_head=4, n_embd=16))
     with pytest.raises(ValueError, match="Shape mismatch for 'wte.weight'"):
         load_gpt2_state(wrong, gpt2_state_from_hf(hf_gpt2))
+
+
+def test_tf_named_safetensors_from_hf_save_pretrained_load(hf_gpt2, tmp_path):
+    hf_gpt2.save_pretrained(str(tmp_path), safe_serialization=True)  # TF names: transformer/h_._0/ln_1/gamma:0
+    ids = _ids(3)
+    np.testing.assert_allclose(
+        np.asarray(from_gpt2_safetensors(str(tmp_path))(ids)), hf_gpt2(ids).logits.numpy(), atol=1e-4
+    )
+
+
+def _random_lm():
+    model = TransformerLM(LMConfig(vocab_size=97, block_size=24, n_layer=2, n_head=4, n_embd=32))
+    rng = np.random.default_rng(1)
+    for weight in model.weights:  # LayerNorms and biases away from 1 and 0, as in the hf_gpt2 fixture
+        weight.assign(np.asarray(weight) + rng.normal(scale=0.1, size=weight.shape).astype("float32"))
+    return model
+
+
+def test_export_round_trips_within_1e_5(tmp_path):
+    model = _random_lm()
+    save_gpt2_checkpoint(model, str(tmp_path))
+    ids = _ids(4)
+    np.testing.assert_allclose(np.asarray(from_gpt2_safetensors(str(tmp_path))(ids)), np.asarray(model(ids)),
+                               atol=1e-5)
+
+
+def test_export_is_what_hf_reads_as_pytorch_gpt2(hf_gpt2, tmp_path):
+    """Names, layout and metadata of a PyTorch `GPT2LMHeadModel` checkpoint, checked without torch: HF's own
+    PyTorch->TF loader must find every weight in our file and give the source model's logits."""
+    save_gpt2_checkpoint(from_hf_gpt2(hf_gpt2), str(tmp_path), eos_token_id=96)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    assert set(state) == {f"transformer.{name}" for name in gpt2_state_from_hf(hf_gpt2)}
+    with safe_open(str(tmp_path / "model.safetensors"), "np") as f:
+        assert f.metadata() == {"format": "pt"}
+    config = transformers.GPT2Config.from_pretrained(str(tmp_path))
+    assert config.architectures == ["GPT2LMHeadModel"] and config.eos_token_id == 96
+    assert json.loads((tmp_path / "generation_config.json").read_text())["eos_token_id"] == 96
+    fresh = transformers.TFGPT2LMHeadModel(config)
+    fresh(fresh.dummy_inputs)
+    fresh, info = load_pytorch_state_dict_in_tf2_model(fresh, state, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    ids = _ids(5)
+    np.testing.assert_allclose(fresh(ids).logits.numpy(), hf_gpt2(ids).logits.numpy(), atol=1e-4)
+
+
+def test_pytorch_gpt2_loads_the_export_with_the_same_logits(tmp_path):
+    """Runs where torch is installed (`pip install -e .[torch]`); skipped otherwise."""
+    torch = pytest.importorskip("torch")
+    model = _random_lm()
+    save_gpt2_checkpoint(model, str(tmp_path))
+    hf = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path)).eval()
+    ids = _ids(6)
+    with torch.no_grad():
+        logits = hf(torch.tensor(ids, dtype=torch.long)).logits.numpy()
+    np.testing.assert_allclose(logits, np.asarray(model(ids)), atol=1e-4)
+
+
+def test_a_model_gpt2_cannot_express_is_refused(tmp_path):
+    model = _random_lm()
+    model.blocks[0].mlp_in.enable_lora(2)  # unmerged LoRA factors: weights a GPT-2 checkpoint has no place for
+    with pytest.raises(ValueError, match="no place for .*lora"):
+        save_gpt2_checkpoint(model, str(tmp_path))

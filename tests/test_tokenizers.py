@@ -117,6 +117,30 @@ def test_bpe_loads_gpt2_style_vocab_and_merges(bpe, tmp_path):
     assert loaded.encode(f"x{END_OF_TEXT}") == [loaded.encode("x")[0], bpe.eos_id]
 
 
+def test_gpt2_vocab_and_merges_encode_as_hf_gpt2_tokenizer_fast(bpe, tmp_path):
+    """GPT-2's own files (vocab.json + merges.txt) go through HF's `GPT2TokenizerFast` in the ecosystem; a model
+    directory holding them must give the very same ids, or a GPT-2 checkpoint would read shifted tokens."""
+    import transformers
+
+    bpe._tokenizer.model.save(str(tmp_path))
+    ours = load_tokenizer(str(tmp_path))
+    theirs = transformers.GPT2TokenizerFast(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
+    text = (CORPUS[:300] + "  double  spaces,\ttabs\n\nnumbers 1234 it's they'll ünïcödé 😀"
+            + END_OF_TEXT + "after the end")
+    assert ours.encode(text) == theirs(text)["input_ids"]
+    assert ours.eos_id == theirs.eos_token_id
+
+
+def test_to_hf_encodes_and_decodes_as_the_tokenizer(bpe):
+    char = CharTokenizer.from_text(CORPUS + "ü\t", unknown_token="?")
+    text = "You  are\tall ü resolved?\n\nSpeak."
+    for tokenizer in (char, bpe):
+        hf = tokenizer.to_hf()
+        assert hf.encode(text).ids == tokenizer.encode(text)
+        assert hf.decode(tokenizer.encode(text)) == text
+    assert char.to_hf().encode("Zq").ids == char.encode("Zq")  # unseen characters map to the unknown token
+
+
 def test_bpe_rejects_bad_inputs(bpe, tmp_path):
     with pytest.raises(ValueError, match="vocab_size"):
         BPETokenizer.train(CORPUS, vocab_size=100)

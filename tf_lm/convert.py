@@ -1,9 +1,11 @@
-"""Weights from GPT-2 checkpoints into `TransformerLM`: an HF `TFGPT2LMHeadModel`, or safetensors via numpy.
+"""GPT-2 checkpoints <-> `TransformerLM`, both ways, with numpy only (no torch).
 
-Both routes produce the same flat dict keyed by GPT-2's PyTorch state-dict names (`h.0.attn.c_attn.weight`),
-and one function copies that dict into the model, checking every shape. HF's Conv1D stores kernels as
-`[in, out]`, which is already the layout of a Keras Dense kernel, and its fused `c_attn` is `[q | k | v]`
-with heads contiguous inside each: exactly the layout `CausalSelfAttention` reshapes into.
+In: an HF `TFGPT2LMHeadModel`, or a checkpoint directory (`config.json` + `model.safetensors` in PyTorch or HF TF
+naming). Out: the directory `GPT2LMHeadModel.save_pretrained` writes, with the tokenizer as `tokenizer.json`.
+Every route goes through one flat dict keyed by GPT-2's PyTorch state-dict names (`h.0.attn.c_attn.weight`),
+and one mapping of those names onto the model's variables. HF's Conv1D stores kernels as `[in, out]`, which is
+already the layout of a Keras Dense kernel, and its fused `c_attn` is `[q | k | v]` with heads contiguous inside
+each: exactly the layout `CausalSelfAttention` reshapes into.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 
+import keras
 import numpy as np
 
 from tf_lm.configs import LMConfig
@@ -57,42 +60,130 @@ def gpt2_state_from_hf(hf_model) -> dict[str, np.ndarray]:
     return state
 
 
+def _gpt2_variables(model: TransformerLM) -> dict:
+    """GPT-2's PyTorch state-dict names -> the model's variables: the one mapping both directions use."""
+    variables = {"wte.weight": model.embedding.token_embeddings, "wpe.weight": model.embedding.position_embeddings}
+    for i, block in enumerate(model.blocks):
+        norms = {"ln_1": block.attention_norm, "ln_2": block.mlp_norm}
+        denses = {"attn.c_attn": block.attention.qkv_dense, "attn.c_proj": block.attention.output_dense,
+                  "mlp.c_fc": block.mlp_in, "mlp.c_proj": block.mlp_out}
+        for name, layer in norms.items():
+            variables[f"h.{i}.{name}.weight"], variables[f"h.{i}.{name}.bias"] = layer.gamma, layer.beta
+        for name, layer in denses.items():
+            variables[f"h.{i}.{name}.weight"], variables[f"h.{i}.{name}.bias"] = layer.kernel, layer.bias
+    variables["ln_f.weight"], variables["ln_f.bias"] = model.final_norm.gamma, model.final_norm.beta
+    return variables
+
+
+def _pytorch_name(name: str) -> str:
+    """GPT-2's PyTorch name of a tensor named either way: `transformer.h.0.ln_1.weight` (PyTorch), or
+    `transformer/h_._0/ln_1/gamma:0` (what HF's TF `save_pretrained` writes)."""
+    if "/" not in name:
+        return name.removeprefix("transformer.")
+    parts = name.split(":")[0].split("/")
+    parts = parts[1:] if parts[0] == "transformer" else parts
+    suffix = {"gamma": "weight", "beta": "bias", "embeddings": "weight"}.get(parts[-1], parts[-1])
+    return ".".join(parts[:-1] + [suffix]).replace("h_._", "h.")
+
+
 def load_gpt2_state(model: TransformerLM, state: dict[str, np.ndarray]) -> TransformerLM:
-    """Copies a GPT-2 state dict (PyTorch names, optional `transformer.` prefix) into `model`.
+    """Copies a GPT-2 state dict into `model`: PyTorch names (optional `transformer.` prefix) or HF TF names.
 
     Raises:
         ValueError: if a tensor is missing or its shape differs from the model's.
     """
-    state = {name.removeprefix("transformer."): value for name, value in state.items()}
-
-    def assign(variable, name):
+    state = {_pytorch_name(name): value for name, value in state.items()}
+    for name, variable in _gpt2_variables(model).items():
         if name not in state:
             raise ValueError(f"The GPT-2 checkpoint has no tensor {name!r}; is it a GPT-2 checkpoint?")
         value = np.asarray(state[name], dtype=np.float32)
+        if name.endswith(".bias") and value.ndim == 2 and value.shape[0] == 1:  # HF TF Conv1D biases are [1, out]
+            value = value[0]
         if tuple(value.shape) != tuple(variable.shape):
             raise ValueError(
                 f"Shape mismatch for {name!r}: checkpoint {value.shape}, model {tuple(variable.shape)}; "
                 "build the model from the checkpoint's own config."
             )
         variable.assign(value)
-
-    assign(model.embedding.token_embeddings, "wte.weight")
-    assign(model.embedding.position_embeddings, "wpe.weight")
-    for i, block in enumerate(model.blocks):
-        pairs = {
-            "ln_1": block.attention_norm, "ln_2": block.mlp_norm, "attn.c_attn": block.attention.qkv_dense,
-            "attn.c_proj": block.attention.output_dense, "mlp.c_fc": block.mlp_in, "mlp.c_proj": block.mlp_out,
-        }
-        for name, layer in pairs.items():
-            if name.startswith("ln"):
-                assign(layer.gamma, f"h.{i}.{name}.weight")
-                assign(layer.beta, f"h.{i}.{name}.bias")
-            else:
-                assign(layer.kernel, f"h.{i}.{name}.weight")
-                assign(layer.bias, f"h.{i}.{name}.bias")
-    assign(model.final_norm.gamma, "ln_f.weight")
-    assign(model.final_norm.beta, "ln_f.bias")
     return model
+
+
+def gpt2_state(model: TransformerLM) -> dict[str, np.ndarray]:
+    """The model's weights under GPT-2's PyTorch names (`transformer.h.0.attn.c_attn.weight`), float32.
+
+    Conv1D kernels are `[in, out]` like Keras Dense kernels, so no tensor is transposed.
+
+    Raises:
+        ValueError: if the model holds weights GPT-2 has no place for (it is not a plain GPT-2 architecture).
+    """
+    variables = _gpt2_variables(model)
+    mapped = {id(variable) for variable in variables.values()}
+    extra = [variable.path for variable in model.trainable_weights if id(variable) not in mapped]
+    if extra:
+        raise ValueError(
+            f"The model has weights a GPT-2 checkpoint has no place for ({', '.join(extra[:3])}); only a plain "
+            "TransformerLM (no LoRA factors, 4·n_embd MLP) exports."
+        )
+    return {f"transformer.{name}": np.ascontiguousarray(keras.ops.convert_to_numpy(variable), dtype=np.float32)
+            for name, variable in variables.items()}
+
+
+def gpt2_config(config: LMConfig, eos_token_id: int | None = None) -> dict:
+    """HF `GPT2Config` values (as `config.json` holds them) for an `LMConfig`; the inverse of `_config_from_gpt2`."""
+    import transformers
+
+    hf_config = transformers.GPT2Config(
+        vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd, n_layer=config.n_layer,
+        n_head=config.n_head, activation_function="gelu_new", layer_norm_epsilon=config.layer_norm_epsilon,
+        resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
+        bos_token_id=eos_token_id, eos_token_id=eos_token_id, tie_word_embeddings=True,
+        architectures=["GPT2LMHeadModel"], torch_dtype="float32",
+    )
+    return hf_config.to_dict()
+
+
+def save_gpt2_checkpoint(model: TransformerLM, directory: str, eos_token_id: int | None = None) -> None:
+    """Writes `config.json`, `model.safetensors` (PyTorch names and layout) and `generation_config.json`.
+
+    This is what `GPT2LMHeadModel.save_pretrained` writes: PyTorch `transformers`, vLLM and llama.cpp's
+    converter read it, and so does `from_gpt2_safetensors`. The tied `lm_head.weight` is left out, as HF does.
+
+    Raises:
+        ValueError: if the model is not a plain GPT-2 architecture (see `gpt2_state`).
+    """
+    import transformers
+    from safetensors.numpy import save_file
+
+    state = gpt2_state(model)
+    config = gpt2_config(model.config, eos_token_id)
+    os.makedirs(directory, exist_ok=True)
+    # transformers refuses a safetensors file whose metadata does not name its framework.
+    save_file(state, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    generation = transformers.GenerationConfig(bos_token_id=eos_token_id, eos_token_id=eos_token_id)
+    with open(os.path.join(directory, "generation_config.json"), "w") as f:
+        f.write(generation.to_json_string(use_diff=True))
+
+
+def save_hf_tokenizer(tokenizer, directory: str, model_max_length: int) -> None:
+    """Writes `tokenizer.json` and `tokenizer_config.json`, so HF's `AutoTokenizer.from_pretrained` loads it.
+
+    A BPE tokenizer becomes a `GPT2TokenizerFast`; a char tokenizer a `PreTrainedTokenizerFast` over a
+    word-level vocabulary of its characters (see `CharTokenizer.to_hf`).
+    """
+    os.makedirs(directory, exist_ok=True)
+    tokenizer.to_hf().save(os.path.join(directory, "tokenizer.json"))
+    eos = None if tokenizer.eos_id is None else tokenizer.to_hf().id_to_token(tokenizer.eos_id)
+    settings = {
+        "tokenizer_class": "PreTrainedTokenizerFast" if tokenizer.is_char_level else "GPT2TokenizerFast",
+        "model_max_length": model_max_length,
+        # HF's default clean-up deletes spaces before punctuation, which would break decode(encode(text)) == text.
+        "clean_up_tokenization_spaces": False,
+        **({} if eos is None else {"bos_token": eos, "eos_token": eos, "unk_token": eos}),
+    }
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump(settings, f, indent=2)
 
 
 def from_hf_gpt2(hf_model) -> TransformerLM:

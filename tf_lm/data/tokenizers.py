@@ -1,7 +1,7 @@
 """Tokenizers: text <-> token ids behind one interface, saved beside every trained model.
 
 Two kinds share `encode`, `decode`, `vocab_size`, `eos_id`, `pad_id`, `is_char_level`, `fingerprint`,
-`save(directory)` and `load(directory)`:
+`save(directory)`, `load(directory)` and `to_hf()` (an HF `tokenizers.Tokenizer`):
 
 - `CharTokenizer`: one id per character, the vocabulary being the sorted characters of a corpus (the classic
   char-level setup). Encoding is a numpy table lookup over code points, so a megabyte takes milliseconds.
@@ -162,6 +162,20 @@ class CharTokenizer:
         payload = {"kind": "char", "chars": list(self.chars), "unknown_token": self.unknown_token}
         _atomic_write_text(os.path.join(directory, CHAR_FILE), json.dumps(payload, ensure_ascii=False, indent=1))
 
+    def to_hf(self):
+        """The same mapping as an HF `tokenizers.Tokenizer` (one word per character), for `tokenizer.json`.
+
+        Every character is its own pre-token and a word-level vocabulary maps it to its id, so HF's
+        `AutoTokenizer` (and anything reading `tokenizer.json`) encodes and decodes exactly as this class does.
+        """
+        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+        vocab = {char: i for i, char in enumerate(self.chars)}
+        tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=self.unknown_token))
+        tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        tokenizer.decoder = decoders.Fuse()  # join the characters with nothing between them
+        return tokenizer
+
     @classmethod
     def load(cls, directory: str) -> CharTokenizer:
         """Reads a tokenizer written by `save`.
@@ -268,6 +282,10 @@ class BPETokenizer:
                 "decode ids produced by the same tokenizer (or a model trained with it)."
             )
         return self._tokenizer.decode(ids, skip_special_tokens=False)
+
+    def to_hf(self):
+        """The HF `tokenizers.Tokenizer` behind this one (what `tokenizer.json` holds)."""
+        return self._tokenizer
 
     def save(self, directory: str) -> None:
         """Writes HF `tokenizer.json` into `directory` (created if needed)."""

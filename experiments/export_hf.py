@@ -1,0 +1,50 @@
+"""Exports a trained model directory as a Hugging Face GPT-2 checkpoint, for PyTorch `transformers`, vLLM, llama.cpp.
+
+    python -m experiments.export_hf --model_dir=runs/shakespeare --output_dir=runs/shakespeare-hf
+
+Writes into --output_dir (built beside it and swapped in by rename): config.json (`GPT2LMHeadModel`),
+model.safetensors (PyTorch names and layout), generation_config.json, tokenizer.json and tokenizer_config.json.
+Load it with `transformers.GPT2LMHeadModel.from_pretrained(OUT)` and `AutoTokenizer.from_pretrained(OUT)`, or
+back here with `tf_lm.convert.from_gpt2_safetensors(OUT)`.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags, logging
+
+from tf_lm.artifacts import load_model_dir
+from tf_lm.convert import save_gpt2_checkpoint, save_hf_tokenizer
+from tf_lm.fileio import atomic_directory
+
+FLAGS = flags.FLAGS
+
+
+def export_hf(model_dir: str, output_dir: str) -> None:
+    """Writes the HF GPT-2 checkpoint of `model_dir` into `output_dir`.
+
+    Raises:
+        FileNotFoundError: if `model_dir` is not a model directory.
+        ValueError: if the model is not a plain GPT-2 architecture, or `output_dir` is a non-empty directory
+            that no export wrote (it is left untouched).
+    """
+    model, tokenizer = load_model_dir(model_dir)
+    with atomic_directory(output_dir, marker="model.safetensors") as staging:
+        save_gpt2_checkpoint(model, staging, eos_token_id=tokenizer.eos_id)
+        save_hf_tokenizer(tokenizer, staging, model_max_length=model.config.block_size)
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    try:
+        export_hf(FLAGS.model_dir, FLAGS.output_dir)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None
+    print(f"wrote {FLAGS.output_dir}: load it with transformers.GPT2LMHeadModel.from_pretrained({FLAGS.output_dir!r})")
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("model_dir", None, "A model directory written by experiments.train_lm.")
+    flags.DEFINE_string("output_dir", None, "Where the Hugging Face checkpoint is written.")
+    flags.mark_flags_as_required(["model_dir", "output_dir"])
+    app.run(main)
