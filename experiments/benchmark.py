@@ -14,10 +14,12 @@ import platform
 from absl import app, flags
 
 from experiments.benchmarks import SECTIONS
+from experiments.flags import flag_group, run_script
 
-flags.DEFINE_list("sections", list(SECTIONS), f"Benchmark sections to run, from {SECTIONS}.")
-flags.DEFINE_string("output", "bench_results/results.json", "Where to write the JSON results.")
-flags.DEFINE_bool("quick", False, "Shorter timings, for smoke-testing the benchmarks themselves.")
+with flag_group("benchmark"):
+    flags.DEFINE_list("sections", list(SECTIONS), f"Benchmark sections to run, from {SECTIONS}.")
+    flags.DEFINE_string("output", "bench_results/results.json", "Where to write the JSON results.")
+    flags.DEFINE_bool("quick", False, "Shorter timings, for smoke-testing the benchmarks themselves.")
 FLAGS = flags.FLAGS
 
 
@@ -59,4 +61,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_script(main)

@@ -7,14 +7,16 @@ is complete, only samples).
     python -m experiments.demo [--model_dir=runs/demo] [--steps=1000]
 """
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from experiments.flags import flag_group, run_script
 from experiments.train_lm import train
 from tf_lm import LMConfig, generate
 from tf_lm.training import TrainConfig, TrainingInterrupted
 
-flags.DEFINE_string("model_dir", "runs/demo", "Where the demo run is written (rerun to resume).")
-flags.DEFINE_integer("steps", 1000, "Training steps.")
+with flag_group("demo"):
+    flags.DEFINE_string("model_dir", "runs/demo", "Where the demo run is written (rerun to resume).")
+    flags.DEFINE_integer("steps", 1000, "Training steps.")
 FLAGS = flags.FLAGS
 PROMPTS = ("The ", "def ", "If the ")
 
@@ -43,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_script(main)

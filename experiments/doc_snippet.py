@@ -18,8 +18,10 @@ from __future__ import annotations
 import os
 
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 from transformers import BertTokenizer, TFBertForSequenceClassification
+
+from experiments.flags import flag_group, run_script
 
 FLAGS = flags.FLAGS
 
@@ -37,9 +39,11 @@ LABELS = [1, 1, 1, 1, 0, 0, 0, 0]
 
 
 def define_snippet_flags() -> None:
-    flags.DEFINE_string("model", "minilm", "Checkpoint to convert: 'minilm', a directory or a hub id.")
-    flags.DEFINE_string("checkpoint_dir", "runs/minilm-tf", "Where the converted TF checkpoint is (or is written).")
-    flags.DEFINE_integer("epochs", 3, "Epochs of the snippet's `fit`.")
+    with flag_group("snippet"):
+        flags.DEFINE_string("model", "minilm", "Checkpoint to convert: 'minilm', a directory or a hub id.")
+        flags.DEFINE_string("checkpoint_dir", "runs/minilm-tf", "Where the converted TF checkpoint is (or is "
+                            "written).")
+        flags.DEFINE_integer("epochs", 3, "Epochs of the snippet's `fit`.")
 
 
 def snippet_as_written(checkpoint: str, sentences=SENTENCES, labels=LABELS, epochs: int = 3):
@@ -88,4 +92,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_snippet_flags()
-    app.run(main)
+    run_script(main)

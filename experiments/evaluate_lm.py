@@ -13,9 +13,9 @@ import math
 
 import numpy as np
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 
-from experiments.flags import define_data_flags
+from experiments.flags import define_data_flags, flag_group, run_script
 from tf_lm.artifacts import load_model_dir
 from tf_lm.data import Corpus, lm_datasets, read_source
 from tf_lm.data.tokenizers import CharTokenizer
@@ -114,11 +114,14 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    with flag_group("model"):
+        flags.DEFINE_string("model_dir", None, "A model directory written by experiments.train_lm.")
     define_data_flags()
-    flags.DEFINE_string("model_dir", None, "A model directory written by experiments.train_lm.")
-    flags.DEFINE_enum("split", "validation", ["validation", "train"], "Which split of --dataset to evaluate.")
-    flags.DEFINE_integer("batch_size", 16, "Windows per evaluation batch.")
-    flags.DEFINE_integer("max_batches", None, "Evaluate only this many batches (default: the whole split).")
-    flags.DEFINE_string("score", None, "Instead of a split: print log P(W) of this text and each token's log-prob.")
+    with flag_group("evaluation"):
+        flags.DEFINE_enum("split", "validation", ["validation", "train"], "Which split of --dataset to evaluate.")
+        flags.DEFINE_integer("batch_size", 16, "Windows per evaluation batch.")
+        flags.DEFINE_integer("max_batches", None, "Evaluate only this many batches (default: the whole split).")
+        flags.DEFINE_string("score", None, "Instead of a split: print log P(W) of this text and each token's "
+                            "log-prob.")
     flags.mark_flags_as_required(["model_dir"])
-    app.run(main)
+    run_script(main)

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 from absl import app, flags
 
+from experiments.flags import flag_group, run_script
 from experiments.generate import define_sampling_flags, sampling_kwargs
 
 FLAGS = flags.FLAGS
 
 
 def define_export_flags() -> None:
-    flags.DEFINE_string("model_dir", None, "A model directory written by training (model.keras + tokenizer/).")
-    flags.DEFINE_string("export_dir", None, "Where to write the SavedModel (replaced if it exists).")
+    with flag_group("export"):
+        flags.DEFINE_string("model_dir", None, "A model directory written by training (model.keras + tokenizer/).")
+        flags.DEFINE_string("export_dir", None, "Where to write the SavedModel (replaced if it exists).")
     define_sampling_flags(default_temperature=0.0)
 
 
@@ -51,4 +53,4 @@ def main(argv):
 if __name__ == "__main__":
     define_export_flags()
     flags.mark_flags_as_required(["model_dir", "export_dir"])
-    app.run(main)
+    run_script(main)

@@ -10,8 +10,9 @@ back here with `tf_lm.convert.from_gpt2_safetensors(OUT)`.
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from experiments.flags import flag_group, run_script
 from tf_lm.artifacts import load_model_dir
 from tf_lm.convert import save_gpt2_checkpoint, save_hf_tokenizer
 from tf_lm.fileio import atomic_directory
@@ -44,7 +45,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.DEFINE_string("model_dir", None, "A model directory written by experiments.train_lm.")
-    flags.DEFINE_string("output_dir", None, "Where the Hugging Face checkpoint is written.")
+    with flag_group("export"):
+        flags.DEFINE_string("model_dir", None, "A model directory written by experiments.train_lm.")
+        flags.DEFINE_string("output_dir", None, "Where the Hugging Face checkpoint is written.")
     flags.mark_flags_as_required(["model_dir", "output_dir"])
-    app.run(main)
+    run_script(main)

@@ -1,8 +1,8 @@
 """Fine-tunes a pretrained BERT (`TFBertForSequenceClassification`) for text classification.
 
-    python -m experiments.finetune_bert --model=minilm --dataset=tfds:glue/sst2 --max_length=64 \
+    python -m experiments.finetune_bert --model=minilm --dataset=tfds:glue/sst2 --max_length=64 \\
         --epochs=3 --output_dir=runs/sst2
-    python -m experiments.finetune_bert --model=minilm --train_file=../shared/data/sst2/train.tsv \
+    python -m experiments.finetune_bert --model=minilm --train_file=../shared/data/sst2/train.tsv \\
         --eval_file=../shared/data/sst2/dev.tsv --max_train_examples=8000 --epochs=1 --output_dir=runs/sst2
 
 The best model (by eval accuracy) lands in `<output_dir>/best` (safetensors + tokenizer), ready for
@@ -16,39 +16,49 @@ import dataclasses
 
 from absl import app, flags, logging
 
+from experiments.flags import flag_group, run_script
+
 FLAGS = flags.FLAGS
 TFDS_PREFIX = "tfds:"
 
 
 def define_finetune_flags() -> None:
-    flags.DEFINE_string("model", "minilm", "'minilm' (offline MiniLM-L6 BERT), a checkpoint directory or a hub id.")
-    flags.DEFINE_string("dataset", None, "A TFDS text-classification dataset, e.g. tfds:glue/sst2 (or --train_file).")
-    flags.DEFINE_string("train_split", "train", "TFDS split to train on.")
-    flags.DEFINE_string("eval_split", "validation", "TFDS split to evaluate on.")
-    flags.DEFINE_string("tfds_data_dir", None, "Where prepared TFDS datasets live (TFDS's default if unset).")
-    flags.DEFINE_string("train_file", None, "Training TSV/CSV file with a header (instead of --dataset).")
-    flags.DEFINE_string("eval_file", None, "Evaluation TSV/CSV file, with --train_file.")
-    flags.DEFINE_string("text_key", "sentence", "Text column / feature (a column name, or a 0-based index).")
-    flags.DEFINE_string("label_key", "label", "Integer label column / feature (a column name, or a 0-based index).")
-    flags.DEFINE_integer("num_labels", None, "Number of classes; inferred from the data if unset.")
-    flags.DEFINE_list("label_names", None, "Class names by id, e.g. negative,positive (default: TFDS names).")
-    flags.DEFINE_integer("max_train_examples", None, "Train on only the first this many examples.")
-    flags.DEFINE_integer("max_length", 128, "Longest sequence in tokens ([CLS]/[SEP] included); longer are cut.")
-    flags.DEFINE_integer("batch_size", 32, "Global batch size, split across replicas.")
-    flags.DEFINE_float("learning_rate", 5e-5, "Peak AdamW learning rate (linear warm-up, then linear decay).")
-    flags.DEFINE_float("head_lr_multiplier", 1.0, "Pooler and classifier train at this multiple of --learning_rate.")
-    flags.DEFINE_float("warmup_fraction", 0.1, "Share of the training steps spent warming up.")
-    flags.DEFINE_float("weight_decay", 0.01, "AdamW weight decay (not applied to LayerNorm and biases).")
-    flags.DEFINE_integer("epochs", 3, "Passes over the training data.")
-    flags.DEFINE_integer("max_steps", None, "Train this many steps instead of --epochs passes.")
-    flags.DEFINE_integer("num_buckets", 8, "Length buckets (few padded shapes); 0 pads each batch to its longest.")
-    flags.DEFINE_bool("jit_compile", False, "XLA-compile the train and eval steps.")
-    flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16"],
-                      "mixed_bfloat16: bfloat16 compute, float32 weights (fast on AVX512_BF16/AMX CPUs, GPUs, TPUs).")
-    flags.DEFINE_integer("seed", 0, "Seed of the shuffling, the new head's initial weights and dropout.")
-    flags.DEFINE_string("output_dir", None, "Where best/ and history.json are written.")
-    flags.DEFINE_string("strategy", "auto", "auto, cpu, gpu, mirrored, tpu or multi_worker.")
-    flags.DEFINE_string("tpu", None, "TPU name or grpc:// address, with --strategy=tpu or auto.")
+    with flag_group("model"):
+        flags.DEFINE_string("model", "minilm", "'minilm' (offline MiniLM-L6 BERT), a checkpoint directory or a hub "
+                            "id.")
+    with flag_group("data"):
+        flags.DEFINE_string("dataset", None, "A TFDS text-classification dataset, e.g. tfds:glue/sst2 (or "
+                            "--train_file).")
+        flags.DEFINE_string("train_split", "train", "TFDS split to train on.")
+        flags.DEFINE_string("eval_split", "validation", "TFDS split to evaluate on.")
+        flags.DEFINE_string("tfds_data_dir", None, "Where prepared TFDS datasets live (TFDS's default if unset).")
+        flags.DEFINE_string("train_file", None, "Training TSV/CSV file with a header (instead of --dataset).")
+        flags.DEFINE_string("eval_file", None, "Evaluation TSV/CSV file, with --train_file.")
+        flags.DEFINE_string("text_key", "sentence", "Text column / feature (a column name, or a 0-based index).")
+        flags.DEFINE_string("label_key", "label", "Integer label column / feature (a column name, or a 0-based index).")
+        flags.DEFINE_integer("num_labels", None, "Number of classes; inferred from the data if unset.")
+        flags.DEFINE_list("label_names", None, "Class names by id, e.g. negative,positive (default: TFDS names).")
+        flags.DEFINE_integer("max_train_examples", None, "Train on only the first this many examples.")
+        flags.DEFINE_integer("max_length", 128, "Longest sequence in tokens ([CLS]/[SEP] included); longer are cut.")
+        flags.DEFINE_integer("num_buckets", 8, "Length buckets (few padded shapes); 0 pads each batch to its longest.")
+    with flag_group("optimisation"):
+        flags.DEFINE_integer("batch_size", 32, "Global batch size, split across replicas.")
+        flags.DEFINE_float("learning_rate", 5e-5, "Peak AdamW learning rate (linear warm-up, then linear decay).")
+        flags.DEFINE_float("head_lr_multiplier", 1.0, "Pooler and classifier train at this multiple of "
+                           "--learning_rate.")
+        flags.DEFINE_float("warmup_fraction", 0.1, "Share of the training steps spent warming up.")
+        flags.DEFINE_float("weight_decay", 0.01, "AdamW weight decay (not applied to LayerNorm and biases).")
+        flags.DEFINE_integer("epochs", 3, "Passes over the training data.")
+        flags.DEFINE_integer("max_steps", None, "Train this many steps instead of --epochs passes.")
+    with flag_group("run"):
+        flags.DEFINE_string("output_dir", None, "Where best/ and history.json are written.")
+        flags.DEFINE_integer("seed", 0, "Seed of the shuffling, the new head's initial weights and dropout.")
+        flags.DEFINE_bool("jit_compile", False, "XLA-compile the train and eval steps.")
+    with flag_group("distribution"):
+        flags.DEFINE_string("strategy", "auto", "auto, cpu, gpu, mirrored, tpu or multi_worker.")
+        flags.DEFINE_string("tpu", None, "TPU name or grpc:// address, with --strategy=tpu or auto.")
+        flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16"], "mixed_bfloat16: bfloat16 "
+                          "compute, float32 weights (fast on AVX512_BF16/AMX CPUs, GPUs, TPUs).")
 
 
 def config_from_flags():
@@ -120,4 +130,4 @@ if __name__ == "__main__":
     define_finetune_flags()
     flags.mark_flags_as_required(["output_dir"])
     logging.set_verbosity(logging.INFO)
-    app.run(main)
+    run_script(main)

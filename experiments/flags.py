@@ -1,13 +1,18 @@
-"""Shared absl flags and `configs_from_flags`, the one place flags map onto `LMConfig` and `TrainConfig`.
+"""Shared absl flags, their `--help` groups, and `configs_from_flags`, the one place flags map onto `LMConfig`
+and `TrainConfig`.
 
 Every flag is optional; a flag the user did not set leaves the preset's (or `TrainConfig`'s) value alone.
+A script defines its flags inside `flag_group(title)` blocks and starts with `run_script(main)` instead of
+`app.run(main)`: its `--help` then lists its own flags under those titles, with their defaults, and exits 0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import sys
 
-from absl import flags
+from absl import app, flags
 
 from tf_lm.configs import PRESETS, LMConfig
 from tf_lm.distribute import STRATEGIES
@@ -18,63 +23,143 @@ _TRAIN = TrainConfig()
 # Model fields a flag may override; vocab_size comes from the tokenizer, block_size from --block_size.
 MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "dropout")
 TRAIN_FIELDS = tuple(field.name for field in dataclasses.fields(TrainConfig))
+# The --help heading of a script's flag defined outside any `flag_group` (tests/test_help.py keeps it empty).
+UNGROUPED = "ungrouped (define these inside a flag_group)"
+_GROUP_OF: dict[flags.Flag, str] = {}
+
+
+@contextlib.contextmanager
+def flag_group(title: str, flag_values: flags.FlagValues = flags.FLAGS):
+    """Lists the flags defined inside the `with` block under `title` in `--help`, in the order defined."""
+    before = set(flag_values)
+    yield
+    for name in flag_values:
+        if name not in before:
+            _GROUP_OF[flag_values[name]] = title
+
+
+def _is_script_flag(module_name: str) -> bool:
+    # absl files a flag under its defining module's name, and under the script's path (sys.argv[0]) when the
+    # script itself (`__main__`) defines it; absl's and TensorFlow's own flags come from neither.
+    return module_name.startswith("experiments") or module_name == sys.argv[0]
+
+
+def _default_text(flag) -> str:
+    if flag.default_as_str is None:  # unset by default: the help text says what that means
+        return ""
+    # absl keeps the default as a repr ("'12'"); drop the quotes unless they carry whitespace or an escape.
+    value = flag.default_as_str[1:-1]
+    return "=" + (value if value and not any(c.isspace() or c == "\\" for c in value) else flag.default_as_str)
+
+
+def script_help(flag_values: flags.FlagValues = flags.FLAGS) -> str:
+    """The script's docstring, then each of its flags (`--name=default` and its help) under its group's title."""
+    own = {flag.name for module, module_flags in flag_values.flags_by_module_dict().items()
+           if _is_script_flag(module) for flag in module_flags}
+    groups: dict[str, list[str]] = {}
+    for name in flag_values:  # definition order
+        if name in own:
+            flag = flag_values[name]
+            boolean = "[no]" if isinstance(flag, flags.BooleanFlag) else ""
+            lines = groups.setdefault(_GROUP_OF.get(flag, UNGROUPED), [])
+            lines.append(f"  --{boolean}{name}{_default_text(flag)}")
+            lines.append(flags.text_wrap(flag.help, length=100, indent="      ", firstline_indent="      "))
+    doc = (sys.modules["__main__"].__doc__ or "").strip()
+    sections = [f"{title}:\n" + "\n".join(lines) for title, lines in groups.items()]
+    return "\n\n".join([doc, *sections]) + "\n"
+
+
+class _HelpFlag(app.HelpFlag):
+    """--help (-?, --helpshort): the script's own flags by group, on stdout, exit 0 (absl's lists only flags
+    defined in `__main__` and exits 1). --helpfull stays absl's: every flag, TensorFlow's too."""
+
+    def __init__(self, name: str, short_name: str | None):
+        self.NAME, self.SHORT_NAME = name, short_name
+        super().__init__()
+
+    def parse(self, arg):
+        if self._parse(arg):
+            sys.stdout.write(script_help())
+            sys.stdout.flush()
+            sys.exit(0)
+
+
+def run_script(main) -> None:
+    """`app.run(main)` with `--help` replaced by `script_help` (see `_HelpFlag`)."""
+    app.define_help_flags()
+    for name, short_name in (("help", "?"), ("helpshort", None)):
+        for registered in (name, short_name):
+            if registered is not None:
+                delattr(flags.FLAGS, registered)
+        flags.DEFINE_flag(_HelpFlag(name, short_name), module_name=app.__name__)
+    app.run(main)
 
 
 def define_data_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """--dataset and the options of `tf_lm.data.read_source`, shared by training and evaluation."""
-    flags.DEFINE_string("dataset", _TRAIN.dataset, "Text source: builtin:pydoc, text:<file or glob>, tfds:<name>.",
-        flag_values=flag_values)
-    flags.DEFINE_float("validation_fraction", 0.1, "Share of the text held out for validation, when the source "
-                       "has no validation split of its own.", flag_values=flag_values)
-    flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (where prepared datasets live).", flag_values=flag_values)
-    flags.DEFINE_string("tfds_manual_dir", None, "TFDS manual_dir holding the dataset's downloaded files.",
-        flag_values=flag_values)
-    flags.DEFINE_string("data_cache_dir", None, "Directory caching the token ids (.npy); unset: tokenise each run.",
-        flag_values=flag_values)
+    with flag_group("data", flag_values):
+        flags.DEFINE_string("dataset", _TRAIN.dataset, "Text source: builtin:pydoc, text:<file or glob>, tfds:<name>.",
+            flag_values=flag_values)
+        flags.DEFINE_float("validation_fraction", 0.1, "Share of the text held out for validation, when the source "
+                           "has no validation split of its own.", flag_values=flag_values)
+        flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (where prepared datasets live).",
+            flag_values=flag_values)
+        flags.DEFINE_string("tfds_manual_dir", None, "TFDS manual_dir holding the dataset's downloaded files.",
+            flag_values=flag_values)
+        flags.DEFINE_string("data_cache_dir", None, "Directory caching the token ids (.npy); unset: tokenise each run.",
+            flag_values=flag_values)
 
 
 def define_train_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """Model, data, optimisation, evaluation, precision, strategy and output flags of `train_lm`."""
+    """The flags of `train_lm`, in --help's groups: model, data, optimisation, run, distribution."""
+    with flag_group("model", flag_values):
+        flags.DEFINE_enum("preset", "nano", sorted(PRESETS), "Model preset; the flags below override its fields.",
+            flag_values=flag_values)
+        flags.DEFINE_integer("n_layer", None, "Transformer blocks (default: the preset's).", flag_values=flag_values)
+        flags.DEFINE_integer("n_head", None, "Attention heads (default: the preset's).", flag_values=flag_values)
+        flags.DEFINE_integer("n_embd", None, "Residual width (default: the preset's).", flag_values=flag_values)
+        flags.DEFINE_float("dropout", None, "Dropout rate (default: the preset's).", flag_values=flag_values)
+        flags.DEFINE_integer("block_size", None, "Context length trained on (default and maximum: the preset's).",
+            flag_values=flag_values)
     define_data_flags(flag_values)
-    flags.DEFINE_enum("preset", "nano", sorted(PRESETS), "Model preset; the flags below override its fields.",
-        flag_values=flag_values)
-    flags.DEFINE_integer("n_layer", None, "Transformer blocks (default: the preset's).", flag_values=flag_values)
-    flags.DEFINE_integer("n_head", None, "Attention heads (default: the preset's).", flag_values=flag_values)
-    flags.DEFINE_integer("n_embd", None, "Residual width (default: the preset's).", flag_values=flag_values)
-    flags.DEFINE_float("dropout", None, "Dropout rate (default: the preset's).", flag_values=flag_values)
-    flags.DEFINE_integer("block_size", None, "Context length trained on (default and maximum: the preset's).",
-        flag_values=flag_values)
-    flags.DEFINE_enum("tokenizer", _TRAIN.tokenizer, ["char", "bpe"], "Tokenizer built from the training text.",
-        flag_values=flag_values)
-    flags.DEFINE_integer("bpe_vocab_size", None, "BPE vocabulary size (only with --tokenizer=bpe).",
-        flag_values=flag_values)
-    flags.DEFINE_integer("batch_size", _TRAIN.batch_size, "Global batch size (split over the replicas).",
-        flag_values=flag_values)
-    flags.DEFINE_integer("steps", _TRAIN.steps, "Optimizer steps in the whole run.", flag_values=flag_values)
-    flags.DEFINE_float("learning_rate", _TRAIN.learning_rate, "Peak learning rate.", flag_values=flag_values)
-    flags.DEFINE_float("min_learning_rate", _TRAIN.min_learning_rate, "Floor of the cosine decay.",
-        flag_values=flag_values)
-    flags.DEFINE_integer("warmup_steps", _TRAIN.warmup_steps, "Linear warm-up steps.", flag_values=flag_values)
-    flags.DEFINE_float("weight_decay", _TRAIN.weight_decay, "AdamW weight decay (matrices only).",
-        flag_values=flag_values)
-    flags.DEFINE_float("beta1", _TRAIN.beta1, "AdamW beta1.", flag_values=flag_values)
-    flags.DEFINE_float("beta2", _TRAIN.beta2, "AdamW beta2.", flag_values=flag_values)
-    flags.DEFINE_float("grad_clip", _TRAIN.grad_clip, "Clip the global gradient norm to this (0: off).",
-        flag_values=flag_values)
-    flags.DEFINE_integer("eval_every", _TRAIN.eval_every, "Validate every this many steps.", flag_values=flag_values)
-    flags.DEFINE_integer("eval_steps", _TRAIN.eval_steps, "Validation batches per evaluation.", flag_values=flag_values)
-    flags.DEFINE_integer("checkpoint_every", _TRAIN.checkpoint_every, "Checkpoint every this many steps.",
-        flag_values=flag_values)
-    flags.DEFINE_integer("log_every", _TRAIN.log_every, "Write a metrics row every this many steps.",
-        flag_values=flag_values)
-    flags.DEFINE_enum("precision", _TRAIN.precision, list(PRECISIONS), "Compute precision.", flag_values=flag_values)
-    flags.DEFINE_integer("seed", _TRAIN.seed, "Seed of the initialisation, dropout and training windows.",
-        flag_values=flag_values)
-    flags.DEFINE_enum("strategy", "auto", list(STRATEGIES), "tf.distribute strategy.", flag_values=flag_values)
-    flags.DEFINE_string("tpu", None, "TPU name or grpc:// address (with --strategy=tpu or auto).",
-        flag_values=flag_values)
-    flags.DEFINE_string("model_dir", None, "Output directory: model, checkpoints, metrics, logs. Rerun to resume.",
-        flag_values=flag_values)
+    with flag_group("data", flag_values):
+        flags.DEFINE_enum("tokenizer", _TRAIN.tokenizer, ["char", "bpe"], "Tokenizer built from the training text.",
+            flag_values=flag_values)
+        flags.DEFINE_integer("bpe_vocab_size", None, "BPE vocabulary size (only with --tokenizer=bpe).",
+            flag_values=flag_values)
+    with flag_group("optimisation", flag_values):
+        flags.DEFINE_integer("batch_size", _TRAIN.batch_size, "Global batch size (split over the replicas).",
+            flag_values=flag_values)
+        flags.DEFINE_integer("steps", _TRAIN.steps, "Optimizer steps in the whole run.", flag_values=flag_values)
+        flags.DEFINE_float("learning_rate", _TRAIN.learning_rate, "Peak learning rate.", flag_values=flag_values)
+        flags.DEFINE_float("min_learning_rate", _TRAIN.min_learning_rate, "Floor of the cosine decay.",
+            flag_values=flag_values)
+        flags.DEFINE_integer("warmup_steps", _TRAIN.warmup_steps, "Linear warm-up steps.", flag_values=flag_values)
+        flags.DEFINE_float("weight_decay", _TRAIN.weight_decay, "AdamW weight decay (matrices only).",
+            flag_values=flag_values)
+        flags.DEFINE_float("beta1", _TRAIN.beta1, "AdamW beta1.", flag_values=flag_values)
+        flags.DEFINE_float("beta2", _TRAIN.beta2, "AdamW beta2.", flag_values=flag_values)
+        flags.DEFINE_float("grad_clip", _TRAIN.grad_clip, "Clip the global gradient norm to this (0: off).",
+            flag_values=flag_values)
+    with flag_group("run", flag_values):
+        flags.DEFINE_string("model_dir", None, "Output directory: model, checkpoints, metrics, logs. Rerun to resume.",
+            flag_values=flag_values)
+        flags.DEFINE_integer("eval_every", _TRAIN.eval_every, "Validate every this many steps.",
+            flag_values=flag_values)
+        flags.DEFINE_integer("eval_steps", _TRAIN.eval_steps, "Validation batches per evaluation.",
+            flag_values=flag_values)
+        flags.DEFINE_integer("checkpoint_every", _TRAIN.checkpoint_every, "Checkpoint every this many steps.",
+            flag_values=flag_values)
+        flags.DEFINE_integer("log_every", _TRAIN.log_every, "Write a metrics row every this many steps.",
+            flag_values=flag_values)
+        flags.DEFINE_integer("seed", _TRAIN.seed, "Seed of the initialisation, dropout and training windows.",
+            flag_values=flag_values)
+    with flag_group("distribution", flag_values):
+        flags.DEFINE_enum("strategy", "auto", list(STRATEGIES), "tf.distribute strategy.", flag_values=flag_values)
+        flags.DEFINE_string("tpu", None, "TPU name or grpc:// address (with --strategy=tpu or auto).",
+            flag_values=flag_values)
+        flags.DEFINE_enum("precision", _TRAIN.precision, list(PRECISIONS), "Compute precision.",
+            flag_values=flag_values)
 
 
 def configs_from_flags(flag_values: flags.FlagValues) -> tuple[LMConfig, TrainConfig]:

@@ -1,6 +1,6 @@
 """Streams text from a trained model directory as it is generated.
 
-    python -m experiments.generate --model_dir=runs/shakespeare --prompt="ROMEO:" --max_new_tokens=300 \
+    python -m experiments.generate --model_dir=runs/shakespeare --prompt="ROMEO:" --max_new_tokens=300 \\
         --temperature=0.8 --top_k=40 --seed=1 --num_samples=2
 
 The sampler follows the flags: --temperature=0 is greedy; --top_p picks nucleus sampling (with --top_k, top-k
@@ -14,14 +14,18 @@ import sys
 
 from absl import app, flags
 
+from experiments.flags import flag_group, run_script
+
 FLAGS = flags.FLAGS
 
 
 def define_sampling_flags(default_temperature: float) -> None:
     """--temperature, --top_k and --top_p, shared by `experiments.generate` and `experiments.export`."""
-    flags.DEFINE_float("temperature", default_temperature, "Softmax temperature; 0 means greedy decoding.")
-    flags.DEFINE_integer("top_k", None, "Sample among the k most likely tokens.")
-    flags.DEFINE_float("top_p", None, "Nucleus sampling: the smallest set of tokens holding this probability mass.")
+    with flag_group("sampling"):
+        flags.DEFINE_float("temperature", default_temperature, "Softmax temperature; 0 means greedy decoding.")
+        flags.DEFINE_integer("top_k", None, "Sample among the k most likely tokens.")
+        flags.DEFINE_float("top_p", None, "Nucleus sampling: the smallest set of tokens holding this probability "
+                           "mass.")
 
 
 def sampling_kwargs(temperature: float, top_k: int | None, top_p: float | None) -> dict:
@@ -31,12 +35,14 @@ def sampling_kwargs(temperature: float, top_k: int | None, top_p: float | None) 
 
 
 def define_generate_flags() -> None:
-    flags.DEFINE_string("model_dir", None, "A model directory written by training (model.keras + tokenizer/).")
-    flags.DEFINE_string("prompt", "\n", "Text to continue; every character/token must be in the tokenizer.")
-    flags.DEFINE_integer("max_new_tokens", 200, "New tokens per sample; prompt + new tokens must fit the context.")
-    flags.DEFINE_integer("seed", None, "Seed of the random samplers; sample i uses seed + i. Unset: random.")
-    flags.DEFINE_integer("num_samples", 1, "Number of samples, streamed one after another.")
-    flags.DEFINE_integer("chunk_size", 8, "Decoding steps per streamed chunk.")
+    with flag_group("generation"):
+        flags.DEFINE_string("model_dir", None, "A model directory written by training (model.keras + tokenizer/).")
+        flags.DEFINE_string("prompt", "\n", "Text to continue; every character/token must be in the tokenizer.")
+        flags.DEFINE_integer("max_new_tokens", 200, "New tokens per sample; prompt + new tokens must fit the "
+                             "context.")
+        flags.DEFINE_integer("seed", None, "Seed of the random samplers; sample i uses seed + i. Unset: random.")
+        flags.DEFINE_integer("num_samples", 1, "Number of samples, streamed one after another.")
+        flags.DEFINE_integer("chunk_size", 8, "Decoding steps per streamed chunk.")
     define_sampling_flags(default_temperature=0.8)
 
 
@@ -101,4 +107,4 @@ def main(argv):
 if __name__ == "__main__":
     define_generate_flags()
     flags.mark_flags_as_required(["model_dir"])
-    app.run(main)
+    run_script(main)

@@ -10,14 +10,17 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from experiments.flags import flag_group, run_script
 
 FLAGS = flags.FLAGS
 
 
 def define_predict_flags() -> None:
-    flags.DEFINE_string("model_dir", None, "A fine-tuned model directory (<output_dir>/best of finetune_bert).")
-    flags.DEFINE_integer("max_length", 128, "Longer sentences are cut to this many tokens.")
+    with flag_group("prediction"):
+        flags.DEFINE_string("model_dir", None, "A fine-tuned model directory (<output_dir>/best of finetune_bert).")
+        flags.DEFINE_integer("max_length", 128, "Longer sentences are cut to this many tokens.")
 
 
 def run(model_dir: str, sentences: list[str], max_length: int, out=sys.stdout) -> None:
@@ -53,4 +56,4 @@ def main(argv):
 if __name__ == "__main__":
     define_predict_flags()
     flags.mark_flags_as_required(["model_dir"])
-    app.run(main)
+    run_script(main)

@@ -13,9 +13,9 @@ import dataclasses
 import json
 import os
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from experiments.flags import configs_from_flags, define_train_flags
+from experiments.flags import configs_from_flags, define_train_flags, run_script
 from tf_lm import artifacts
 from tf_lm.configs import LMConfig
 from tf_lm.data import build_tokenizer, lm_datasets, load_tokenizer, read_source
@@ -161,4 +161,4 @@ def main(argv):
 if __name__ == "__main__":
     define_train_flags()
     flags.mark_flags_as_required(["model_dir"])
-    app.run(main)
+    run_script(main)

@@ -1,0 +1,77 @@
+"""`--help` of every script: its own flags, grouped, with defaults, exit 0; and no TensorFlow start-up noise."""
+
+import json
+import re
+import subprocess
+import sys
+
+from conftest import REPO, run_module, script_environment
+
+from experiments.flags import UNGROUPED
+
+# Every module of experiments/ that runs as a script.
+SCRIPTS = sorted(f"experiments.{path.stem}" for path in (REPO / "experiments").glob("*.py")
+                 if 'if __name__ == "__main__":' in path.read_text())
+
+# Runs each script's `--help` in a fork of one process that imported TensorFlow once, so every script starts
+# from the same fresh absl state; reports its exit code, its output and the flags it defined: every flag that
+# was not there before it ran, whatever module it came from.
+DRIVER = """
+import contextlib, io, json, os, runpy, sys
+from absl import app, flags
+import experiments
+
+app.define_help_flags()
+before = set(flags.FLAGS)
+report = {}
+for script in sys.argv[1:]:
+    read_end, write_end = os.pipe()
+    if os.fork() == 0:
+        os.close(read_end)
+        sys.argv = [script, "--help"]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            try:
+                runpy.run_module(script, run_name="__main__", alter_sys=True)
+                code = "returned without exiting"
+            except SystemExit as exit:
+                code = exit.code
+        defined = sorted(set(flags.FLAGS) - before)
+        with os.fdopen(write_end, "w") as pipe:
+            json.dump({"code": code, "help": out.getvalue(), "flags": defined}, pipe)
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        report[script] = json.load(pipe)
+    os.wait()
+print(json.dumps(report))
+"""
+
+
+def test_every_script_lists_all_its_flags_in_groups_and_exits_0():
+    assert {"experiments.train_lm", "experiments.generate", "experiments.finetune_bert"} <= set(SCRIPTS)
+    result = subprocess.run([sys.executable, "-c", DRIVER, *SCRIPTS], cwd=REPO, env=script_environment(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    for script in SCRIPTS:
+        help_text, defined = report[script]["help"], report[script]["flags"]
+        assert report[script]["code"] == 0, (script, report[script]["code"])
+        assert defined, script
+        listed = set(re.findall(r"^  --(?:\[no\])?(\w+)", help_text, flags=re.MULTILINE))
+        assert set(defined) <= listed, f"{script} --help misses {sorted(set(defined) - listed)}"
+        assert UNGROUPED not in help_text, f"{script} defines flags outside a flag_group:\n{help_text}"
+
+
+def test_train_lm_help_groups_flags_with_defaults_and_no_start_up_noise():
+    result = run_module("experiments.train_lm", "--help", timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("Trains a `TransformerLM`")
+    headings = re.findall(r"^(\w[\w ]*):$", result.stdout, flags=re.MULTILINE)
+    assert headings == ["model", "data", "optimisation", "run", "distribution"]
+    model = result.stdout.split("\nmodel:\n")[1].split("\n\n")[0]
+    assert "  --preset=nano\n" in model and "  --block_size\n" in model
+    assert "  --warmup_steps=100\n" in result.stdout.split("\noptimisation:\n")[1]
+    # TensorFlow's C++ start-up lines ("I0000 00:00:... port.cc:153] oneDNN ...", "WARNING: All log messages
+    # before absl::InitializeLog() ...") must not reach the user; nothing else is written either.
+    assert result.stderr == ""
