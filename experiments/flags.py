@@ -165,7 +165,9 @@ def define_train_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 def configs_from_flags(flag_values: flags.FlagValues) -> tuple[LMConfig, TrainConfig]:
     """Maps the parsed flags onto `(LMConfig, TrainConfig)`: the preset first, then only the flags the user set.
 
-    The returned `LMConfig` keeps the preset's `vocab_size`; the caller replaces it with the tokenizer's.
+    The returned `LMConfig` keeps the preset's `vocab_size`; the caller replaces it with the tokenizer's. A run
+    shorter than the default warm-up (--steps=10, say) warms up for `steps - 1` steps instead, and prints one line
+    saying so; a --warmup_steps the user set is never changed.
 
     Args:
         flag_values: parsed `absl.flags.FLAGS` after `define_train_flags()`.
@@ -190,5 +192,10 @@ def configs_from_flags(flag_values: flags.FlagValues) -> tuple[LMConfig, TrainCo
             )
         overrides["block_size"] = block_size
     model_config = LMConfig.preset(flag_values.preset, **overrides)
-    train_config = TrainConfig(**{name: flag_values[name].value for name in TRAIN_FIELDS if flag_values[name].present})
-    return model_config, train_config
+    train_values = {name: flag_values[name].value for name in TRAIN_FIELDS if flag_values[name].present}
+    steps = train_values.get("steps", _TRAIN.steps)
+    if "warmup_steps" not in train_values and _TRAIN.warmup_steps >= steps > 0:
+        train_values["warmup_steps"] = steps - 1
+        print(f"note: the default --warmup_steps={_TRAIN.warmup_steps} does not fit --steps={steps}; warming up "
+              f"for {steps - 1} steps (set --warmup_steps to choose)", flush=True)
+    return model_config, TrainConfig(**train_values)

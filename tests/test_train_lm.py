@@ -129,3 +129,25 @@ def test_configs_from_flags_takes_the_preset_then_only_the_flags_set():
     model_config, train_config = configs_from_flags(values)
     assert model_config == LMConfig.preset("char-small", n_layer=2, block_size=128)  # dropout 0.2 kept from the preset
     assert train_config == TrainConfig(steps=700)
+
+
+@pytest.mark.parametrize("steps, warmup_flag, warmup", [(10, None, 9), (1, None, 0), (100, None, 99), (101, None, 100),
+                                                        (2000, None, 100), (10, "--warmup_steps=3", 3)])
+def test_the_default_warmup_is_clamped_to_a_shorter_run_and_says_so(capsys, steps, warmup_flag, warmup):
+    values = flags.FlagValues()
+    define_train_flags(values)
+    values(["train_lm", f"--steps={steps}", *([warmup_flag] if warmup_flag else [])])
+    _, train_config = configs_from_flags(values)
+    assert train_config == TrainConfig(steps=steps, warmup_steps=warmup)
+    note = capsys.readouterr().out
+    clamped = warmup_flag is None and steps <= TrainConfig().warmup_steps
+    assert note == (f"note: the default --warmup_steps=100 does not fit --steps={steps}; warming up for {warmup} "
+                    "steps (set --warmup_steps to choose)\n" if clamped else "")
+
+
+def test_a_warmup_the_user_set_is_not_clamped():
+    values = flags.FlagValues()
+    define_train_flags(values)
+    values(["train_lm", "--steps=10", "--warmup_steps=10"])
+    with pytest.raises(ValueError, match="warmup_steps must be in"):
+        configs_from_flags(values)
