@@ -2,7 +2,8 @@
 
     python -m experiments.export --model_dir=runs/shakespeare --export_dir=exports/shakespeare
 
-The sampler is fixed at export time by the same flags as `experiments.generate` (default greedy). Loading
+The sampler and the context policy are fixed at export time by the same flags as `experiments.generate`
+(default greedy, sliding past the context). Loading
 needs only TensorFlow:
 
     m = tf.saved_model.load("exports/shakespeare")
@@ -26,7 +27,7 @@ def define_export_flags() -> None:
     define_sampling_flags(default_temperature=0.0)
 
 
-def run(model_dir: str, export_dir: str, sampling: dict) -> None:
+def run(model_dir: str, export_dir: str, sampling: dict, context_policy: str = "slide") -> None:
     """Loads `model_dir` and writes its SavedModel to `export_dir`.
 
     Raises:
@@ -37,7 +38,7 @@ def run(model_dir: str, export_dir: str, sampling: dict) -> None:
     from tf_lm.generation.export import export_saved_model
 
     model, tokenizer = load_model_dir(model_dir)
-    export_saved_model(model, tokenizer, export_dir, **sampling)
+    export_saved_model(model, tokenizer, export_dir, context_policy=context_policy, **sampling)
     print(f"Wrote a SavedModel with a 'generate' signature to {export_dir}")
 
 
@@ -45,7 +46,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
     try:
-        run(FLAGS.model_dir, FLAGS.export_dir, sampling_kwargs(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p))
+        run(FLAGS.model_dir, FLAGS.export_dir, sampling_kwargs(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p),
+            FLAGS.context_policy)
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}") from None
 

@@ -6,6 +6,7 @@
 The sampler follows the flags: --temperature=0 is greedy; --top_p picks nucleus sampling (with --top_k, top-k
 first); --top_k alone picks top-k; otherwise plain temperature sampling. Tokens are decoded in chunks of
 --chunk_size steps, each chunk a compiled program that carries the KV cache on, so text appears as it is made.
+Past the model's context the window slides (--context_policy=slide, the default) or the run is refused (refuse).
 """
 
 from __future__ import annotations
@@ -20,12 +21,17 @@ FLAGS = flags.FLAGS
 
 
 def define_sampling_flags(default_temperature: float) -> None:
-    """--temperature, --top_k and --top_p, shared by `experiments.generate` and `experiments.export`."""
+    """--temperature, --top_k, --top_p and --context_policy, shared by `experiments.generate` and `.export`."""
     with flag_group("sampling"):
         flags.DEFINE_float("temperature", default_temperature, "Softmax temperature; 0 means greedy decoding.")
         flags.DEFINE_integer("top_k", None, "Sample among the k most likely tokens.")
         flags.DEFINE_float("top_p", None, "Nucleus sampling: the smallest set of tokens holding this probability "
                            "mass.")
+        flags.DEFINE_enum(
+            "context_policy", "slide", ["slide", "refuse"],
+            "Past the model's context (prompt + new tokens > block_size): slide the window (keep the newest half "
+            "of the context and go on), or refuse with an error.",
+        )
 
 
 def sampling_kwargs(temperature: float, top_k: int | None, top_p: float | None) -> dict:
@@ -38,8 +44,8 @@ def define_generate_flags() -> None:
     with flag_group("generation"):
         flags.DEFINE_string("model_dir", None, "A model directory written by training (model.keras + tokenizer/).")
         flags.DEFINE_string("prompt", "\n", "Text to continue; every character/token must be in the tokenizer.")
-        flags.DEFINE_integer("max_new_tokens", 200, "New tokens per sample; prompt + new tokens must fit the "
-                             "context.")
+        flags.DEFINE_integer("max_new_tokens", 200, "New tokens per sample (past the context, see "
+                             "--context_policy).")
         flags.DEFINE_integer("seed", None, "Seed of the random samplers; sample i uses seed + i. Unset: random.")
         flags.DEFINE_integer("num_samples", 1, "Number of samples, streamed one after another.")
         flags.DEFINE_integer("chunk_size", 8, "Decoding steps per streamed chunk.")
@@ -64,7 +70,7 @@ class _TextPrinter:
 
 
 def run(model_dir: str, prompt: str, max_new_tokens: int, seed: int | None, num_samples: int, chunk_size: int,
-        sampling: dict, out=sys.stdout) -> None:
+        sampling: dict, context_policy: str = "slide", out=sys.stdout) -> None:
     """Loads `model_dir` and streams `num_samples` continuations of `prompt` to `out`.
 
     Raises:
@@ -83,7 +89,7 @@ def run(model_dir: str, prompt: str, max_new_tokens: int, seed: int | None, num_
         # `stream` checks the prompt and settings when called, so a refusal comes before any output.
         chunks = stream(model, [prompt_ids], max_new_tokens=max_new_tokens,
                         seed=None if seed is None else seed + sample, stop_token_ids=stop_token_ids,
-                        chunk_size=chunk_size, **sampling)
+                        context_policy=context_policy, chunk_size=chunk_size, **sampling)
         if num_samples > 1:
             out.write(f"--- sample {sample + 1} of {num_samples} ---\n")
         out.write(prompt)
@@ -99,7 +105,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; pass the prompt with --prompt.")
     try:
         run(FLAGS.model_dir, FLAGS.prompt, FLAGS.max_new_tokens, FLAGS.seed, FLAGS.num_samples, FLAGS.chunk_size,
-            sampling_kwargs(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p))
+            sampling_kwargs(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p), FLAGS.context_policy)
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}") from None
 

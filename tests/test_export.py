@@ -64,12 +64,16 @@ def test_saved_model_reproduces_in_process_generation_without_tf_lm(model_and_to
                        stop_token_ids=[stop])
     assert not any(name.startswith(".") for name in os.listdir(tmp_path))  # no staging directory left behind
 
-    greedy, sampled = load_and_run((greedy_dir, 7, 0, PROMPTS), (sampled_dir, 9, 77, PROMPTS))
+    # 40 new tokens pass the 32-token context: the export slides the window as generate does.
+    greedy, sliding, sampled = load_and_run(
+        (greedy_dir, 7, 0, PROMPTS), (greedy_dir, 40, 0, PROMPTS), (sampled_dir, 9, 77, PROMPTS)
+    )
 
     prompt_ids = [tokenizer.encode(p) for p in PROMPTS]
     expected = generate(model, prompt_ids, max_new_tokens=7)
     assert greedy["token_ids"] == expected
     assert greedy["text"] == [tokenizer.decode(row) for row in expected]
+    assert sliding["token_ids"] == generate(model, prompt_ids, max_new_tokens=40)
 
     # The baked-in sampler draws the same noise as the XLA-compiled generate, stop token included.
     expected = generate(model, prompt_ids, max_new_tokens=9, sampler="top_p", temperature=1.5, top_p=0.9, seed=77,
@@ -78,6 +82,26 @@ def test_saved_model_reproduces_in_process_generation_without_tf_lm(model_and_to
     assert served["lengths"] == [len(row) for row in expected]
     assert [row[:length] for row, length in zip(served["token_ids"], served["lengths"])] == expected
     assert served["text"] == [tokenizer.decode(row) for row in expected]
+
+
+def test_a_refused_request_fails_with_one_readable_line(model_and_tokenizer, tmp_path):
+    import tensorflow as tf
+
+    model, tokenizer = model_and_tokenizer
+    export_saved_model(model, tokenizer, str(tmp_path / "refuse"), context_policy="refuse")
+    serve = tf.saved_model.load(str(tmp_path / "refuse")).signatures["generate"]
+    for prompt, max_new_tokens, message in [
+        ("hello", 28, "longer than the model context (block_size=32), which this SavedModel refuses"),
+        ("hello!", 2, "a prompt holds a character outside the vocabulary"),
+        ("", 2, "every prompt needs at least one character"),
+    ]:
+        with pytest.raises(tf.errors.InvalidArgumentError) as error:
+            serve(prompt=tf.constant([prompt]), max_new_tokens=tf.constant(max_new_tokens),
+                  seed=tf.constant(0, tf.int64))
+        lines = [line for line in str(error.value).splitlines() if "Invalid generate request" in line]
+        assert len(lines) == 1 and message in lines[0] and "\\" not in lines[0], str(error.value)
+    with pytest.raises(ValueError, match="context_policy must be one of"):
+        export_saved_model(model, tokenizer, str(tmp_path / "bad"), context_policy="crop")
 
 
 def test_export_rejects_a_bpe_tokenizer(model_and_tokenizer, tmp_path):
@@ -101,7 +125,7 @@ def test_export_cli_writes_a_saved_model_and_reports_errors_in_one_line(model_an
     from experiments import export
 
     parsed = SimpleNamespace(model_dir=str(tmp_path / "missing"), export_dir=str(tmp_path / "export2"),
-                             temperature=0.0, top_k=None, top_p=None)
+                             temperature=0.0, top_k=None, top_p=None, context_policy="slide")
     monkeypatch.setattr(export, "FLAGS", parsed)
     with pytest.raises(SystemExit, match=r"^error: No model.keras in .*missing") as exit_info:
         export.main(["export"])

@@ -11,7 +11,8 @@ from tf_lm import LMConfig, TransformerLM, generate
 from tf_lm.artifacts import save_model_dir
 from tf_lm.data import CharTokenizer
 from tf_lm.generation import GreedySampler, stream
-from tf_lm.generation.generate import _programs
+from tf_lm.generation.generate import _programs, _seed_tensor, slide_keep
+from tf_lm.generation.samplers import TopPSampler, fold_in
 
 CONFIG = LMConfig(vocab_size=13, block_size=24, n_layer=2, n_head=2, n_embd=16)
 PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12], [7]]
@@ -106,8 +107,9 @@ def test_context_edges(model):
     "prompts, kwargs, message",
     [
         ([[1, 2], []], {}, "Prompt 1 is empty"),
-        ([[1] * 20], {"max_new_tokens": 5}, "beyond the model's context block_size=24"),
-        ([[1] * 25], {"max_new_tokens": 1}, "beyond the model's context"),
+        ([[1] * 20], {"max_new_tokens": 5, "context_policy": "refuse"}, "beyond the model's context block_size=24"),
+        ([[1] * 25], {"max_new_tokens": 1, "context_policy": "refuse"}, "or pass context_policy='slide'"),
+        ([[1]], {"context_policy": "crop"}, r"context_policy must be one of \['slide', 'refuse'\]"),
         ([[1, 13]], {}, r"token id 13, outside the model's vocabulary \[0, 13\)"),
         ([[1, -1]], {}, "token id -1"),
         ([[1, 2]], {"max_new_tokens": 0}, "max_new_tokens must be an integer >= 1"),
@@ -128,11 +130,57 @@ def test_generate_rejects_bad_input(model, prompts, kwargs, message):
         generate(model, prompts, **kwargs)
 
 
-def test_stream_checks_arguments_when_called(model):
-    with pytest.raises(ValueError, match="chunk_size"):
-        stream(model, [[1]], max_new_tokens=2, chunk_size=0)
-    with pytest.raises(ValueError, match="is empty"):
-        stream(model, [[]], max_new_tokens=2)
+# === Past the context: the sliding window ===
+
+
+def sharp_model(block_size):
+    """A random model with large weights, so greedy continuations vary instead of repeating one token."""
+    model = TransformerLM(LMConfig(vocab_size=13, block_size=block_size, n_layer=2, n_head=2, n_embd=16))
+    rng = np.random.default_rng(block_size)
+    model.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") if w.ndim == 2 else w
+                       for w in model.get_weights()])
+    return model
+
+
+def naive_crop_loop(model, prompt, max_new_tokens, sampler=None, seed=None, row=0):
+    """The reference: recompute the whole context for every token, cropping it as the policy documents.
+
+    The context starts as the prompt's last block_size tokens; when it would pass block_size tokens it keeps its
+    newest slide_keep(block_size). Greedy by default; with `sampler`, the draws of batch row `row`.
+    """
+    window = model.config.block_size
+    ids = list(prompt[-window:])
+    start, first = 0, len(ids)
+    for step in range(max_new_tokens):
+        if len(ids) - start > window:
+            start = len(ids) - slide_keep(window)
+        logits = model(np.array([ids[start:]], np.int32))[:, -1]  # (1, V)
+        if sampler is None:
+            ids.append(int(np.argmax(logits[0])))
+        else:
+            rows = np.repeat(logits, row + 1, axis=0)  # (row + 1, V): the noise depends on the row index
+            ids.append(int(sampler.get_next_token(rows, fold_in(_seed_tensor(seed), step))[row]))
+    return ids[first:]
+
+
+@pytest.mark.parametrize("block_size", [1, 9])
+def test_sliding_greedy_equals_the_naive_crop_and_recompute_loop(block_size):
+    model = sharp_model(block_size)
+    # Ragged rows slide at different steps, each as the naive loop over that row alone; the second prompt is
+    # longer than the context. At block_size 1 the window slides at every token.
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12, 1, 2], [7]]
+    new = generate(model, prompts, max_new_tokens=2 * block_size + 3)
+    assert new == [naive_crop_loop(model, prompt, 2 * block_size + 3) for prompt in prompts]
+
+
+def test_sliding_streams_sampled_chunks_as_the_naive_loop():
+    model = sharp_model(8)
+    sampler = TopPSampler(0.9, temperature=1.5)
+    prompts = [[3, 1, 4, 1, 5], [9, 2]]
+    chunks = list(stream(model, prompts, max_new_tokens=21, sampler=sampler, seed=7, chunk_size=5))
+    assert [sum((chunk[row] for chunk in chunks), []) for row in range(2)] == [
+        naive_crop_loop(model, prompt, 21, sampler, seed=7, row=row) for row, prompt in enumerate(prompts)
+    ]
 
 
 # === The CLI ===
@@ -189,12 +237,16 @@ def test_cli_rejects_prompts_it_cannot_continue(model_dir):
     from experiments.generate import run, sampling_kwargs
 
     settings = dict(max_new_tokens=3, seed=None, num_samples=1, chunk_size=2,
-                    sampling=sampling_kwargs(0.0, None, None))
+                    sampling=sampling_kwargs(0.0, None, None), context_policy="refuse")
     for prompt, message in [("abZ", "Character 'Z'"), ("", "Prompt 0 is empty"), ("a" * 30, "block_size=24")]:
         out = io.StringIO()
         with pytest.raises(ValueError, match=message):
             run(model_dir, prompt, out=out, **settings)
         assert out.getvalue() == ""  # refused before printing anything
+    # The default policy slides past the context instead.
+    out = io.StringIO()
+    run(model_dir, "a" * 30, **{**settings, "context_policy": "slide"}, out=out)
+    assert out.getvalue().startswith("a" * 30) and len(out.getvalue()) == 30 + 3 + 1
     with pytest.raises(ValueError, match="num_samples"):
         run(model_dir, "a", **{**settings, "num_samples": 0})
 

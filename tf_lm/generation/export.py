@@ -4,7 +4,9 @@ The SavedModel needs only TensorFlow: the weights, the decoding loop (prefill + 
 and the tokenizer all live in the graph. Char-level tokenisation is two lookup tables (character -> id as a
 hash table, id -> character as a constant gathered from), so the `generate` signature takes and returns
 strings and TensorFlow Serving can serve it as is. The graph keeps dynamic shapes (any batch, prompt length
-and `max_new_tokens`) and is not XLA-compiled, so it runs wherever TensorFlow does.
+and `max_new_tokens`) and is not XLA-compiled, so it runs wherever TensorFlow does. Past the model's context
+it slides the window exactly as `generate` does, or (exported with `context_policy="refuse"`) fails; a bad
+request fails with one `InvalidArgumentError` whose message starts "Invalid generate request: ...".
 
 Signature `generate`:
     prompt: string `[batch]`, UTF-8 prompts (each at least one character, every character in the vocabulary).
@@ -24,8 +26,16 @@ import tempfile
 
 import tensorflow as tf
 
-from tf_lm.generation.generate import next_fn, prefill
+from tf_lm.generation.generate import CONTEXT_POLICIES, next_fn, prefill
 from tf_lm.generation.samplers import Sampler, get_sampler
+
+
+def _check(condition, message):
+    """An in-graph check of the request that fails with `message` alone, not TensorFlow's dump of the tensors.
+
+    TensorFlow prints the message as a quoted string, escaping quotes: messages have none.
+    """
+    return tf.debugging.Assert(condition, [f"Invalid generate request: {message}."], name="check_request")
 
 
 class GenerationModule(tf.Module):
@@ -36,17 +46,24 @@ class GenerationModule(tf.Module):
         tokenizer: a char-level tokenizer (`tokenizer.is_char_level`), with `chars` and `unknown_token`.
         sampler: a `Sampler`, fixed at export time.
         stop_token_ids: optional ints; a row stops at (and includes) the first one it emits.
+        context_policy: "slide" (default) or "refuse", as `generate`'s: past the model's context the window
+            slides, or the call fails with one line naming the limit.
 
     Raises:
-        ValueError: if the tokenizer is not char-level or does not fit the model's vocabulary.
+        ValueError: if the tokenizer is not char-level or does not fit the model's vocabulary, or for an unknown
+            `context_policy`.
 
     Example:
     >>> module = GenerationModule(model, CharTokenizer.from_text("hello"), GreedySampler())  # doctest: +SKIP
     >>> module.generate(tf.constant(["he"]), tf.constant(5), tf.constant(0, tf.int64))["text"]  # doctest: +SKIP
     """
 
-    def __init__(self, model, tokenizer, sampler: Sampler, stop_token_ids=None):
+    def __init__(self, model, tokenizer, sampler: Sampler, stop_token_ids=None, context_policy: str = "slide"):
         super().__init__(name="tf_lm_generation")
+        if context_policy not in CONTEXT_POLICIES:
+            raise ValueError(
+                f"context_policy must be one of {list(CONTEXT_POLICIES)}. Received: context_policy={context_policy!r}"
+            )
         if not getattr(tokenizer, "is_char_level", False):
             raise ValueError(
                 f"Only char-level tokenizers can be exported with in-graph tokenisation; got {tokenizer!r}. "
@@ -74,18 +91,20 @@ class GenerationModule(tf.Module):
         def generate(prompt, max_new_tokens, seed):
             chars = tf.strings.unicode_split(prompt, "UTF-8")  # (B, (L)) ragged
             ids = self.char_to_id.lookup(chars)  # (B, (L))
+            if context_policy == "slide":
+                ids = ids[:, -self.block_size :]  # the model sees at most block_size tokens: a prompt's last ones
             lengths = tf.cast(ids.row_lengths(), tf.int32)  # (B,)
             checks = [
-                tf.debugging.assert_non_negative(
-                    ids.flat_values, message="A prompt holds a character outside the model's vocabulary."
-                ),
-                tf.debugging.assert_positive(lengths, message="Every prompt needs at least one character."),
-                tf.debugging.assert_positive(max_new_tokens, message="max_new_tokens must be >= 1."),
-                tf.debugging.assert_less_equal(
-                    lengths + max_new_tokens, self.block_size,
-                    message="A prompt plus max_new_tokens exceeds the model's context (block_size).",
-                ),
+                _check(tf.reduce_all(ids.flat_values >= 0), "a prompt holds a character outside the vocabulary"),
+                _check(tf.reduce_all(lengths > 0), "every prompt needs at least one character"),
+                _check(max_new_tokens > 0, "max_new_tokens must be >= 1"),
             ]
+            if context_policy == "refuse":
+                checks.append(_check(
+                    tf.reduce_all(lengths + max_new_tokens <= self.block_size),
+                    f"a prompt plus max_new_tokens is longer than the model context (block_size={self.block_size}), "
+                    "which this SavedModel refuses (exported with context_policy=refuse)",
+                ))
             with tf.control_dependencies(checks):
                 right_padded = ids.to_tensor(default_value=0)  # (B, P)
             prompt_length = tf.shape(right_padded)[1]
@@ -94,9 +113,10 @@ class GenerationModule(tf.Module):
             left_padded = tf.where(source >= 0, tf.gather(right_padded, tf.maximum(source, 0), batch_dims=1), 0)
 
             seed_pair = tf.cast(tf.stack([seed // 2**31, seed % 2**31]), tf.int32)  # as generate's int seed
-            tokens, cache, cache_mask = prefill(model, left_padded, pad_lengths, max_new_tokens)
+            tokens, state = prefill(model, left_padded, pad_lengths, max_new_tokens)
+            # The shapes are dynamic, so whether a call slides is only known when it runs: the loop keeps the branch.
             tokens, _, index, _ = sampler(
-                next_fn(model, pad_lengths, cache_mask), tokens, cache, prompt_length,
+                next_fn(model, slide=context_policy == "slide"), tokens, state, prompt_length,
                 prompt_length + max_new_tokens, seed_pair, self.stop_token_ids, prompt_length=prompt_length,
             )
             new = tokens[:, prompt_length:index]  # (B, steps)
@@ -121,7 +141,8 @@ class GenerationModule(tf.Module):
 
 
 def export_saved_model(model, tokenizer, export_dir: str, sampler: str | Sampler = "greedy", temperature: float = 1.0,
-                       top_k: int | None = None, top_p: float | None = None, stop_token_ids=None) -> None:
+                       top_k: int | None = None, top_p: float | None = None, stop_token_ids=None,
+                       context_policy: str = "slide") -> None:
     """Writes a SavedModel with a `generate` signature (text in, text out) to `export_dir`.
 
     The directory is written under a temporary name beside `export_dir` and renamed into place, replacing an
@@ -133,9 +154,10 @@ def export_saved_model(model, tokenizer, export_dir: str, sampler: str | Sampler
         export_dir: str, the SavedModel directory to (re)create.
         sampler, temperature, top_k, top_p: the decoding strategy baked into the graph, as `generate`.
         stop_token_ids: optional ints that end a row.
+        context_policy: "slide" (default) or "refuse", as `generate`'s.
 
     Raises:
-        ValueError: for a non-char tokenizer or bad sampler settings.
+        ValueError: for a non-char tokenizer, bad sampler settings or an unknown `context_policy`.
 
     Example:
     >>> export_saved_model(model, tokenizer, "exports/shakespeare")  # doctest: +SKIP
@@ -143,7 +165,8 @@ def export_saved_model(model, tokenizer, export_dir: str, sampler: str | Sampler
     >>> serve(prompt=tf.constant(["ROMEO:"]), max_new_tokens=tf.constant(50),
     ...       seed=tf.constant(0, tf.int64))["text"]  # doctest: +SKIP
     """
-    module = GenerationModule(model, tokenizer, get_sampler(sampler, temperature, top_k, top_p), stop_token_ids)
+    module = GenerationModule(model, tokenizer, get_sampler(sampler, temperature, top_k, top_p), stop_token_ids,
+                              context_policy)
     export_dir = os.path.abspath(export_dir)
     parent = os.path.dirname(export_dir)
     os.makedirs(parent, exist_ok=True)

@@ -2,15 +2,21 @@
 
 How a batch is laid out: the prompts are left-padded to a common length P (bucketed to a power of two, so
 nearby lengths share one compiled program) and followed by room for the N new tokens, in one `[B, P + N]`
-token buffer; the model's KV cache is preallocated to P + N slots. Padded slots are masked out of attention
-and each real token gets position "number of real tokens before it", so a row of a padded batch sees exactly
-what it would see alone. The prompt (but its last token) is prefilled in one call; then every loop step feeds
-one token, writes its keys/values into the cache and samples the next one.
+token buffer; the model's KV cache is preallocated to P + N slots (at most `block_size`). Padded slots are
+masked out of attention and each real token gets position "number of real tokens before it", so a row of a
+padded batch sees exactly what it would see alone. The prompt (but its last token) is prefilled in one call;
+then every loop step feeds one token, writes its keys/values into the cache and samples the next one.
 
-Context policy: generation refuses (ValueError), it does not slide the window. A prompt plus `max_new_tokens`
-must fit in the model's `block_size`; with learned absolute positions a sliding window would need the whole
-window recomputed every step, which defeats the cache. An empty prompt is refused too: the model has no
-"start" token to condition on, so pass at least one token (e.g. a newline).
+Context policy, for a prompt plus `max_new_tokens` longer than the model's `block_size`:
+- "slide" (the default): a prompt longer than the context starts from its last `block_size` tokens; when a
+  row's context is full, it keeps its newest `slide_keep(block_size)` tokens (half the window, rounded up) and
+  the step recomputes the window in one cached pass: positions are learned and absolute, so the kept tokens'
+  keys and values change with their positions. The output is that of a loop that recomputes the whole context
+  for every token and crops it the same way (before the first slide: nanoGPT's "last block_size tokens"); a
+  row slides when its own context is full, so a padded batch still gives each row what it gets alone.
+- "refuse": a ValueError naming the prompt and the fix.
+An empty prompt is refused either way: the model has no "start" token to condition on, so pass at least one
+token (e.g. a newline).
 """
 
 from __future__ import annotations
@@ -26,11 +32,28 @@ from tf_lm.generation.samplers import Sampler, get_sampler
 # Smallest prompt bucket: shorter prompts share one program instead of compiling one per length.
 _MIN_PROMPT_BUCKET = 8
 
+CONTEXT_POLICIES = ("slide", "refuse")
+
 
 def _dim(tensor, axis):
     """The static size of `axis` when known (XLA wants constants for shapes), else a dynamic scalar."""
     static = tensor.shape[axis]
     return static if static is not None else tf.shape(tensor)[axis]
+
+
+def _slots(cache):
+    """The number of slots of a KV cache (a list of `[batch, 2, slots, heads, head_dim]` tensors)."""
+    return _dim(cache[0], 2)
+
+
+def _in_context(state, columns):
+    """Whether each buffer column of `columns` `[T]` is in each row's context: bool `[batch, T]`."""
+    return columns[None, :] >= state["starts"][:, None]
+
+
+def _positions(state, columns, block_size):
+    """The position of each of `columns` `[T]` in each row's context (0 for columns before it): int32 `[batch, T]`."""
+    return tf.clip_by_value(columns[None, :] - state["starts"][:, None], 0, block_size - 1)
 
 
 def prefill(model, prompt, pad_lengths, max_new_tokens):
@@ -40,38 +63,82 @@ def prefill(model, prompt, pad_lengths, max_new_tokens):
 
     Args:
         model: a `TransformerLM`.
-        prompt: int32 `[batch, P]`, left-padded prompts.
+        prompt: int32 `[batch, P]`, left-padded prompts, `P <= block_size`.
         pad_lengths: int32 `[batch]`, number of padding slots at the start of each row.
         max_new_tokens: int or int32 scalar, N.
 
     Returns:
-        `(tokens [batch, P + N], cache, cache_mask [batch, P + N] bool)`: the buffer with the prompt in place,
-        the cache holding slots `[0, P - 1)`, and the mask of real (non-padding) slots.
+        `(tokens [batch, P + N], state)`: the buffer with the prompt in place, and the decoding state that
+        `next_fn` threads through the loop: `cache`, the KV cache of `min(P + N, block_size)` slots holding the
+        prompt's first P - 1 columns; `base`, the buffer column that cache slot 0 holds (0 until the window
+        slides); `starts`, int32 `[batch]`, the first buffer column of each row's context (its first real token
+        until the window slides).
     """
     batch, prompt_length = _dim(prompt, 0), _dim(prompt, 1)
     total = prompt_length + max_new_tokens
     tokens = tf.pad(prompt, [[0, 0], [0, max_new_tokens]])  # (B, P + N)
-    cache_mask = tf.range(total)[None, :] >= pad_lengths[:, None]  # (B, P + N)
-    cache = model.init_cache(batch, total)
+    block_size = model.config.block_size
+    slots = min(total, block_size) if isinstance(total, int) else tf.minimum(total, block_size)
+    state = {"cache": model.init_cache(batch, slots), "base": tf.constant(0), "starts": pad_lengths}
     # The last prompt token is left for the loop's first step, which returns the first new token's logits.
-    context = prompt[:, :-1]  # (B, P - 1)
-    positions = tf.maximum(tf.range(prompt_length - 1)[None, :] - pad_lengths[:, None], 0)  # (B, P - 1)
-    _, cache = model.call_with_cache(context, cache, 0, padding_mask=cache_mask, position_ids=positions)
-    return tokens, cache, cache_mask
+    columns = tf.range(prompt_length - 1)
+    _, state["cache"] = model.call_with_cache(
+        prompt[:, :-1], state["cache"], 0, padding_mask=_in_context(state, tf.range(slots)),
+        position_ids=_positions(state, columns, block_size),
+    )
+    return tokens, state
 
 
-def next_fn(model, pad_lengths, cache_mask):
-    """The sampler's `next(tokens, cache, index)`: feeds token `index - 1`, returns the logits of token `index`."""
+def slide_keep(block_size: int) -> int:
+    """How many of its newest tokens a full context keeps when the window slides: half of it, rounded up."""
+    return (block_size + 1) // 2
 
-    def next(tokens, cache, index):
+
+def next_fn(model, slide: bool):
+    """The sampler's `next(tokens, state, index)`: feeds token `index - 1`, returns the logits of token `index`.
+
+    Each row's context is the buffer columns `[starts[row], index)`. With `slide`, a row whose context would pass
+    `block_size` tokens keeps only its newest `slide_keep(block_size)`; the cache then no longer fits the learned
+    absolute positions, so that step recomputes the window (every row's context, at its new positions) in one
+    pass instead of feeding one token. The recompute comes once every ~block_size / 2 steps, so its cost is
+    amortised; without `slide` (the whole generation fits the context) the loop has no such branch.
+    """
+    block_size = model.config.block_size
+    keep = slide_keep(block_size)
+
+    def step(tokens, state, index):
         # A gather, not `tokens[:, index - 1 : index]`: XLA cannot tell that slice's size is 1 from a dynamic
         # index, and silently treats it as a dynamically-sized slice.
         token = tf.gather(tokens, index - 1, axis=1)[:, None]  # (B, 1)
-        positions = (index - 1 - pad_lengths)[:, None]  # (B, 1)
+        slot_columns = state["base"] + tf.range(_slots(state["cache"]))  # (S,)
         logits, cache = model.call_with_cache(
-            token, cache, index - 1, padding_mask=cache_mask, position_ids=positions
+            token, state["cache"], index - 1 - state["base"], padding_mask=_in_context(state, slot_columns),
+            position_ids=(index - 1 - state["starts"])[:, None],
         )  # (B, 1, V)
-        return logits[:, 0], cache
+        return logits[:, 0], {**state, "cache": cache}
+
+    def recompute(tokens, state, index):
+        starts = tf.where(index - state["starts"] > block_size, index - keep, state["starts"])  # (B,)
+        # Cache slot 0 now holds the oldest column any row still needs; the pass covers block_size columns
+        # from there, and those past `index - 1` (clamped into the buffer) are written now and overwritten
+        # by the steps that reach them, never attended before.
+        new_state = {"base": tf.reduce_min(starts), "starts": starts}
+        columns = new_state["base"] + tf.range(block_size)  # (W,)
+        window = tf.gather(tokens, tf.minimum(columns, _dim(tokens, 1) - 1), axis=1)  # (B, W)
+        logits, cache = model.call_with_cache(
+            window, [tf.zeros_like(block) for block in state["cache"]], 0,
+            padding_mask=_in_context(new_state, columns), position_ids=_positions(new_state, columns, block_size),
+        )  # (B, W, V)
+        return tf.gather(logits, index - 1 - new_state["base"], axis=1), {**new_state, "cache": cache}
+
+    def next(tokens, state, index):
+        if not slide:
+            return step(tokens, state, index)
+        full = tf.logical_or(
+            tf.reduce_any(index - state["starts"] > block_size),  # a row's context would pass block_size
+            index - 1 - state["base"] >= _slots(state["cache"]),  # the token's slot is past the cache
+        )
+        return tf.cond(full, lambda: recompute(tokens, state, index), lambda: step(tokens, state, index))
 
     return next
 
@@ -87,13 +154,17 @@ class _Programs:
         # A weak reference: the programs are cached per model, and must not keep the model alive themselves.
         model_ref = weakref.ref(model)
 
+        def slides(model, buffer_length):
+            # Static: a generation that fits the context never slides, and its loop has no recompute branch.
+            return buffer_length > model.config.block_size
+
         @tf.function(jit_compile=True)
         def run(prompt, pad_lengths, seed, stop_token_ids, max_new_tokens):
             model = model_ref()
             prompt_length = prompt.shape[1]
-            tokens, cache, cache_mask = prefill(model, prompt, pad_lengths, max_new_tokens)
+            tokens, state = prefill(model, prompt, pad_lengths, max_new_tokens)
             tokens, _, index, _ = sampler(
-                next_fn(model, pad_lengths, cache_mask), tokens, cache, prompt_length,
+                next_fn(model, slides(model, tokens.shape[1])), tokens, state, prompt_length,
                 prompt_length + max_new_tokens, seed, stop_token_ids, prompt_length=prompt_length,
             )
             return tokens[:, prompt_length:], index - prompt_length  # (B, N), steps run
@@ -103,10 +174,10 @@ class _Programs:
             return prefill(model_ref(), prompt, pad_lengths, max_new_tokens)
 
         @tf.function(jit_compile=True)
-        def advance(tokens, cache, cache_mask, pad_lengths, index, end_index, done, seed, stop_token_ids,
-                    prompt_length):
+        def advance(tokens, state, index, end_index, done, seed, stop_token_ids, prompt_length):
+            model = model_ref()
             return sampler(
-                next_fn(model_ref(), pad_lengths, cache_mask), tokens, cache, index, end_index, seed,
+                next_fn(model, slides(model, tokens.shape[1])), tokens, state, index, end_index, seed,
                 stop_token_ids, done, prompt_length,
             )
 
@@ -166,8 +237,12 @@ def _seed_tensor(seed: int | None) -> tf.Tensor:
 class _Batch:
     """Validated, left-padded inputs of one generation call."""
 
-    def __init__(self, model, prompt_ids, max_new_tokens, seed, stop_token_ids, padding_mask):
+    def __init__(self, model, prompt_ids, max_new_tokens, seed, stop_token_ids, padding_mask, context_policy):
         config = model.config
+        if context_policy not in CONTEXT_POLICIES:
+            raise ValueError(
+                f"context_policy must be one of {list(CONTEXT_POLICIES)}. Received: context_policy={context_policy!r}"
+            )
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an integer >= 1. Received: max_new_tokens={max_new_tokens!r}")
         self.max_new_tokens = int(max_new_tokens)
@@ -183,12 +258,12 @@ class _Batch:
                 raise ValueError(
                     f"Prompt {i} holds token id {bad}, outside the model's vocabulary [0, {config.vocab_size})."
                 )
-            if row.size + self.max_new_tokens > config.block_size:
+            if context_policy == "refuse" and row.size + self.max_new_tokens > config.block_size:
                 raise ValueError(
                     f"Prompt {i} has {row.size} tokens and max_new_tokens={self.max_new_tokens}, "
                     f"{row.size + self.max_new_tokens} in all, beyond the model's context "
-                    f"block_size={config.block_size}; shorten the prompt (keep its "
-                    "last tokens) or ask for fewer new tokens."
+                    f"block_size={config.block_size}; shorten the prompt (keep its last tokens), ask for fewer new "
+                    "tokens, or pass context_policy='slide'."
                 )
         stop_token_ids = [] if stop_token_ids is None else [int(t) for t in stop_token_ids]
         bad_stops = [t for t in stop_token_ids if not 0 <= t < config.vocab_size]
@@ -197,10 +272,15 @@ class _Batch:
         self.stop_token_ids = tf.constant(stop_token_ids, tf.int32, shape=[len(stop_token_ids)])
         self.seed = _seed_tensor(seed)
 
+        # The model sees at most block_size tokens, so a longer prompt starts from its last block_size tokens.
+        rows = [row[-config.block_size :] for row in rows]
         longest = max(row.size for row in rows)
         bucket = max(_MIN_PROMPT_BUCKET, 1 << (longest - 1).bit_length())
-        # Never pad past the context: the checks above guarantee longest <= block_size - max_new_tokens.
-        self.prompt_length = min(bucket, config.block_size - self.max_new_tokens)
+        if longest + self.max_new_tokens <= config.block_size:
+            # Padding never makes a generation that fits the context slide.
+            self.prompt_length = min(bucket, config.block_size - self.max_new_tokens)
+        else:
+            self.prompt_length = min(bucket, config.block_size)
         prompt = np.zeros((len(rows), self.prompt_length), np.int32)
         for i, row in enumerate(rows):
             prompt[i, self.prompt_length - row.size :] = row
@@ -219,10 +299,12 @@ def _trim(tokens: np.ndarray, stop_token_ids: set[int]) -> list[int]:
 
 def generate(model, prompt_ids, max_new_tokens: int = 100, sampler: str | Sampler = "greedy",
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-             stop_token_ids: Sequence[int] | None = None, padding_mask=None) -> list[list[int]]:
+             stop_token_ids: Sequence[int] | None = None, padding_mask=None,
+             context_policy: str = "slide") -> list[list[int]]:
     """Continues each prompt by up to `max_new_tokens` tokens, with the KV cache, in one XLA-compiled loop.
 
-    Prefills the prompts once, then runs one cached step per new token inside a single
+    Prefills the prompts once, then runs one cached step per new token (and, past the context, one window
+    recompute every ~block_size / 2 tokens: see the module docstring) inside a single
     `tf.function(jit_compile=True)`. The compiled program is cached per (model, sampler settings, batch size,
     prompt-length bucket, max_new_tokens), so repeated calls do not retrace. A padded batch gives each row the
     same tokens as generating it alone: greedy rows always; random samplers key a row's noise by the seed,
@@ -242,6 +324,8 @@ def generate(model, prompt_ids, max_new_tokens: int = 100, sampler: str | Sample
         stop_token_ids: optional ints. A row ends at (and includes) the first one it emits; the loop exits
             once every row has stopped.
         padding_mask: optional `[batch, time]` array for an array `prompt_ids`, 1 for real tokens.
+        context_policy: "slide" (default) or "refuse": what a prompt plus `max_new_tokens` longer than
+            `model.config.block_size` gets, a sliding window or a ValueError.
 
     Returns:
         A list with one list of new token ids per prompt row (the prompt not included): `max_new_tokens`
@@ -249,7 +333,7 @@ def generate(model, prompt_ids, max_new_tokens: int = 100, sampler: str | Sample
 
     Raises:
         ValueError: for an empty prompt, a token outside the vocabulary, a prompt plus `max_new_tokens` longer
-            than `model.config.block_size` (this function never slides the window), or bad sampler settings.
+            than `model.config.block_size` with `context_policy="refuse"`, or bad sampler settings.
 
     Example:
     >>> model = TransformerLM(LMConfig.preset("nano", vocab_size=65))
@@ -258,7 +342,7 @@ def generate(model, prompt_ids, max_new_tokens: int = 100, sampler: str | Sample
     [5, 5]
     """
     sampler = get_sampler(sampler, temperature, top_k, top_p)
-    batch = _Batch(model, prompt_ids, max_new_tokens, seed, stop_token_ids, padding_mask)
+    batch = _Batch(model, prompt_ids, max_new_tokens, seed, stop_token_ids, padding_mask, context_policy)
     tokens, steps = _programs(model, sampler).run(
         batch.prompt, batch.pad_lengths, batch.seed, batch.stop_token_ids, batch.max_new_tokens
     )
@@ -269,7 +353,7 @@ def generate(model, prompt_ids, max_new_tokens: int = 100, sampler: str | Sample
 
 def stream(model, prompt_ids, max_new_tokens: int = 100, sampler: str | Sampler = "greedy",
            temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-           stop_token_ids: Sequence[int] | None = None, padding_mask=None,
+           stop_token_ids: Sequence[int] | None = None, padding_mask=None, context_policy: str = "slide",
            chunk_size: int = 8) -> Iterator[list[list[int]]]:
     """`generate`, yielding the new tokens `chunk_size` steps at a time as they are produced.
 
@@ -297,13 +381,13 @@ def stream(model, prompt_ids, max_new_tokens: int = 100, sampler: str | Sampler 
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an integer >= 1. Received: chunk_size={chunk_size!r}")
     sampler = get_sampler(sampler, temperature, top_k, top_p)
-    batch = _Batch(model, prompt_ids, max_new_tokens, seed, stop_token_ids, padding_mask)
+    batch = _Batch(model, prompt_ids, max_new_tokens, seed, stop_token_ids, padding_mask, context_policy)
     return _chunks(_programs(model, sampler), batch, chunk_size)
 
 
 def _chunks(programs: _Programs, batch: _Batch, chunk_size: int) -> Iterator[list[list[int]]]:
     """`stream`'s generator, apart so that `stream` checks its arguments when called, not at the first chunk."""
-    tokens, cache, cache_mask = programs.start(batch.prompt, batch.pad_lengths, batch.max_new_tokens)
+    tokens, state = programs.start(batch.prompt, batch.pad_lengths, batch.max_new_tokens)
     index, end = batch.prompt_length, batch.prompt_length + batch.max_new_tokens
     done = tf.zeros([len(batch.pad_lengths)], tf.bool)
     stops = set(batch.stop_token_ids.numpy().tolist())
@@ -311,9 +395,9 @@ def _chunks(programs: _Programs, batch: _Batch, chunk_size: int) -> Iterator[lis
     while index < end and not stopped.all():
         chunk_end = min(index + chunk_size, end)
         # Python ints become tensors here, so every chunk reuses one compiled program.
-        tokens, cache, new_index, done = programs.advance(
-            tokens, cache, cache_mask, batch.pad_lengths, tf.constant(index), tf.constant(chunk_end), done,
-            batch.seed, batch.stop_token_ids, tf.constant(batch.prompt_length),
+        tokens, state, new_index, done = programs.advance(
+            tokens, state, tf.constant(index), tf.constant(chunk_end), done, batch.seed, batch.stop_token_ids,
+            tf.constant(batch.prompt_length),
         )
         new_index = int(new_index)
         chunk = []
