@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -81,21 +82,27 @@ def test_every_readme_block_runs_as_written(tmp_path):
     with open(python_log, "w") as log:
         session = subprocess.Popen([str(checkout / ".venv" / "bin" / "python"), "-c", SESSION], cwd=checkout, env=env,
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
+        failures = []
         try:
             for language, code, line in readme_blocks((checkout / "README.md").read_text()):
                 if SKIP_MARK in code.splitlines()[0]:
                     continue
-                where = f"README.md:{line} ({language}):\n{code}"
+                started = time.monotonic()
                 if language == "bash":
                     result = subprocess.run(["bash", "-e", "-c", code], cwd=checkout, env=env, capture_output=True,
                                             text=True, timeout=1200)
-                    assert result.returncode == 0, (f"{where}\nexited {result.returncode}\n--- stdout\n"
-                                                    f"{result.stdout[-2000:]}\n--- stderr\n{result.stderr[-3000:]}")
+                    failure = result.returncode and (f"exited {result.returncode}\n--- stdout\n"
+                                                     f"{result.stdout[-2000:]}\n--- stderr\n{result.stderr[-3000:]}")
                 else:
                     session.stdin.write(json.dumps(code) + "\n")
                     session.stdin.flush()
-                    answer = json.loads(session.stdout.readline() or '"the python session died"')
-                    assert answer is None, f"{where}\nfailed:\n{answer}\n{python_log.read_text()[-2000:]}"
+                    failure = json.loads(session.stdout.readline() or '"the python session died"')
+                seconds = time.monotonic() - started
+                print(f"README.md:{line} ({language}) {'failed' if failure else 'ran'} in {seconds:.0f} s")
+                if failure:
+                    failures.append(f"README.md:{line} ({language}):\n{code}\n{failure}")
         finally:
             session.kill()
             session.wait()
+    # Every block runs even after a failure (a later one may fail on its own account), then all are reported.
+    assert not failures, "\n\n".join(failures) + f"\n--- python session\n{python_log.read_text()[-3000:]}"
