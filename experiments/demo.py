@@ -25,6 +25,7 @@ FLAGS = flags.FLAGS
 DATASET = "builtin:pydoc"
 # Openings of the manual's prose (not of its indented code and tables), so a trained model continues in English.
 PROMPTS = ("An exception ", "This method ", "If the ", "The value of ")
+NEW_CHARACTERS = 160  # past the 64-character context: generation slides its window
 WORD = re.compile(r"[A-Za-z]{2,}")
 
 
@@ -35,9 +36,8 @@ def known_word_share(texts: list[str], vocabulary: set[str]) -> float:
 
 
 def continuations(model, tokenizer) -> list[str]:
-    """What the model adds to each prompt, up to its context: top-k 5 at temperature 0.6, seed 0."""
-    prompt_ids = [tokenizer.encode(prompt) for prompt in PROMPTS]
-    new = generate(model, prompt_ids, max_new_tokens=model.config.block_size - max(map(len, prompt_ids)),
+    """What the model adds to each prompt: top-k 5 at temperature 0.6, seed 0."""
+    new = generate(model, [tokenizer.encode(prompt) for prompt in PROMPTS], max_new_tokens=NEW_CHARACTERS,
                    sampler="top_k", top_k=5, temperature=0.6, seed=0)
     return [tokenizer.decode(tokens) for tokens in new]
 
