@@ -31,5 +31,6 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m experiments.benchmark
 
+# runs/ holds the user's trained models: clean never touches it.
 clean:
-	rm -rf $(VENV) *.egg-info runs bench_results
+	rm -rf $(VENV) *.egg-info bench_results

@@ -15,6 +15,7 @@ from absl import app, flags
 
 from experiments.benchmarks import SECTIONS
 from experiments.flags import flag_group, run_script
+from tf_lm.fileio import atomic_write
 
 with flag_group("benchmark"):
     flags.DEFINE_list("sections", list(SECTIONS), f"Benchmark sections to run, from {SECTIONS}.")
@@ -51,11 +52,7 @@ def main(argv):
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "rows": [row.to_dict() for row in rows],
     }
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
-    temporary = FLAGS.output + ".tmp"
-    with open(temporary, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(temporary, FLAGS.output)
+    atomic_write(FLAGS.output, json.dumps(result, indent=2))
     print(markdown_table(rows))
     print(f"\nWrote {FLAGS.output}")
 

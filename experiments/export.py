@@ -22,8 +22,9 @@ FLAGS = flags.FLAGS
 
 def define_export_flags() -> None:
     with flag_group("export"):
-        flags.DEFINE_string("model_dir", None, "A model directory written by training (model.keras + tokenizer/).")
-        flags.DEFINE_string("export_dir", None, "Where to write the SavedModel (replaced if it exists).")
+        flags.DEFINE_string("model_dir", None, "A --model_dir written by training (its model/ holds the model).")
+        flags.DEFINE_string("export_dir", None, "Where to write the SavedModel: a new or empty directory, or an "
+                            "earlier export (replaced once the new one is complete).")
     define_sampling_flags(default_temperature=0.0)
 
 
@@ -32,11 +33,14 @@ def run(model_dir: str, export_dir: str, sampling: dict, context_policy: str = "
 
     Raises:
         FileNotFoundError: if `model_dir` is not a model directory.
-        ValueError: for a tokenizer that cannot be exported or bad sampler settings.
+        ValueError: for a tokenizer that cannot be exported, bad sampler settings, or an `export_dir` that is
+            neither new, empty nor an earlier export.
     """
     from tf_lm.artifacts import load_model_dir
-    from tf_lm.generation.export import export_saved_model
+    from tf_lm.fileio import check_replaceable
+    from tf_lm.generation.export import EXPORT_MARKER, export_saved_model
 
+    check_replaceable(export_dir, EXPORT_MARKER)  # before the slow load: a wrong path fails at once
     model, tokenizer = load_model_dir(model_dir)
     export_saved_model(model, tokenizer, export_dir, context_policy=context_policy, **sampling)
     print(f"Wrote a SavedModel with a 'generate' signature to {export_dir}")

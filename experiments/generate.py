@@ -42,7 +42,7 @@ def sampling_kwargs(temperature: float, top_k: int | None, top_p: float | None) 
 
 def define_generate_flags() -> None:
     with flag_group("generation"):
-        flags.DEFINE_string("model_dir", None, "A model directory written by training (model.keras + tokenizer/).")
+        flags.DEFINE_string("model_dir", None, "A --model_dir written by training (its model/ holds the model).")
         flags.DEFINE_string("prompt", "\n", "Text to continue; every character/token must be in the tokenizer.")
         flags.DEFINE_integer("max_new_tokens", 200, "New tokens per sample (past the context, see "
                              "--context_policy).")

@@ -3,8 +3,12 @@
     python -m experiments.train_lm --model_dir=runs/shakespeare \\
         --dataset=text:../shared/data/tinyshakespeare/input.txt --preset=nano
 
-Writes into --model_dir: model.keras + config.json + tokenizer/ (at the end, by the chief), run_config.json
-(the resolved model and training config), checkpoints/, metrics.csv, logs/ (TensorBoard) and loss.png.
+Writes into --model_dir: flags.txt (the exact flags, as an absl flagfile), model/ (model.keras + config.json +
+tokenizer/, at the end, by the chief), run_config.json (the resolved model and training config), checkpoints/,
+metrics.csv, logs/ (TensorBoard), loss.png and lock (held for the whole run).
+
+A rerun resumes; it is refused if it changes a flag that changes the result, since that would mix two runs. Only
+the flags in NOT_IDENTITY may differ. `--flagfile=<model_dir>/flags.txt` reruns a run exactly.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 
 from absl import flags, logging
 
@@ -20,9 +25,16 @@ from tf_lm import artifacts
 from tf_lm.configs import LMConfig
 from tf_lm.data import build_tokenizer, lm_datasets, load_tokenizer, read_source
 from tf_lm.distribute import is_chief, resolve_strategy
+from tf_lm.fileio import atomic_write, directory_lock
 from tf_lm.training import TrainConfig, Trainer, TrainingInterrupted, measure_matmul_peak
 
 RUN_CONFIG = "run_config.json"
+FLAGS_FILE = "flags.txt"
+# Flags that decide where, how often or on which machine things are written, shown or run, but not the trained
+# weights (evaluation uses no randomness and resuming is exact at any checkpoint): a resume may change them. Every
+# other flag of this script, including flags added later, is part of the run's identity.
+NOT_IDENTITY = frozenset({"model_dir", "log_every", "eval_every", "eval_steps", "checkpoint_every", "data_cache_dir",
+                          "tpu"})
 # Fields that decide which batches a step sees or what the weights are; changing one in a model_dir that
 # already holds a run would silently mix two runs.
 RUN_IDENTITY = ("dataset", "tokenizer", "bpe_vocab_size", "batch_size", "seed", "precision")
@@ -45,7 +57,7 @@ def _check_model_dir(model_dir: str, run_config: dict) -> None:
                 f"--model_dir={model_dir!r} holds a run with a different config ({'; '.join(changed)}); "
                 "use a new --model_dir, or the original flags to resume it."
             )
-    if os.path.isfile(os.path.join(model_dir, artifacts.CONFIG_FILE)):
+    if os.path.isfile(os.path.join(artifacts.saved_dir(model_dir), artifacts.CONFIG_FILE)):
         saved = artifacts.read_config(model_dir).to_dict()
         if saved != run_config["model"]:
             raise ValueError(
@@ -54,15 +66,48 @@ def _check_model_dir(model_dir: str, run_config: dict) -> None:
             )
 
 
-def _write_json(path: str, value: dict) -> None:
-    temporary = path + ".tmp"
-    with open(temporary, "w") as f:
-        json.dump(value, f, indent=2)
-    os.replace(temporary, path)
+def script_flags(flag_values: flags.FlagValues) -> dict[str, str]:
+    """This script's flags (not absl's or TensorFlow's) as flagfile lines by name; flags left at None are omitted."""
+    lines = {}
+    for module, module_flags in flag_values.flags_by_module_dict().items():
+        if module == "__main__" or module.startswith("experiments."):
+            for flag in module_flags:
+                if flag.value is not None:
+                    lines[flag.name] = flag.serialize()
+    return dict(sorted(lines.items()))
+
+
+def _flag_name(line: str, known: dict[str, str]) -> str:
+    name = line[2:].split("=", 1)[0]
+    # A false boolean is written `--noname`.
+    return name[2:] if "=" not in line and name.startswith("no") and name[2:] in known else name
+
+
+def check_flags(model_dir: str, lines: dict[str, str]) -> None:
+    """Raises ValueError if `model_dir/flags.txt` records a value other than `lines` for an identity flag.
+
+    Args:
+        model_dir: str, the run's directory (nothing happens if it holds no flags.txt yet).
+        lines: `script_flags(FLAGS)` of this invocation.
+    """
+    path = os.path.join(model_dir, FLAGS_FILE)
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        saved_lines = [line.strip() for line in f if line.startswith("--")]
+    saved = {_flag_name(line, lines): line for line in saved_lines}
+    changed = [f"{saved.get(name, f'--{name} unset')} -> {lines.get(name, f'--{name} unset')}"
+               for name in sorted((set(saved) | set(lines)) - NOT_IDENTITY) if saved.get(name) != lines.get(name)]
+    if changed:
+        raise ValueError(
+            f"--model_dir={model_dir!r} holds a run with other flags ({'; '.join(changed)}); resume it with "
+            f"--flagfile={path}, or use a new --model_dir."
+        )
 
 
 def train(model_config: LMConfig, train_config: TrainConfig, model_dir: str, strategy_name: str = "auto",
-          tpu: str | None = None, data_options: dict | None = None, verbose: bool = True):
+          tpu: str | None = None, data_options: dict | None = None, verbose: bool = True,
+          flagfile: str | None = None):
     """Reads the data, builds the tokenizer, checks `model_dir`, trains (resuming) and saves the model.
 
     Args:
@@ -73,6 +118,7 @@ def train(model_config: LMConfig, train_config: TrainConfig, model_dir: str, str
         data_options: dict of `read_source` options (`validation_fraction`, `tfds_data_dir`, `tfds_manual_dir`)
             plus `cache_dir` for the token ids.
         verbose: bool. Progress bar and summary lines.
+        flagfile: str or None. The exact flags (absl flagfile text), kept as `model_dir/flags.txt` by the first run.
 
     Returns:
         `(trainer, tokenizer, result)` with `result` as `Trainer.fit` returns it.
@@ -80,13 +126,21 @@ def train(model_config: LMConfig, train_config: TrainConfig, model_dir: str, str
     Raises:
         ValueError, FileNotFoundError: for bad data, config, strategy or model_dir (nothing written yet);
             `TrainingDiverged` (a ValueError) when the loss becomes NaN.
-        TrainingInterrupted: on SIGTERM, after a checkpoint.
+        TrainingInterrupted: on SIGTERM or SIGINT, after a checkpoint.
+        OSError: if writing into `model_dir` fails (e.g. a full disk); the last complete checkpoint is kept.
     """
+    strategy = resolve_strategy(strategy_name, tpu)
+    if not is_chief(strategy):  # workers only read model_dir; the chief holds it for the whole cluster
+        return _train(model_config, train_config, model_dir, strategy, data_options, verbose, flagfile)
+    with directory_lock(model_dir):
+        return _train(model_config, train_config, model_dir, strategy, data_options, verbose, flagfile)
+
+
+def _train(model_config, train_config, model_dir, strategy, data_options, verbose, flagfile):
     data_options = dict(data_options or {})
     cache_dir = data_options.pop("cache_dir", None)
-    strategy = resolve_strategy(strategy_name, tpu)
     corpus = read_source(train_config.dataset, **data_options)
-    tokenizer_dir = os.path.join(model_dir, artifacts.TOKENIZER_DIR)
+    tokenizer_dir = os.path.join(artifacts.saved_dir(model_dir), artifacts.TOKENIZER_DIR)
     if os.path.isdir(tokenizer_dir):  # a finished run: keep its exact vocabulary
         tokenizer = load_tokenizer(tokenizer_dir)
     elif train_config.tokenizer == "char":
@@ -96,7 +150,8 @@ def train(model_config: LMConfig, train_config: TrainConfig, model_dir: str, str
     else:
         tokenizer = build_tokenizer("bpe", corpus.train, vocab_size=train_config.bpe_vocab_size)
     model_config = dataclasses.replace(model_config, vocab_size=tokenizer.vocab_size)
-    run_config = {"model": model_config.to_dict(), "train": train_config.to_dict(), "strategy": strategy_name,
+    run_config = {"model": model_config.to_dict(), "train": train_config.to_dict(),
+                  "strategy": type(strategy).__name__,
                   "replicas": strategy.num_replicas_in_sync, "tokenizer_fingerprint": tokenizer.fingerprint}
     _check_model_dir(model_dir, run_config)
 
@@ -106,8 +161,11 @@ def train(model_config: LMConfig, train_config: TrainConfig, model_dir: str, str
                       bits_unit=unit)
     chief = is_chief(strategy)
     if chief:
-        os.makedirs(model_dir, exist_ok=True)
-        _write_json(os.path.join(model_dir, RUN_CONFIG), run_config)
+        # Written by the first run only: a resume has just been checked to be the same run.
+        if not os.path.isfile(os.path.join(model_dir, RUN_CONFIG)):
+            atomic_write(os.path.join(model_dir, RUN_CONFIG), json.dumps(run_config, indent=2))
+        if flagfile is not None and not os.path.isfile(os.path.join(model_dir, FLAGS_FILE)):
+            atomic_write(os.path.join(model_dir, FLAGS_FILE), flagfile)
     if verbose:
         print(f"{model_config}\n{train_config}\nstrategy: {type(strategy).__name__} with "
               f"{strategy.num_replicas_in_sync} replica(s); tokenizer: {train_config.tokenizer}, "
@@ -139,7 +197,7 @@ def train(model_config: LMConfig, train_config: TrainConfig, model_dir: str, str
         print(f"step {result['step']}{val}{rate}", flush=True)
         print(f"weights sha256 {result['weights_digest']}", flush=True)
         if chief:
-            print(f"saved {model_dir}/{artifacts.MODEL_FILE}", flush=True)
+            print(f"saved {os.path.join(artifacts.saved_dir(model_dir), artifacts.MODEL_FILE)}", flush=True)
     return trainer, tokenizer, result
 
 
@@ -151,11 +209,18 @@ def main(argv):
         model_config, train_config = configs_from_flags(values)
         data_options = {"validation_fraction": values.validation_fraction, "tfds_data_dir": values.tfds_data_dir,
                         "tfds_manual_dir": values.tfds_manual_dir, "cache_dir": values.data_cache_dir}
-        train(model_config, train_config, values.model_dir, values.strategy, values.tpu, data_options)
-    except (ValueError, FileNotFoundError) as error:
+        lines = script_flags(values)
+        check_flags(values.model_dir, lines)  # before any data is read: a refused resume costs nothing
+        train(model_config, train_config, values.model_dir, values.strategy, values.tpu, data_options,
+              flagfile="".join(line + "\n" for line in lines.values()))
+    except (ValueError, OSError) as error:  # OSError: FileNotFoundError for bad input, or a full disk
         raise SystemExit(f"error: {error}") from None
     except TrainingInterrupted as error:
-        raise SystemExit(f"stopped: {error}") from None
+        print(f"stopped: {error}", file=sys.stderr)
+        raise SystemExit(error.exit_code) from None
+    except KeyboardInterrupt:  # Ctrl-C before training started, or a second one during it
+        print("stopped: interrupted; rerunning the same command resumes from the last checkpoint.", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def test_round_trip_carries_model_config_and_tokenizer(tmp_path):
     np.testing.assert_array_equal(np.asarray(restored(ids)), np.asarray(model(ids)))
     assert restored_tokenizer.encode(TEXT) == tokenizer.encode(TEXT)
     assert read_config(str(tmp_path)) == model.config
-    assert not [name for name in os.listdir(tmp_path) if name.startswith(".saving-")]
+    assert os.listdir(tmp_path) == ["model"]
 
 
 def test_missing_directory_says_how_to_make_one(tmp_path):
@@ -34,13 +34,13 @@ def test_missing_directory_says_how_to_make_one(tmp_path):
 
 def test_corrupt_model_file_is_one_clear_error(tmp_path):
     _saved(tmp_path)
-    (tmp_path / "model.keras").write_bytes(b"not a zip")
+    (tmp_path / "model" / "model.keras").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="damaged or not a tf_lm model"):
         load_model_dir(str(tmp_path))
 
 
 def test_tokenizer_larger_than_the_model_is_refused(tmp_path):
     _saved(tmp_path)
-    CharTokenizer.from_text(TEXT + "XYZ!?").save(str(tmp_path / "tokenizer"))
+    CharTokenizer.from_text(TEXT + "XYZ!?").save(str(tmp_path / "model" / "tokenizer"))
     with pytest.raises(ValueError, match="mixes files from different runs"):
         load_model_dir(str(tmp_path))

@@ -4,9 +4,11 @@ import os
 
 import keras
 import numpy as np
+import pytest
 
 from tf_lm import LMConfig, TransformerLM
 from tf_lm.training import Checkpoints, make_optimizer
+from tf_lm.training.checkpoints import variable_keys
 
 CONFIG = LMConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8, dropout=0.1)
 
@@ -53,3 +55,73 @@ def test_a_non_chief_writes_nothing_that_stays(tmp_path):
     path = Checkpoints(str(tmp_path / "shared"), model, optimizer, chief=False).save(2)
     assert not os.path.exists(tmp_path / "shared")
     assert not os.path.exists(os.path.dirname(path))
+
+
+def test_variables_are_keyed_by_path_not_position(tmp_path):
+    model, optimizer = build()
+    one_step(model, optimizer)
+    Checkpoints(str(tmp_path), model, optimizer).save(3)
+
+    keras.utils.set_random_seed(5)
+    other, other_optimizer = build()  # a second model in this process: Keras numbers its names differently
+    assert "block_0/attention/qkv/kernel" in variable_keys(other)
+    assert "block_0/attention/seed_generator_1/seed_generator_state" in variable_keys(other)
+    # Reversed positions: a position-keyed restore would swap same-shaped tensors (the blocks' gamma/beta).
+    reordered = Checkpoints(str(tmp_path), other, other_optimizer, variables=list(reversed(other.variables)))
+    assert reordered.restore() == 3
+    for a, b in zip(model.variables, other.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(optimizer.variables, other_optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_checkpoint_of_another_model_is_refused_naming_the_first_mismatch(tmp_path):
+    model, optimizer = build()
+    Checkpoints(str(tmp_path), model, optimizer).save(1)
+    wider = TransformerLM(LMConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    with pytest.raises(ValueError, match=r"'model_variables/embedding/token_embeddings' with shape \(11, 8\), but "
+                                         r"the model's is \(11, 16\)"):
+        Checkpoints(str(tmp_path), wider, make_optimizer(wider, 1e-2)).restore()
+    deeper = TransformerLM(LMConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8, dropout=0.1))
+    with pytest.raises(ValueError, match="holds no variable 'model_variables/block_1/"):
+        Checkpoints(str(tmp_path), deeper, make_optimizer(deeper, 1e-2)).restore()
+
+
+def test_a_subset_of_variables_round_trips_and_the_rest_is_left_alone(tmp_path):
+    model, optimizer = build()
+    one_step(model, optimizer)
+    Checkpoints(str(tmp_path), model, optimizer, variables=model.trainable_variables).save(2)
+
+    keras.utils.set_random_seed(9)
+    other, other_optimizer = build()
+    seeds_before = [np.asarray(v) for v in other.non_trainable_variables]
+    assert Checkpoints(str(tmp_path), other, other_optimizer, variables=other.trainable_variables).restore() == 2
+    for a, b in zip(model.trainable_variables, other.trainable_variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for before, after in zip(seeds_before, other.non_trainable_variables):
+        np.testing.assert_array_equal(before, np.asarray(after))
+
+
+@pytest.mark.parametrize("damage", ["truncated data", "corrupt index"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, damage):
+    model, optimizer = build()
+    checkpoints = Checkpoints(str(tmp_path), model, optimizer)
+    checkpoints.save(2)
+    expected = [np.asarray(v) for v in model.variables]
+    one_step(model, optimizer)
+    checkpoints.save(4)
+    if damage == "truncated data":
+        (data,) = tmp_path.glob("ckpt-4.data-*")
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    else:
+        (tmp_path / "ckpt-4.index").write_bytes(b"garbage")
+
+    keras.utils.set_random_seed(9)
+    other, other_optimizer = build()
+    assert Checkpoints(str(tmp_path), other, other_optimizer).restore() == 2
+    for a, b in zip(expected, other.variables):
+        np.testing.assert_array_equal(a, np.asarray(b))
+
+    (tmp_path / "ckpt-2.index").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"No usable checkpoint in .*ckpt-4.*ckpt-2.*move the directory aside"):
+        Checkpoints(str(tmp_path), other, other_optimizer).restore()

@@ -50,7 +50,7 @@ def test_sigkill_mid_run_then_rerun_ends_with_the_uninterrupted_weights(tmp_path
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert victim.returncode == -signal.SIGKILL
-    assert not (killed_dir / "model.keras").exists(), "the run finished before it was killed"
+    assert not (killed_dir / "model").exists(), "the run finished before it was killed"
 
     resumed = run(command(killed_dir, *steps))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -60,7 +60,7 @@ def test_sigkill_mid_run_then_rerun_ends_with_the_uninterrupted_weights(tmp_path
         np.testing.assert_allclose(a, b, atol=1e-5)
     rows = (killed_dir / "metrics.csv").read_text().splitlines()
     assert [int(r.split(",")[0]) for r in rows[1:] if ",train," in r] == list(range(10, 41, 10))
-    for name in ("config.json", "run_config.json", "loss.png", "tokenizer", "logs"):
+    for name in ("model/config.json", "run_config.json", "loss.png", "model/tokenizer", "logs"):
         assert (killed_dir / name).exists(), name
 
 
@@ -85,7 +85,7 @@ def test_two_workers_finish_with_identical_weights_and_only_the_chief_writes(tmp
         assert worker.returncode == 0, err[-3000:]
     digests = [[line for line in out.splitlines() if line.startswith("weights sha256")] for out, _ in outputs]
     assert digests[0] and digests[0] == digests[1]
-    assert (tmp_path / "worker0" / "model.keras").exists()
+    assert (tmp_path / "worker0" / "model" / "model.keras").exists()
     indexes = sorted(p.name for p in (tmp_path / "worker0" / "checkpoints").glob("*.index"))
     assert indexes == ["ckpt-2.index", "ckpt-4.index"]
     assert not (tmp_path / "worker1").exists()  # the non-chief's checkpoints went to a deleted temp dir
@@ -119,7 +119,7 @@ def test_a_model_dir_of_another_config_is_refused_and_left_alone(tmp_path):
     assert "holds a run with a different config (" in result.stderr
     assert "n_layer: 3 -> 1" in result.stderr
     assert (model_dir / "run_config.json").read_text() == before
-    assert sorted(p.name for p in model_dir.iterdir()) == ["run_config.json"]
+    assert sorted(p.name for p in model_dir.iterdir()) == ["lock", "run_config.json"]
 
 
 def test_configs_from_flags_takes_the_preset_then_only_the_flags_set():

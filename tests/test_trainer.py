@@ -150,12 +150,13 @@ def test_weights_digest_tells_weights_apart(tmp_path):
     assert weights_digest(trainer.model) != before
 
 
-def test_sigterm_checkpoints_the_current_step_and_stops(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_checkpoints_the_current_step_and_stops(tmp_path, signum):
     train, validation = synthetic()
 
     def poke(index):
         if int(index) == 2:  # when the batch of step 3 is fetched (tf.data may fetch it during step 2)
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
         return index
 
     def signalling(start_step, context):
@@ -165,13 +166,14 @@ def test_sigterm_checkpoints_the_current_step_and_stops(tmp_path):
 
         return train(start_step, context).enumerate(start_step).map(fetch)
 
-    handler = signal.getsignal(signal.SIGTERM)
+    handler = signal.getsignal(signum)
     trainer = Trainer(MODEL, config(steps=8, checkpoint_every=100), resolve_strategy(), str(tmp_path), verbose=False)
-    with pytest.raises(TrainingInterrupted, match=r"at step [23];") as stopped:
+    with pytest.raises(TrainingInterrupted, match=rf"by {signal.Signals(signum).name} at step [23];") as stopped:
         trainer.fit(signalling, validation)
+    assert stopped.value.exit_code == 128 + signum  # 143 for SIGTERM, 130 for Ctrl-C, as a shell reports them
     step = stopped.value.args[0].split("at step ")[1].split(";")[0]
     assert [p.name for p in (tmp_path / "checkpoints").glob("*.index")] == [f"ckpt-{step}.index"]
-    assert signal.getsignal(signal.SIGTERM) is handler  # the trainer's handler is removed again
+    assert signal.getsignal(signum) is handler  # the trainer's handler is removed again
 
 
 def test_mixed_float16_trains_with_loss_scaling(tmp_path):

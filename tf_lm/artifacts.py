@@ -1,46 +1,50 @@
-"""A trained model directory: `model.keras`, `config.json` and `tokenizer/`, so nothing else is needed to use it.
+"""A trained model directory: `model/` holding `model.keras`, `config.json` and `tokenizer/`, so nothing else is
+needed to use it.
 
-Writes go to a temporary sibling and are renamed into place, so an interrupted save never leaves a
-half-written model where a good one was.
+The three live in their own subdirectory, beside whatever else a run keeps in its directory (checkpoints,
+metrics), so that a save replaces them as one set (`tf_lm.fileio.atomic_directory`): a crash leaves the old set
+or the new one, never a new `model.keras` beside an old `config.json`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 
 import keras
 
 from tf_lm.configs import LMConfig
+from tf_lm.fileio import atomic_directory
 from tf_lm.model import TransformerLM
 
+SAVED_DIR = "model"
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.json"
 TOKENIZER_DIR = "tokenizer"
 
 
+def saved_dir(model_dir: str) -> str:
+    """The subdirectory of `model_dir` that `save_model_dir` writes: `<model_dir>/model`."""
+    return os.path.join(model_dir, SAVED_DIR)
+
+
 def save_model_dir(model_dir: str, model: TransformerLM, tokenizer) -> None:
-    """Saves `model` (as `.keras`), its config (JSON) and `tokenizer` into `model_dir`, each atomically."""
-    os.makedirs(model_dir, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=model_dir, prefix=".saving-") as staging:
+    """Saves `model` (as `.keras`), its config (JSON) and `tokenizer` into `<model_dir>/model/`, as one set.
+
+    Raises:
+        ValueError: if `<model_dir>/model` exists and is neither empty nor a saved model (nothing is touched).
+    """
+    with atomic_directory(saved_dir(model_dir), marker=CONFIG_FILE) as staging:
         model.save(os.path.join(staging, MODEL_FILE))
         with open(os.path.join(staging, CONFIG_FILE), "w") as f:
             json.dump(model.config.to_dict(), f, indent=2)
         tokenizer.save(os.path.join(staging, TOKENIZER_DIR))
-        for name in (MODEL_FILE, CONFIG_FILE):
-            os.replace(os.path.join(staging, name), os.path.join(model_dir, name))
-        target = os.path.join(model_dir, TOKENIZER_DIR)
-        if os.path.isdir(target):
-            shutil.rmtree(target)
-        os.replace(os.path.join(staging, TOKENIZER_DIR), target)
 
 
 def read_config(model_dir: str) -> LMConfig:
-    path = os.path.join(model_dir, CONFIG_FILE)
+    path = os.path.join(saved_dir(model_dir), CONFIG_FILE)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"No {CONFIG_FILE} in {model_dir!r}; is it a tf_lm model directory?")
+        raise FileNotFoundError(f"No {CONFIG_FILE} in {saved_dir(model_dir)!r}; is it a tf_lm model directory?")
     with open(path) as f:
         return LMConfig.from_dict(json.load(f))
 
@@ -54,14 +58,16 @@ def load_model_dir(model_dir: str):
     """
     from tf_lm.data.tokenizers import load_tokenizer
 
-    model_path = os.path.join(model_dir, MODEL_FILE)
+    model_path = os.path.join(saved_dir(model_dir), MODEL_FILE)
     if not os.path.isfile(model_path):
-        raise FileNotFoundError(f"No {MODEL_FILE} in {model_dir!r}; train one with `python -m experiments.train_lm`.")
+        raise FileNotFoundError(
+            f"No {MODEL_FILE} in {saved_dir(model_dir)!r}; train one with `python -m experiments.train_lm`."
+        )
     try:
         model = keras.models.load_model(model_path, safe_mode=True)
     except Exception as error:  # Keras raises a zoo of types for a damaged zip or config.
         raise ValueError(f"Could not load {model_path}: the file is damaged or not a tf_lm model ({error}).") from None
-    tokenizer = load_tokenizer(os.path.join(model_dir, TOKENIZER_DIR))
+    tokenizer = load_tokenizer(os.path.join(saved_dir(model_dir), TOKENIZER_DIR))
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(
             f"The tokenizer in {model_dir!r} has {tokenizer.vocab_size} ids but the model only "

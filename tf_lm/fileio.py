@@ -6,6 +6,8 @@ swapped in by renames (old one aside, new one in, only then the old one deleted)
 directory that is absent, empty, or recognisably one of ours (it holds a given marker file), so a mistyped path
 never costs the user a file.
 
+`directory_lock` gives one process at a time a directory (a training run's `--model_dir`).
+
 Renames are atomic on local POSIX filesystems. On object stores (`gs://`) TensorFlow renames by copying each
 object, so a crash in the middle of a swap can leave a partial directory at the target; the previous one then
 still exists under its `.old-` name beside it.
@@ -15,10 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 
+import filelock
 import tensorflow as tf
+
+LOCK_FILE = "lock"
 
 
 def is_local(path: str) -> bool:
@@ -45,23 +52,25 @@ def atomic_write(path: str, data: bytes | str) -> None:
         data: bytes, or str (written as UTF-8).
 
     Raises:
-        OSError / tf.errors.OpError: whatever the filesystem raises (e.g. a full disk); the temporary file is
-            removed first and `path` keeps its previous content.
+        OSError: if the filesystem fails (e.g. a full disk); the temporary file is removed first and `path`
+            keeps its previous content.
 
     Example:
     >>> atomic_write("runs/x/flags.txt", "--steps=100\\n")  # doctest: +SKIP
     """
     path = _normalise(path)
-    tf.io.gfile.makedirs(os.path.dirname(path))
     temporary = _sibling(path, "tmp")
     try:
+        tf.io.gfile.makedirs(os.path.dirname(path))
         with tf.io.gfile.GFile(temporary, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
         tf.io.gfile.rename(temporary, path, overwrite=True)
-    except BaseException:  # a full disk, Ctrl-C or SIGTERM: leave no temporary file behind
+    except BaseException as error:  # a full disk, Ctrl-C or SIGTERM: leave no temporary file behind
         with contextlib.suppress(Exception):
             if tf.io.gfile.exists(temporary):
                 tf.io.gfile.remove(temporary)
+        if isinstance(error, tf.errors.OpError):  # gfile reports a full disk as a TensorFlow error
+            raise OSError(f"Could not write {path}: {error.message}") from None
         raise
 
 
@@ -137,3 +146,51 @@ def _swap_in(staging: str, path: str) -> None:
         raise
     if retired is not None:
         tf.io.gfile.rmtree(retired)
+
+
+@contextlib.contextmanager
+def directory_lock(directory: str) -> Iterator[None]:
+    """Holds an exclusive lock on `directory` (created if missing) while the body runs.
+
+    The lock is an OS file lock (`filelock`, `flock(2)`) on `<directory>/lock`, which also records the holder's
+    pid and host. The kernel drops it when the holder dies, so a killed run never blocks the next one. If this
+    call created `directory` and the body leaves nothing else in it, the directory is removed again.
+    Object stores (`gs://`) have no such lock: there the body runs unlocked.
+
+    Args:
+        directory: str, the directory to own.
+
+    Raises:
+        ValueError: if another process holds the lock (the message names its pid and host).
+
+    Example:
+    >>> with directory_lock("runs/x"):  # doctest: +SKIP
+    ...     train()
+    """
+    if not is_local(directory):
+        yield
+        return
+    directory = _normalise(directory)
+    created = not os.path.isdir(directory)
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, LOCK_FILE)
+    lock = filelock.FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        with open(path) as f:
+            holder = f.read().strip() or "a process that has not written its pid yet"
+        raise ValueError(
+            f"{directory} is in use by another run ({holder}); wait for it to finish, stop it, or use another "
+            "directory."
+        ) from None
+    try:
+        with open(path, "w") as f:  # only the holder writes; a contender only reads it for its message
+            f.write(f"pid {os.getpid()} on host {socket.gethostname()}, since "
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n")
+        yield
+    finally:
+        lock.release()
+        if created and os.listdir(directory) == [LOCK_FILE]:
+            os.remove(path)
+            os.rmdir(directory)

@@ -22,6 +22,7 @@ from absl import logging
 from tf_lm.bert import data as data_lib
 from tf_lm.bert import hub
 from tf_lm.distribute import is_chief
+from tf_lm.fileio import atomic_write
 
 BEST_DIR = "best"
 HISTORY_FILE = "history.json"
@@ -343,15 +344,8 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
                 "metrics.json": record, "finetune_config.json": dataclasses.asdict(config),
             })
         if is_chief(strategy):
-            _write_json(os.path.join(output_dir, HISTORY_FILE), history)
+            atomic_write(os.path.join(output_dir, HISTORY_FILE), json.dumps(history, indent=2))
     return history
-
-
-def _write_json(path: str, content) -> None:
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w") as f:
-        json.dump(content, f, indent=2)
-    os.replace(temporary, path)
 
 
 def classify(model, tokenizer, texts: list[str], max_length: int = 128) -> tuple[np.ndarray, np.ndarray]:

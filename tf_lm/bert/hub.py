@@ -19,13 +19,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import socket
 import urllib.parse
 
 import tf_keras
 import transformers
 from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
+
+from tf_lm.fileio import atomic_directory
 
 MINILM = "minilm"
 # float16 would also need loss scaling in the train step; bfloat16 has float32's range and needs none.
@@ -324,11 +325,11 @@ def create_optimizer(learning_rate: float, num_train_steps: int, warmup_steps: i
 def save_pretrained(model_dir: str, model, tokenizer, extra_json: dict[str, dict] | None = None) -> None:
     """Writes `model` (safetensors), `tokenizer` and `extra_json` files into `model_dir`, replacing it whole.
 
-    Everything is written into a sibling staging directory first, then swapped in by renames, so a crash
-    never leaves a half-written model where a good one was.
+    Everything is written into a sibling staging directory first, then swapped in by renames
+    (`tf_lm.fileio.atomic_directory`), so a crash never leaves a half-written model where a good one was.
 
     Args:
-        model_dir: str. Target directory (created or replaced).
+        model_dir: str. Target directory: created, or replaced if it is empty or holds a `config.json`.
         model: a transformers TF model.
         tokenizer: its tokenizer.
         extra_json: dict, default None. `{"file.json": object}` written beside the weights.
@@ -336,22 +337,13 @@ def save_pretrained(model_dir: str, model, tokenizer, extra_json: dict[str, dict
     Example:
     >>> save_pretrained("runs/sst2/best", model, tokenizer, {"metrics.json": {"accuracy": 0.9}})
     """
-    model_dir = os.path.abspath(model_dir)
-    parent = os.path.dirname(model_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = f"{model_dir}.saving-{os.getpid()}"
-    retired = f"{model_dir}.old-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    with _quiet_transformers():
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
-    for filename, content in (extra_json or {}).items():
-        with open(os.path.join(staging, filename), "w") as f:
-            json.dump(content, f, indent=2)
-    if os.path.isdir(model_dir):
-        os.replace(model_dir, retired)
-    os.replace(staging, model_dir)
-    shutil.rmtree(retired, ignore_errors=True)
+    with atomic_directory(model_dir, marker="config.json") as staging:
+        with _quiet_transformers():
+            model.save_pretrained(staging, safe_serialization=True)
+            tokenizer.save_pretrained(staging)
+        for filename, content in (extra_json or {}).items():
+            with open(os.path.join(staging, filename), "w") as f:
+                json.dump(content, f, indent=2)
 
 
 def export_tf_checkpoint(name: str, out_dir: str) -> str:

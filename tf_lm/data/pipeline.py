@@ -16,14 +16,15 @@ Windows are cut by one `tf.gather` from a constant id tensor, so the pipeline ru
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
-import tempfile
 
 import numpy as np
 import tensorflow as tf
 
 from tf_lm.data.sources import Corpus, read_source
+from tf_lm.fileio import atomic_write
 
 SPLITS = ("train", "validation")
 
@@ -73,20 +74,10 @@ def encode_corpus(corpus: Corpus, tokenizer, cache_dir: str | None = None) -> di
             continue
         ids[split] = _encode(tokenizer, text)
         if path is not None:
-            _save_atomically(path, ids[split])
+            buffer = io.BytesIO()
+            np.save(buffer, ids[split])
+            atomic_write(path, buffer.getvalue())
     return ids
-
-
-def _save_atomically(path: str, array: np.ndarray) -> None:
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as f:
-        try:
-            np.save(f, array)
-        except BaseException:  # e.g. a full disk or Ctrl-C: leave no partial file behind
-            os.remove(f.name)
-            raise
-    os.replace(f.name, path)
 
 
 def _windows_to_pairs(ids: tf.Tensor, block_size: int):

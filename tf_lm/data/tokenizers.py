@@ -17,10 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+
+from tf_lm.fileio import atomic_write
 
 CHAR_FILE = "char_tokenizer.json"
 BPE_FILE = "tokenizer.json"
@@ -34,14 +35,6 @@ DEFAULT_BPE_VOCAB_SIZE = 4096
 # Python str) round-tripping instead of raising deep inside numpy.
 _UTF32 = "utf-32-le"
 _SURROGATES = "surrogatepass"
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False, encoding="utf-8") as f:
-        f.write(text)
-    os.replace(f.name, path)
 
 
 def _code_points(text: str) -> np.ndarray:
@@ -160,7 +153,7 @@ class CharTokenizer:
     def save(self, directory: str) -> None:
         """Writes `char_tokenizer.json` into `directory` (created if needed)."""
         payload = {"kind": "char", "chars": list(self.chars), "unknown_token": self.unknown_token}
-        _atomic_write_text(os.path.join(directory, CHAR_FILE), json.dumps(payload, ensure_ascii=False, indent=1))
+        atomic_write(os.path.join(directory, CHAR_FILE), json.dumps(payload, ensure_ascii=False, indent=1))
 
     def to_hf(self):
         """The same mapping as an HF `tokenizers.Tokenizer` (one word per character), for `tokenizer.json`.
@@ -289,7 +282,7 @@ class BPETokenizer:
 
     def save(self, directory: str) -> None:
         """Writes HF `tokenizer.json` into `directory` (created if needed)."""
-        _atomic_write_text(os.path.join(directory, BPE_FILE), self._tokenizer.to_str(pretty=True))
+        atomic_write(os.path.join(directory, BPE_FILE), self._tokenizer.to_str(pretty=True))
 
     @classmethod
     def load(cls, directory: str) -> BPETokenizer:

@@ -20,14 +20,17 @@ Signature `generate`:
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
-import tempfile
 
 import tensorflow as tf
 
+from tf_lm.fileio import atomic_directory
 from tf_lm.generation.generate import CONTEXT_POLICIES, next_fn, prefill
 from tf_lm.generation.samplers import Sampler, get_sampler
+
+# Written into every export: `saved_model.pb` alone would let an export replace someone else's SavedModel.
+EXPORT_MARKER = "tf_lm_export.json"
 
 
 def _check(condition, message):
@@ -145,8 +148,9 @@ def export_saved_model(model, tokenizer, export_dir: str, sampler: str | Sampler
                        context_policy: str = "slide") -> None:
     """Writes a SavedModel with a `generate` signature (text in, text out) to `export_dir`.
 
-    The directory is written under a temporary name beside `export_dir` and renamed into place, replacing an
-    earlier export only once the new one is complete.
+    The directory is built beside `export_dir` and swapped into place (`tf_lm.fileio.atomic_directory`): an
+    earlier export is replaced only once the new one is complete, and anything at `export_dir` that is not an
+    empty directory or an earlier export (which holds `EXPORT_MARKER`) is refused untouched.
 
     Args:
         model: a `TransformerLM`.
@@ -157,7 +161,8 @@ def export_saved_model(model, tokenizer, export_dir: str, sampler: str | Sampler
         context_policy: "slide" (default) or "refuse", as `generate`'s.
 
     Raises:
-        ValueError: for a non-char tokenizer, bad sampler settings or an unknown `context_policy`.
+        ValueError: for a non-char tokenizer, bad sampler settings, an unknown `context_policy`, or an `export_dir`
+            that is not ours.
 
     Example:
     >>> export_saved_model(model, tokenizer, "exports/shakespeare")  # doctest: +SKIP
@@ -167,15 +172,7 @@ def export_saved_model(model, tokenizer, export_dir: str, sampler: str | Sampler
     """
     module = GenerationModule(model, tokenizer, get_sampler(sampler, temperature, top_k, top_p), stop_token_ids,
                               context_policy)
-    export_dir = os.path.abspath(export_dir)
-    parent = os.path.dirname(export_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(export_dir)}-")
-    try:
+    with atomic_directory(export_dir, marker=EXPORT_MARKER) as staging:
         tf.saved_model.save(module, staging, signatures={"generate": module.generate})
-        if os.path.isdir(export_dir):
-            shutil.rmtree(export_dir)
-        os.replace(staging, export_dir)
-    finally:
-        if os.path.isdir(staging):
-            shutil.rmtree(staging)
+        with open(os.path.join(staging, EXPORT_MARKER), "w") as f:
+            json.dump({"exported_by": "tf_lm.generation.export", "signature": "generate"}, f)

@@ -1,25 +1,87 @@
-"""`Checkpoints`: the model's variables, the optimizer, the step (the input position) — saved atomically.
+"""`Checkpoints`: the model's variables, the optimizer's, the step (the input position) — keyed by path.
 
-Keras 3 layers kept in Python lists are invisible to `tf.train.Checkpoint`'s object graph, so the model's
-variables (dropout seed-generator states included: they make dropout resume exactly) are tracked by their
-position in `model.variables`, which the config fixes; their paths would not do, since Keras numbers layer
-and seed-generator names per process (`transformer_lm_2/.../seed_generator_5`).
+Keras 3 layers kept in Python lists are invisible to `tf.train.Checkpoint`'s object graph, and a position in
+`model.variables` would silently swap same-shaped tensors if a Keras release reordered them, so every variable is
+saved under a key made from its path (`block_0/attention/qkv/kernel`), and a restore refuses a checkpoint whose
+keys or shapes differ, naming the first mismatch. Two parts of a path are per process and are rewritten first:
+the model's own name (`transformer_lm_2/...`) is dropped, and a seed generator's global number
+(`seed_generator_5`) becomes its ordinal under its layer. The optimizer's slots are keyed the same way.
 TensorFlow writes a checkpoint's files before it updates the `checkpoint` index, so a run killed mid-save
-resumes from the previous complete one.
+resumes from the previous complete one; a damaged latest checkpoint falls back to the one before it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 
 import keras
 import tensorflow as tf
+from absl import logging
+
+_SEED_GENERATOR = re.compile(r"seed_generator(_\d+)?$")
+_MODEL_SCOPE = "model_variables"
+_OPTIMIZER_SCOPE = "optimizer_variables"
+# How `tf.train.Checkpoint` names a variable tracked in a dict: its key with "/" escaped, then this suffix.
+_VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def variable_keys(model: keras.Model, variables=None) -> dict[str, tf.Variable]:
+    """Maps each variable of `model` (or the given subset of them) to a key that is the same in every process.
+
+    Args:
+        model: the `keras.Model` the variables belong to.
+        variables: optional iterable of some of `model.variables` (e.g. only the trainable ones); default all.
+
+    Returns:
+        dict `{key: variable}` in `model.variables` order, e.g. `"block_0/attention/qkv/kernel"`.
+    """
+    keys, seed_counts = {}, {}
+    for variable in model.variables:
+        parts = variable.path.split("/")
+        if parts[0] == model.name:
+            parts = parts[1:]
+        parent = "/".join(parts[:-2])
+        if len(parts) >= 2 and _SEED_GENERATOR.match(parts[-2]):
+            ordinal = seed_counts[parent] = seed_counts.get(parent, -1) + 1
+            parts[-2] = f"seed_generator_{ordinal}"
+        keys[id(variable)] = "/".join(parts)
+    chosen = model.variables if variables is None else variables
+    return {keys[id(variable)]: variable for variable in chosen}
+
+
+def optimizer_keys(optimizer, model_keys: dict[str, tf.Variable]) -> dict[str, tf.Variable]:
+    """Keys the optimizer's variables by the model key of the variable each slot belongs to.
+
+    Keras names a slot `<optimizer>/<variable path with "/" as "_">_<slot>` (`adam_w_3/..._qkv_kernel_momentum`);
+    its key is `<optimizer>/<model key>/<slot>`, with the optimizer's per-process number dropped. Variables of no
+    model variable (the iteration count, the loss scale) keep their name under the optimizer's.
+    """
+    # Longest first, so `..._mlp_in_kernel` is not taken for a prefix of a longer path.
+    prefixes = sorted(((v.path.replace("/", "_") + "_", key) for key, v in model_keys.items()),
+                      key=lambda item: -len(item[0]))
+    keys = {}
+    for variable in optimizer.variables:
+        owner, name = variable.path.split("/", 1)
+        owner = re.sub(r"_\d+$", "", owner)
+        for prefix, model_key in prefixes:
+            if name.startswith(prefix):
+                name = f"{model_key}/{name[len(prefix):]}"
+                break
+        if f"{owner}/{name}" in keys:  # two slots on one key would restore into each other
+            raise ValueError(f"Two optimizer variables share the checkpoint key {owner}/{name}.")
+        keys[f"{owner}/{name}"] = variable
+    return keys
+
+
+def _unescape(name: str) -> str:
+    return name.replace(".S", "/").replace("..", ".")
 
 
 class Checkpoints:
-    """Saves and restores `(model variables, optimizer, step)` under `directory`.
+    """Saves and restores `(model variables, optimizer, step)` under `directory`, each variable keyed by path.
 
     Under `MultiWorkerMirroredStrategy` every worker must call `save` (saving is collective); only the chief
     writes into `directory`, the others into a temporary directory that is deleted right after.
@@ -30,38 +92,112 @@ class Checkpoints:
         optimizer: its optimizer (built, so its slots exist before a restore).
         chief: bool, default True. Whether this process owns `directory`.
         max_to_keep: int, default 2.
+        variables: optional iterable, the subset of `model.variables` to save and restore (default all of them),
+            e.g. only the trainable ones when the rest come from a pretrained model.
 
     Example:
     >>> checkpoints = Checkpoints("runs/x/checkpoints", model, optimizer)  # doctest: +SKIP
     >>> start_step = checkpoints.restore()  # 0 when there is none  # doctest: +SKIP
     """
 
-    def __init__(self, directory: str, model: keras.Model, optimizer, chief: bool = True, max_to_keep: int = 2):
+    def __init__(self, directory: str, model: keras.Model, optimizer, chief: bool = True, max_to_keep: int = 2,
+                 variables=None):
         self.directory = directory
         self.chief = chief
         # A plain (non-distributed) variable: the step is host-side bookkeeping, the same on every replica.
         with tf.init_scope():
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        variables = {f"{i:04d}": v for i, v in enumerate(model.variables)}
-        self.checkpoint = tf.train.Checkpoint(model_variables=variables, optimizer=optimizer, step=self.step)
+        model_variables = variable_keys(model, variables)
+        optimizer_variables = optimizer_keys(optimizer, variable_keys(model))
+        self.shapes = {f"{_MODEL_SCOPE}/{key}": tuple(v.shape) for key, v in model_variables.items()}
+        self.shapes.update({f"{_OPTIMIZER_SCOPE}/{key}": tuple(v.shape) for key, v in optimizer_variables.items()})
+        self.checkpoint = tf.train.Checkpoint(
+            step=self.step, **{_MODEL_SCOPE: model_variables, _OPTIMIZER_SCOPE: optimizer_variables}
+        )
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep)
 
     @property
     def latest(self) -> str | None:
         return self.manager.latest_checkpoint
 
+    def _check_matches(self, path: str) -> None:
+        """Raises ValueError naming the first key or shape in which the checkpoint at `path` differs."""
+        saved = {}
+        for name, shape in tf.train.list_variables(path):
+            if name.endswith(_VALUE_SUFFIX) and name.split("/", 1)[0] in (_MODEL_SCOPE, _OPTIMIZER_SCOPE):
+                scope, key = name[: -len(_VALUE_SUFFIX)].split("/", 1)
+                saved[f"{scope}/{_unescape(key)}"] = tuple(shape)
+        for key, shape in self.shapes.items():
+            if key not in saved:
+                raise ValueError(f"{path} holds no variable {key!r}: it was written for another model or version.")
+            if saved[key] != shape:
+                raise ValueError(f"{path} holds {key!r} with shape {saved[key]}, but the model's is {shape}.")
+        extra = sorted(set(saved) - set(self.shapes))
+        if extra:
+            raise ValueError(f"{path} holds variable {extra[0]!r}, which the model does not have.")
+
     def restore(self) -> int:
-        """Restores the latest checkpoint in `directory`, if any; returns its step (0 when there is none)."""
-        if self.latest is None:
-            return 0
-        self.checkpoint.restore(self.latest).assert_existing_objects_matched()
-        return int(self.step.numpy())
+        """Restores the newest usable checkpoint in `directory`; returns its step (0 when there is none).
+
+        A damaged checkpoint (truncated or corrupt files) is skipped with a warning for the one before it.
+
+        Raises:
+            ValueError: if checkpoints exist but none can be read, or the newest readable one was written for a
+                model with other variables (names or shapes; the message names the first difference).
+        """
+        candidates = list(reversed(self.manager.checkpoints))
+        problems = []
+        for path in candidates:
+            try:
+                tf.train.load_checkpoint(path)  # reads the index: fails at once on a damaged one
+            except tf.errors.OpError as error:
+                problems.append(self._damaged(path, error))
+                continue
+            self._check_matches(path)
+            try:
+                self.checkpoint.restore(path).assert_existing_objects_matched()
+            except (tf.errors.OpError, IndexError) as error:  # IndexError: a truncated data file
+                problems.append(self._damaged(path, error))
+                continue
+            return int(self.step.numpy())
+        if problems:
+            raise ValueError(
+                f"No usable checkpoint in {self.directory} ({'; '.join(problems)}); move the directory aside to "
+                "start over."
+            )
+        return 0
+
+    @staticmethod
+    def _damaged(path: str, error: Exception) -> str:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        logging.warning("Checkpoint %s is damaged (%s); trying the previous one.", path, reason)
+        return f"{path}: {reason}"
 
     def save(self, step: int) -> str:
-        """Writes the state after `step` updates; returns the checkpoint's path (a temporary one on non-chiefs)."""
+        """Writes the state after `step` updates; returns the checkpoint's path (a temporary one on non-chiefs).
+
+        Raises:
+            OSError: if the files cannot be written (e.g. a full disk); the partial ones are removed and the
+                previous checkpoint stays the latest.
+        """
         self.step.assign(step)
         if self.chief:
-            return self.manager.save(checkpoint_number=step)
+            try:
+                return self.manager.save(checkpoint_number=step)
+            except tf.errors.OpError as error:  # e.g. a full disk: drop the partial files, keep the last checkpoint
+                complete = self.manager.checkpoints
+                for partial in tf.io.gfile.glob(os.path.join(self.directory, f"ckpt-{step}[._]*")):
+                    if any(partial.startswith(path + ".") for path in complete):
+                        continue
+                    if tf.io.gfile.isdir(partial):
+                        tf.io.gfile.rmtree(partial)
+                    else:
+                        tf.io.gfile.remove(partial)
+                kept = self.latest or "none was written yet"
+                raise OSError(
+                    f"Could not write checkpoint {step} in {self.directory} ({error.message.splitlines()[-1]}); "
+                    f"the last complete one ({kept}) is kept."
+                ) from None
         scratch = tempfile.mkdtemp(prefix="tf_lm-worker-checkpoint-")
         try:
             return self.checkpoint.write(os.path.join(scratch, "ckpt"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import time
@@ -10,6 +11,8 @@ import time
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
+
+from tf_lm.fileio import atomic_write
 
 # What TensorBoard's scalar plugin writes, spelled out: the tensorboard package (which `tf.summary.scalar` needs)
 # is not a dependency, yet the events it reads are core TensorFlow.
@@ -75,17 +78,19 @@ class MetricsLog:
             return
         row = {"step": step, "split": split, **{k: values.get(k, "") for k in FIELDS[2:]}}
         self.rows.append(row)
-        with self.writers[split].as_default(step=step):
-            for name, value in values.items():
-                if value != "" and value is not None:
-                    tf.summary.write(name, tf.constant(float(value)), metadata=_SCALAR_METADATA)
-        self.writers[split].flush()
-        temporary = self.path + ".tmp"
-        with open(temporary, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=FIELDS)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(temporary, self.path)
+        try:
+            with self.writers[split].as_default(step=step):
+                for name, value in values.items():
+                    if value != "" and value is not None:
+                        tf.summary.write(name, tf.constant(float(value)), metadata=_SCALAR_METADATA)
+            self.writers[split].flush()
+        except tf.errors.OpError as error:  # a full disk reaches us as a TensorFlow error
+            raise OSError(f"Could not write the TensorBoard log in {self.model_dir}: {error.message}") from None
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write(self.path, table.getvalue())
 
     def plot(self) -> None:
         """Draws training and validation loss against step into `loss.png`."""
@@ -107,7 +112,7 @@ class MetricsLog:
         axes.grid(alpha=0.3)
         axes.legend()
         figure.tight_layout()
-        temporary = os.path.join(self.model_dir, ".loss.tmp.png")
-        figure.savefig(temporary, dpi=100)
+        image = io.BytesIO()
+        figure.savefig(image, format="png", dpi=100)
         plt.close(figure)
-        os.replace(temporary, os.path.join(self.model_dir, "loss.png"))
+        atomic_write(os.path.join(self.model_dir, "loss.png"), image.getvalue())

@@ -1,4 +1,4 @@
-"""`Trainer`: the custom distributed training step and loop — evaluation, checkpoints, NaN and SIGTERM handling.
+"""`Trainer`: the custom distributed training step and loop — evaluation, checkpoints, NaN and signal handling.
 
 The trainer owns its step instead of using `model.fit`: Keras 3 `fit` fails under
 `MultiWorkerMirroredStrategy` (keras-team/keras#20585), and owning the step gives exact control of the
@@ -101,7 +101,12 @@ class TrainingDiverged(ValueError):
 
 
 class TrainingInterrupted(RuntimeError):
-    """SIGTERM arrived; a checkpoint of the current step was written first."""
+    """SIGTERM or SIGINT arrived (here or, under multi-worker training, on another worker); a checkpoint of the
+    current step was written first. `exit_code` is the shell's for the signal: 130 for SIGINT, 143 for SIGTERM."""
+
+    def __init__(self, message: str, signum: int = signal.SIGTERM):
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 def weights_digest(model: keras.Model) -> str:
@@ -174,7 +179,8 @@ class Trainer:
             )
         self.checkpoints = Checkpoints(f"{model_dir}/checkpoints", self.model, self.optimizer, chief=self.chief)
         self.train_step = self._make_train_step(jit_compile)
-        """`train_step(iterator)`: one optimizer update on the next batch; returns `(loss, gradient norm)`."""
+        """`train_step(iterator, stop=False)`: one optimizer update on the next batch; returns `(loss, gradient
+        norm, stop)`, where `stop` is true if any worker passed `stop=True` to this step."""
         self._eval_step = self._make_eval_step(jit_compile)
         self._stop_signal = None
 
@@ -206,29 +212,33 @@ class Trainer:
                 return loss, norm
 
             compiled = tf.function(step, jit_compile=jit_compile)
-            return lambda iterator: compiled(*next(iterator))
+            return lambda iterator, stop=False: (*compiled(*next(iterator)), stop)
 
         loss_and_grads = tf.function(self._loss_and_grads, jit_compile=jit_compile)
 
-        def replica_step(inputs, targets):
+        def replica_step(inputs, targets, stop):
             loss, grads = loss_and_grads(inputs, targets)
             context = tf.distribute.get_replica_context()
             grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-            loss = context.all_reduce(tf.distribute.ReduceOp.SUM, loss)
+            # The workers' stop requests ride on the loss's all-reduce: a signal on any one worker stops every
+            # worker after the same step, so none is left waiting in a collective the others never join.
+            stop = tf.zeros_like(loss) + stop  # made on this replica's device, as all_reduce needs
+            loss, stop = context.all_reduce(tf.distribute.ReduceOp.SUM, [loss, stop])
             grads, norm = self._clip(grads)
             # Keras 3's optimizer sums the replicas' gradients again; hand each replica 1/N of the summed,
             # clipped gradient so that sum is the gradient itself.
             replicas = context.num_replicas_in_sync
             self.optimizer.apply_gradients(zip([g / replicas for g in grads], variables))
-            return loss, norm
+            return loss, norm, stop
 
         @tf.function
-        def distributed_step(iterator):
-            loss, norm = self.strategy.run(replica_step, args=next(iterator))
+        def distributed_step(iterator, stop):
+            loss, norm, stop = self.strategy.run(replica_step, args=(*next(iterator), stop))
             local = self.strategy.experimental_local_results
-            return local(loss)[0], local(norm)[0]
+            return local(loss)[0], local(norm)[0], local(stop)[0] > 0
 
-        return distributed_step
+        # A float tensor, not a Python bool, so a stop request does not retrace the step.
+        return lambda iterator, stop=False: distributed_step(iterator, tf.constant(float(stop)))
 
     def _make_eval_step(self, jit_compile):
         def step(inputs, targets):
@@ -291,8 +301,10 @@ class Trainer:
             f"({kept}) is kept. Lower --learning_rate, raise --warmup_steps or set --grad_clip, then rerun."
         )
 
-    def _on_sigterm(self, signum, frame):
+    def _on_signal(self, signum, frame):
         del frame
+        if signum == signal.SIGINT and self._stop_signal is not None:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop at once, without waiting for the checkpoint
         self._stop_signal = signum
 
     def fit(self, train_dataset_fn: Callable, validation_dataset_fn: Callable) -> dict:
@@ -309,7 +321,10 @@ class Trainer:
 
         Raises:
             TrainingDiverged: when the loss or weights become NaN/inf (the last good checkpoint is kept).
-            TrainingInterrupted: on SIGTERM, after a checkpoint of the current step.
+            TrainingInterrupted: on SIGTERM or SIGINT (on any worker), after a checkpoint of the current step.
+            KeyboardInterrupt: on a second SIGINT, at once.
+            OSError: if writing a checkpoint or the metrics fails (e.g. a full disk); the last complete
+                checkpoint is kept.
         """
         config = self.config
         start = self.checkpoints.restore()
@@ -320,7 +335,8 @@ class Trainer:
                   "tokens_per_second": None, "mfu": None}
         progbar = keras.utils.Progbar(config.steps, stateful_metrics=["loss", "tok/s"]) if self.verbose else None
         in_main_thread = threading.current_thread() is threading.main_thread()
-        previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm) if in_main_thread else None
+        handled = (signal.SIGTERM, signal.SIGINT) if in_main_thread else ()
+        previous_handlers = {signum: signal.signal(signum, self._on_signal) for signum in handled}
         try:
             iterator = iter(self._distribute(lambda context: train_dataset_fn(start, context)))
             # Throughput counts training steps only: evaluation, checkpoints and the first step (XLA compilation)
@@ -328,8 +344,8 @@ class Trainer:
             window_losses, step_seconds, started = [], [], time.perf_counter()
             for step in range(start + 1, config.steps + 1):  # `step` updates done after this iteration
                 step_start = time.perf_counter()
-                loss, _ = self.train_step(iterator)
-                loss = float(loss)
+                loss, _, stop = self.train_step(iterator, self._stop_signal is not None)
+                loss, stop = float(loss), bool(stop)
                 if step > start + 1:
                     step_seconds.append(time.perf_counter() - step_start)
                 if not math.isfinite(loss):
@@ -356,18 +372,21 @@ class Trainer:
                               f"{v['bits']:.3f} bits/{self.bits_unit}", flush=True)
                     log.plot()
                 result["step"] = step
-                if step % config.checkpoint_every == 0 or step == config.steps or self._stop_signal:
+                if step % config.checkpoint_every == 0 or step == config.steps or stop:
                     self._save(step)
-                if self._stop_signal:
+                if stop:
                     log.plot()
+                    signum = self._stop_signal or signal.SIGTERM
+                    cause = (f"by {signal.Signals(signum).name}" if self._stop_signal
+                             else "because another worker was stopped")
                     raise TrainingInterrupted(
-                        f"Stopped by signal {self._stop_signal} at step {step}; a checkpoint was written to "
-                        f"{self.checkpoints.directory}, so rerunning the same command resumes from it."
+                        f"Stopped {cause} at step {step}; a checkpoint was written to "
+                        f"{self.checkpoints.directory}, so rerunning the same command resumes from it.", signum
                     )
             log.plot()
         finally:
-            if in_main_thread:
-                signal.signal(signal.SIGTERM, previous_handler)
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
         result["weights_digest"] = weights_digest(self.model)
         return result
 
