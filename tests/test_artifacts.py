@@ -44,3 +44,25 @@ def test_tokenizer_larger_than_the_model_is_refused(tmp_path):
     CharTokenizer.from_text(TEXT + "XYZ!?").save(str(tmp_path / "model" / "tokenizer"))
     with pytest.raises(ValueError, match="mixes files from different runs"):
         load_model_dir(str(tmp_path))
+
+
+def test_a_failed_save_leaves_the_previous_set_whole(tmp_path):
+    model, _ = _saved(tmp_path)
+    before = {p: p.read_bytes() for p in (tmp_path / "model").rglob("*") if p.is_file()}
+
+    class FullDisk:
+        def save(self, directory):
+            raise OSError("No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        save_model_dir(str(tmp_path), model, FullDisk())  # model.keras and config.json were already written
+    assert {p: p.read_bytes() for p in (tmp_path / "model").rglob("*") if p.is_file()} == before
+    assert os.listdir(tmp_path) == ["model"]
+
+
+def test_a_foreign_model_subdirectory_is_refused_untouched(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not one of ours"):
+        _saved(tmp_path)
+    assert os.listdir(tmp_path / "model") == ["notes.txt"]
