@@ -118,7 +118,8 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, da
 
     keras.utils.set_random_seed(9)
     other, other_optimizer = build()
-    assert Checkpoints(str(tmp_path), other, other_optimizer).restore() == 2
+    restored = Checkpoints(str(tmp_path), other, other_optimizer)
+    assert restored.restore() == 2 and restored.restored.endswith("ckpt-2") and restored.latest.endswith("ckpt-4")
     for a, b in zip(expected, other.variables):
         np.testing.assert_array_equal(a, np.asarray(b))
 

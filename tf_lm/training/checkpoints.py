@@ -115,6 +115,8 @@ class Checkpoints:
             step=self.step, **{_MODEL_SCOPE: model_variables, _OPTIMIZER_SCOPE: optimizer_variables}
         )
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep)
+        self.restored: str | None = None
+        """The path `restore` read (not always `latest`: a damaged latest one is skipped)."""
 
     @property
     def latest(self) -> str | None:
@@ -159,6 +161,7 @@ class Checkpoints:
             except (tf.errors.OpError, IndexError) as error:  # IndexError: a truncated data file
                 problems.append(self._damaged(path, error))
                 continue
+            self.restored = path
             return int(self.step.numpy())
         if problems:
             raise ValueError(

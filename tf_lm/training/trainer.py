@@ -329,7 +329,7 @@ class Trainer:
         config = self.config
         start = self.checkpoints.restore()
         if self.verbose and start:
-            print(f"resuming from {self.checkpoints.latest} (step {start} of {config.steps})", flush=True)
+            print(f"resuming from {self.checkpoints.restored} (step {start} of {config.steps})", flush=True)
         log = MetricsLog(self.model_dir, start, enabled=self.chief)
         result = {"start_step": start, "step": start, "train_loss": None, "validation": None,
                   "tokens_per_second": None, "mfu": None}
