@@ -44,7 +44,9 @@ def save_model_dir(model_dir: str, model: TransformerLM, tokenizer) -> None:
 def read_config(model_dir: str) -> LMConfig:
     path = os.path.join(saved_dir(model_dir), CONFIG_FILE)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"No {CONFIG_FILE} in {saved_dir(model_dir)!r}; is it a tf_lm model directory?")
+        raise FileNotFoundError(
+            f"No {CONFIG_FILE} in {model_dir!r} (looked in its {SAVED_DIR}/); is it a tf_lm model directory?"
+        )
     with open(path) as f:
         return LMConfig.from_dict(json.load(f))
 
@@ -61,7 +63,8 @@ def load_model_dir(model_dir: str):
     model_path = os.path.join(saved_dir(model_dir), MODEL_FILE)
     if not os.path.isfile(model_path):
         raise FileNotFoundError(
-            f"No {MODEL_FILE} in {saved_dir(model_dir)!r}; train one with `python -m experiments.train_lm`."
+            f"No {MODEL_FILE} in {model_dir!r} (looked in its {SAVED_DIR}/); train one with "
+            "`python -m experiments.train_lm`."
         )
     try:
         model = keras.models.load_model(model_path, safe_mode=True)
