@@ -38,7 +38,7 @@ def flag_group(title: str, flag_values: flags.FlagValues = flags.FLAGS):
             _GROUP_OF[flag_values[name]] = title
 
 
-def _is_script_flag(module_name: str) -> bool:
+def is_script_flag(module_name: str) -> bool:
     # absl files a flag under its defining module's name, and under the script's path (sys.argv[0]) when the
     # script itself (`__main__`) defines it; absl's and TensorFlow's own flags come from neither.
     return module_name.startswith("experiments") or module_name == sys.argv[0]
@@ -55,7 +55,7 @@ def _default_text(flag) -> str:
 def script_help(flag_values: flags.FlagValues = flags.FLAGS) -> str:
     """The script's docstring, then each of its flags (`--name=default` and its help) under its group's title."""
     own = {flag.name for module, module_flags in flag_values.flags_by_module_dict().items()
-           if _is_script_flag(module) for flag in module_flags}
+           if is_script_flag(module) for flag in module_flags}
     groups: dict[str, list[str]] = {}
     for name in flag_values:  # definition order
         if name in own:

@@ -20,7 +20,7 @@ import sys
 
 from absl import flags, logging
 
-from experiments.flags import configs_from_flags, define_train_flags, run_script
+from experiments.flags import configs_from_flags, define_train_flags, is_script_flag, run_script
 from tf_lm import artifacts
 from tf_lm.configs import LMConfig
 from tf_lm.data import build_tokenizer, lm_datasets, load_tokenizer, read_source
@@ -68,12 +68,8 @@ def _check_model_dir(model_dir: str, run_config: dict) -> None:
 
 def script_flags(flag_values: flags.FlagValues) -> dict[str, str]:
     """This script's flags (not absl's or TensorFlow's) as flagfile lines by name; flags left at None are omitted."""
-    lines = {}
-    for module, module_flags in flag_values.flags_by_module_dict().items():
-        if module == "__main__" or module.startswith("experiments."):
-            for flag in module_flags:
-                if flag.value is not None:
-                    lines[flag.name] = flag.serialize()
+    lines = {flag.name: flag.serialize() for module, module_flags in flag_values.flags_by_module_dict().items()
+             if is_script_flag(module) for flag in module_flags if flag.value is not None}
     return dict(sorted(lines.items()))
 
 
