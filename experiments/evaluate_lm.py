@@ -2,7 +2,11 @@
 
     python -m experiments.evaluate_lm --model_dir=runs/shakespeare \\
         --dataset=text:../shared/data/tinyshakespeare/input.txt [--split=validation]
+    python -m experiments.evaluate_lm --model_dir=runs/corpus --dataset=store:stores/corpus
     python -m experiments.evaluate_lm --model_dir=runs/shakespeare --score="To be, or not to be"
+
+A `store:` dataset must hold the ids of the model's tokenizer; any other source is first prepared with that
+tokenizer into a temporary store.
 
 `--score` prints log P(W) = Σ_i log P(w_i | w_1..w_{i-1}) and each token's log-probability.
 """
@@ -10,28 +14,30 @@
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 
 import numpy as np
 import tensorflow as tf
 from absl import flags, logging
 
-from experiments.flags import define_data_flags, flag_group, run_script
+from experiments.flags import define_data_flags, flag_group, run_script, source_options
 from tf_lm.artifacts import load_model_dir
-from tf_lm.data import Corpus, lm_datasets, read_source
-from tf_lm.data.tokenizers import CharTokenizer
+from tf_lm.data import TokenStore, contiguous_windows, prepare_store
+from tf_lm.data.store import STORE_SCHEME
 from tf_lm.training.metrics import derived
 
 FLAGS = flags.FLAGS
 
 
-def evaluate_split(model, tokenizer, corpus: Corpus, split: str, batch_size: int = 16,
+def evaluate_split(model, tokenizer, store: TokenStore, split: str, batch_size: int = 16,
                    max_batches: int | None = None) -> dict:
-    """Mean next-token loss of `model` over `split` of `corpus`, in contiguous non-overlapping windows.
+    """Mean next-token loss of `model` over `split` of `store`, in contiguous non-overlapping windows.
 
     Args:
         model: a `TransformerLM`.
         tokenizer: its tokenizer.
-        corpus: `Corpus`.
+        store: `TokenStore` holding ids of `tokenizer`.
         split: "validation" or "train".
         batch_size: int, default 16. Windows per batch.
         max_batches: int or None. Stop after this many batches (None: the whole split).
@@ -40,14 +46,14 @@ def evaluate_split(model, tokenizer, corpus: Corpus, split: str, batch_size: int
         dict with `loss` (nats per token), `perplexity`, `bits` (per token) and `tokens` (how many were scored).
 
     Raises:
-        ValueError: for an unknown split, or a split shorter than one window.
+        ValueError: for an unknown split, a split shorter than one window, or a store of another tokenizer.
     """
-    if split not in ("train", "validation"):
-        raise ValueError(f"Unknown split {split!r}; choose train or validation.")
-    # The validation pipeline walks its split once, window after window; point it at the chosen split.
-    text = getattr(corpus, split)
-    windows = lm_datasets(Corpus(train=text, validation=text, name=corpus.name), tokenizer,
-                          model.config.block_size, batch_size)[1]
+    if store.fingerprint != tokenizer.fingerprint:
+        raise ValueError(
+            f"Token store {store.directory!r} was prepared with another tokenizer than the model's; prepare it "
+            "with --tokenizer_dir=<model_dir>/tokenizer."
+        )
+    windows = contiguous_windows(store, split, model.config.block_size, batch_size)
     if max_batches:
         windows = windows.take(max_batches)
 
@@ -95,7 +101,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     try:
         model, tokenizer = load_model_dir(FLAGS.model_dir)
-        unit = "char" if isinstance(tokenizer, CharTokenizer) else "token"
+        unit = "char" if tokenizer.is_char_level else "token"
         if FLAGS.score is not None:
             result = score_text(model, tokenizer, FLAGS.score)
             n = len(result["token_log_probs"])
@@ -104,9 +110,13 @@ def main(argv):
             for token, log_prob in zip(result["tokens"][1:], result["token_log_probs"]):
                 print(f"  {token!r:>12}  log P = {log_prob:8.4f}")
             return
-        corpus = read_source(FLAGS.dataset, validation_fraction=FLAGS.validation_fraction,
-                             tfds_data_dir=FLAGS.tfds_data_dir, tfds_manual_dir=FLAGS.tfds_manual_dir)
-        result = evaluate_split(model, tokenizer, corpus, FLAGS.split, FLAGS.batch_size, FLAGS.max_batches)
+        with tempfile.TemporaryDirectory(prefix="tf_lm_eval_") as scratch:
+            if FLAGS.dataset.startswith(STORE_SCHEME):
+                store = TokenStore(FLAGS.dataset[len(STORE_SCHEME):])
+            else:
+                store = prepare_store(FLAGS.dataset, os.path.join(scratch, "store"), tokenizer=tokenizer,
+                                      **source_options(FLAGS))
+            result = evaluate_split(model, tokenizer, store, FLAGS.split, FLAGS.batch_size, FLAGS.max_batches)
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}") from None
     print(f"{FLAGS.dataset} [{FLAGS.split}], {result['tokens']:,} tokens: loss {result['loss']:.4f} nats/token, "

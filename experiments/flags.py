@@ -15,6 +15,7 @@ import sys
 from absl import app, flags
 
 from tf_lm.configs import PRESETS, LMConfig
+from tf_lm.data.store import DEFAULT_BPE_SAMPLE_BYTES
 from tf_lm.distribute import STRATEGIES
 from tf_lm.training import TrainConfig
 from tf_lm.training.trainer import PRECISIONS
@@ -96,9 +97,10 @@ def run_script(main) -> None:
 
 
 def define_data_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """--dataset and the options of `tf_lm.data.read_source`, shared by training and evaluation."""
+    """--dataset and the options of `tf_lm.data.open_source`, shared by training, evaluation and preparation."""
     with flag_group("data", flag_values):
-        flags.DEFINE_string("dataset", _TRAIN.dataset, "Text source: builtin:pydoc, text:<file or glob>, tfds:<name>.",
+        flags.DEFINE_string("dataset", _TRAIN.dataset, "Text source: builtin:pydoc, text:<file or glob>, "
+                            "tfds:<name>, or store:<dir> (a token store written by experiments.prepare_data).",
             flag_values=flag_values)
         flags.DEFINE_float("validation_fraction", 0.1, "Share of the text held out for validation, when the source "
                            "has no validation split of its own.", flag_values=flag_values)
@@ -106,8 +108,23 @@ def define_data_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
             flag_values=flag_values)
         flags.DEFINE_string("tfds_manual_dir", None, "TFDS manual_dir holding the dataset's downloaded files.",
             flag_values=flag_values)
-        flags.DEFINE_string("data_cache_dir", None, "Directory caching the token ids (.npy); unset: tokenise each run.",
+
+
+def source_options(flag_values: flags.FlagValues) -> dict:
+    """The `open_source` options among the parsed data flags."""
+    return {"validation_fraction": flag_values.validation_fraction, "tfds_data_dir": flag_values.tfds_data_dir,
+            "tfds_manual_dir": flag_values.tfds_manual_dir}
+
+
+def define_tokenizer_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """The tokenizer a token store is prepared with, shared by train_lm and prepare_data."""
+    with flag_group("data", flag_values):
+        flags.DEFINE_enum("tokenizer", _TRAIN.tokenizer, ["char", "bpe"], "Tokenizer built from the training text.",
             flag_values=flag_values)
+        flags.DEFINE_integer("bpe_vocab_size", None, "BPE vocabulary size (only with --tokenizer=bpe).",
+            flag_values=flag_values)
+        flags.DEFINE_float("bpe_sample_mb", DEFAULT_BPE_SAMPLE_BYTES / 1e6, "BPE is trained on the first this many "
+                           "MB of the training text, never the whole corpus.", flag_values=flag_values)
 
 
 def define_train_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -122,11 +139,10 @@ def define_train_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         flags.DEFINE_integer("block_size", None, "Context length trained on (default and maximum: the preset's).",
             flag_values=flag_values)
     define_data_flags(flag_values)
+    define_tokenizer_flags(flag_values)
     with flag_group("data", flag_values):
-        flags.DEFINE_enum("tokenizer", _TRAIN.tokenizer, ["char", "bpe"], "Tokenizer built from the training text.",
-            flag_values=flag_values)
-        flags.DEFINE_integer("bpe_vocab_size", None, "BPE vocabulary size (only with --tokenizer=bpe).",
-            flag_values=flag_values)
+        flags.DEFINE_string("data_cache_dir", None, "Where text:, tfds: and builtin: sources are prepared into "
+                            "token stores, reused on resume (default: <model_dir>/data).", flag_values=flag_values)
     with flag_group("optimisation", flag_values):
         flags.DEFINE_integer("batch_size", _TRAIN.batch_size, "Global batch size (split over the replicas).",
             flag_values=flag_values)

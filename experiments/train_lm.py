@@ -1,7 +1,12 @@
-"""Trains a `TransformerLM` on a text source under a `tf.distribute` strategy; rerun the command to resume.
+"""Trains a `TransformerLM` on a token store under a `tf.distribute` strategy; rerun the command to resume.
 
     python -m experiments.train_lm --model_dir=runs/shakespeare \\
         --dataset=text:../shared/data/tinyshakespeare/input.txt --preset=nano
+    python -m experiments.train_lm --model_dir=runs/corpus --dataset=store:stores/corpus --preset=gpt2
+
+A `store:` dataset is read as it is (see experiments.prepare_data); any other source is first prepared into a
+store under --data_cache_dir (default <model_dir>/data), which a resumed run reuses without re-tokenising. The
+model's tokenizer is the store's.
 
 Writes into --model_dir: flags.txt (the exact flags, as an absl flagfile), model/ (model.keras + config.json +
 tokenizer/, at the end, by the chief), run_config.json (the resolved model and training config), checkpoints/,
@@ -13,17 +18,23 @@ the flags in NOT_IDENTITY may differ. `--flagfile=<model_dir>/flags.txt` reruns 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import os
+import re
 import sys
+import tempfile
 
+import tensorflow as tf
 from absl import flags, logging
 
-from experiments.flags import configs_from_flags, define_train_flags, is_script_flag, run_script
+from experiments.flags import configs_from_flags, define_train_flags, is_script_flag, run_script, source_options
 from tf_lm import artifacts
 from tf_lm.configs import LMConfig
-from tf_lm.data import build_tokenizer, lm_datasets, load_tokenizer, read_source
+from tf_lm.data import TokenStore, lm_datasets, load_tokenizer, prepare_store
+from tf_lm.data.store import DEFAULT_BPE_SAMPLE_BYTES, STORE_SCHEME
 from tf_lm.distribute import is_chief, resolve_strategy
 from tf_lm.fileio import atomic_write, directory_lock
 from tf_lm.training import TrainConfig, Trainer, TrainingInterrupted, measure_matmul_peak
@@ -42,28 +53,38 @@ RUN_IDENTITY = ("dataset", "tokenizer", "bpe_vocab_size", "batch_size", "seed", 
 
 def _check_model_dir(model_dir: str, run_config: dict) -> None:
     """Raises ValueError if `model_dir` already holds a run or model that differs from `run_config`."""
+    # Before the token store is open the vocabulary is unknown (fingerprint None): everything else is checked, so
+    # a mistyped resume is refused before a store is prepared into model_dir.
+    known = run_config["tokenizer_fingerprint"] is not None
+    ignored = () if known else ("vocab_size", "tokenizer")
     path = os.path.join(model_dir, RUN_CONFIG)
-    if os.path.isfile(path):
-        with open(path) as f:
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
             previous = json.load(f)
         changed = [f"{k}: {previous['model'].get(k)!r} -> {v!r}" for k, v in run_config["model"].items()
-                   if previous["model"].get(k) != v]
+                   if previous["model"].get(k) != v and k not in ignored]
         changed += [f"{k}: {previous['train'].get(k)!r} -> {run_config['train'][k]!r}" for k in RUN_IDENTITY
-                    if previous["train"].get(k) != run_config["train"][k]]
-        if previous.get("tokenizer_fingerprint") != run_config["tokenizer_fingerprint"]:
+                    if previous["train"].get(k) != run_config["train"][k] and k not in ignored]
+        if known and previous.get("tokenizer_fingerprint") != run_config["tokenizer_fingerprint"]:
             changed.append("tokenizer vocabulary")
         if changed:
             raise ValueError(
                 f"--model_dir={model_dir!r} holds a run with a different config ({'; '.join(changed)}); "
                 "use a new --model_dir, or the original flags to resume it."
             )
-    if os.path.isfile(os.path.join(artifacts.saved_dir(model_dir), artifacts.CONFIG_FILE)):
+    if tf.io.gfile.exists(os.path.join(artifacts.saved_dir(model_dir), artifacts.CONFIG_FILE)):
         saved = artifacts.read_config(model_dir).to_dict()
-        if saved != run_config["model"]:
+        if {k: v for k, v in saved.items() if k not in ignored} != {
+                k: v for k, v in run_config["model"].items() if k not in ignored}:
             raise ValueError(
                 f"--model_dir={model_dir!r} holds a saved model of a different config ({saved}); "
                 "use a new --model_dir."
             )
+
+
+def _run_config(model_config, train_config, strategy, tokenizer_fingerprint) -> dict:
+    return {"model": model_config.to_dict(), "train": train_config.to_dict(), "strategy": type(strategy).__name__,
+            "replicas": strategy.num_replicas_in_sync, "tokenizer_fingerprint": tokenizer_fingerprint}
 
 
 def script_flags(flag_values: flags.FlagValues) -> dict[str, str]:
@@ -101,19 +122,50 @@ def check_flags(model_dir: str, lines: dict[str, str]) -> None:
         )
 
 
+def _store_directory(train_config: TrainConfig, cache_dir: str, options: dict) -> str:
+    # One store per (source, tokenizer, options): runs sharing a --data_cache_dir share the stores they agree on.
+    identity = {"dataset": train_config.dataset, "tokenizer": train_config.tokenizer,
+                "bpe_vocab_size": train_config.bpe_vocab_size, **options}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{train_config.dataset}-{train_config.tokenizer}").strip("_")[:60]
+    return os.path.join(cache_dir, f"{slug}-{key}")
+
+
+def open_training_store(train_config: TrainConfig, model_dir: str, data_options: dict, chief: bool,
+                        stack: contextlib.ExitStack, verbose: bool = True) -> TokenStore:
+    """The store `train_config.dataset` names, or the one it is prepared into (reused if already there).
+
+    A non-chief worker prepares its own copy in a temporary directory that `stack` deletes, so only the chief
+    writes under `model_dir`; preparation is deterministic, so both copies hold the same ids.
+    """
+    options = dict(data_options)
+    cache_dir = options.pop("cache_dir", None) or os.path.join(model_dir, "data")
+    if train_config.dataset.startswith(STORE_SCHEME):
+        return TokenStore(train_config.dataset[len(STORE_SCHEME):])
+    bpe = {"bpe_vocab_size": train_config.bpe_vocab_size,
+           "bpe_sample_bytes": options.pop("bpe_sample_bytes", DEFAULT_BPE_SAMPLE_BYTES)}
+    if train_config.tokenizer != "bpe":
+        bpe = {}
+    directory = _store_directory(train_config, cache_dir, {**options, **bpe})
+    if not chief:
+        directory = os.path.join(stack.enter_context(tempfile.TemporaryDirectory(prefix="tf_lm_store_")), "store")
+    return prepare_store(train_config.dataset, directory, tokenizer=train_config.tokenizer, progress=verbose,
+                         **bpe, **options)
+
+
 def train(model_config: LMConfig, train_config: TrainConfig, model_dir: str, strategy_name: str = "auto",
           tpu: str | None = None, data_options: dict | None = None, verbose: bool = True,
           flagfile: str | None = None):
-    """Reads the data, builds the tokenizer, checks `model_dir`, trains (resuming) and saves the model.
+    """Opens (or prepares) the token store, checks `model_dir`, trains (resuming) and saves the model.
 
     Args:
-        model_config: `LMConfig`; its `vocab_size` is replaced by the tokenizer's.
-        train_config: `TrainConfig`.
+        model_config: `LMConfig`; its `vocab_size` is replaced by the store tokenizer's.
+        train_config: `TrainConfig`. With a `store:` dataset, its `tokenizer` becomes the store's kind.
         model_dir: str. Output directory (see the module docstring).
         strategy_name, tpu: passed to `resolve_strategy`.
-        data_options: dict of `read_source` options (`validation_fraction`, `tfds_data_dir`, `tfds_manual_dir`)
-            plus `cache_dir` for the token ids.
-        verbose: bool. Progress bar and summary lines.
+        data_options: dict of `open_source` options (`validation_fraction`, `tfds_data_dir`, `tfds_manual_dir`),
+            `bpe_sample_bytes`, and `cache_dir` (where sources are prepared into stores).
+        verbose: bool. Progress bars and summary lines.
         flagfile: str or None. The exact flags (absl flagfile text), kept as `model_dir/flags.txt` by the first run.
 
     Returns:
@@ -126,41 +178,38 @@ def train(model_config: LMConfig, train_config: TrainConfig, model_dir: str, str
         OSError: if writing into `model_dir` fails (e.g. a full disk); the last complete checkpoint is kept.
     """
     strategy = resolve_strategy(strategy_name, tpu)
-    if not is_chief(strategy):  # workers only read model_dir; the chief holds it for the whole cluster
-        return _train(model_config, train_config, model_dir, strategy, data_options, verbose, flagfile)
-    with directory_lock(model_dir):
-        return _train(model_config, train_config, model_dir, strategy, data_options, verbose, flagfile)
+    chief = is_chief(strategy)
+    with contextlib.ExitStack() as stack:
+        if chief:  # workers only read model_dir; the chief holds it for the whole cluster
+            stack.enter_context(directory_lock(model_dir))
+        _check_model_dir(model_dir, _run_config(model_config, train_config, strategy, None))
+        store = open_training_store(train_config, model_dir, data_options or {}, chief, stack, verbose)
+        return _train(model_config, train_config, model_dir, strategy, store, verbose, flagfile)
 
 
-def _train(model_config, train_config, model_dir, strategy, data_options, verbose, flagfile):
-    data_options = dict(data_options or {})
-    cache_dir = data_options.pop("cache_dir", None)
-    corpus = read_source(train_config.dataset, **data_options)
+def _train(model_config, train_config, model_dir, strategy, store, verbose, flagfile):
+    tokenizer = store.tokenizer
     tokenizer_dir = os.path.join(artifacts.saved_dir(model_dir), artifacts.TOKENIZER_DIR)
-    if os.path.isdir(tokenizer_dir):  # a finished run: keep its exact vocabulary
-        tokenizer = load_tokenizer(tokenizer_dir)
-    elif train_config.tokenizer == "char":
-        # The vocabulary of the whole text, as nanoGPT's prepare.py: a character seen only in validation still
-        # gets an id.
-        tokenizer = build_tokenizer("char", corpus.train + corpus.validation)
-    else:
-        tokenizer = build_tokenizer("bpe", corpus.train, vocab_size=train_config.bpe_vocab_size)
+    if tf.io.gfile.isdir(tokenizer_dir) and load_tokenizer(tokenizer_dir).fingerprint != tokenizer.fingerprint:
+        raise ValueError(
+            f"Token store {store.directory!r} was prepared with another tokenizer than the model in "
+            f"--model_dir={model_dir!r}; prepare it with --tokenizer_dir={tokenizer_dir}, or use a new --model_dir."
+        )
+    train_config = dataclasses.replace(train_config, tokenizer="char" if tokenizer.is_char_level else "bpe")
     model_config = dataclasses.replace(model_config, vocab_size=tokenizer.vocab_size)
-    run_config = {"model": model_config.to_dict(), "train": train_config.to_dict(),
-                  "strategy": type(strategy).__name__,
-                  "replicas": strategy.num_replicas_in_sync, "tokenizer_fingerprint": tokenizer.fingerprint}
+    run_config = _run_config(model_config, train_config, strategy, tokenizer.fingerprint)
     _check_model_dir(model_dir, run_config)
 
     peak = measure_matmul_peak() if verbose else None
-    unit = "char" if train_config.tokenizer == "char" else "token"
+    unit = "char" if tokenizer.is_char_level else "token"
     trainer = Trainer(model_config, train_config, strategy, model_dir, peak_flops=peak, verbose=verbose,
                       bits_unit=unit)
     chief = is_chief(strategy)
     if chief:
         # Written by the first run only: a resume has just been checked to be the same run.
-        if not os.path.isfile(os.path.join(model_dir, RUN_CONFIG)):
+        if not tf.io.gfile.exists(os.path.join(model_dir, RUN_CONFIG)):
             atomic_write(os.path.join(model_dir, RUN_CONFIG), json.dumps(run_config, indent=2))
-        if flagfile is not None and not os.path.isfile(os.path.join(model_dir, FLAGS_FILE)):
+        if flagfile is not None and not tf.io.gfile.exists(os.path.join(model_dir, FLAGS_FILE)):
             atomic_write(os.path.join(model_dir, FLAGS_FILE), flagfile)
     if verbose:
         print(f"{model_config}\n{train_config}\nstrategy: {type(strategy).__name__} with "
@@ -169,8 +218,8 @@ def _train(model_config, train_config, model_dir, strategy, data_options, verbos
               flush=True)
 
     def datasets(start_step, context):
-        return lm_datasets(corpus, tokenizer, model_config.block_size, train_config.batch_size,
-                           seed=train_config.seed, start_step=start_step, cache_dir=cache_dir, input_context=context)
+        return lm_datasets(store, model_config.block_size, train_config.batch_size, seed=train_config.seed,
+                           start_step=start_step, input_context=context)
 
     validation_sets = {}
 
@@ -203,8 +252,8 @@ def main(argv):
     values = flags.FLAGS
     try:
         model_config, train_config = configs_from_flags(values)
-        data_options = {"validation_fraction": values.validation_fraction, "tfds_data_dir": values.tfds_data_dir,
-                        "tfds_manual_dir": values.tfds_manual_dir, "cache_dir": values.data_cache_dir}
+        data_options = {**source_options(values), "bpe_sample_bytes": int(values.bpe_sample_mb * 1e6),
+                        "cache_dir": values.data_cache_dir}
         lines = script_flags(values)
         check_flags(values.model_dir, lines)  # before any data is read: a refused resume costs nothing
         train(model_config, train_config, values.model_dir, values.strategy, values.tpu, data_options,

@@ -4,12 +4,12 @@ import math
 
 import numpy as np
 import pytest
-from conftest import run_module
+from conftest import failure_line, run_module
 
 from experiments.evaluate_lm import evaluate_split, score_text
 from tf_lm import LMConfig, TransformerLM
 from tf_lm.artifacts import save_model_dir
-from tf_lm.data import Corpus, build_tokenizer
+from tf_lm.data import build_tokenizer, prepare_store
 
 TEXT = "the cat sat on the mat. " * 40
 
@@ -24,10 +24,12 @@ def model_dir(tmp_path):
 
 
 def test_split_loss_is_the_mean_token_nll(model_dir):
-    _, model, tokenizer = model_dir
-    corpus = Corpus(train=TEXT, validation=TEXT[:200], name="test")
-    result = evaluate_split(model, tokenizer, corpus, "validation", batch_size=4)
-    ids = np.array(tokenizer.encode(TEXT[:200]), dtype=np.int32)
+    path, model, tokenizer = model_dir
+    store = prepare_store(f"text:{path.parent / 'corpus.txt'}", str(path.parent / "store"), tokenizer=tokenizer,
+                          validation_fraction=0.25)
+    result = evaluate_split(model, tokenizer, store, "validation", batch_size=4)
+    ids = store.read("validation", 0, store.num_tokens("validation"))  # the last quarter of TEXT, then end-of-text
+    np.testing.assert_array_equal(ids, tokenizer.encode(TEXT[-len(TEXT) // 4:]) + [tokenizer.eos_id])
     windows = np.stack([ids[i:i + 17] for i in range(0, len(ids) - 16, 16) if i + 17 <= len(ids)])  # (n, 17)
     logits = np.asarray(model(windows[:, :-1]), dtype=np.float64)  # (n, 16, V)
     log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
@@ -35,6 +37,10 @@ def test_split_loss_is_the_mean_token_nll(model_dir):
     assert result["tokens"] == windows.shape[0] * 16
     assert result["loss"] == pytest.approx(expected, rel=1e-4)
     assert result["bits"] == pytest.approx(expected / math.log(2), rel=1e-4)
+    other = prepare_store(f"text:{path.parent / 'corpus.txt'}", str(path.parent / "other"), tokenizer="bpe",
+                          bpe_vocab_size=300)
+    with pytest.raises(ValueError, match="prepared with another tokenizer than the model's"):
+        evaluate_split(model, tokenizer, other, "validation")
 
 
 def test_score_sums_token_log_probs(model_dir):
@@ -56,5 +62,9 @@ def test_script_reports_and_scores(model_dir):
     out = run_module(*args, "--split=train", timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "perplexity" in out.stdout and "bits/char" in out.stdout
+    prepare_store(f"text:{path.parent / 'corpus.txt'}", str(path.parent / "store"), tokenizer="bpe",
+                  bpe_vocab_size=300)
+    out = run_module("experiments.evaluate_lm", f"--model_dir={path}", f"--dataset=store:{path.parent / 'store'}")
+    assert failure_line(out).startswith("error: Token store ") and "--tokenizer_dir=" in failure_line(out)
     out = run_module("experiments.evaluate_lm", f"--model_dir={path.parent / 'none'}", timeout=120)
     assert out.returncode != 0 and "error: No model.keras" in out.stderr and "Traceback" not in out.stderr

@@ -39,7 +39,7 @@ print(json.dumps(results))
 @pytest.fixture(scope="module")
 def model_and_tokenizer():
     keras.utils.set_random_seed(2)
-    tokenizer = CharTokenizer.from_text(TEXT)
+    tokenizer = CharTokenizer.from_text(TEXT, end_of_text=True)  # as train_lm's stores build it
     model = TransformerLM(LMConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=2, n_head=2, n_embd=16))
     return model, tokenizer
 

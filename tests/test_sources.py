@@ -1,37 +1,70 @@
-
 import pytest
 import tensorflow_datasets as tfds
 
 from experiments.benchmarks.common import SHARED_DATA
-from tf_lm.data import Corpus, read_source
+from tf_lm.data import open_source
 
 
-def test_builtin_pydoc_is_the_default_and_splits_contiguously():
+def read(source, split, **kwargs):
+    """The split's documents, as a reader of its chunks sees them (a cut document is one piece)."""
+    documents, current = [], ""
+    for chunk in source.chunks(split, **kwargs):
+        current += chunk.text
+        if chunk.ends_document:
+            documents.append(current)
+            current = ""
+    return documents + ([current] if current else [])
+
+
+def test_builtin_pydoc_is_the_default_one_document_per_topic_split_by_bytes():
     from pydoc_data.topics import topics
 
-    corpus = read_source()
-    assert corpus.name == "builtin:pydoc"
-    text = "".join(topics[key] for key in sorted(topics))
-    assert corpus.train + corpus.validation == text
-    assert len(corpus.train) == int(len(text) * 0.9)
-    assert read_source("builtin:pydoc") == corpus  # deterministic
+    source = open_source()
+    assert source.name == "builtin:pydoc"
+    texts = [topics[key] for key in sorted(topics)]
+    train, validation = read(source, "train"), read(source, "validation")
+    assert train[:-1] == texts[:len(train) - 1]  # whole topics, then the one the cut falls in
+    assert train[-1] + validation[0] == texts[len(train) - 1] and validation[1:] == texts[len(train):]
+    total = sum(len(text.encode("utf-8")) for text in texts)
+    assert source.split_bytes("train") == sum(len(t.encode("utf-8")) for t in train) == int(total * 0.9)
+    assert source.split_bytes("validation") == total - int(total * 0.9)
 
 
-def test_text_glob_joins_files_in_sorted_order(tmp_path):
+def test_text_glob_reads_files_in_sorted_order_one_document_each(tmp_path):
     (tmp_path / "b.txt").write_text("BBBB\n", encoding="utf-8")
     (tmp_path / "a.txt").write_text("AAAA\n", encoding="utf-8")
+    (tmp_path / "e.txt").write_text("", encoding="utf-8")  # an empty document ends nothing
     (tmp_path / "c.md").write_text("not matched", encoding="utf-8")
     (tmp_path / "d.txt").mkdir()  # a directory matching the glob is not a file to read
-    corpus = read_source(f"text:{tmp_path}/*.txt", validation_fraction=0.2)
-    assert corpus == Corpus(train="AAAA\nBBB", validation="B\n", name=f"text:{tmp_path}/*.txt")
+    source = open_source(f"text:{tmp_path}/*.txt", validation_fraction=0.2)
+    chunks = list(source.chunks("train")) + list(source.chunks("validation"))
+    assert [(c.text, c.ends_document) for c in chunks] == [("AAAA\n", True), ("BBB", False), ("B\n", True)]
 
 
-def test_text_single_file_keeps_unicode(tmp_path):
+def test_single_file_splits_at_a_character_boundary_and_keeps_unicode(tmp_path):
     path = tmp_path / "poem.txt"
-    path.write_text("naïve café — “quotes”\n" * 10, encoding="utf-8")
-    corpus = read_source(f"text:{path}", validation_fraction=0.5)
-    assert corpus.train + corpus.validation == path.read_text(encoding="utf-8")
-    assert "Corpus(name=" in repr(corpus) and "chars" in repr(corpus)
+    text = "naïve café — “quotes”\n" * 10
+    path.write_text(text, encoding="utf-8")
+    for fraction in (0.1, 0.33, 0.5, 0.77):
+        source = open_source(f"text:{path}", validation_fraction=fraction)
+        train, validation = read(source, "train"), read(source, "validation")
+        assert train[0] + validation[0] == text
+        assert abs(len(train[0].encode("utf-8")) - len(text.encode("utf-8")) * (1 - fraction)) < 4
+
+
+def test_chunks_are_bounded_cut_after_newlines_and_resume_from_any_end(tmp_path):
+    path = tmp_path / "lines.txt"
+    text = "".join(f"line {i} ünïcödé\n" for i in range(200)) + "x" * 300 + "é" * 100
+    path.write_text(text, encoding="utf-8")
+    source = open_source(f"text:{path}", validation_fraction=0.1)
+    chunks = list(source.chunks("train", chunk_bytes=64))
+    assert "".join(c.text for c in chunks) == read(source, "train")[0]
+    assert all(c.size == len(c.text.encode("utf-8")) <= 64 for c in chunks)
+    assert all(c.text.endswith("\n") for c in chunks[:-1] if "\n" in c.text)
+    for k in (0, 5, len(chunks) // 2, len(chunks) - 2):
+        assert list(source.chunks("train", start=chunks[k].end, chunk_bytes=64)) == chunks[k + 1:]
+    with pytest.raises(ValueError, match="chunk_bytes"):
+        next(source.chunks("train", chunk_bytes=2))
 
 
 @pytest.mark.parametrize(
@@ -46,38 +79,40 @@ def test_text_single_file_keeps_unicode(tmp_path):
 )
 def test_bad_sources_name_the_input(source, error, match):
     with pytest.raises(error, match=match):
-        read_source(source)
+        open_source(source)
 
 
 def test_empty_and_non_utf8_files(tmp_path):
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(ValueError, match=r"text:.*empty.txt' is empty"):
-        read_source(f"text:{tmp_path}/empty.txt")
+        open_source(f"text:{tmp_path}/empty.txt")
     (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
-    with pytest.raises(ValueError, match=r"latin1.txt .* not UTF-8"):
-        read_source(f"text:{tmp_path}/latin1.txt")
+    with pytest.raises(ValueError, match=r"latin1.txt \(from .*\) is not UTF-8"):
+        list(open_source(f"text:{tmp_path}/latin1.txt", validation_fraction=0.5).chunks("validation"))
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, "0.1"])
 def test_bad_validation_fraction(fraction):
     with pytest.raises(ValueError, match="validation_fraction"):
-        read_source(validation_fraction=fraction)
+        open_source(validation_fraction=fraction)
 
 
-def test_tfds_reads_the_text_feature_of_each_split(tmp_path):
+def test_tfds_reads_the_text_feature_of_each_example_as_a_document(tmp_path):
     with tfds.testing.mock_data(num_examples=3):
-        corpus = read_source("tfds:tiny_shakespeare", tfds_data_dir=str(tmp_path))
-    documents = corpus.train.split("\n\n")
+        source = open_source("tfds:tiny_shakespeare", tfds_data_dir=str(tmp_path))
+        documents = read(source, "train")
+        assert read(source, "validation") == documents  # the mock yields the same examples for every split
+        second = list(source.chunks("train"))[0].end
+        assert [c.text for c in source.chunks("train", start=second)] == documents[1:]  # resumes at example 1
     assert len(documents) == 3
     assert all(10 <= len(doc) < 20 and set(doc) <= set(" abcdefghij") for doc in documents)
-    assert corpus.validation == corpus.train  # the mock yields the same examples for every split
-    assert corpus.name == "tfds:tiny_shakespeare"
+    assert source.name == "tfds:tiny_shakespeare"
 
 
 def test_tfds_missing_text_feature(tmp_path):
     with tfds.testing.mock_data(num_examples=1):
         with pytest.raises(ValueError, match=r"'tiny_shakespeare' has no feature 'body'.*tfds_text_key.*'text'"):
-            read_source("tfds:tiny_shakespeare", tfds_data_dir=str(tmp_path), tfds_text_key="body")
+            open_source("tfds:tiny_shakespeare", tfds_data_dir=str(tmp_path), tfds_text_key="body")
 
 
 def test_tfds_failed_download_is_one_sentence(tmp_path, monkeypatch):
@@ -92,7 +127,7 @@ def test_tfds_failed_download_is_one_sentence(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
     with pytest.raises(FileNotFoundError) as info:
-        read_source("tfds:tiny_shakespeare", tfds_data_dir=str(tmp_path))
+        open_source("tfds:tiny_shakespeare", tfds_data_dir=str(tmp_path))
     message = str(info.value)
     assert "'tiny_shakespeare'" in message and "could not be downloaded" in message
     assert "tfds_data_dir" in message and "tfds_manual_dir" in message
@@ -103,13 +138,14 @@ def test_tfds_failed_download_is_one_sentence(tmp_path, monkeypatch):
 def test_tfds_tiny_shakespeare_prepares_offline_from_manual_dir(tmp_path):
     manual_dir = SHARED_DATA / "tinyshakespeare"
     full = (manual_dir / "input.txt").read_text(encoding="utf-8")
-    corpus = read_source("tfds:tiny_shakespeare", tfds_data_dir=str(tmp_path), tfds_manual_dir=str(manual_dir))
-    assert full.startswith(corpus.train) and corpus.validation in full
-    assert len(corpus.train) > 10 * len(corpus.validation) > 0
+    source = open_source("tfds:tiny_shakespeare", tfds_data_dir=str(tmp_path), tfds_manual_dir=str(manual_dir))
+    [train], [validation] = read(source, "train"), read(source, "validation")
+    assert full.startswith(train) and validation in full
+    assert len(train) > 10 * len(validation) > 0
     # Prepared once, it loads with no manual_dir at all.
-    assert read_source("tfds:tiny_shakespeare", tfds_data_dir=str(tmp_path)) == corpus
+    assert read(open_source("tfds:tiny_shakespeare", tfds_data_dir=str(tmp_path)), "train") == [train]
     # A validation split the dataset lacks falls back to the last fraction of the train text.
-    carved = read_source("tfds:tiny_shakespeare", tfds_data_dir=str(tmp_path), tfds_validation_split="dev")
-    assert carved.train + carved.validation == corpus.train
+    carved = open_source("tfds:tiny_shakespeare", tfds_data_dir=str(tmp_path), tfds_validation_split="dev")
+    assert read(carved, "train")[0] + read(carved, "validation")[0] == train
     with pytest.raises(ValueError, match=r"no split 'dev'.*tfds_train_split"):
-        read_source("tfds:tiny_shakespeare", tfds_data_dir=str(tmp_path), tfds_train_split="dev")
+        open_source("tfds:tiny_shakespeare", tfds_data_dir=str(tmp_path), tfds_train_split="dev")

@@ -78,6 +78,31 @@ def test_char_fingerprint_tracks_vocabulary():
     assert CharTokenizer.from_text("abc").fingerprint != CharTokenizer.from_text("abc", unknown_token="?").fingerprint
 
 
+def test_char_end_of_text_id_comes_after_the_characters(tmp_path):
+    plain = CharTokenizer.from_text("abc")
+    tok = CharTokenizer.from_text("abc", end_of_text=True)
+    assert tok.vocab_size == 4 and tok.eos_id == 3 and tok.encode("cab") == plain.encode("cab")
+    assert tok.decode([0, 3, 1, 3, 3]) == f"a{END_OF_TEXT}b{END_OF_TEXT}{END_OF_TEXT}"
+    assert tok.tokens == ("a", "b", "c", END_OF_TEXT) and tok.fingerprint != plain.fingerprint
+    hf = tok.to_hf()
+    assert hf.token_to_id(END_OF_TEXT) == 3 and hf.decode([0, 1]) == "ab"
+    tok.save(str(tmp_path / "eot"))
+    assert load_tokenizer(str(tmp_path / "eot")).fingerprint == tok.fingerprint
+    # A char_tokenizer.json written before the end-of-text id existed loads as it was, fingerprint included.
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "char_tokenizer.json").write_text('{"kind": "char", "chars": ["a", "b", "c"], '
+                                                          '"unknown_token": null}', encoding="utf-8")
+    old = load_tokenizer(str(tmp_path / "old"))
+    assert old.eos_id is None and old.vocab_size == 3 and old.fingerprint == plain.fingerprint
+
+
+def test_tokenizers_save_and_load_on_any_gfile_path(bpe):
+    for tokenizer in (CharTokenizer.from_text(CORPUS, end_of_text=True), bpe):
+        directory = f"ram://tokenizers/{type(tokenizer).__name__}"
+        tokenizer.save(directory)
+        assert load_tokenizer(directory).fingerprint == tokenizer.fingerprint
+
+
 def test_char_encode_is_vectorised():
     text = CORPUS * (1_000_000 // len(CORPUS) + 1)  # ~1 MB
     tok = CharTokenizer.from_text(text)
@@ -164,7 +189,10 @@ def test_load_tokenizer_errors(tmp_path):
 
 def test_build_tokenizer_maps_kinds():
     char = build_tokenizer("char", CORPUS)
-    assert isinstance(char, CharTokenizer) and char.vocab_size == len(set(CORPUS))
+    assert isinstance(char, CharTokenizer) and char.vocab_size == len(set(CORPUS)) + 1  # + the end-of-text id
+    assert char.eos_id == len(set(CORPUS))
+    streamed = build_tokenizer("char", iter([CORPUS[:50], "", CORPUS[50:]]))  # chunks, as a token store reads them
+    assert streamed.fingerprint == char.fingerprint
     bpe = build_tokenizer("bpe", CORPUS, vocab_size=280)
     assert isinstance(bpe, BPETokenizer) and bpe.vocab_size <= 280
     with pytest.raises(ValueError, match="Unknown tokenizer kind 'word'"):

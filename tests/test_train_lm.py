@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 from absl import flags
-from conftest import REPO, script_environment
+from conftest import REPO, failure_line, script_environment
 
 from experiments.flags import configs_from_flags, define_train_flags
 from tf_lm.configs import LMConfig
@@ -151,3 +151,24 @@ def test_a_warmup_the_user_set_is_not_clamped():
     values(["train_lm", "--steps=10", "--warmup_steps=10"])
     with pytest.raises(ValueError, match="warmup_steps must be in"):
         configs_from_flags(values)
+
+
+def test_store_dataset_trains_and_a_store_of_another_tokenizer_is_refused(tmp_path):
+    import shutil
+
+    from tf_lm.data import TokenStore, prepare_store
+
+    store = tmp_path / "store"
+    prepare_store("builtin:pydoc", str(store), tokenizer="bpe", bpe_vocab_size=300)
+    model_dir = tmp_path / "run"
+    first = run(command(model_dir, f"--dataset=store:{store}", "--steps=2"))
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "tokenizer: bpe, 300 ids" in first.stdout
+    assert not (model_dir / "data").exists()  # a store: dataset is read where it is
+    assert TokenStore(str(store)).fingerprint == json.loads(
+        (model_dir / "run_config.json").read_text())["tokenizer_fingerprint"]
+    shutil.rmtree(store)  # the same path, now holding the ids of another tokenizer
+    prepare_store("builtin:pydoc", str(store))
+    line = failure_line(run(command(model_dir, f"--dataset=store:{store}", "--steps=2")))
+    assert "was prepared with another tokenizer than the model in --model_dir" in line
+    assert f"--tokenizer_dir={model_dir / 'model' / 'tokenizer'}" in line

@@ -6,11 +6,12 @@ yields tokens far faster than training consumes them, data loading is never the 
 times the vectorised `CharTokenizer.encode_array` against nanoGPT's per-character list comprehension.
 """
 
+import tempfile
 
 from experiments.benchmarks.common import SHARED_DATA, Row, race
 from experiments.benchmarks.model import train_step
 from tf_lm import LMConfig, TransformerLM
-from tf_lm.data import build_tokenizer, lm_datasets, read_source
+from tf_lm.data import lm_datasets, prepare_store
 
 SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
 BLOCK_SIZE, PIPELINE_BATCH, TRAIN_BATCH = 256, 64, 8
@@ -20,11 +21,12 @@ def run(quick: bool):
     repeats, seconds = (1, 0.5) if quick else (5, 2.0)
     if not SHAKESPEARE.is_file():
         raise FileNotFoundError(f"The data benchmark reads {SHAKESPEARE}; put Tiny Shakespeare's input.txt there.")
-    corpus = read_source(f"text:{SHAKESPEARE}")
-    text = corpus.train + corpus.validation
-    tokenizer = build_tokenizer("char", text)
+    scratch = tempfile.TemporaryDirectory(prefix="tf_lm_bench_")
+    store = prepare_store(f"text:{SHAKESPEARE}", scratch.name)
+    tokenizer = store.tokenizer
+    text = SHAKESPEARE.read_text(encoding="utf-8")
 
-    train, _ = lm_datasets(corpus, tokenizer, BLOCK_SIZE, PIPELINE_BATCH)
+    train, _ = lm_datasets(store, BLOCK_SIZE, PIPELINE_BATCH)
     batches = iter(train)
     inputs, targets = next(batches)
     inputs, targets = inputs[:TRAIN_BATCH], targets[:TRAIN_BATCH]
@@ -44,6 +46,7 @@ def run(quick: bool):
         {"ours": lambda: tokenizer.encode_array(text), "loop": lambda: [stoi[c] for c in text]},
         units_per_step=len(text), repeats=repeats, min_seconds=seconds,
     )
+    scratch.cleanup()
     return [
         Row("data", f"pipeline, char Tiny Shakespeare, T={BLOCK_SIZE}, B={PIPELINE_BATCH}", "tokens/s", pipeline,
             training, f"char-small train step (XLA, AdamW, B={TRAIN_BATCH})", target=">= 20x",

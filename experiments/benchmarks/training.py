@@ -68,7 +68,7 @@ def side_by_side(config: LMConfig, batch_size: int, rounds: int) -> tuple[float,
 def quality_row() -> Row:
     from experiments.evaluate_lm import evaluate_split
     from tf_lm.artifacts import load_model_dir
-    from tf_lm.data import read_source
+    from tf_lm.data import prepare_store
 
     with tempfile.TemporaryDirectory() as model_dir:
         start = time.perf_counter()
@@ -76,7 +76,8 @@ def quality_row() -> Row:
                        cwd=REPO, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
         wall = time.perf_counter() - start
         model, tokenizer = load_model_dir(model_dir)
-        loss = evaluate_split(model, tokenizer, read_source(f"text:{SHAKESPEARE}"), "validation")["loss"]
+        store = prepare_store(f"text:{SHAKESPEARE}", os.path.join(model_dir, "eval_store"), tokenizer=tokenizer)
+        loss = evaluate_split(model, tokenizer, store, "validation")["loss"]
     return Row("training", "nano char Tiny Shakespeare 2000 steps: val loss", "nats/char", loss,
                target="<= 1.88 in < 160 s", notes=f"wall {wall:.0f} s incl. start-up and evaluations; whole val split")
 

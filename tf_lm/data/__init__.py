@@ -1,16 +1,19 @@
-"""Data: tokenizers, corpus sources and `tf.data` language-modelling pipelines."""
+"""Data: tokenizers, streaming corpus sources, on-disk token stores and `tf.data` language-modelling pipelines."""
 
-from tf_lm.data.pipeline import encode_corpus, lm_datasets
-from tf_lm.data.sources import Corpus, read_source
+from tf_lm.data.pipeline import contiguous_windows, lm_datasets
+from tf_lm.data.sources import Source, open_source
+from tf_lm.data.store import TokenStore, prepare_store
 from tf_lm.data.tokenizers import BPETokenizer, CharTokenizer, build_tokenizer, load_tokenizer
 
 __all__ = [
     "BPETokenizer",
     "CharTokenizer",
-    "Corpus",
+    "Source",
+    "TokenStore",
     "build_tokenizer",
-    "encode_corpus",
+    "contiguous_windows",
     "lm_datasets",
     "load_tokenizer",
-    "read_source",
+    "open_source",
+    "prepare_store",
 ]

@@ -1,12 +1,21 @@
-"""Corpus sources: a source string becomes train and validation text.
+"""Corpus sources: a source string becomes train and validation documents, read as a stream of bounded chunks.
 
 Schemes:
-- `builtin:pydoc` (the default): the English text of CPython's `pydoc_data.topics`, on every machine, offline.
-- `text:<glob>`: local UTF-8 files, joined in sorted path order.
-- `tfds:<name>`: a TFDS dataset whose examples hold a text feature, e.g. `tfds:tiny_shakespeare`.
+- `builtin:pydoc` (the default): the English text of CPython's `pydoc_data.topics`, one document per topic, on
+  every machine, offline.
+- `text:<glob>`: UTF-8 files (any `tf.io.gfile` path), one document per file, in sorted path order.
+- `tfds:<name>`: a TFDS dataset whose examples hold a text feature, one document per example, e.g.
+  `tfds:tiny_shakespeare`.
 
-A source with its own splits (TFDS) uses them; otherwise the last `validation_fraction` of the text is the
-validation split, contiguous, like the classic char-level setup.
+A source with its own splits (TFDS) uses them. Otherwise the last `validation_fraction` of the text's bytes is the
+validation split: the documents after the cut, and the end of the one the cut falls in (cut at a character
+boundary). For a single file that is the classic contiguous split; the cut is found from the documents' sizes,
+without reading the text.
+
+No step holds a document, a split or the corpus: `Source.chunks` yields at most `chunk_bytes` of text at a time,
+cut after the chunk's last newline where it has one (so BPE rarely sees a word cut in two). Every chunk carries the
+position just after it, and reading from that position yields exactly the chunks that followed it, so a
+preparation killed midway resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -14,54 +23,158 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
+import io
 import os
 import re
+from collections.abc import Callable, Iterator
+
+import tensorflow as tf
 
 SCHEMES = ("builtin", "text", "tfds")
 BUILTIN_CORPORA = ("pydoc",)
 DEFAULT_SOURCE = "builtin:pydoc"
-# Separates the examples (documents) of a TFDS split once they are joined into one text.
-DOCUMENT_SEPARATOR = "\n\n"
+SPLITS = ("train", "validation")
+DEFAULT_CHUNK_BYTES = 1 << 20
+
+# (document index, byte offset in it): where a split starts or stops, or where reading resumes.
+Position = tuple[int, int]
 
 
 @dataclasses.dataclass(frozen=True)
-class Corpus:
-    """Train and validation text of one source.
+class Chunk:
+    """A piece of one document.
 
     Args:
-        train: str. The training text.
-        validation: str. The held-out text.
-        name: str. The source string it came from (part of the token cache key).
+        text: str, the chunk's text.
+        ends_document: bool, whether the document ends with this chunk.
+        size: int, the chunk's UTF-8 bytes.
+        end: `(document, offset)` just after the chunk; `Source.chunks(split, start=end)` continues from it.
     """
 
-    train: str
-    validation: str
-    name: str
-
-    def __repr__(self) -> str:  # The texts are megabytes; show their sizes, not their contents.
-        return f"Corpus(name={self.name!r}, train={len(self.train):,} chars, validation={len(self.validation):,} chars)"
+    text: str
+    ends_document: bool
+    size: int
+    end: Position
 
 
-def read_source(source: str = DEFAULT_SOURCE, *, validation_fraction: float = 0.1, tfds_data_dir: str | None = None,
+@dataclasses.dataclass(frozen=True)
+class _Documents:
+    """The documents of a source (or of one TFDS split), in order.
+
+    Args:
+        names: `index -> str`, for error messages.
+        open_from: `first -> iterator of (index, size in bytes, open)`, starting at document `first`; `open()`
+            returns a seekable binary file.
+    """
+
+    names: Callable[[int], str]
+    open_from: Callable[[int], Iterator[tuple[int, int, Callable[[], io.IOBase]]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Range:
+    documents: _Documents
+    begin: Position = (0, 0)
+    stop: Position | None = None  # None: to the last document's end
+    size: int | None = None  # bytes, for progress reports; None when unknown without a pass (TFDS)
+
+
+class Source:
+    """A source opened for streaming. Made by `open_source`.
+
+    Attributes:
+        name: str, the source string.
+        options: dict, the options that decide its splits (part of a token store's identity).
+    """
+
+    def __init__(self, name: str, options: dict, splits: dict[str, _Range]):
+        self.name = name
+        self.options = options
+        self._splits = splits
+
+    def split_bytes(self, split: str) -> int | None:
+        """The UTF-8 bytes of `split`, or None when the source cannot tell without reading it (TFDS)."""
+        return self._splits[split].size
+
+    def chunks(self, split: str, start: Position | None = None,
+               chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[Chunk]:
+        """Yields `split` as chunks of at most `chunk_bytes` UTF-8 bytes, from `start` (a `Chunk.end`) if given.
+
+        Raises:
+            ValueError: for an unknown split, `chunk_bytes` < 4 (one character), or a document that is not UTF-8.
+        """
+        if split not in self._splits:
+            raise ValueError(f"Unknown split {split!r}; choose one of {list(SPLITS)}.")
+        if not isinstance(chunk_bytes, int) or chunk_bytes < 4:
+            raise ValueError(f"chunk_bytes must be an integer >= 4 (one UTF-8 character). Received: {chunk_bytes!r}")
+        span = self._splits[split]
+        begin = span.begin if start is None else start
+        for index, size, open_document in span.documents.open_from(begin[0]):
+            if span.stop is not None and index > span.stop[0]:
+                return
+            low = begin[1] if index == begin[0] else 0
+            high = span.stop[1] if span.stop is not None and index == span.stop[0] else size
+            if low >= high:
+                continue
+            with open_document() as f:
+                position = low
+                while position < high:
+                    # Each chunk is read from its own start (no carried remainder), so a chunk depends only on
+                    # where it starts: resuming from a Chunk.end yields the same chunks as the first reading.
+                    f.seek(position)
+                    block = f.read(min(chunk_bytes, high - position))
+                    if position + len(block) < high:
+                        block = block[:_chunk_end(block)]
+                    try:
+                        text = block.decode("utf-8")
+                    except UnicodeDecodeError as error:
+                        raise ValueError(
+                            f"{span.documents.names(index)} (from {self.name!r}) is not UTF-8 text ({error.reason}); "
+                            "convert it to UTF-8."
+                        ) from None
+                    position += len(block)
+                    ends = position == size
+                    yield Chunk(text, ends, len(block), (index + 1, 0) if ends else (index, position))
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{split}={self.split_bytes(split)} bytes" for split in SPLITS)
+        return f"Source(name={self.name!r}, {sizes})"
+
+
+def _chunk_end(block: bytes) -> int:
+    """Where to cut a block that continues: after its last newline, else at its last character boundary."""
+    newline = block.rfind(b"\n")
+    if newline >= 0:
+        return newline + 1
+    lead = len(block) - 1
+    while lead > 0 and block[lead] & 0xC0 == 0x80:  # continuation bytes 10xxxxxx
+        lead -= 1
+    first = block[lead]
+    width = 1 if first < 0x80 else 2 if first >> 5 == 0b110 else 3 if first >> 4 == 0b1110 else 4
+    return lead if lead + width > len(block) else len(block)
+
+
+def open_source(source: str = DEFAULT_SOURCE, *, validation_fraction: float = 0.1, tfds_data_dir: str | None = None,
                 tfds_manual_dir: str | None = None, tfds_train_split: str = "train",
-                tfds_validation_split: str = "validation", tfds_text_key: str = "text") -> Corpus:
-    """Reads `source` into a `Corpus`.
+                tfds_validation_split: str = "validation", tfds_text_key: str = "text") -> Source:
+    """Opens `source` for streaming: finds its documents and decides its splits, reading no text.
 
     Args:
         source: str, default "builtin:pydoc". `builtin:pydoc`, `text:<glob>` or `tfds:<name>`.
-        validation_fraction: float in (0, 1), default 0.1. Share of the text held out (from its end) when the
-            source has no validation split of its own.
+        validation_fraction: float in (0, 1), default 0.1. Share of the text's bytes held out (from its end) when
+            the source has no validation split of its own.
         tfds_data_dir: str or None. TFDS `data_dir` (where prepared datasets live); None is TFDS's default
             (~/tensorflow_datasets).
         tfds_manual_dir: str or None. A directory holding the dataset's downloaded files, so TFDS can prepare it
             offline (e.g. the directory of Tiny Shakespeare's `input.txt`).
         tfds_train_split: str, default "train". TFDS split (slices such as "train[:90%]" work) for training.
         tfds_validation_split: str, default "validation". TFDS split for validation; if the dataset lists no split
-            of that name, the last `validation_fraction` of the train text is used instead.
+            of that name, the last `validation_fraction` of the train split is used instead (found by one pass
+            counting its bytes).
         tfds_text_key: str, default "text". The feature of each example that holds its text.
 
     Returns:
-        A `Corpus` named `source`.
+        A `Source` named `source`.
 
     Raises:
         ValueError: on an unknown scheme or builtin name, an empty corpus, a bad `validation_fraction`, an unknown
@@ -70,8 +183,9 @@ def read_source(source: str = DEFAULT_SOURCE, *, validation_fraction: float = 0.
             downloadable.
 
     Example:
-    >>> corpus = read_source("builtin:pydoc")
-    >>> len(corpus.train) > len(corpus.validation) > 0
+    >>> source = open_source("builtin:pydoc")
+    >>> first = next(source.chunks("train", chunk_bytes=4096))
+    >>> len(first.text.encode("utf-8")) <= 4096
     True
     """
     if not isinstance(validation_fraction, (int, float)) or not 0.0 < validation_fraction < 1.0:
@@ -84,48 +198,72 @@ def read_source(source: str = DEFAULT_SOURCE, *, validation_fraction: float = 0.
             f"Unknown data source {source!r}; use builtin:pydoc, text:<file or glob> or tfds:<dataset name>."
         )
     if scheme == "tfds":
-        train, validation = _read_tfds(
-            source, rest, validation_fraction, tfds_data_dir, tfds_manual_dir, tfds_train_split,
-            tfds_validation_split, tfds_text_key,
-        )
-    else:
-        text = _read_builtin(source, rest) if scheme == "builtin" else _read_text_files(source, rest)
-        train, validation = _split(source, text, validation_fraction)
-    return Corpus(train=train, validation=validation, name=source)
+        options = {"validation_fraction": validation_fraction, "tfds_train_split": tfds_train_split,
+                   "tfds_validation_split": tfds_validation_split, "tfds_text_key": tfds_text_key}
+        splits = _tfds_splits(source, rest, validation_fraction, tfds_data_dir, tfds_manual_dir, tfds_train_split,
+                              tfds_validation_split, tfds_text_key)
+        return Source(source, options, splits)
+    documents, sizes = _builtin(source, rest) if scheme == "builtin" else _text_files(source, rest)
+    return Source(source, {"validation_fraction": validation_fraction},
+                  _carve(source, documents, sizes, validation_fraction))
 
 
-def _split(source: str, text: str, validation_fraction: float) -> tuple[str, str]:
-    if not text:
+def _carve(source: str, documents: _Documents, sizes: list[int], validation_fraction: float) -> dict[str, _Range]:
+    """Splits documents of known sizes at the last `validation_fraction` of their bytes."""
+    total = sum(sizes)
+    if not total:
         raise ValueError(f"The data source {source!r} is empty; point it at text that holds something.")
-    cut = int(len(text) * (1.0 - validation_fraction))
-    return text[:cut], text[cut:]
+    cut, index = int(total * (1.0 - validation_fraction)), 0
+    while cut >= sizes[index] and index < len(sizes) - 1:
+        cut -= sizes[index]
+        index += 1
+    if 0 < cut < sizes[index]:  # move a cut inside a multi-byte character to the character's end
+        _, _, open_document = next(documents.open_from(index))
+        with open_document() as f:
+            f.seek(cut)
+            following = f.read(3)
+        cut += len(following) - len(following.lstrip(bytes(range(0x80, 0xC0))))
+    train_bytes = sum(sizes[:index]) + cut
+    return {"train": _Range(documents, (0, 0), (index, cut), train_bytes),
+            "validation": _Range(documents, (index, cut), None, total - train_bytes)}
 
 
-def _read_builtin(source: str, name: str) -> str:
+def _in_memory(texts: list[bytes], names: Callable[[int], str]) -> _Documents:
+    def open_from(first):
+        for index in range(first, len(texts)):
+            yield index, len(texts[index]), lambda text=texts[index]: io.BytesIO(text)
+
+    return _Documents(names, open_from)
+
+
+def _builtin(source: str, name: str) -> tuple[_Documents, list[int]]:
     if name != "pydoc":
         raise ValueError(f"Unknown builtin corpus in {source!r}; the builtin corpora are {list(BUILTIN_CORPORA)}.")
     from pydoc_data.topics import topics
 
-    # Sorted keys, so the text (and every id derived from it) does not depend on dict order.
-    return "".join(topics[key] for key in sorted(topics))
+    # Sorted keys, so the text (and every id derived from it) does not depend on dict order. The topics are a few
+    # hundred kilobytes that Python already holds.
+    keys = sorted(topics)
+    texts = [topics[key].encode("utf-8") for key in keys]
+    return _in_memory(texts, lambda index: f"pydoc topic {keys[index]!r}"), [len(text) for text in texts]
 
 
-def _read_text_files(source: str, pattern: str) -> str:
-    paths = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
+def _text_files(source: str, pattern: str) -> tuple[_Documents, list[int]]:
+    if "://" in pattern:
+        paths = sorted(p for p in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(p))
+    else:
+        paths = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
     if not paths:
         raise FileNotFoundError(
             f"No files match {source!r}; check the path, or quote the glob so the shell leaves it alone."
         )
-    texts = []
-    for path in paths:
-        try:
-            with open(path, encoding="utf-8") as f:
-                texts.append(f.read())
-        except UnicodeDecodeError as error:
-            raise ValueError(
-                f"{path} (from {source!r}) is not UTF-8 text ({error.reason}); convert it to UTF-8."
-            ) from None
-    return "".join(texts)
+    sizes = [tf.io.gfile.stat(path).length for path in paths]
+
+    def open_from(first):
+        for index in range(first, len(paths)):
+            yield index, sizes[index], lambda path=paths[index]: tf.io.gfile.GFile(path, "rb")
+
+    return _Documents(lambda index: paths[index], open_from), sizes
 
 
 def _split_names(split: str) -> list[str]:
@@ -148,7 +286,8 @@ def _few_download_retries(retries: int = 2):
         downloader.MAX_RETRIES = default
 
 
-def _read_tfds(source, name, validation_fraction, data_dir, manual_dir, train_split, validation_split, text_key):
+def _tfds_splits(source, name, validation_fraction, data_dir, manual_dir, train_split, validation_split,
+                 text_key) -> dict[str, _Range]:
     # TFDS is imported here: it is slow to import and only this scheme needs it.
     import tensorflow_datasets as tfds
 
@@ -184,16 +323,22 @@ def _read_tfds(source, name, validation_fraction, data_dir, manual_dir, train_sp
             )
     has_validation = not known or all(split in known for split in _split_names(validation_split))
 
-    def read(split: str) -> str:
-        texts = []
-        for example in tfds.as_numpy(builder.as_dataset(split=split)):
-            value = example[text_key]
-            texts.append(value.decode("utf-8") if isinstance(value, bytes) else str(value))
-        return DOCUMENT_SEPARATOR.join(texts)
+    def examples(split: str) -> _Documents:
+        def open_from(first):
+            # Examples are small (a TFDS record each), so one is read whole; skip() makes resuming O(first) reads
+            # of the record index, not of the text.
+            dataset = builder.as_dataset(split=split, shuffle_files=False).skip(first)
+            for index, example in enumerate(tfds.as_numpy(dataset), start=first):
+                value = example[text_key]
+                text = value if isinstance(value, bytes) else str(value).encode("utf-8")
+                yield index, len(text), lambda text=text: io.BytesIO(text)
 
-    train = read(train_split)
+        return _Documents(lambda index: f"example {index} of TFDS split {split!r}", open_from)
+
+    train = examples(train_split)
     if not has_validation:
-        return _split(source, train, validation_fraction)
-    if not train:
+        sizes = [size for _, size, _ in train.open_from(0)]  # one pass over the train split, counting bytes
+        return _carve(source, train, sizes, validation_fraction)
+    if not any(size for _, size, _ in train.open_from(0)):
         raise ValueError(f"The {train_split!r} split of {source!r} is empty; choose a split that holds text.")
-    return train, read(validation_split)
+    return {"train": _Range(train), "validation": _Range(examples(validation_split))}

@@ -4,12 +4,14 @@ Two kinds share `encode`, `decode`, `vocab_size`, `eos_id`, `pad_id`, `is_char_l
 `save(directory)`, `load(directory)` and `to_hf()` (an HF `tokenizers.Tokenizer`):
 
 - `CharTokenizer`: one id per character, the vocabulary being the sorted characters of a corpus (the classic
-  char-level setup). Encoding is a numpy table lookup over code points, so a megabyte takes milliseconds.
+  char-level setup), plus optionally an end-of-text id after them. Encoding is a numpy table lookup over code
+  points, so a megabyte takes milliseconds.
 - `BPETokenizer`: byte-level BPE from HF `tokenizers`, trained to a target vocabulary size or loaded from a
   `tokenizer.json` or GPT-2 style `vocab.json` + `merges.txt`.
 
-`load_tokenizer(directory)` picks the class from the files present; `build_tokenizer(kind, text)` is the one
-place a `--tokenizer` flag value becomes a tokenizer.
+`load_tokenizer(directory)` picks the class from the files present; `build_tokenizer(kind, texts)` is the one
+place a `--tokenizer` flag value becomes a tokenizer. Files are read and written through `tf.io.gfile`, so a
+tokenizer lives wherever its model or token store does (local, `gs://`, `ram://`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+import tensorflow as tf
 
 from tf_lm.fileio import atomic_write
 
@@ -37,6 +40,15 @@ _UTF32 = "utf-32-le"
 _SURROGATES = "surrogatepass"
 
 
+# Every code point, for the streaming vocabulary pass: a boolean table marks the characters seen so far.
+_NUM_CODE_POINTS = 0x110000
+
+
+def _read_text(path: str) -> str:
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return f.read().decode("utf-8")
+
+
 def _code_points(text: str) -> np.ndarray:
     return np.frombuffer(text.encode(_UTF32, _SURROGATES), dtype="<u4")  # [len(text)]
 
@@ -49,6 +61,8 @@ class CharTokenizer:
             do not depend on the order given.
         unknown_token: str or None, default None. One character that every character outside the vocabulary
             maps to (added to the vocabulary if missing). With None, such characters raise a ValueError.
+        end_of_text: bool, default False. Adds an end-of-text id (`eos_id`, the last id, decoded as
+            `<|endoftext|>`) that a token store puts after every document. `encode` never produces it.
 
     Raises:
         ValueError: if `chars` is empty or holds a string that is not exactly one character, or
@@ -63,10 +77,9 @@ class CharTokenizer:
     """
 
     is_char_level = True
-    eos_id = None
     pad_id = None
 
-    def __init__(self, chars: Sequence[str], unknown_token: str | None = None):
+    def __init__(self, chars: Sequence[str], unknown_token: str | None = None, end_of_text: bool = False):
         chars = list(chars)
         bad = [c for c in chars if not isinstance(c, str) or len(c) != 1]
         if bad:
@@ -86,27 +99,47 @@ class CharTokenizer:
         self._code_to_id = np.full(int(self._id_to_code.max()) + 1, -1, dtype=np.int32)
         self._code_to_id[self._id_to_code] = np.arange(len(self.chars), dtype=np.int32)
         self._unknown_id = None if unknown_token is None else self.chars.index(unknown_token)
+        self.end_of_text = bool(end_of_text)
+        # The end-of-text id comes after every character's, so adding it leaves the character ids unchanged.
+        self.eos_id: int | None = len(self.chars) if self.end_of_text else None
 
     @classmethod
-    def from_text(cls, text: str, unknown_token: str | None = None) -> CharTokenizer:
-        """Builds the vocabulary from the distinct characters of `text`.
+    def from_text(cls, texts: str | Iterable[str], unknown_token: str | None = None,
+                  end_of_text: bool = False) -> CharTokenizer:
+        """Builds the vocabulary from the distinct characters of `texts`, one text or an iterator of them.
+
+        An iterator is consumed chunk by chunk (only a table of the characters seen is kept), so the vocabulary
+        of a corpus larger than memory takes one streaming pass.
 
         Raises:
-            ValueError: if `text` is empty.
+            ValueError: if the texts are empty.
         """
-        if not text:
+        seen = np.zeros(_NUM_CODE_POINTS, dtype=bool)
+        for text in [texts] if isinstance(texts, str) else texts:
+            seen[_code_points(text)] = True
+        if not seen.any():
             raise ValueError("CharTokenizer.from_text needs a non-empty text to take its characters from.")
-        return cls(np.unique(_code_points(text)).astype("<u4").tobytes().decode(_UTF32, _SURROGATES), unknown_token)
+        chars = np.flatnonzero(seen).astype("<u4").tobytes().decode(_UTF32, _SURROGATES)
+        return cls(chars, unknown_token, end_of_text)
 
     @property
     def vocab_size(self) -> int:
-        return len(self.chars)
+        return len(self.chars) + self.end_of_text
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        """The text of every id, in id order: the characters, then `<|endoftext|>` if there is an end-of-text id."""
+        return self.chars + ((END_OF_TEXT,) if self.end_of_text else ())
+
+    def _payload(self) -> dict:
+        payload = {"kind": "char", "chars": list(self.chars), "unknown_token": self.unknown_token}
+        # Only present when set, so a tokenizer without one keeps the fingerprint and file it always had.
+        return {**payload, "end_of_text": True} if self.end_of_text else payload
 
     @property
     def fingerprint(self) -> str:
-        """sha256 of the vocabulary and unknown token: equal fingerprints encode every text alike."""
-        payload = json.dumps({"kind": "char", "chars": self.chars, "unknown_token": self.unknown_token})
-        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+        """sha256 of the vocabulary, unknown token and end-of-text id: equal fingerprints encode every text alike."""
+        return hashlib.sha256(json.dumps(self._payload()).encode("utf-8")).hexdigest()
 
     def encode_array(self, text: str) -> np.ndarray:
         """`encode` as an int32 numpy array [len(text)], without building a Python list."""
@@ -135,8 +168,12 @@ class CharTokenizer:
         """
         return self.encode_array(text).tolist()
 
+    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """`encode_array` of each text: the batch interface a token store encodes chunks through."""
+        return [self.encode_array(text) for text in texts]
+
     def decode(self, ids: Iterable[int]) -> str:
-        """Returns the text of `ids` (any int sequence, numpy or tensor).
+        """Returns the text of `ids` (any int sequence, numpy or tensor); the end-of-text id reads `<|endoftext|>`.
 
         Raises:
             ValueError: if an id is outside [0, vocab_size).
@@ -148,12 +185,17 @@ class CharTokenizer:
                 f"Token id {int(ids[bad][0])} is outside this CharTokenizer's vocabulary [0, {self.vocab_size}); "
                 "decode ids produced by the same tokenizer (or a model trained with it)."
             )
-        return self._id_to_code[ids].astype("<u4").tobytes().decode(_UTF32, _SURROGATES)
+        if self.eos_id is None:
+            return self._id_to_code[ids].astype("<u4").tobytes().decode(_UTF32, _SURROGATES)
+        pieces = np.split(ids, np.flatnonzero(ids == self.eos_id))  # every piece after the first starts with eos
+        return END_OF_TEXT.join(
+            self._id_to_code[piece[i > 0:]].astype("<u4").tobytes().decode(_UTF32, _SURROGATES)
+            for i, piece in enumerate(pieces)
+        )
 
     def save(self, directory: str) -> None:
         """Writes `char_tokenizer.json` into `directory` (created if needed)."""
-        payload = {"kind": "char", "chars": list(self.chars), "unknown_token": self.unknown_token}
-        atomic_write(os.path.join(directory, CHAR_FILE), json.dumps(payload, ensure_ascii=False, indent=1))
+        atomic_write(os.path.join(directory, CHAR_FILE), json.dumps(self._payload(), ensure_ascii=False, indent=1))
 
     def to_hf(self):
         """The same mapping as an HF `tokenizers.Tokenizer` (one word per character), for `tokenizer.json`.
@@ -163,10 +205,12 @@ class CharTokenizer:
         """
         from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
-        vocab = {char: i for i, char in enumerate(self.chars)}
+        vocab = {token: i for i, token in enumerate(self.tokens)}
         tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=self.unknown_token))
         tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
         tokenizer.decoder = decoders.Fuse()  # join the characters with nothing between them
+        if self.end_of_text:  # one token, as in a store, not thirteen characters
+            tokenizer.add_special_tokens([END_OF_TEXT])
         return tokenizer
 
     @classmethod
@@ -178,17 +222,18 @@ class CharTokenizer:
             ValueError: if the file is not a valid char tokenizer.
         """
         path = os.path.join(directory, CHAR_FILE)
-        if not os.path.isfile(path):
+        if not tf.io.gfile.exists(path):
             raise FileNotFoundError(f"No {CHAR_FILE} in {directory!r}; save a CharTokenizer there first.")
         try:
-            with open(path, encoding="utf-8") as f:
-                payload = json.load(f)
-            return cls(payload["chars"], payload.get("unknown_token"))
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            payload = json.loads(_read_text(path))
+            # Files written before the end-of-text id existed have no "end_of_text": they load as they were.
+            return cls(payload["chars"], payload.get("unknown_token"), payload.get("end_of_text", False))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
             raise ValueError(f"{path} is not a valid CharTokenizer file ({error}); save the tokenizer again.") from None
 
     def __repr__(self) -> str:
-        return f"CharTokenizer(vocab_size={self.vocab_size}, unknown_token={self.unknown_token!r})"
+        return (f"CharTokenizer(vocab_size={self.vocab_size}, unknown_token={self.unknown_token!r}, "
+                f"eos_id={self.eos_id})")
 
 
 class BPETokenizer:
@@ -261,6 +306,10 @@ class BPETokenizer:
     def encode(self, text: str) -> list[int]:
         return self._tokenizer.encode(text).ids
 
+    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """The ids of each text, encoded in parallel on every core (HF `tokenizers` threads)."""
+        return [np.asarray(encoding.ids, dtype=np.int32) for encoding in self._tokenizer.encode_batch(texts)]
+
     def decode(self, ids: Iterable[int]) -> str:
         """Returns the text of `ids`; special tokens such as `<|endoftext|>` are kept.
 
@@ -298,10 +347,13 @@ class BPETokenizer:
         vocab_path = os.path.join(directory, GPT2_VOCAB_FILE)
         merges_path = os.path.join(directory, GPT2_MERGES_FILE)
         try:
-            if os.path.isfile(json_path):
-                return cls(Tokenizer.from_file(json_path))
-            if os.path.isfile(vocab_path) and os.path.isfile(merges_path):
-                tokenizer = Tokenizer(models.BPE.from_file(vocab_path, merges_path))
+            if tf.io.gfile.exists(json_path):
+                return cls(Tokenizer.from_str(_read_text(json_path)))
+            if tf.io.gfile.exists(vocab_path) and tf.io.gfile.exists(merges_path):
+                # Parsed here rather than by BPE.from_file, which only opens local paths.
+                merges = [tuple(line.split(" ")) for line in _read_text(merges_path).splitlines()
+                          if line and not line.startswith("#version")]
+                tokenizer = Tokenizer(models.BPE(json.loads(_read_text(vocab_path)), merges))
                 tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
                 tokenizer.decoder = decoders.ByteLevel()
                 # GPT-2's vocab.json already holds <|endoftext|>; marking it special keeps it one token.
@@ -330,26 +382,29 @@ def load_tokenizer(directory: str) -> CharTokenizer | BPETokenizer:
     Example:
     >>> tok = load_tokenizer("runs/shakespeare/tokenizer")  # doctest: +SKIP
     """
-    if not os.path.isdir(directory):
+    if not tf.io.gfile.isdir(directory):
         raise FileNotFoundError(
             f"Tokenizer directory {directory!r} does not exist; pass the directory a tokenizer was saved to."
         )
-    if os.path.isfile(os.path.join(directory, CHAR_FILE)):
+    if tf.io.gfile.exists(os.path.join(directory, CHAR_FILE)):
         return CharTokenizer.load(directory)
     names = (BPE_FILE, GPT2_VOCAB_FILE, GPT2_MERGES_FILE)
-    if any(os.path.isfile(os.path.join(directory, name)) for name in names):
+    if any(tf.io.gfile.exists(os.path.join(directory, name)) for name in names):
         return BPETokenizer.load(directory)
     raise FileNotFoundError(
         f"No tokenizer in {directory!r}: expected {CHAR_FILE}, {BPE_FILE}, or {GPT2_VOCAB_FILE} + {GPT2_MERGES_FILE}."
     )
 
 
-def build_tokenizer(kind: str, text: str, vocab_size: int | None = None) -> CharTokenizer | BPETokenizer:
-    """Builds a tokenizer of `kind` from `text`: the one place a `--tokenizer` value maps onto a class.
+def build_tokenizer(kind: str, texts: str | Iterable[str],
+                    vocab_size: int | None = None) -> CharTokenizer | BPETokenizer:
+    """Builds a tokenizer of `kind` from `texts`: the one place a `--tokenizer` value maps onto a class.
+
+    Both kinds have an end-of-text id (`eos_id`), which a token store puts after every document.
 
     Args:
         kind: "char" or "bpe".
-        text: str. The training text (usually the train split).
+        texts: str, or an iterator of str (e.g. chunks of the training documents, consumed once).
         vocab_size: int or None. BPE's target size (default 4096). A char vocabulary is the text's
             characters, so it must be None for "char".
 
@@ -357,8 +412,8 @@ def build_tokenizer(kind: str, text: str, vocab_size: int | None = None) -> Char
         ValueError: on an unknown kind, on `vocab_size` for "char", or an empty text.
 
     Example:
-    >>> build_tokenizer("char", "abcab").vocab_size
-    3
+    >>> build_tokenizer("char", "abcab").vocab_size  # a, b, c and the end-of-text id
+    4
     """
     if kind == "char":
         if vocab_size is not None:
@@ -366,9 +421,9 @@ def build_tokenizer(kind: str, text: str, vocab_size: int | None = None) -> Char
                 f"A char tokenizer's vocabulary is the text's characters; drop vocab_size or use kind='bpe'. "
                 f"Received: vocab_size={vocab_size}"
             )
-        return CharTokenizer.from_text(text)
+        return CharTokenizer.from_text(texts, end_of_text=True)
     if kind == "bpe":
-        if not text:
+        if isinstance(texts, str) and not texts:
             raise ValueError("BPETokenizer needs a non-empty text to train on.")
-        return BPETokenizer.train(text, vocab_size=DEFAULT_BPE_VOCAB_SIZE if vocab_size is None else vocab_size)
+        return BPETokenizer.train(texts, vocab_size=DEFAULT_BPE_VOCAB_SIZE if vocab_size is None else vocab_size)
     raise ValueError(f"Unknown tokenizer kind {kind!r}; choose one of {list(TOKENIZER_KINDS)}.")

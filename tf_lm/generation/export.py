@@ -84,10 +84,11 @@ class GenerationModule(tf.Module):
         chars = tf.constant(list(tokenizer.chars))
         unknown_id = -1 if tokenizer.unknown_token is None else list(tokenizer.chars).index(tokenizer.unknown_token)
         self.char_to_id = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(chars, tf.range(tokenizer.vocab_size, dtype=tf.int32)),
+            tf.lookup.KeyValueTensorInitializer(chars, tf.range(len(tokenizer.chars), dtype=tf.int32)),
             default_value=unknown_id,
         )
-        self.id_to_char = tf.Variable(chars, trainable=False, name="id_to_char")
+        # Every id's text, the end-of-text id's included: a prompt never encodes to it, but the model may emit it.
+        self.id_to_char = tf.Variable(list(tokenizer.tokens), trainable=False, name="id_to_char")
         stop_token_ids = [int(t) for t in stop_token_ids or []]
         self.stop_token_ids = tf.constant(stop_token_ids, tf.int32, shape=[len(stop_token_ids)])
 

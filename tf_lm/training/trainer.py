@@ -35,7 +35,7 @@ class TrainConfig:
     """Everything about a training run that is not the model's shape.
 
     Args:
-        dataset: str, default "builtin:pydoc". A `tf_lm.data.read_source` source.
+        dataset: str, default "builtin:pydoc". A `tf_lm.data.open_source` source, or `store:<dir>` (a token store).
         tokenizer: "char" (default) or "bpe".
         bpe_vocab_size: int or None. BPE vocabulary size (None: the data module's default); only with "bpe".
         batch_size: int, default 12. The global batch, split evenly over the replicas.

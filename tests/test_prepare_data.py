@@ -1,0 +1,79 @@
+"""experiments/prepare_data.py as a user runs it: SIGKILL then rerun gives the uninterrupted store; bad input."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO, failure_line, run_module, script_environment
+
+from tf_lm.data import TokenStore
+from tf_lm.data.store import MANIFEST, PREPARING
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from pydoc_data.topics import topics
+
+    directory = tmp_path_factory.mktemp("corpus")
+    text = "".join(topics[key] for key in sorted(topics))
+    for i in range(4):  # ~2 MB in 4 documents
+        (directory / f"part{i}.txt").write_text(text[i * 1000:] + text[:i * 1000], encoding="utf-8")
+    return f"--dataset=text:{directory}/*.txt"
+
+
+def files_of(directory):
+    return {os.path.relpath(os.path.join(root, name), directory): open(os.path.join(root, name), "rb").read()
+            for root, _, names in os.walk(directory) for name in names}
+
+
+def test_sigkill_mid_preparation_then_rerun_gives_the_uninterrupted_store(corpus, tmp_path):
+    args = [corpus, "--shard_tokens=10000"]
+    straight = run_module("experiments.prepare_data", *args, f"--output_dir={tmp_path / 'straight'}")
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    assert "train with --dataset=store:" in straight.stdout and "tokens/s" in straight.stderr
+
+    killed = tmp_path / "killed"
+    victim = subprocess.Popen([sys.executable, "-m", "experiments.prepare_data", *args, f"--output_dir={killed}"],
+                              cwd=REPO, env=script_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / PREPARING / "train-00001.json").exists() and time.time() < deadline:
+        time.sleep(0.002)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL
+    assert not (killed / MANIFEST).exists(), "the preparation finished before it was killed"
+    with pytest.raises(FileNotFoundError, match="did not finish"):
+        TokenStore(str(killed))
+
+    resumed = run_module("experiments.prepare_data", *args, f"--output_dir={killed}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert files_of(killed) == files_of(tmp_path / "straight")
+
+
+@pytest.mark.slow
+def test_tokenizer_dir_reuses_a_saved_tokenizer(corpus, tmp_path):
+    first = run_module("experiments.prepare_data", corpus, "--tokenizer=bpe", "--bpe_vocab_size=300",
+                       "--bpe_sample_mb=0.5", f"--output_dir={tmp_path / 'bpe'}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = run_module("experiments.prepare_data", corpus, f"--tokenizer_dir={tmp_path / 'bpe' / 'tokenizer'}",
+                       f"--output_dir={tmp_path / 'again'}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    a, b = TokenStore(str(tmp_path / "bpe")), TokenStore(str(tmp_path / "again"))
+    assert a.fingerprint == b.fingerprint and a.num_tokens("train") == b.num_tokens("train")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset=text:/no/such/*.txt"], "error: No files match 'text:/no/such/*.txt'"),
+        (["--tokenizer=bpe", "--bpe_vocab_size=300", "--tokenizer_dir=/x"],
+         "error: --tokenizer_dir brings its own tokenizer; drop --tokenizer, --bpe_vocab_size."),
+        (["--shard_tokens=0"], "error: prepare_store needs shard_tokens to be an integer >= 1"),
+    ],
+)
+def test_bad_input_fails_in_one_line_and_writes_nothing(tmp_path, args, message):
+    result = run_module("experiments.prepare_data", *args, f"--output_dir={tmp_path / 'store'}")
+    assert failure_line(result).startswith(message)
+    assert not (tmp_path / "store").exists()

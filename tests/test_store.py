@@ -1,0 +1,153 @@
+"""Token stores: round trip, determinism, resumable preparation, flat reading, any tf.io.gfile path, bad stores."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tf_lm.data import BPETokenizer, CharTokenizer, TokenStore, lm_datasets, load_tokenizer, prepare_store
+from tf_lm.data import store as store_module
+from tf_lm.data.store import MANIFEST, PREPARING
+from tf_lm.data.tokenizers import END_OF_TEXT
+
+DOCUMENTS = ["First document: naïve café.\nSecond line.\n", "Second — with “quotes” 😀\n" * 3, "third\n" * 40]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    for i, text in enumerate(DOCUMENTS):
+        (tmp_path / f"doc{i}.txt").write_text(text, encoding="utf-8")
+    return f"text:{tmp_path}/doc*.txt"
+
+
+def all_ids(store):
+    return np.concatenate([store.read(split, 0, store.num_tokens(split)) for split in ("train", "validation")])
+
+
+def files_of(directory):
+    return {os.path.relpath(os.path.join(root, name), directory): open(os.path.join(root, name), "rb").read()
+            for root, _, names in os.walk(directory) for name in names}
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "bpe"])
+def test_round_trip_gives_back_the_documents_with_end_of_text_between_them(corpus, tmp_path, tokenizer):
+    vocab = {"bpe_vocab_size": 300} if tokenizer == "bpe" else {}
+    store = prepare_store(corpus, str(tmp_path / "store"), tokenizer=tokenizer, shard_tokens=50, chunk_bytes=16,
+                          validation_fraction=0.3, **vocab)
+    ids = all_ids(store)
+    assert store.tokenizer.decode(ids) == "".join(text + END_OF_TEXT for text in DOCUMENTS)
+    assert (ids == store.eos_id).sum() == 3
+    manifest = json.loads((tmp_path / "store" / MANIFEST).read_text())
+    assert manifest["dtype"] == "uint16" and manifest["end_of_document_id"] == store.eos_id
+    assert manifest["tokenizer"]["fingerprint"] == store.tokenizer.fingerprint
+    assert manifest["request"]["source"] == corpus
+    shards = manifest["splits"]["train"]["shards"]
+    assert len(shards) > 1 and all(s["tokens"] >= 50 for s in shards[:-1])  # small shards: reads cross them
+    sizes = {s["file"]: s["tokens"] for split in ("train", "validation") for s in manifest["splits"][split]["shards"]}
+    for name, tokens in sizes.items():
+        assert (tmp_path / "store" / name).stat().st_size == 2 * tokens
+    assert not (tmp_path / "store" / PREPARING).exists()
+    window = store.read("train", 40, 30)  # crosses the first shard boundary
+    np.testing.assert_array_equal(window, ids[40:70])
+
+
+def test_preparing_twice_gives_identical_stores_and_a_finished_store_is_reused(corpus, tmp_path):
+    kwargs = {"tokenizer": "bpe", "bpe_vocab_size": 280, "shard_tokens": 40, "chunk_bytes": 32}
+    prepare_store(corpus, str(tmp_path / "a"), **kwargs)
+    prepare_store(corpus, str(tmp_path / "b"), **kwargs)
+    assert files_of(tmp_path / "a") == files_of(tmp_path / "b")
+    before = files_of(tmp_path / "a")
+    assert prepare_store(corpus, str(tmp_path / "a"), **kwargs).num_tokens("train") > 0
+    assert files_of(tmp_path / "a") == before
+    with pytest.raises(ValueError, match=r"a\b.* holds a token store prepared with other arguments"):
+        prepare_store(corpus, str(tmp_path / "a"), **{**kwargs, "bpe_vocab_size": 290})
+
+
+def test_an_interrupted_preparation_is_finished_byte_identically(corpus, tmp_path, monkeypatch):
+    kwargs = {"tokenizer": "bpe", "bpe_vocab_size": 280, "shard_tokens": 30, "chunk_bytes": 16}
+    straight = prepare_store(corpus, str(tmp_path / "straight"), **kwargs)
+    write = store_module.atomic_write
+
+    def dies_writing_the_fourth_shard(path, data):
+        if path.endswith("train-00003.bin"):
+            raise KeyboardInterrupt
+        write(path, data)
+
+    monkeypatch.setattr(store_module, "atomic_write", dies_writing_the_fourth_shard)
+    killed = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        prepare_store(corpus, str(killed), **kwargs)
+    assert not (killed / MANIFEST).exists()  # nothing takes it for a store
+    with pytest.raises(FileNotFoundError, match="did not finish"):
+        TokenStore(str(killed))
+    assert sorted(p.name for p in killed.glob("train-*.bin")) == [f"train-0000{k}.bin" for k in range(3)]
+
+    monkeypatch.setattr(store_module, "atomic_write", write)
+    monkeypatch.setattr(store_module, "build_tokenizer", None)  # resuming must not train BPE again
+    encoded = []
+    encode_batch = BPETokenizer.encode_batch
+    monkeypatch.setattr(BPETokenizer, "encode_batch", lambda self, texts: encoded.extend(texts) or
+                        encode_batch(self, texts))
+    store = prepare_store(corpus, str(killed), **kwargs)
+    assert files_of(killed) == files_of(tmp_path / "straight")
+    np.testing.assert_array_equal(all_ids(store), all_ids(straight))
+    assert len("".join(encoded)) < len("".join(DOCUMENTS)) - 3 * 30  # the three finished shards were kept
+
+
+def test_a_given_tokenizer_encodes_the_store(corpus, tmp_path):
+    given = CharTokenizer.from_text("".join(DOCUMENTS) + "xyz", end_of_text=True)
+    store = prepare_store(corpus, str(tmp_path / "store"), tokenizer=given)
+    assert store.tokenizer.fingerprint == given.fingerprint
+    assert given.decode(all_ids(store)).count(END_OF_TEXT) == 3
+    bpe = BPETokenizer.train("".join(DOCUMENTS), vocab_size=270)
+    bpe._tokenizer.model.save(str(tmp_path))  # GPT-2's layout: vocab.json + merges.txt
+    gpt2_style = load_tokenizer(str(tmp_path))
+    store = prepare_store(corpus, str(tmp_path / "gpt2"), tokenizer=gpt2_style)
+    assert gpt2_style.decode(all_ids(store)).replace(END_OF_TEXT, "") == "".join(DOCUMENTS)
+    with pytest.raises(ValueError, match="'F'.*not in this CharTokenizer"):
+        prepare_store(corpus, str(tmp_path / "narrow"), tokenizer=CharTokenizer.from_text("abc"))
+
+
+def test_ram_filesystem_store_trains_like_a_local_one(corpus, tmp_path):
+    local = prepare_store(corpus, str(tmp_path / "local"), shard_tokens=64, chunk_bytes=16)
+    remote = prepare_store(corpus, "ram://stores/test", shard_tokens=64, chunk_bytes=16)
+    np.testing.assert_array_equal(all_ids(remote), all_ids(local))
+    pairs = zip(lm_datasets(local, 8, 4, seed=2)[0].take(3), lm_datasets(remote, 8, 4, seed=2)[0].take(3))
+    for (x, y), (rx, ry) in pairs:
+        np.testing.assert_array_equal(x, rx)
+        np.testing.assert_array_equal(y, ry)
+
+
+def test_bad_stores_are_refused_in_one_sentence(corpus, tmp_path):
+    directory = tmp_path / "store"
+    prepare_store(corpus, str(directory), shard_tokens=64)
+    shard = directory / "train-00001.bin"
+    shard.write_bytes(shard.read_bytes()[:-2])  # truncated
+    with pytest.raises(ValueError, match=r"'.*store' is damaged: train-00001.bin holds .* bytes, its manifest says"):
+        TokenStore(str(directory))
+    shard.unlink()
+    with pytest.raises(ValueError, match="train-00001.bin is missing"):
+        TokenStore(str(directory))
+    (directory / MANIFEST).write_text("{not json")
+    with pytest.raises(ValueError, match="is not a token store manifest"):
+        TokenStore(str(directory))
+    (directory / MANIFEST).unlink()
+    with pytest.raises(FileNotFoundError, match="No manifest.json in token store .*prepare_data"):
+        TokenStore(str(directory))
+    (directory / PREPARING).mkdir()
+    with pytest.raises(FileNotFoundError, match="did not finish; rerun the same prepare_data command"):
+        TokenStore(str(directory))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="holds no .preparing, so it is not one of ours"):
+        prepare_store(corpus, str(tmp_path / "mine"))
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="is empty"):
+        prepare_store(f"text:{tmp_path}/empty.txt", str(tmp_path / "never"))
+    assert not (tmp_path / "never").exists()
+    with pytest.raises(ValueError, match="shard_tokens=0"):
+        prepare_store(corpus, str(tmp_path / "never"), shard_tokens=0)
+    with pytest.raises(ValueError, match="Unknown tokenizer kind 'word'"):
+        prepare_store(corpus, str(tmp_path / "never"), tokenizer="word")

@@ -1,0 +1,379 @@
+"""Token stores: the token ids of one corpus for one tokenizer, on disk in shards, written once and then only read.
+
+A store is a directory (any `tf.io.gfile` path: local, `gs://`, `ram://`):
+
+    manifest.json           written last: format version, tokenizer fingerprint, dtype, end-of-document id,
+                            the source and options it was prepared from, and each split's shards and token counts
+    tokenizer/              the tokenizer the ids come from (`load_tokenizer` reads it)
+    train-00000.bin ...     raw little-endian ids, uint16 when the vocabulary fits, else uint32
+    validation-00000.bin ...
+
+`prepare_store` streams a source into a store: the tokenizer is built in one streaming pass (char: the characters
+seen; BPE: trained on a bounded sample of the training text), then each split is encoded chunk by chunk (a batch
+of chunks at a time, in parallel for BPE) and every document is followed by the tokenizer's end-of-text id, so
+windows cross documents as in GPT-2's training and a model learns where a document ends. Memory is bounded by
+one shard, whatever the corpus size.
+
+A killed preparation leaves no manifest, so nothing takes it for a store. Shards are written under temporary
+names and renamed, each followed by a progress note (in `.preparing/`) saying where in the source the next shard
+starts; rerunning with the same arguments keeps the finished shards and continues from there, and because a chunk
+depends only on where it starts, the finished store is byte-identical to one prepared without interruption.
+
+`TokenStore` opens a finished store and reads windows of ids by position, without holding the ids: `os.pread` on
+local files (unlike a memory map, the pages read never count towards the process's memory), `tf.io.gfile` reads
+elsewhere.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from tf_lm.data.sources import DEFAULT_CHUNK_BYTES, SPLITS, open_source
+from tf_lm.data.tokenizers import TOKENIZER_KINDS, build_tokenizer, load_tokenizer
+from tf_lm.fileio import atomic_write, check_replaceable, is_local
+
+FORMAT_VERSION = 1
+STORE_SCHEME = "store:"  # a --dataset naming a store rather than a source to prepare
+MANIFEST = "manifest.json"
+TOKENIZER_DIR = "tokenizer"
+# Present only while a store is being written: the preparation's arguments and one note per finished shard.
+PREPARING = ".preparing"
+DEFAULT_SHARD_TOKENS = 1 << 25  # 64 MB of uint16 per shard: the most a preparation holds at once
+DEFAULT_BPE_SAMPLE_BYTES = 20_000_000
+# Chunks encoded per call: enough for HF tokenizers to keep every core busy, few enough to bound memory.
+ENCODE_BATCH_CHUNKS = 8
+
+
+def _read_json(path: str) -> dict:
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return json.loads(f.read().decode("utf-8"))
+
+
+def _write_json(path: str, value: dict) -> None:
+    atomic_write(path, json.dumps(value, indent=1, sort_keys=True) + "\n")
+
+
+class _Progress:
+    """One stderr line, redrawn at most twice a second: MB read, tokens written and tokens/s."""
+
+    def __init__(self, label: str, total_bytes: int | None, enabled: bool):
+        self.label, self.total, self.enabled = label, total_bytes, enabled
+        self.bytes = self.tokens = 0
+        self.start = self.shown = time.perf_counter()
+
+    def update(self, num_bytes: int, num_tokens: int) -> None:
+        self.bytes += num_bytes
+        self.tokens += num_tokens
+        if self.enabled and time.perf_counter() - self.shown >= 0.5:
+            self._show("\r")
+
+    def close(self) -> None:
+        if self.enabled:
+            self._show("\r")
+            sys.stderr.write("\n")
+
+    def _show(self, prefix: str) -> None:
+        self.shown = time.perf_counter()
+        seconds = max(self.shown - self.start, 1e-9)
+        total = "" if self.total is None else f" / {self.total / 1e6:,.1f}"
+        sys.stderr.write(f"{prefix}{self.label}: {self.bytes / 1e6:,.1f}{total} MB, {self.tokens:,} tokens, "
+                         f"{self.tokens / seconds:,.0f} tokens/s, {self.bytes / 1e6 / seconds:,.1f} MB/s ")
+        sys.stderr.flush()
+
+
+def prepare_store(source: str, directory: str, *, tokenizer="char", bpe_vocab_size: int | None = None,
+                  bpe_sample_bytes: int = DEFAULT_BPE_SAMPLE_BYTES, shard_tokens: int = DEFAULT_SHARD_TOKENS,
+                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: bool = False, **source_options) -> TokenStore:
+    """Writes the token store of `source` into `directory` (or finishes an interrupted one) and opens it.
+
+    Args:
+        source: str. A source string for `open_source` ("builtin:pydoc", "text:<glob>", "tfds:<name>").
+        directory: str. The store's directory (any `tf.io.gfile` path); must be new, empty, a store prepared with
+            the same arguments (returned as it is), or an unfinished one of them (finished).
+        tokenizer: "char", "bpe", or a tokenizer object (e.g. `load_tokenizer(model_dir + "/tokenizer")`) whose ids
+            the store must hold, such as a pretrained model's.
+        bpe_vocab_size: int or None. BPE's target vocabulary (None: 4096); only with tokenizer="bpe".
+        bpe_sample_bytes: int, default 20 MB. BPE is trained on the first this many bytes of the train split.
+        shard_tokens: int, default 2**25. A shard is closed once it holds at least this many ids.
+        chunk_bytes: int, default 1 MB. Text read (and encoded) at a time.
+        progress: bool. A progress line on stderr: MB, tokens and tokens/s.
+        **source_options: passed to `open_source` (`validation_fraction`, `tfds_data_dir`, ...).
+
+    Returns:
+        The `TokenStore`.
+
+    Raises:
+        ValueError: for bad arguments, a `directory` holding something else (or a store of other arguments), and
+            whatever `open_source` or the tokenizer raise (an empty source, a character outside a given char
+            tokenizer's vocabulary).
+        FileNotFoundError: from `open_source`.
+
+    Example:
+    >>> store = prepare_store("builtin:pydoc", "runs/stores/pydoc-char")  # doctest: +SKIP
+    >>> store.num_tokens("train")  # doctest: +SKIP
+    """
+    for name, value, minimum in (("shard_tokens", shard_tokens, 1), ("bpe_sample_bytes", bpe_sample_bytes, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ValueError(f"prepare_store needs {name} to be an integer >= {minimum}. Received: {name}={value!r}")
+    if isinstance(tokenizer, str):
+        if tokenizer not in TOKENIZER_KINDS:
+            raise ValueError(f"Unknown tokenizer kind {tokenizer!r}; choose one of {list(TOKENIZER_KINDS)}.")
+        if tokenizer == "char" and bpe_vocab_size is not None:
+            raise ValueError(
+                f"bpe_vocab_size only applies to tokenizer='bpe'. Received: bpe_vocab_size={bpe_vocab_size}"
+            )
+        wanted = {"kind": tokenizer}
+        if tokenizer == "bpe":
+            wanted.update(vocab_size=bpe_vocab_size, sample_bytes=bpe_sample_bytes)
+    else:
+        wanted = {"fingerprint": tokenizer.fingerprint}
+    opened = open_source(source, **source_options)
+    request = {"source": source, "source_options": opened.options, "tokenizer": wanted, "shard_tokens": shard_tokens,
+               "chunk_bytes": chunk_bytes, "format_version": FORMAT_VERSION}
+
+    if tf.io.gfile.exists(os.path.join(directory, MANIFEST)):
+        store = TokenStore(directory)
+        if store.manifest["request"] != request:
+            raise ValueError(
+                f"{directory} holds a token store prepared with other arguments ({store.manifest['request']}); "
+                "choose another directory, or pass the arguments it was prepared with."
+            )
+        return store
+    check_replaceable(directory, PREPARING)
+    notes = os.path.join(directory, PREPARING)
+    request_path = os.path.join(notes, "request.json")
+    if tf.io.gfile.exists(request_path):
+        if _read_json(request_path) != request:
+            raise ValueError(
+                f"{directory} holds an unfinished token store prepared with other arguments "
+                f"({_read_json(request_path)}); rerun with those arguments to finish it, or choose another directory."
+            )
+        # A killed atomic_write leaves its hidden temporary sibling behind; the shard it was writing is redone.
+        for name in tf.io.gfile.listdir(directory):
+            if name.startswith(".") and name.rstrip("/") != PREPARING:
+                tf.io.gfile.remove(os.path.join(directory, name))
+    else:
+        _write_json(request_path, request)
+
+    tokenizer_note = os.path.join(notes, "tokenizer.json")
+    tokenizer_dir = os.path.join(directory, TOKENIZER_DIR)
+    if tf.io.gfile.exists(tokenizer_note):  # resuming: never train BPE (or scan the characters) twice
+        tokenizer = load_tokenizer(tokenizer_dir)
+    else:
+        if isinstance(tokenizer, str):
+            texts = (chunk.text for split in SPLITS for chunk in opened.chunks(split, chunk_bytes=chunk_bytes))
+            if tokenizer == "bpe":
+                texts = _sample(opened, bpe_sample_bytes, chunk_bytes)
+            tokenizer = build_tokenizer(wanted["kind"], texts, bpe_vocab_size)
+        tokenizer.save(tokenizer_dir)
+        _write_json(tokenizer_note, {"fingerprint": tokenizer.fingerprint})
+    dtype = np.dtype("<u2") if tokenizer.vocab_size <= 1 << 16 else np.dtype("<u4")
+
+    splits = {}
+    for split in SPLITS:
+        report = _Progress(f"{split} ({directory})", opened.split_bytes(split), progress)
+        shards = _write_split(opened, split, tokenizer, directory, dtype, shard_tokens, chunk_bytes, report)
+        report.close()
+        splits[split] = {"tokens": sum(shard["tokens"] for shard in shards), "shards": shards}
+    manifest = {"format_version": FORMAT_VERSION, "request": request, "dtype": dtype.name,
+                "tokenizer": {"fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size,
+                              "directory": TOKENIZER_DIR},
+                "end_of_document_id": tokenizer.eos_id, "splits": splits}
+    _write_json(os.path.join(directory, MANIFEST), manifest)
+    tf.io.gfile.rmtree(notes)
+    return TokenStore(directory)
+
+
+def _sample(opened, sample_bytes: int, chunk_bytes: int):
+    taken = 0
+    for chunk in opened.chunks("train", chunk_bytes=chunk_bytes):
+        if taken >= sample_bytes:
+            return
+        yield chunk.text
+        taken += chunk.size
+
+
+def _write_split(opened, split, tokenizer, directory, dtype, shard_tokens, chunk_bytes, report) -> list[dict]:
+    notes = os.path.join(directory, PREPARING)
+    shards, start = [], None
+    # Shards finished by an earlier, killed run: keep them and continue where the last one ended.
+    while tf.io.gfile.exists(note := os.path.join(notes, f"{split}-{len(shards):05d}.json")):
+        finished = _read_json(note)
+        shards.append({"file": finished["file"], "tokens": finished["tokens"]})
+        start = tuple(finished["end"])
+    if tf.io.gfile.exists(os.path.join(notes, f"{split}.done")):
+        return shards
+
+    pending, pending_tokens = [], 0
+
+    def close_shard(end):
+        nonlocal pending, pending_tokens
+        name = f"{split}-{len(shards):05d}.bin"
+        atomic_write(os.path.join(directory, name), np.concatenate(pending).tobytes())
+        _write_json(os.path.join(notes, f"{split}-{len(shards):05d}.json"),
+                    {"file": name, "tokens": pending_tokens, "end": list(end)})
+        shards.append({"file": name, "tokens": pending_tokens})
+        pending, pending_tokens = [], 0
+
+    chunks = opened.chunks(split, start, chunk_bytes)
+    end = start
+    while batch := list(itertools.islice(chunks, ENCODE_BATCH_CHUNKS)):
+        for chunk, ids in zip(batch, tokenizer.encode_batch([chunk.text for chunk in batch])):
+            if chunk.ends_document and tokenizer.eos_id is not None:
+                ids = np.append(ids, np.int32(tokenizer.eos_id))
+            pending.append(ids.astype(dtype))
+            pending_tokens += len(ids)
+            report.update(chunk.size, len(ids))
+            end = chunk.end
+            if pending_tokens >= shard_tokens:
+                close_shard(end)
+    if pending_tokens:
+        close_shard(end)
+    atomic_write(os.path.join(notes, f"{split}.done"), "")
+    return shards
+
+
+class TokenStore:
+    """A finished token store, opened for reading windows of ids.
+
+    Args:
+        directory: str. A directory written by `prepare_store` (any `tf.io.gfile` path).
+
+    Raises:
+        FileNotFoundError: if `directory` has no manifest (no store, or an unfinished one).
+        ValueError: if the manifest is unreadable or of another format, or a shard is missing or its size
+            disagrees with the manifest (a truncated or damaged store).
+
+    Example:
+    >>> store = TokenStore("runs/stores/pydoc-char")  # doctest: +SKIP
+    >>> store.tokenizer.decode(store.read("train", 0, 100))  # doctest: +SKIP
+    """
+
+    def __init__(self, directory: str):
+        self.directory = directory
+        path = os.path.join(directory, MANIFEST)
+        if not tf.io.gfile.exists(path):
+            if tf.io.gfile.exists(os.path.join(directory, PREPARING)):
+                hint = "its preparation did not finish; rerun the same prepare_data command to finish it"
+            else:
+                hint = "prepare one with `python -m experiments.prepare_data --output_dir=...`"
+            raise FileNotFoundError(f"No {MANIFEST} in token store {directory!r}: {hint}.")
+        try:
+            self.manifest = _read_json(path)
+            version = self.manifest.get("format_version")
+            self.dtype = np.dtype(self.manifest["dtype"]).newbyteorder("<")
+            splits = self.manifest["splits"]
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"{path} is not a token store manifest ({error}); prepare the store again.") from None
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"Token store {directory!r} has format version {version!r}; this code reads {FORMAT_VERSION}. "
+                "Prepare the store again."
+            )
+        self.eos_id: int | None = self.manifest["end_of_document_id"]
+        self.fingerprint: str = self.manifest["tokenizer"]["fingerprint"]
+        self._shards: dict[str, list[tuple[str, int]]] = {}
+        self._bounds: dict[str, np.ndarray] = {}
+        for split in SPLITS:
+            shards = [(os.path.join(directory, shard["file"]), shard["tokens"]) for shard in splits[split]["shards"]]
+            for shard_path, tokens in shards:
+                expected = tokens * self.dtype.itemsize
+                size = tf.io.gfile.stat(shard_path).length if tf.io.gfile.exists(shard_path) else None
+                if size != expected:
+                    found = "is missing" if size is None else f"holds {size:,} bytes"
+                    raise ValueError(
+                        f"Token store {directory!r} is damaged: {os.path.basename(shard_path)} {found}, its manifest "
+                        f"says {expected:,} ({tokens:,} ids); prepare the store again into a new directory."
+                    )
+            self._shards[split] = shards
+            self._bounds[split] = np.cumsum([0] + [tokens for _, tokens in shards], dtype=np.int64)  # [shards + 1]
+        self._local = is_local(directory)
+        self._handles: dict[str, object] = {}
+        self._lock = threading.Lock()
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):
+        """The store's tokenizer (loaded once).
+
+        Raises:
+            ValueError: if the saved tokenizer is not the one the ids were encoded with.
+        """
+        if self._tokenizer is None:
+            tokenizer = load_tokenizer(os.path.join(self.directory, TOKENIZER_DIR))
+            if tokenizer.fingerprint != self.fingerprint:
+                raise ValueError(
+                    f"The tokenizer in token store {self.directory!r} is not the one its ids were encoded with; "
+                    "prepare the store again."
+                )
+            self._tokenizer = tokenizer
+        return self._tokenizer
+
+    def num_tokens(self, split: str) -> int:
+        """How many ids `split` holds."""
+        return int(self._bounds[self._split(split)][-1])
+
+    def _split(self, split: str) -> str:
+        if split not in SPLITS:
+            raise ValueError(f"Unknown split {split!r}; choose one of {list(SPLITS)}.")
+        return split
+
+    def _read_shard(self, path: str, offset: int, count: int) -> bytes:
+        itemsize = self.dtype.itemsize
+        if self._local:
+            # pread has no shared file position, so parallel tf.data calls need no lock.
+            if path not in self._handles:
+                with self._lock:
+                    self._handles.setdefault(path, os.open(path, os.O_RDONLY))
+            return os.pread(self._handles[path], count * itemsize, offset * itemsize)
+        with self._lock:  # a GFile has one position: seek and read as one step
+            if path not in self._handles:
+                self._handles[path] = tf.io.gfile.GFile(path, "rb")
+            handle = self._handles[path]
+            handle.seek(offset * itemsize)
+            return handle.read(count * itemsize)
+
+    def read(self, split: str, start: int, length: int) -> np.ndarray:
+        """The ids `[start, start + length)` of `split` (across shard boundaries) as int32 `[length]`.
+
+        Raises:
+            ValueError: if the range is outside the split.
+        """
+        bounds = self._bounds[self._split(split)]
+        if start < 0 or length < 0 or start + length > bounds[-1]:
+            raise ValueError(
+                f"Ids [{start}, {start + length}) are outside the {split} split of {self.directory!r} "
+                f"(0..{int(bounds[-1])})."
+            )
+        pieces, position, end = [], start, start + length
+        shard = int(np.searchsorted(bounds, start, side="right")) - 1
+        while position < end:
+            path, _ = self._shards[split][shard]
+            count = min(end, int(bounds[shard + 1])) - position
+            pieces.append(np.frombuffer(self._read_shard(path, position - int(bounds[shard]), count), self.dtype))
+            position += count
+            shard += 1
+        return np.concatenate(pieces).astype(np.int32) if pieces else np.zeros([0], np.int32)
+
+    def windows(self, split: str, starts: np.ndarray, length: int) -> np.ndarray:
+        """int32 `[len(starts), length]`: row i is `read(split, starts[i], length)`."""
+        return np.stack([self.read(split, int(start), length) for start in starts]).reshape(len(starts), length)
+
+    def __del__(self):
+        for handle in getattr(self, "_handles", {}).values():
+            if isinstance(handle, int):
+                os.close(handle)
+            else:
+                handle.close()
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{split}={self.num_tokens(split):,}" for split in SPLITS)
+        return f"TokenStore({self.directory!r}, {counts} ids, {self.dtype.name})"
