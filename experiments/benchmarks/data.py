@@ -1,28 +1,221 @@
-"""Data pipeline throughput beside the training throughput it has to feed, measured in the same run.
+"""Data: token-store preparation beside a plain HF `tokenizers` loop, flat memory, and the pipeline beside training.
 
-Char-level Tiny Shakespeare (`../shared/data/tinyshakespeare/input.txt`) at block 256: the train dataset is
-iterated at batch 64, and the `char-small` model takes XLA-compiled AdamW steps at batch 8. If the pipeline
-yields tokens far faster than training consumes them, data loading is never the bottleneck. A second row
-times the vectorised `CharTokenizer.encode_array` against nanoGPT's per-character list comprehension.
+Preparation: a 1 GB and a 100 MB text corpus (CPython's own sources and its pydoc text, cycled to size in 8 MB
+files, generated under /tmp on first use, never downloaded) go through `experiments.prepare_data` with BPE and
+with the char tokenizer, each in a child process whose peak RSS `/usr/bin/time -v` reports. The peer, in the same
+run on the same files, is the streaming loop the issue measured: BPE trained on a 20 MB sample, then
+`encode_batch` over 1 MB chunks of lines, ids appended to a uint16 file.
+
+Reading: windows of `block_size + 1 = 1025` ids (GPT-2's context) are cut from a 10 MB and from the 1 GB store
+in child processes; their peak RSS must not differ by 100 MB, and the pipeline must yield >= 20x the tokens/s a
+`gpt2` training step (XLA, AdamW) consumes. The char-level Tiny Shakespeare rows keep the earlier comparison
+against a `char-small` step and nanoGPT's per-character encoding loop.
+
+`--quick` shrinks the corpora (2 MB and 0.2 MB) and the model (`nano`), to smoke-test the section itself.
 """
 
+import json
+import os
+import re
+import subprocess
+import sys
+import sysconfig
 import tempfile
+import time
+from pathlib import Path
 
-from experiments.benchmarks.common import SHARED_DATA, Row, race
+from experiments.benchmarks.common import SHARED_DATA, Row, best_rate, race
 from experiments.benchmarks.model import train_step
 from tf_lm import LMConfig, TransformerLM
 from tf_lm.data import lm_datasets, prepare_store
 
 SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
 BLOCK_SIZE, PIPELINE_BATCH, TRAIN_BATCH = 256, 64, 8
+REPO = Path(__file__).resolve().parents[2]
+CORPORA = Path(tempfile.gettempdir()) / "tf_lm_bench_corpus"
+FILE_BYTES = 8 << 20
+BPE_VOCAB, SAMPLE_MB = 4096, 20
+
+# The issue's peer: HF tokenizers streaming a corpus into a uint16 file (argv: glob, output file, vocab, sample MB).
+PEER_LOOP = r"""
+import glob, sys
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+paths, output, vocab, sample = sorted(glob.glob(sys.argv[1])), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+
+def chunks():
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            lines, size = [], 0
+            for line in f:
+                lines.append(line)
+                size += len(line)
+                if size >= 1 << 20:
+                    yield "".join(lines)
+                    lines, size = [], 0
+            if lines:
+                yield "".join(lines)
+
+def first(megabytes):
+    taken = 0
+    for chunk in chunks():
+        if taken >= megabytes * 1e6:
+            return
+        taken += len(chunk)
+        yield chunk
+
+tokenizer = Tokenizer(models.BPE())
+tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+tokenizer.decoder = decoders.ByteLevel()
+tokenizer.train_from_iterator(first(sample), trainers.BpeTrainer(
+    vocab_size=vocab, min_frequency=2, special_tokens=["<|endoftext|>"],
+    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+with open(output, "wb") as f:
+    batch = []
+    for chunk in chunks():
+        batch.append(chunk)
+        if len(batch) == 8:
+            for encoding in tokenizer.encode_batch(batch):
+                np.asarray(encoding.ids, dtype=np.uint16).tofile(f)
+            batch = []
+    for encoding in tokenizer.encode_batch(batch):
+        np.asarray(encoding.ids, dtype=np.uint16).tofile(f)
+"""
+
+# Cuts `steps` training batches of GPT-2-sized windows from a store (argv: store, block, batch, steps).
+READ_WINDOWS = r"""
+import json, resource, sys, time
+from tf_lm.data import lm_datasets
+block, batch, steps = (int(a) for a in sys.argv[2:5])
+batches = iter(lm_datasets(sys.argv[1], block, batch, seed=0)[0])
+next(batches)
+start = time.perf_counter()
+for _ in range(steps):
+    next(batches)
+rate = steps * batch * block / (time.perf_counter() - start)
+del batches  # before interpreter shutdown, when its prefetch thread could no longer take the GIL to finish
+print(json.dumps({"tokens_per_second": rate, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
 
 
-def run(quick: bool):
+def corpus(size: int) -> Path:
+    """A directory of UTF-8 files (CPython's sources and pydoc text, cycled) totalling `size` bytes; made once."""
+    directory = CORPORA / str(size)
+    if (directory / ".complete").is_file():
+        return directory
+    from pydoc_data.topics import topics
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    texts = [topics[key] for key in sorted(topics)]
+    for path in sorted(stdlib.rglob("*.py")):
+        try:
+            texts.append(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, OSError):  # a few test files are deliberately not UTF-8
+            continue
+    directory.mkdir(parents=True, exist_ok=True)
+    written, index, part = 0, 0, 0
+    while written < size:
+        parts = []
+        while sum(len(p) for p in parts) < min(FILE_BYTES, size - written):
+            parts.append(texts[index % len(texts)])
+            index += 1
+        data = "".join(parts).encode("utf-8")[:size - written]
+        data = data.decode("utf-8", "ignore").encode("utf-8")  # a cut inside a character is dropped
+        (directory / f"part{part:04d}.txt").write_bytes(data)
+        written += len(data)
+        part += 1
+    (directory / ".complete").write_text(str(size))
+    return directory
+
+
+def measured(args: list[str]) -> tuple[float, float, str]:
+    """Runs `args` from the repo root; returns (wall seconds, peak RSS in MB, stdout) of that child alone.
+
+    The peak comes from /usr/bin/time: a child forked from this process would count this process's pages until
+    its exec, so its own rusage would report our RSS, not its own.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        child = subprocess.run(["/usr/bin/time", "-v", *args], cwd=REPO, stdout=out, stderr=err,
+                               env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"})
+        wall = time.perf_counter() - start
+        out.seek(0)
+        err.seek(0)
+        report = err.read().decode(errors="replace")
+        if child.returncode:
+            raise RuntimeError(f"{args[:4]} failed: {report[-2000:]}")
+        peak_kb = re.search(r"Maximum resident set size \(kbytes\): (\d+)", report).group(1)
+        return wall, int(peak_kb) / 1024, out.read().decode()
+
+
+def prepare(directory: Path, output: Path, tokenizer: str) -> tuple[float, float]:
+    bpe = [f"--bpe_vocab_size={BPE_VOCAB}", f"--bpe_sample_mb={SAMPLE_MB}"] if tokenizer == "bpe" else []
+    wall, rss, _ = measured([sys.executable, "-m", "experiments.prepare_data", f"--dataset=text:{directory}/*.txt",
+                             f"--tokenizer={tokenizer}", *bpe, f"--output_dir={output}"])
+    return wall, rss
+
+
+def read_windows(store: Path, block: int, batch: int, steps: int) -> dict:
+    _, _, out = measured([sys.executable, "-c", READ_WINDOWS, str(store), str(block), str(batch), str(steps)])
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def preparation_rows(quick: bool, scratch: Path) -> tuple[list[Row], Path, Path]:
+    large, small, tiny = (2_000_000, 200_000, 100_000) if quick else (1_000_000_000, 100_000_000, 10_000_000)
+    label = f"{large / 1e9:g} GB" if large >= 1e9 else f"{large / 1e6:g} MB"
+    big = corpus(large)
+    ours_wall, ours_rss = prepare(big, scratch / "large-bpe", "bpe")
+    peer_wall, peer_rss, _ = measured([sys.executable, "-c", PEER_LOOP, f"{big}/*.txt", str(scratch / "peer.bin"),
+                                       str(BPE_VOCAB), str(SAMPLE_MB)])
+    _, small_rss = prepare(corpus(small), scratch / "small-bpe", "bpe")
+    char_wall, char_rss = prepare(big, scratch / "large-char", "char")
+    prepare(corpus(tiny), scratch / "tiny-bpe", "bpe")
+    _, import_rss, _ = measured([sys.executable, "-c", "import experiments.prepare_data"])
+    megabytes = large / 1e6
+    rows = [
+        Row("data", f"prepare_data {label} text, BPE {BPE_VOCAB}: wall", "s", ours_wall, peer_wall,
+            "HF tokenizers streaming loop", target="<= 1.25x",
+            notes=f"{megabytes / ours_wall:.2f} vs {megabytes / peer_wall:.2f} MB/s; ours adds the validation split, "
+                  "end-of-text ids, shards and manifest"),
+        Row("data", f"prepare_data {label} text, BPE: peak RSS", "MB", ours_rss, peer_rss,
+            "HF tokenizers streaming loop", target="<= 1000 MB",
+            notes=f"/usr/bin/time -v; importing prepare_data (TensorFlow) alone: {import_rss:.0f} MB"),
+        Row("data", f"prepare_data {small / 1e6:g} MB text, BPE: peak RSS", "MB", small_rss, ours_rss,
+            f"ours at {label}", target="within 20%", notes="flat in corpus size"),
+        Row("data", f"prepare_data {label} text, char: MB/s", "MB/s", megabytes / char_wall, megabytes / ours_wall,
+            "ours with BPE", target=">= 1x", notes=f"peak RSS {char_rss:.0f} MB"),
+    ]
+    return rows, scratch / "large-bpe", scratch / "tiny-bpe"
+
+
+def store_rows(quick: bool, large_store: Path, tiny_store: Path) -> list[Row]:
+    preset = "nano" if quick else "gpt2"
+    config = LMConfig.preset(preset, vocab_size=BPE_VOCAB)
+    block, batch, steps = config.block_size, 8, 200 if quick else 2000
+    large = read_windows(large_store, block, batch, steps)
+    tiny = read_windows(tiny_store, block, batch, steps)
+    model = TransformerLM(config)
+    step = train_step(model)
+    train, _ = lm_datasets(str(large_store), block, 1)
+    inputs, targets = next(iter(train))
+    training = best_rate(lambda: step(inputs, targets).numpy(), block, warmup=1, repeats=1 if not quick else 2,
+                         min_seconds=1.0)
+    return [
+        Row("data", f"reading T={block} windows from the {'large' if quick else '1 GB'} store: peak RSS", "MB",
+            large["rss_mb"], tiny["rss_mb"], "the same from a small store", target="< +100 MB",
+            notes=f"{steps} batches of {batch}; +{large['rss_mb'] - tiny['rss_mb']:.0f} MB"),
+        Row("data", f"store pipeline, T={block}, B={batch}", "tokens/s", large["tokens_per_second"], training,
+            f"{preset} train step (XLA, AdamW, B=1)", target=">= 20x",
+            notes="pipeline tokens/s over the tokens/s training consumes"),
+    ]
+
+
+def shakespeare_rows(quick: bool, scratch: Path) -> list[Row]:
     repeats, seconds = (1, 0.5) if quick else (5, 2.0)
     if not SHAKESPEARE.is_file():
         raise FileNotFoundError(f"The data benchmark reads {SHAKESPEARE}; put Tiny Shakespeare's input.txt there.")
-    scratch = tempfile.TemporaryDirectory(prefix="tf_lm_bench_")
-    store = prepare_store(f"text:{SHAKESPEARE}", scratch.name)
+    store = prepare_store(f"text:{SHAKESPEARE}", str(scratch / "shakespeare"))
     tokenizer = store.tokenizer
     text = SHAKESPEARE.read_text(encoding="utf-8")
 
@@ -46,12 +239,18 @@ def run(quick: bool):
         {"ours": lambda: tokenizer.encode_array(text), "loop": lambda: [stoi[c] for c in text]},
         units_per_step=len(text), repeats=repeats, min_seconds=seconds,
     )
-    scratch.cleanup()
     return [
-        Row("data", f"pipeline, char Tiny Shakespeare, T={BLOCK_SIZE}, B={PIPELINE_BATCH}", "tokens/s", pipeline,
-            training, f"char-small train step (XLA, AdamW, B={TRAIN_BATCH})", target=">= 20x",
+        Row("data", f"store pipeline, char Tiny Shakespeare, T={BLOCK_SIZE}, B={PIPELINE_BATCH}", "tokens/s",
+            pipeline, training, f"char-small train step (XLA, AdamW, B={TRAIN_BATCH})", target=">= 20x",
             notes="pipeline tokens/s over the tokens/s training consumes"),
         Row("data", f"CharTokenizer.encode_array, {len(text) / 1e6:.1f} MB", "chars/s", encode["ours"],
             encode["loop"], "nanoGPT [stoi[c] for c in s]",
-            notes="what the pipeline calls; encode() adds a numpy-to-list conversion"),
+            notes="what a store's preparation calls; encode() adds a numpy-to-list conversion"),
     ]
+
+
+def run(quick: bool):
+    with tempfile.TemporaryDirectory(prefix="tf_lm_bench_data_") as scratch:
+        scratch = Path(scratch)
+        rows, large_store, tiny_store = preparation_rows(quick, scratch)
+        return rows + store_rows(quick, large_store, tiny_store) + shakespeare_rows(quick, scratch)

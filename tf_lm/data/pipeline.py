@@ -11,8 +11,10 @@ same windows as one device.
 Validation is finite: contiguous, non-overlapping windows that cover the split once (only the final partial window
 is dropped).
 
-Windows are read from the store's shards by position (`TokenStore.windows`), so memory does not grow with the
-corpus; the pipeline still runs far ahead of training.
+Windows are read from the store's shards by position (`TokenStore.windows`, through `tf.numpy_function`), so
+memory does not grow with the corpus; the pipeline still runs far ahead of training. Because the reads are Python,
+drop an iterator before the interpreter shuts down (a function's local, not a module global): a prefetch thread
+still reading while Python finalizes can never take the GIL again, and TensorFlow waits for it forever.
 """
 
 from __future__ import annotations

@@ -46,10 +46,10 @@ MANIFEST = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
 # Present only while a store is being written: the preparation's arguments and one note per finished shard.
 PREPARING = ".preparing"
-DEFAULT_SHARD_TOKENS = 1 << 25  # 64 MB of uint16 per shard: the most a preparation holds at once
+DEFAULT_SHARD_TOKENS = 1 << 24  # 32 MB of uint16 per shard: the most ids a preparation holds at once
 DEFAULT_BPE_SAMPLE_BYTES = 20_000_000
 # Chunks encoded per call: enough for HF tokenizers to keep every core busy, few enough to bound memory.
-ENCODE_BATCH_CHUNKS = 8
+ENCODE_BATCH_CHUNKS = 4
 
 
 def _read_json(path: str) -> dict:
@@ -102,7 +102,7 @@ def prepare_store(source: str, directory: str, *, tokenizer="char", bpe_vocab_si
             the store must hold, such as a pretrained model's.
         bpe_vocab_size: int or None. BPE's target vocabulary (None: 4096); only with tokenizer="bpe".
         bpe_sample_bytes: int, default 20 MB. BPE is trained on the first this many bytes of the train split.
-        shard_tokens: int, default 2**25. A shard is closed once it holds at least this many ids.
+        shard_tokens: int, default 2**24. A shard is closed once it holds at least this many ids.
         chunk_bytes: int, default 1 MB. Text read (and encoded) at a time.
         progress: bool. A progress line on stderr: MB, tokens and tokens/s.
         **source_options: passed to `open_source` (`validation_fraction`, `tfds_data_dir`, ...).
@@ -217,7 +217,7 @@ def _write_split(opened, split, tokenizer, directory, dtype, shard_tokens, chunk
     def close_shard(end):
         nonlocal pending, pending_tokens
         name = f"{split}-{len(shards):05d}.bin"
-        atomic_write(os.path.join(directory, name), np.concatenate(pending).tobytes())
+        atomic_write(os.path.join(directory, name), b"".join(ids.tobytes() for ids in pending))
         _write_json(os.path.join(notes, f"{split}-{len(shards):05d}.json"),
                     {"file": name, "tokens": pending_tokens, "end": list(end)})
         shards.append({"file": name, "tokens": pending_tokens})
