@@ -11,9 +11,9 @@ tokens/s. `--tokenizer_dir` encodes with a saved tokenizer (a model's `tokenizer
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from experiments.flags import define_data_flags, define_tokenizer_flags, source_options
+from experiments.flags import define_data_flags, define_tokenizer_flags, flag_group, run_script, source_options
 from tf_lm.data import load_tokenizer, prepare_store
 from tf_lm.data.store import DEFAULT_SHARD_TOKENS
 
@@ -42,11 +42,13 @@ def main(argv):
 if __name__ == "__main__":
     define_data_flags()
     define_tokenizer_flags()
-    flags.DEFINE_string("tokenizer_dir", None, "Encode with the tokenizer saved in this directory (a model's "
-                        "tokenizer/, or GPT-2's vocab.json + merges.txt) instead of building one.")
-    flags.DEFINE_string("output_dir", None, "The store's directory (any tf.io.gfile path): new, empty, or an "
-                        "unfinished store of the same flags (finished).")
-    flags.DEFINE_integer("shard_tokens", DEFAULT_SHARD_TOKENS, "Ids per shard file (at least; a shard ends at a "
-                         "chunk boundary).")
+    with flag_group("data"):
+        flags.DEFINE_string("tokenizer_dir", None, "Encode with the tokenizer saved in this directory (a model's "
+                            "tokenizer/, or GPT-2's vocab.json + merges.txt) instead of building one.")
+    with flag_group("output"):
+        flags.DEFINE_string("output_dir", None, "The store's directory (any tf.io.gfile path): new, empty, or an "
+                            "unfinished store of the same flags (finished).")
+        flags.DEFINE_integer("shard_tokens", DEFAULT_SHARD_TOKENS, "Ids per shard file (at least; a shard ends at a "
+                             "chunk boundary).")
     flags.mark_flags_as_required(["output_dir"])
-    app.run(main)
+    run_script(main)
