@@ -27,7 +27,7 @@ from pathlib import Path
 from experiments.benchmarks.common import SHARED_DATA, Row, best_rate, race
 from experiments.benchmarks.model import train_step
 from tf_lm import LMConfig, TransformerLM
-from tf_lm.data import lm_datasets, prepare_store
+from tf_lm.data import TokenStore, lm_datasets, prepare_store
 
 SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
 BLOCK_SIZE, PIPELINE_BATCH, TRAIN_BATCH = 256, 64, 8
@@ -175,10 +175,13 @@ def preparation_rows(quick: bool, scratch: Path) -> tuple[list[Row], Path, Path]
         prepare(corpus(tiny), scratch / "tiny-bpe", "bpe")
     _, import_rss, _ = measured([sys.executable, "-c", "import experiments.prepare_data"])
     megabytes = large / 1e6
+    store = TokenStore(str(scratch / "large-bpe"))
+    tokens = store.num_tokens("train") + store.num_tokens("validation")
     rows = [
         Row("data", f"prepare_data {label} text, BPE {BPE_VOCAB}: wall", "s", ours_wall, peer_wall,
             "HF tokenizers streaming loop", target="<= 1.25x",
-            notes=f"{megabytes / ours_wall:.2f} vs {megabytes / peer_wall:.2f} MB/s; ours adds the validation split, "
+            notes=f"{megabytes / ours_wall:.2f} vs {megabytes / peer_wall:.2f} MB/s; {tokens:,} ids, "
+                  f"{tokens * store.dtype.itemsize / 1e6:,.0f} MB on disk; ours adds the validation split, "
                   "end-of-text ids, shards and manifest"),
         Row("data", f"prepare_data {label} text, BPE: peak RSS", "MB", ours_rss, peer_rss,
             "HF tokenizers streaming loop", target="<= 1000 MB",
