@@ -15,7 +15,7 @@ from absl import flags, logging
 from experiments.flags import flag_group, run_script
 from experiments.train_lm import train
 from tf_lm import LMConfig, TransformerLM, generate
-from tf_lm.data import read_source
+from tf_lm.data import open_source
 from tf_lm.training import TrainConfig, TrainingInterrupted
 
 with flag_group("demo"):
@@ -59,8 +59,9 @@ def main(argv):
         raise SystemExit(f"error: {error}") from None
     except TrainingInterrupted as error:
         raise SystemExit(f"stopped: {error}") from None
-    corpus = read_source(DATASET)
-    vocabulary = set(WORD.findall(corpus.train + corpus.validation))
+    source = open_source(DATASET)
+    vocabulary = {word for split in ("train", "validation") for chunk in source.chunks(split)
+                  for word in WORD.findall(chunk.text)}
     untrained = TransformerLM(trainer.model.config)
     print(f"\nloss curve: {FLAGS.model_dir}/loss.png")
     for title, model in (("before training", untrained), (f"after {FLAGS.steps} steps", trainer.model)):
