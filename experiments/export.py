@@ -3,7 +3,7 @@
     python -m experiments.export --model_dir=runs/shakespeare --export_dir=exports/shakespeare
 
 The sampler and the context policy are fixed at export time by the same flags as `experiments.generate`
-(default greedy, sliding past the context). Loading
+(default greedy, sliding past the context), and so is a draft model (--draft_model_dir) or drafter. Loading
 needs only TensorFlow:
 
     m = tf.saved_model.load("exports/shakespeare")
@@ -15,7 +15,7 @@ from __future__ import annotations
 from absl import app, flags
 
 from experiments.flags import flag_group, run_script
-from experiments.generate import define_sampling_flags, sampling_kwargs
+from experiments.generate import define_sampling_flags, define_speculative_flags, sampling_kwargs, speculative_kwargs
 
 FLAGS = flags.FLAGS
 
@@ -26,9 +26,11 @@ def define_export_flags() -> None:
         flags.DEFINE_string("export_dir", None, "Where to write the SavedModel: a new or empty directory, or an "
                             "earlier export (replaced once the new one is complete).")
     define_sampling_flags(default_temperature=0.0)
+    define_speculative_flags()
 
 
-def run(model_dir: str, export_dir: str, sampling: dict, context_policy: str = "slide") -> None:
+def run(model_dir: str, export_dir: str, sampling: dict, context_policy: str = "slide",
+        draft_model_dir: str | None = None, drafter: str | None = None, num_speculative_tokens: int = 4) -> None:
     """Loads `model_dir` and writes its SavedModel to `export_dir`.
 
     Raises:
@@ -42,7 +44,8 @@ def run(model_dir: str, export_dir: str, sampling: dict, context_policy: str = "
 
     check_replaceable(export_dir, EXPORT_MARKER)  # before the slow load: a wrong path fails at once
     model, tokenizer = load_model_dir(model_dir)
-    export_saved_model(model, tokenizer, export_dir, context_policy=context_policy, **sampling)
+    speculation = speculative_kwargs(tokenizer, draft_model_dir, drafter, num_speculative_tokens)
+    export_saved_model(model, tokenizer, export_dir, context_policy=context_policy, **sampling, **speculation)
     print(f"Wrote a SavedModel with a 'generate' signature to {export_dir}")
 
 
@@ -51,7 +54,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
     try:
         run(FLAGS.model_dir, FLAGS.export_dir, sampling_kwargs(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p),
-            FLAGS.context_policy)
+            FLAGS.context_policy, FLAGS.draft_model_dir, FLAGS.drafter, FLAGS.num_speculative_tokens)
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}") from None
 

@@ -7,6 +7,7 @@ The sampler follows the flags: --temperature=0 is greedy; --top_p picks nucleus 
 first); --top_k alone picks top-k; otherwise plain temperature sampling. Tokens are decoded in chunks of
 --chunk_size steps, each chunk a compiled program that carries the KV cache on, so text appears as it is made.
 Past the model's context the window slides (--context_policy=slide, the default) or the run is refused (refuse).
+With --draft_model_dir (or --drafter=prompt_lookup) decoding is speculative; the last line reports the acceptance.
 """
 
 from __future__ import annotations
@@ -40,6 +41,36 @@ def sampling_kwargs(temperature: float, top_k: int | None, top_p: float | None) 
     return {"sampler": sampler, "temperature": temperature, "top_k": top_k, "top_p": top_p}
 
 
+def define_speculative_flags() -> None:
+    """--draft_model_dir, --drafter and --num_speculative_tokens, shared by `experiments.generate` and `.export`."""
+    with flag_group("speculative decoding"):
+        flags.DEFINE_string("draft_model_dir", None, "A smaller model directory with the same tokenizer that "
+                            "drafts tokens for the model to verify (same output distribution, fewer model steps).")
+        flags.DEFINE_enum("drafter", None, ["model", "prompt_lookup"], "'model' (the default with "
+                          "--draft_model_dir) or 'prompt_lookup' (drafts what followed the last n-gram earlier in "
+                          "the context; no draft model).")
+        flags.DEFINE_integer("num_speculative_tokens", 4, "Tokens drafted per speculative round (with a drafter).")
+
+
+def speculative_kwargs(tokenizer, draft_model_dir: str | None, drafter: str | None,
+                       num_speculative_tokens: int) -> dict:
+    """The one mapping from the speculative flags to `generate`'s arguments; loads the draft model directory.
+
+    Raises:
+        FileNotFoundError: if `draft_model_dir` is not a model directory.
+        ValueError: if the draft's tokenizer is not the model's.
+    """
+    from tf_lm.artifacts import load_model_dir
+
+    draft_model = None
+    if draft_model_dir is not None:
+        draft_model, draft_tokenizer = load_model_dir(draft_model_dir)
+        if draft_tokenizer.fingerprint != tokenizer.fingerprint:
+            raise ValueError(f"--draft_model_dir={draft_model_dir} has another tokenizer than the model; train the "
+                             "draft with the model's.")
+    return {"draft_model": draft_model, "drafter": drafter, "num_speculative_tokens": num_speculative_tokens}
+
+
 def define_generate_flags() -> None:
     with flag_group("generation"):
         flags.DEFINE_string("model_dir", None, "A --model_dir written by training (its model/ holds the model).")
@@ -50,6 +81,7 @@ def define_generate_flags() -> None:
         flags.DEFINE_integer("num_samples", 1, "Number of samples, streamed one after another.")
         flags.DEFINE_integer("chunk_size", 8, "Decoding steps per streamed chunk.")
     define_sampling_flags(default_temperature=0.8)
+    define_speculative_flags()
 
 
 class _TextPrinter:
@@ -70,8 +102,12 @@ class _TextPrinter:
 
 
 def run(model_dir: str, prompt: str, max_new_tokens: int, seed: int | None, num_samples: int, chunk_size: int,
-        sampling: dict, context_policy: str = "slide", out=sys.stdout) -> None:
+        sampling: dict, context_policy: str = "slide", draft_model_dir: str | None = None, drafter: str | None = None,
+        num_speculative_tokens: int = 4, out=sys.stdout) -> None:
     """Loads `model_dir` and streams `num_samples` continuations of `prompt` to `out`.
+
+    With a drafter (`draft_model_dir` or `drafter="prompt_lookup"`) the last line reports how many drafted tokens
+    the model accepted per round.
 
     Raises:
         FileNotFoundError: if `model_dir` is not a model directory.
@@ -79,17 +115,20 @@ def run(model_dir: str, prompt: str, max_new_tokens: int, seed: int | None, num_
     """
     from tf_lm.artifacts import load_model_dir
     from tf_lm.generation import stream
+    from tf_lm.generation.speculative import SpeculationStats
 
     if num_samples < 1:
         raise ValueError(f"--num_samples must be >= 1. Received: {num_samples}")
     model, tokenizer = load_model_dir(model_dir)
+    speculation = speculative_kwargs(tokenizer, draft_model_dir, drafter, num_speculative_tokens)
     prompt_ids = tokenizer.encode(prompt)
     stop_token_ids = None if getattr(tokenizer, "eos_id", None) is None else [tokenizer.eos_id]
+    rounds = accepted = 0
     for sample in range(num_samples):
         # `stream` checks the prompt and settings when called, so a refusal comes before any output.
         chunks = stream(model, [prompt_ids], max_new_tokens=max_new_tokens,
                         seed=None if seed is None else seed + sample, stop_token_ids=stop_token_ids,
-                        context_policy=context_policy, chunk_size=chunk_size, **sampling)
+                        context_policy=context_policy, chunk_size=chunk_size, **sampling, **speculation)
         if num_samples > 1:
             out.write(f"--- sample {sample + 1} of {num_samples} ---\n")
         out.write(prompt)
@@ -98,6 +137,14 @@ def run(model_dir: str, prompt: str, max_new_tokens: int, seed: int | None, num_
             printer.add(chunk[0])
         out.write("\n")
         out.flush()
+        if chunks.speculation is not None:
+            rounds, accepted = rounds + chunks.speculation.rounds, accepted + chunks.speculation.accepted
+    if draft_model_dir is not None or drafter is not None:
+        if rounds:
+            out.write(f"[speculative decoding: {SpeculationStats(rounds, accepted, num_speculative_tokens)}]\n")
+        else:
+            out.write(f"[speculative decoding off: the prompt, {max_new_tokens} new tokens and "
+                      f"{num_speculative_tokens} drafted ones pass the model's context; decoded without drafts]\n")
 
 
 def main(argv):
@@ -105,7 +152,8 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; pass the prompt with --prompt.")
     try:
         run(FLAGS.model_dir, FLAGS.prompt, FLAGS.max_new_tokens, FLAGS.seed, FLAGS.num_samples, FLAGS.chunk_size,
-            sampling_kwargs(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p), FLAGS.context_policy)
+            sampling_kwargs(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p), FLAGS.context_policy,
+            FLAGS.draft_model_dir, FLAGS.drafter, FLAGS.num_speculative_tokens)
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}") from None
 

@@ -51,6 +51,19 @@ def test_cached_decoding_equals_full_pass():
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
 
 
+def test_a_cache_slot_per_row_equals_the_full_pass():
+    # Rows at different cache slots (speculative decoding): row 0 continues at slot 3, row 1 rewrites slot 2 on.
+    layer = CausalSelfAttention(num_heads=2)
+    x = _inputs(time=6)
+    full = np.asarray(layer(x))
+    _, cache = layer(x[:, :3], cache=np.zeros((2, 2, 8, 2, 4), "float32"), cache_index=0)
+    new = np.stack([x[0, 3:5], x[1, 2:4]])  # (2, 2, 8)
+    y, cache = layer(new, cache=cache, cache_index=np.array([3, 2], "int32"))
+    np.testing.assert_allclose(np.asarray(y), np.stack([full[0, 3:5], full[1, 2:4]]), atol=1e-5)
+    y, _ = layer(np.stack([x[0, 5:6], x[1, 4:5]]), cache=cache, cache_index=np.array([5, 4], "int32"))
+    np.testing.assert_allclose(np.asarray(y), np.stack([full[0, 5:6], full[1, 4:5]]), atol=1e-5)
+
+
 def test_cache_needs_an_index():
     with pytest.raises(ValueError, match="cache_index is required"):
         CausalSelfAttention(num_heads=2)(_inputs(), cache=np.zeros((2, 2, 8, 2, 4), "float32"))

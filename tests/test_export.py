@@ -57,16 +57,19 @@ def load_and_run(*jobs):
 
 def test_saved_model_reproduces_in_process_generation_without_tf_lm(model_and_tokenizer, tmp_path):
     model, tokenizer = model_and_tokenizer
-    greedy_dir, sampled_dir = tmp_path / "greedy", tmp_path / "top_p"
+    greedy_dir, sampled_dir, draft_dir = tmp_path / "greedy", tmp_path / "top_p", tmp_path / "draft"
     export_saved_model(model, tokenizer, str(greedy_dir))
     stop = tokenizer.encode("o")[0]
-    export_saved_model(model, tokenizer, str(sampled_dir), sampler="top_p", temperature=1.5, top_p=0.9,
-                       stop_token_ids=[stop])
+    sampling = dict(sampler="top_p", temperature=1.5, top_p=0.9, stop_token_ids=[stop])
+    export_saved_model(model, tokenizer, str(sampled_dir), **sampling)
+    draft = TransformerLM(LMConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=8))
+    export_saved_model(model, tokenizer, str(draft_dir), **sampling, draft_model=draft, num_speculative_tokens=3)
     assert not any(name.startswith(".") for name in os.listdir(tmp_path))  # no staging directory left behind
 
     # 40 new tokens pass the 32-token context: the export slides the window as generate does.
-    greedy, sliding, sampled = load_and_run(
-        (greedy_dir, 7, 0, PROMPTS), (greedy_dir, 40, 0, PROMPTS), (sampled_dir, 9, 77, PROMPTS)
+    greedy, sliding, sampled, speculated, past_context = load_and_run(
+        (greedy_dir, 7, 0, PROMPTS), (greedy_dir, 40, 0, PROMPTS), (sampled_dir, 9, 77, PROMPTS),
+        (draft_dir, 9, 77, PROMPTS), (draft_dir, 40, 77, PROMPTS),
     )
 
     prompt_ids = [tokenizer.encode(p) for p in PROMPTS]
@@ -76,12 +79,13 @@ def test_saved_model_reproduces_in_process_generation_without_tf_lm(model_and_to
     assert sliding["token_ids"] == generate(model, prompt_ids, max_new_tokens=40)
 
     # The baked-in sampler draws the same noise as the XLA-compiled generate, stop token included.
-    expected = generate(model, prompt_ids, max_new_tokens=9, sampler="top_p", temperature=1.5, top_p=0.9, seed=77,
-                        stop_token_ids=[stop])
-    served = sampled
-    assert served["lengths"] == [len(row) for row in expected]
-    assert [row[:length] for row, length in zip(served["token_ids"], served["lengths"])] == expected
-    assert served["text"] == [tokenizer.decode(row) for row in expected]
+    # Speculative sampling with the draft baked in draws what XLA's does; past the context, it decodes plainly.
+    for served, max_new_tokens, draft_model in ((sampled, 9, None), (speculated, 9, draft), (past_context, 40, draft)):
+        expected = generate(model, prompt_ids, max_new_tokens=max_new_tokens, seed=77, **sampling,
+                            draft_model=draft_model, num_speculative_tokens=3)
+        assert served["lengths"] == [len(row) for row in expected]
+        assert [row[:length] for row, length in zip(served["token_ids"], served["lengths"])] == expected
+        assert served["text"] == [tokenizer.decode(row) for row in expected]
 
 
 def test_a_refused_request_fails_with_one_readable_line(model_and_tokenizer, tmp_path):
@@ -125,7 +129,8 @@ def test_export_cli_writes_a_saved_model_and_reports_errors_in_one_line(model_an
     from experiments import export
 
     parsed = SimpleNamespace(model_dir=str(tmp_path / "missing"), export_dir=str(tmp_path / "export2"),
-                             temperature=0.0, top_k=None, top_p=None, context_policy="slide")
+                             temperature=0.0, top_k=None, top_p=None, context_policy="slide", draft_model_dir=None,
+                             drafter=None, num_speculative_tokens=4)
     monkeypatch.setattr(export, "FLAGS", parsed)
     with pytest.raises(SystemExit, match=r"^error: No model.keras in .*missing") as exit_info:
         export.main(["export"])

@@ -225,6 +225,29 @@ def test_cli_streams_text_chunk_by_chunk(model_dir):
     assert samples[1].split("---\n", 1)[1] == again.getvalue()
 
 
+@pytest.mark.slow
+def test_cli_speculates_with_a_draft_model_dir_and_reports_the_acceptance(model_dir, model, tmp_path):
+    from experiments.generate import run, sampling_kwargs
+
+    settings = dict(seed=None, num_samples=1, chunk_size=4, sampling=sampling_kwargs(0.0, None, None))
+    plain = io.StringIO()
+    run(model_dir, "abc", max_new_tokens=8, **settings, out=plain)
+    # The model as its own draft: the same text, every draft accepted.
+    out = io.StringIO()
+    run(model_dir, "abc", max_new_tokens=8, **settings, draft_model_dir=model_dir, num_speculative_tokens=3, out=out)
+    text, last = out.getvalue().rstrip("\n").rsplit("\n", 1)
+    assert text + "\n" == plain.getvalue()
+    assert last == "[speculative decoding: 4.00 tokens per model pass (3.00 of 3 drafted accepted, 100%)]"
+    out = io.StringIO()
+    run(model_dir, "abc", max_new_tokens=22, **settings, drafter="prompt_lookup", out=out)
+    assert out.getvalue().splitlines()[-1].startswith("[speculative decoding off: the prompt, 22 new tokens and 4")
+
+    other = tmp_path / "other"
+    save_model_dir(str(other), model, CharTokenizer.from_text("abcdefghijkm\n"))
+    with pytest.raises(ValueError, match="has another tokenizer than the model"):
+        run(model_dir, "abc", max_new_tokens=8, **settings, draft_model_dir=str(other))
+
+
 def test_sampling_flags_pick_the_sampler():
     from experiments.generate import sampling_kwargs
 

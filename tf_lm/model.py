@@ -96,7 +96,8 @@ class TransformerLM(keras.Model):
         Args:
             token_ids: int tensor `[batch, time]`; `token_ids[:, 0]` sits at `cache_index`.
             cache: list of per-block cache tensors.
-            cache_index: int scalar, where the new tokens are written.
+            cache_index: int scalar, where the new tokens are written; or int32 `[batch]`, a slot per row
+                (speculative decoding, whose rows accept different numbers of tokens).
             padding_mask: optional `[batch, max_length]` over the whole cache, 1 for real tokens.
             position_ids: optional `[batch, time]` positions (left-padded prompts); default
                 `cache_index + arange(time)`.
@@ -104,6 +105,8 @@ class TransformerLM(keras.Model):
         Returns:
             `(logits [batch, time, vocab_size] float32, updated cache)`.
         """
+        if position_ids is None and len(getattr(cache_index, "shape", ())) == 1:
+            position_ids = cache_index[:, None] + ops.arange(ops.shape(token_ids)[1])[None, :]  # (B, T)
         x = self.embedding(token_ids, start_index=cache_index, position_ids=position_ids)
         new_cache = []
         for block, block_cache in zip(self.blocks, cache):

@@ -1,6 +1,6 @@
-"""Text generation: samplers and KV-cached, XLA-compiled decoding."""
+"""Text generation: samplers and KV-cached, XLA-compiled decoding, plain or speculative."""
 
-from tf_lm.generation.generate import generate, stream
+from tf_lm.generation.generate import Stream, generate, stream
 from tf_lm.generation.samplers import (
     GreedySampler,
     RandomSampler,
@@ -9,11 +9,14 @@ from tf_lm.generation.samplers import (
     TopPSampler,
     get_sampler,
 )
+from tf_lm.generation.speculative import SpeculationStats
 
 __all__ = [
     "GreedySampler",
     "RandomSampler",
     "Sampler",
+    "SpeculationStats",
+    "Stream",
     "TopKSampler",
     "TopPSampler",
     "generate",

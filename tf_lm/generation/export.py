@@ -26,7 +26,8 @@ import os
 import tensorflow as tf
 
 from tf_lm.fileio import atomic_directory
-from tf_lm.generation.generate import CONTEXT_POLICIES, next_fn, prefill
+from tf_lm.generation import speculative
+from tf_lm.generation.generate import CONTEXT_POLICIES, _drafter, next_fn, prefill
 from tf_lm.generation.samplers import Sampler, get_sampler
 
 # Written into every export: `saved_model.pb` alone would let an export replace someone else's SavedModel.
@@ -51,18 +52,22 @@ class GenerationModule(tf.Module):
         stop_token_ids: optional ints; a row stops at (and includes) the first one it emits.
         context_policy: "slide" (default) or "refuse", as `generate`'s: past the model's context the window
             slides, or the call fails with one line naming the limit.
+        draft_model, drafter, num_speculative_tokens: speculative decoding baked in, as `generate`'s; a request
+            that does not fit the context with k spare positions decodes without drafts, as `generate` does.
 
     Raises:
         ValueError: if the tokenizer is not char-level or does not fit the model's vocabulary, or for an unknown
-            `context_policy`.
+            `context_policy` or bad speculative settings.
 
     Example:
     >>> module = GenerationModule(model, CharTokenizer.from_text("hello"), GreedySampler())  # doctest: +SKIP
     >>> module.generate(tf.constant(["he"]), tf.constant(5), tf.constant(0, tf.int64))["text"]  # doctest: +SKIP
     """
 
-    def __init__(self, model, tokenizer, sampler: Sampler, stop_token_ids=None, context_policy: str = "slide"):
+    def __init__(self, model, tokenizer, sampler: Sampler, stop_token_ids=None, context_policy: str = "slide",
+                 draft_model=None, drafter: str | None = None, num_speculative_tokens: int = 4):
         super().__init__(name="tf_lm_generation")
+        drafter = _drafter(model, draft_model, drafter, num_speculative_tokens)
         if context_policy not in CONTEXT_POLICIES:
             raise ValueError(
                 f"context_policy must be one of {list(CONTEXT_POLICIES)}. Received: context_policy={context_policy!r}"
@@ -79,7 +84,7 @@ class GenerationModule(tf.Module):
             )
         # The variables are tracked in a plain list, the model itself only through the closure below: a tracked
         # Keras model would add its own serving function to the SavedModel.
-        self.model_variables = list(model.variables)
+        self.model_variables = list(model.variables) + ([] if draft_model is None else list(draft_model.variables))
         self.block_size = model.config.block_size
         chars = tf.constant(list(tokenizer.chars))
         unknown_id = -1 if tokenizer.unknown_token is None else list(tokenizer.chars).index(tokenizer.unknown_token)
@@ -111,19 +116,37 @@ class GenerationModule(tf.Module):
                 ))
             with tf.control_dependencies(checks):
                 right_padded = ids.to_tensor(default_value=0)  # (B, P)
+            if drafter is not None:  # a speculative round's first draft call reads two prompt columns
+                right_padded = tf.pad(right_padded, [[0, 0], [0, tf.maximum(2 - tf.shape(right_padded)[1], 0)]])
             prompt_length = tf.shape(right_padded)[1]
             pad_lengths = prompt_length - lengths  # (B,)
             source = tf.range(prompt_length)[None, :] - pad_lengths[:, None]  # (B, P): slot -> source column
             left_padded = tf.where(source >= 0, tf.gather(right_padded, tf.maximum(source, 0), batch_dims=1), 0)
 
             seed_pair = tf.cast(tf.stack([seed // 2**31, seed % 2**31]), tf.int32)  # as generate's int seed
-            tokens, state = prefill(model, left_padded, pad_lengths, max_new_tokens)
-            # The shapes are dynamic, so whether a call slides is only known when it runs: the loop keeps the branch.
-            tokens, _, index, _ = sampler(
-                next_fn(model, slide=context_policy == "slide"), tokens, state, prompt_length,
-                prompt_length + max_new_tokens, seed_pair, self.stop_token_ids, prompt_length=prompt_length,
-            )
-            new = tokens[:, prompt_length:index]  # (B, steps)
+
+            def plain():
+                tokens, state = prefill(model, left_padded, pad_lengths, max_new_tokens)
+                # The shapes are dynamic, so whether a call slides is only known when it runs: the loop keeps the
+                # branch.
+                tokens, _, index, _ = sampler(
+                    next_fn(model, slide=context_policy == "slide"), tokens, state, prompt_length,
+                    prompt_length + max_new_tokens, seed_pair, self.stop_token_ids, prompt_length=prompt_length,
+                )
+                return tokens[:, prompt_length:index]  # (B, steps)
+
+            def speculate():
+                state = speculative.prefill(model, drafter, left_padded, pad_lengths, max_new_tokens, drafter.k)
+                end = prompt_length + max_new_tokens
+                state = speculative.rounds(model, drafter, sampler, state, pad_lengths, end, end, seed_pair,
+                                           self.stop_token_ids, prompt_length)
+                return state["tokens"][:, prompt_length:end]  # (B, N), zeros after a row's stop
+
+            if drafter is None:
+                new = plain()
+            else:
+                spare = self.block_size - max_new_tokens - drafter.k
+                new = tf.cond(spare >= tf.maximum(prompt_length, 2), speculate, plain)
             is_stop = tf.reduce_any(new[:, :, None] == self.stop_token_ids[None, None, :], axis=-1)  # (B, steps)
             # A row's length runs up to and including its first stop token.
             first_stop = tf.where(
@@ -146,7 +169,8 @@ class GenerationModule(tf.Module):
 
 def export_saved_model(model, tokenizer, export_dir: str, sampler: str | Sampler = "greedy", temperature: float = 1.0,
                        top_k: int | None = None, top_p: float | None = None, stop_token_ids=None,
-                       context_policy: str = "slide") -> None:
+                       context_policy: str = "slide", draft_model=None, drafter: str | None = None,
+                       num_speculative_tokens: int = 4) -> None:
     """Writes a SavedModel with a `generate` signature (text in, text out) to `export_dir`.
 
     The directory is built beside `export_dir` and swapped into place (`tf_lm.fileio.atomic_directory`): an
@@ -160,6 +184,7 @@ def export_saved_model(model, tokenizer, export_dir: str, sampler: str | Sampler
         sampler, temperature, top_k, top_p: the decoding strategy baked into the graph, as `generate`.
         stop_token_ids: optional ints that end a row.
         context_policy: "slide" (default) or "refuse", as `generate`'s.
+        draft_model, drafter, num_speculative_tokens: speculative decoding baked into the graph, as `generate`'s.
 
     Raises:
         ValueError: for a non-char tokenizer, bad sampler settings, an unknown `context_policy`, or an `export_dir`
@@ -172,7 +197,7 @@ def export_saved_model(model, tokenizer, export_dir: str, sampler: str | Sampler
     ...       seed=tf.constant(0, tf.int64))["text"]  # doctest: +SKIP
     """
     module = GenerationModule(model, tokenizer, get_sampler(sampler, temperature, top_k, top_p), stop_token_ids,
-                              context_policy)
+                              context_policy, draft_model, drafter, num_speculative_tokens)
     with atomic_directory(export_dir, marker=EXPORT_MARKER) as staging:
         tf.saved_model.save(module, staging, signatures={"generate": module.generate})
         with open(os.path.join(staging, EXPORT_MARKER), "w") as f:

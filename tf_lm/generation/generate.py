@@ -27,7 +27,9 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tf_lm.generation import speculative
 from tf_lm.generation.samplers import Sampler, get_sampler
+from tf_lm.generation.speculative import DRAFTERS, ModelDrafter, PromptLookupDrafter, SpeculationStats
 
 # Smallest prompt bucket: shorter prompts share one program instead of compiling one per length.
 _MIN_PROMPT_BUCKET = 8
@@ -184,15 +186,76 @@ class _Programs:
         self.run, self.start, self.advance = run, start, advance
 
 
+class _SpeculativePrograms:
+    """The compiled programs of one (model, sampler, drafter): `_Programs`' three, with speculative rounds."""
+
+    def __init__(self, model, sampler: Sampler, drafter):
+        model_ref = weakref.ref(model)
+        self.drafter = drafter
+
+        @tf.function(jit_compile=True)
+        def run(prompt, pad_lengths, seed, stop_token_ids, max_new_tokens):
+            model = model_ref()
+            prompt_length = prompt.shape[1]
+            state = speculative.prefill(model, drafter, prompt, pad_lengths, max_new_tokens, drafter.k)
+            end = tf.constant(prompt_length + max_new_tokens)
+            state = speculative.rounds(model, drafter, sampler, state, pad_lengths, end, end, seed, stop_token_ids,
+                                       prompt_length)
+            return state["tokens"][:, prompt_length:], state["index"] - prompt_length  # (B, N + k + 1), (B,)
+
+        @tf.function(jit_compile=True)
+        def start(prompt, pad_lengths, max_new_tokens):
+            return speculative.prefill(model_ref(), drafter, prompt, pad_lengths, max_new_tokens, drafter.k)
+
+        @tf.function(jit_compile=True)
+        def advance(state, pad_lengths, end_index, final_index, seed, stop_token_ids, prompt_length):
+            return speculative.rounds(model_ref(), drafter, sampler, state, pad_lengths, end_index, final_index, seed,
+                                      stop_token_ids, prompt_length)
+
+        self.run, self.start, self.advance = run, start, advance
+
+
 _PROGRAMS: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
 
 
-def _programs(model, sampler: Sampler) -> _Programs:
-    key = (type(sampler), tuple(sorted(sampler.get_config().items())))
+def _programs(model, sampler: Sampler, drafter=None) -> _Programs | _SpeculativePrograms:
+    key = (type(sampler), tuple(sorted(sampler.get_config().items())), drafter and drafter.key)
     per_model = _PROGRAMS.setdefault(model, {})
-    if key not in per_model:
-        per_model[key] = _Programs(model, sampler)
+    cached = per_model.get(key)
+    # A draft model's key holds its id, which a new model may reuse once the old one is gone.
+    if cached is None or (isinstance(drafter, ModelDrafter) and cached.drafter.draft_ref() is not drafter.draft_ref()):
+        per_model[key] = _Programs(model, sampler) if drafter is None else _SpeculativePrograms(model, sampler, drafter)
     return per_model[key]
+
+
+def _drafter(model, draft_model, drafter: str | None, num_speculative_tokens: int):
+    """Checks the speculative-decoding arguments; returns the drafter they ask for, or None."""
+    if drafter is None and draft_model is None:
+        return None
+    k = num_speculative_tokens
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"num_speculative_tokens must be an integer >= 1. Received: num_speculative_tokens={k!r}")
+    if drafter not in (None, *DRAFTERS):
+        raise ValueError(f"drafter must be one of {list(DRAFTERS)} or None. Received: drafter={drafter!r}")
+    if drafter == "prompt_lookup":
+        if draft_model is not None:
+            raise ValueError("drafter='prompt_lookup' drafts from the context and takes no draft_model; pass one or "
+                             "the other.")
+        return PromptLookupDrafter(int(k), model.config.vocab_size)
+    if draft_model is None:
+        raise ValueError("drafter='model' needs a draft_model (a smaller TransformerLM with the same vocabulary).")
+    config, draft_config = model.config, draft_model.config
+    if draft_config.vocab_size != config.vocab_size:
+        raise ValueError(
+            f"The draft model's vocabulary must be the model's: draft vocab_size={draft_config.vocab_size}, model "
+            f"vocab_size={config.vocab_size}; train the draft with the model's tokenizer."
+        )
+    if draft_config.block_size < config.block_size:
+        raise ValueError(
+            f"The draft model's context must be at least the model's: draft block_size={draft_config.block_size}, "
+            f"model block_size={config.block_size}."
+        )
+    return ModelDrafter(draft_model, int(k))
 
 
 def _prompt_rows(prompt_ids, padding_mask) -> list[np.ndarray]:
@@ -237,7 +300,8 @@ def _seed_tensor(seed: int | None) -> tf.Tensor:
 class _Batch:
     """Validated, left-padded inputs of one generation call."""
 
-    def __init__(self, model, prompt_ids, max_new_tokens, seed, stop_token_ids, padding_mask, context_policy):
+    def __init__(self, model, prompt_ids, max_new_tokens, seed, stop_token_ids, padding_mask, context_policy,
+                 drafter=None):
         config = model.config
         if context_policy not in CONTEXT_POLICIES:
             raise ValueError(
@@ -276,7 +340,13 @@ class _Batch:
         rows = [row[-config.block_size :] for row in rows]
         longest = max(row.size for row in rows)
         bucket = max(_MIN_PROMPT_BUCKET, 1 << (longest - 1).bit_length())
-        if longest + self.max_new_tokens <= config.block_size:
+        # Speculative rounds may run k positions past the last new token, and never slide; the draft's first call
+        # of a round needs two prompt columns.
+        spare = config.block_size - self.max_new_tokens - (drafter.k if drafter else 0)
+        self.drafter = drafter if drafter and spare >= max(longest, 2) else None
+        if self.drafter:
+            self.prompt_length = min(bucket, spare)
+        elif longest + self.max_new_tokens <= config.block_size:
             # Padding never makes a generation that fits the context slide.
             self.prompt_length = min(bucket, config.block_size - self.max_new_tokens)
         else:
@@ -299,8 +369,8 @@ def _trim(tokens: np.ndarray, stop_token_ids: set[int]) -> list[int]:
 
 def generate(model, prompt_ids, max_new_tokens: int = 100, sampler: str | Sampler = "greedy",
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-             stop_token_ids: Sequence[int] | None = None, padding_mask=None,
-             context_policy: str = "slide") -> list[list[int]]:
+             stop_token_ids: Sequence[int] | None = None, padding_mask=None, context_policy: str = "slide",
+             draft_model=None, num_speculative_tokens: int = 4, drafter: str | None = None) -> list[list[int]]:
     """Continues each prompt by up to `max_new_tokens` tokens, with the KV cache, in one XLA-compiled loop.
 
     Prefills the prompts once, then runs one cached step per new token (and, past the context, one window
@@ -326,6 +396,14 @@ def generate(model, prompt_ids, max_new_tokens: int = 100, sampler: str | Sample
         padding_mask: optional `[batch, time]` array for an array `prompt_ids`, 1 for real tokens.
         context_policy: "slide" (default) or "refuse": what a prompt plus `max_new_tokens` longer than
             `model.config.block_size` gets, a sliding window or a ValueError.
+        draft_model: optional `TransformerLM` with the model's vocabulary and at least its context: speculative
+            decoding (`tf_lm.generation.speculative`). Greedy output is unchanged; sampled output has the same
+            distribution (not the same tokens for a seed as without a draft). A request that does not fit the
+            context with `num_speculative_tokens` spare positions decodes without drafts (speculation never
+            slides).
+        num_speculative_tokens: int >= 1, default 4. Tokens drafted per round, with a drafter.
+        drafter: None, "model" (the default with `draft_model`) or "prompt_lookup" (drafts the tokens that followed
+            the last n-gram's latest earlier occurrence; no draft model).
 
     Returns:
         A list with one list of new token ids per prompt row (the prompt not included): `max_new_tokens`
@@ -333,7 +411,8 @@ def generate(model, prompt_ids, max_new_tokens: int = 100, sampler: str | Sample
 
     Raises:
         ValueError: for an empty prompt, a token outside the vocabulary, a prompt plus `max_new_tokens` longer
-            than `model.config.block_size` with `context_policy="refuse"`, or bad sampler settings.
+            than `model.config.block_size` with `context_policy="refuse"`, bad sampler settings, or a draft model
+            with another vocabulary or a shorter context.
 
     Example:
     >>> model = TransformerLM(LMConfig.preset("nano", vocab_size=65))
@@ -342,19 +421,22 @@ def generate(model, prompt_ids, max_new_tokens: int = 100, sampler: str | Sample
     [5, 5]
     """
     sampler = get_sampler(sampler, temperature, top_k, top_p)
-    batch = _Batch(model, prompt_ids, max_new_tokens, seed, stop_token_ids, padding_mask, context_policy)
-    tokens, steps = _programs(model, sampler).run(
-        batch.prompt, batch.pad_lengths, batch.seed, batch.stop_token_ids, batch.max_new_tokens
-    )
-    tokens = tokens.numpy()[:, : int(steps)]  # (B, steps)
+    batch = _Batch(model, prompt_ids, max_new_tokens, seed, stop_token_ids, padding_mask, context_policy,
+                   _drafter(model, draft_model, drafter, num_speculative_tokens))
+    programs = _programs(model, sampler, batch.drafter)
     stops = set(batch.stop_token_ids.numpy().tolist())
-    return [_trim(row, stops) for row in tokens]
+    tokens, steps = programs.run(batch.prompt, batch.pad_lengths, batch.seed, batch.stop_token_ids,
+                                 batch.max_new_tokens)
+    # Plain decoding runs one number of steps for the batch; speculative rows each their own.
+    lengths = np.broadcast_to(steps.numpy(), [len(tokens)])
+    return [_trim(row[:length], stops) for row, length in zip(tokens.numpy(), lengths)]
 
 
 def stream(model, prompt_ids, max_new_tokens: int = 100, sampler: str | Sampler = "greedy",
            temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
            stop_token_ids: Sequence[int] | None = None, padding_mask=None, context_policy: str = "slide",
-           chunk_size: int = 8) -> Iterator[list[list[int]]]:
+           draft_model=None, num_speculative_tokens: int = 4, drafter: str | None = None,
+           chunk_size: int = 8) -> Stream:
     """`generate`, yielding the new tokens `chunk_size` steps at a time as they are produced.
 
     The prefill and each chunk of cached steps are XLA-compiled programs; the cache and the token buffer are
@@ -367,9 +449,11 @@ def stream(model, prompt_ids, max_new_tokens: int = 100, sampler: str | Sampler 
         others: as `generate`.
 
     Returns:
-        An iterator over chunks; checks the arguments at once (before the first chunk). Each chunk is a list
-        with one list of token ids per prompt row: the tokens of this chunk. A row that has stopped
-        yields empty lists afterwards; its stop token is the last token it yields.
+        A `Stream`, an iterator over chunks; checks the arguments at once (before the first chunk). Each chunk is
+        a list with one list of token ids per prompt row: the tokens of this chunk (with speculative decoding,
+        rows may yield different numbers of tokens per chunk, up to k more than `chunk_size`). A row that has
+        stopped yields empty lists afterwards; its stop token is the last token it yields. `Stream.speculation`
+        counts the drafted tokens the model accepted.
 
     Raises:
         ValueError: as `generate`, or for `chunk_size` < 1.
@@ -381,12 +465,52 @@ def stream(model, prompt_ids, max_new_tokens: int = 100, sampler: str | Sampler 
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an integer >= 1. Received: chunk_size={chunk_size!r}")
     sampler = get_sampler(sampler, temperature, top_k, top_p)
-    batch = _Batch(model, prompt_ids, max_new_tokens, seed, stop_token_ids, padding_mask, context_policy)
-    return _chunks(_programs(model, sampler), batch, chunk_size)
+    batch = _Batch(model, prompt_ids, max_new_tokens, seed, stop_token_ids, padding_mask, context_policy,
+                   _drafter(model, draft_model, drafter, num_speculative_tokens))
+    return Stream(_programs(model, sampler, batch.drafter), batch, chunk_size)
+
+
+class Stream:
+    """The iterator `stream` returns: chunks of new tokens as they are decoded.
+
+    Attributes:
+        speculation: `SpeculationStats` so far (tokens drafted and accepted), or None without speculation (no
+            drafter, or a request that does not fit the context with k spare positions).
+    """
+
+    def __init__(self, programs, batch: _Batch, chunk_size: int):
+        self.speculation = None if batch.drafter is None else SpeculationStats(0, 0, batch.drafter.k)
+        chunks = _chunks if batch.drafter is None else self._speculative_chunks
+        self._chunks = chunks(programs, batch, chunk_size)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> list[list[int]]:
+        return next(self._chunks)
+
+    def _speculative_chunks(self, programs: _SpeculativePrograms, batch: _Batch, chunk_size: int):
+        state = programs.start(batch.prompt, batch.pad_lengths, batch.max_new_tokens)
+        start, end = batch.prompt_length, batch.prompt_length + batch.max_new_tokens
+        stops = set(batch.stop_token_ids.numpy().tolist())
+        index = np.full(len(batch.pad_lengths), start)
+        chunk_end = start
+        while chunk_end < end:
+            chunk_end = min(chunk_end + chunk_size, end)
+            state = programs.advance(state, batch.pad_lengths, tf.constant(chunk_end), tf.constant(end), batch.seed,
+                                     batch.stop_token_ids, tf.constant(batch.prompt_length))
+            tokens, new_index, done = state["tokens"].numpy(), state["index"].numpy(), state["done"].numpy()
+            self.speculation = SpeculationStats(int(tf.reduce_sum(state["rounds"])),
+                                                int(tf.reduce_sum(state["accepted"])), batch.drafter.k)
+            # A row's stop token ends its tokens, so trimming each chunk keeps nothing after it.
+            yield [_trim(row[begin:stop], stops) for row, begin, stop in zip(tokens, index, new_index)]
+            index = new_index
+            if done.all():
+                return
 
 
 def _chunks(programs: _Programs, batch: _Batch, chunk_size: int) -> Iterator[list[list[int]]]:
-    """`stream`'s generator, apart so that `stream` checks its arguments when called, not at the first chunk."""
+    """`stream`'s generator for plain decoding, apart so that `stream` checks its arguments when called."""
     tokens, state = programs.start(batch.prompt, batch.pad_lengths, batch.max_new_tokens)
     index, end = batch.prompt_length, batch.prompt_length + batch.max_new_tokens
     done = tf.zeros([len(batch.pad_lengths)], tf.bool)

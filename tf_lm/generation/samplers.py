@@ -69,6 +69,20 @@ class Sampler:
         """Returns `logits` / temperature with every token this sampler must never emit set very negative."""
         return logits / self.temperature
 
+    def probabilities(self, logits):
+        """The distribution this sampler draws from: float32 `[..., vocab]` from logits `[..., vocab]`.
+
+        Speculative decoding's rejection rule compares the model's and the draft's distributions through it.
+        """
+        flat = tf.reshape(tf.cast(logits, tf.float32), [-1, logits.shape[-1]])  # (N, V)
+        return tf.reshape(tf.nn.softmax(self.filter_logits(flat)), tf.shape(logits))
+
+    def sample(self, probabilities, noise):
+        """A token from each distribution of `probabilities` `[..., vocab]`, by Gumbel-max with uniform `noise`
+        of the same shape: int32 `[...]`."""
+        log_probs = tf.where(probabilities > 0, tf.math.log(probabilities), _FILTERED_LOGIT)
+        return tf.argmax(log_probs - tf.math.log(-tf.math.log(noise)), axis=-1, output_type=tf.int32)
+
     def __call__(self, next, tokens, cache, index, end_index, seed=None, stop_token_ids=None, done=None,
                  prompt_length=0):
         tokens = tf.convert_to_tensor(tokens, tf.int32)
@@ -111,13 +125,28 @@ def _mix32(x):
     return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
 
 
-def fold_in(seed, data):
-    """A new `[2]` int32 seed from `seed` and the int32 scalar `data` (e.g. the step)."""
+def _fold(seed, data):
+    """`fold_in`'s two uint32 halves for every element of the int32 tensor `data`."""
     key = tf.bitcast(tf.convert_to_tensor(seed, tf.int32), tf.uint32)  # (2,)
     data = tf.bitcast(tf.convert_to_tensor(data, tf.int32), tf.uint32)
     first = _mix32(_mix32(tf.bitwise.bitwise_xor(data, key[0])) + key[1])
     second = _mix32(tf.bitwise.bitwise_xor(first, key[1]) + tf.constant(0x9E3779B9, tf.uint32))
-    return tf.bitcast(tf.stack([first, second]), tf.int32)
+    return first, second
+
+
+def _bits(counter, first, second):
+    """32 random bits per element of the uint32 `counter` under the key `(first, second)` (broadcast)."""
+    return _mix32(_mix32(tf.bitwise.bitwise_xor(counter, first)) + second)
+
+
+def _to_unit(bits):
+    # The top 24 bits, centred in their bucket: never exactly 0 or 1, so the logs of the Gumbel noise stay finite.
+    return tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * 2.0**-24 + 2.0**-25
+
+
+def fold_in(seed, data):
+    """A new `[2]` int32 seed from `seed` and the int32 scalar `data` (e.g. the step)."""
+    return tf.bitcast(tf.stack(_fold(seed, data)), tf.int32)
 
 
 def uniform(shape, seed):
@@ -130,9 +159,19 @@ def uniform(shape, seed):
     key = tf.bitcast(tf.convert_to_tensor(seed, tf.int32), tf.uint32)  # (2,)
     rows, columns = shape[0], shape[1]
     counter = tf.cast(tf.range(rows)[:, None] * columns + tf.range(columns)[None, :], tf.uint32)  # (B, V)
-    bits = _mix32(_mix32(tf.bitwise.bitwise_xor(counter, key[0])) + key[1])  # (B, V)
-    # The top 24 bits, centred in their bucket: never exactly 0 or 1, so the logs below stay finite.
-    return tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * 2.0**-24 + 2.0**-25
+    return _to_unit(_bits(counter, key[0], key[1]))  # (B, V)
+
+
+def uniform_at(seed, steps, width):
+    """`uniform` for a step per row and draw: float32 `[batch, T, width]` from int32 `steps` `[batch, T]`.
+
+    Element `[b, t]` is row b of `uniform([batch, width], fold_in(seed, steps[b, t]))`, so speculative decoding,
+    whose rows reach a step at different times, draws what a row at that step draws.
+    """
+    first, second = _fold(seed, steps)  # (B, T) each
+    batch = tf.shape(steps)[0]
+    counter = tf.cast(tf.range(batch)[:, None, None] * width + tf.range(width)[None, None, :], tf.uint32)  # (B, 1, W)
+    return _to_unit(_bits(counter, first[..., None], second[..., None]))  # (B, T, W)
 
 
 def _gumbel_argmax(logits, seed):
@@ -154,6 +193,12 @@ class GreedySampler(Sampler):
 
     def get_next_token(self, logits, seed):
         return tf.argmax(logits, axis=-1, output_type=tf.int32)
+
+    def probabilities(self, logits):
+        return tf.one_hot(tf.argmax(logits, axis=-1, output_type=tf.int32), logits.shape[-1])
+
+    def sample(self, probabilities, noise):
+        return tf.argmax(probabilities, axis=-1, output_type=tf.int32)
 
     def get_config(self):
         return {}

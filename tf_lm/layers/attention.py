@@ -15,6 +15,18 @@ def _default_kernel_initializer():
     return keras.initializers.RandomNormal(stddev=0.02)
 
 
+def _write_rows(cache, entries, slots):
+    """Writes `entries` `[B, 2, T, H, Dh]` into `cache` `[B, 2, S, H, Dh]` at slots `slots[b] + t` of each row b."""
+    batch, time = ops.shape(entries)[0], ops.shape(entries)[2]
+    rows = ops.broadcast_to(ops.arange(batch)[:, None, None], (batch, 2, time))
+    kinds = ops.broadcast_to(ops.arange(2)[None, :, None], (batch, 2, time))
+    columns = ops.cast(slots, "int32")[:, None, None] + ops.arange(time)[None, None, :]  # (B, 1, T)
+    columns = ops.broadcast_to(columns, (batch, 2, time))
+    indices = ops.reshape(ops.stack([rows, kinds, columns], axis=-1), (-1, 3))  # (B·2·T, 3)
+    updates = ops.reshape(entries, (-1,) + tuple(entries.shape[3:]))  # (B·2·T, H, Dh)
+    return ops.scatter_update(cache, indices, updates)
+
+
 @keras.saving.register_keras_serializable(package="tf_lm")
 class CausalSelfAttention(keras.layers.Layer):
     """Multi-head self-attention in which position t only attends to positions <= t.
@@ -35,7 +47,8 @@ class CausalSelfAttention(keras.layers.Layer):
         padding_mask: optional bool/int tensor `[batch, key_length]`, 1 for real tokens. `key_length` is
             `time` without a cache and the cache length with one.
         cache: optional float tensor `[batch, 2, max_length, num_heads, head_dim]` (keys, values).
-        cache_index: int scalar, required with `cache`: the position of `x[:, 0]`.
+        cache_index: required with `cache`: the cache slot of `x[:, 0]`, an int scalar, or int32 `[batch]` for a
+            slot per row (speculative decoding, where rows accept different numbers of tokens).
         training: bool, default False. Enables dropout.
 
     Returns:
@@ -95,15 +108,19 @@ class CausalSelfAttention(keras.layers.Layer):
         if cache is not None:
             if cache_index is None:
                 raise ValueError("cache_index is required when a cache is passed.")
-            new_entries = ops.stack([key, value], axis=1)  # (B, 2, T, H, Dh)
-            cache = ops.slice_update(cache, (0, 0, cache_index, 0, 0), ops.cast(new_entries, cache.dtype))
+            new_entries = ops.cast(ops.stack([key, value], axis=1), cache.dtype)  # (B, 2, T, H, Dh)
+            if len(getattr(cache_index, "shape", ())) == 1:
+                cache = _write_rows(cache, new_entries, cache_index)
+                query_start = cache_index[:, None]  # (B, 1)
+            else:
+                cache = ops.slice_update(cache, (0, 0, cache_index, 0, 0), new_entries)
+                query_start = cache_index
             key, value = cache[:, 0], cache[:, 1]  # (B, S, H, Dh)
-            query_start = cache_index
 
         key_length = ops.shape(key)[1]
-        query_positions = ops.arange(time) + query_start
-        allowed = ops.arange(key_length)[None, :] <= query_positions[:, None]  # (T, S)
-        allowed = allowed[None, None]  # (1, 1, T, S)
+        query_positions = ops.arange(time) + query_start  # (T,), or (B, T) with a slot per row
+        allowed = ops.arange(key_length) <= query_positions[..., None]  # (T, S) or (B, T, S)
+        allowed = allowed[None, None] if len(allowed.shape) == 2 else allowed[:, None]  # (1 or B, 1, T, S)
         if padding_mask is not None:
             allowed = ops.logical_and(allowed, ops.cast(padding_mask, "bool")[:, None, None, :])  # (B, 1, T, S)
 

@@ -1,0 +1,201 @@
+"""Benchmark section "speculative": batch-1 decoding with a draft model, beside HF's XLA `generate` and our own.
+
+A target and a draft are trained here on Tiny Shakespeare, char level (the first run trains them, ~5 minutes on
+2 shared cores, and caches them under bench_results/speculative/; later runs load them): the target has 4 layers,
+256 wide, with a 320-token context, so a 16-character prompt and 256 new tokens fit with k spare positions; the
+draft has 1 layer, 128 wide. HF's `TFGPT2LMHeadModel.generate` runs XLA-compiled on the
+target's weights, converted as `tf_lm.convert` documents, so both sides decode the same model.
+
+Rows: greedy and top-p at k = 2, 4, 6 (acceptance per round in the notes); prompt lookup on a prompt that
+repeats itself; and where the time of a round goes (the draft's k calls, the model's verifying pass) against
+the float32 weight-streaming bound of one decode step.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from experiments.benchmarks.common import SHARED_DATA, Row, race
+
+CACHE_DIR = os.path.join("bench_results", "speculative")
+PROMPT = "ROMEO:\nI will go"  # 16 characters
+REPEATING_PROMPT = (
+    "KING RICHARD III:\nNow is the winter of our discontent\nKING RICHARD III:\nNow is the winter of our discontent\n"
+    "KING RICHARD III:\nNow is the"
+)
+NEW_TOKENS = 256
+COMMON_FLAGS = [
+    "--preset=gpt2", "--block_size=320", "--dropout=0", "--tokenizer=char", "--batch_size=8", "--learning_rate=1e-3",
+    "--min_learning_rate=1e-4", "--beta1=0.6", "--weight_decay=0", "--log_every=50", "--eval_steps=10", "--seed=0",
+]
+PAIR = {
+    # name: (flags, steps)
+    "target": (["--n_layer=4", "--n_head=4", "--n_embd=256", "--warmup_steps=30"], 200),
+    "draft": (["--n_layer=1", "--n_head=4", "--n_embd=128", "--warmup_steps=30"], 400),
+}
+
+
+def trained_pair(cache_dir: str = CACHE_DIR):
+    """The (target, draft, tokenizer), trained by `experiments.train_lm` on the first call and loaded after."""
+    from tf_lm.artifacts import load_model_dir
+
+    models = {}
+    for name, (flags, steps) in PAIR.items():
+        model_dir = os.path.join(cache_dir, name)
+        if not os.path.isfile(os.path.join(model_dir, "model.keras")):
+            started = time.perf_counter()
+            subprocess.run(
+                [sys.executable, "-m", "experiments.train_lm", f"--model_dir={model_dir}",
+                 f"--dataset=text:{SHARED_DATA / 'tinyshakespeare' / 'input.txt'}", f"--steps={steps}",
+                 f"--eval_every={steps}", f"--checkpoint_every={steps}", *COMMON_FLAGS, *flags],
+                check=True,
+            )
+            print(f"trained the {name} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        models[name] = load_model_dir(model_dir)
+    (target, tokenizer), (draft, _) = models["target"], models["draft"]
+    return target, draft, tokenizer
+
+
+def _hf_copy(model):
+    """HF `TFGPT2LMHeadModel` holding `model`'s weights (GPT-2's layout: Conv1D kernels are Dense kernels)."""
+    from experiments.benchmarks.common import hf_gpt2
+    from tf_lm.convert import gpt2_state
+
+    hf = hf_gpt2(model.config)
+    state = {name.removeprefix("transformer."): value for name, value in gpt2_state(model).items()}
+    main = hf.transformer
+    main.wte.weights[0].assign(state["wte.weight"])
+    main.wpe.weights[0].assign(state["wpe.weight"])
+    for i, block in enumerate(main.h):
+        for name in ("ln_1", "ln_2"):
+            getattr(block, name).gamma.assign(state[f"h.{i}.{name}.weight"])
+            getattr(block, name).beta.assign(state[f"h.{i}.{name}.bias"])
+        for name, layer in (("attn.c_attn", block.attn.c_attn), ("attn.c_proj", block.attn.c_proj),
+                            ("mlp.c_fc", block.mlp.c_fc), ("mlp.c_proj", block.mlp.c_proj)):
+            layer.weight.assign(state[f"h.{i}.{name}.weight"])
+            layer.bias.assign(state[f"h.{i}.{name}.bias"].reshape(layer.bias.shape))
+    main.ln_f.gamma.assign(state["ln_f.weight"])
+    main.ln_f.beta.assign(state["ln_f.bias"])
+    return hf
+
+
+def _hf_generate(hf, prompt: np.ndarray, max_new_tokens: int, sampling: dict):
+    import tensorflow as tf
+
+    xla_generate = tf.function(hf.generate, jit_compile=True)
+    # eos_token_id=None: both sides make exactly max_new_tokens.
+    return lambda: xla_generate(tf.constant(prompt), attention_mask=tf.ones_like(prompt), max_new_tokens=max_new_tokens,
+                                eos_token_id=None, pad_token_id=0, **sampling).numpy()
+
+
+def _round_split(model, draft, k: int, context: int, repeats: int):
+    """Milliseconds of a round's parts at batch 1: the draft's k calls, and the model's verifying pass over k + 1
+    tokens (each timed as `repeats` dependent calls in one XLA loop, against a cache of `context` slots)."""
+    import tensorflow as tf
+
+    def loop(lm, tokens, per_row=True):
+        @tf.function(jit_compile=True)
+        def run():
+            cache = lm.init_cache(1, context)
+
+            def body(i, cache, total):
+                slot = i % (context - 8)
+                # Speculative rounds write their cache at a slot per row; plain decoding at one shared slot.
+                index = tf.fill([1], slot) if per_row else slot
+                logits, cache = lm.call_with_cache(tf.fill([1, tokens], i % 7), cache, index,
+                                                   position_ids=slot + tf.range(tokens)[None, :])
+                return i + 1, cache, total + logits[0, 0, 0]
+
+            return tf.while_loop(lambda i, *_: i < repeats, body, (0, cache, 0.0))[2]
+
+        run()
+        start = time.perf_counter()
+        run().numpy()
+        return (time.perf_counter() - start) / repeats * 1e3
+
+    return {"draft": k * loop(draft, 1), "verify": loop(model, k + 1), "step": loop(model, 1, per_row=False)}
+
+
+def run(quick: bool) -> list[Row]:
+    """Speculative greedy and top-p decoding at k = 2, 4, 6 beside HF's XLA `generate` and our plain decoding.
+
+    `quick` uses random weights of small shapes (no training), k = 2 and 32 new tokens: a smoke test only.
+    """
+    from experiments.benchmarks.generation import _weight_streaming_bound
+    from tf_lm import LMConfig, TransformerLM
+    from tf_lm.generation import generate, stream
+
+    if quick:
+        model = TransformerLM(LMConfig(vocab_size=65, block_size=128, n_layer=2, n_head=2, n_embd=64))
+        draft = TransformerLM(LMConfig(vocab_size=65, block_size=128, n_layer=1, n_head=2, n_embd=32))
+        prompt_ids, repeating_ids = list(range(1, 17)), [1, 2, 3, 4] * 8
+        new_tokens, ks, settings = 32, (2,), dict(warmup=1, repeats=1, min_seconds=0.2)
+    else:
+        model, draft, tokenizer = trained_pair()
+        prompt_ids, repeating_ids = tokenizer.encode(PROMPT), tokenizer.encode(REPEATING_PROMPT)
+        new_tokens, ks, settings = NEW_TOKENS, (2, 4, 6), dict(warmup=1, repeats=2, min_seconds=1.5)
+    hf = _hf_copy(model)
+    check = np.array([prompt_ids], np.int32)
+    np.testing.assert_allclose(hf(check).logits.numpy(), np.asarray(model(check)), atol=1e-3)
+
+    rows = []
+    samplings = {
+        "greedy": ({}, {"do_sample": False}),
+        "top-p 0.95, temperature 0.8": ({"sampler": "top_p", "top_p": 0.95, "temperature": 0.8, "seed": 0},
+                                        {"do_sample": True, "top_p": 0.95, "temperature": 0.8, "top_k": 0}),
+    }
+    for label, (ours, theirs) in samplings.items():
+        hf_run = _hf_generate(hf, check, new_tokens, theirs)
+        plain = lambda: generate(model, [prompt_ids], max_new_tokens=new_tokens, **ours)  # noqa: E731
+        for k in ks:
+            def speculate(k=k):
+                return generate(model, [prompt_ids], max_new_tokens=new_tokens, draft_model=draft,
+                                num_speculative_tokens=k, **ours)
+
+            rates = race({"spec": speculate, "plain": plain, "hf": hf_run}, new_tokens, **settings)
+            chunks = stream(model, [prompt_ids], max_new_tokens=new_tokens, draft_model=draft,
+                            num_speculative_tokens=k, chunk_size=new_tokens, **ours)
+            list(chunks)
+            rows.append(Row(
+                section="speculative", name=f"{label}, draft 1x128, k={k}, batch 1, {len(prompt_ids)}+{new_tokens}",
+                unit="new tokens/s", ours=rates["spec"], peer=rates["hf"],
+                peer_name="HF TFGPT2LMHeadModel.generate (XLA), same weights",
+                target=">= 2x HF, >= 1.5x tf_lm without a draft" if label == "greedy" else "",
+                notes=f"{rates['spec'] / rates['plain']:.2f}x tf_lm without a draft ({rates['plain']:,.0f}); "
+                      f"{chunks.speculation}",
+            ))
+
+    lookup_tokens = min(new_tokens, model.config.block_size - len(repeating_ids) - 8)
+    hf_run = _hf_generate(hf, np.array([repeating_ids], np.int32), lookup_tokens, {"do_sample": False})
+    rates = race({
+        "lookup": lambda: generate(model, [repeating_ids], max_new_tokens=lookup_tokens, drafter="prompt_lookup"),
+        "plain": lambda: generate(model, [repeating_ids], max_new_tokens=lookup_tokens),
+        "hf": hf_run,
+    }, lookup_tokens, **settings)
+    chunks = stream(model, [repeating_ids], max_new_tokens=lookup_tokens, drafter="prompt_lookup",
+                    chunk_size=lookup_tokens)
+    list(chunks)
+    rows.append(Row(
+        section="speculative", name=f"greedy, prompt lookup (k=4), a prompt repeating itself, "
+                                   f"{len(repeating_ids)}+{lookup_tokens}",
+        unit="new tokens/s", ours=rates["lookup"], peer=rates["hf"],
+        peer_name="HF TFGPT2LMHeadModel.generate (XLA), same weights",
+        notes=f"{rates['lookup'] / rates['plain']:.2f}x tf_lm without a drafter ({rates['plain']:,.0f}); "
+              f"{chunks.speculation}",
+    ))
+
+    k = ks[-1] if quick else 4
+    split = _round_split(model, draft, k, len(prompt_ids) + new_tokens + k, repeats=32 if quick else 256)
+    bound_ms = 1e3 / _weight_streaming_bound(model, 32 if quick else 256)
+    rows.append(Row(
+        section="speculative", name=f"one round at k={k}, batch 1: draft's {k} calls + the model's pass over {k + 1}",
+        unit="ms", ours=split["draft"] + split["verify"],
+        notes=f"draft {split['draft']:.2f} ms, verify {split['verify']:.2f} ms; one plain decode step "
+              f"{split['step']:.2f} ms; float32 weight-streaming bound of a step {bound_ms:.2f} ms",
+    ))
+    return rows
