@@ -17,6 +17,7 @@ from absl import app, flags
 from tf_lm.configs import PRESETS, LMConfig
 from tf_lm.data.store import DEFAULT_BPE_SAMPLE_BYTES
 from tf_lm.distribute import STRATEGIES
+from tf_lm.pretrained import pretrained_config
 from tf_lm.training import TrainConfig
 from tf_lm.training.trainer import PRECISIONS
 
@@ -176,14 +177,32 @@ def define_train_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
             flag_values=flag_values)
         flags.DEFINE_enum("precision", _TRAIN.precision, list(PRECISIONS), "Compute precision.",
             flag_values=flag_values)
+    define_transfer_flags(flag_values)
+
+
+def define_transfer_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Fine-tuning from a pretrained checkpoint, fully or with LoRA (the --help group "transfer")."""
+    with flag_group("transfer", flag_values):
+        flags.DEFINE_string("init_from", None, "Start from this checkpoint: a tf_lm model directory or an HF GPT-2 "
+                            "directory (config.json + model.safetensors + tokenizer files). Its architecture and "
+                            "tokenizer are used; --block_size may shrink the context, --dropout may change.",
+                            flag_values=flag_values)
+        flags.DEFINE_integer("lora_rank", _TRAIN.lora_rank, "With --init_from: train only rank-r LoRA factors of "
+                             "the attention and MLP projections (0: train every weight).", flag_values=flag_values)
+        flags.DEFINE_float("lora_alpha", None, "LoRA scale numerator: updates are scaled by alpha / rank "
+                           "(default: alpha = rank).", flag_values=flag_values)
+        flags.DEFINE_bool("lora_train_norms", _TRAIN.lora_train_norms, "With --lora_rank: also train the "
+                          "LayerNorms.", flag_values=flag_values)
 
 
 def configs_from_flags(flag_values: flags.FlagValues) -> tuple[LMConfig, TrainConfig]:
     """Maps the parsed flags onto `(LMConfig, TrainConfig)`: the preset first, then only the flags the user set.
 
-    The returned `LMConfig` keeps the preset's `vocab_size`; the caller replaces it with the tokenizer's. A run
-    shorter than the default warm-up (--steps=10, say) warms up for `steps - 1` steps instead, and prints one line
-    saying so; a --warmup_steps the user set is never changed.
+    The returned `LMConfig` keeps the preset's `vocab_size`; the caller replaces it with the tokenizer's. With
+    --init_from, the checkpoint's config (and tokenizer kind) stands in for the preset's, unless --preset is set:
+    `train` then refuses whatever contradicts the checkpoint. A run shorter than the default warm-up (--steps=10,
+    say) warms up for `steps - 1` steps instead, and prints one line saying so; a --warmup_steps the user set is
+    never changed.
 
     Args:
         flag_values: parsed `absl.flags.FLAGS` after `define_train_flags()`.
@@ -192,13 +211,29 @@ def configs_from_flags(flag_values: flags.FlagValues) -> tuple[LMConfig, TrainCo
         `(model_config, train_config)`.
 
     Raises:
-        ValueError: for --block_size beyond the preset's context, or any out-of-range value.
+        ValueError: for --block_size beyond the preset's context, --bpe_vocab_size with --init_from, or any
+            out-of-range value.
+        FileNotFoundError: if --init_from does not exist.
 
     Example:
     >>> model_config, train_config = configs_from_flags(flags.FLAGS)  # doctest: +SKIP
     """
-    preset = PRESETS[flag_values.preset]
+    train_values = {name: flag_values[name].value for name in TRAIN_FIELDS if flag_values[name].present}
+    steps = train_values.get("steps", _TRAIN.steps)
+    if "warmup_steps" not in train_values and _TRAIN.warmup_steps >= steps > 0:
+        train_values["warmup_steps"] = steps - 1
+        print(f"note: the default --warmup_steps={_TRAIN.warmup_steps} does not fit --steps={steps}; warming up "
+              f"for {steps - 1} steps (set --warmup_steps to choose)", flush=True)
     overrides = {name: flag_values[name].value for name in MODEL_FIELDS if flag_values[name].present}
+    if flag_values.init_from and not flag_values["preset"].present:
+        if flag_values["bpe_vocab_size"].present:
+            raise ValueError("--bpe_vocab_size does not apply with --init_from: the tokenizer is the checkpoint's.")
+        base, tokenizer = pretrained_config(flag_values.init_from)
+        train_values.setdefault("tokenizer", tokenizer)  # a different --tokenizer is refused by `train`
+        if flag_values["block_size"].present:
+            overrides["block_size"] = flag_values.block_size  # `train` refuses one beyond the checkpoint's
+        return dataclasses.replace(base, **overrides), TrainConfig(**train_values)
+    preset = PRESETS[flag_values.preset]
     if flag_values["block_size"].present:
         block_size = flag_values.block_size
         if block_size > preset.block_size:
@@ -207,11 +242,4 @@ def configs_from_flags(flag_values: flags.FlagValues) -> tuple[LMConfig, TrainCo
                 f"{flag_values.preset}; use a block size <= {preset.block_size} or a preset with a longer context."
             )
         overrides["block_size"] = block_size
-    model_config = LMConfig.preset(flag_values.preset, **overrides)
-    train_values = {name: flag_values[name].value for name in TRAIN_FIELDS if flag_values[name].present}
-    steps = train_values.get("steps", _TRAIN.steps)
-    if "warmup_steps" not in train_values and _TRAIN.warmup_steps >= steps > 0:
-        train_values["warmup_steps"] = steps - 1
-        print(f"note: the default --warmup_steps={_TRAIN.warmup_steps} does not fit --steps={steps}; warming up "
-              f"for {steps - 1} steps (set --warmup_steps to choose)", flush=True)
-    return model_config, TrainConfig(**train_values)
+    return LMConfig.preset(flag_values.preset, **overrides), TrainConfig(**train_values)

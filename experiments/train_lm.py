@@ -3,10 +3,12 @@
     python -m experiments.train_lm --model_dir=runs/shakespeare \\
         --dataset=text:../shared/data/tinyshakespeare/input.txt --preset=nano
     python -m experiments.train_lm --model_dir=runs/corpus --dataset=store:stores/corpus --preset=gpt2
+    python -m experiments.train_lm --model_dir=runs/shakespeare-lora --init_from=runs/python --lora_rank=8 \\
+        --dataset=text:../shared/data/tinyshakespeare/input.txt
 
 A `store:` dataset is read as it is (see experiments.prepare_data); any other source is first prepared into a
 store under --data_cache_dir (default <model_dir>/data), which a resumed run reuses without re-tokenising. The
-model's tokenizer is the store's.
+model's tokenizer is the store's; with --init_from, the data is tokenised with the checkpoint's tokenizer.
 
 Writes into --model_dir: flags.txt (the exact flags, as an absl flagfile), model/ (model.keras + config.json +
 tokenizer/, at the end, by the chief), run_config.json (the resolved model and training config), checkpoints/,
@@ -37,6 +39,7 @@ from tf_lm.data import TokenStore, lm_datasets, load_tokenizer, prepare_store
 from tf_lm.data.store import DEFAULT_BPE_SAMPLE_BYTES, STORE_SCHEME
 from tf_lm.distribute import is_chief, resolve_strategy
 from tf_lm.fileio import atomic_write, directory_lock
+from tf_lm.pretrained import read_pretrained
 from tf_lm.training import TrainConfig, Trainer, TrainingInterrupted, measure_matmul_peak
 
 RUN_CONFIG = "run_config.json"
@@ -48,7 +51,9 @@ NOT_IDENTITY = frozenset({"model_dir", "log_every", "eval_every", "eval_steps", 
                           "tpu"})
 # Fields that decide which batches a step sees or what the weights are; changing one in a model_dir that
 # already holds a run would silently mix two runs.
-RUN_IDENTITY = ("dataset", "tokenizer", "bpe_vocab_size", "batch_size", "seed", "precision")
+RUN_IDENTITY = ("dataset", "tokenizer", "bpe_vocab_size", "batch_size", "seed", "precision", "init_from", "lora_rank",
+                "lora_alpha", "lora_train_norms")
+_DEFAULTS = TrainConfig()
 
 
 def _check_model_dir(model_dir: str, run_config: dict) -> None:
@@ -63,10 +68,14 @@ def _check_model_dir(model_dir: str, run_config: dict) -> None:
             previous = json.load(f)
         changed = [f"{k}: {previous['model'].get(k)!r} -> {v!r}" for k, v in run_config["model"].items()
                    if previous["model"].get(k) != v and k not in ignored]
-        changed += [f"{k}: {previous['train'].get(k)!r} -> {run_config['train'][k]!r}" for k in RUN_IDENTITY
-                    if previous["train"].get(k) != run_config["train"][k] and k not in ignored]
+        # A field the earlier run's config predates had its default value there.
+        before = {k: previous["train"].get(k, getattr(_DEFAULTS, k)) for k in RUN_IDENTITY}
+        changed += [f"{k}: {before[k]!r} -> {run_config['train'][k]!r}" for k in RUN_IDENTITY
+                    if before[k] != run_config["train"][k] and k not in ignored]
         if known and previous.get("tokenizer_fingerprint") != run_config["tokenizer_fingerprint"]:
             changed.append("tokenizer vocabulary")
+        if previous.get("base_fingerprint") != run_config["base_fingerprint"]:
+            changed.append("the pretrained weights at init_from")
         if changed:
             raise ValueError(
                 f"--model_dir={model_dir!r} holds a run with a different config ({'; '.join(changed)}); "
@@ -82,9 +91,10 @@ def _check_model_dir(model_dir: str, run_config: dict) -> None:
             )
 
 
-def _run_config(model_config, train_config, strategy, tokenizer_fingerprint) -> dict:
+def _run_config(model_config, train_config, strategy, tokenizer_fingerprint, pretrained) -> dict:
     return {"model": model_config.to_dict(), "train": train_config.to_dict(), "strategy": type(strategy).__name__,
-            "replicas": strategy.num_replicas_in_sync, "tokenizer_fingerprint": tokenizer_fingerprint}
+            "replicas": strategy.num_replicas_in_sync, "tokenizer_fingerprint": tokenizer_fingerprint,
+            "base_fingerprint": None if pretrained is None else pretrained.fingerprint}
 
 
 def script_flags(flag_values: flags.FlagValues) -> dict[str, str]:
@@ -122,9 +132,10 @@ def check_flags(model_dir: str, lines: dict[str, str]) -> None:
         )
 
 
-def _store_directory(train_config: TrainConfig, cache_dir: str, options: dict) -> str:
+def _store_directory(train_config: TrainConfig, cache_dir: str, options: dict, tokenizer=None) -> str:
     # One store per (source, tokenizer, options): runs sharing a --data_cache_dir share the stores they agree on.
-    identity = {"dataset": train_config.dataset, "tokenizer": train_config.tokenizer,
+    identity = {"dataset": train_config.dataset,
+                "tokenizer": train_config.tokenizer if tokenizer is None else tokenizer.fingerprint,
                 "bpe_vocab_size": train_config.bpe_vocab_size, **options}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()[:16]
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{train_config.dataset}-{train_config.tokenizer}").strip("_")[:60]
@@ -132,8 +143,10 @@ def _store_directory(train_config: TrainConfig, cache_dir: str, options: dict) -
 
 
 def open_training_store(train_config: TrainConfig, model_dir: str, data_options: dict, chief: bool,
-                        stack: contextlib.ExitStack, verbose: bool = True) -> TokenStore:
+                        stack: contextlib.ExitStack, verbose: bool = True, tokenizer=None) -> TokenStore:
     """The store `train_config.dataset` names, or the one it is prepared into (reused if already there).
+
+    `tokenizer` (a pretrained checkpoint's) tokenises the source instead of a new `train_config.tokenizer` one.
 
     A non-chief worker prepares its own copy in a temporary directory that `stack` deletes, so only the chief
     writes under `model_dir`; preparation is deterministic, so both copies hold the same ids.
@@ -144,13 +157,13 @@ def open_training_store(train_config: TrainConfig, model_dir: str, data_options:
         return TokenStore(train_config.dataset[len(STORE_SCHEME):])
     bpe = {"bpe_vocab_size": train_config.bpe_vocab_size,
            "bpe_sample_bytes": options.pop("bpe_sample_bytes", DEFAULT_BPE_SAMPLE_BYTES)}
-    if train_config.tokenizer != "bpe":
+    if train_config.tokenizer != "bpe" or tokenizer is not None:
         bpe = {}
-    directory = _store_directory(train_config, cache_dir, {**options, **bpe})
+    directory = _store_directory(train_config, cache_dir, {**options, **bpe}, tokenizer)
     if not chief:
         directory = os.path.join(stack.enter_context(tempfile.TemporaryDirectory(prefix="tf_lm_store_")), "store")
-    return prepare_store(train_config.dataset, directory, tokenizer=train_config.tokenizer, progress=verbose,
-                         **bpe, **options)
+    return prepare_store(train_config.dataset, directory, tokenizer=train_config.tokenizer if tokenizer is None
+                         else tokenizer, progress=verbose, **bpe, **options)
 
 
 def train(model_config: LMConfig, train_config: TrainConfig, model_dir: str, strategy_name: str = "auto",
@@ -158,8 +171,12 @@ def train(model_config: LMConfig, train_config: TrainConfig, model_dir: str, str
           flagfile: str | None = None):
     """Opens (or prepares) the token store, checks `model_dir`, trains (resuming) and saves the model.
 
+    With `train_config.init_from`, the model starts from that checkpoint (`tf_lm.pretrained`) and the data is
+    tokenised with its tokenizer; `model_config` must be the checkpoint's, with at most a shorter `block_size` and
+    another `dropout`.
+
     Args:
-        model_config: `LMConfig`; its `vocab_size` is replaced by the store tokenizer's.
+        model_config: `LMConfig`; without `init_from` its `vocab_size` is replaced by the store tokenizer's.
         train_config: `TrainConfig`. With a `store:` dataset, its `tokenizer` becomes the store's kind.
         model_dir: str. Output directory (see the module docstring).
         strategy_name, tpu: passed to `resolve_strategy`.
@@ -179,16 +196,33 @@ def train(model_config: LMConfig, train_config: TrainConfig, model_dir: str, str
     """
     strategy = resolve_strategy(strategy_name, tpu)
     chief = is_chief(strategy)
+    pretrained = None
+    if train_config.init_from:
+        pretrained = read_pretrained(train_config.init_from)
+        kind = "char" if pretrained.tokenizer.is_char_level else "bpe"
+        if train_config.tokenizer != kind:
+            raise ValueError(
+                f"tokenizer={train_config.tokenizer!r} contradicts the {kind} tokenizer of the checkpoint in "
+                f"{train_config.init_from!r}; the data is tokenised with the checkpoint's, so leave it unset."
+            )
+        pretrained.state_for(model_config)  # refuses a contradicting config before anything is written
     with contextlib.ExitStack() as stack:
         if chief:  # workers only read model_dir; the chief holds it for the whole cluster
             stack.enter_context(directory_lock(model_dir))
-        _check_model_dir(model_dir, _run_config(model_config, train_config, strategy, None))
-        store = open_training_store(train_config, model_dir, data_options or {}, chief, stack, verbose)
-        return _train(model_config, train_config, model_dir, strategy, store, verbose, flagfile)
+        _check_model_dir(model_dir, _run_config(model_config, train_config, strategy, None, pretrained))
+        store = open_training_store(train_config, model_dir, data_options or {}, chief, stack, verbose,
+                                    tokenizer=None if pretrained is None else pretrained.tokenizer)
+        return _train(model_config, train_config, model_dir, strategy, store, verbose, flagfile, pretrained)
 
 
-def _train(model_config, train_config, model_dir, strategy, store, verbose, flagfile):
+def _train(model_config, train_config, model_dir, strategy, store, verbose, flagfile, pretrained):
     tokenizer = store.tokenizer
+    if pretrained is not None and tokenizer.fingerprint != pretrained.tokenizer.fingerprint:
+        raise ValueError(
+            f"Token store {store.directory!r} was prepared with another tokenizer than the checkpoint in "
+            f"{pretrained.directory!r}; prepare it with that tokenizer (prepare_data --tokenizer_dir) or use a text "
+            "source."
+        )
     tokenizer_dir = os.path.join(artifacts.saved_dir(model_dir), artifacts.TOKENIZER_DIR)
     if tf.io.gfile.isdir(tokenizer_dir) and load_tokenizer(tokenizer_dir).fingerprint != tokenizer.fingerprint:
         raise ValueError(
@@ -196,14 +230,18 @@ def _train(model_config, train_config, model_dir, strategy, store, verbose, flag
             f"--model_dir={model_dir!r}; prepare it with --tokenizer_dir={tokenizer_dir}, or use a new --model_dir."
         )
     train_config = dataclasses.replace(train_config, tokenizer="char" if tokenizer.is_char_level else "bpe")
-    model_config = dataclasses.replace(model_config, vocab_size=tokenizer.vocab_size)
-    run_config = _run_config(model_config, train_config, strategy, tokenizer.fingerprint)
+    initial_state = None
+    if pretrained is None:
+        model_config = dataclasses.replace(model_config, vocab_size=tokenizer.vocab_size)
+    else:
+        initial_state = pretrained.state_for(model_config)
+    run_config = _run_config(model_config, train_config, strategy, tokenizer.fingerprint, pretrained)
     _check_model_dir(model_dir, run_config)
 
     peak = measure_matmul_peak() if verbose else None
     unit = "char" if tokenizer.is_char_level else "token"
     trainer = Trainer(model_config, train_config, strategy, model_dir, peak_flops=peak, verbose=verbose,
-                      bits_unit=unit)
+                      bits_unit=unit, initial_state=initial_state)
     chief = is_chief(strategy)
     if chief:
         # Written by the first run only: a resume has just been checked to be the same run.
@@ -216,6 +254,10 @@ def _train(model_config, train_config, model_dir, strategy, store, verbose, flag
               f"{strategy.num_replicas_in_sync} replica(s); tokenizer: {train_config.tokenizer}, "
               f"{tokenizer.vocab_size} ids; non-embedding parameters: {model_config.non_embedding_params():,}",
               flush=True)
+        sizes = trainer.parameter_report()
+        print(f"trainable parameters: {sizes['trainable']:,} of {sizes['total']:,} "
+              f"({100 * sizes['trainable'] / sizes['total']:.2f}%); optimizer state: "
+              f"{sizes['optimizer_bytes'] / 2**20:.2f} MiB", flush=True)
 
     def datasets(start_step, context):
         return lm_datasets(store, model_config.block_size, train_config.batch_size, seed=train_config.seed,

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from absl import flags
 from conftest import REPO, failure_line, script_environment
+from test_pretrained import TEXT, hf_dir, tf_lm_dir
 
 from experiments.flags import configs_from_flags, define_train_flags
 from tf_lm.configs import LMConfig
+from tf_lm.model import TransformerLM
 from tf_lm.training import TrainConfig
 
 # A tiny model on the builtin corpus: steps take milliseconds, so process start-up dominates.
@@ -172,3 +174,104 @@ def test_store_dataset_trains_and_a_store_of_another_tokenizer_is_refused(tmp_pa
     line = failure_line(run(command(model_dir, f"--dataset=store:{store}", "--steps=2")))
     assert "was prepared with another tokenizer than the model in --model_dir" in line
     assert f"--tokenizer_dir={model_dir / 'model' / 'tokenizer'}" in line
+
+
+# === Transfer: --init_from, --lora_rank ===
+def _text_source(tmp_path, text=TEXT):
+    path = tmp_path / "input.txt"
+    path.write_text(text)
+    return f"text:{path}"
+
+
+def _finetune(init_from, model_dir, source, **overrides):
+    from experiments.train_lm import train
+    from tf_lm.pretrained import pretrained_config
+
+    base, kind = pretrained_config(str(init_from))
+    settings = dict(dataset=source, tokenizer=kind, init_from=str(init_from), batch_size=4, steps=1, warmup_steps=0,
+                    eval_every=1000, eval_steps=1000, log_every=1, learning_rate=1e-2, min_learning_rate=1e-2)
+    return train(base, TrainConfig(**{**settings, **overrides}), str(model_dir), verbose=False)
+
+
+def _first_validation_loss(model_dir):
+    import csv
+
+    with open(model_dir / "metrics.csv") as f:
+        rows = [row for row in csv.DictReader(f) if row["split"] == "validation"]
+    assert rows[0]["step"] == "0"
+    return float(rows[0]["loss"])
+
+
+@pytest.mark.parametrize("kind", ["tf_lm", "hf"])
+def test_init_from_starts_at_the_source_models_loss(tmp_path, kind):
+    """A tf_lm model directory, and the directory HF's TF `save_pretrained` writes (with GPT-2's vocab.json +
+    merges.txt): the first evaluation is `evaluate_lm`'s loss of the source model on the same validation split."""
+    from experiments.evaluate_lm import evaluate_split
+    from tf_lm.convert import load_gpt2_state
+    from tf_lm.data import prepare_store
+    from tf_lm.pretrained import read_pretrained
+
+    source = _text_source(tmp_path)
+    (tf_lm_dir if kind == "tf_lm" else hf_dir)(tmp_path / "base")
+    base = read_pretrained(str(tmp_path / "base"))
+    model = load_gpt2_state(TransformerLM(base.config), base.state)
+    store = prepare_store(source, str(tmp_path / "store"), tokenizer=base.tokenizer)
+    expected = evaluate_split(model, base.tokenizer, store, "validation")["loss"]
+    _finetune(tmp_path / "base", tmp_path / "run", source)
+    assert abs(_first_validation_loss(tmp_path / "run") - expected) < 1e-4
+
+
+def test_lora_trains_only_the_factors_checkpoints_them_alone_resumes_and_saves_merged(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from tf_lm.artifacts import load_model_dir
+
+    source = _text_source(tmp_path)
+    base_model, _ = tf_lm_dir(tmp_path / "base")
+    lora = dict(lora_rank=2, lora_alpha=4.0, steps=4, checkpoint_every=2)
+    trainer, _, _ = _finetune(tmp_path / "base", tmp_path / "straight", source, **lora)
+    d, blocks = base_model.config.n_embd, base_model.config.n_layer
+    factors = blocks * 2 * ((d + 3 * d) + (d + d) + (d + 4 * d) + (4 * d + d))  # rank 2: r·(in + out) per projection
+    assert trainer.parameter_report()["trainable"] == factors
+    assert all("lora_kernel" in v.path for v in trainer.model.trainable_variables)
+    saved = tf.train.list_variables(trainer.checkpoints.latest)
+    assert len([name for name, _ in saved if name.startswith("model_variables/")]) == 8 * blocks  # A and B of each
+
+    merged = keras.models.load_model(str(tmp_path / "straight" / "model.keras"), safe_mode=True)
+    assert len(merged.weights) == len(base_model.weights)  # no LoRA factor left: they are merged into the kernels
+    ids = np.arange(16, dtype="int32")[None] % base_model.config.vocab_size
+    np.testing.assert_allclose(np.asarray(merged(ids)), np.asarray(trainer.model(ids)), atol=1e-5)
+    assert not np.allclose(np.asarray(merged(ids)), np.asarray(base_model(ids)), atol=1e-3)  # it did train
+
+    # Interrupted at step 2 (its checkpoint holds only the factors), then resumed: the base comes from --init_from.
+    _finetune(tmp_path / "base", tmp_path / "split", source, **{**lora, "steps": 2})
+    (tmp_path / "split" / "model.keras").unlink()
+    _, _, result = _finetune(tmp_path / "base", tmp_path / "split", source, **lora)
+    assert result["start_step"] == 2
+    resumed, _ = load_model_dir(str(tmp_path / "split"))
+    np.testing.assert_allclose(np.asarray(resumed(ids)), np.asarray(merged(ids)), atol=1e-5)
+
+
+def test_init_from_bad_input_is_refused(tmp_path):
+    source = _text_source(tmp_path)
+    tf_lm_dir(tmp_path / "base")
+    with pytest.raises(ValueError, match="tokenizer='bpe' contradicts the char tokenizer"):
+        _finetune(tmp_path / "base", tmp_path / "run", source, tokenizer="bpe")
+    values = flags.FlagValues()
+    define_train_flags(values)
+    values(["train_lm", f"--init_from={tmp_path / 'base'}", "--n_layer=3", "--block_size=8", "--dropout=0.1"])
+    model_config, train_config = configs_from_flags(values)
+    assert (model_config.n_layer, model_config.block_size, model_config.dropout) == (3, 8, 0.1)
+    assert train_config.tokenizer == "char"
+    from experiments.train_lm import train
+
+    with pytest.raises(ValueError, match=r"n_layer=3 \(the checkpoint has 2\)"):
+        train(model_config, train_config, str(tmp_path / "run"), verbose=False)
+    (tmp_path / "other").mkdir()
+    with pytest.raises(ValueError, match="'Y' .* is not in this CharTokenizer"):  # the data holds characters it lacks
+        _finetune(tmp_path / "base", tmp_path / "run", _text_source(tmp_path / "other", "You are all resolved\n" * 99))
+    result = run(command(tmp_path / "run", f"--init_from={tmp_path / 'neither'}"))
+    assert "does not exist" in failure_line(result)
+    result = run(command(tmp_path / "run", "--lora_rank=4"))
+    assert "LoRA adapts a pretrained model; set init_from" in failure_line(result)

@@ -22,7 +22,18 @@ from tf_lm.model import TransformerLM
 _GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
 
 
-def _config_from_gpt2(hf_config: dict) -> LMConfig:
+def config_from_gpt2(hf_config: dict) -> LMConfig:
+    """The `LMConfig` of an HF GPT-2 `config.json`.
+
+    Raises:
+        ValueError: for an activation other than tanh-GELU, or an MLP width other than 4·n_embd.
+    """
+    missing = [key for key in ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd") if key not in hf_config]
+    if missing:
+        raise ValueError(
+            f"config.json is not a GPT-2 config: it has no {', '.join(missing)}. "
+            f"Received: model_type={hf_config.get('model_type')!r}"
+        )
     activation = hf_config.get("activation_function", "gelu_new")
     if activation not in _GPT2_ACTIVATIONS:
         raise ValueError(f"Only tanh-GELU GPT-2 checkpoints convert. Received: activation_function={activation!r}")
@@ -129,7 +140,7 @@ def gpt2_state(model: TransformerLM) -> dict[str, np.ndarray]:
 
 
 def gpt2_config(config: LMConfig, eos_token_id: int | None = None) -> dict:
-    """HF `GPT2Config` values (as `config.json` holds them) for an `LMConfig`; the inverse of `_config_from_gpt2`."""
+    """HF `GPT2Config` values (as `config.json` holds them) for an `LMConfig`; the inverse of `config_from_gpt2`."""
     import transformers
 
     hf_config = transformers.GPT2Config(
@@ -196,7 +207,7 @@ def from_hf_gpt2(hf_model) -> TransformerLM:
     """
     if not getattr(hf_model, "built", False):
         hf_model(hf_model.dummy_inputs)
-    config = _config_from_gpt2(hf_model.config.to_dict())
+    config = config_from_gpt2(hf_model.config.to_dict())
     return load_gpt2_state(TransformerLM(config), gpt2_state_from_hf(hf_model))
 
 
@@ -213,5 +224,5 @@ def from_gpt2_safetensors(checkpoint_dir: str) -> TransformerLM:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"GPT-2 checkpoint file not found: {path}")
     with open(paths[0]) as f:
-        config = _config_from_gpt2(json.load(f))
+        config = config_from_gpt2(json.load(f))
     return load_gpt2_state(TransformerLM(config), load_file(paths[1]))

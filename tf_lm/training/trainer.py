@@ -20,9 +20,11 @@ import numpy as np
 import tensorflow as tf
 
 from tf_lm.configs import LMConfig
+from tf_lm.convert import load_gpt2_state
 from tf_lm.distribute import is_chief
 from tf_lm.model import TransformerLM
 from tf_lm.training.checkpoints import Checkpoints
+from tf_lm.training.lora import enable_lora
 from tf_lm.training.metrics import MetricsLog, derived
 from tf_lm.training.optimizer import make_optimizer
 from tf_lm.training.schedule import WarmupCosine
@@ -52,6 +54,12 @@ class TrainConfig:
         log_every: int, default 10. Write a training row to the CSV/TensorBoard every this many steps.
         precision: "float32" (default), "mixed_bfloat16" or "mixed_float16".
         seed: int, default 0. Seeds the initialisation, dropout and the training windows.
+        init_from: str or None. The pretrained checkpoint directory the run starts from (`tf_lm.pretrained`); the
+            trainer gets its weights as `initial_state`, this names it in the run's config.
+        lora_rank: int, default 0. With r >= 1 (and `init_from`), only rank-r LoRA factors of the attention and
+            MLP projections train (`tf_lm.training.lora`); 0 trains every weight.
+        lora_alpha: float or None. LoRA's update is scaled by alpha / r; None means alpha = r.
+        lora_train_norms: bool, default False. With LoRA, also train the LayerNorms.
 
     Raises:
         ValueError: if a value is out of range.
@@ -75,6 +83,10 @@ class TrainConfig:
     log_every: int = 10
     precision: str = "float32"
     seed: int = 0
+    init_from: str | None = None
+    lora_rank: int = 0
+    lora_alpha: float | None = None
+    lora_train_norms: bool = False
 
     def __post_init__(self):
         for name in ("batch_size", "steps", "eval_every", "eval_steps", "checkpoint_every", "log_every"):
@@ -91,6 +103,17 @@ class TrainConfig:
             )
         if self.grad_clip < 0:
             raise ValueError(f"grad_clip must be >= 0 (0 disables it). Received: grad_clip={self.grad_clip}")
+        if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be an integer >= 0 (0: no LoRA). Received: lora_rank={self.lora_rank!r}")
+        if self.lora_rank and not self.init_from:
+            raise ValueError(f"LoRA adapts a pretrained model; set init_from. Received: lora_rank={self.lora_rank}")
+        if not self.lora_rank and (self.lora_alpha is not None or self.lora_train_norms):
+            raise ValueError(
+                f"lora_alpha and lora_train_norms only apply with lora_rank >= 1. Received: lora_alpha="
+                f"{self.lora_alpha}, lora_train_norms={self.lora_train_norms}"
+            )
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise ValueError(f"lora_alpha must be > 0. Received: lora_alpha={self.lora_alpha}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -138,6 +161,9 @@ class Trainer:
         jit_compile: bool, default True. XLA-compile the step.
         verbose: bool, default True. Show a progress bar (chief only).
         bits_unit: str, default "token". What a bit is per in the printed validation line ("char" for char models).
+        initial_state: dict or None. GPT-2-named weights (`tf_lm.pretrained.Pretrained.state_for`) the model starts
+            from instead of its random initialisation; a fresh run then evaluates once before the first step.
+            With `config.lora_rank`, checkpoints hold only what trains (the base is `initial_state` again on resume).
 
     Raises:
         ValueError: if the global batch does not divide evenly over the replicas.
@@ -150,7 +176,7 @@ class Trainer:
 
     def __init__(self, model_config: LMConfig, config: TrainConfig, strategy: tf.distribute.Strategy,
                  model_dir: str, peak_flops: float | None = None, jit_compile: bool = True, verbose: bool = True,
-                 bits_unit: str = "token"):
+                 bits_unit: str = "token", initial_state: dict | None = None):
         replicas = strategy.num_replicas_in_sync
         if config.batch_size % replicas:
             raise ValueError(
@@ -173,16 +199,33 @@ class Trainer:
         with strategy.scope():
             keras.utils.set_random_seed(config.seed)  # same initialisation and dropout seeds on every worker
             self.model = TransformerLM(model_config)
+            if initial_state is not None:
+                load_gpt2_state(self.model, initial_state)
+            frozen = []
+            if config.lora_rank:
+                frozen = enable_lora(self.model, config.lora_rank, config.lora_alpha, config.lora_train_norms)
             schedule = WarmupCosine(config.learning_rate, config.min_learning_rate, config.warmup_steps, config.steps)
             self.optimizer = make_optimizer(
                 self.model, schedule, config.weight_decay, config.beta1, config.beta2, config.precision
             )
-        self.checkpoints = Checkpoints(f"{model_dir}/checkpoints", self.model, self.optimizer, chief=self.chief)
+        self.evaluate_at_start = initial_state is not None
+        frozen = {id(variable) for variable in frozen}
+        self.checkpoints = Checkpoints(f"{model_dir}/checkpoints", self.model, self.optimizer, chief=self.chief,
+                                       variables=[v for v in self.model.variables if id(v) not in frozen])
         self.train_step = self._make_train_step(jit_compile)
         """`train_step(iterator, stop=False)`: one optimizer update on the next batch; returns `(loss, gradient
         norm, stop)`, where `stop` is true if any worker passed `stop=True` to this step."""
         self._eval_step = self._make_eval_step(jit_compile)
         self._stop_signal = None
+
+    def parameter_report(self) -> dict:
+        """`trainable` and `total` model parameters, and `optimizer_bytes`: the memory of the optimizer's state."""
+        def count(variables):
+            return sum(int(np.prod(variable.shape)) for variable in variables)
+
+        optimizer_bytes = sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size for v in self.optimizer.variables)
+        return {"trainable": count(self.model.trainable_weights), "total": count(self.model.weights),
+                "optimizer_bytes": optimizer_bytes}
 
     # === The step ===
     def _loss_and_grads(self, inputs, targets):
@@ -338,6 +381,8 @@ class Trainer:
         handled = (signal.SIGTERM, signal.SIGINT) if in_main_thread else ()
         previous_handlers = {signum: signal.signal(signum, self._on_signal) for signum in handled}
         try:
+            if start == 0 and self.evaluate_at_start:  # where a fine-tuning run starts: the pretrained model's loss
+                result["validation"] = self._evaluate_and_log(validation_dataset_fn, log, 0, time.perf_counter())
             iterator = iter(self._distribute(lambda context: train_dataset_fn(start, context)))
             # Throughput counts training steps only: evaluation, checkpoints and the first step (XLA compilation)
             # are left out of the clock.
@@ -364,13 +409,7 @@ class Trainer:
                     result.update(train_loss=train["loss"], tokens_per_second=rate, mfu=mfu)
                     window_losses = []
                 if step % config.eval_every == 0 or step == config.steps:
-                    result["validation"] = self.evaluate(validation_dataset_fn)
-                    log.log(step, "validation", **result["validation"], elapsed=time.perf_counter() - started)
-                    if self.verbose:
-                        v = result["validation"]
-                        print(f"\nstep {step}: validation loss {v['loss']:.4f}, perplexity {v['perplexity']:.2f}, "
-                              f"{v['bits']:.3f} bits/{self.bits_unit}", flush=True)
-                    log.plot()
+                    result["validation"] = self._evaluate_and_log(validation_dataset_fn, log, step, started)
                 result["step"] = step
                 if step % config.checkpoint_every == 0 or step == config.steps or stop:
                     self._save(step)
@@ -389,6 +428,15 @@ class Trainer:
                 signal.signal(signum, handler)
         result["weights_digest"] = weights_digest(self.model)
         return result
+
+    def _evaluate_and_log(self, validation_dataset_fn: Callable, log: MetricsLog, step: int, started: float) -> dict:
+        v = self.evaluate(validation_dataset_fn)
+        log.log(step, "validation", **v, elapsed=time.perf_counter() - started)
+        if self.verbose:
+            print(f"\nstep {step}: validation loss {v['loss']:.4f}, perplexity {v['perplexity']:.2f}, "
+                  f"{v['bits']:.3f} bits/{self.bits_unit}", flush=True)
+        log.plot()
+        return v
 
     def _mfu(self, tokens_per_second: float) -> float | None:
         if not self.peak_flops or not tokens_per_second:

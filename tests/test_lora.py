@@ -1,0 +1,50 @@
+import keras
+import numpy as np
+import pytest
+
+from tf_lm import LMConfig, TransformerLM
+from tf_lm.training.lora import enable_lora, lora_targets
+
+CONFIG = LMConfig(vocab_size=30, block_size=16, n_layer=2, n_head=2, n_embd=16)
+IDS = np.arange(32, dtype="int32").reshape(2, 16) % 30
+
+
+def _size(variables):
+    return sum(int(np.prod(v.shape)) for v in variables)
+
+
+def test_fresh_factors_change_nothing_and_only_they_train():
+    model = TransformerLM(CONFIG)
+    before, base = np.asarray(model(IDS)), list(model.trainable_variables)
+    frozen = enable_lora(model, rank=4, alpha=8.0)
+    np.testing.assert_allclose(np.asarray(model(IDS)), before, atol=1e-6)  # B starts at zero
+    assert {id(v) for v in frozen} == {id(v) for v in base}
+    d = CONFIG.n_embd
+    assert _size(model.trainable_variables) == CONFIG.n_layer * 4 * (4 * d + 2 * d + 5 * d + 5 * d)
+
+
+def test_train_norms_adds_every_layernorm():
+    model = TransformerLM(CONFIG)
+    enable_lora(model, rank=1, train_norms=True)
+    norms = [v for v in model.trainable_variables if "lora_kernel" not in v.path]
+    assert len(norms) == 2 * (2 * CONFIG.n_layer + 1) and all(len(v.shape) == 1 for v in norms)
+
+
+def test_saving_merges_the_factors_into_a_plain_model(tmp_path):
+    model = TransformerLM(CONFIG)
+    base_weights = len(model.weights)
+    enable_lora(model, rank=2)
+    rng = np.random.default_rng(0)
+    for layer in lora_targets(model):
+        layer.lora_kernel_b.assign(rng.normal(scale=0.1, size=layer.lora_kernel_b.shape).astype("float32"))
+    unmerged = np.asarray(model(IDS))
+    model.save(str(tmp_path / "model.keras"))
+    merged = keras.models.load_model(str(tmp_path / "model.keras"), safe_mode=True)
+    assert len(merged.weights) == base_weights and not any(layer.lora_enabled for layer in lora_targets(merged))
+    np.testing.assert_allclose(np.asarray(merged(IDS)), unmerged, atol=1e-5)
+
+
+@pytest.mark.parametrize("rank, alpha, message", [(0, None, "rank=0"), (2, -1.0, "alpha=-1.0")])
+def test_bad_settings_are_refused(rank, alpha, message):
+    with pytest.raises(ValueError, match=message):
+        enable_lora(TransformerLM(CONFIG), rank=rank, alpha=alpha)

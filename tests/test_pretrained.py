@@ -1,0 +1,100 @@
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import transformers
+
+from tf_lm import LMConfig, TransformerLM
+from tf_lm.artifacts import save_model_dir
+from tf_lm.convert import load_gpt2_state
+from tf_lm.data import BPETokenizer, CharTokenizer
+from tf_lm.pretrained import check_config, pretrained_config, read_pretrained
+
+TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 30
+CONFIG = LMConfig(vocab_size=30, block_size=16, n_layer=2, n_head=2, n_embd=16)
+
+
+def _ids(vocab, time=16, seed=0):
+    return np.random.default_rng(seed).integers(0, vocab, size=(2, time)).astype("int32")
+
+
+def tf_lm_dir(path):
+    """A tf_lm model directory with random (not freshly initialised) weights."""
+    tokenizer = CharTokenizer.from_text(TEXT)
+    model = TransformerLM(dataclasses.replace(CONFIG, vocab_size=tokenizer.vocab_size))
+    rng = np.random.default_rng(0)
+    for weight in model.weights:
+        weight.assign(np.asarray(weight) + rng.normal(scale=0.1, size=weight.shape).astype("float32"))
+    save_model_dir(str(path), model, tokenizer)
+    return model, tokenizer
+
+
+def hf_dir(path, vocab_size=None):
+    """What HF's TF `save_pretrained` writes (TF tensor names), plus GPT-2's vocab.json + merges.txt."""
+    tokenizer = BPETokenizer.train(TEXT, vocab_size=300)
+    config = transformers.GPT2Config(vocab_size=vocab_size or tokenizer.vocab_size, n_positions=16, n_embd=16,
+                                     n_layer=2, n_head=2)
+    hf = transformers.TFGPT2LMHeadModel(config)
+    hf(hf.dummy_inputs)
+    hf.save_pretrained(str(path), safe_serialization=True)
+    tokenizer.to_hf().model.save(str(path))
+    return hf, tokenizer
+
+
+def test_a_tf_lm_directory_reads_into_the_same_model(tmp_path):
+    model, tokenizer = tf_lm_dir(tmp_path)
+    base = read_pretrained(str(tmp_path))
+    assert base.config == model.config and base.tokenizer.fingerprint == tokenizer.fingerprint
+    assert pretrained_config(str(tmp_path)) == (model.config, "char")
+    ids = _ids(tokenizer.vocab_size)
+    copy = load_gpt2_state(TransformerLM(base.config), base.state_for(base.config))
+    np.testing.assert_allclose(np.asarray(copy(ids)), np.asarray(model(ids)), atol=1e-6)
+
+
+def test_block_size_crops_the_positions(tmp_path):
+    model, tokenizer = tf_lm_dir(tmp_path)
+    base = read_pretrained(str(tmp_path))
+    short = dataclasses.replace(base.config, block_size=8, dropout=0.1)
+    state = base.state_for(short)
+    assert state["wpe.weight"].shape == (8, 16)
+    cropped = load_gpt2_state(TransformerLM(short), state)
+    ids = _ids(tokenizer.vocab_size, time=8)
+    np.testing.assert_allclose(np.asarray(cropped(ids)), np.asarray(model(ids)), atol=1e-6)
+
+
+def test_an_hf_directory_reads_with_its_gpt2_tokenizer(tmp_path):
+    hf, tokenizer = hf_dir(tmp_path)
+    base = read_pretrained(str(tmp_path))
+    assert pretrained_config(str(tmp_path))[1] == "bpe"
+    assert base.tokenizer.encode(TEXT) == tokenizer.encode(TEXT)
+    ids = _ids(tokenizer.vocab_size)
+    model = load_gpt2_state(TransformerLM(base.config), base.state)
+    np.testing.assert_allclose(np.asarray(model(ids)), hf(ids).logits.numpy(), atol=1e-4)
+    assert base.fingerprint == read_pretrained(str(tmp_path)).fingerprint
+
+
+def test_bad_checkpoints_are_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_pretrained(str(tmp_path / "missing"))
+    (tmp_path / "neither").mkdir()
+    (tmp_path / "neither" / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="neither a tf_lm model directory .* nor an HF GPT-2 checkpoint"):
+        read_pretrained(str(tmp_path / "neither"))
+    hf_dir(tmp_path / "small_vocab", vocab_size=100)  # the tokenizer has more ids than the model
+    with pytest.raises(ValueError, match="has .* ids but the model only 100"):
+        read_pretrained(str(tmp_path / "small_vocab"))
+    hf_dir(tmp_path / "bert")
+    config = json.loads((tmp_path / "bert" / "config.json").read_text())
+    del config["n_embd"]
+    (tmp_path / "bert" / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
+    with pytest.raises(ValueError, match="not a GPT-2 config: it has no n_embd"):
+        read_pretrained(str(tmp_path / "bert"))
+
+
+def test_a_contradicting_config_is_refused():
+    with pytest.raises(ValueError, match=r"n_layer=3 \(the checkpoint has 2\)"):
+        check_config(dataclasses.replace(CONFIG, n_layer=3), CONFIG, "base")
+    with pytest.raises(ValueError, match="block_size=32 exceeds the 16 positions"):
+        check_config(dataclasses.replace(CONFIG, block_size=32), CONFIG, "base")
+    check_config(dataclasses.replace(CONFIG, block_size=8, dropout=0.2), CONFIG, "base")

@@ -1,0 +1,141 @@
+"""A pretrained starting point for training: a tf_lm model directory or an HF GPT-2 checkpoint directory.
+
+Both read into the same three things: the `LMConfig`, the tokenizer, and the weights as a GPT-2 state dict
+(PyTorch names, numpy; see `tf_lm.convert`), which `load_gpt2_state` copies into a freshly built model. Weights
+go through numpy rather than a loaded Keras model, so the model that trains is built once, inside the
+distribution strategy's scope, and only its values come from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+
+import numpy as np
+
+from tf_lm import artifacts
+from tf_lm.configs import LMConfig
+from tf_lm.convert import config_from_gpt2, gpt2_state, load_gpt2_state
+from tf_lm.data.tokenizers import CHAR_FILE, load_tokenizer
+from tf_lm.model import TransformerLM
+
+HF_CONFIG_FILE = "config.json"
+HF_WEIGHTS_FILE = "model.safetensors"
+# What may differ from the checkpoint: the context may shrink (positions cropped) and dropout is a training choice.
+ADJUSTABLE_FIELDS = ("block_size", "dropout")
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+    """A checkpoint read for fine-tuning.
+
+    Attributes:
+        directory: str. Where it was read from.
+        config: `LMConfig` of the checkpoint.
+        tokenizer: its tokenizer (`CharTokenizer` or `BPETokenizer`).
+        state: dict of GPT-2 PyTorch names (`h.0.attn.c_attn.weight`) -> float32 arrays.
+    """
+
+    directory: str
+    config: LMConfig
+    tokenizer: object
+    state: dict
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of every tensor's name and bytes: a resumed run checks that its base has not changed."""
+        digest = hashlib.sha256()
+        for name in sorted(self.state):
+            digest.update(name.encode("utf-8"))
+            digest.update(np.ascontiguousarray(self.state[name], dtype=np.float32).tobytes())
+        return digest.hexdigest()
+
+    def state_for(self, config: LMConfig) -> dict:
+        """The weights for a model of `config` (see `check_config`): positions cropped to its `block_size`, as
+        nanoGPT's `crop_block_size` does."""
+        check_config(config, self.config, self.directory)
+        return {**self.state, "wpe.weight": self.state["wpe.weight"][: config.block_size]}
+
+
+def _state(model: TransformerLM) -> dict:
+    return {name.removeprefix("transformer."): value for name, value in gpt2_state(model).items()}
+
+
+def _kind(directory: str) -> str:
+    if os.path.isfile(os.path.join(artifacts.saved_dir(directory), artifacts.MODEL_FILE)):
+        return "tf_lm"
+    if os.path.isfile(os.path.join(directory, HF_WEIGHTS_FILE)):
+        return "hf"
+    raise ValueError(
+        f"{directory!r} is neither a tf_lm model directory (model/ holding model.keras + config.json + tokenizer/) "
+        "nor an HF GPT-2 checkpoint directory (config.json + model.safetensors + the tokenizer files); pass one."
+    )
+
+
+def pretrained_config(directory: str) -> tuple[LMConfig, str]:
+    """`(LMConfig, tokenizer kind "char" or "bpe")` of a checkpoint directory, without reading its weights.
+
+    Raises:
+        FileNotFoundError: if `directory` does not exist.
+        ValueError: if it is neither format, or its config is not one `TransformerLM` can express.
+    """
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"The pretrained checkpoint directory {directory!r} does not exist.")
+    if _kind(directory) == "tf_lm":
+        char = os.path.isfile(os.path.join(artifacts.saved_dir(directory), artifacts.TOKENIZER_DIR, CHAR_FILE))
+        return artifacts.read_config(directory), "char" if char else "bpe"
+    path = os.path.join(directory, HF_CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"The HF checkpoint {directory!r} has no {HF_CONFIG_FILE}.")
+    with open(path) as f:
+        return config_from_gpt2(json.load(f)), "bpe"
+
+
+def read_pretrained(directory: str) -> Pretrained:
+    """Reads a tf_lm model directory or an HF GPT-2 checkpoint (PyTorch or TF tensor names) with numpy.
+
+    Raises:
+        FileNotFoundError: if the directory or a file it needs is missing.
+        ValueError: if it is neither format, a tensor is missing or misshapen, or the tokenizer has more ids than
+            the model's vocabulary.
+
+    Example:
+    >>> base = read_pretrained("runs/pydoc")  # doctest: +SKIP
+    >>> load_gpt2_state(TransformerLM(base.config), base.state)  # doctest: +SKIP
+    """
+    from safetensors.numpy import load_file
+
+    config, _ = pretrained_config(directory)
+    if _kind(directory) == "tf_lm":
+        model, tokenizer = artifacts.load_model_dir(directory)
+        return Pretrained(directory, config, tokenizer, _state(model))
+    state = load_file(os.path.join(directory, HF_WEIGHTS_FILE))
+    # Through a model once: the names (PyTorch or TF) and every shape are checked, and the state comes out in
+    # one naming.
+    state = _state(load_gpt2_state(TransformerLM(config), state))
+    tokenizer = load_tokenizer(directory)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(
+            f"The tokenizer in {directory!r} has {tokenizer.vocab_size} ids but the model only {config.vocab_size}; "
+            "the tokenizer files belong to another checkpoint."
+        )
+    return Pretrained(directory, config, tokenizer, state)
+
+
+def check_config(config: LMConfig, base: LMConfig, directory: str) -> None:
+    """Raises ValueError unless `config` is `base` with at most a shorter context and another dropout."""
+    fixed = [field.name for field in dataclasses.fields(LMConfig) if field.name not in ADJUSTABLE_FIELDS]
+    changed = [f"{name}={getattr(config, name)} (the checkpoint has {getattr(base, name)})" for name in fixed
+               if getattr(config, name) != getattr(base, name)]
+    if changed:
+        raise ValueError(
+            f"The model config contradicts the checkpoint in {directory!r}: {', '.join(changed)}; the architecture "
+            "comes from the checkpoint, so leave it (and the preset) unset."
+        )
+    if config.block_size > base.block_size:
+        raise ValueError(
+            f"block_size={config.block_size} exceeds the {base.block_size} positions of the checkpoint in "
+            f"{directory!r}; use a block size <= {base.block_size}."
+        )
