@@ -1,0 +1,155 @@
+"""Transfer learning: a nano char model pretrained on Python text, then fine-tuned on Tiny Shakespeare.
+
+Three runs of `experiments.train_lm` on Shakespeare with one recipe (the README's quality run: batch 12, block 64,
+lr 1e-3 cosine to 1e-4, warm-up 100, beta1 0.6, beta2 0.99, no decay, no dropout), each evaluated on the whole
+validation split every `EVAL_EVERY` steps:
+
+- full fine-tuning of the pretrained model (`--init_from`),
+- the same model trained from scratch (its own 65-character vocabulary),
+- LoRA (`--lora_rank=8` on the attention and MLP projections) of the pretrained model, at `LORA_LEARNING_RATE`.
+
+The pretrained model (`PRETRAIN_STEPS` steps on CPython's pydoc topics plus its own `Lib/*.py` sources, all
+offline) is cached in `bench_results/transfer_cache/`, so a rerun skips pretraining. Each run is its own process:
+its peak resident memory comes from `os.wait4`, and its wall time includes start-up, compilation and evaluation.
+The validation curves are drawn into `bench_results/transfer.png`.
+
+    python -m experiments.benchmark --sections=transfer
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+from experiments.benchmarks.common import SHARED_DATA, Row
+
+REPO = Path(__file__).resolve().parents[2]
+OUTPUT_DIR = Path("bench_results")
+CACHE_DIR = OUTPUT_DIR / "transfer_cache"
+SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
+PRETRAIN_STEPS = 2000
+STEPS = 2000
+EVAL_EVERY = 250
+LORA_RANK = 8
+LORA_LEARNING_RATE = 3e-3
+RECIPE = ["--batch_size=12", "--block_size=64", "--learning_rate=1e-3", "--min_learning_rate=1e-4",
+          "--warmup_steps=100", "--beta1=0.6", "--beta2=0.99", "--weight_decay=0", "--dropout=0",
+          "--checkpoint_every=100000", "--log_every=50"]
+
+
+def pretraining_text() -> str:
+    """CPython's pydoc topics and its standard library's top-level sources: English prose and Python code."""
+    from tf_lm.data import read_source
+
+    pydoc = read_source("builtin:pydoc")
+    sources = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))
+    code = "".join(Path(path).read_text(encoding="utf-8", errors="replace") for path in sources)
+    return pydoc.train + pydoc.validation + "\n" + code
+
+
+def _train(model_dir: Path, *flags: str) -> dict:
+    """Runs `experiments.train_lm` in its own process.
+
+    Returns:
+        dict: `seconds` (wall time), `peak_rss_mib` (the child's own peak, from `os.wait4`), `trainable`,
+        `optimizer_mib` (as train_lm prints them) and `validation` ({step: whole-split loss}).
+    """
+    shutil.rmtree(model_dir, ignore_errors=True)
+    command = [sys.executable, "-m", "experiments.train_lm", f"--model_dir={model_dir.resolve()}", *RECIPE, *flags]
+    log_path = Path(f"{model_dir}.log")
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    output = log_path.read_text()
+    if os.waitstatus_to_exitcode(status):
+        raise RuntimeError(f"train_lm failed ({' '.join(command)}):\n{output[-2000:]}")
+    sizes = re.search(r"trainable parameters: ([\d,]+) of .*optimizer state: ([\d.]+) MiB", output)
+    with open(model_dir / "metrics.csv", newline="") as f:
+        validation = {int(row["step"]): float(row["loss"]) for row in csv.DictReader(f) if row["split"] == "validation"}
+    return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024,  # ru_maxrss is in KiB on Linux
+            "trainable": int(sizes.group(1).replace(",", "")), "optimizer_mib": float(sizes.group(2)),
+            "validation": validation}
+
+
+def _pretrained(cache_dir: Path, steps: int) -> Path:
+    """The pretrained model directory, trained once and then reused while its step count matches."""
+    model_dir = cache_dir / "pretrained"
+    run_config = model_dir / "run_config.json"
+    if (model_dir / "model.keras").is_file() and json.loads(run_config.read_text())["train"]["steps"] == steps:
+        return model_dir
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    corpus = cache_dir / "pretraining.txt"
+    corpus.write_text(pretraining_text(), encoding="utf-8")
+    _train(model_dir, "--preset=nano", f"--dataset=text:{corpus.resolve()}", "--tokenizer=char", f"--steps={steps}",
+           f"--eval_every={steps}", f"--warmup_steps={min(100, steps // 4)}")
+    return model_dir
+
+
+def _plot(runs: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for label, run in runs.items():
+        steps = sorted(run["validation"])
+        axes.plot(steps, [run["validation"][s] for s in steps], marker="o", label=label)
+    axes.set_xlabel("fine-tuning step")
+    axes.set_ylabel("validation loss, whole split (nats/char)")
+    axes.set_title("Tiny Shakespeare, nano char model")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def run(quick: bool) -> list[Row]:
+    pretrain_steps, steps, every = (40, 40, 20) if quick else (PRETRAIN_STEPS, STEPS, EVAL_EVERY)
+    warmup = [f"--warmup_steps={min(100, steps // 4)}"]  # a later flag wins over RECIPE's
+    base = _pretrained(CACHE_DIR.with_name(CACHE_DIR.name + ("_quick" if quick else "")), pretrain_steps)
+    runs_dir = OUTPUT_DIR / "transfer_runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    shakespeare = [f"--dataset=text:{SHAKESPEARE}", f"--steps={steps}", f"--eval_every={every}", *warmup,
+                   "--eval_steps=100000"]  # more batches than the split holds: the whole split
+    runs = {
+        "full fine-tuning": _train(runs_dir / "finetune", *shakespeare, f"--init_from={base.resolve()}"),
+        "from scratch": _train(runs_dir / "scratch", *shakespeare, "--preset=nano", "--tokenizer=char"),
+        f"LoRA r={LORA_RANK}": _train(runs_dir / "lora", *shakespeare, f"--init_from={base.resolve()}",
+                                      f"--lora_rank={LORA_RANK}", f"--learning_rate={LORA_LEARNING_RATE}",
+                                      f"--min_learning_rate={LORA_LEARNING_RATE / 10}"),
+    }
+    _plot(runs, OUTPUT_DIR / "transfer.png")
+    full, scratch, lora = runs.values()
+    setting = f"nano char, pretrained {pretrain_steps} steps on pydoc + Lib/*.py"
+    rows = [Row("transfer", f"validation loss after {n} steps, {setting}", "nats/char", full["validation"][n],
+                scratch["validation"][n], "from scratch", "lower", "whole split")
+            for n in sorted(scratch["validation"])]
+    rows += [
+        Row("transfer", f"LoRA r={LORA_RANK} validation loss after {steps} steps", "nats/char",
+            lora["validation"][steps], full["validation"][steps], "full fine-tuning", "within 0.05 nats",
+            f"difference {lora['validation'][steps] - full['validation'][steps]:+.4f}; LoRA lr "
+            f"{LORA_LEARNING_RATE:g}; the pretrained model starts at {full['validation'][0]:.4f}"),
+        Row("transfer", "trainable parameters, LoRA vs full fine-tuning", "parameters", lora["trainable"],
+            full["trainable"], "full fine-tuning", "<= 10%"),
+        Row("transfer", "optimizer state, LoRA vs full fine-tuning", "MiB", lora["optimizer_mib"],
+            full["optimizer_mib"], "full fine-tuning"),
+        Row("transfer", "peak resident memory of the run, LoRA vs full fine-tuning", "MiB", lora["peak_rss_mib"],
+            full["peak_rss_mib"], "full fine-tuning", "lower", "whole process: TensorFlow's runtime included"),
+    ]
+    rows += [Row("transfer", f"wall time, {label}", "s", value["seconds"],
+                 notes="start-up, compilation and evaluations included") for label, value in runs.items()]
+    return rows
