@@ -129,7 +129,7 @@ def define_tokenizer_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 
 def define_train_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """The flags of `train_lm`, in --help's groups: model, data, optimisation, run, distribution."""
+    """The flags of `train_lm`, in --help's groups: model, data, optimisation, run, distribution, transfer."""
     with flag_group("model", flag_values):
         flags.DEFINE_enum("preset", "nano", sorted(PRESETS), "Model preset; the flags below override its fields.",
             flag_values=flag_values)

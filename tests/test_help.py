@@ -68,7 +68,7 @@ def test_train_lm_help_groups_flags_with_defaults_and_no_start_up_noise():
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("Trains a `TransformerLM`")
     headings = re.findall(r"^(\w[\w ]*):$", result.stdout, flags=re.MULTILINE)
-    assert headings == ["model", "data", "optimisation", "run", "distribution"]
+    assert headings == ["model", "data", "optimisation", "run", "distribution", "transfer"]
     model = result.stdout.split("\nmodel:\n")[1].split("\n\n")[0]
     assert "  --preset=nano\n" in model and "  --block_size\n" in model
     assert "  --warmup_steps=100\n" in result.stdout.split("\noptimisation:\n")[1]
