@@ -86,9 +86,9 @@ def _train(model_dir: Path, *flags: str) -> dict:
 def _pretrained(cache_dir: Path, steps: int) -> Path:
     """The pretrained model directory, trained once and then reused while its step count matches."""
     model_dir = cache_dir / "pretrained"
-    run_config = model_dir / "run_config.json"
-    if (model_dir / "model.keras").is_file() and json.loads(run_config.read_text())["train"]["steps"] == steps:
-        return model_dir
+    if (model_dir / "model" / "model.keras").is_file():
+        if json.loads((model_dir / "run_config.json").read_text())["train"]["steps"] == steps:
+            return model_dir
     cache_dir.mkdir(parents=True, exist_ok=True)
     corpus = cache_dir / "pretraining.txt"
     corpus.write_text(pretraining_text(), encoding="utf-8")
