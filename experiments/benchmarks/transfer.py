@@ -48,12 +48,13 @@ RECIPE = ["--batch_size=12", "--block_size=64", "--learning_rate=1e-3", "--min_l
 
 def pretraining_text() -> str:
     """CPython's pydoc topics and its standard library's top-level sources: English prose and Python code."""
-    from tf_lm.data import read_source
+    from tf_lm.data import open_source
 
-    pydoc = read_source("builtin:pydoc")
+    pydoc = open_source("builtin:pydoc")
+    prose = "".join(chunk.text for split in ("train", "validation") for chunk in pydoc.chunks(split))
     sources = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))
     code = "".join(Path(path).read_text(encoding="utf-8", errors="replace") for path in sources)
-    return pydoc.train + pydoc.validation + "\n" + code
+    return prose + "\n" + code
 
 
 def _train(model_dir: Path, *flags: str) -> dict:
