@@ -76,6 +76,11 @@ def optimizer_keys(optimizer, model_keys: dict[str, tf.Variable]) -> dict[str, t
     return keys
 
 
+def _checkpoint_number(path: str) -> int:
+    suffix = path.rsplit("-", 1)[-1]
+    return int(suffix) if suffix.isdigit() else -1
+
+
 def _unescape(name: str) -> str:
     return name.replace(".S", "/").replace("..", ".")
 
@@ -114,7 +119,13 @@ class Checkpoints:
         self.checkpoint = tf.train.Checkpoint(
             step=self.step, **{_MODEL_SCOPE: model_variables, _OPTIMIZER_SCOPE: optimizer_variables}
         )
-        self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep)
+        try:
+            self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep)
+        except ValueError:  # an empty `checkpoint` index file: set it aside, the checkpoints themselves still count
+            state = os.path.join(directory, "checkpoint")
+            tf.io.gfile.rename(state, f"{state}.damaged", overwrite=True)
+            logging.warning("The checkpoint index %s is damaged; moved it to %s.damaged.", state, state)
+            self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep)
         self.restored: str | None = None
         """The path `restore` read (not always `latest`: a damaged latest one is skipped)."""
 
@@ -147,7 +158,9 @@ class Checkpoints:
             ValueError: if checkpoints exist but none can be read, or the newest readable one was written for a
                 model with other variables (names or shapes; the message names the first difference).
         """
-        candidates = list(reversed(self.manager.checkpoints))
+        # The files on disk, not only the `checkpoint` index: a damaged index must not hide complete checkpoints.
+        on_disk = [path[: -len(".index")] for path in tf.io.gfile.glob(os.path.join(self.directory, "ckpt-*.index"))]
+        candidates = sorted(set(on_disk) | set(self.manager.checkpoints), key=_checkpoint_number, reverse=True)
         problems = []
         for path in candidates:
             try:
