@@ -42,12 +42,12 @@ PAIR = {
 
 def trained_pair(cache_dir: str = CACHE_DIR):
     """The (target, draft, tokenizer), trained by `experiments.train_lm` on the first call and loaded after."""
-    from tf_lm.artifacts import load_model_dir
+    from tf_lm.artifacts import MODEL_FILE, load_model_dir, saved_dir
 
     models = {}
     for name, (flags, steps) in PAIR.items():
         model_dir = os.path.join(cache_dir, name)
-        if not os.path.isfile(os.path.join(model_dir, "model.keras")):
+        if not os.path.isfile(os.path.join(saved_dir(model_dir), MODEL_FILE)):
             started = time.perf_counter()
             subprocess.run(
                 [sys.executable, "-m", "experiments.train_lm", f"--model_dir={model_dir}",
