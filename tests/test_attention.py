@@ -67,3 +67,29 @@ def test_a_cache_slot_per_row_equals_the_full_pass():
 def test_cache_needs_an_index():
     with pytest.raises(ValueError, match="cache_index is required"):
         CausalSelfAttention(num_heads=2)(_inputs(), cache=np.zeros((2, 2, 8, 2, 4), "float32"))
+
+
+def test_bidirectional_layer_contract(tmp_path):
+    check_layer(CausalSelfAttention(num_heads=2, causal=False), _inputs(), tmp_path)
+
+
+def test_bidirectional_padded_token_changes_no_real_token_and_real_tokens_see_each_other():
+    layer = CausalSelfAttention(num_heads=2, causal=False)
+    x = _inputs()
+    padding_mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    real = np.asarray(layer(x, padding_mask=padding_mask))
+    padded_edit = x.copy()
+    padded_edit[0, 3:] = 100.0
+    np.testing.assert_allclose(np.asarray(layer(padded_edit, padding_mask=padding_mask))[0, :3], real[0, :3],
+                               atol=1e-6)
+    for t in range(3):  # editing any real token moves every real token's output, earlier ones included
+        real_edit = x.copy()
+        real_edit[0, t] += 1.0
+        moved = np.abs(np.asarray(layer(real_edit, padding_mask=padding_mask))[0, :3] - real[0, :3]).max(axis=-1)
+        assert np.all(moved > 1e-4), (t, moved)
+
+
+def test_bidirectional_layer_refuses_a_cache():
+    with pytest.raises(ValueError, match="causal=False"):
+        CausalSelfAttention(num_heads=2, causal=False)(_inputs(), cache=np.zeros((2, 2, 8, 2, 4), "float32"),
+                                                       cache_index=0)

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 from conftest import check_layer
 
@@ -37,3 +39,29 @@ def test_dropout_only_in_training():
     x = _inputs()
     np.testing.assert_array_equal(np.asarray(block(x)), np.asarray(block(x)))
     assert not np.allclose(np.asarray(block(x, training=True)), np.asarray(block(x)))
+
+
+def test_bert_style_block_contract(tmp_path):
+    block = TransformerBlock(num_heads=2, intermediate_dim=16, causal=False, norm_first=False, approximate_gelu=False)
+    check_layer(block, _inputs(), tmp_path)
+
+
+def test_post_norm_exact_gelu_block_matches_numpy():
+    block = TransformerBlock(num_heads=2, intermediate_dim=16, causal=False, norm_first=False, approximate_gelu=False,
+                             layer_norm_epsilon=1e-12)
+    x = _inputs()
+    y = np.asarray(block(x))
+
+    def norm(v, layer):
+        mean, var = v.mean(-1, keepdims=True), v.var(-1, keepdims=True)
+        return (v - mean) / np.sqrt(var + 1e-12) * np.asarray(layer.gamma) + np.asarray(layer.beta)
+
+    def dense(v, layer):
+        return v @ np.asarray(layer.kernel) + np.asarray(layer.bias)
+
+    attention = np.asarray(block.attention(x))  # bidirectional attention alone (tested in test_attention)
+    h = norm(x + attention, block.attention_norm)
+    inner = dense(h, block.mlp_in)
+    gelu = 0.5 * inner * (1 + np.vectorize(math.erf)(inner / np.sqrt(2)))
+    expected = norm(h + dense(gelu, block.mlp_out), block.mlp_norm)
+    np.testing.assert_allclose(y, expected, atol=1e-5)

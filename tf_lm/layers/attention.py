@@ -1,4 +1,5 @@
-"""Causal multi-head self-attention with a fused QKV projection and a fixed-shape KV cache."""
+"""Multi-head self-attention with a fused QKV projection: causal with a fixed-shape KV cache (GPT), or bidirectional
+(BERT)."""
 
 import math
 
@@ -29,7 +30,7 @@ def _write_rows(cache, entries, slots):
 
 @keras.saving.register_keras_serializable(package="tf_lm")
 class CausalSelfAttention(keras.layers.Layer):
-    """Multi-head self-attention in which position t only attends to positions <= t.
+    """Multi-head self-attention in which position t only attends to positions <= t (or, with `causal=False`, to all).
 
     The causal mask is built here from positions, so callers only pass padding. With a cache the
     layer processes only the new tokens: it writes their keys/values into the preallocated cache
@@ -38,6 +39,8 @@ class CausalSelfAttention(keras.layers.Layer):
     Args:
         num_heads: int. Number of attention heads; must divide the input width.
         dropout: float, default 0. Dropout on the attention weights and on the output projection.
+        causal: bool, default True. False makes every token attend to every (unpadded) token, as BERT's
+            encoder does; a cache is then refused, since a bidirectional layer is never decoded step by step.
         kernel_initializer: initializer of the QKV projection. Defaults to N(0, 0.02).
         output_kernel_initializer: initializer of the output projection. Defaults to N(0, 0.02);
             GPT-2 scales it by 1/sqrt(2·n_layer), which `TransformerLM` does.
@@ -60,7 +63,8 @@ class CausalSelfAttention(keras.layers.Layer):
     (2, 5, 8)
     """
 
-    def __init__(self, num_heads, dropout=0.0, kernel_initializer=None, output_kernel_initializer=None, **kwargs):
+    def __init__(self, num_heads, dropout=0.0, kernel_initializer=None, output_kernel_initializer=None, causal=True,
+                 **kwargs):
         super().__init__(**kwargs)
         if int(num_heads) < 1:
             raise ValueError(f"num_heads must be >= 1. Received: num_heads={num_heads}")
@@ -68,6 +72,7 @@ class CausalSelfAttention(keras.layers.Layer):
             raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout}")
         self.num_heads = int(num_heads)
         self.dropout = float(dropout)
+        self.causal = bool(causal)
         self.kernel_initializer = keras.initializers.get(kernel_initializer or _default_kernel_initializer())
         self.output_kernel_initializer = keras.initializers.get(
             output_kernel_initializer or _default_kernel_initializer()
@@ -106,6 +111,8 @@ class CausalSelfAttention(keras.layers.Layer):
 
         query_start = 0
         if cache is not None:
+            if not self.causal:
+                raise ValueError("A cache needs causal attention; this layer has causal=False.")
             if cache_index is None:
                 raise ValueError("cache_index is required when a cache is passed.")
             new_entries = ops.cast(ops.stack([key, value], axis=1), cache.dtype)  # (B, 2, T, H, Dh)
@@ -117,16 +124,20 @@ class CausalSelfAttention(keras.layers.Layer):
                 query_start = cache_index
             key, value = cache[:, 0], cache[:, 1]  # (B, S, H, Dh)
 
-        key_length = ops.shape(key)[1]
-        query_positions = ops.arange(time) + query_start  # (T,), or (B, T) with a slot per row
-        allowed = ops.arange(key_length) <= query_positions[..., None]  # (T, S) or (B, T, S)
-        allowed = allowed[None, None] if len(allowed.shape) == 2 else allowed[:, None]  # (1 or B, 1, T, S)
+        allowed = None
+        if self.causal:
+            key_length = ops.shape(key)[1]
+            query_positions = ops.arange(time) + query_start  # (T,), or (B, T) with a slot per row
+            allowed = ops.arange(key_length) <= query_positions[..., None]  # (T, S) or (B, T, S)
+            allowed = allowed[None, None] if len(allowed.shape) == 2 else allowed[:, None]  # (1 or B, 1, T, S)
         if padding_mask is not None:
-            allowed = ops.logical_and(allowed, ops.cast(padding_mask, "bool")[:, None, None, :])  # (B, 1, T, S)
+            padding = ops.cast(padding_mask, "bool")[:, None, None, :]  # (B, 1, 1, S)
+            allowed = padding if allowed is None else ops.logical_and(allowed, padding)  # (B, 1, T, S)
 
         scores = ops.einsum("bqhd,bkhd->bhqk", query, ops.cast(key, query.dtype))  # (B, H, T, S)
         scores = ops.cast(scores, "float32") * (1.0 / math.sqrt(self.head_dim))
-        scores = ops.where(allowed, scores, _MASKED_SCORE)
+        if allowed is not None:
+            scores = ops.where(allowed, scores, _MASKED_SCORE)
         weights = ops.cast(ops.softmax(scores, axis=-1), query.dtype)
         weights = self.attention_dropout(weights, training=training)
         attended = ops.einsum("bhqk,bkhd->bqhd", weights, ops.cast(value, query.dtype))  # (B, T, H, Dh)
@@ -144,5 +155,6 @@ class CausalSelfAttention(keras.layers.Layer):
             dropout=self.dropout,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             output_kernel_initializer=keras.initializers.serialize(self.output_kernel_initializer),
+            causal=self.causal,
         )
         return config

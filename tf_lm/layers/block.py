@@ -1,4 +1,5 @@
-"""One pre-LayerNorm decoder block: x + Attention(LN(x)), then x + MLP(LN(x))."""
+"""One Transformer block: pre-LayerNorm (GPT-2: x + Attention(LN(x)), then x + MLP(LN(x))) or post-LayerNorm
+(BERT: LN(x + Attention(x)), then LN(x + MLP(x)))."""
 
 import keras
 from keras import ops
@@ -9,7 +10,8 @@ from tf_lm.layers.initializers import clone_initializer
 
 @keras.saving.register_keras_serializable(package="tf_lm")
 class TransformerBlock(keras.layers.Layer):
-    """A GPT-2 decoder block: pre-LayerNorm, causal self-attention, tanh-GELU MLP, residuals.
+    """A GPT-2 decoder block (pre-LayerNorm, causal self-attention, tanh-GELU MLP) or, by its options, a BERT
+    encoder block (post-LayerNorm, bidirectional attention, exact GELU).
 
     Args:
         num_heads: int. Attention heads; must divide the input width.
@@ -19,6 +21,11 @@ class TransformerBlock(keras.layers.Layer):
         kernel_initializer: initializer of the QKV and MLP input kernels. Defaults to N(0, 0.02).
         output_kernel_initializer: initializer of the two projections that write into the residual
             stream. Defaults to N(0, 0.02).
+        causal: bool, default True. Causal attention (a decoder); False attends both ways (an encoder).
+        norm_first: bool, default True. LayerNorm before each sublayer (GPT-2); False normalises after each
+            residual sum (BERT).
+        approximate_gelu: bool, default True. The tanh approximation of GELU (GPT-2's "gelu_new"); False is the
+            exact erf GELU (BERT's "gelu"). Each model's checkpoints match only its own.
 
     Call args:
         x: float tensor `[batch, time, hidden_dim]`.
@@ -41,6 +48,9 @@ class TransformerBlock(keras.layers.Layer):
         layer_norm_epsilon=1e-5,
         kernel_initializer=None,
         output_kernel_initializer=None,
+        causal=True,
+        norm_first=True,
+        approximate_gelu=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -50,6 +60,9 @@ class TransformerBlock(keras.layers.Layer):
         self.intermediate_dim = None if intermediate_dim is None else int(intermediate_dim)
         self.dropout = float(dropout)
         self.layer_norm_epsilon = float(layer_norm_epsilon)
+        self.causal = bool(causal)
+        self.norm_first = bool(norm_first)
+        self.approximate_gelu = bool(approximate_gelu)
         self.kernel_initializer = keras.initializers.get(
             kernel_initializer or keras.initializers.RandomNormal(stddev=0.02)
         )
@@ -69,6 +82,7 @@ class TransformerBlock(keras.layers.Layer):
             dropout=self.dropout,
             kernel_initializer=clone_initializer(self.kernel_initializer),
             output_kernel_initializer=clone_initializer(self.output_kernel_initializer),
+            causal=self.causal,
             dtype=self.dtype_policy,
             name="attention",
         )
@@ -94,15 +108,20 @@ class TransformerBlock(keras.layers.Layer):
         self.mlp_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
 
     def call(self, x, padding_mask=None, cache=None, cache_index=None, training=False):
+        # Pre-norm normalises each sublayer's input; post-norm (BERT) normalises each residual sum instead.
         attended = self.attention(
-            self.attention_norm(x), padding_mask=padding_mask, cache=cache, cache_index=cache_index, training=training
+            self.attention_norm(x) if self.norm_first else x,
+            padding_mask=padding_mask, cache=cache, cache_index=cache_index, training=training,
         )
         if cache is not None:
             attended, cache = attended
         x = x + attended
-        # GPT-2's "gelu_new" is the tanh approximation; exact GELU would break parity with its checkpoints.
-        hidden = ops.gelu(self.mlp_in(self.mlp_norm(x)), approximate=True)
+        if not self.norm_first:
+            x = self.attention_norm(x)
+        hidden = ops.gelu(self.mlp_in(self.mlp_norm(x) if self.norm_first else x), approximate=self.approximate_gelu)
         x = x + self.mlp_dropout(self.mlp_out(hidden), training=training)
+        if not self.norm_first:
+            x = self.mlp_norm(x)
         return x if cache is None else (x, cache)
 
     def compute_output_shape(self, input_shape):
@@ -117,5 +136,8 @@ class TransformerBlock(keras.layers.Layer):
             layer_norm_epsilon=self.layer_norm_epsilon,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             output_kernel_initializer=keras.initializers.serialize(self.output_kernel_initializer),
+            causal=self.causal,
+            norm_first=self.norm_first,
+            approximate_gelu=self.approximate_gelu,
         )
         return config

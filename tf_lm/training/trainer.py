@@ -140,6 +140,89 @@ def weights_digest(model: keras.Model) -> str:
     return digest.hexdigest()
 
 
+def make_train_step(loss_fn: Callable, updates: list, strategy: tf.distribute.Strategy, grad_clip: float = 0.0,
+                    jit_compile: bool = True) -> Callable:
+    """The one training step of the project (the language model's `Trainer` and BERT fine-tuning use it).
+
+    On the default strategy, forward, backward, clipping and the update are one (optionally XLA) program; under
+    a distribution strategy the forward/backward pass is compiled per replica, gradients are summed across
+    replicas before the global norm is taken (so clipping sees the true norm), and the update runs around it.
+    Shapes may vary between calls (BERT's length buckets): each new shape traces once, then traces relax.
+
+    Args:
+        loss_fn: `(*batch) -> scalar float32`, this replica's share of the global batch's mean loss (the sum of
+            its examples' losses divided by the global batch's count), so N replicas give the gradient of one
+            device with the same global batch.
+        updates: list of `(optimizer, variables)`: each optimizer updates its variables (e.g. a pretrained
+            body and a new head at different learning rates). The first optimizer's `scale_loss` scales the loss
+            (a `LossScaleOptimizer` under mixed_float16; identity otherwise).
+        strategy: the `tf.distribute.Strategy` the variables and optimizers were built under.
+        grad_clip: float, default 0. Clip the global gradient norm (over all `updates`) to this; 0 disables it.
+        jit_compile: bool, default True. XLA-compile the step (per replica under a distribution strategy).
+
+    Returns:
+        `step(iterator, stop=False) -> (loss, gradient norm, stop)`: one update on `next(iterator)`, a tuple fed to
+        `loss_fn`; the returned `stop` is true if any worker passed `stop=True` to this step.
+    """
+    variables = [v for _, group in updates for v in group]
+    scaler = updates[0][0]
+    bounds = np.cumsum([0] + [len(group) for _, group in updates])
+
+    def loss_and_grads(*batch):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(*batch)
+            scaled_loss = scaler.scale_loss(loss)  # loss scaling under mixed_float16, identity otherwise
+        return loss, tape.gradient(scaled_loss, variables)
+
+    def clip(grads):
+        norm = tf.linalg.global_norm(grads) / scaler.scale_loss(tf.constant(1.0))  # the unscaled gradient's norm
+        if grad_clip > 0:
+            factor = grad_clip / tf.maximum(norm, grad_clip)  # tf.clip_by_global_norm's rule
+            grads = [g * tf.cast(factor, g.dtype) for g in grads]
+        return grads, norm
+
+    def apply(grads):
+        for (optimizer, group), start, end in zip(updates, bounds[:-1], bounds[1:]):
+            optimizer.apply_gradients(zip(grads[start:end], group))
+
+    if strategy is tf.distribute.get_strategy():
+        def step(*batch):
+            loss, grads = loss_and_grads(*batch)
+            grads, norm = clip(grads)
+            apply(grads)
+            return loss, norm
+
+        compiled = tf.function(step, jit_compile=jit_compile, reduce_retracing=True)
+        return lambda iterator, stop=False: (*compiled(*next(iterator)), stop)
+
+    compiled_loss_and_grads = tf.function(loss_and_grads, jit_compile=jit_compile)
+
+    def replica_step(*batch_and_stop):
+        *batch, stop = batch_and_stop
+        loss, grads = compiled_loss_and_grads(*batch)
+        context = tf.distribute.get_replica_context()
+        grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        # The workers' stop requests ride on the loss's all-reduce: a signal on any one worker stops every
+        # worker after the same step, so none is left waiting in a collective the others never join.
+        stop = tf.zeros_like(loss) + stop  # made on this replica's device, as all_reduce needs
+        loss, stop = context.all_reduce(tf.distribute.ReduceOp.SUM, [loss, stop])
+        grads, norm = clip(grads)
+        # Optimizers sum the replicas' gradients again; hand each replica 1/N of the summed, clipped gradient
+        # so that sum is the gradient itself.
+        replicas = context.num_replicas_in_sync
+        apply([g / replicas for g in grads])
+        return loss, norm, stop
+
+    @tf.function
+    def distributed_step(iterator, stop):
+        loss, norm, stop = strategy.run(replica_step, args=(*next(iterator), stop))
+        local = strategy.experimental_local_results
+        return local(loss)[0], local(norm)[0], local(stop)[0] > 0
+
+    # A float tensor, not a Python bool, so a stop request does not retrace the step.
+    return lambda iterator, stop=False: distributed_step(iterator, tf.constant(float(stop)))
+
+
 class Trainer:
     """Builds a `TransformerLM` and its AdamW under `strategy` and trains it with a custom step.
 
@@ -212,7 +295,9 @@ class Trainer:
         frozen = {id(variable) for variable in frozen}
         self.checkpoints = Checkpoints(f"{model_dir}/checkpoints", self.model, self.optimizer, chief=self.chief,
                                        variables=[v for v in self.model.variables if id(v) not in frozen])
-        self.train_step = self._make_train_step(jit_compile)
+        self.train_step = make_train_step(
+            self._loss, [(self.optimizer, self.model.trainable_variables)], strategy, config.grad_clip, jit_compile
+        )
         """`train_step(iterator, stop=False)`: one optimizer update on the next batch; returns `(loss, gradient
         norm, stop)`, where `stop` is true if any worker passed `stop=True` to this step."""
         self._eval_step = self._make_eval_step(jit_compile)
@@ -228,60 +313,10 @@ class Trainer:
                 "optimizer_bytes": optimizer_bytes}
 
     # === The step ===
-    def _loss_and_grads(self, inputs, targets):
-        variables = self.model.trainable_variables
-        with tf.GradientTape() as tape:
-            logits = self.model(inputs, training=True)  # (b, T, V) float32
-            token_losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)  # (b, T)
-            loss = tf.reduce_sum(token_losses) / self.tokens_per_step  # this replica's share of the global mean
-            scaled_loss = self.optimizer.scale_loss(loss)  # loss scaling under mixed_float16, identity otherwise
-        return loss, tape.gradient(scaled_loss, variables)
-
-    def _clip(self, grads):
-        scale = self.optimizer.scale_loss(tf.constant(1.0))
-        norm = tf.linalg.global_norm(grads) / scale  # the unscaled gradient's norm
-        if self.config.grad_clip > 0:
-            factor = self.config.grad_clip / tf.maximum(norm, self.config.grad_clip)  # tf.clip_by_global_norm's rule
-            grads = [g * tf.cast(factor, g.dtype) for g in grads]
-        return grads, norm
-
-    def _make_train_step(self, jit_compile):
-        variables = self.model.trainable_variables
-        if self.fused:
-            def step(inputs, targets):
-                loss, grads = self._loss_and_grads(inputs, targets)
-                grads, norm = self._clip(grads)
-                self.optimizer.apply_gradients(zip(grads, variables))
-                return loss, norm
-
-            compiled = tf.function(step, jit_compile=jit_compile)
-            return lambda iterator, stop=False: (*compiled(*next(iterator)), stop)
-
-        loss_and_grads = tf.function(self._loss_and_grads, jit_compile=jit_compile)
-
-        def replica_step(inputs, targets, stop):
-            loss, grads = loss_and_grads(inputs, targets)
-            context = tf.distribute.get_replica_context()
-            grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-            # The workers' stop requests ride on the loss's all-reduce: a signal on any one worker stops every
-            # worker after the same step, so none is left waiting in a collective the others never join.
-            stop = tf.zeros_like(loss) + stop  # made on this replica's device, as all_reduce needs
-            loss, stop = context.all_reduce(tf.distribute.ReduceOp.SUM, [loss, stop])
-            grads, norm = self._clip(grads)
-            # Keras 3's optimizer sums the replicas' gradients again; hand each replica 1/N of the summed,
-            # clipped gradient so that sum is the gradient itself.
-            replicas = context.num_replicas_in_sync
-            self.optimizer.apply_gradients(zip([g / replicas for g in grads], variables))
-            return loss, norm, stop
-
-        @tf.function
-        def distributed_step(iterator, stop):
-            loss, norm, stop = self.strategy.run(replica_step, args=(*next(iterator), stop))
-            local = self.strategy.experimental_local_results
-            return local(loss)[0], local(norm)[0], local(stop)[0] > 0
-
-        # A float tensor, not a Python bool, so a stop request does not retrace the step.
-        return lambda iterator, stop=False: distributed_step(iterator, tf.constant(float(stop)))
+    def _loss(self, inputs, targets):
+        logits = self.model(inputs, training=True)  # (b, T, V) float32
+        token_losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)  # (b, T)
+        return tf.reduce_sum(token_losses) / self.tokens_per_step  # this replica's share of the global mean
 
     def _make_eval_step(self, jit_compile):
         def step(inputs, targets):
