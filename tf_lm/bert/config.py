@@ -1,0 +1,153 @@
+"""`BertConfig`: the shape of a BERT classifier, in the field names of Hugging Face's `config.json`.
+
+The language model speaks GPT-2's names (`LMConfig`); this config speaks BERT's, so a checkpoint's `config.json`
+maps onto it key by key and an export writes it back unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+# float16 would also need loss scaling in the train step; bfloat16 has float32's range and needs none.
+PRECISIONS = ("float32", "mixed_bfloat16")
+# BERT's "gelu" is the exact erf form; "gelu_new" (GPT-2's) the tanh approximation.
+ACTIVATIONS = ("gelu", "gelu_new")
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """Shape, regularisation and classes of a `BertClassifier`.
+
+    Args:
+        vocab_size: int, default 30522. WordPiece vocabulary size.
+        hidden_size: int, default 768. Width of the encoder.
+        num_hidden_layers: int, default 12. Encoder blocks.
+        num_attention_heads: int, default 12. Must divide `hidden_size`.
+        intermediate_size: int, default 3072. Width of each block's MLP.
+        hidden_act: "gelu" (exact, default) or "gelu_new" (tanh approximation).
+        hidden_dropout_prob: float in [0, 1), default 0.1. Dropout on embeddings, residual branches and the
+            classifier's input.
+        attention_probs_dropout_prob: float, default 0.1. Must equal `hidden_dropout_prob`: the shared attention
+            layer has one dropout rate for its weights and its output.
+        max_position_embeddings: int, default 512. Longest input in tokens.
+        type_vocab_size: int, default 2. Segment ids (sentence A/B).
+        layer_norm_eps: float, default 1e-12.
+        initializer_range: float, default 0.02. Std of the normal initializer of new weights.
+        pad_token_id: int, default 0.
+        num_labels: int >= 2, default 2. Classes of the head.
+        label_names: tuple of str or None. Class names by id (written as `id2label`).
+
+    Raises:
+        ValueError: if a field is out of range.
+
+    Example:
+    >>> BertConfig(hidden_size=384, num_hidden_layers=6, intermediate_size=1536).num_attention_heads
+    12
+    """
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    pad_token_id: int = 0
+    num_labels: int = 2
+    label_names: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "max_position_embeddings", "type_vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"BertConfig.{name} must be an integer >= 1. Received: {name}={value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"BertConfig.hidden_size must be divisible by num_attention_heads. Received: "
+                             f"hidden_size={self.hidden_size}, num_attention_heads={self.num_attention_heads}")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"BertConfig.hidden_act must be one of {list(ACTIVATIONS)}. "
+                             f"Received: hidden_act={self.hidden_act!r}")
+        if not 0.0 <= self.hidden_dropout_prob < 1.0:
+            raise ValueError(f"BertConfig.hidden_dropout_prob must be in [0, 1). "
+                             f"Received: hidden_dropout_prob={self.hidden_dropout_prob}")
+        if self.attention_probs_dropout_prob != self.hidden_dropout_prob:
+            raise ValueError(
+                "BertConfig.attention_probs_dropout_prob must equal hidden_dropout_prob (one rate per attention "
+                f"layer). Received: attention_probs_dropout_prob={self.attention_probs_dropout_prob}, "
+                f"hidden_dropout_prob={self.hidden_dropout_prob}"
+            )
+        if self.num_labels < 2:
+            raise ValueError(f"A classifier needs num_labels >= 2. Received: num_labels={self.num_labels}")
+        if self.label_names is not None and len(self.label_names) != self.num_labels:
+            raise ValueError(f"{len(self.label_names)} label names for {self.num_labels} labels. "
+                             f"Received: label_names={list(self.label_names)}")
+
+    @property
+    def labels(self) -> list[str]:
+        """Class names by id: `label_names`, or `LABEL_0`, `LABEL_1`, ... as transformers names them."""
+        return list(self.label_names) if self.label_names else [f"LABEL_{i}" for i in range(self.num_labels)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> BertConfig:
+        """From `to_dict`'s output (as stored in a `.keras` file)."""
+        values = dict(values)
+        if values.get("label_names") is not None:
+            values["label_names"] = tuple(values["label_names"])
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_hf(cls, hf_config: dict[str, Any], **overrides: Any) -> BertConfig:
+        """From a Hugging Face BERT `config.json` dict; keys this model does not use are ignored.
+
+        `num_labels` and `label_names` come from `id2label` when the checkpoint has a classifier, and
+        `overrides` (e.g. `num_labels=3`) replace any field.
+
+        Raises:
+            ValueError: for a `model_type` other than bert, or an unsupported position embedding type.
+        """
+        if hf_config.get("model_type", "bert") != "bert":
+            raise ValueError(f"Only BERT checkpoints load into BertClassifier. Received: "
+                             f"model_type={hf_config.get('model_type')!r}")
+        if hf_config.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError("Only absolute position embeddings are supported. Received: "
+                             f"position_embedding_type={hf_config['position_embedding_type']!r}")
+        fields = {f.name for f in dataclasses.fields(cls)} - {"num_labels", "label_names"}
+        values = {key: hf_config[key] for key in fields if hf_config.get(key) is not None}
+        id2label = hf_config.get("id2label")
+        if id2label and hf_config.get("architectures", [""])[0].endswith("ForSequenceClassification"):
+            names = [id2label[str(i)] if str(i) in id2label else id2label[i] for i in range(len(id2label))]
+            values["num_labels"] = len(names)
+            if names != [f"LABEL_{i}" for i in range(len(names))]:
+                values["label_names"] = tuple(names)
+        values.update(overrides)
+        if "num_labels" in overrides and "label_names" not in overrides:
+            values.pop("label_names", None)
+        return cls(**values)
+
+    def to_hf(self) -> dict[str, Any]:
+        """A `config.json` dict that `transformers.BertConfig` / `TFBertForSequenceClassification` read."""
+        values = self.to_dict()
+        del values["label_names"]
+        labels = self.labels
+        return {
+            "architectures": ["BertForSequenceClassification"], "model_type": "bert",
+            "position_embedding_type": "absolute", **values,
+            "id2label": {str(i): name for i, name in enumerate(labels)},
+            "label2id": {name: i for i, name in enumerate(labels)},
+        }
+
+
+def check_precision(precision: str) -> None:
+    """Raises ValueError unless `precision` is one of `PRECISIONS` (the fine-tuning precisions)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r} for fine-tuning; choose one of {list(PRECISIONS)}.")

@@ -1,0 +1,167 @@
+"""`BertClassifier`: a BERT encoder with pooler and classification head, built from `tf_lm.layers`.
+
+The same attention and block layers as the language model, with the options BERT needs: bidirectional attention
+under a padding mask, LayerNorm after each residual sum, exact GELU. Token, position and segment embeddings are
+summed and normalised; the pooler is a tanh dense layer on the [CLS] token.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from tf_lm.bert.config import BertConfig
+from tf_lm.layers import TokenAndPositionEmbedding, TransformerBlock
+from tf_lm.layers.initializers import clone_initializer
+
+
+@keras.saving.register_keras_serializable(package="tf_lm")
+class BertClassifier(keras.Model):
+    """BERT for sequence classification (the architecture of `TFBertForSequenceClassification`) in Keras 3.
+
+    Args:
+        config: `BertConfig` (or its dict form, as stored by `get_config`).
+        dtype: Keras dtype policy, default the global one; `"mixed_bfloat16"` computes in bfloat16 with float32
+            weights.
+
+    Call args:
+        inputs: dict with int tensors `input_ids` `[batch, time]`, `attention_mask` `[batch, time]` (1 for real
+            tokens) and optionally `token_type_ids` `[batch, time]` (default all 0), `time <=
+            config.max_position_embeddings`.
+        training: bool, default False. Enables dropout.
+
+    Returns:
+        float32 logits `[batch, num_labels]`.
+
+    Example:
+    >>> model = BertClassifier(BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+    ...                                   intermediate_size=16, vocab_size=20))
+    >>> model({"input_ids": ops.ones((2, 5), "int32"), "attention_mask": ops.ones((2, 5), "int32")}).shape
+    (2, 2)
+    """
+
+    def __init__(self, config: BertConfig | dict, **kwargs):
+        super().__init__(**kwargs)
+        self.config = BertConfig.from_dict(config) if isinstance(config, dict) else config
+        cfg = self.config
+        initializer = keras.initializers.TruncatedNormal(stddev=cfg.initializer_range)
+        # === Layers ===
+        self.embedding = TokenAndPositionEmbedding(
+            cfg.vocab_size, cfg.max_position_embeddings, cfg.hidden_size, embeddings_initializer=initializer,
+            dtype=self.dtype_policy, name="embedding",
+        )
+        self.segment_embedding = keras.layers.Embedding(
+            cfg.type_vocab_size, cfg.hidden_size, embeddings_initializer=clone_initializer(initializer),
+            dtype=self.dtype_policy, name="segment_embedding",
+        )
+        self.embedding_norm = keras.layers.LayerNormalization(
+            epsilon=cfg.layer_norm_eps, dtype=self.dtype_policy, name="embedding_norm"
+        )
+        self.embedding_dropout = keras.layers.Dropout(
+            cfg.hidden_dropout_prob, dtype=self.dtype_policy, name="embedding_dropout"
+        )
+        self.blocks = [
+            TransformerBlock(
+                cfg.num_attention_heads,
+                intermediate_dim=cfg.intermediate_size,
+                dropout=cfg.hidden_dropout_prob,
+                layer_norm_epsilon=cfg.layer_norm_eps,
+                kernel_initializer=initializer,
+                output_kernel_initializer=initializer,
+                causal=False,
+                norm_first=False,
+                approximate_gelu=cfg.hidden_act == "gelu_new",
+                dtype=self.dtype_policy,
+                name=f"block_{i}",
+            )
+            for i in range(cfg.num_hidden_layers)
+        ]
+        self.pooler = keras.layers.Dense(
+            cfg.hidden_size, activation="tanh", kernel_initializer=clone_initializer(initializer),
+            dtype=self.dtype_policy, name="pooler",
+        )
+        self.classifier_dropout = keras.layers.Dropout(
+            cfg.hidden_dropout_prob, dtype=self.dtype_policy, name="classifier_dropout"
+        )
+        self.classifier = keras.layers.Dense(
+            cfg.num_labels, kernel_initializer=clone_initializer(initializer), dtype=self.dtype_policy,
+            name="classifier",
+        )
+        self.build(None)
+
+    def build(self, input_shape):
+        del input_shape  # always a dict of [batch, time] ids
+        hidden_shape = (None, None, self.config.hidden_size)
+        self.embedding.build((None, None))
+        self.segment_embedding.build((None, None))
+        self.embedding_norm.build(hidden_shape)
+        for block in self.blocks:
+            block.build(hidden_shape)
+        self.pooler.build((None, self.config.hidden_size))
+        self.classifier.build((None, self.config.hidden_size))
+        self.built = True
+
+    def call(self, inputs, training=False):
+        token_ids = ops.convert_to_tensor(inputs["input_ids"], dtype="int32")  # (B, T)
+        padding_mask = inputs["attention_mask"]  # (B, T)
+        segment_ids = inputs.get("token_type_ids")
+        if segment_ids is None:
+            segment_ids = ops.zeros_like(token_ids)
+        x = self.embedding(token_ids) + self.segment_embedding(segment_ids)  # (B, T, d)
+        x = self.embedding_dropout(self.embedding_norm(x), training=training)
+        for block in self.blocks:
+            x = block(x, padding_mask=padding_mask, training=training)  # (B, T, d)
+        pooled = self.pooler(x[:, 0])  # the [CLS] token, (B, d)
+        logits = self.classifier(self.classifier_dropout(pooled, training=training))  # (B, C)
+        return ops.cast(logits, "float32")
+
+    def head_variables(self) -> list:
+        """The trainable variables above the pretrained encoder: pooler and classifier (`head_lr_multiplier`)."""
+        return self.pooler.trainable_variables + self.classifier.trainable_variables
+
+    def get_config(self):
+        return {
+            "config": self.config.to_dict(),
+            "name": self.name,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    @classmethod
+    def from_pretrained(cls, name: str, num_labels: int | None = None, label_names: list[str] | None = None,
+                        dtype=None) -> BertClassifier:
+        """A classifier with the encoder (and pooler) of a Hugging Face BERT checkpoint; no torch, no transformers.
+
+        Args:
+            name: str. `"minilm"` (the offline MiniLM-L6) or a directory with `config.json` and `model.safetensors`
+                (PyTorch or TF naming, with or without the `bert.` prefix).
+            num_labels: int, default None: the checkpoint's classifier's, else 2. A different count than the
+                checkpoint's head starts a new, random head.
+            label_names: list of str, default None (the checkpoint's `id2label`, if any). Class names by id.
+            dtype: Keras dtype policy, default None (the global one).
+
+        Returns:
+            A built `BertClassifier`.
+
+        Raises:
+            FileNotFoundError: if the directory lacks `config.json` or `model.safetensors`.
+            ValueError: if an encoder weight is missing or has another shape, or the config is not BERT's.
+
+        Example:
+        >>> model = BertClassifier.from_pretrained("minilm", num_labels=2)
+        """
+        from tf_lm.bert import weights
+
+        directory = weights.resolve_local(name)
+        overrides = {}
+        if num_labels is not None:
+            overrides["num_labels"] = num_labels
+        if label_names is not None:
+            overrides["label_names"] = tuple(label_names)
+            overrides.setdefault("num_labels", len(label_names))
+        model = cls(BertConfig.from_hf(weights.read_config(directory), **overrides), dtype=dtype)
+        weights.load_weights(model, directory)
+        return model

@@ -1,0 +1,64 @@
+"""`WordPieceTokenizer`: BERT's tokenizer from a checkpoint directory through HF `tokenizers` (Rust), no transformers.
+
+It is called like a Hugging Face tokenizer on a list of texts (`tokenizer(texts, truncation=True,
+max_length=64)["input_ids"]`), which is all `tf_lm.bert.data.encode` needs, so both backends share the data path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+DEFAULT_MAX_LENGTH = 512
+
+
+class WordPieceTokenizer:
+    """WordPiece ids with [CLS] ... [SEP], read from `tokenizer.json` or, failing that, `vocab.txt`.
+
+    Args:
+        directory: str. A checkpoint directory with `tokenizer.json` or `vocab.txt` (and optionally
+            `tokenizer_config.json`, for `do_lower_case` and `model_max_length`).
+
+    Attributes:
+        directory: str. Where the files came from (an export copies them).
+        pad_token_id: int. Id of `[PAD]`.
+        model_max_length: int. Longest input the checkpoint accepts (512 if the config does not say).
+
+    Raises:
+        FileNotFoundError: if the directory holds neither file.
+
+    Example:
+    >>> WordPieceTokenizer(resolve_local("minilm"))(["a fine film"])["input_ids"]
+    [[101, 1037, 2986, 2143, 102]]
+    """
+
+    def __init__(self, directory: str):
+        from tokenizers import Tokenizer
+        from tokenizers.implementations import BertWordPieceTokenizer
+
+        self.directory = directory
+        config_path = os.path.join(directory, "tokenizer_config.json")
+        config = {}
+        if os.path.isfile(config_path):
+            with open(config_path) as f:
+                config = json.load(f)
+        self.model_max_length = min(int(config.get("model_max_length", DEFAULT_MAX_LENGTH)), 10**6)
+        json_path, vocab_path = os.path.join(directory, "tokenizer.json"), os.path.join(directory, "vocab.txt")
+        if os.path.isfile(json_path):
+            self._tokenizer = Tokenizer.from_file(json_path)
+        elif os.path.isfile(vocab_path):
+            self._tokenizer = BertWordPieceTokenizer(vocab_path, lowercase=config.get("do_lower_case", True))
+        else:
+            raise FileNotFoundError(f"No tokenizer (tokenizer.json or vocab.txt) in {directory!r}.")
+        # Padding and truncation are chosen per call; the file's own settings (MiniLM pads to 128) are dropped.
+        self._tokenizer.no_padding()
+        self._tokenizer.no_truncation()
+        self.pad_token_id = self._tokenizer.token_to_id(config.get("pad_token", "[PAD]")) or 0
+
+    def __call__(self, texts: list[str], truncation: bool = True, max_length: int | None = None) -> dict:
+        """`{"input_ids": list of lists of int}`, each cut to `max_length` tokens (specials included) if asked."""
+        if truncation and max_length is not None:
+            self._tokenizer.enable_truncation(max_length)
+        else:
+            self._tokenizer.no_truncation()
+        return {"input_ids": [encoding.ids for encoding in self._tokenizer.encode_batch(list(texts))]}
