@@ -1,11 +1,13 @@
-"""Fine-tunes a pretrained BERT (`TFBertForSequenceClassification`) for text classification.
+"""Fine-tunes a pretrained BERT for text classification: our Keras 3 `BertClassifier` (--backend=keras, the
+default) or transformers' `TFBertForSequenceClassification` (--backend=hf), through the same training step.
 
     python -m experiments.finetune_bert --model=minilm --dataset=tfds:glue/sst2 --max_length=64 \\
         --epochs=3 --output_dir=runs/sst2
     python -m experiments.finetune_bert --model=minilm --train_file=../shared/data/sst2/train.tsv \\
         --eval_file=../shared/data/sst2/dev.tsv --max_train_examples=8000 --epochs=1 --output_dir=runs/sst2
 
-The best model (by eval accuracy) lands in `<output_dir>/best` (safetensors + tokenizer), ready for
+The best model (by eval accuracy) lands in `<output_dir>/best` (a Hugging Face checkpoint: safetensors, config,
+tokenizer; the keras backend adds `model.keras`), ready for
 `python -m experiments.predict_bert --model_dir=<output_dir>/best "a sentence"`; per-epoch metrics go to
 `<output_dir>/history.json`.
 """
@@ -24,8 +26,10 @@ TFDS_PREFIX = "tfds:"
 
 def define_finetune_flags() -> None:
     with flag_group("model"):
-        flags.DEFINE_string("model", "minilm", "'minilm' (offline MiniLM-L6 BERT), a checkpoint directory or a hub "
-                            "id.")
+        flags.DEFINE_enum("backend", "keras", ["keras", "hf"],
+                          "keras: our BertClassifier (Keras 3); hf: transformers' TFBertForSequenceClassification.")
+        flags.DEFINE_string("model", "minilm",
+                            "'minilm' (offline MiniLM-L6 BERT), a checkpoint directory, or (--backend=hf) a hub id.")
     with flag_group("data"):
         flags.DEFINE_string("dataset", None, "A TFDS text-classification dataset, e.g. tfds:glue/sst2 (or "
                             "--train_file).")
@@ -70,7 +74,7 @@ def config_from_flags():
         head_lr_multiplier=FLAGS.head_lr_multiplier,
         epochs=FLAGS.epochs, max_steps=FLAGS.max_steps, warmup_fraction=FLAGS.warmup_fraction,
         weight_decay=FLAGS.weight_decay, num_buckets=FLAGS.num_buckets, jit_compile=FLAGS.jit_compile,
-        precision=FLAGS.precision, seed=FLAGS.seed,
+        precision=FLAGS.precision, seed=FLAGS.seed, backend=FLAGS.backend,
     )
 
 
@@ -113,12 +117,13 @@ def main(argv):
         )
         if FLAGS.label_names:
             train_data = dataclasses.replace(train_data, label_names=FLAGS.label_names)
-        # Imported only now: it loads transformers, which bad data need not wait for.
+        # Imported only now: TensorFlow (and, for --backend=hf, transformers) need not load for bad flags or data.
         from tf_lm.bert.finetune import finetune
         from tf_lm.distribute import resolve_strategy
 
         strategy = resolve_strategy(FLAGS.strategy, FLAGS.tpu)
-        history = finetune(FLAGS.model, train_data, eval_data, config, FLAGS.output_dir, strategy, FLAGS.num_labels)
+        history = finetune(FLAGS.model, train_data, eval_data, config, FLAGS.output_dir, strategy, FLAGS.num_labels,
+                           verbose=True)
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}") from None
     best = max(history, key=lambda record: record["eval_accuracy"])

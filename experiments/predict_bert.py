@@ -1,4 +1,4 @@
-"""Classifies sentences with a fine-tuned model directory (from `experiments.finetune_bert`).
+"""Classifies sentences with a fine-tuned model directory (from `experiments.finetune_bert`, either backend).
 
     python -m experiments.predict_bert --model_dir=runs/sst2/best "a gorgeous, witty film" "a dull mess"
 
@@ -28,20 +28,22 @@ def run(model_dir: str, sentences: list[str], max_length: int, out=sys.stdout) -
 
     Raises:
         FileNotFoundError: if `model_dir` is not a model directory.
-        ValueError: if no sentence is given or `max_length` exceeds the model's positions.
+        ValueError: if no sentence is given, `max_length` exceeds the model's positions, or `model_dir` holds
+            another kind of model.
     """
     if not sentences:
         raise ValueError('Pass the sentences to classify as arguments: predict_bert --model_dir=DIR "a sentence".')
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"No model directory at {model_dir!r}; train one with experiments.finetune_bert.")
-    from tf_lm.bert import hub
-    from tf_lm.bert.finetune import classify
+    from tf_lm.bert.finetune import classify, load_for_prediction
+    from tf_lm.bert.tokenizer import WordPieceTokenizer
 
-    model = hub.load_classifier(model_dir)
-    if not 2 <= max_length <= hub.position_limit(model):
-        raise ValueError(f"--max_length must lie in [2, {hub.position_limit(model)}]. Received: {max_length}")
-    names = hub.label_names(model)
-    predictions, probabilities = classify(model, hub.load_tokenizer(model_dir), sentences, max_length)
+    model = load_for_prediction(model_dir)
+    limit = model.config.max_position_embeddings
+    if not 2 <= max_length <= limit:
+        raise ValueError(f"--max_length must lie in [2, {limit}]. Received: {max_length}")
+    names = model.config.labels
+    predictions, probabilities = classify(model, WordPieceTokenizer(model_dir), sentences, max_length)
     for sentence, label, probability in zip(sentences, predictions, probabilities):
         out.write(f"{names[label]}\t{probability:.4f}\t{sentence}\n")
 

@@ -1,14 +1,19 @@
 """tf_lm.bert.finetune: config checks, metrics, and a tiny end-to-end fine-tune whose best model is saved."""
 
+import dataclasses
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import script_environment
 
 from experiments.benchmarks.common import SHARED_DATA
-from tf_lm.bert import data, finetune, hub
+from tf_lm.bert import data, finetune, weights
+from tf_lm.bert.tokenizer import WordPieceTokenizer
 from tf_lm.distribute import resolve_strategy
 
 SST2 = SHARED_DATA / "sst2"
@@ -23,6 +28,7 @@ SST2 = SHARED_DATA / "sst2"
     ({"num_buckets": 65, "max_length": 64}, "num_buckets"),
     ({"precision": "float16"}, "precision"),
     ({"head_lr_multiplier": 0.0}, "head_lr_multiplier"),
+    ({"backend": "torch"}, "Unknown backend 'torch'"),
 ])
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -51,13 +57,19 @@ def short_sst2(path, split, n, max_words=8):
     return data.read_table(str(path))
 
 
-def test_finetune_saves_the_best_model_and_history(tmp_path):
+def minilm_tokenizer():
+    return WordPieceTokenizer(weights.resolve_local("minilm"))
+
+
+@pytest.mark.parametrize("backend", ["keras", pytest.param("hf", marks=pytest.mark.slow)])
+def test_finetune_saves_the_best_model_and_history(tmp_path, backend):
     train = short_sst2(tmp_path / "train.tsv", "train.tsv", 24)
     dev = short_sst2(tmp_path / "dev.tsv", "dev.tsv", 12)
-    config = finetune.FinetuneConfig(max_length=16, batch_size=8, learning_rate=1e-4, max_steps=5, num_buckets=2)
+    config = finetune.FinetuneConfig(max_length=16, batch_size=8, learning_rate=1e-4, max_steps=5, num_buckets=2,
+                                     backend=backend)
     history = finetune.finetune("minilm", train, dev, config, str(tmp_path / "run"), resolve_strategy("cpu"))
 
-    steps_per_epoch = data.count_batches(data.encode(hub.load_tokenizer("minilm"), train.texts, 16), 8, (8, 16))
+    steps_per_epoch = data.count_batches(data.encode(minilm_tokenizer(), train.texts, 16), 8, (8, 16))
     assert [record["step"] for record in history] == [steps_per_epoch, 5]
     assert history[0]["train_examples"] == 24, "one epoch must see every training example once"
     assert all(np.isfinite(record["train_loss"]) and 0 <= record["eval_accuracy"] <= 1 for record in history)
@@ -65,21 +77,34 @@ def test_finetune_saves_the_best_model_and_history(tmp_path):
 
     best_dir = tmp_path / "run" / finetune.BEST_DIR
     assert {"config.json", "model.safetensors", "vocab.txt", "metrics.json"} <= set(os.listdir(best_dir))
+    assert (finetune.KERAS_FILE in os.listdir(best_dir)) == (backend == "keras")
     best = json.loads((best_dir / "metrics.json").read_text())
     assert best["eval_accuracy"] == max(record["eval_accuracy"] for record in history)
-    model = hub.load_classifier(str(best_dir))
-    predictions, probabilities = finetune.classify(model, hub.load_tokenizer(str(best_dir)), dev.texts, 16)
+    model = finetune.load_for_prediction(str(best_dir))
+    predictions, probabilities = finetune.classify(model, WordPieceTokenizer(str(best_dir)), dev.texts, 16)
     assert np.mean(predictions == dev.labels) == pytest.approx(best["eval_accuracy"])
     assert np.all((probabilities >= 0.5) & (probabilities <= 1))
+
+
+def test_rerun_keeps_a_better_model_already_on_disk(tmp_path):
+    train = short_sst2(tmp_path / "train.tsv", "train.tsv", 8)
+    best_dir = tmp_path / "run" / finetune.BEST_DIR
+    best_dir.mkdir(parents=True)
+    (best_dir / "config.json").write_text("{}")
+    (best_dir / finetune.METRICS_FILE).write_text(json.dumps({"eval_accuracy": 1.01}))
+    config = finetune.FinetuneConfig(max_length=16, batch_size=8, max_steps=1, num_buckets=1)
+    history = finetune.finetune("minilm", train, train, config, str(tmp_path / "run"), resolve_strategy("cpu"))
+    assert len(history) == 1 and sorted(os.listdir(best_dir)) == ["config.json", finetune.METRICS_FILE]
 
 
 def test_label_outside_num_labels_is_rejected(tmp_path):
     (tmp_path / "t.tsv").write_text("sentence\tlabel\ngood\t1\nbad\t0\nodd\t2\n")
     train = data.read_table(str(tmp_path / "t.tsv"))
     dev = data.read_table(str(SST2 / "dev.tsv"), max_examples=4)
-    with pytest.raises(ValueError, match="t.tsv: example 2 has label 2, outside the 2 classes"):
-        finetune.finetune("minilm", train, dev, finetune.FinetuneConfig(), str(tmp_path), resolve_strategy("cpu"),
-                          num_labels=2)
+    for backend in finetune.BACKENDS:
+        with pytest.raises(ValueError, match="t.tsv: example 2 has label 2, outside the 2 classes"):
+            finetune.finetune("minilm", train, dev, finetune.FinetuneConfig(backend=backend), str(tmp_path),
+                              resolve_strategy("cpu"), num_labels=2)
 
 
 def test_max_length_over_the_model_limit_is_rejected(tmp_path):
@@ -92,7 +117,7 @@ def test_max_length_over_the_model_limit_is_rejected(tmp_path):
 def dev_batches(n):
     """The first `n` SST-2 dev sentences in batches of 4, cut and padded to 16 tokens."""
     dev = data.read_table(str(SST2 / "dev.tsv"), max_examples=n)
-    token_ids = data.encode(hub.load_tokenizer("minilm"), dev.texts, 16)
+    token_ids = data.encode(minilm_tokenizer(), dev.texts, 16)
     return data.make_dataset(token_ids, dev.labels, batch_size=4, bucket_widths=(16,))
 
 
@@ -109,18 +134,30 @@ def test_head_trains_at_its_multiple_of_the_learning_rate():
     strategy = resolve_strategy("cpu")
     dataset = dev_batches(4)
     with strategy.scope():
-        model = hub.load_classifier("minilm", num_labels=2)
+        classifier = finetune.load_keras_classifier("minilm", 2, None, "float32", seed=0)
     config = finetune.FinetuneConfig(learning_rate=1e-4, head_lr_multiplier=10, warmup_fraction=0, weight_decay=0)
-    trainer = finetune.make_trainer(model, config, total_steps=10, strategy=strategy)
-    head = {v.ref() for v in hub.head_variables(model)}
+    trainer = finetune.make_trainer(classifier, config, total_steps=10, strategy=strategy)
+    model = classifier.model
+    head = {id(v) for v in model.head_variables()}
     before = [v.numpy() for v in model.trainable_variables]
     trainer.train(dataset, steps=1)
     # Adam's first step moves each weight by the learning rate times g / (|g| + eps): at most the rate.
     moves = {True: [], False: []}
     for variable, old in zip(model.trainable_variables, before):
-        moves[variable.ref() in head].append(np.abs(variable.numpy() - old).max())
+        moves[id(variable) in head].append(np.abs(variable.numpy() - old).max())
     assert max(moves[True]) == pytest.approx(1e-3, rel=1e-2)
     assert max(moves[False]) == pytest.approx(1e-4, rel=1e-2)
+
+
+def test_nan_loss_stops_training():
+    strategy = resolve_strategy("cpu")
+    with strategy.scope():
+        classifier = finetune.load_keras_classifier("minilm", 2, None, "float32", seed=0)
+    config = finetune.FinetuneConfig(learning_rate=1e-4)
+    trainer = finetune.make_trainer(classifier, config, total_steps=4, strategy=strategy)
+    poisoned = dev_batches(4).map(lambda features, labels, weights: (features, labels, weights * np.nan))
+    with pytest.raises(finetune.TrainingDiverged, match="loss became nan at step 1"):
+        trainer.train(poisoned, steps=1)
 
 
 @pytest.mark.slow
@@ -128,16 +165,55 @@ def test_jit_compiled_trainer_matches_the_plain_one():
     strategy = resolve_strategy("cpu")
     dataset = dev_batches(6)
     with strategy.scope():
-        model = hub.load_classifier("minilm", num_labels=2)
-        optimizer = hub.create_optimizer(1e-4, num_train_steps=4, warmup_steps=0)
-    plain = finetune.ClassifierTrainer(model, optimizer, strategy, jit_compile=False)
-    compiled = finetune.ClassifierTrainer(model, optimizer, strategy, jit_compile=True)
+        classifier = finetune.load_keras_classifier("minilm", 2, None, "float32", seed=0)
+    config = finetune.FinetuneConfig(max_steps=4, warmup_fraction=0)
+    plain = finetune.make_trainer(classifier, config, 4, strategy)
+    compiled = finetune.make_trainer(classifier, dataclasses.replace(config, jit_compile=True), 4, strategy)
     np.testing.assert_allclose(compiled.predict(dataset)[0], plain.predict(dataset)[0], atol=1e-4)
-    loss, seen = compiled.train(dataset)
-    assert np.isfinite(loss) and seen == 6
+    assert np.isfinite(compiled.train(dataset, steps=2))
 
 
 MIRRORED_SCRIPT = """
+import sys
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from tf_lm.bert import data, finetune
+from tf_lm.bert.config import BertConfig
+from tf_lm.bert.model import BertClassifier
+from tf_lm.distribute import resolve_strategy
+
+# No dropout: two replicas would draw other masks than one device does.
+config = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                    max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+rng = np.random.default_rng(0)
+token_ids = [rng.integers(1, 40, size=rng.integers(3, 12)).astype("int32") for _ in range(20)]
+dataset = data.make_dataset(token_ids, rng.integers(0, 2, size=20), batch_size=8, bucket_widths=(6, 12)).repeat()
+tune = finetune.FinetuneConfig(max_length=12, batch_size=8, learning_rate=1e-3, head_lr_multiplier=5)
+final = []
+for name in ("cpu", "mirrored"):
+    strategy = resolve_strategy(name)
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = BertClassifier(config)
+    trainer = finetune.make_trainer(finetune.keras_classifier(model, None), tune, total_steps=4, strategy=strategy)
+    assert strategy.num_replicas_in_sync == (1 if name == "cpu" else 2)
+    trainer.train(dataset, steps=4)
+    final.append([v.numpy() for v in model.trainable_variables])
+for one, two in zip(*final):
+    np.testing.assert_allclose(two, one, atol=2e-5)
+print("ok")
+"""
+
+
+def test_mirrored_fine_tuning_on_two_logical_cpus_equals_one_device():
+    result = run_python(MIRRORED_SCRIPT)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+CLI_MIRRORED_SCRIPT = """
 import sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
@@ -145,9 +221,8 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 from tf_lm.bert import data, finetune
 from tf_lm.distribute import resolve_strategy
 strategy = resolve_strategy("mirrored")
-assert strategy.num_replicas_in_sync == 2, strategy.num_replicas_in_sync
 dev = data.read_table(sys.argv[1], max_examples=10)
-config = finetune.FinetuneConfig(max_length=16, batch_size=4, epochs=1, num_buckets=2)
+config = finetune.FinetuneConfig(max_length=16, batch_size=4, epochs=1, num_buckets=2, backend=sys.argv[3])
 history = finetune.finetune("minilm", dev, dev, config, sys.argv[2], strategy)
 assert history[-1]["train_examples"] == 10 and 0 <= history[-1]["eval_accuracy"] <= 1, history
 print("ok")
@@ -155,11 +230,12 @@ print("ok")
 
 
 @pytest.mark.slow
-def test_finetune_under_a_two_replica_mirrored_strategy(tmp_path):
-    import subprocess
-    import sys
-
-    result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, str(SST2 / "dev.tsv"), str(tmp_path)],
-                            capture_output=True, text=True, timeout=600,
-                            cwd=Path(__file__).resolve().parents[1])
+@pytest.mark.parametrize("backend", finetune.BACKENDS)
+def test_finetune_under_a_two_replica_mirrored_strategy(tmp_path, backend):
+    result = run_python(CLI_MIRRORED_SCRIPT, str(SST2 / "dev.tsv"), str(tmp_path), backend)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+def run_python(code, *args):
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600,
+                          cwd=Path(__file__).resolve().parents[1], env=script_environment())

@@ -1,10 +1,12 @@
-"""Fine-tuning a sequence classifier: a train step under a strategy, compiled evaluation, accuracy/F1, best model.
+"""Fine-tuning a sequence classifier: the project's train step under a strategy, compiled evaluation, best model.
+
+Two backends share the data, the loop, the outputs and the training step (`tf_lm.training.trainer.make_train_step`,
+the language model's): `keras`, our `BertClassifier` on Keras 3 with a Keras 3 AdamW, and `hf`, transformers'
+`TFBertForSequenceClassification` with its tf_keras AdamW (`tf_lm.bert.hub`, imported only for it).
 
 Most of the speed over a plain `fit` comes from the data: with batches bucketed by length an SST-2 phrase
 costs about 17 tokens of compute (8 buckets, real length 13), against about 40 when random batches are padded
-to their longest member. The train and eval steps are `tf.function`s (optionally XLA-compiled) that pull
-their batch from a distributed iterator, so each is traced once for all batch shapes, and run through
-`strategy.run` so the same code serves CPU, GPUs and TPUs.
+to their longest member.
 """
 
 from __future__ import annotations
@@ -15,17 +17,23 @@ import math
 import os
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from tf_lm.bert import data as data_lib
-from tf_lm.bert import hub
+from tf_lm.bert import weights
+from tf_lm.bert.config import check_precision
 from tf_lm.distribute import is_chief
-from tf_lm.fileio import atomic_write
+from tf_lm.fileio import atomic_directory, atomic_write
+from tf_lm.training.trainer import TrainingDiverged, make_train_step
 
 BEST_DIR = "best"
 HISTORY_FILE = "history.json"
+METRICS_FILE = "metrics.json"
+KERAS_FILE = "model.keras"
+BACKENDS = ("keras", "hf")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +56,10 @@ class FinetuneConfig:
         num_buckets: int, default 8. Length buckets, widths spread evenly up to `max_length`; 0 pads each
             batch to its own longest sequence instead (every batch a new shape).
         jit_compile: bool, default False. XLA-compile the train and eval steps.
-        precision: str, default "float32". Or "mixed_bfloat16": bfloat16 compute, float32 weights and loss
-            (see `hub.load_classifier`).
+        precision: str, default "float32". Or "mixed_bfloat16": bfloat16 compute, float32 weights and loss;
+            it pays where the hardware has bfloat16 matmuls (AVX512_BF16 or AMX CPUs, recent GPUs, TPUs).
+        backend: str, default "keras". `keras` (`BertClassifier`, Keras 3) or `hf` (transformers'
+            `TFBertForSequenceClassification`, tf_keras).
         seed: int, default 0. Seeds the shuffling, the new head's initial weights and dropout, so a rerun
             repeats a run.
     """
@@ -66,6 +76,7 @@ class FinetuneConfig:
     jit_compile: bool = False
     precision: str = "float32"
     seed: int = 0
+    backend: str = "keras"
 
     def __post_init__(self):
         for name in ("batch_size", "epochs"):
@@ -81,7 +92,9 @@ class FinetuneConfig:
             raise ValueError(f"learning_rate must be > 0. Received: learning_rate={self.learning_rate}")
         if self.head_lr_multiplier <= 0:
             raise ValueError(f"head_lr_multiplier must be > 0. Received: head_lr_multiplier={self.head_lr_multiplier}")
-        hub.check_precision(self.precision)
+        check_precision(self.precision)
+        if self.backend not in BACKENDS:
+            raise ValueError(f"Unknown backend {self.backend!r}; choose one of {list(BACKENDS)}.")
         if not 0 <= self.num_buckets <= self.max_length:
             raise ValueError(f"num_buckets must lie in [0, max_length]. Received: num_buckets={self.num_buckets}")
 
@@ -114,64 +127,110 @@ def classification_metrics(labels: np.ndarray, predictions: np.ndarray, num_labe
     return {"accuracy": float(np.mean(labels == predictions)), "f1": float(np.mean(scores))}
 
 
+
+@dataclasses.dataclass
+class Classifier:
+    """A model of either backend, with what the loop needs to know about it.
+
+    Attributes:
+        model: a `BertClassifier` (keras) or a `TF*ForSequenceClassification` (hf).
+        tokenizer: a `WordPieceTokenizer` (keras) or a transformers tokenizer (hf); both callable as `data.encode`
+            needs.
+        forward: `(features, training) -> float logits [B, C]`.
+        head_variables: the pooler's and classifier's trainable variables (trained at `head_lr_multiplier`).
+        position_limit: int. The longest input the position embeddings cover.
+        create_optimizer: `(variables, learning_rate, total_steps, warmup_steps, weight_decay) -> optimizer`, the
+            backend's AdamW with linear warm-up and decay.
+        save: `(directory, extra_json) -> None`, writes the model atomically as a Hugging Face checkpoint (and, for
+            keras, `model.keras`).
+    """
+
+    model: object
+    tokenizer: object
+    forward: object
+    head_variables: list
+    position_limit: int
+    create_optimizer: object
+    save: object
+
+
+def load_keras_classifier(model_name: str, num_labels: int, label_names: list[str] | None, precision: str,
+                          seed: int) -> Classifier:
+    """`BertClassifier.from_pretrained` and its WordPiece tokenizer; transformers is never imported.
+
+    `seed` seeds the new head's initial weights and the dropout masks.
+    """
+    from tf_lm.bert.model import BertClassifier
+    from tf_lm.bert.tokenizer import WordPieceTokenizer
+
+    keras.utils.set_random_seed(seed)
+    directory = weights.resolve_local(model_name)
+    model = BertClassifier.from_pretrained(directory, num_labels, label_names, dtype=precision)
+    return keras_classifier(model, WordPieceTokenizer(directory))
+
+
+def keras_classifier(model, tokenizer) -> Classifier:
+    """The `Classifier` of a `BertClassifier`; its export copies the tokenizer files of `tokenizer.directory`."""
+    from tf_lm.bert import optimizer
+
+    def save(target: str, extra_json: dict) -> None:
+        with atomic_directory(target, weights.EXPORT_MARKER) as staging:
+            weights.write_export(model, tokenizer.directory, staging, extra_json)
+            model.save(os.path.join(staging, KERAS_FILE))
+
+    return Classifier(model, tokenizer, lambda f, training: model(f, training=training), model.head_variables(),
+                      model.config.max_position_embeddings, optimizer.create_optimizer, save)
+
+
+def load_hf_classifier(model_name: str, num_labels: int, label_names: list[str] | None, precision: str,
+                       seed: int) -> Classifier:
+    """transformers' `TF*ForSequenceClassification` and tokenizer, through `tf_lm.bert.hub` (`seed`: as keras)."""
+    from tf_lm.bert import hub
+
+    hub.set_seed(seed)
+    model = hub.load_classifier(model_name, num_labels=num_labels, label_names=label_names, precision=precision)
+    tokenizer = hub.load_tokenizer(model_name)
+
+    def create_optimizer(variables, learning_rate, total_steps, warmup_steps, weight_decay):
+        del variables  # a tf_keras optimizer creates its slots on the first update
+        return hub.create_optimizer(learning_rate, total_steps, warmup_steps, weight_decay)
+
+    return Classifier(model, tokenizer, lambda f, training: model(f, training=training).logits,
+                      hub.head_variables(model), hub.position_limit(model), create_optimizer,
+                      lambda target, extra_json: hub.save_pretrained(target, model, tokenizer, extra_json))
+
+
 class ClassifierTrainer:
-    """Runs train and eval steps of a Hugging Face TF classifier under a strategy.
+    """Trains and evaluates a classifier of either backend under a strategy, with the project's train step.
 
     Args:
-        model: a transformers `TF*ForSequenceClassification`, built in `strategy.scope()`.
-        optimizer: a tf_keras optimizer built in the same scope (`hub.create_optimizer`).
-        strategy: the `tf.distribute.Strategy` both were built under.
+        forward: `(features, training) -> logits [B, C]` of a model built in `strategy.scope()`.
+        updates: list of `(optimizer, variables)` as `make_train_step` takes them, built in the same scope.
+        strategy: the `tf.distribute.Strategy`.
         jit_compile: bool, default False. XLA-compile the forward/backward pass and the eval forward pass.
-        head_optimizer: a second tf_keras optimizer, default None. If given, it updates `hub.head_variables(model)`
-            and `optimizer` the rest.
+        verbose: bool, default False. Show a progress bar with the loss during training (chief only).
 
     Example:
-    >>> trainer = ClassifierTrainer(model, optimizer, strategy)
-    >>> loss, seen = trainer.train(dataset, steps=100)
+    >>> trainer = make_trainer(classifier, FinetuneConfig(), total_steps=250, strategy=strategy)
+    >>> loss = trainer.train(dataset, steps=100)
     >>> metrics = trainer.evaluate(eval_dataset)
     """
 
-    def __init__(self, model, optimizer, strategy: tf.distribute.Strategy, jit_compile: bool = False,
-                 head_optimizer=None):
-        self.model = model
+    def __init__(self, forward, updates: list, strategy: tf.distribute.Strategy, jit_compile: bool = False,
+                 verbose: bool = False):
+        self.forward = forward
         self.strategy = strategy
-        variables = model.trainable_variables
-        if head_optimizer is None:
-            self._updates = [(optimizer, list(range(len(variables))))]
-        else:
-            head = {v.ref() for v in hub.head_variables(model)}
-            in_head = [v.ref() in head for v in variables]
-            self._updates = [(opt, [i for i, h in enumerate(in_head) if h == want])
-                             for opt, want in ((optimizer, False), (head_optimizer, True))]
-        # One trace for every batch shape: the steps pull batches from an iterator whose element spec leaves
-        # batch and length unknown (every bucket would otherwise trace the HF model anew, seconds each).
-        self._gradients = tf.function(self._loss_and_gradients, jit_compile=jit_compile)
-        self._logits = tf.function(self._forward, jit_compile=jit_compile)
-        self._train_step = tf.function(self._distributed_train_step)
+        self.verbose = verbose and is_chief(strategy)
+        self.train_step = make_train_step(self._loss, updates, strategy, jit_compile=jit_compile)
+        # The eval step pulls its batch from the iterator inside one tf.function, so all batch shapes share a trace.
+        self._logits = tf.function(lambda features: forward(features, training=False), jit_compile=jit_compile)
         self._eval_step = tf.function(self._distributed_eval_step)
 
-    def _forward(self, features):
-        return self.model(features, training=False).logits  # [B, C]
-
-    def _loss_and_gradients(self, features, labels, weights):
-        variables = self.model.trainable_variables
-        with tf.GradientTape() as tape:
-            logits = self.model(features, training=True).logits  # [B, C]
-            # Cross-entropy in float32 even if the model runs in lower precision.
-            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tf.cast(logits, tf.float32))  # [B]
-            loss = tf.reduce_sum(losses * weights)  # this replica's share of the global batch mean
-        return loss, tape.gradient(loss, variables)
-
-    def _distributed_train_step(self, iterator):
-        def replica_step(features, labels, weights):
-            loss, gradients = self._gradients(features, labels, weights)
-            variables = self.model.trainable_variables
-            for optimizer, indices in self._updates:
-                optimizer.apply_gradients([(gradients[i], variables[i]) for i in indices])
-            return loss, tf.math.count_nonzero(weights, dtype=tf.int32)
-
-        per_replica = self.strategy.run(replica_step, args=next(iterator))
-        return tuple(self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None) for value in per_replica)
+    def _loss(self, features, labels, weights):
+        logits = self.forward(features, training=True)  # [B, C]
+        # Cross-entropy in float32 even if the model runs in lower precision.
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, tf.cast(logits, tf.float32))  # [B]
+        return tf.reduce_sum(losses * weights)  # this replica's share of the global batch mean
 
     def _distributed_eval_step(self, iterator):
         def replica_step(features, labels, weights):
@@ -180,34 +239,41 @@ class ClassifierTrainer:
         per_replica = self.strategy.run(replica_step, args=next(iterator))
         return tuple(self.strategy.gather(value, axis=0) for value in per_replica)
 
-    def _steps(self, step_fn, dataset: tf.data.Dataset):
-        """Yields `step_fn(iterator)` until `dataset` runs out."""
-        iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
-        while True:
-            try:
-                yield step_fn(iterator)
-            except tf.errors.OutOfRangeError:
-                return
+    def _distribute(self, dataset: tf.data.Dataset):
+        return iter(self.strategy.experimental_distribute_dataset(dataset))
 
-    def train(self, dataset: tf.data.Dataset, steps: int | None = None) -> tuple[float, int]:
-        """Trains on `dataset` (from `data.make_dataset`) for `steps` batches, or all of it.
+    def train(self, dataset: tf.data.Dataset, steps: int) -> float:
+        """Trains on the first `steps` batches of `dataset` (from `data.make_dataset`); returns their mean loss.
 
-        Returns:
-            (mean training loss over the steps, number of real examples seen).
+        Raises:
+            TrainingDiverged: when the loss becomes NaN/inf.
         """
-        total_loss, total_steps, seen = 0.0, 0, 0
-        for loss, real in self._steps(self._train_step, dataset.take(-1 if steps is None else steps)):
-            total_loss += float(loss)
-            total_steps += 1
-            seen += int(real)
-        return total_loss / max(total_steps, 1), seen
+        iterator = self._distribute(dataset.take(steps))
+        progbar = keras.utils.Progbar(steps, stateful_metrics=["loss"]) if self.verbose else None
+        total = 0.0
+        for step in range(1, steps + 1):
+            loss = float(self.train_step(iterator)[0])
+            if not math.isfinite(loss):
+                raise TrainingDiverged(
+                    f"Training diverged: the loss became {loss} at step {step} of this epoch; stopped. Lower "
+                    "--learning_rate or raise --warmup_fraction, then rerun."
+                )
+            total += loss
+            if progbar is not None:
+                progbar.update(step, [("loss", loss)])
+        return total / steps
 
     def predict(self, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities `[n, C]` and labels `[n]` of the real (weight > 0) rows of `dataset`."""
         probabilities, labels = [], []
-        for outputs in self._steps(self._eval_step, dataset):
-            probs, batch_labels, weights = (np.asarray(v) for v in outputs)
-            real = weights > 0
+        iterator = self._distribute(dataset)
+        while True:
+            try:
+                outputs = self._eval_step(iterator)
+            except tf.errors.OutOfRangeError:
+                break
+            probs, batch_labels, batch_weights = (np.asarray(v) for v in outputs)
+            real = batch_weights > 0
             probabilities.append(probs[real])
             labels.append(batch_labels[real])
         return np.concatenate(probabilities), np.concatenate(labels)
@@ -221,25 +287,27 @@ class ClassifierTrainer:
         return metrics
 
 
-def make_trainer(model, config: FinetuneConfig, total_steps: int,
-                 strategy: tf.distribute.Strategy) -> ClassifierTrainer:
-    """A `ClassifierTrainer` for `model` with AdamW (and a head AdamW if `config.head_lr_multiplier` != 1).
+def make_trainer(classifier: Classifier, config: FinetuneConfig, total_steps: int, strategy: tf.distribute.Strategy,
+                 verbose: bool = False) -> ClassifierTrainer:
+    """A `ClassifierTrainer` with AdamW (and a head AdamW if `config.head_lr_multiplier` != 1).
 
     The optimizers are built in `strategy.scope()`, warming up over `config.warmup_fraction` of `total_steps`
     and decaying linearly to 0 at `total_steps`.
 
     Example:
-    >>> trainer = make_trainer(model, FinetuneConfig(learning_rate=2e-4, head_lr_multiplier=10), 250, strategy)
+    >>> trainer = make_trainer(classifier, FinetuneConfig(learning_rate=2e-4, head_lr_multiplier=10), 250, strategy)
     """
     warmup_steps = int(config.warmup_fraction * total_steps)
-
-    def optimizer(learning_rate):
-        return hub.create_optimizer(learning_rate, total_steps, warmup_steps, config.weight_decay)
-
+    variables = classifier.model.trainable_variables
+    groups = [variables]
+    if config.head_lr_multiplier != 1:
+        head = {id(v) for v in classifier.head_variables}
+        groups = [[v for v in variables if id(v) not in head], [v for v in variables if id(v) in head]]
+    rates = [config.learning_rate, config.learning_rate * config.head_lr_multiplier]
     with strategy.scope():
-        body = optimizer(config.learning_rate)
-        head = optimizer(config.learning_rate * config.head_lr_multiplier) if config.head_lr_multiplier != 1 else None
-    return ClassifierTrainer(model, body, strategy, config.jit_compile, head_optimizer=head)
+        updates = [(classifier.create_optimizer(group, rate, total_steps, warmup_steps, config.weight_decay), group)
+                   for group, rate in zip(groups, rates)]
+    return ClassifierTrainer(classifier.forward, updates, strategy, config.jit_compile, verbose=verbose)
 
 
 def _resolve_num_labels(num_labels: int | None, train_data: data_lib.TextClassificationData) -> int:
@@ -251,37 +319,49 @@ def _resolve_num_labels(num_labels: int | None, train_data: data_lib.TextClassif
     return num_labels
 
 
+def best_on_disk(output_dir: str) -> float:
+    """The eval accuracy of the model already in `output_dir/best` (-1 if there is none), so a rerun keeps it
+    unless it does better."""
+    path = os.path.join(output_dir, BEST_DIR, METRICS_FILE)
+    if not os.path.isfile(path):
+        return -1.0
+    with open(path) as f:
+        return float(json.load(f).get("eval_accuracy", -1.0))
+
+
 def finetune(model_name: str, train_data: data_lib.TextClassificationData,
              eval_data: data_lib.TextClassificationData, config: FinetuneConfig, output_dir: str,
-             strategy: tf.distribute.Strategy, num_labels: int | None = None) -> list[dict]:
+             strategy: tf.distribute.Strategy, num_labels: int | None = None, verbose: bool = False) -> list[dict]:
     """Fine-tunes `model_name` on `train_data`, evaluating on `eval_data` and keeping the best model.
 
     After every pass over the training data (and at the end of `max_steps`) the model is evaluated; when its
-    accuracy beats the best so far it is saved to `output_dir/best` with `save_pretrained` (safetensors) and
-    its tokenizer, atomically. `output_dir/history.json` holds the per-epoch metrics.
+    accuracy beats the best so far, including a model already in `output_dir/best` from an earlier run, it is
+    saved there atomically as a Hugging Face checkpoint (safetensors, config, tokenizer; the keras backend adds
+    `model.keras`). `output_dir/history.json` holds the per-epoch metrics.
 
     Args:
-        model_name: str. `"minilm"`, a checkpoint directory or a hub id (see `hub.resolve_checkpoint`).
+        model_name: str. `"minilm"`, a checkpoint directory, or (hf backend) a hub id.
         train_data: training examples (`data.read_table` / `data.load_tfds`).
         eval_data: evaluation examples.
-        config: a `FinetuneConfig`.
+        config: a `FinetuneConfig` (its `backend` picks the model code).
         output_dir: str. Where `best/` and `history.json` go.
         strategy: from `tf_lm.distribute.resolve_strategy`.
         num_labels: int, default None. Classes; None infers them (ClassLabel names, else max label + 1).
+        verbose: bool, default False. Show a progress bar during each epoch.
 
     Returns:
-        list of dict, one per evaluation: epoch, step, train_loss, train_examples_per_s, eval accuracy, f1,
-        loss and eval_seconds.
+        list of dict, one per evaluation: epoch, step, train_loss, train_examples, train_seconds,
+        train_examples_per_s, eval accuracy, f1, loss and eval_seconds.
 
     Raises:
         ValueError: for labels outside `num_labels`, `max_length` beyond the model's position limit, a batch
             size the replicas cannot split, or a model that cannot be loaded.
+        TrainingDiverged: when the loss becomes NaN/inf.
 
     Example:
     >>> history = finetune("minilm", read_table("train.tsv"), read_table("dev.tsv"),
     ...                    FinetuneConfig(max_length=64, epochs=1), "runs/sst2", resolve_strategy("cpu"))
     """
-    hub.set_seed(config.seed)
     num_labels = _resolve_num_labels(num_labels, train_data)
     for split in (train_data, eval_data):
         data_lib.check_labels(split, num_labels)
@@ -289,24 +369,18 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
         raise ValueError(
             f"batch_size {config.batch_size} does not split evenly over {strategy.num_replicas_in_sync} replicas."
         )
-    tokenizer = hub.load_tokenizer(model_name)
-    if config.max_length > tokenizer.model_max_length:
-        raise ValueError(
-            f"max_length {config.max_length} exceeds what {model_name!r} accepts ({tokenizer.model_max_length} "
-            "tokens); lower --max_length."
-        )
+    load = load_keras_classifier if config.backend == "keras" else load_hf_classifier
+    with strategy.scope():
+        classifier = load(model_name, num_labels, train_data.label_names, config.precision, config.seed)
+    limit = min(classifier.position_limit, classifier.tokenizer.model_max_length)
+    if config.max_length > limit:
+        raise ValueError(f"max_length {config.max_length} exceeds the {limit} positions of {model_name!r}; "
+                         "lower --max_length.")
+    tokenizer = classifier.tokenizer
     train_ids = data_lib.encode(tokenizer, train_data.texts, config.max_length)
     steps_per_epoch = data_lib.count_batches(train_ids, config.batch_size, config.bucket_widths)
-    with strategy.scope():
-        model = hub.load_classifier(model_name, num_labels=num_labels, label_names=train_data.label_names,
-                                    precision=config.precision)
-        if config.max_length > hub.position_limit(model):
-            raise ValueError(
-                f"max_length {config.max_length} exceeds the {hub.position_limit(model)} positions of "
-                f"{model_name!r}; lower --max_length."
-            )
     total_steps = config.max_steps or config.epochs * steps_per_epoch
-    trainer = make_trainer(model, config, total_steps, strategy)
+    trainer = make_trainer(classifier, config, total_steps, strategy, verbose=verbose)
 
     pad_id = tokenizer.pad_token_id or 0
     train_ds = data_lib.make_dataset(
@@ -317,14 +391,16 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
         data_lib.encode(tokenizer, eval_data.texts, config.max_length), eval_data.labels, config.batch_size,
         bucket_widths=config.bucket_widths, pad_id=pad_id,
     )
-    history, best_accuracy, step, epoch = [], -1.0, 0, 0
+    history, best_accuracy, step, epoch = [], best_on_disk(output_dir), 0, 0
     while step < total_steps:
         epoch += 1
         steps = min(steps_per_epoch, total_steps - step)
         start = time.perf_counter()
-        train_loss, seen = trainer.train(train_ds, steps)
+        train_loss = trainer.train(train_ds, steps)
         train_seconds = time.perf_counter() - start
         step += steps
+        # A whole epoch sees every example once; a cut one (max_steps) about its share of them.
+        seen = round(len(train_data) * steps / steps_per_epoch)
         start = time.perf_counter()
         metrics = trainer.evaluate(eval_ds)
         record = {
@@ -340,20 +416,43 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
         )
         if is_chief(strategy) and metrics["accuracy"] > best_accuracy:
             best_accuracy = metrics["accuracy"]
-            hub.save_pretrained(os.path.join(output_dir, BEST_DIR), model, tokenizer, {
-                "metrics.json": record, "finetune_config.json": dataclasses.asdict(config),
+            classifier.save(os.path.join(output_dir, BEST_DIR), {
+                METRICS_FILE: record, "finetune_config.json": dataclasses.asdict(config),
             })
         if is_chief(strategy):
             atomic_write(os.path.join(output_dir, HISTORY_FILE), json.dumps(history, indent=2))
     return history
 
 
+def load_for_prediction(model_dir: str):
+    """The `BertClassifier` in a fine-tuned directory of either backend: `model.keras` if there is one, else the
+    Hugging Face checkpoint.
+
+    Raises:
+        FileNotFoundError: if `model_dir` holds neither.
+        ValueError: if its `model.keras` is not a `BertClassifier` (e.g. a language model's directory).
+    """
+    from tf_lm.bert.model import BertClassifier
+
+    keras_path = os.path.join(model_dir, KERAS_FILE)
+    if os.path.isfile(keras_path):
+        model = keras.models.load_model(keras_path, safe_mode=True)
+        if not isinstance(model, BertClassifier):
+            raise ValueError(f"{model_dir!r} holds a {type(model).__name__}, not a fine-tuned classifier; pass the "
+                             "best/ directory of experiments.finetune_bert.")
+        return model
+    if not os.path.isfile(os.path.join(model_dir, weights.SAFETENSORS_FILE)):
+        raise FileNotFoundError(f"No {KERAS_FILE} or {weights.SAFETENSORS_FILE} in {model_dir!r}; pass the best/ "
+                                "directory of experiments.finetune_bert.")
+    return BertClassifier.from_pretrained(model_dir)
+
+
 def classify(model, tokenizer, texts: list[str], max_length: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """Predicted class ids and their probabilities for `texts`.
 
     Args:
-        model: a transformers TF sequence classifier.
-        tokenizer: its tokenizer.
+        model: a `BertClassifier`.
+        tokenizer: its `WordPieceTokenizer`.
         texts: list of str.
         max_length: int, default 128. Longer texts are cut to this many tokens.
 
@@ -363,8 +462,12 @@ def classify(model, tokenizer, texts: list[str], max_length: int = 128) -> tuple
     Example:
     >>> ids, probs = classify(model, tokenizer, ["a gorgeous film", "a dull mess"])
     """
-    batch = tokenizer(list(texts), truncation=True, max_length=max_length, padding=True, return_tensors="np")
-    features = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    probabilities = tf.nn.softmax(model(features, training=False).logits).numpy()  # [n, C]
+    token_ids = data_lib.encode(tokenizer, texts, max_length)
+    width = max(len(row) for row in token_ids)
+    ids = np.full((len(texts), width), tokenizer.pad_token_id, np.int32)  # [n, T]
+    mask = np.zeros((len(texts), width), np.int32)  # [n, T]
+    for i, row in enumerate(token_ids):
+        ids[i, :len(row)], mask[i, :len(row)] = row, 1
+    probabilities = tf.nn.softmax(model({"input_ids": ids, "attention_mask": mask})).numpy()  # [n, C]
     predictions = probabilities.argmax(-1)
     return predictions, probabilities[np.arange(len(texts)), predictions]

@@ -147,24 +147,30 @@ def load_weights(model, directory: str) -> None:
         variable.assign(value)
 
 
-def export(model, tokenizer_dir: str, directory: str, extra_json: dict[str, object] | None = None,
-           extra_files: dict[str, str] | None = None) -> None:
-    """Writes `model` as a Hugging Face BertForSequenceClassification checkpoint, atomically.
+def export(model, tokenizer_dir: str, directory: str, extra_json: dict[str, object] | None = None) -> None:
+    """Writes `model` as a Hugging Face BertForSequenceClassification checkpoint (`write_export`), atomically.
 
-    `config.json`, a PyTorch-named `model.safetensors` (what `from_pretrained` of any framework reads, and
-    `tf_lm.bert.hub.load_classifier` without torch) and the WordPiece files copied from `tokenizer_dir` are staged
-    beside `directory` and swapped in whole (`tf_lm.fileio.atomic_directory`).
+    The files are staged beside `directory` and swapped in whole (`tf_lm.fileio.atomic_directory`); `directory`
+    is replaced only if it is new, empty or an earlier export (it holds `config.json`).
+
+    Example:
+    >>> export(model, resolve_local("minilm"), "runs/sst2/best")
+    """
+    with atomic_directory(directory, EXPORT_MARKER) as staging:
+        write_export(model, tokenizer_dir, staging, extra_json)
+
+
+def write_export(model, tokenizer_dir: str, directory: str, extra_json: dict[str, object] | None = None) -> None:
+    """Writes `config.json`, a PyTorch-named `model.safetensors` and the WordPiece files into `directory`.
+
+    What `from_pretrained` of any framework reads (and `tf_lm.bert.hub.load_classifier` without torch).
 
     Args:
         model: a `BertClassifier`.
         tokenizer_dir: str. The checkpoint directory whose tokenizer files (`vocab.txt`, `tokenizer.json`, ...)
             are copied.
-        directory: str. The export; replaced only if it is an earlier export (holds `config.json`) or empty.
+        directory: str. An existing directory (a staging one: see `export`).
         extra_json: dict, default None. `{"file.json": object}` written beside the weights.
-        extra_files: dict, default None. `{"name": source path}` copied in (e.g. `model.keras`).
-
-    Example:
-    >>> export(model, resolve_local("minilm"), "runs/sst2/best")
     """
     from safetensors.numpy import save_file
 
@@ -175,16 +181,13 @@ def export(model, tokenizer_dir: str, directory: str, extra_json: dict[str, obje
         for name, part in zip(names, parts):
             key = name if _is_head(names) else f"bert.{name}"
             tensors[key] = np.ascontiguousarray(part.T if transpose else part)
-    with atomic_directory(directory, EXPORT_MARKER) as staging:
-        save_file(tensors, os.path.join(staging, SAFETENSORS_FILE), metadata={"format": "pt"})
-        with open(os.path.join(staging, CONFIG_FILE), "w") as f:
-            json.dump(model.config.to_hf(), f, indent=2)
-        for filename in TOKENIZER_FILES:
-            source = os.path.join(tokenizer_dir, filename)
-            if os.path.isfile(source):
-                shutil.copyfile(source, os.path.join(staging, filename))
-        for filename, content in (extra_json or {}).items():
-            with open(os.path.join(staging, filename), "w") as f:
-                json.dump(content, f, indent=2)
-        for filename, source in (extra_files or {}).items():
-            shutil.copyfile(source, os.path.join(staging, filename))
+    save_file(tensors, os.path.join(directory, SAFETENSORS_FILE), metadata={"format": "pt"})
+    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
+        json.dump(model.config.to_hf(), f, indent=2)
+    for filename in TOKENIZER_FILES:
+        source = os.path.join(tokenizer_dir, filename)
+        if os.path.isfile(source):
+            shutil.copyfile(source, os.path.join(directory, filename))
+    for filename, content in (extra_json or {}).items():
+        with open(os.path.join(directory, filename), "w") as f:
+            json.dump(content, f, indent=2)

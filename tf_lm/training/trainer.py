@@ -172,7 +172,11 @@ def make_train_step(loss_fn: Callable, updates: list, strategy: tf.distribute.St
         with tf.GradientTape() as tape:
             loss = loss_fn(*batch)
             scaled_loss = scaler.scale_loss(loss)  # loss scaling under mixed_float16, identity otherwise
-        return loss, tape.gradient(scaled_loss, variables)
+        # An untied embedding lookup (BERT's) has a sparse gradient with one slice per token, repeats included;
+        # Keras 3's Adam would square each slice instead of their sum, so the rows are summed here first.
+        grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+                 for g in tape.gradient(scaled_loss, variables)]
+        return loss, grads
 
     def clip(grads):
         norm = tf.linalg.global_norm(grads) / scaler.scale_loss(tf.constant(1.0))  # the unscaled gradient's norm
