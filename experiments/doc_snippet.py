@@ -1,41 +1,49 @@
-"""The design document's fine-tuning snippet, run as written (only the checkpoint path changed), then the fix.
+"""The design document's fine-tuning snippet, run exactly as written (only the checkpoint changed), then with the fix.
 
     python -m experiments.doc_snippet
 
 With transformers 4.57 + tf-keras 2.21, `compile(..., loss=model.compute_loss)` fails inside `fit` with
-"'NoneType' object has no attribute 'dtype'". The documented fix: compile without a loss and put the labels
-inside the inputs, so the model computes its own loss.
+"'NoneType' object has no attribute 'dtype'". The one-line fix: `model.compile(optimizer='adam')`, so the model
+computes its own loss from the `labels` already among the inputs; every other line stays as written.
 
-The only other change is the checkpoint: 'bert-base-uncased' needs the hub, and the offline MiniLM ships a
-PyTorch-format safetensors file that `TFBertForSequenceClassification.from_pretrained` cannot read without
-torch. `tf_lm.bert.hub.export_tf_checkpoint` converts it once (numpy, no torch) into a TF checkpoint directory,
-and the snippet's two `from_pretrained` calls point there. This module imports transformers directly because
-the snippet does; library code goes through `tf_lm.bert.hub`.
+`SNIPPET` is the document's code character for character (a test compares it with
+`tests/fixtures/design_doc_snippet.py`). The only substitution is the checkpoint: 'bert-base-uncased' needs the hub,
+and the offline MiniLM ships a PyTorch-format safetensors file that `TFBertForSequenceClassification.from_pretrained`
+cannot read without torch. `tf_lm.bert.hub.export_tf_checkpoint` converts it once (numpy, no torch) into a TF
+checkpoint directory, and the snippet's two `from_pretrained` calls point there.
 """
 
 from __future__ import annotations
 
 import os
 
-import tensorflow as tf
 from absl import flags
-from transformers import BertTokenizer, TFBertForSequenceClassification
 
 from experiments.flags import flag_group, run_script
 
 FLAGS = flags.FLAGS
 
-SENTENCES = [
-    "a gorgeous , witty , seductive movie .",
-    "the acting , costumes , music , cinematography and sound are all astounding",
-    "a masterpiece four years in the making .",
-    "one of the greatest family-oriented fantasy-adventure movies ever .",
-    "the plot is nothing but boilerplate clichés from start to finish",
-    "it 's a bad sign when you 're rooting for the film to end .",
-    "a dull , lifeless mess .",
-    "bears about as much resemblance to the experiences of most teenagers as robert de niro does to a tree .",
-]
-LABELS = [1, 1, 1, 1, 0, 0, 0, 0]
+SNIPPET = """\
+import tensorflow as tf
+from transformers import BertTokenizer, TFBertForSequenceClassification
+
+# Load pre-trained model and tokenizer
+tokenizer = BertTokenizer.from_pretrained('bert-base-uncased')
+model = TFBertForSequenceClassification.from_pretrained('bert-base-uncased')
+
+# Prepare training data
+texts = ['hello world!', 'machine learning is fun.']
+labels = [1, 0]
+inputs = tokenizer(texts, return_tensors='tf', padding=True, truncation=True)
+inputs['labels'] = tf.constant(labels)
+
+# Train the model
+model.compile(optimizer='adam', loss=model.compute_loss)
+model.fit(inputs, epochs=3)
+"""
+CHECKPOINT = "'bert-base-uncased'"
+BROKEN_LINE = "model.compile(optimizer='adam', loss=model.compute_loss)"
+FIXED_LINE = "model.compile(optimizer='adam')"
 
 
 def define_snippet_flags() -> None:
@@ -43,25 +51,26 @@ def define_snippet_flags() -> None:
         flags.DEFINE_string("model", "minilm", "Checkpoint to convert: 'minilm', a directory or a hub id.")
         flags.DEFINE_string("checkpoint_dir", "runs/minilm-tf", "Where the converted TF checkpoint is (or is "
                             "written).")
-        flags.DEFINE_integer("epochs", 3, "Epochs of the snippet's `fit`.")
 
 
-def snippet_as_written(checkpoint: str, sentences=SENTENCES, labels=LABELS, epochs: int = 3):
-    """The snippet verbatim; `checkpoint` replaces 'bert-base-uncased'. Raises inside `fit` (see module doc)."""
-    tokenizer = BertTokenizer.from_pretrained(checkpoint)
-    model = TFBertForSequenceClassification.from_pretrained(checkpoint)
-    inputs = tokenizer(sentences, padding=True, truncation=True, return_tensors="tf")
-    model.compile(optimizer="adam", loss=model.compute_loss)
-    return model.fit(dict(inputs), tf.constant(labels), epochs=epochs)
+def snippet_code(checkpoint: str, fixed: bool = False) -> str:
+    """The snippet with `checkpoint` in place of 'bert-base-uncased' (and, if `fixed`, the one-line fix)."""
+    code = SNIPPET.replace(CHECKPOINT, repr(checkpoint))
+    return code.replace(BROKEN_LINE, FIXED_LINE) if fixed else code
 
 
-def snippet_fixed(checkpoint: str, sentences=SENTENCES, labels=LABELS, epochs: int = 3):
-    """The snippet with the documented fix: no `loss` in `compile`, the labels inside the inputs."""
-    tokenizer = BertTokenizer.from_pretrained(checkpoint)
-    model = TFBertForSequenceClassification.from_pretrained(checkpoint)
-    inputs = tokenizer(sentences, padding=True, truncation=True, return_tensors="tf")
-    model.compile(optimizer="adam")  # the fix: the model's own loss, computed from the "labels" input
-    return model.fit({**inputs, "labels": tf.constant(labels)}, epochs=epochs)
+def run_snippet(checkpoint: str, fixed: bool = False) -> dict:
+    """Executes `snippet_code(checkpoint, fixed)`; returns its variables (`model`, `inputs`, ...)."""
+    namespace = {"__name__": "design_doc_snippet"}
+    exec(compile(snippet_code(checkpoint, fixed), "design_doc_snippet", "exec"), namespace)
+    return namespace
+
+
+def error_line(error: BaseException) -> str:
+    """`Type: message` on one line; Keras re-raises with the type already in the message, which is not repeated."""
+    message = str(error).strip().splitlines()[-1].strip() if str(error).strip() else ""
+    name = type(error).__name__
+    return message if message.startswith(f"{name}:") else f"{name}: {message}"
 
 
 def prepare_checkpoint(model: str, checkpoint_dir: str) -> str:
@@ -79,14 +88,14 @@ def main(argv):
         checkpoint = prepare_checkpoint(FLAGS.model, FLAGS.checkpoint_dir)
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}") from None
-    print(f"--- the snippet as written, from_pretrained({checkpoint!r}) ---")
+    print(f"--- the snippet as written, 'bert-base-uncased' -> {checkpoint!r} ---", flush=True)
     try:
-        snippet_as_written(checkpoint, epochs=FLAGS.epochs)
+        run_snippet(checkpoint)
         print("it ran: this transformers version no longer has the compute_loss problem")
     except (AttributeError, TypeError) as error:
-        print(f"fails in fit: {type(error).__name__}: {str(error).strip().splitlines()[-1].strip()}")
-    print("--- with the fix: compile(optimizer='adam'), labels inside the inputs ---")
-    losses = snippet_fixed(checkpoint, epochs=FLAGS.epochs).history["loss"]
+        print(f"fails in fit: {error_line(error)}")
+    print(f"--- with the one-line fix: {FIXED_LINE} ---", flush=True)
+    losses = run_snippet(checkpoint, fixed=True)["model"].history.history["loss"]
     print("loss per epoch: " + ", ".join(f"{loss:.4f}" for loss in losses))
 
 

@@ -1,5 +1,6 @@
 """tf_lm.bert.data: TSV/CSV and TFDS inputs, every bad input, and per-batch (and bucketed) padding."""
 
+import os
 
 import numpy as np
 import pytest
@@ -61,6 +62,9 @@ def test_read_sst2_dev():
         ("word.tsv", "sentence\tlabel\nfine\tpositive\n", {}, ValueError, "not an integer"),
         ("short.tsv", "sentence\tlabel\nfine\n", {}, ValueError, "fewer than"),
         ("data.json", "{}", {}, ValueError, ".tsv or .csv"),
+        ("dashes.tsv", "sentence\tlabel\nfine\t1\nodd\t--1\n", {}, ValueError, r"dashes.tsv:3: the label '--1'"),
+        ("huge.csv", 'sentence,label\nfine,1\n"' + "x" * 200_000 + '",0\n', {}, ValueError,
+         r"huge.csv:3: field larger than field limit"),
     ],
 )
 def test_read_table_rejects_bad_files(tmp_path, name, text, kwargs, error, match):
@@ -101,8 +105,23 @@ def test_load_tfds_any_text_dataset_with_keys_from_mock_data():
 
 
 def test_load_tfds_unknown_dataset_is_one_sentence():
-    with pytest.raises(ValueError, match="Could not load tfds:no_such_dataset_xyz"):
+    with pytest.raises(ValueError, match=r"Unknown TFDS dataset in 'tfds:no_such_dataset_xyz\[train\]'"):
         data.load_tfds("no_such_dataset_xyz", "train")
+
+
+def test_load_tfds_offline_fails_in_seconds_and_leaves_no_partial_files(tmp_path, monkeypatch):
+    import socket
+    import time
+
+    def offline(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError, match="'glue/sst2' is not prepared .* pass --tfds_data_dir="):
+        data.load_tfds("glue/sst2", "train", data_dir=str(tmp_path))
+    assert time.perf_counter() - start < 20, "TFDS retried its downloads for minutes"
+    assert os.listdir(tmp_path) == [], "partial download or dataset directories were left behind"
 
 
 def test_encode_truncates_to_max_length():
@@ -172,3 +191,16 @@ def test_dataset_elements_feed_a_model_signature():
     token_ids, labels = random_sequences(4)
     spec = data.make_dataset(token_ids, labels, batch_size=2).element_spec
     assert spec[0]["input_ids"].dtype == tf.int32 and spec[1].dtype == tf.int32 and spec[2].dtype == tf.float32
+
+
+def test_read_table_accepts_a_byte_order_mark(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufeffsentence,label\nfine,1\n".encode())
+    assert data.read_table(str(path)).texts == ["fine"]
+
+
+def test_read_table_names_the_line_of_non_utf8_bytes(tmp_path):
+    path = tmp_path / "latin1.tsv"
+    path.write_bytes("sentence\tlabel\nfine\t1\ncaf\xe9\t0\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1.tsv:3: byte 0xe9 is not UTF-8"):
+        data.read_table(str(path))

@@ -1,4 +1,6 @@
-"""experiments.doc_snippet: the classic snippet fails as documented offline, the fix trains (loss falls)."""
+"""experiments.doc_snippet: it runs the design document's code verbatim; as written it fails in fit, the fix trains."""
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,8 +9,8 @@ from transformers import TFBertForSequenceClassification
 from experiments import doc_snippet
 from tf_lm.bert import hub
 
-SENTENCES = doc_snippet.SENTENCES[:2] + doc_snippet.SENTENCES[4:6]
-LABELS = doc_snippet.LABELS[:2] + doc_snippet.LABELS[4:6]
+FIXTURE = Path(__file__).parent / "fixtures" / "design_doc_snippet.py"
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -16,20 +18,32 @@ def checkpoint(tmp_path_factory):
     return doc_snippet.prepare_checkpoint("minilm", str(tmp_path_factory.mktemp("snippet") / "minilm-tf"))
 
 
+def test_the_code_run_is_the_documents_verbatim():
+    document = FIXTURE.read_text()
+    assert doc_snippet.SNIPPET == document
+    as_written = doc_snippet.snippet_code("/ckpt")
+    assert as_written == document.replace("'bert-base-uncased'", "'/ckpt'")
+    fixed = doc_snippet.snippet_code("/ckpt", fixed=True).splitlines()
+    assert [a for a, b in zip(fixed, as_written.splitlines()) if a != b] == ["model.compile(optimizer='adam')"]
+    assert f"```python\n{document}```" in README.read_text(), "the README must show the snippet verbatim"
+
+
 def test_exported_checkpoint_is_the_same_encoder_through_from_pretrained(checkpoint):
     tokenizer = hub.load_tokenizer("minilm")
-    batch = dict(tokenizer(SENTENCES, padding=True, return_tensors="np"))
+    batch = dict(tokenizer(["hello world!", "machine learning is fun."], padding=True, return_tensors="np"))
     ours = hub.load_classifier("minilm", num_labels=2).bert(batch).last_hidden_state.numpy()
     theirs = TFBertForSequenceClassification.from_pretrained(checkpoint).bert(batch).last_hidden_state.numpy()
     np.testing.assert_allclose(theirs, ours, atol=1e-6)
 
 
 def test_snippet_as_written_fails_inside_fit(checkpoint):
-    with pytest.raises(AttributeError, match="'NoneType' object has no attribute 'dtype'"):
-        doc_snippet.snippet_as_written(checkpoint, SENTENCES, LABELS, epochs=1)
+    with pytest.raises(AttributeError, match="'NoneType' object has no attribute 'dtype'") as caught:
+        doc_snippet.run_snippet(checkpoint)
+    line = doc_snippet.error_line(caught.value)
+    assert line.count("AttributeError") == 1 and line.endswith("'NoneType' object has no attribute 'dtype'"), line
 
 
 def test_fixed_snippet_trains_and_its_loss_falls_over_three_epochs(checkpoint):
-    losses = doc_snippet.snippet_fixed(checkpoint, SENTENCES, LABELS, epochs=3).history["loss"]
+    losses = doc_snippet.run_snippet(checkpoint, fixed=True)["model"].history.history["loss"]
     assert len(losses) == 3 and np.all(np.isfinite(losses))
     assert losses[2] < losses[0] - 0.05, losses

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -70,8 +72,9 @@ def read_table(path: str, text_key: str = "sentence", label_key: str = "label",
 
     Raises:
         FileNotFoundError: if `path` does not exist.
-        ValueError: for an unknown extension, an empty file, a missing column, a short row or a label that is
-            not an integer.
+        ValueError: for an unknown extension, an empty file, a missing column, a short row, a label that is
+            not an integer, bytes that are not UTF-8 or a field over the csv module's size limit (each naming the
+            file and line).
 
     Example:
     >>> data = read_table("../shared/data/sst2/dev.tsv")
@@ -83,9 +86,7 @@ def read_table(path: str, text_key: str = "sentence", label_key: str = "label",
     extension = os.path.splitext(path)[1].lower()
     if extension not in _DELIMITERS:
         raise ValueError(f"Data files must end in .tsv or .csv. Received: {path!r}")
-    with open(path, newline="", encoding="utf-8") as f:
-        quoting = csv.QUOTE_NONE if extension == ".tsv" else csv.QUOTE_MINIMAL
-        rows = [row for row in csv.reader(f, delimiter=_DELIMITERS[extension], quoting=quoting) if row]
+    rows = _read_rows(path, _DELIMITERS[extension], csv.QUOTE_NONE if extension == ".tsv" else csv.QUOTE_MINIMAL)
     if not rows:
         raise ValueError(f"{path} is empty; it needs a header row and at least one example.")
     if text_key.isdigit() and label_key.isdigit():
@@ -113,8 +114,27 @@ def read_table(path: str, text_key: str = "sentence", label_key: str = "label",
     return TextClassificationData(texts, np.asarray(labels, dtype=np.int64), os.path.basename(path))
 
 
+def _read_rows(path: str, delimiter: str, quoting: int) -> list[list[str]]:
+    """The non-empty rows of a UTF-8 file (a byte-order mark, as Excel writes, is dropped); any byte that is not
+    UTF-8 and any field over the csv module's size limit is a ValueError naming the file and line."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[:error.start].count(b"\n") + 1
+        byte = raw[error.start]
+        raise ValueError(f"{path}:{line}: byte 0x{byte:02x} is not UTF-8; save the file as UTF-8.") from None
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    try:
+        return [row for row in reader if row]
+    except csv.Error as error:
+        raise ValueError(f"{path}:{reader.line_num}: {error} (an unbalanced quote makes one field of many lines; "
+                         "check the quoting).") from None
+
+
 def _is_int(value: str) -> bool:
-    return value.strip().lstrip("-").isdigit()
+    return re.fullmatch(r"\s*-?\d+\s*", value) is not None
 
 
 def load_tfds(name: str, split: str, text_key: str = "sentence", label_key: str = "label",
@@ -133,18 +153,25 @@ def load_tfds(name: str, split: str, text_key: str = "sentence", label_key: str 
         A `TextClassificationData`, with `label_names` when the label is a `ClassLabel`.
 
     Raises:
-        ValueError: if the dataset or split cannot be loaded (unknown, or not prepared and offline), or lacks
-            the text or label feature.
+        ValueError: if the dataset or split is unknown, or lacks the text or label feature.
+        FileNotFoundError: if the dataset is not prepared and cannot be downloaded (offline: within seconds,
+            through the language model's `tf_lm.data.sources.prepare_tfds`, leaving no partial files).
 
     Example:
     >>> data = load_tfds("glue/sst2", "validation")
     """
     import tensorflow_datasets as tfds
 
+    from tf_lm.data.sources import prepare_tfds, tfds_builder
+
     source = f"tfds:{name}[{split}]"
+    builder = tfds_builder(source, name, data_dir)
+    prepare_tfds(builder, name, hint="pass --tfds_data_dir=<a directory where it is already prepared>, or "
+                 "--train_file/--eval_file with local TSV/CSV files")
+    info = builder.info
     try:
-        dataset, info = tfds.load(name, split=split, data_dir=data_dir, with_info=True)
-    except Exception as error:  # TFDS raises its own zoo (DatasetNotFoundError, download failures, bad splits).
+        dataset = builder.as_dataset(split=split)
+    except Exception as error:  # TFDS raises its own zoo for bad split names.
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"Could not load {source}: {reason}") from None
     features = info.features

@@ -26,9 +26,12 @@ import glob
 import io
 import os
 import re
+import shutil
 from collections.abc import Callable, Iterator
 
 import tensorflow as tf
+
+from tf_lm.fileio import is_local
 
 SCHEMES = ("builtin", "text", "tfds")
 BUILTIN_CORPORA = ("pydoc",)
@@ -286,34 +289,73 @@ def _few_download_retries(retries: int = 2):
         downloader.MAX_RETRIES = default
 
 
-def _tfds_splits(source, name, validation_fraction, data_dir, manual_dir, train_split, validation_split,
-                 text_key) -> dict[str, _Range]:
+TFDS_HINT = (
+    "pass tfds_data_dir=<a directory where it is already prepared>, or tfds_manual_dir=<a directory holding its "
+    "downloaded files> to prepare it offline"
+)
+
+
+def tfds_builder(source: str, name: str, data_dir: str | None):
+    """The TFDS builder of `name` (nothing downloaded yet); ValueError for an unknown name."""
     # TFDS is imported here: it is slow to import and only this scheme needs it.
     import tensorflow_datasets as tfds
 
-    hint = (
-        "pass tfds_data_dir=<a directory where it is already prepared>, or tfds_manual_dir=<a directory holding its "
-        "downloaded files> to prepare it offline"
-    )
     try:
-        builder = tfds.builder(name, data_dir=data_dir)
+        return tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
         raise ValueError(
             f"Unknown TFDS dataset in {source!r}; check the name against `tfds.list_builders()`."
         ) from None
+
+
+def _paths_under(directories: list[str]) -> set[str]:
+    return {os.path.join(root, name) for directory in directories for root, dirs, files in os.walk(directory)
+            for name in dirs + files} | {d for d in directories if os.path.exists(d)}
+
+
+def prepare_tfds(builder, name: str, manual_dir: str | None = None, hint: str = TFDS_HINT) -> None:
+    """Prepares the data of `builder` (TFDS dataset `name`) unless it is already: a download, or a build from
+    `manual_dir`, failing within seconds when that is impossible.
+
+    Offline, the download fails after two quick retries instead of TFDS's ten with back-off (~3.5 minutes), and
+    whatever the attempt created (empty dataset and download directories, temporary files) is removed again.
+    The language-model data (`open_source`) and BERT fine-tuning (`tf_lm.bert.data.load_tfds`) both call this.
+
+    Raises:
+        FileNotFoundError: if the data is not prepared and cannot be downloaded or built; the message ends with
+            `hint` (how to pass a prepared or manual directory).
+    """
+    import tensorflow_datasets as tfds
+
+    root = str(builder.data_dir_root)
+    watched = [os.path.join(root, "downloads"), os.path.join(root, name.split("/")[0])] if is_local(root) else []
+    before = _paths_under(watched)
+    try:
+        with _few_download_retries():
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    except Exception as error:  # TFDS surfaces network, checksum and manual-dir failures as many unrelated types.
+        for path in sorted(_paths_under(watched) - before, key=len, reverse=True):  # deepest first
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.exists(path):
+                os.remove(path)
+        raise FileNotFoundError(
+            f"TFDS dataset {name!r} is not prepared in '{root}' and could not be downloaded or built "
+            f"({type(error).__name__}); {hint}."
+        ) from None
+
+
+def _tfds_splits(source, name, validation_fraction, data_dir, manual_dir, train_split, validation_split,
+                 text_key) -> dict[str, _Range]:
+    import tensorflow_datasets as tfds
+
+    builder = tfds_builder(source, name, data_dir)
     features = builder.info.features
     if text_key not in features:
         raise ValueError(
             f"TFDS dataset {name!r} has no feature {text_key!r}; pass tfds_text_key= one of {sorted(features.keys())}."
         )
-    try:
-        with _few_download_retries():
-            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-    except Exception as error:  # TFDS surfaces network, checksum and manual-dir failures as many unrelated types.
-        raise FileNotFoundError(
-            f"TFDS dataset {name!r} is not prepared in '{builder.data_dir_root}' and could not be downloaded or built "
-            f"({type(error).__name__}); {hint}."
-        ) from None
+    prepare_tfds(builder, name, manual_dir)
 
     known = set(builder.info.splits.keys())  # empty when TFDS does not know the splits (e.g. mocked data)
     for split in _split_names(train_split):

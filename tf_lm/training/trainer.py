@@ -155,7 +155,7 @@ def make_train_step(loss_fn: Callable, updates: list, strategy: tf.distribute.St
             device with the same global batch.
         updates: list of `(optimizer, variables)`: each optimizer updates its variables (e.g. a pretrained
             body and a new head at different learning rates). The first optimizer's `scale_loss` scales the loss
-            (a `LossScaleOptimizer` under mixed_float16; identity otherwise).
+            (a `LossScaleOptimizer` under mixed_float16; identity otherwise, and for tf_keras optimizers).
         strategy: the `tf.distribute.Strategy` the variables and optimizers were built under.
         grad_clip: float, default 0. Clip the global gradient norm (over all `updates`) to this; 0 disables it.
         jit_compile: bool, default True. XLA-compile the step (per replica under a distribution strategy).
@@ -165,13 +165,15 @@ def make_train_step(loss_fn: Callable, updates: list, strategy: tf.distribute.St
         `loss_fn`; the returned `stop` is true if any worker passed `stop=True` to this step.
     """
     variables = [v for _, group in updates for v in group]
-    scaler = updates[0][0]
+    # Keras 3 optimizers scale the loss (a LossScaleOptimizer under mixed_float16); tf_keras ones (BERT's hf
+    # backend, float32 or bfloat16 only) have no scaling.
+    scale_loss = getattr(updates[0][0], "scale_loss", lambda loss: loss)
     bounds = np.cumsum([0] + [len(group) for _, group in updates])
 
     def loss_and_grads(*batch):
         with tf.GradientTape() as tape:
             loss = loss_fn(*batch)
-            scaled_loss = scaler.scale_loss(loss)  # loss scaling under mixed_float16, identity otherwise
+            scaled_loss = scale_loss(loss)  # loss scaling under mixed_float16, identity otherwise
         # An untied embedding lookup (BERT's) has a sparse gradient with one slice per token, repeats included;
         # Keras 3's Adam would square each slice instead of their sum, so the rows are summed here first.
         grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
@@ -179,7 +181,7 @@ def make_train_step(loss_fn: Callable, updates: list, strategy: tf.distribute.St
         return loss, grads
 
     def clip(grads):
-        norm = tf.linalg.global_norm(grads) / scaler.scale_loss(tf.constant(1.0))  # the unscaled gradient's norm
+        norm = tf.linalg.global_norm(grads) / scale_loss(tf.constant(1.0))  # the unscaled gradient's norm
         if grad_clip > 0:
             factor = grad_clip / tf.maximum(norm, grad_clip)  # tf.clip_by_global_norm's rule
             grads = [g * tf.cast(factor, g.dtype) for g in grads]
