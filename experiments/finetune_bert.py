@@ -15,6 +15,7 @@ tokenizer; the keras backend adds `model.keras`), ready for
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 from absl import app, flags, logging
 
@@ -120,10 +121,15 @@ def main(argv):
         # Imported only now: TensorFlow (and, for --backend=hf, transformers) need not load for bad flags or data.
         from tf_lm.bert.finetune import finetune
         from tf_lm.distribute import resolve_strategy
+        from tf_lm.training.trainer import TrainingInterrupted
 
         strategy = resolve_strategy(FLAGS.strategy, FLAGS.tpu)
-        history = finetune(FLAGS.model, train_data, eval_data, config, FLAGS.output_dir, strategy, FLAGS.num_labels,
-                           verbose=True)
+        try:
+            history = finetune(FLAGS.model, train_data, eval_data, config, FLAGS.output_dir, strategy,
+                               FLAGS.num_labels, verbose=True)
+        except TrainingInterrupted as error:  # 128 + signal: 130 for Ctrl-C, 143 for SIGTERM, as shells report
+            print(f"stopped: {error}", file=sys.stderr)
+            raise SystemExit(128 + error.signum) from None
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}") from None
     best = max(history, key=lambda record: record["eval_accuracy"])

@@ -239,3 +239,40 @@ def test_finetune_under_a_two_replica_mirrored_strategy(tmp_path, backend):
 def run_python(code, *args):
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600,
                           cwd=Path(__file__).resolve().parents[1], env=script_environment())
+
+
+def test_ctrl_c_checkpoints_and_the_rerun_resumes_to_the_same_result(tmp_path, monkeypatch):
+    import signal
+
+    train = short_sst2(tmp_path / "train.tsv", "train.tsv", 24)
+    config = finetune.FinetuneConfig(max_length=16, batch_size=8, learning_rate=1e-4, max_steps=5, num_buckets=2)
+
+    def run(name):
+        return finetune.finetune("minilm", train, train, config, str(tmp_path / name), resolve_strategy("cpu"))
+
+    straight = run("straight")
+    original = finetune.ClassifierTrainer.train
+    calls = []
+
+    def interrupted_after_two_steps(self, dataset, steps, stop=None):
+        def stop_after_two():
+            calls.append(1)
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+            return stop()
+        return original(self, dataset, steps, stop_after_two)
+
+    monkeypatch.setattr(finetune.ClassifierTrainer, "train", interrupted_after_two_steps)
+    with pytest.raises(finetune.TrainingInterrupted, match="at step 2 of 5") as caught:
+        run("resumed")
+    assert caught.value.signum == signal.SIGINT
+    assert os.listdir(tmp_path / "resumed" / finetune.CHECKPOINT_DIR)
+    monkeypatch.setattr(finetune.ClassifierTrainer, "train", original)
+    other = dataclasses.replace(config, learning_rate=2e-4)
+    with pytest.raises(ValueError, match=r"other settings \(learning_rate: 0.0001 -> 0.0002\)"):
+        finetune.finetune("minilm", train, train, other, str(tmp_path / "resumed"), resolve_strategy("cpu"))
+    resumed = run("resumed")
+    assert [r["step"] for r in resumed] == [r["step"] for r in straight]
+    for key in ("eval_loss", "eval_accuracy"):
+        assert resumed[-1][key] == pytest.approx(straight[-1][key], abs=1e-6), key
+    assert not (tmp_path / "resumed" / finetune.CHECKPOINT_DIR).exists(), "a complete run keeps no checkpoints"

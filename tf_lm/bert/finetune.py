@@ -15,6 +15,9 @@ import dataclasses
 import json
 import math
 import os
+import shutil
+import signal
+import threading
 import time
 
 import keras
@@ -27,12 +30,15 @@ from tf_lm.bert import weights
 from tf_lm.bert.config import check_precision
 from tf_lm.distribute import is_chief
 from tf_lm.fileio import atomic_directory, atomic_write
-from tf_lm.training.trainer import TrainingDiverged, make_train_step
+from tf_lm.training.checkpoints import Checkpoints
+from tf_lm.training.trainer import TrainingDiverged, TrainingInterrupted, make_train_step
 
 BEST_DIR = "best"
 HISTORY_FILE = "history.json"
 METRICS_FILE = "metrics.json"
 KERAS_FILE = "model.keras"
+CHECKPOINT_DIR = "checkpoints"
+RUN_FILE = "run.json"
 BACKENDS = ("keras", "hf")
 
 
@@ -242,15 +248,21 @@ class ClassifierTrainer:
     def _distribute(self, dataset: tf.data.Dataset):
         return iter(self.strategy.experimental_distribute_dataset(dataset))
 
-    def train(self, dataset: tf.data.Dataset, steps: int) -> float:
+    def train(self, dataset: tf.data.Dataset, steps: int, stop=None) -> float:
         """Trains on the first `steps` batches of `dataset` (from `data.make_dataset`); returns their mean loss.
+
+        Args:
+            dataset: batches of `(features, labels, weights)`.
+            steps: int. Batches to train on.
+            stop: callable, default None. Asked after every step; when it returns True training stops early
+                (`self.steps_done` says after how many steps).
 
         Raises:
             TrainingDiverged: when the loss becomes NaN/inf.
         """
         iterator = self._distribute(dataset.take(steps))
         progbar = keras.utils.Progbar(steps, stateful_metrics=["loss"]) if self.verbose else None
-        total = 0.0
+        total, self.steps_done = 0.0, 0
         for step in range(1, steps + 1):
             loss = float(self.train_step(iterator)[0])
             if not math.isfinite(loss):
@@ -259,9 +271,12 @@ class ClassifierTrainer:
                     "--learning_rate or raise --warmup_fraction, then rerun."
                 )
             total += loss
+            self.steps_done = step
             if progbar is not None:
                 progbar.update(step, [("loss", loss)])
-        return total / steps
+            if stop is not None and stop():
+                break
+        return total / max(self.steps_done, 1)
 
     def predict(self, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities `[n, C]` and labels `[n]` of the real (weight > 0) rows of `dataset`."""
@@ -307,7 +322,9 @@ def make_trainer(classifier: Classifier, config: FinetuneConfig, total_steps: in
     with strategy.scope():
         updates = [(classifier.create_optimizer(group, rate, total_steps, warmup_steps, config.weight_decay), group)
                    for group, rate in zip(groups, rates)]
-    return ClassifierTrainer(classifier.forward, updates, strategy, config.jit_compile, verbose=verbose)
+    trainer = ClassifierTrainer(classifier.forward, updates, strategy, config.jit_compile, verbose=verbose)
+    trainer.optimizers = [optimizer for optimizer, _ in updates]
+    return trainer
 
 
 def _resolve_num_labels(num_labels: int | None, train_data: data_lib.TextClassificationData) -> int:
@@ -337,7 +354,10 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
     After every pass over the training data (and at the end of `max_steps`) the model is evaluated; when its
     accuracy beats the best so far, including a model already in `output_dir/best` from an earlier run, it is
     saved there atomically as a Hugging Face checkpoint (safetensors, config, tokenizer; the keras backend adds
-    `model.keras`). `output_dir/history.json` holds the per-epoch metrics.
+    `model.keras`). `output_dir/history.json` holds the per-epoch metrics. A checkpoint of model and optimizers
+    is written to `output_dir/checkpoints` after every epoch and on SIGTERM/SIGINT; the same call then resumes
+    from it, at the very batch (each epoch's shuffle is fixed by the seed and the epoch). The checkpoints are
+    removed when the run completes.
 
     Args:
         model_name: str. `"minilm"`, a checkpoint directory, or (hf backend) a hub id.
@@ -357,6 +377,7 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
         ValueError: for labels outside `num_labels`, `max_length` beyond the model's position limit, a batch
             size the replicas cannot split, or a model that cannot be loaded.
         TrainingDiverged: when the loss becomes NaN/inf.
+        TrainingInterrupted: on SIGTERM/SIGINT, after a checkpoint (its `signum` says which signal).
 
     Example:
     >>> history = finetune("minilm", read_table("train.tsv"), read_table("dev.tsv"),
@@ -383,45 +404,118 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
     trainer = make_trainer(classifier, config, total_steps, strategy, verbose=verbose)
 
     pad_id = tokenizer.pad_token_id or 0
-    train_ds = data_lib.make_dataset(
-        train_ids, train_data.labels, config.batch_size,
-        shuffle=True, seed=config.seed, bucket_widths=config.bucket_widths, pad_id=pad_id,
-    )
     eval_ds = data_lib.make_dataset(
         data_lib.encode(tokenizer, eval_data.texts, config.max_length), eval_data.labels, config.batch_size,
         bucket_widths=config.bucket_widths, pad_id=pad_id,
     )
-    history, best_accuracy, step, epoch = [], best_on_disk(output_dir), 0, 0
-    while step < total_steps:
-        epoch += 1
-        steps = min(steps_per_epoch, total_steps - step)
-        start = time.perf_counter()
-        train_loss = trainer.train(train_ds, steps)
-        train_seconds = time.perf_counter() - start
-        step += steps
-        # A whole epoch sees every example once; a cut one (max_steps) about its share of them.
-        seen = round(len(train_data) * steps / steps_per_epoch)
-        start = time.perf_counter()
-        metrics = trainer.evaluate(eval_ds)
-        record = {
-            "epoch": epoch, "step": step, "train_loss": train_loss, "train_examples": seen,
-            "train_seconds": train_seconds, "train_examples_per_s": seen / train_seconds,
-            **{f"eval_{k}": v for k, v in metrics.items()}, "eval_seconds": time.perf_counter() - start,
-        }
-        history.append(record)
-        logging.info(
-            "epoch %d (step %d/%d): train loss %.4f, %.1f examples/s; eval accuracy %.4f, f1 %.4f (%.1f s)",
-            epoch, step, total_steps, train_loss, record["train_examples_per_s"], metrics["accuracy"],
-            metrics["f1"], record["eval_seconds"],
-        )
-        if is_chief(strategy) and metrics["accuracy"] > best_accuracy:
-            best_accuracy = metrics["accuracy"]
-            classifier.save(os.path.join(output_dir, BEST_DIR), {
-                METRICS_FILE: record, "finetune_config.json": dataclasses.asdict(config),
-            })
-        if is_chief(strategy):
-            atomic_write(os.path.join(output_dir, HISTORY_FILE), json.dumps(history, indent=2))
+    chief = is_chief(strategy)
+    checkpoints = Checkpoints(os.path.join(output_dir, CHECKPOINT_DIR), classifier.model, trainer.optimizers,
+                              chief=chief)
+    identity = {"model": model_name, "train_examples": len(train_data), **dataclasses.asdict(config)}
+    step = _resume(checkpoints, identity)
+    history = _read_history(output_dir, step)
+    best_accuracy, epoch = best_on_disk(output_dir), step // steps_per_epoch
+    with _StopOnSignal() as stop:
+        while step < total_steps:
+            epoch += 1
+            done = step - (epoch - 1) * steps_per_epoch  # steps of this epoch an interrupted run already made
+            steps = min(steps_per_epoch, total_steps - (epoch - 1) * steps_per_epoch) - done
+            # One shuffle per epoch, fixed by (seed, epoch): a resumed run skips to the very batch it stopped at.
+            train_ds = data_lib.make_dataset(
+                train_ids, train_data.labels, config.batch_size, shuffle=True, seed=config.seed + epoch - 1,
+                bucket_widths=config.bucket_widths, pad_id=pad_id,
+            ).skip(done)
+            start = time.perf_counter()
+            train_loss = trainer.train(train_ds, steps, stop=stop.requested)
+            train_seconds = time.perf_counter() - start
+            step += trainer.steps_done
+            if stop.signal is not None:
+                checkpoints.save(step)
+                interrupted = TrainingInterrupted(
+                    f"Stopped by signal {stop.signal} at step {step} of {total_steps}; a checkpoint was written to "
+                    f"{checkpoints.directory}, so rerunning the same command resumes from it."
+                )
+                interrupted.signum = stop.signal
+                raise interrupted
+            # A whole epoch sees every example once; a cut one (max_steps) about its share of them.
+            seen = round(len(train_data) * trainer.steps_done / steps_per_epoch)
+            start = time.perf_counter()
+            metrics = trainer.evaluate(eval_ds)
+            record = {
+                "epoch": epoch, "step": step, "train_loss": train_loss, "train_examples": seen,
+                "train_seconds": train_seconds, "train_examples_per_s": seen / train_seconds,
+                **{f"eval_{k}": v for k, v in metrics.items()}, "eval_seconds": time.perf_counter() - start,
+            }
+            history.append(record)
+            logging.info(
+                "epoch %d (step %d/%d): train loss %.4f, %.1f examples/s; eval accuracy %.4f, f1 %.4f (%.1f s)",
+                epoch, step, total_steps, train_loss, record["train_examples_per_s"], metrics["accuracy"],
+                metrics["f1"], record["eval_seconds"],
+            )
+            if chief and metrics["accuracy"] > best_accuracy:
+                best_accuracy = metrics["accuracy"]
+                classifier.save(os.path.join(output_dir, BEST_DIR), {
+                    METRICS_FILE: record, "finetune_config.json": dataclasses.asdict(config),
+                })
+            if chief:
+                atomic_write(os.path.join(output_dir, HISTORY_FILE), json.dumps(history, indent=2))
+            if step < total_steps:
+                checkpoints.save(step)
+    if chief:  # complete: the checkpoints only served a resume, and a rerun starts afresh
+        shutil.rmtree(checkpoints.directory, ignore_errors=True)
     return history
+
+
+def _resume(checkpoints: Checkpoints, identity: dict) -> int:
+    """Restores an interrupted run's checkpoint (step > 0) or records this run's identity (step 0).
+
+    Raises:
+        ValueError: if the interrupted run had other settings, listing them.
+    """
+    path = os.path.join(checkpoints.directory, RUN_FILE)
+    if checkpoints.latest is None:
+        atomic_write(path, json.dumps(identity, indent=2))
+        return 0
+    with open(path) as f:
+        saved = json.load(f)
+    changed = {k: (saved.get(k), v) for k, v in identity.items() if saved.get(k) != v}
+    if changed:
+        listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        raise ValueError(f"{checkpoints.directory} holds an interrupted run with other settings ({listed}); rerun "
+                         "it with the same flags to resume, or pick another --output_dir.")
+    return checkpoints.restore()
+
+
+def _read_history(output_dir: str, step: int) -> list[dict]:
+    """The evaluations an interrupted run already made (up to `step`)."""
+    path = os.path.join(output_dir, HISTORY_FILE)
+    if not step or not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [record for record in json.load(f) if record["step"] <= step]
+
+
+class _StopOnSignal:
+    """SIGTERM or SIGINT (Ctrl-C) asks training to stop after the current step; a second Ctrl-C stops at once."""
+
+    def __enter__(self):
+        self.signal, self._previous = None, {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        del frame
+        self.signal = signum
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    def __exit__(self, *exc_info):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 def load_for_prediction(model_dir: str):
