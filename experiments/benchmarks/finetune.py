@@ -2,11 +2,11 @@
 
 Both fine-tune the offline MiniLM-L6 BERT on the first 8,000 SST-2 sentences at max_length 64, batch 32, with
 eight length buckets, through the same loop and train step (`tf_lm.bert.finetune`); only the model code differs.
-Throughput is timed in alternating windows of 20 steps (hf, keras variants, hf, ...), so all run under the same
-background load on this shared machine, each after an untimed tracing window. The Keras variants are the two
-precisions with and without XLA; the hf backend runs in each precision without XLA (its best: see README). The
-fastest Keras variant is the backend's default and is compared with the hf backend in the same precision. Then
-each backend fine-tunes for one epoch and is evaluated on all 872 SST-2 dev sentences, once per seed in `SEEDS`.
+Throughput is timed in alternating windows of 20 steps (hf, keras, hf, ...), so both run under the same
+background load on this shared machine, each after untimed windows that trace every bucket shape. Both run in
+`mixed_bfloat16` without XLA, the fastest setting of each on this CPU (AVX512_BF16: oneDNN's bfloat16 matmuls;
+XLA's bfloat16 dots are slower, and XLA compiles every bucket shape anew). Then each backend fine-tunes for one
+epoch and is evaluated on all 872 SST-2 dev sentences, once per seed in `SEEDS`.
 
     python -m experiments.benchmark --sections=finetune
 """
@@ -26,9 +26,8 @@ LEARNING_RATE = 1e-4
 HEAD_LR_MULTIPLIER = 20.0
 # A seed moves one-epoch dev accuracy by up to 1.5 points (dropout, shuffling, the new head): report a mean.
 SEEDS = (0, 1, 2, 3, 4)
-# (backend, precision, jit_compile) timed side by side.
-VARIANTS = (("hf", "mixed_bfloat16", False), ("keras", "mixed_bfloat16", False), ("keras", "mixed_bfloat16", True),
-            ("hf", "float32", False), ("keras", "float32", True))
+PRECISION = "mixed_bfloat16"
+BACKENDS = ("hf", "keras")
 
 
 def _config(**overrides):
@@ -38,8 +37,8 @@ def _config(**overrides):
                           head_lr_multiplier=HEAD_LR_MULTIPLIER, **overrides)
 
 
-def _interleaved_rates(train, steps: int, rounds: int) -> dict[tuple, float]:
-    """Examples/s of each of `VARIANTS`, timed in alternating windows of `steps` batches (mean of `rounds`).
+def _interleaved_rates(train, steps: int, rounds: int) -> dict[str, float]:
+    """Examples/s of each backend, timed in alternating windows of `steps` batches (mean of `rounds`).
 
     Real examples only: each bucket's last batch is filled with zero-weight rows, which are not counted.
     """
@@ -49,10 +48,10 @@ def _interleaved_rates(train, steps: int, rounds: int) -> dict[tuple, float]:
 
     strategy = resolve_strategy("cpu")
     windows = {}
-    for backend, precision, jit_compile in VARIANTS:
-        config = _config(warmup_fraction=0.0, precision=precision, jit_compile=jit_compile, backend=backend)
+    for backend in BACKENDS:
+        config = _config(warmup_fraction=0.0, precision=PRECISION, backend=backend)
         load = load_keras_classifier if backend == "keras" else load_hf_classifier
-        classifier = load("minilm", 2, None, precision, seed=0)
+        classifier = load("minilm", 2, None, PRECISION, seed=0)
         token_ids = data.encode(classifier.tokenizer, train.texts, MAX_LENGTH)
         per_epoch = data.count_batches(token_ids, BATCH_SIZE, config.bucket_widths)
         real_per_step = len(train) / per_epoch
@@ -65,16 +64,16 @@ def _interleaved_rates(train, steps: int, rounds: int) -> dict[tuple, float]:
             trainer.train(dataset, steps)
             return steps * real_per_step / (time.perf_counter() - start)
 
-        # Untimed: one batch of every bucket shape (XLA compiles each), then a window.
+        # Untimed: one batch of every bucket shape (each traces), then a window.
         warm, count = _one_batch_per_bucket(data, token_ids, train.labels, config.bucket_widths)
         trainer.train(warm, count)
         window()
-        windows[(backend, precision, jit_compile)] = window
-    rates = {variant: [] for variant in VARIANTS}
+        windows[backend] = window
+    rates = {backend: [] for backend in BACKENDS}
     for _ in range(rounds):
-        for variant in VARIANTS:
-            rates[variant].append(windows[variant]())
-    return {variant: sum(values) / rounds for variant, values in rates.items()}
+        for backend in BACKENDS:
+            rates[backend].append(windows[backend]())
+    return {backend: sum(values) / rounds for backend, values in rates.items()}
 
 
 def _one_batch_per_bucket(data, token_ids, labels, widths):
@@ -84,7 +83,7 @@ def _one_batch_per_bucket(data, token_ids, labels, widths):
     return data.make_dataset([token_ids[i] for i in picks], labels[picks], BATCH_SIZE, bucket_widths=widths), len(picks)
 
 
-def _accuracies(train, dev, quick: bool, **overrides) -> tuple[list[dict], float]:
+def _accuracies(train, dev, quick: bool, backend: str) -> tuple[list[dict], float]:
     from tf_lm.bert.finetune import finetune
     from tf_lm.distribute import resolve_strategy
 
@@ -92,15 +91,10 @@ def _accuracies(train, dev, quick: bool, **overrides) -> tuple[list[dict], float
     for seed in SEEDS[:1] if quick else SEEDS:
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as output_dir:
-            records += finetune("minilm", train, dev, _config(epochs=1, seed=seed, **overrides), output_dir,
-                                resolve_strategy("cpu"))
+            config = _config(epochs=1, seed=seed, precision=PRECISION, backend=backend)
+            records += finetune("minilm", train, dev, config, output_dir, resolve_strategy("cpu"))
         wall = wall or time.perf_counter() - start
     return records, wall
-
-
-def _name(variant: tuple) -> str:
-    backend, precision, jit_compile = variant
-    return f"{backend}, {precision}{', XLA' if jit_compile else ''}"
 
 
 def run(quick: bool) -> list[Row]:
@@ -110,19 +104,11 @@ def run(quick: bool) -> list[Row]:
     dev = data.read_table(str(SST2 / "dev.tsv"), max_examples=128 if quick else None)
     steps, rounds = (5, 1) if quick else (20, 3)
     rates = _interleaved_rates(train, steps, rounds)
-    chosen = max((v for v in VARIANTS if v[0] == "keras"), key=rates.get)
-    _, precision, jit_compile = chosen
-    peer = ("hf", precision, False)
-    setting = f"MiniLM-L6, SST-2 first {len(train):,}, T<={MAX_LENGTH}, B={BATCH_SIZE}, 8 length buckets"
-    window_note = f"alternating windows of {steps} steps, mean of {rounds}"
-    rows = [Row("finetune", f"train steps, {setting}", "examples/s", rates[chosen], rates[peer],
-                f"hf backend ({_name(peer)})", ">= 1.3x", f"keras backend, fastest variant: {_name(chosen)}; "
-                f"{window_note}")]
-    rows += [Row("finetune", f"train steps, {_name(v)}", "examples/s", rates[v], notes=window_note) for v in VARIANTS]
-
-    results = {}
-    for backend, jit in (("keras", jit_compile), ("hf", False)):
-        results[backend] = _accuracies(train, dev, quick, backend=backend, precision=precision, jit_compile=jit)
+    setting = f"MiniLM-L6, SST-2 first {len(train):,}, T<={MAX_LENGTH}, B={BATCH_SIZE}, 8 length buckets, {PRECISION}"
+    rows = [Row("finetune", f"train steps, {setting}", "examples/s", rates["keras"], rates["hf"],
+                "hf backend (TFBertForSequenceClassification)", ">= 1.3x",
+                f"keras backend (BertClassifier); alternating windows of {steps} steps, mean of {rounds}")]
+    results = {backend: _accuracies(train, dev, quick, backend) for backend in ("keras", "hf")}
     means = {b: sum(r["eval_accuracy"] for r in records) / len(records) for b, (records, _) in results.items()}
     seeds = SEEDS[:len(results["keras"][0])]
     for backend, (records, wall) in results.items():
@@ -131,7 +117,7 @@ def run(quick: bool) -> list[Row]:
             Row("finetune", f"{backend}: dev accuracy after 1 epoch ({len(dev)} sentences), mean of seeds {seeds}",
                 "accuracy", means[backend], means["hf"] if backend == "keras" else None,
                 "hf backend" if backend == "keras" else "", "keras within 0.3 point of hf" if backend == "keras"
-                else "", f"seeds: {accuracies}; lr {LEARNING_RATE:g} (head x{HEAD_LR_MULTIPLIER:g}), {precision}"),
+                else "", f"seeds: {accuracies}; lr {LEARNING_RATE:g} (head x{HEAD_LR_MULTIPLIER:g}), {PRECISION}"),
             Row("finetune", f"{backend}: 1 epoch end to end, {setting}", "examples/s",
                 records[0]["train_examples_per_s"], notes="seed 0, tracing included"),
             Row("finetune", f"{backend}: evaluate {len(dev)} dev sentences", "s", records[0]["eval_seconds"]),
