@@ -20,13 +20,15 @@ def write_tsv(path, rows):
     return str(path)
 
 
-def test_predict_prints_label_and_probability(tmp_path):
+@pytest.mark.parametrize("backend", ["keras", "hf"])
+def test_predict_prints_label_and_probability(tmp_path, backend):
+    """`predict_bert` reads the output of either backend (model.keras + HF export, or HF's save_pretrained)."""
     from experiments import predict_bert
-    from tf_lm.bert import hub
+    from tf_lm.bert import finetune
 
     model_dir = str(tmp_path / "model")
-    model = hub.load_classifier("minilm", num_labels=2, label_names=["negative", "positive"])
-    hub.save_pretrained(model_dir, model, hub.load_tokenizer("minilm"))
+    load = finetune.load_keras_classifier if backend == "keras" else finetune.load_hf_classifier
+    load("minilm", 2, ["negative", "positive"], "float32", seed=0).save(model_dir, {})
     out = io.StringIO()
     predict_bert.run(model_dir, ["a gorgeous film", "a dull mess"], max_length=16, out=out)
     lines = out.getvalue().strip().splitlines()
@@ -54,11 +56,17 @@ def test_finetune_then_predict(tmp_path):
         assert label in ("neg", "pos") and 0.5 <= float(probability) <= 1 and text == sentence
 
 
-def test_finetune_bad_inputs_fail_in_one_line(tmp_path):
-    empty = tmp_path / "empty.tsv"
-    empty.write_text("")
-    assert_one_line_error(run_module("experiments.finetune_bert", f"--train_file={empty}", f"--eval_file={empty}",
-                                     f"--output_dir={tmp_path}"), "is empty")
+@pytest.mark.parametrize("backend", ["keras", "hf"])
+@pytest.mark.parametrize("content, match", [
+    (b"", "empty.tsv is empty"),
+    (b"sentence\tlabel\nfine\t1\nodd\t--1\n", "empty.tsv:3: the label '--1'"),
+    (b"sentence\tlabel\ncaf\xe9\t1\n", "empty.tsv:2: byte 0xe9 is not UTF-8"),
+])
+def test_finetune_bad_inputs_fail_in_one_line(tmp_path, backend, content, match):
+    bad = tmp_path / "empty.tsv"
+    bad.write_bytes(content)
+    assert_one_line_error(run_module("experiments.finetune_bert", f"--backend={backend}", f"--train_file={bad}",
+                                     f"--eval_file={bad}", f"--output_dir={tmp_path}"), match)
 
 
 def test_finetune_unknown_model_offline_fails_in_one_line(tmp_path):
@@ -71,3 +79,16 @@ def test_finetune_unknown_model_offline_fails_in_one_line(tmp_path):
 def test_predict_without_model_dir_fails_in_one_line(tmp_path):
     result = run_module("experiments.predict_bert", f"--model_dir={tmp_path / 'absent'}", "a sentence")
     assert_one_line_error(result, "No model directory")
+
+
+def test_predict_on_a_language_model_directory_says_so_in_one_line(tmp_path):
+    from tf_lm import LMConfig, TransformerLM
+    from tf_lm.artifacts import save_model_dir
+    from tf_lm.data import CharTokenizer
+
+    tokenizer = CharTokenizer.from_text("hello world")
+    save_model_dir(str(tmp_path), TransformerLM(LMConfig(vocab_size=tokenizer.vocab_size, block_size=8, n_layer=1,
+                                                           n_head=2, n_embd=8)), tokenizer)
+    result = run_module("experiments.predict_bert", f"--model_dir={tmp_path}", "a sentence")
+    assert_one_line_error(result, "holds a TransformerLM, not a fine-tuned classifier")
+    assert ".bin" not in result.stderr
