@@ -32,8 +32,11 @@ def state():
 
 
 def test_import_tf_lm_does_not_import_transformers():
+    """Nor does the keras backend: loading MiniLM into a BertClassifier and tokenising with its WordPiece."""
     code = (
-        "import os, sys, tf_lm, tf_lm.bert, tf_lm.bert.data\n"
+        "import os, sys, tf_lm, tf_lm.bert, tf_lm.bert.data, tf_lm.bert.finetune\n"
+        "classifier = tf_lm.bert.finetune.load_keras_classifier('minilm', 2, None, 'float32', seed=0)\n"
+        "classifier.tokenizer(['a fine film'])\n"
         "assert 'transformers' not in sys.modules, 'transformers was imported'\n"
         "assert 'TF_USE_LEGACY_KERAS' not in os.environ, 'TF_USE_LEGACY_KERAS was set'\n"
     )
