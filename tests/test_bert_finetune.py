@@ -241,6 +241,7 @@ def run_python(code, *args):
                           cwd=Path(__file__).resolve().parents[1], env=script_environment())
 
 
+@pytest.mark.slow  # three fine-tunes, ~1 minute
 def test_ctrl_c_checkpoints_and_the_rerun_resumes_to_the_same_result(tmp_path, monkeypatch):
     import signal
 
