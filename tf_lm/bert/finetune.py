@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import signal
+import tempfile
 import threading
 import time
 
@@ -30,7 +31,6 @@ from tf_lm.bert import weights
 from tf_lm.bert.config import check_precision
 from tf_lm.distribute import is_chief
 from tf_lm.fileio import atomic_directory, atomic_write
-from tf_lm.training.checkpoints import Checkpoints
 from tf_lm.training.trainer import TrainingDiverged, TrainingInterrupted, make_train_step
 
 BEST_DIR = "best"
@@ -409,8 +409,8 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
         bucket_widths=config.bucket_widths, pad_id=pad_id,
     )
     chief = is_chief(strategy)
-    checkpoints = Checkpoints(os.path.join(output_dir, CHECKPOINT_DIR), classifier.model, trainer.optimizers,
-                              chief=chief)
+    checkpoints = _EpochCheckpoints(os.path.join(output_dir, CHECKPOINT_DIR), classifier.model, trainer.optimizers,
+                                    chief=chief)
     identity = {"model": model_name, "train_examples": len(train_data), **dataclasses.asdict(config)}
     step = _resume(checkpoints, identity)
     history = _read_history(output_dir, step)
@@ -466,7 +466,46 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
     return history
 
 
-def _resume(checkpoints: Checkpoints, identity: dict) -> int:
+class _EpochCheckpoints:
+    """Model variables, optimizers and step of an interrupted fine-tune, for a resume by the same command.
+
+    Not the language model's `tf_lm.training.Checkpoints`: that one keys Keras 3 variables by path, and the hf
+    backend's tf_keras model and optimizers have none. Here both backends' variables are keyed by their position in
+    `model.variables` (a resume rebuilds the same model from the same checkpoint directory), and the optimizers are
+    tracked as objects (tf_keras creates its slots on the first update and restores them then).
+    """
+
+    def __init__(self, directory: str, model, optimizers: list, chief: bool):
+        self.directory = directory
+        self.chief = chief
+        with tf.init_scope():
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        variables = {f"{i:04d}": v for i, v in enumerate(model.variables)}
+        self.checkpoint = tf.train.Checkpoint(step=self.step, model_variables=variables, optimizers=optimizers)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=1)
+
+    @property
+    def latest(self) -> str | None:
+        return self.manager.latest_checkpoint
+
+    def restore(self) -> int:
+        self.checkpoint.restore(self.latest).assert_existing_objects_matched()
+        return int(self.step.numpy())
+
+    def save(self, step: int) -> None:
+        self.step.assign(step)
+        if self.chief:
+            self.manager.save(checkpoint_number=step)
+            return
+        # Saving is collective under MultiWorkerMirroredStrategy: the other workers write too, then drop it.
+        scratch = tempfile.mkdtemp(prefix="tf_lm-worker-checkpoint-")
+        try:
+            self.checkpoint.write(os.path.join(scratch, "ckpt"))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _resume(checkpoints: _EpochCheckpoints, identity: dict) -> int:
     """Restores an interrupted run's checkpoint (step > 0) or records this run's identity (step 0).
 
     Raises:
