@@ -90,5 +90,5 @@ def test_predict_on_a_language_model_directory_says_so_in_one_line(tmp_path):
     save_model_dir(str(tmp_path), TransformerLM(LMConfig(vocab_size=tokenizer.vocab_size, block_size=8, n_layer=1,
                                                            n_head=2, n_embd=8)), tokenizer)
     result = run_module("experiments.predict_bert", f"--model_dir={tmp_path}", "a sentence")
-    assert_one_line_error(result, "holds a TransformerLM, not a fine-tuned classifier")
+    assert_one_line_error(result, "holds a TransformerLM (a language model of experiments.train_lm), not a fine-tuned")
     assert ".bin" not in result.stderr

@@ -574,6 +574,11 @@ def load_for_prediction(model_dir: str):
             raise ValueError(f"{model_dir!r} holds a {type(model).__name__}, not a fine-tuned classifier; pass the "
                              "best/ directory of experiments.finetune_bert.")
         return model
+    from tf_lm import artifacts
+
+    if os.path.isfile(os.path.join(artifacts.saved_dir(model_dir), artifacts.MODEL_FILE)):
+        raise ValueError(f"{model_dir!r} holds a TransformerLM (a language model of experiments.train_lm), not a "
+                         "fine-tuned classifier; pass the best/ directory of experiments.finetune_bert.")
     if not os.path.isfile(os.path.join(model_dir, weights.SAFETENSORS_FILE)):
         raise FileNotFoundError(f"No {KERAS_FILE} or {weights.SAFETENSORS_FILE} in {model_dir!r}; pass the best/ "
                                 "directory of experiments.finetune_bert.")
