@@ -129,7 +129,7 @@ def main(argv):
                                FLAGS.num_labels, verbose=True)
         except TrainingInterrupted as error:  # 128 + signal: 130 for Ctrl-C, 143 for SIGTERM, as shells report
             print(f"stopped: {error}", file=sys.stderr)
-            raise SystemExit(128 + error.signum) from None
+            raise SystemExit(error.exit_code) from None
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}") from None
     best = max(history, key=lambda record: record["eval_accuracy"])

@@ -18,7 +18,6 @@ import os
 import shutil
 import signal
 import tempfile
-import threading
 import time
 
 import keras
@@ -31,6 +30,7 @@ from tf_lm.bert import weights
 from tf_lm.bert.config import check_precision
 from tf_lm.distribute import is_chief
 from tf_lm.fileio import atomic_directory, atomic_write
+from tf_lm.training.signals import StopOnSignal
 from tf_lm.training.trainer import TrainingDiverged, TrainingInterrupted, make_train_step
 
 BEST_DIR = "best"
@@ -415,7 +415,7 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
     step = _resume(checkpoints, identity)
     history = _read_history(output_dir, step)
     best_accuracy, epoch = best_on_disk(output_dir), step // steps_per_epoch
-    with _StopOnSignal() as stop:
+    with StopOnSignal() as stop:
         while step < total_steps:
             epoch += 1
             done = step - (epoch - 1) * steps_per_epoch  # steps of this epoch an interrupted run already made
@@ -431,12 +431,11 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
             step += trainer.steps_done
             if stop.signal is not None:
                 checkpoints.save(step)
-                interrupted = TrainingInterrupted(
-                    f"Stopped by signal {stop.signal} at step {step} of {total_steps}; a checkpoint was written to "
-                    f"{checkpoints.directory}, so rerunning the same command resumes from it."
+                raise TrainingInterrupted(
+                    f"Stopped by {signal.Signals(stop.signal).name} at step {step} of {total_steps}; a checkpoint "
+                    f"was written to {checkpoints.directory}, so rerunning the same command resumes from it.",
+                    stop.signal,
                 )
-                interrupted.signum = stop.signal
-                raise interrupted
             # A whole epoch sees every example once; a cut one (max_steps) about its share of them.
             seen = round(len(train_data) * trainer.steps_done / steps_per_epoch)
             start = time.perf_counter()
@@ -532,29 +531,6 @@ def _read_history(output_dir: str, step: int) -> list[dict]:
         return []
     with open(path) as f:
         return [record for record in json.load(f) if record["step"] <= step]
-
-
-class _StopOnSignal:
-    """SIGTERM or SIGINT (Ctrl-C) asks training to stop after the current step; a second Ctrl-C stops at once."""
-
-    def __enter__(self):
-        self.signal, self._previous = None, {}
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        del frame
-        self.signal = signum
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    def requested(self) -> bool:
-        return self.signal is not None
-
-    def __exit__(self, *exc_info):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
 
 
 def load_for_prediction(model_dir: str):

@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import math
 import signal
-import threading
 import time
 from collections.abc import Callable
 
@@ -28,6 +27,7 @@ from tf_lm.training.lora import enable_lora
 from tf_lm.training.metrics import MetricsLog, derived
 from tf_lm.training.optimizer import make_optimizer
 from tf_lm.training.schedule import WarmupCosine
+from tf_lm.training.signals import StopOnSignal
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
@@ -129,6 +129,7 @@ class TrainingInterrupted(RuntimeError):
 
     def __init__(self, message: str, signum: int = signal.SIGTERM):
         super().__init__(message)
+        self.signum = signum
         self.exit_code = 128 + signum
 
 
@@ -307,7 +308,6 @@ class Trainer:
         """`train_step(iterator, stop=False)`: one optimizer update on the next batch; returns `(loss, gradient
         norm, stop)`, where `stop` is true if any worker passed `stop=True` to this step."""
         self._eval_step = self._make_eval_step(jit_compile)
-        self._stop_signal = None
 
     def parameter_report(self) -> dict:
         """`trainable` and `total` model parameters, and `optimizer_bytes`: the memory of the optimizer's state."""
@@ -385,12 +385,6 @@ class Trainer:
             f"({kept}) is kept. Lower --learning_rate, raise --warmup_steps or set --grad_clip, then rerun."
         )
 
-    def _on_signal(self, signum, frame):
-        del frame
-        if signum == signal.SIGINT and self._stop_signal is not None:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop at once, without waiting for the checkpoint
-        self._stop_signal = signum
-
     def fit(self, train_dataset_fn: Callable, validation_dataset_fn: Callable) -> dict:
         """Trains from the latest checkpoint in `model_dir/checkpoints` (or from scratch) to `config.steps`.
 
@@ -418,10 +412,7 @@ class Trainer:
         result = {"start_step": start, "step": start, "train_loss": None, "validation": None,
                   "tokens_per_second": None, "mfu": None}
         progbar = keras.utils.Progbar(config.steps, stateful_metrics=["loss", "tok/s"]) if self.verbose else None
-        in_main_thread = threading.current_thread() is threading.main_thread()
-        handled = (signal.SIGTERM, signal.SIGINT) if in_main_thread else ()
-        previous_handlers = {signum: signal.signal(signum, self._on_signal) for signum in handled}
-        try:
+        with StopOnSignal() as stop_request:
             if start == 0 and self.evaluate_at_start:  # where a fine-tuning run starts: the pretrained model's loss
                 result["validation"] = self._evaluate_and_log(validation_dataset_fn, log, 0, time.perf_counter())
             iterator = iter(self._distribute(lambda context: train_dataset_fn(start, context)))
@@ -430,7 +421,7 @@ class Trainer:
             window_losses, step_seconds, started = [], [], time.perf_counter()
             for step in range(start + 1, config.steps + 1):  # `step` updates done after this iteration
                 step_start = time.perf_counter()
-                loss, _, stop = self.train_step(iterator, self._stop_signal is not None)
+                loss, _, stop = self.train_step(iterator, stop_request.requested())
                 loss, stop = float(loss), bool(stop)
                 if step > start + 1:
                     step_seconds.append(time.perf_counter() - step_start)
@@ -456,17 +447,14 @@ class Trainer:
                     self._save(step)
                 if stop:
                     log.plot()
-                    signum = self._stop_signal or signal.SIGTERM
-                    cause = (f"by {signal.Signals(signum).name}" if self._stop_signal
+                    signum = stop_request.signal or signal.SIGTERM
+                    cause = (f"by {signal.Signals(signum).name}" if stop_request.signal
                              else "because another worker was stopped")
                     raise TrainingInterrupted(
                         f"Stopped {cause} at step {step}; a checkpoint was written to "
                         f"{self.checkpoints.directory}, so rerunning the same command resumes from it.", signum
                     )
             log.plot()
-        finally:
-            for signum, handler in previous_handlers.items():
-                signal.signal(signum, handler)
         result["weights_digest"] = weights_digest(self.model)
         return result
 

@@ -1,0 +1,23 @@
+import os
+import signal
+
+import pytest
+
+from tf_lm.training.signals import StopOnSignal
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_becomes_a_stop_request_and_the_handlers_come_back(signum):
+    previous = signal.getsignal(signum)
+    with StopOnSignal() as stop:
+        assert not stop.requested()
+        os.kill(os.getpid(), signum)
+        assert stop.requested() and stop.signal == signum
+    assert signal.getsignal(signum) is previous
+
+
+def test_a_second_ctrl_c_stops_at_once():
+    with StopOnSignal() as stop, pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signal == signal.SIGINT
+        os.kill(os.getpid(), signal.SIGINT)
