@@ -71,8 +71,9 @@ def test_finetune_bad_inputs_fail_in_one_line(tmp_path, backend, content, match)
 
 def test_finetune_unknown_model_offline_fails_in_one_line(tmp_path):
     train = write_tsv(tmp_path / "train.tsv", [("good", 1), ("bad", 0)])
+    output_dir = tmp_path / "out"
     assert_one_line_error(run_module("experiments.finetune_bert", "--model=tf-lm-tests/no-such-model",
-                                     f"--train_file={train}", f"--eval_file={train}", f"--output_dir={tmp_path}",
+                                     f"--train_file={train}", f"--eval_file={train}", f"--output_dir={output_dir}",
                                      env={"HF_HUB_OFFLINE": "1"}), "no-such-model")
 
 

@@ -103,8 +103,18 @@ def test_label_outside_num_labels_is_rejected(tmp_path):
     dev = data.read_table(str(SST2 / "dev.tsv"), max_examples=4)
     for backend in finetune.BACKENDS:
         with pytest.raises(ValueError, match="t.tsv: example 2 has label 2, outside the 2 classes"):
-            finetune.finetune("minilm", train, dev, finetune.FinetuneConfig(backend=backend), str(tmp_path),
-                              resolve_strategy("cpu"), num_labels=2)
+            finetune.finetune("minilm", train, dev, finetune.FinetuneConfig(backend=backend),
+                              str(tmp_path / "out"), resolve_strategy("cpu"), num_labels=2)
+
+
+def test_a_foreign_output_dir_is_refused_untouched(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "precious.txt").write_text("mine")
+    train = data.read_table(str(SST2 / "dev.tsv"), max_examples=4)
+    with pytest.raises(ValueError, match="not one of ours and was left untouched"):
+        finetune.finetune("minilm", train, train, finetune.FinetuneConfig(max_steps=1), str(tmp_path),
+                          resolve_strategy("cpu"))
+    assert sorted(os.listdir(tmp_path)) == ["checkpoints", "precious.txt"]
 
 
 def test_max_length_over_the_model_limit_is_rejected(tmp_path):

@@ -29,7 +29,7 @@ from tf_lm.bert import data as data_lib
 from tf_lm.bert import weights
 from tf_lm.bert.config import check_precision
 from tf_lm.distribute import is_chief
-from tf_lm.fileio import atomic_directory, atomic_write
+from tf_lm.fileio import atomic_directory, atomic_write, check_replaceable
 from tf_lm.training.signals import StopOnSignal
 from tf_lm.training.trainer import TrainingDiverged, TrainingInterrupted, make_train_step
 
@@ -374,8 +374,9 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
         train_examples_per_s, eval accuracy, f1, loss and eval_seconds.
 
     Raises:
-        ValueError: for labels outside `num_labels`, `max_length` beyond the model's position limit, a batch
-            size the replicas cannot split, or a model that cannot be loaded.
+        ValueError: for an `output_dir` that is not new, empty or an earlier run's (nothing in it is touched),
+            labels outside `num_labels`, `max_length` beyond the model's position limit, a batch size the
+            replicas cannot split, or a model that cannot be loaded.
         TrainingDiverged: when the loss becomes NaN/inf.
         TrainingInterrupted: on SIGTERM/SIGINT, after a checkpoint (its `signum` says which signal).
 
@@ -383,6 +384,10 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
     >>> history = finetune("minilm", read_table("train.tsv"), read_table("dev.tsv"),
     ...                    FinetuneConfig(max_length=64, epochs=1), "runs/sst2", resolve_strategy("cpu"))
     """
+    # Only a new, empty or earlier run's directory is written into: a run removes output_dir/checkpoints when done.
+    earlier_run = (HISTORY_FILE, BEST_DIR, os.path.join(CHECKPOINT_DIR, RUN_FILE))
+    if not any(tf.io.gfile.exists(os.path.join(output_dir, name)) for name in earlier_run):
+        check_replaceable(output_dir, HISTORY_FILE)
     num_labels = _resolve_num_labels(num_labels, train_data)
     for split in (train_data, eval_data):
         data_lib.check_labels(split, num_labels)
