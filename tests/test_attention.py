@@ -42,7 +42,7 @@ def test_cached_decoding_equals_full_pass():
     layer = CausalSelfAttention(num_heads=2)
     x = _inputs(time=6)
     full = np.asarray(layer(x))
-    cache = np.zeros((2, 2, 8, 2, 4), "float32")
+    cache = layer.init_cache(2, 8)
     prefix, cache = layer(x[:, :3], cache=cache, cache_index=0)
     steps = [np.asarray(prefix)]
     for t in range(3, 6):
@@ -56,7 +56,7 @@ def test_a_cache_slot_per_row_equals_the_full_pass():
     layer = CausalSelfAttention(num_heads=2)
     x = _inputs(time=6)
     full = np.asarray(layer(x))
-    _, cache = layer(x[:, :3], cache=np.zeros((2, 2, 8, 2, 4), "float32"), cache_index=0)
+    _, cache = layer(x[:, :3], cache=layer.init_cache(2, 8), cache_index=0)
     new = np.stack([x[0, 3:5], x[1, 2:4]])  # (2, 2, 8)
     y, cache = layer(new, cache=cache, cache_index=np.array([3, 2], "int32"))
     np.testing.assert_allclose(np.asarray(y), np.stack([full[0, 3:5], full[1, 2:4]]), atol=1e-5)
@@ -65,8 +65,10 @@ def test_a_cache_slot_per_row_equals_the_full_pass():
 
 
 def test_cache_needs_an_index():
+    layer = CausalSelfAttention(num_heads=2)
+    layer.build(_inputs().shape)
     with pytest.raises(ValueError, match="cache_index is required"):
-        CausalSelfAttention(num_heads=2)(_inputs(), cache=np.zeros((2, 2, 8, 2, 4), "float32"))
+        layer(_inputs(), cache=layer.init_cache(2, 8))
 
 
 def test_bidirectional_layer_contract(tmp_path):
@@ -91,5 +93,5 @@ def test_bidirectional_padded_token_changes_no_real_token_and_real_tokens_see_ea
 
 def test_bidirectional_layer_refuses_a_cache():
     with pytest.raises(ValueError, match="causal=False"):
-        CausalSelfAttention(num_heads=2, causal=False)(_inputs(), cache=np.zeros((2, 2, 8, 2, 4), "float32"),
-                                                       cache_index=0)
+        CausalSelfAttention(num_heads=2, causal=False)(_inputs(), cache=(np.zeros((4, 4, 8), "float32"),
+                                                                         np.zeros((4, 8, 4), "float32")), cache_index=0)

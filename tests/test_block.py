@@ -28,7 +28,7 @@ def test_causal_and_cached_like_its_attention():
     edited = x.copy()
     edited[:, 4:] = 3.0
     np.testing.assert_allclose(np.asarray(block(edited))[:, :4], full[:, :4], atol=1e-6)
-    cache = np.zeros((2, 2, 6, 2, 4), "float32")
+    cache = block.attention.init_cache(2, 6)
     head, cache = block(x[:, :4], cache=cache, cache_index=0)
     tail, cache = block(x[:, 4:], cache=cache, cache_index=4)
     np.testing.assert_allclose(np.concatenate([head, tail], axis=1), full, atol=1e-5)

@@ -194,8 +194,10 @@ def test_after_a_round_both_caches_equal_a_plain_decode_of_the_accepted_tokens(p
         for lm, cache, end in zip((model, draft), (state["cache"], state["draft"]), ends):
             real = state["tokens"].numpy()[row, pad:end][None]  # (1, T)
             _, plain = lm.call_with_cache(real, lm.init_cache(1, real.shape[1]), 0)
-            for got, want in zip(cache, plain):
-                np.testing.assert_allclose(got.numpy()[row, :, pad:end], want.numpy()[0], atol=1e-5)
+            heads = slice(row * lm.config.n_head, (row + 1) * lm.config.n_head)  # the row's heads in the cache
+            for (got_keys, got_values), (keys, values) in zip(cache, plain):
+                np.testing.assert_allclose(got_keys.numpy()[heads, :, pad:end], keys.numpy(), atol=1e-5)
+                np.testing.assert_allclose(got_values.numpy()[heads, pad:end], values.numpy(), atol=1e-5)
 
 
 @pytest.mark.parametrize(

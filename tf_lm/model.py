@@ -11,6 +11,12 @@ from tf_lm.configs import LMConfig
 from tf_lm.layers import TiedLMHead, TokenAndPositionEmbedding, TransformerBlock
 
 
+def cache_slots(cache):
+    """The number of slots of a KV cache from `TransformerLM.init_cache`: an int when static, else a scalar tensor."""
+    values = cache[0][1]  # (B·H, S, Dh)
+    return values.shape[1] if values.shape[1] is not None else ops.shape(values)[1]
+
+
 @keras.saving.register_keras_serializable(package="tf_lm")
 class TransformerLM(keras.Model):
     """Token + position embeddings, `n_layer` pre-LN blocks, a final LayerNorm and a tied head.
@@ -84,18 +90,17 @@ class TransformerLM(keras.Model):
         return self.head(self.final_norm(x), self.embedding.token_embeddings)  # (B, T, V) float32
 
     def init_cache(self, batch_size, max_length=None):
-        """Returns a zero KV cache: one `[batch, 2, max_length, n_head, head_dim]` tensor per block."""
+        """Returns a zero KV cache: per block, `(keys, values)` as `CausalSelfAttention.init_cache` lays them out."""
         max_length = self.config.block_size if max_length is None else max_length
         self._check_length(max_length)
-        shape = (batch_size, 2, max_length, self.config.n_head, self.config.head_dim)
-        return [ops.zeros(shape, dtype=self.compute_dtype) for _ in self.blocks]
+        return [block.attention.init_cache(batch_size, max_length) for block in self.blocks]
 
     def call_with_cache(self, token_ids, cache, cache_index, padding_mask=None, position_ids=None):
         """Runs only the new tokens `token_ids` `[batch, time]` against a KV cache from `init_cache`.
 
         Args:
             token_ids: int tensor `[batch, time]`; `token_ids[:, 0]` sits at `cache_index`.
-            cache: list of per-block cache tensors.
+            cache: list of per-block `(keys, values)` from `init_cache`.
             cache_index: int scalar, where the new tokens are written; or int32 `[batch]`, a slot per row
                 (speculative decoding, whose rows accept different numbers of tokens).
             padding_mask: optional `[batch, max_length]` over the whole cache, 1 for real tokens.

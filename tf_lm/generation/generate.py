@@ -30,6 +30,7 @@ import tensorflow as tf
 from tf_lm.generation import speculative
 from tf_lm.generation.samplers import Sampler, get_sampler
 from tf_lm.generation.speculative import DRAFTERS, ModelDrafter, PromptLookupDrafter, SpeculationStats
+from tf_lm.model import cache_slots
 
 # Smallest prompt bucket: shorter prompts share one program instead of compiling one per length.
 _MIN_PROMPT_BUCKET = 8
@@ -41,11 +42,6 @@ def _dim(tensor, axis):
     """The static size of `axis` when known (XLA wants constants for shapes), else a dynamic scalar."""
     static = tensor.shape[axis]
     return static if static is not None else tf.shape(tensor)[axis]
-
-
-def _slots(cache):
-    """The number of slots of a KV cache (a list of `[batch, 2, slots, heads, head_dim]` tensors)."""
-    return _dim(cache[0], 2)
 
 
 def _in_context(state, columns):
@@ -112,7 +108,7 @@ def next_fn(model, slide: bool):
         # A gather, not `tokens[:, index - 1 : index]`: XLA cannot tell that slice's size is 1 from a dynamic
         # index, and silently treats it as a dynamically-sized slice.
         token = tf.gather(tokens, index - 1, axis=1)[:, None]  # (B, 1)
-        slot_columns = state["base"] + tf.range(_slots(state["cache"]))  # (S,)
+        slot_columns = state["base"] + tf.range(cache_slots(state["cache"]))  # (S,)
         logits, cache = model.call_with_cache(
             token, state["cache"], index - 1 - state["base"], padding_mask=_in_context(state, slot_columns),
             position_ids=(index - 1 - state["starts"])[:, None],
@@ -128,7 +124,7 @@ def next_fn(model, slide: bool):
         columns = new_state["base"] + tf.range(block_size)  # (W,)
         window = tf.gather(tokens, tf.minimum(columns, _dim(tokens, 1) - 1), axis=1)  # (B, W)
         logits, cache = model.call_with_cache(
-            window, [tf.zeros_like(block) for block in state["cache"]], 0,
+            window, tf.nest.map_structure(tf.zeros_like, state["cache"]), 0,
             padding_mask=_in_context(new_state, columns), position_ids=_positions(new_state, columns, block_size),
         )  # (B, W, V)
         return tf.gather(logits, index - 1 - new_state["base"], axis=1), {**new_state, "cache": cache}
@@ -138,7 +134,7 @@ def next_fn(model, slide: bool):
             return step(tokens, state, index)
         full = tf.logical_or(
             tf.reduce_any(index - state["starts"] > block_size),  # a row's context would pass block_size
-            index - 1 - state["base"] >= _slots(state["cache"]),  # the token's slot is past the cache
+            index - 1 - state["base"] >= cache_slots(state["cache"]),  # the token's slot is past the cache
         )
         return tf.cond(full, lambda: recompute(tokens, state, index), lambda: step(tokens, state, index))
 

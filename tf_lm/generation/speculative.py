@@ -25,6 +25,7 @@ import weakref
 import tensorflow as tf
 
 from tf_lm.generation.samplers import Sampler, fold_in, uniform_at
+from tf_lm.model import cache_slots
 
 DRAFTERS = ("model", "prompt_lookup")
 # Seed streams of the draft's draws and of the acceptance tests (the model's draws use the seed itself, as
@@ -170,7 +171,7 @@ def rounds(model, drafter, sampler: Sampler, state, pad_lengths, end_index, fina
     """Runs speculative rounds until every row that has not stopped reaches `end_index` (a row may run past it,
     never past `final_index` = P + N). Returns the new state."""
     k = drafter.k
-    cache_mask = tf.range(model_slots(state))[None, :] >= pad_lengths[:, None]  # (B, S)
+    cache_mask = tf.range(cache_slots(state["cache"]))[None, :] >= pad_lengths[:, None]  # (B, S)
 
     def active(state):
         return ~state["done"] & (state["index"] < final_index)
@@ -228,9 +229,3 @@ def rounds(model, drafter, sampler: Sampler, state, pad_lengths, end_index, fina
         }
 
     return tf.while_loop(cond, lambda state: (body(state),), (state,))[0]
-
-
-def model_slots(state):
-    """The number of slots of the model's cache in a speculative state."""
-    cache = state["cache"][0]
-    return cache.shape[2] if cache.shape[2] is not None else tf.shape(cache)[2]

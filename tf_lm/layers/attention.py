@@ -16,15 +16,15 @@ def _default_kernel_initializer():
     return keras.initializers.RandomNormal(stddev=0.02)
 
 
-def _write_rows(cache, entries, slots):
-    """Writes `entries` `[B, 2, T, H, Dh]` into `cache` `[B, 2, S, H, Dh]` at slots `slots[b] + t` of each row b."""
-    batch, time = ops.shape(entries)[0], ops.shape(entries)[2]
-    rows = ops.broadcast_to(ops.arange(batch)[:, None, None], (batch, 2, time))
-    kinds = ops.broadcast_to(ops.arange(2)[None, :, None], (batch, 2, time))
-    columns = ops.cast(slots, "int32")[:, None, None] + ops.arange(time)[None, None, :]  # (B, 1, T)
-    columns = ops.broadcast_to(columns, (batch, 2, time))
-    indices = ops.reshape(ops.stack([rows, kinds, columns], axis=-1), (-1, 3))  # (B·2·T, 3)
-    updates = ops.reshape(entries, (-1,) + tuple(entries.shape[3:]))  # (B·2·T, H, Dh)
+def _write_rows(cache, entries, slots, axis):
+    """Writes `entries` into `cache` at positions `slots[b] + t` of axis `axis` in each row b (t indexing that axis
+    of `entries`); the axes before it are written whole, the ones after it are the written windows."""
+    shape = ops.shape(entries)[: axis + 1]
+    grids = [ops.broadcast_to(ops.reshape(ops.arange(size), [-1 if i == dim else 1 for i in range(axis + 1)]), shape)
+             for dim, size in enumerate(shape)]
+    grids[axis] = grids[axis] + ops.reshape(ops.cast(slots, "int32"), [-1] + [1] * axis)
+    indices = ops.reshape(ops.stack(grids, axis=-1), (-1, axis + 1))
+    updates = ops.reshape(entries, (-1,) + tuple(entries.shape[axis + 1 :]))
     return ops.scatter_update(cache, indices, updates)
 
 
@@ -34,7 +34,11 @@ class CausalSelfAttention(keras.layers.Layer):
 
     The causal mask is built here from positions, so callers only pass padding. With a cache the
     layer processes only the new tokens: it writes their keys/values into the preallocated cache
-    at `cache_index` and attends over the whole cache, the causal mask turning rectangular.
+    at `cache_index` and attends over the whole cache, the causal mask turning rectangular. The cache holds keys
+    as `[batch·heads, head_dim, slots]` and values as `[batch·heads, slots, head_dim]`, the layouts XLA's CPU
+    matrix products read as they are, with one batch dimension: in any other layout (or with batch and heads as
+    two dimensions) every decode step copies the whole cache of every layer, which cost more than the step's
+    matrix products themselves.
 
     Args:
         num_heads: int. Number of attention heads; must divide the input width.
@@ -49,7 +53,8 @@ class CausalSelfAttention(keras.layers.Layer):
         x: float tensor `[batch, time, hidden_dim]`.
         padding_mask: optional bool/int tensor `[batch, key_length]`, 1 for real tokens. `key_length` is
             `time` without a cache and the cache length with one.
-        cache: optional float tensor `[batch, 2, max_length, num_heads, head_dim]` (keys, values).
+        cache: optional `(keys, values)` from `init_cache`: float tensors `[batch·num_heads, head_dim, max_length]`
+            and `[batch·num_heads, max_length, head_dim]`.
         cache_index: required with `cache`: the cache slot of `x[:, 0]`, an int scalar, or int32 `[batch]` for a
             slot per row (speculative decoding, where rows accept different numbers of tokens).
         training: bool, default False. Enables dropout.
@@ -104,6 +109,12 @@ class CausalSelfAttention(keras.layers.Layer):
         self.attention_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
         self.output_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
 
+    def init_cache(self, batch_size, max_length):
+        """A zero cache for `call` (the layer must be built): `(keys, values)` as the class docstring lays them out."""
+        rows = batch_size * self.num_heads
+        return (ops.zeros((rows, self.head_dim, max_length), dtype=self.compute_dtype),
+                ops.zeros((rows, max_length, self.head_dim), dtype=self.compute_dtype))
+
     def call(self, x, padding_mask=None, cache=None, cache_index=None, training=False):
         batch, time = ops.shape(x)[0], ops.shape(x)[1]
         qkv = ops.reshape(self.qkv_dense(x), (batch, time, 3, self.num_heads, self.head_dim))  # (B, T, 3, H, Dh)
@@ -115,18 +126,25 @@ class CausalSelfAttention(keras.layers.Layer):
                 raise ValueError("A cache needs causal attention; this layer has causal=False.")
             if cache_index is None:
                 raise ValueError("cache_index is required when a cache is passed.")
-            new_entries = ops.cast(ops.stack([key, value], axis=1), cache.dtype)  # (B, 2, T, H, Dh)
+            keys, values = cache
+            head_dim = self.head_dim
+            # (B·H, Dh, T) and (B·H, T, Dh): only the new entries are transposed into the cache's layouts.
+            new_keys = ops.cast(ops.reshape(ops.transpose(key, (0, 2, 3, 1)), (-1, head_dim, time)), keys.dtype)
+            new_values = ops.cast(ops.reshape(ops.transpose(value, (0, 2, 1, 3)), (-1, time, head_dim)), values.dtype)
             if len(getattr(cache_index, "shape", ())) == 1:
-                cache = _write_rows(cache, new_entries, cache_index)
+                slots = ops.repeat(cache_index, self.num_heads)  # (B·H,)
+                keys = _write_rows(keys, new_keys, slots, axis=2)
+                values = _write_rows(values, new_values, slots, axis=1)
                 query_start = cache_index[:, None]  # (B, 1)
             else:
-                cache = ops.slice_update(cache, (0, 0, cache_index, 0, 0), new_entries)
+                keys = ops.slice_update(keys, (0, 0, cache_index), new_keys)
+                values = ops.slice_update(values, (0, cache_index, 0), new_values)
                 query_start = cache_index
-            key, value = cache[:, 0], cache[:, 1]  # (B, S, H, Dh)
+            cache = (keys, values)
 
         allowed = None
         if self.causal:
-            key_length = ops.shape(key)[1]
+            key_length = ops.shape(key)[1] if cache is None else ops.shape(values)[1]
             query_positions = ops.arange(time) + query_start  # (T,), or (B, T) with a slot per row
             allowed = ops.arange(key_length) <= query_positions[..., None]  # (T, S) or (B, T, S)
             allowed = allowed[None, None] if len(allowed.shape) == 2 else allowed[:, None]  # (1 or B, 1, T, S)
@@ -134,13 +152,24 @@ class CausalSelfAttention(keras.layers.Layer):
             padding = ops.cast(padding_mask, "bool")[:, None, None, :]  # (B, 1, 1, S)
             allowed = padding if allowed is None else ops.logical_and(allowed, padding)  # (B, 1, T, S)
 
-        scores = ops.einsum("bqhd,bkhd->bhqk", query, ops.cast(key, query.dtype))  # (B, H, T, S)
+        if cache is None:
+            scores = ops.einsum("bqhd,bkhd->bhqk", query, key)  # (B, H, T, S)
+        else:
+            # One batch dimension (B·H), so that the products read the cache as written (see the class docstring).
+            flat_query = ops.reshape(ops.transpose(query, (0, 2, 1, 3)), (-1, time, self.head_dim))  # (B·H, T, Dh)
+            scores = ops.matmul(flat_query, ops.cast(keys, query.dtype))  # (B·H, T, S)
+            scores = ops.reshape(scores, (batch, self.num_heads, time, -1))  # (B, H, T, S)
         scores = ops.cast(scores, "float32") * (1.0 / math.sqrt(self.head_dim))
         if allowed is not None:
             scores = ops.where(allowed, scores, _MASKED_SCORE)
         weights = ops.cast(ops.softmax(scores, axis=-1), query.dtype)
         weights = self.attention_dropout(weights, training=training)
-        attended = ops.einsum("bhqk,bkhd->bqhd", weights, ops.cast(value, query.dtype))  # (B, T, H, Dh)
+        if cache is None:
+            attended = ops.einsum("bhqk,bkhd->bqhd", weights, value)  # (B, T, H, Dh)
+        else:
+            flat_weights = ops.reshape(weights, (-1, time, ops.shape(values)[1]))  # (B·H, T, S)
+            attended = ops.matmul(flat_weights, ops.cast(values, query.dtype))  # (B·H, T, Dh)
+            attended = ops.transpose(ops.reshape(attended, (batch, self.num_heads, time, self.head_dim)), (0, 2, 1, 3))
         attended = ops.reshape(attended, (batch, time, self.hidden_dim))  # (B, T, d)
         y = self.output_dropout(self.output_dense(attended), training=training)
         return y if cache is None else (y, cache)
