@@ -2,9 +2,11 @@
 
 import math
 import os
+import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,6 +45,16 @@ def test_import_tf_lm_does_not_import_transformers():
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_only_the_hub_package_imports_transformers():
+    """The boundary in the source: within `tf_lm/bert` only `tf_lm/bert/hub/` imports transformers or tf_keras."""
+    package = Path(hub.__file__).parents[1]  # tf_lm/bert
+    importing = sorted(
+        str(path.relative_to(package)) for path in package.rglob("*.py")
+        if re.search(r"^\s*(import|from)\s+(transformers|tf_keras)\b", path.read_text(), re.MULTILINE)
+    )
+    assert importing and all(name.startswith("hub/") for name in importing), importing
 
 
 def test_resolve_checkpoint():

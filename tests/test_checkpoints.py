@@ -140,3 +140,44 @@ def test_a_damaged_directory_index_still_finds_the_latest_checkpoint(tmp_path, s
     assert Checkpoints(str(tmp_path), other, other_optimizer).restore() == 4
     for a, b in zip(model.variables, other.variables):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def tf_keras_model_and_optimizers(units=3):
+    """A tf_keras model (no Keras 3 paths) and two unbuilt tf_keras optimizers, as BERT's hf backend has."""
+    import tf_keras
+
+    model = tf_keras.Sequential([tf_keras.layers.Dense(4), tf_keras.layers.Dense(units)])
+    model.build((None, 2))
+    return model, [tf_keras.optimizers.Adam(1e-2), tf_keras.optimizers.Adam(1e-1)]
+
+
+def tf_keras_step(model, optimizers):
+    for optimizer, layer in zip(optimizers, model.layers):  # a body and a head optimizer
+        optimizer.apply_gradients([(np.ones(v.shape, "float32"), v) for v in layer.trainable_variables])
+
+
+def test_position_keyed_tf_keras_model_and_lazily_built_optimizers_round_trip(tmp_path):
+    model, optimizers = tf_keras_model_and_optimizers()
+    tf_keras_step(model, optimizers)
+    Checkpoints(str(tmp_path), model, optimizers, max_to_keep=1, keyed_by="position").save(5)
+
+    other, other_optimizers = tf_keras_model_and_optimizers()  # other weights; optimizers without slots yet
+    assert Checkpoints(str(tmp_path), other, other_optimizers, keyed_by="position").restore() == 5
+    for a, b in zip(model.variables, other.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # The slots (created by this update) come back too: the next update is the same on both.
+    tf_keras_step(model, optimizers)
+    tf_keras_step(other, other_optimizers)
+    for a, b in zip(model.variables, other.variables):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+    assert sorted(p.name for p in tmp_path.glob("*.index")) == ["ckpt-5.index"]
+
+
+def test_a_position_keyed_checkpoint_of_another_model_is_refused(tmp_path):
+    model, optimizers = tf_keras_model_and_optimizers()
+    Checkpoints(str(tmp_path), model, optimizers, keyed_by="position").save(1)
+    other, other_optimizers = tf_keras_model_and_optimizers(units=5)
+    with pytest.raises(ValueError, match=r"'model_variables/0002' with shape \(4, 3\), but the model's is \(4, 5\)"):
+        Checkpoints(str(tmp_path), other, other_optimizers, keyed_by="position").restore()
+    with pytest.raises(ValueError, match="keyed_by must be one of.*Received: keyed_by='name'"):
+        Checkpoints(str(tmp_path), model, optimizers, keyed_by="name")

@@ -17,7 +17,6 @@ import math
 import os
 import shutil
 import signal
-import tempfile
 import time
 
 import keras
@@ -30,6 +29,7 @@ from tf_lm.bert import weights
 from tf_lm.bert.config import check_precision
 from tf_lm.distribute import is_chief
 from tf_lm.fileio import atomic_directory, atomic_write, check_replaceable
+from tf_lm.training.checkpoints import Checkpoints
 from tf_lm.training.signals import StopOnSignal
 from tf_lm.training.trainer import TrainingDiverged, TrainingInterrupted, make_train_step
 
@@ -227,7 +227,8 @@ class ClassifierTrainer:
         self.forward = forward
         self.strategy = strategy
         self.verbose = verbose and is_chief(strategy)
-        self.train_step = make_train_step(self._loss, updates, strategy, jit_compile=jit_compile)
+        # The update XLA-compiled on its own, the forward/backward pass not: XLA's bfloat16 dots are slower here.
+        self.train_step = make_train_step(self._loss, updates, strategy, jit_compile=jit_compile, jit_update=True)
         # The eval step pulls its batch from the iterator inside one tf.function, so all batch shapes share a trace.
         self._logits = tf.function(lambda features: forward(features, training=False), jit_compile=jit_compile)
         self._eval_step = tf.function(self._distributed_eval_step)
@@ -414,8 +415,9 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
         bucket_widths=config.bucket_widths, pad_id=pad_id,
     )
     chief = is_chief(strategy)
-    checkpoints = _EpochCheckpoints(os.path.join(output_dir, CHECKPOINT_DIR), classifier.model, trainer.optimizers,
-                                    chief=chief)
+    # By position: the hf backend's tf_keras variables have no Keras 3 path (a resume rebuilds the same model).
+    checkpoints = Checkpoints(os.path.join(output_dir, CHECKPOINT_DIR), classifier.model, trainer.optimizers,
+                              chief=chief, max_to_keep=1, keyed_by="position")
     identity = {"model": model_name, "train_examples": len(train_data), **dataclasses.asdict(config)}
     step = _resume(checkpoints, identity)
     history = _read_history(output_dir, step)
@@ -470,46 +472,7 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
     return history
 
 
-class _EpochCheckpoints:
-    """Model variables, optimizers and step of an interrupted fine-tune, for a resume by the same command.
-
-    Not the language model's `tf_lm.training.Checkpoints`: that one keys Keras 3 variables by path, and the hf
-    backend's tf_keras model and optimizers have none. Here both backends' variables are keyed by their position in
-    `model.variables` (a resume rebuilds the same model from the same checkpoint directory), and the optimizers are
-    tracked as objects (tf_keras creates its slots on the first update and restores them then).
-    """
-
-    def __init__(self, directory: str, model, optimizers: list, chief: bool):
-        self.directory = directory
-        self.chief = chief
-        with tf.init_scope():
-            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        variables = {f"{i:04d}": v for i, v in enumerate(model.variables)}
-        self.checkpoint = tf.train.Checkpoint(step=self.step, model_variables=variables, optimizers=optimizers)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=1)
-
-    @property
-    def latest(self) -> str | None:
-        return self.manager.latest_checkpoint
-
-    def restore(self) -> int:
-        self.checkpoint.restore(self.latest).assert_existing_objects_matched()
-        return int(self.step.numpy())
-
-    def save(self, step: int) -> None:
-        self.step.assign(step)
-        if self.chief:
-            self.manager.save(checkpoint_number=step)
-            return
-        # Saving is collective under MultiWorkerMirroredStrategy: the other workers write too, then drop it.
-        scratch = tempfile.mkdtemp(prefix="tf_lm-worker-checkpoint-")
-        try:
-            self.checkpoint.write(os.path.join(scratch, "ckpt"))
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _resume(checkpoints: _EpochCheckpoints, identity: dict) -> int:
+def _resume(checkpoints: Checkpoints, identity: dict) -> int:
     """Restores an interrupted run's checkpoint (step > 0) or records this run's identity (step 0).
 
     Raises:

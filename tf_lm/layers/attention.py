@@ -117,8 +117,10 @@ class CausalSelfAttention(keras.layers.Layer):
 
     def call(self, x, padding_mask=None, cache=None, cache_index=None, training=False):
         batch, time = ops.shape(x)[0], ops.shape(x)[1]
-        qkv = ops.reshape(self.qkv_dense(x), (batch, time, 3, self.num_heads, self.head_dim))  # (B, T, 3, H, Dh)
-        query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, H, Dh) each
+        # A split rather than slices of one (B, T, 3, H, Dh) tensor: a slice's gradient is a zero-filled tensor of
+        # the whole, three times per layer (a split's is one concatenation).
+        heads = (batch, time, self.num_heads, self.head_dim)
+        query, key, value = (ops.reshape(part, heads) for part in ops.split(self.qkv_dense(x), 3, axis=-1))
 
         query_start = 0
         if cache is not None:

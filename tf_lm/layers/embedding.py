@@ -32,6 +32,8 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
 
     def __init__(self, vocab_size, max_length, hidden_dim, embeddings_initializer=None, **kwargs):
         super().__init__(**kwargs)
+        # As keras.layers.Embedding: under a mixed policy the looked-up rows are cast, not the whole table each call.
+        self.autocast = False
         for name, value in (("vocab_size", vocab_size), ("max_length", max_length), ("hidden_dim", hidden_dim)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be >= 1. Received: {name}={value}")
@@ -62,7 +64,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             positions = positions[None]  # (1, T, d)
         else:
             positions = ops.take(self.position_embeddings, position_ids, axis=0)  # (B, T, d)
-        return tokens + ops.cast(positions, tokens.dtype)
+        return ops.cast(tokens, self.compute_dtype) + ops.cast(positions, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape) + (self.hidden_dim,)

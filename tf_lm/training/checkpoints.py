@@ -8,6 +8,11 @@ the model's own name (`transformer_lm_2/...`) is dropped, and a seed generator's
 (`seed_generator_5`) becomes its ordinal under its layer. The optimizer's slots are keyed the same way.
 TensorFlow writes a checkpoint's files before it updates the `checkpoint` index, so a run killed mid-save
 resumes from the previous complete one; a damaged latest checkpoint falls back to the one before it.
+
+Objects whose variables have no Keras 3 path (a tf_keras model and optimizer: BERT's hf backend) are checkpointed
+with `keyed_by="position"`: model variables by their position in `model.variables` (a resume rebuilds the same
+model from the same checkpoint), optimizers tracked as objects, since tf_keras creates their slots on the first
+update and restores them then.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from absl import logging
 _SEED_GENERATOR = re.compile(r"seed_generator(_\d+)?$")
 _MODEL_SCOPE = "model_variables"
 _OPTIMIZER_SCOPE = "optimizer_variables"
+KEYINGS = ("path", "position")
 # How `tf.train.Checkpoint` names a variable tracked in a dict: its key with "/" escaped, then this suffix.
 _VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 
@@ -86,7 +92,8 @@ def _unescape(name: str) -> str:
 
 
 class Checkpoints:
-    """Saves and restores `(model variables, optimizer, step)` under `directory`, each variable keyed by path.
+    """Saves and restores `(model variables, optimizer, step)` under `directory`, each variable keyed by path (or,
+    for tf_keras objects, by position).
 
     Under `MultiWorkerMirroredStrategy` every worker must call `save` (saving is collective); only the chief
     writes into `directory`, the others into a temporary directory that is deleted right after.
@@ -94,11 +101,16 @@ class Checkpoints:
     Args:
         directory: str. Where checkpoints live (`<model_dir>/checkpoints`).
         model: the `keras.Model` being trained.
-        optimizer: its optimizer (built, so its slots exist before a restore).
+        optimizer: its optimizer (built, so its slots exist before a restore); with `keyed_by="position"` it may
+            also be a list of optimizers, and tf_keras ones may be unbuilt.
         chief: bool, default True. Whether this process owns `directory`.
         max_to_keep: int, default 2.
         variables: optional iterable, the subset of `model.variables` to save and restore (default all of them),
             e.g. only the trainable ones when the rest come from a pretrained model.
+        keyed_by: str, default "path". `"path"` keys every model and optimizer variable by its Keras 3 path;
+            `"position"` keys model variables by their index in `model.variables` and tracks `optimizer` (then
+            also a list of optimizers) as objects, for models and optimizers without Keras 3 paths (tf_keras).
+            Either way a restore refuses model variables of other keys or shapes.
 
     Example:
     >>> checkpoints = Checkpoints("runs/x/checkpoints", model, optimizer)  # doctest: +SKIP
@@ -106,16 +118,27 @@ class Checkpoints:
     """
 
     def __init__(self, directory: str, model: keras.Model, optimizer, chief: bool = True, max_to_keep: int = 2,
-                 variables=None):
+                 variables=None, keyed_by: str = "path"):
+        if keyed_by not in KEYINGS:
+            raise ValueError(f"keyed_by must be one of {list(KEYINGS)}. Received: keyed_by={keyed_by!r}")
         self.directory = directory
         self.chief = chief
         # A plain (non-distributed) variable: the step is host-side bookkeeping, the same on every replica.
         with tf.init_scope():
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        model_variables = variable_keys(model, variables)
-        optimizer_variables = optimizer_keys(optimizer, variable_keys(model))
+        if keyed_by == "path":
+            model_variables = variable_keys(model, variables)
+            optimizer_variables = optimizer_keys(optimizer, variable_keys(model))
+            optimizer_shapes = {f"{_OPTIMIZER_SCOPE}/{key}": tuple(v.shape) for key, v in optimizer_variables.items()}
+            self._checked_scopes = (_MODEL_SCOPE, _OPTIMIZER_SCOPE)
+        else:
+            position = {id(v): i for i, v in enumerate(model.variables)}
+            chosen = model.variables if variables is None else variables
+            model_variables = {f"{position[id(v)]:04d}": v for v in chosen}
+            optimizer_variables, optimizer_shapes = optimizer, {}
+            self._checked_scopes = (_MODEL_SCOPE,)  # the optimizers' slots may not exist yet
         self.shapes = {f"{_MODEL_SCOPE}/{key}": tuple(v.shape) for key, v in model_variables.items()}
-        self.shapes.update({f"{_OPTIMIZER_SCOPE}/{key}": tuple(v.shape) for key, v in optimizer_variables.items()})
+        self.shapes.update(optimizer_shapes)
         self.checkpoint = tf.train.Checkpoint(
             step=self.step, **{_MODEL_SCOPE: model_variables, _OPTIMIZER_SCOPE: optimizer_variables}
         )
@@ -137,7 +160,7 @@ class Checkpoints:
         """Raises ValueError naming the first key or shape in which the checkpoint at `path` differs."""
         saved = {}
         for name, shape in tf.train.list_variables(path):
-            if name.endswith(_VALUE_SUFFIX) and name.split("/", 1)[0] in (_MODEL_SCOPE, _OPTIMIZER_SCOPE):
+            if name.endswith(_VALUE_SUFFIX) and name.split("/", 1)[0] in self._checked_scopes:
                 scope, key = name[: -len(_VALUE_SUFFIX)].split("/", 1)
                 saved[f"{scope}/{_unescape(key)}"] = tuple(shape)
         for key, shape in self.shapes.items():

@@ -142,7 +142,7 @@ def weights_digest(model: keras.Model) -> str:
 
 
 def make_train_step(loss_fn: Callable, updates: list, strategy: tf.distribute.Strategy, grad_clip: float = 0.0,
-                    jit_compile: bool = True) -> Callable:
+                    jit_compile: bool = True, jit_update: bool = False) -> Callable:
     """The one training step of the project (the language model's `Trainer` and BERT fine-tuning use it).
 
     On the default strategy, forward, backward, clipping and the update are one (optionally XLA) program; under
@@ -160,6 +160,9 @@ def make_train_step(loss_fn: Callable, updates: list, strategy: tf.distribute.St
         strategy: the `tf.distribute.Strategy` the variables and optimizers were built under.
         grad_clip: float, default 0. Clip the global gradient norm (over all `updates`) to this; 0 disables it.
         jit_compile: bool, default True. XLA-compile the step (per replica under a distribution strategy).
+        jit_update: bool, default False. With `jit_compile` off, on one device: XLA-compile each Keras 3
+            optimizer's update on its own, one fused pass over its weights and slots instead of one pass per
+            elementwise op of AdamW (tf_keras optimizers, BERT's hf backend, do not compile and run as they are).
 
     Returns:
         `step(iterator, stop=False) -> (loss, gradient norm, stop)`: one update on `next(iterator)`, a tuple fed to
@@ -188,11 +191,22 @@ def make_train_step(loss_fn: Callable, updates: list, strategy: tf.distribute.St
             grads = [g * tf.cast(factor, g.dtype) for g in grads]
         return grads, norm
 
-    def apply(grads):
-        for (optimizer, group), start, end in zip(updates, bounds[:-1], bounds[1:]):
-            optimizer.apply_gradients(zip(grads[start:end], group))
+    one_device = strategy is tf.distribute.get_strategy()
 
-    if strategy is tf.distribute.get_strategy():
+    def compiled_update(optimizer, group):
+        return tf.function(lambda grads: optimizer.apply_gradients(zip(grads, group)), jit_compile=True)
+
+    # Under a strategy the update merges across replicas, which XLA cannot compile.
+    appliers = [compiled_update(optimizer, group)
+                if jit_update and one_device and not jit_compile and isinstance(optimizer, keras.optimizers.Optimizer)
+                else lambda grads, optimizer=optimizer, group=group: optimizer.apply_gradients(zip(grads, group))
+                for optimizer, group in updates]
+
+    def apply(grads):
+        for applier, start, end in zip(appliers, bounds[:-1], bounds[1:]):
+            applier(grads[start:end])
+
+    if one_device:
         def step(*batch):
             loss, grads = loss_and_grads(*batch)
             grads, norm = clip(grads)

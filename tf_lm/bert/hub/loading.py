@@ -1,7 +1,4 @@
-"""The boundary with Hugging Face: the only module that imports `transformers` (and so `tf_keras`).
-
-Everything here returns tf_keras objects (models, optimizers, schedules): Keras 3 and tf_keras objects do not
-mix, so the rest of `tf_lm.bert` only calls them and never builds Keras 3 pieces around them.
+"""Loading Hugging Face models and tokenizers as transformers' TF (tf_keras) classes, and what the loop asks of them.
 
 Model names resolve as `tf_lm.bert.checkpoint.resolve_checkpoint` says. From a directory, a PyTorch-format
 `model.safetensors` (what most hub checkpoints and sentence-transformers ship) is read with `safetensors.numpy`
@@ -14,7 +11,6 @@ for minutes).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 
 import tf_keras
@@ -23,7 +19,6 @@ from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf
 
 from tf_lm.bert.checkpoint import hub_reachable, resolve_checkpoint
 from tf_lm.bert.config import check_precision
-from tf_lm.fileio import atomic_directory
 
 _CONFIG_FILE = "config.json"
 _SAFETENSORS_FILE = "model.safetensors"
@@ -31,8 +26,8 @@ _TF_H5_FILE = "tf_model.h5"
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
-    """Silences transformers' load-time chatter; `_check_loading` reports what matters in one sentence."""
+def quiet_transformers():
+    """Silences transformers' chatter; `_check_loading` reports what matters in one sentence."""
     previous = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:
@@ -105,9 +100,10 @@ def _load_local(model_class, directory: str, **config_overrides):
     return model
 
 
-def _load(model_class, name: str, **config_overrides):
+def load_model(model_class, name: str, **config_overrides):
+    """`model_class` (a transformers TF auto class) with the weights of `name` ("minilm", a directory or a hub id)."""
     checkpoint = resolve_checkpoint(name)
-    with _quiet_transformers():
+    with quiet_transformers():
         if os.path.isdir(checkpoint):
             return _load_local(model_class, checkpoint, **config_overrides)
         return _from_hub(model_class, checkpoint, **config_overrides)
@@ -131,7 +127,7 @@ def load_tokenizer(name: str):
     [[101, 1037, 2986, 2143, 102]]
     """
     checkpoint = resolve_checkpoint(name)
-    with _quiet_transformers():
+    with quiet_transformers():
         if not os.path.isdir(checkpoint):
             return _from_hub(transformers.AutoTokenizer, checkpoint)
         if not any(os.path.isfile(os.path.join(checkpoint, f)) for f in ("tokenizer.json", "vocab.txt")):
@@ -186,7 +182,7 @@ def load_classifier(name: str, num_labels: int | None = None, label_names: list[
         overrides["id2label"] = dict(enumerate(label_names))
         overrides["label2id"] = {label: i for i, label in enumerate(label_names)}
     with _dtype_policy(precision):
-        return _load(transformers.TFAutoModelForSequenceClassification, name, **overrides)
+        return load_model(transformers.TFAutoModelForSequenceClassification, name, **overrides)
 
 
 def set_seed(seed: int) -> None:
@@ -216,92 +212,3 @@ def position_limit(model) -> int:
 def label_names(model) -> list[str]:
     """Class names by label id, from the model config (`LABEL_0`, ... when none were given)."""
     return [model.config.id2label[i] for i in range(model.config.num_labels)]
-
-
-def create_optimizer(learning_rate: float, num_train_steps: int, warmup_steps: int, weight_decay: float = 0.01):
-    """AdamW (tf_keras) with linear warm-up from 0 and linear decay to 0 over `num_train_steps`.
-
-    LayerNorm and bias weights are excluded from weight decay, as in BERT's original recipe. Call it inside the
-    strategy's scope so the slot variables are distributed like the model's.
-
-    Args:
-        learning_rate: float. Peak learning rate, reached after `warmup_steps`.
-        num_train_steps: int. Total optimizer steps (the decay reaches 0 there).
-        warmup_steps: int. Steps of linear warm-up.
-        weight_decay: float, default 0.01. Decoupled weight-decay rate.
-
-    Returns:
-        A tf_keras optimizer (`transformers.AdamWeightDecay`).
-
-    Raises:
-        ValueError: for a non-positive learning rate or step count, or warm-up longer than training.
-
-    Example:
-    >>> optimizer = create_optimizer(5e-5, num_train_steps=100, warmup_steps=10)
-    """
-    if learning_rate <= 0 or num_train_steps <= 0:
-        raise ValueError(
-            f"learning_rate and num_train_steps must be positive. Received: learning_rate={learning_rate}, "
-            f"num_train_steps={num_train_steps}"
-        )
-    if not 0 <= warmup_steps <= num_train_steps:
-        raise ValueError(f"warmup_steps must lie in [0, {num_train_steps}]. Received: warmup_steps={warmup_steps}")
-    optimizer, _ = transformers.create_optimizer(
-        init_lr=learning_rate,
-        num_train_steps=num_train_steps,
-        num_warmup_steps=warmup_steps,
-        weight_decay_rate=weight_decay,
-    )
-    return optimizer
-
-
-def save_pretrained(model_dir: str, model, tokenizer, extra_json: dict[str, dict] | None = None) -> None:
-    """Writes `model` (safetensors), `tokenizer` and `extra_json` files into `model_dir`, replacing it whole.
-
-    Everything is written into a sibling staging directory first, then swapped in by renames
-    (`tf_lm.fileio.atomic_directory`), so a crash never leaves a half-written model where a good one was.
-
-    Args:
-        model_dir: str. Target directory: created, or replaced if it is empty or holds a `config.json`.
-        model: a transformers TF model.
-        tokenizer: its tokenizer.
-        extra_json: dict, default None. `{"file.json": object}` written beside the weights.
-
-    Example:
-    >>> save_pretrained("runs/sst2/best", model, tokenizer, {"metrics.json": {"accuracy": 0.9}})
-    """
-    with atomic_directory(model_dir, marker="config.json") as staging:
-        with _quiet_transformers():
-            model.save_pretrained(staging, safe_serialization=True)
-            tokenizer.save_pretrained(staging)
-        for filename, content in (extra_json or {}).items():
-            with open(os.path.join(staging, filename), "w") as f:
-                json.dump(content, f, indent=2)
-
-
-def export_tf_checkpoint(name: str, out_dir: str) -> str:
-    """Writes the encoder of `name` as a TF checkpoint (+ tokenizer) that plain `from_pretrained` loads.
-
-    `TFBertForSequenceClassification.from_pretrained` cannot read a PyTorch-format safetensors file without
-    torch (transformers 4.57 fails with "'builtins.safe_open' object is not iterable"); this converts it once
-    with the numpy loader, so the classic snippet only needs the path changed.
-
-    Args:
-        name: str. `"minilm"`, a checkpoint directory or a hub id.
-        out_dir: str. Where to write (`config.json`, TF-format `model.safetensors`, tokenizer files).
-
-    Returns:
-        str: `out_dir`.
-
-    Raises:
-        ValueError: if `out_dir` already holds files (it is written whole, so nothing there is overwritten).
-
-    Example:
-    >>> path = export_tf_checkpoint("minilm", "/tmp/minilm-tf")
-    >>> model = transformers.TFBertForSequenceClassification.from_pretrained(path)
-    """
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
-        raise ValueError(f"{out_dir!r} already exists and is not empty; pick a new directory for the checkpoint.")
-    encoder = _load(transformers.TFAutoModel, name)
-    save_pretrained(out_dir, encoder, load_tokenizer(name))
-    return out_dir
