@@ -4,9 +4,11 @@ Both fine-tune the offline MiniLM-L6 BERT on the first 8,000 SST-2 sentences at 
 eight length buckets, through the same loop and train step (`tf_lm.bert.finetune`); only the model code differs.
 Throughput is timed in alternating windows of 20 steps (hf, keras, hf, ...), so both run under the same
 background load on this shared machine, each after untimed windows that trace every bucket shape. Both run in
-`mixed_bfloat16` without XLA, the fastest setting of each on this CPU (AVX512_BF16: oneDNN's bfloat16 matmuls;
-XLA's bfloat16 dots are slower, and XLA compiles every bucket shape anew). Then each backend fine-tunes for one
-epoch and is evaluated on all 872 SST-2 dev sentences, once per seed in `SEEDS`.
+`mixed_bfloat16` with the forward/backward pass not XLA-compiled, the fastest setting of each on this CPU
+(AVX512_BF16: oneDNN's bfloat16 matmuls; XLA's bfloat16 dots are slower, and XLA compiles every bucket shape anew);
+the keras backend's optimizer update is XLA-compiled on its own (`make_train_step(jit_update=True)`; transformers'
+tf_keras AdamW does not compile, and already runs fused `ResourceApplyAdam` kernels). Then each backend fine-tunes
+for one epoch and is evaluated on all 872 SST-2 dev sentences, once per seed in `SEEDS`.
 
     python -m experiments.benchmark --sections=finetune
 """

@@ -61,7 +61,8 @@ class FinetuneConfig:
         weight_decay: float, default 0.01. AdamW decoupled weight decay (not on LayerNorm and biases).
         num_buckets: int, default 8. Length buckets, widths spread evenly up to `max_length`; 0 pads each
             batch to its own longest sequence instead (every batch a new shape).
-        jit_compile: bool, default False. XLA-compile the train and eval steps.
+        jit_compile: bool, default False. XLA-compile the train and eval steps. Without it the keras backend's
+            optimizer update is still XLA-compiled on its own (one fused pass over weights and AdamW slots).
         precision: str, default "float32". Or "mixed_bfloat16": bfloat16 compute, float32 weights and loss;
             it pays where the hardware has bfloat16 matmuls (AVX512_BF16 or AMX CPUs, recent GPUs, TPUs).
         backend: str, default "keras". `keras` (`BertClassifier`, Keras 3) or `hf` (transformers'
