@@ -183,3 +183,35 @@ def test_mixed_float16_trains_with_loss_scaling(tmp_path):
     result = trainer.fit(train, validation)
     assert trainer.model.compute_dtype == "float16"
     assert np.isfinite(result["validation"]["loss"])
+
+
+def test_an_update_compiled_on_its_own_equals_the_plain_one():
+    """`make_train_step(jit_update=True)`: Keras 3 optimizers update under XLA, tf_keras ones as they are."""
+    import keras
+    import tf_keras
+
+    from tf_lm.training.trainer import make_train_step
+
+    rng = np.random.default_rng(0)
+    batch = (rng.normal(size=(4, 3)).astype("float32"), rng.normal(size=(4, 2)).astype("float32"))
+    finals = []
+    for jit_update in (False, True):
+        keras.utils.set_random_seed(0)
+        body, head = keras.layers.Dense(5), keras.layers.Dense(2)
+        legacy = tf_keras.layers.Dense(2, kernel_initializer="ones")  # a tf_keras layer with a tf_keras optimizer
+        model = keras.Sequential([keras.Input((3,)), body, head])
+        legacy.build((None, 3))
+
+        def loss(x, y, model=model, legacy=legacy):
+            return tf.reduce_mean((model(x) - y) ** 2) + tf.reduce_mean((legacy(x) - y) ** 2)
+
+        updates = [(keras.optimizers.AdamW(1e-2), body.trainable_variables),
+                   (keras.optimizers.AdamW(1e-1), head.trainable_variables),
+                   (tf_keras.optimizers.Adam(1e-2), legacy.trainable_variables)]
+        step = make_train_step(loss, updates, tf.distribute.get_strategy(), jit_compile=False, jit_update=jit_update)
+        batches = iter([batch] * 3)
+        for _ in range(3):
+            step(batches)
+        finals.append([np.asarray(v) for v in model.variables + legacy.variables])
+    for plain, compiled in zip(*finals):
+        np.testing.assert_allclose(compiled, plain, rtol=1e-5, atol=1e-7)
