@@ -193,6 +193,8 @@ def define_transfer_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                            "(default: alpha = rank).", flag_values=flag_values)
         flags.DEFINE_bool("lora_train_norms", _TRAIN.lora_train_norms, "With --lora_rank: also train the "
                           "LayerNorms.", flag_values=flag_values)
+        flags.DEFINE_bool("lora_embeddings", _TRAIN.lora_embeddings, "With --lora_rank: also give the token "
+                          "embedding table (tied to the output head) rank-r LoRA factors.", flag_values=flag_values)
 
 
 def configs_from_flags(flag_values: flags.FlagValues) -> tuple[LMConfig, TrainConfig]:

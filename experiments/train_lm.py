@@ -52,7 +52,7 @@ NOT_IDENTITY = frozenset({"model_dir", "log_every", "eval_every", "eval_steps", 
 # Fields that decide which batches a step sees or what the weights are; changing one in a model_dir that
 # already holds a run would silently mix two runs.
 RUN_IDENTITY = ("dataset", "tokenizer", "bpe_vocab_size", "batch_size", "seed", "precision", "init_from", "lora_rank",
-                "lora_alpha", "lora_train_norms")
+                "lora_alpha", "lora_train_norms", "lora_embeddings")
 _DEFAULTS = TrainConfig()
 
 

@@ -23,6 +23,15 @@ def test_fresh_factors_change_nothing_and_only_they_train():
     assert _size(model.trainable_variables) == CONFIG.n_layer * 4 * (4 * d + 2 * d + 5 * d + 5 * d)
 
 
+def test_embeddings_adds_factors_of_the_tied_token_table():
+    model = TransformerLM(CONFIG)
+    enable_lora(model, rank=4, embeddings=True)
+    table = model.embedding.token_embedding
+    assert table.lora_enabled and not table._embeddings.trainable
+    d = CONFIG.n_embd
+    assert _size(model.trainable_variables) == CONFIG.n_layer * 4 * 16 * d + 4 * (CONFIG.vocab_size + d)
+
+
 def test_train_norms_adds_every_layernorm():
     model = TransformerLM(CONFIG)
     enable_lora(model, rank=1, train_norms=True)
@@ -33,14 +42,18 @@ def test_train_norms_adds_every_layernorm():
 def test_saving_merges_the_factors_into_a_plain_model(tmp_path):
     model = TransformerLM(CONFIG)
     base_weights = len(model.weights)
-    enable_lora(model, rank=2)
+    before = np.asarray(model(IDS))
+    enable_lora(model, rank=2, embeddings=True)
     rng = np.random.default_rng(0)
-    for layer in lora_targets(model):
-        layer.lora_kernel_b.assign(rng.normal(scale=0.1, size=layer.lora_kernel_b.shape).astype("float32"))
+    table = model.embedding.token_embedding
+    for factor in [layer.lora_kernel_b for layer in lora_targets(model)] + [table.lora_embeddings_b]:
+        factor.assign(rng.normal(scale=0.1, size=factor.shape).astype("float32"))
     unmerged = np.asarray(model(IDS))
+    assert not np.allclose(unmerged, before, atol=1e-3)
     model.save(str(tmp_path / "model.keras"))
     merged = keras.models.load_model(str(tmp_path / "model.keras"), safe_mode=True)
-    assert len(merged.weights) == base_weights and not any(layer.lora_enabled for layer in lora_targets(merged))
+    layers = lora_targets(merged) + [merged.embedding.token_embedding]
+    assert len(merged.weights) == base_weights and not any(layer.lora_enabled for layer in layers)
     np.testing.assert_allclose(np.asarray(merged(IDS)), unmerged, atol=1e-5)
 
 

@@ -13,7 +13,7 @@ CONFIG = LMConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8)
 def test_decay_spares_biases_layernorms_and_embeddings():
     model = TransformerLM(CONFIG)
     spared = {v.path.split("/", 1)[1] for v in no_decay_variables(model)}
-    assert "embedding/token_embeddings" in spared and "embedding/position_embeddings" in spared
+    assert "embedding/token_embeddings/embeddings" in spared and "embedding/position_embeddings/embeddings" in spared
     assert "block_0/attention_norm/gamma" in spared and "block_0/mlp_in/bias" in spared
     assert not any(name.endswith("kernel") for name in spared)
 

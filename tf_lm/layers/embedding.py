@@ -44,26 +44,36 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             embeddings_initializer or keras.initializers.RandomNormal(stddev=0.02)
         )
 
+    @property
+    def token_embeddings(self):
+        """The token table `[vocab_size, hidden_dim]`: the variable, or with LoRA enabled, `W + (alpha/r)·A·B`."""
+        return self.token_embedding.embeddings
+
+    @property
+    def position_embeddings(self):
+        """The position table `[max_length, hidden_dim]`."""
+        return self.position_embedding.embeddings
+
     def build(self, input_shape):
-        self.token_embeddings = self.add_weight(
-            name="token_embeddings",
-            shape=(self.vocab_size, self.hidden_dim),
-            initializer=clone_initializer(self.embeddings_initializer),
+        # Keras `Embedding`s, so LoRA can adapt the token table (and with it the tied head) with Keras's own
+        # `Embedding.enable_lora`, which also merges the factors into the saved table; the position table is one
+        # too so that the weights keep their order (tokens, then positions).
+        self.token_embedding, self.position_embedding = (
+            keras.layers.Embedding(rows, self.hidden_dim, embeddings_initializer=clone_initializer(
+                self.embeddings_initializer), dtype=self.dtype_policy, name=name)
+            for rows, name in ((self.vocab_size, "token_embeddings"), (self.max_length, "position_embeddings"))
         )
-        self.position_embeddings = self.add_weight(
-            name="position_embeddings",
-            shape=(self.max_length, self.hidden_dim),
-            initializer=clone_initializer(self.embeddings_initializer),
-        )
+        self.token_embedding.build()
+        self.position_embedding.build()
 
     def call(self, token_ids, start_index=0, position_ids=None):
-        tokens = ops.take(self.token_embeddings, token_ids, axis=0)  # (B, T, d)
+        tokens = self.token_embedding(token_ids)  # (B, T, d)
         if position_ids is None:
             time = ops.shape(token_ids)[1]
             positions = ops.slice(self.position_embeddings, (start_index, 0), (time, self.hidden_dim))
             positions = positions[None]  # (1, T, d)
         else:
-            positions = ops.take(self.position_embeddings, position_ids, axis=0)  # (B, T, d)
+            positions = self.position_embedding(position_ids)  # (B, T, d)
         return ops.cast(tokens, self.compute_dtype) + ops.cast(positions, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):

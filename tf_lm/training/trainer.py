@@ -60,6 +60,8 @@ class TrainConfig:
             MLP projections train (`tf_lm.training.lora`); 0 trains every weight.
         lora_alpha: float or None. LoRA's update is scaled by alpha / r; None means alpha = r.
         lora_train_norms: bool, default False. With LoRA, also train the LayerNorms.
+        lora_embeddings: bool, default False. With LoRA, also give the token embedding table (tied to the head)
+            rank-r factors.
 
     Raises:
         ValueError: if a value is out of range.
@@ -87,6 +89,7 @@ class TrainConfig:
     lora_rank: int = 0
     lora_alpha: float | None = None
     lora_train_norms: bool = False
+    lora_embeddings: bool = False
 
     def __post_init__(self):
         for name in ("batch_size", "steps", "eval_every", "eval_steps", "checkpoint_every", "log_every"):
@@ -107,10 +110,11 @@ class TrainConfig:
             raise ValueError(f"lora_rank must be an integer >= 0 (0: no LoRA). Received: lora_rank={self.lora_rank!r}")
         if self.lora_rank and not self.init_from:
             raise ValueError(f"LoRA adapts a pretrained model; set init_from. Received: lora_rank={self.lora_rank}")
-        if not self.lora_rank and (self.lora_alpha is not None or self.lora_train_norms):
+        if not self.lora_rank and (self.lora_alpha is not None or self.lora_train_norms or self.lora_embeddings):
             raise ValueError(
-                f"lora_alpha and lora_train_norms only apply with lora_rank >= 1. Received: lora_alpha="
-                f"{self.lora_alpha}, lora_train_norms={self.lora_train_norms}"
+                f"lora_alpha, lora_train_norms and lora_embeddings only apply with lora_rank >= 1. Received: "
+                f"lora_alpha={self.lora_alpha}, lora_train_norms={self.lora_train_norms}, "
+                f"lora_embeddings={self.lora_embeddings}"
             )
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             raise ValueError(f"lora_alpha must be > 0. Received: lora_alpha={self.lora_alpha}")
@@ -307,7 +311,8 @@ class Trainer:
                 load_gpt2_state(self.model, initial_state)
             frozen = []
             if config.lora_rank:
-                frozen = enable_lora(self.model, config.lora_rank, config.lora_alpha, config.lora_train_norms)
+                frozen = enable_lora(self.model, config.lora_rank, config.lora_alpha, config.lora_train_norms,
+                                     config.lora_embeddings)
             schedule = WarmupCosine(config.learning_rate, config.min_learning_rate, config.warmup_steps, config.steps)
             self.optimizer = make_optimizer(
                 self.model, schedule, config.weight_decay, config.beta1, config.beta2, config.precision
