@@ -229,14 +229,14 @@ def test_lora_trains_only_the_factors_checkpoints_them_alone_resumes_and_saves_m
 
     source = _text_source(tmp_path)
     base_model, _ = tf_lm_dir(tmp_path / "base")
-    lora = dict(lora_rank=2, lora_alpha=4.0, steps=4, checkpoint_every=2)
+    lora = dict(lora_rank=2, lora_alpha=4.0, lora_embeddings=True, steps=4, checkpoint_every=2)
     trainer, _, _ = _finetune(tmp_path / "base", tmp_path / "straight", source, **lora)
-    d, blocks = base_model.config.n_embd, base_model.config.n_layer
+    d, blocks, vocab = base_model.config.n_embd, base_model.config.n_layer, base_model.config.vocab_size
     factors = blocks * 2 * ((d + 3 * d) + (d + d) + (d + 4 * d) + (4 * d + d))  # rank 2: r·(in + out) per projection
-    assert trainer.parameter_report()["trainable"] == factors
-    assert all("lora_kernel" in v.path for v in trainer.model.trainable_variables)
+    assert trainer.parameter_report()["trainable"] == factors + 2 * (vocab + d)  # and the token table's
+    assert all("/lora_" in v.path for v in trainer.model.trainable_variables)
     saved = tf.train.list_variables(trainer.checkpoints.latest)
-    assert len([name for name, _ in saved if name.startswith("model_variables/")]) == 8 * blocks  # A and B of each
+    assert len([name for name, _ in saved if name.startswith("model_variables/")]) == 8 * blocks + 2  # A and B of each
 
     merged = keras.models.load_model(str(tmp_path / "straight" / "model" / "model.keras"), safe_mode=True)
     assert len(merged.weights) == len(base_model.weights)  # no LoRA factor left: they are merged into the kernels
