@@ -14,12 +14,8 @@ import sys
 
 from absl import app, flags
 
-from tf_lm.configs import PRESETS, LMConfig
+from tf_lm.configs import PRECISIONS, PRESETS, LMConfig, TrainConfig
 from tf_lm.data.store import DEFAULT_BPE_SAMPLE_BYTES
-from tf_lm.distribute import STRATEGIES
-from tf_lm.pretrained import pretrained_config
-from tf_lm.training import TrainConfig
-from tf_lm.training.trainer import PRECISIONS
 
 _TRAIN = TrainConfig()
 # Model fields a flag may override; vocab_size comes from the tokenizer, block_size from --block_size.
@@ -130,6 +126,8 @@ def define_tokenizer_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 def define_train_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """The flags of `train_lm`, in --help's groups: model, data, optimisation, run, distribution, transfer."""
+    from tf_lm import distribute  # loads TensorFlow, which prepare_data never needs
+
     with flag_group("model", flag_values):
         flags.DEFINE_enum("preset", "nano", sorted(PRESETS), "Model preset; the flags below override its fields.",
             flag_values=flag_values)
@@ -172,7 +170,8 @@ def define_train_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         flags.DEFINE_integer("seed", _TRAIN.seed, "Seed of the initialisation, dropout and training windows.",
             flag_values=flag_values)
     with flag_group("distribution", flag_values):
-        flags.DEFINE_enum("strategy", "auto", list(STRATEGIES), "tf.distribute strategy.", flag_values=flag_values)
+        flags.DEFINE_enum("strategy", "auto", list(distribute.STRATEGIES), "tf.distribute strategy.",
+                          flag_values=flag_values)
         flags.DEFINE_string("tpu", None, "TPU name or grpc:// address (with --strategy=tpu or auto).",
             flag_values=flag_values)
         flags.DEFINE_enum("precision", _TRAIN.precision, list(PRECISIONS), "Compute precision.",
@@ -230,6 +229,8 @@ def configs_from_flags(flag_values: flags.FlagValues) -> tuple[LMConfig, TrainCo
     if flag_values.init_from and not flag_values["preset"].present:
         if flag_values["bpe_vocab_size"].present:
             raise ValueError("--bpe_vocab_size does not apply with --init_from: the tokenizer is the checkpoint's.")
+        from tf_lm.pretrained import pretrained_config  # loads TensorFlow, which prepare_data never needs
+
         base, tokenizer = pretrained_config(flag_values.init_from)
         train_values.setdefault("tokenizer", tokenizer)  # a different --tokenizer is refused by `train`
         if flag_values["block_size"].present:

@@ -1,11 +1,19 @@
-"""tf_lm: autoregressive Transformer language models in TensorFlow / Keras 3."""
+"""tf_lm: autoregressive Transformer language models in TensorFlow / Keras 3.
+
+The top-level names load on first use, so `import tf_lm.data` (data preparation) does not load TensorFlow.
+"""
+
+import importlib
 
 from tf_lm._backend import require_tensorflow_backend
 
 require_tensorflow_backend()
 
-from tf_lm.configs import LMConfig  # noqa: E402
-from tf_lm.generation import generate  # noqa: E402
-from tf_lm.model import TransformerLM  # noqa: E402
+_EXPORTS = {"LMConfig": "tf_lm.configs", "TransformerLM": "tf_lm.model", "generate": "tf_lm.generation"}
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["LMConfig", "TransformerLM", "generate"]
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tf_lm' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -1,4 +1,6 @@
-"""`LMConfig`: the one small dataclass a `TransformerLM` is built from, and its named presets."""
+"""The small dataclasses a run is built from: `LMConfig` (a `TransformerLM`'s shape) with its named presets, and
+`TrainConfig` (everything else about a training run). Plain Python: flags map onto them without loading TensorFlow.
+"""
 
 from __future__ import annotations
 
@@ -97,3 +99,96 @@ PRESETS: dict[str, LMConfig] = {
     "gpt2-large": LMConfig(vocab_size=50257, block_size=1024, n_layer=36, n_head=20, n_embd=1280),
     "gpt2-xl": LMConfig(vocab_size=50257, block_size=1024, n_layer=48, n_head=25, n_embd=1600),
 }
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything about a training run that is not the model's shape.
+
+    Args:
+        dataset: str, default "builtin:pydoc". A `tf_lm.data.open_source` source, or `store:<dir>` (a token store).
+        tokenizer: "char" (default) or "bpe".
+        bpe_vocab_size: int or None. BPE vocabulary size (None: the data module's default); only with "bpe".
+        batch_size: int, default 12. The global batch, split evenly over the replicas.
+        steps: int, default 2000. Optimizer updates in the whole run.
+        learning_rate: float, default 1e-3. Peak rate after warm-up.
+        min_learning_rate: float, default 1e-4. Floor of the cosine decay, reached at `steps`.
+        warmup_steps: int, default 100. Linear warm-up length.
+        weight_decay: float, default 0.1. AdamW decoupled decay, on matrices only.
+        beta1, beta2: floats, default 0.9 and 0.99.
+        grad_clip: float, default 1.0. Clip the global gradient norm to this; 0 disables clipping.
+        eval_every: int, default 250. Validate every this many steps (and at the last step).
+        eval_steps: int, default 20. Validation batches per evaluation.
+        checkpoint_every: int, default 250. Checkpoint every this many steps (and at the last step).
+        log_every: int, default 10. Write a training row to the CSV/TensorBoard every this many steps.
+        precision: "float32" (default), "mixed_bfloat16" or "mixed_float16".
+        seed: int, default 0. Seeds the initialisation, dropout and the training windows.
+        init_from: str or None. The pretrained checkpoint directory the run starts from (`tf_lm.pretrained`); the
+            trainer gets its weights as `initial_state`, this names it in the run's config.
+        lora_rank: int, default 0. With r >= 1 (and `init_from`), only rank-r LoRA factors of the attention and
+            MLP projections train (`tf_lm.training.lora`); 0 trains every weight.
+        lora_alpha: float or None. LoRA's update is scaled by alpha / r; None means alpha = r.
+        lora_train_norms: bool, default False. With LoRA, also train the LayerNorms.
+        lora_embeddings: bool, default False. With LoRA, also give the token embedding table (tied to the head)
+            rank-r factors.
+
+    Raises:
+        ValueError: if a value is out of range.
+    """
+
+    dataset: str = "builtin:pydoc"
+    tokenizer: str = "char"
+    bpe_vocab_size: int | None = None
+    batch_size: int = 12
+    steps: int = 2000
+    learning_rate: float = 1e-3
+    min_learning_rate: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    eval_every: int = 250
+    eval_steps: int = 20
+    checkpoint_every: int = 250
+    log_every: int = 10
+    precision: str = "float32"
+    seed: int = 0
+    init_from: str | None = None
+    lora_rank: int = 0
+    lora_alpha: float | None = None
+    lora_train_norms: bool = False
+    lora_embeddings: bool = False
+
+    def __post_init__(self):
+        for name in ("batch_size", "steps", "eval_every", "eval_steps", "checkpoint_every", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1. Received: {name}={value!r}")
+        if self.tokenizer not in ("char", "bpe"):
+            raise ValueError(f"Unknown tokenizer {self.tokenizer!r}; choose char or bpe.")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"Unknown precision {self.precision!r}; choose one of {list(PRECISIONS)}.")
+        if self.warmup_steps < 0 or self.warmup_steps >= self.steps:
+            raise ValueError(
+                f"warmup_steps must be in [0, steps={self.steps}). Received: warmup_steps={self.warmup_steps}"
+            )
+        if self.grad_clip < 0:
+            raise ValueError(f"grad_clip must be >= 0 (0 disables it). Received: grad_clip={self.grad_clip}")
+        if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be an integer >= 0 (0: no LoRA). Received: lora_rank={self.lora_rank!r}")
+        if self.lora_rank and not self.init_from:
+            raise ValueError(f"LoRA adapts a pretrained model; set init_from. Received: lora_rank={self.lora_rank}")
+        if not self.lora_rank and (self.lora_alpha is not None or self.lora_train_norms or self.lora_embeddings):
+            raise ValueError(
+                f"lora_alpha, lora_train_norms and lora_embeddings only apply with lora_rank >= 1. Received: "
+                f"lora_alpha={self.lora_alpha}, lora_train_norms={self.lora_train_norms}, "
+                f"lora_embeddings={self.lora_embeddings}"
+            )
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise ValueError(f"lora_alpha must be > 0. Received: lora_alpha={self.lora_alpha}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,6 +1,9 @@
 """Atomic writes: a reader (or a resumed run) sees the old file or directory, or the new one, never half of one.
 
-One helper for every file and directory the project writes, on any `tf.io.gfile` path. A file is written to a
+One helper for every file and directory the project writes, on any `tf.io.gfile` path, and `gfile(path)`, the
+filesystem every module reads and writes through: `tf.io.gfile` for `gs://`, `ram://` and other TensorFlow
+filesystems, Python's own `os` for local paths (the same operations, so data preparation on local files runs
+without loading TensorFlow). A file is written to a
 hidden temporary sibling and renamed over its target. A directory is built in a hidden staging sibling and
 swapped in by renames (old one aside, new one in, only then the old one deleted); it only ever replaces a
 directory that is absent, empty, or recognisably one of ours (it holds a given marker file), so a mistyped path
@@ -16,14 +19,16 @@ still exists under its `.old-` name beside it.
 from __future__ import annotations
 
 import contextlib
+import glob as globbing
 import os
+import shutil
 import socket
 import time
+import types
 import uuid
 from collections.abc import Iterator
 
 import filelock
-import tensorflow as tf
 
 LOCK_FILE = "lock"
 
@@ -31,6 +36,33 @@ LOCK_FILE = "lock"
 def is_local(path: str) -> bool:
     """Whether `path` is on the local filesystem (no `scheme://` prefix, or `file://`)."""
     return "://" not in path or path.startswith("file://")
+
+
+def _local_rename(source: str, target: str, overwrite: bool = False) -> None:
+    if not overwrite and os.path.exists(target):
+        raise FileExistsError(f"Cannot rename {source} to {target}: it exists.")
+    os.replace(source, target)
+
+
+# The subset of `tf.io.gfile` this project uses, with its signatures, on the local filesystem.
+_LOCAL_FILES = types.SimpleNamespace(
+    GFile=open, exists=os.path.exists, isdir=os.path.isdir, listdir=os.listdir, glob=globbing.glob,
+    makedirs=lambda path: os.makedirs(path, exist_ok=True), remove=os.remove, rmtree=shutil.rmtree,
+    rename=_local_rename, stat=lambda path: types.SimpleNamespace(length=os.stat(path).st_size),
+)
+
+
+def gfile(path: str):
+    """The filesystem of `path`: `tf.io.gfile` (imported on first use), or its local equivalent for local paths.
+
+    Example:
+    >>> gfile("runs/x").exists("runs/x/flags.txt")  # doctest: +SKIP
+    """
+    if is_local(path) and not path.startswith("file://"):
+        return _LOCAL_FILES
+    import tensorflow as tf
+
+    return tf.io.gfile
 
 
 def _sibling(path: str, kind: str) -> str:
@@ -60,17 +92,21 @@ def atomic_write(path: str, data: bytes | str) -> None:
     """
     path = _normalise(path)
     temporary = _sibling(path, "tmp")
+    files = gfile(path)
     try:
-        tf.io.gfile.makedirs(os.path.dirname(path))
-        with tf.io.gfile.GFile(temporary, "wb") as f:
+        files.makedirs(os.path.dirname(path))
+        with files.GFile(temporary, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        tf.io.gfile.rename(temporary, path, overwrite=True)
+        files.rename(temporary, path, overwrite=True)
     except BaseException as error:  # a full disk, Ctrl-C or SIGTERM: leave no temporary file behind
         with contextlib.suppress(Exception):
-            if tf.io.gfile.exists(temporary):
-                tf.io.gfile.remove(temporary)
-        if isinstance(error, tf.errors.OpError):  # gfile reports a full disk as a TensorFlow error
-            raise OSError(f"Could not write {path}: {error.message}") from None
+            if files.exists(temporary):
+                files.remove(temporary)
+        if files is not _LOCAL_FILES:
+            import tensorflow as tf
+
+            if isinstance(error, tf.errors.OpError):  # gfile reports a full disk as a TensorFlow error
+                raise OSError(f"Could not write {path}: {error.message}") from None
         raise
 
 
@@ -82,11 +118,12 @@ def check_replaceable(path: str, marker: str) -> None:
         marker: str, a file name that only directories written by this project hold.
     """
     path = _normalise(path)
-    if not tf.io.gfile.exists(path):
+    files = gfile(path)
+    if not files.exists(path):
         return
-    if not tf.io.gfile.isdir(path):
+    if not files.isdir(path):
         raise ValueError(f"{path} is a file, not a directory; choose a new or empty directory.")
-    if tf.io.gfile.listdir(path) and not tf.io.gfile.exists(os.path.join(path, marker)):
+    if files.listdir(path) and not files.exists(os.path.join(path, marker)):
         raise ValueError(
             f"{path} is not empty and holds no {marker}, so it is not one of ours and was left untouched; "
             "choose a new or empty directory."
@@ -117,35 +154,37 @@ def atomic_directory(path: str, marker: str) -> Iterator[str]:
     path = _normalise(path)
     check_replaceable(path, marker)
     staging = _sibling(path, "staging")
-    tf.io.gfile.makedirs(staging)
+    files = gfile(path)
+    files.makedirs(staging)
     try:
         yield staging
-        if not tf.io.gfile.exists(os.path.join(staging, marker)):
+        if not files.exists(os.path.join(staging, marker)):
             raise ValueError(f"The new {path} holds no {marker}; nothing was replaced.")
     except BaseException:
         with contextlib.suppress(Exception):
-            tf.io.gfile.rmtree(staging)
+            files.rmtree(staging)
         raise
     _swap_in(staging, path)
 
 
 def _swap_in(staging: str, path: str) -> None:
-    retired = _sibling(path, "old") if tf.io.gfile.exists(path) else None
+    files = gfile(path)
+    retired = _sibling(path, "old") if files.exists(path) else None
     try:
         if retired is not None:
-            tf.io.gfile.rename(path, retired)
+            files.rename(path, retired)
         try:
-            tf.io.gfile.rename(staging, path)
+            files.rename(staging, path)
         except BaseException:
             if retired is not None:
-                tf.io.gfile.rename(retired, path)
+                files.rename(retired, path)
             raise
     except BaseException:
         with contextlib.suppress(Exception):
-            tf.io.gfile.rmtree(staging)
+            files.rmtree(staging)
         raise
     if retired is not None:
-        tf.io.gfile.rmtree(retired)
+        files.rmtree(retired)
 
 
 @contextlib.contextmanager

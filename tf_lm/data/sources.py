@@ -29,15 +29,13 @@ import re
 import shutil
 from collections.abc import Callable, Iterator
 
-import tensorflow as tf
-
-from tf_lm.fileio import is_local
+from tf_lm.fileio import gfile, is_local
 
 SCHEMES = ("builtin", "text", "tfds")
 BUILTIN_CORPORA = ("pydoc",)
 DEFAULT_SOURCE = "builtin:pydoc"
 SPLITS = ("train", "validation")
-DEFAULT_CHUNK_BYTES = 1 << 20
+DEFAULT_CHUNK_BYTES = 1 << 18
 
 # (document index, byte offset in it): where a split starts or stops, or where reading resumes.
 Position = tuple[int, int]
@@ -253,18 +251,19 @@ def _builtin(source: str, name: str) -> tuple[_Documents, list[int]]:
 
 def _text_files(source: str, pattern: str) -> tuple[_Documents, list[int]]:
     if "://" in pattern:
-        paths = sorted(p for p in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(p))
+        files = gfile(pattern)
+        paths = sorted(p for p in files.glob(pattern) if not files.isdir(p))
     else:
         paths = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
     if not paths:
         raise FileNotFoundError(
             f"No files match {source!r}; check the path, or quote the glob so the shell leaves it alone."
         )
-    sizes = [tf.io.gfile.stat(path).length for path in paths]
+    sizes = [gfile(path).stat(path).length for path in paths]
 
     def open_from(first):
         for index in range(first, len(paths)):
-            yield index, sizes[index], lambda path=paths[index]: tf.io.gfile.GFile(path, "rb")
+            yield index, sizes[index], lambda path=paths[index]: gfile(path).GFile(path, "rb")
 
     return _Documents(lambda index: paths[index], open_from), sizes
 

@@ -34,11 +34,10 @@ import threading
 import time
 
 import numpy as np
-import tensorflow as tf
 
 from tf_lm.data.sources import DEFAULT_CHUNK_BYTES, SPLITS, open_source
 from tf_lm.data.tokenizers import TOKENIZER_KINDS, build_tokenizer, load_tokenizer
-from tf_lm.fileio import atomic_write, check_replaceable, is_local
+from tf_lm.fileio import atomic_write, check_replaceable, gfile, is_local
 
 FORMAT_VERSION = 1
 STORE_SCHEME = "store:"  # a --dataset naming a store rather than a source to prepare
@@ -49,11 +48,11 @@ PREPARING = ".preparing"
 DEFAULT_SHARD_TOKENS = 1 << 24  # 32 MB of uint16 per shard: the most ids a preparation holds at once
 DEFAULT_BPE_SAMPLE_BYTES = 20_000_000
 # Chunks encoded per call: enough for HF tokenizers to keep every core busy, few enough to bound memory.
-ENCODE_BATCH_CHUNKS = 4
+ENCODE_BATCH_CHUNKS = 8
 
 
 def _read_json(path: str) -> dict:
-    with tf.io.gfile.GFile(path, "rb") as f:
+    with gfile(path).GFile(path, "rb") as f:
         return json.loads(f.read().decode("utf-8"))
 
 
@@ -103,7 +102,7 @@ def prepare_store(source: str, directory: str, *, tokenizer="char", bpe_vocab_si
         bpe_vocab_size: int or None. BPE's target vocabulary (None: 4096); only with tokenizer="bpe".
         bpe_sample_bytes: int, default 20 MB. BPE is trained on the first this many bytes of the train split.
         shard_tokens: int, default 2**24. A shard is closed once it holds at least this many ids.
-        chunk_bytes: int, default 1 MB. Text read (and encoded) at a time.
+        chunk_bytes: int, default 256 KB. Text read (and encoded) at a time; HF tokenizers' memory grows with it.
         progress: bool. A progress line on stderr: MB, tokens and tokens/s.
         **source_options: passed to `open_source` (`validation_fraction`, `tfds_data_dir`, ...).
 
@@ -136,10 +135,11 @@ def prepare_store(source: str, directory: str, *, tokenizer="char", bpe_vocab_si
     else:
         wanted = {"fingerprint": tokenizer.fingerprint}
     opened = open_source(source, **source_options)
+    files = gfile(directory)
     request = {"source": source, "source_options": opened.options, "tokenizer": wanted, "shard_tokens": shard_tokens,
                "chunk_bytes": chunk_bytes, "format_version": FORMAT_VERSION}
 
-    if tf.io.gfile.exists(os.path.join(directory, MANIFEST)):
+    if files.exists(os.path.join(directory, MANIFEST)):
         store = TokenStore(directory)
         if store.manifest["request"] != request:
             raise ValueError(
@@ -150,22 +150,22 @@ def prepare_store(source: str, directory: str, *, tokenizer="char", bpe_vocab_si
     check_replaceable(directory, PREPARING)
     notes = os.path.join(directory, PREPARING)
     request_path = os.path.join(notes, "request.json")
-    if tf.io.gfile.exists(request_path):
+    if files.exists(request_path):
         if _read_json(request_path) != request:
             raise ValueError(
                 f"{directory} holds an unfinished token store prepared with other arguments "
                 f"({_read_json(request_path)}); rerun with those arguments to finish it, or choose another directory."
             )
         # A killed atomic_write leaves its hidden temporary sibling behind; the shard it was writing is redone.
-        for name in tf.io.gfile.listdir(directory):
+        for name in files.listdir(directory):
             if name.startswith(".") and name.rstrip("/") != PREPARING:
-                tf.io.gfile.remove(os.path.join(directory, name))
+                files.remove(os.path.join(directory, name))
     else:
         _write_json(request_path, request)
 
     tokenizer_note = os.path.join(notes, "tokenizer.json")
     tokenizer_dir = os.path.join(directory, TOKENIZER_DIR)
-    if tf.io.gfile.exists(tokenizer_note):  # resuming: never train BPE (or scan the characters) twice
+    if files.exists(tokenizer_note):  # resuming: never train BPE (or scan the characters) twice
         tokenizer = load_tokenizer(tokenizer_dir)
     else:
         if isinstance(tokenizer, str):
@@ -188,7 +188,7 @@ def prepare_store(source: str, directory: str, *, tokenizer="char", bpe_vocab_si
                               "directory": TOKENIZER_DIR},
                 "end_of_document_id": tokenizer.eos_id, "splits": splits}
     _write_json(os.path.join(directory, MANIFEST), manifest)
-    tf.io.gfile.rmtree(notes)
+    files.rmtree(notes)
     return TokenStore(directory)
 
 
@@ -202,14 +202,14 @@ def _sample(opened, sample_bytes: int, chunk_bytes: int):
 
 
 def _write_split(opened, split, tokenizer, directory, dtype, shard_tokens, chunk_bytes, report) -> list[dict]:
-    notes = os.path.join(directory, PREPARING)
+    notes, files = os.path.join(directory, PREPARING), gfile(directory)
     shards, start = [], None
     # Shards finished by an earlier, killed run: keep them and continue where the last one ended.
-    while tf.io.gfile.exists(note := os.path.join(notes, f"{split}-{len(shards):05d}.json")):
+    while files.exists(note := os.path.join(notes, f"{split}-{len(shards):05d}.json")):
         finished = _read_json(note)
         shards.append({"file": finished["file"], "tokens": finished["tokens"]})
         start = tuple(finished["end"])
-    if tf.io.gfile.exists(os.path.join(notes, f"{split}.done")):
+    if files.exists(os.path.join(notes, f"{split}.done")):
         return shards
 
     pending, pending_tokens = [], 0
@@ -259,9 +259,10 @@ class TokenStore:
 
     def __init__(self, directory: str):
         self.directory = directory
+        self._files = gfile(directory)
         path = os.path.join(directory, MANIFEST)
-        if not tf.io.gfile.exists(path):
-            if tf.io.gfile.exists(os.path.join(directory, PREPARING)):
+        if not self._files.exists(path):
+            if self._files.exists(os.path.join(directory, PREPARING)):
                 hint = "its preparation did not finish; rerun the same prepare_data command to finish it"
             else:
                 hint = "prepare one with `python -m experiments.prepare_data --output_dir=...`"
@@ -286,7 +287,7 @@ class TokenStore:
             shards = [(os.path.join(directory, shard["file"]), shard["tokens"]) for shard in splits[split]["shards"]]
             for shard_path, tokens in shards:
                 expected = tokens * self.dtype.itemsize
-                size = tf.io.gfile.stat(shard_path).length if tf.io.gfile.exists(shard_path) else None
+                size = self._files.stat(shard_path).length if self._files.exists(shard_path) else None
                 if size != expected:
                     found = "is missing" if size is None else f"holds {size:,} bytes"
                     raise ValueError(
@@ -336,7 +337,7 @@ class TokenStore:
             return os.pread(self._handles[path], count * itemsize, offset * itemsize)
         with self._lock:  # a GFile has one position: seek and read as one step
             if path not in self._handles:
-                self._handles[path] = tf.io.gfile.GFile(path, "rb")
+                self._handles[path] = self._files.GFile(path, "rb")
             handle = self._handles[path]
             handle.seek(offset * itemsize)
             return handle.read(count * itemsize)

@@ -22,9 +22,8 @@ import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-import tensorflow as tf
 
-from tf_lm.fileio import atomic_write
+from tf_lm.fileio import atomic_write, gfile
 
 CHAR_FILE = "char_tokenizer.json"
 BPE_FILE = "tokenizer.json"
@@ -45,7 +44,7 @@ _NUM_CODE_POINTS = 0x110000
 
 
 def _read_text(path: str) -> str:
-    with tf.io.gfile.GFile(path, "rb") as f:
+    with gfile(path).GFile(path, "rb") as f:
         return f.read().decode("utf-8")
 
 
@@ -222,7 +221,7 @@ class CharTokenizer:
             ValueError: if the file is not a valid char tokenizer.
         """
         path = os.path.join(directory, CHAR_FILE)
-        if not tf.io.gfile.exists(path):
+        if not gfile(path).exists(path):
             raise FileNotFoundError(f"No {CHAR_FILE} in {directory!r}; save a CharTokenizer there first.")
         try:
             payload = json.loads(_read_text(path))
@@ -308,7 +307,8 @@ class BPETokenizer:
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
         """The ids of each text, encoded in parallel on every core (HF `tokenizers` threads)."""
-        return [np.asarray(encoding.ids, dtype=np.int32) for encoding in self._tokenizer.encode_batch(texts)]
+        # encode_batch_fast skips the character offsets, which nothing here reads: ~1.5x the speed.
+        return [np.asarray(encoding.ids, dtype=np.int32) for encoding in self._tokenizer.encode_batch_fast(texts)]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Returns the text of `ids`; special tokens such as `<|endoftext|>` are kept.
@@ -346,10 +346,11 @@ class BPETokenizer:
         json_path = os.path.join(directory, BPE_FILE)
         vocab_path = os.path.join(directory, GPT2_VOCAB_FILE)
         merges_path = os.path.join(directory, GPT2_MERGES_FILE)
+        files = gfile(directory)
         try:
-            if tf.io.gfile.exists(json_path):
+            if files.exists(json_path):
                 return cls(Tokenizer.from_str(_read_text(json_path)))
-            if tf.io.gfile.exists(vocab_path) and tf.io.gfile.exists(merges_path):
+            if files.exists(vocab_path) and files.exists(merges_path):
                 # Parsed here rather than by BPE.from_file, which only opens local paths.
                 merges = [tuple(line.split(" ")) for line in _read_text(merges_path).splitlines()
                           if line and not line.startswith("#version")]
@@ -382,14 +383,15 @@ def load_tokenizer(directory: str) -> CharTokenizer | BPETokenizer:
     Example:
     >>> tok = load_tokenizer("runs/shakespeare/tokenizer")  # doctest: +SKIP
     """
-    if not tf.io.gfile.isdir(directory):
+    files = gfile(directory)
+    if not files.isdir(directory):
         raise FileNotFoundError(
             f"Tokenizer directory {directory!r} does not exist; pass the directory a tokenizer was saved to."
         )
-    if tf.io.gfile.exists(os.path.join(directory, CHAR_FILE)):
+    if files.exists(os.path.join(directory, CHAR_FILE)):
         return CharTokenizer.load(directory)
     names = (BPE_FILE, GPT2_VOCAB_FILE, GPT2_MERGES_FILE)
-    if any(tf.io.gfile.exists(os.path.join(directory, name)) for name in names):
+    if any(files.exists(os.path.join(directory, name)) for name in names):
         return BPETokenizer.load(directory)
     raise FileNotFoundError(
         f"No tokenizer in {directory!r}: expected {CHAR_FILE}, {BPE_FILE}, or {GPT2_VOCAB_FILE} + {GPT2_MERGES_FILE}."
