@@ -77,3 +77,20 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(tmp_path, args, message)
     result = run_module("experiments.prepare_data", *args, f"--output_dir={tmp_path / 'store'}")
     assert failure_line(result).startswith(message)
     assert not (tmp_path / "store").exists()
+
+
+def test_preparing_a_local_store_never_loads_tensorflow(tmp_path):
+    # TensorFlow costs ~600 MB of memory and 3 s of start-up that preparation does not need (issue 12's bound).
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['prepare_data', '--dataset=builtin:pydoc', '--output_dir={tmp_path / 'store'}']\n"
+        "try:\n"
+        "    runpy.run_module('experiments.prepare_data', run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    assert not exit.code, exit.code\n"
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env=script_environment(), cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[-1] == "False False"
