@@ -118,9 +118,9 @@ def check_flags(model_dir: str, lines: dict[str, str]) -> None:
         lines: `script_flags(FLAGS)` of this invocation.
     """
     path = os.path.join(model_dir, FLAGS_FILE)
-    if not os.path.isfile(path):
+    if not tf.io.gfile.exists(path):
         return
-    with open(path) as f:
+    with tf.io.gfile.GFile(path) as f:
         saved_lines = [line.strip() for line in f if line.startswith("--")]
     saved = {_flag_name(line, lines): line for line in saved_lines}
     changed = [f"{saved.get(name, f'--{name} unset')} -> {lines.get(name, f'--{name} unset')}"

@@ -20,6 +20,7 @@ DRIVER = """
 import contextlib, io, json, os, runpy, sys
 from absl import app, flags
 import experiments
+import tensorflow  # its absl flags (test_srcdir, ...) are not the scripts'
 
 app.define_help_flags()
 before = set(flags.FLAGS)

@@ -274,3 +274,40 @@ def test_init_from_bad_input_is_refused(tmp_path):
     assert "does not exist" in failure_line(result)
     result = run(command(tmp_path / "run", "--lora_rank=4"))
     assert "LoRA adapts a pretrained model; set init_from" in failure_line(result)
+
+
+# ram:// lives inside one process: the run, its resume and the load happen in one child.
+RAM_RUN = """
+import runpy, sys
+import tensorflow as tf
+from absl import app, flags
+
+app.define_help_flags()
+
+def train():
+    before = set(flags.FLAGS)
+    sys.argv = ["train_lm", "--model_dir=ram://run", "--data_cache_dir=ram://cache", "--steps=4", "--batch_size=2",
+                "--block_size=16", "--n_layer=1", "--n_head=2", "--n_embd=32", "--eval_every=2", "--eval_steps=1",
+                "--checkpoint_every=2"]
+    try:
+        runpy.run_module("experiments.train_lm", run_name="__main__")
+    except SystemExit as exit:
+        assert not exit.code, exit.code
+    for name in set(flags.FLAGS) - before:  # the script's flags, so that it can define them again
+        delattr(flags.FLAGS, name)
+
+train()
+train()  # the finished run, rerun: resumes from its last checkpoint and re-tokenises nothing
+# Not model/: ram:// renames a directory without its files, so the atomic swap of model/ cannot work there.
+print(sorted(tf.io.gfile.listdir("ram://run")))
+"""
+
+
+@pytest.mark.slow
+def test_a_run_and_its_data_cache_on_a_tensorflow_filesystem():
+    result = subprocess.run([sys.executable, "-c", RAM_RUN], cwd=REPO, env=script_environment(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = result.stdout.strip().splitlines()[-1]
+    expected = ("checkpoints", "flags.txt", "loss.png", "metrics.csv", "run_config.json")
+    assert all(name in names for name in expected), names

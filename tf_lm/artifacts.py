@@ -14,7 +14,7 @@ import os
 import keras
 
 from tf_lm.configs import LMConfig
-from tf_lm.fileio import atomic_directory
+from tf_lm.fileio import atomic_directory, gfile
 from tf_lm.model import TransformerLM
 
 SAVED_DIR = "model"
@@ -36,19 +36,19 @@ def save_model_dir(model_dir: str, model: TransformerLM, tokenizer) -> None:
     """
     with atomic_directory(saved_dir(model_dir), marker=CONFIG_FILE) as staging:
         model.save(os.path.join(staging, MODEL_FILE))
-        with open(os.path.join(staging, CONFIG_FILE), "w") as f:
-            json.dump(model.config.to_dict(), f, indent=2)
+        with gfile(staging).GFile(os.path.join(staging, CONFIG_FILE), "w") as f:
+            f.write(json.dumps(model.config.to_dict(), indent=2))
         tokenizer.save(os.path.join(staging, TOKENIZER_DIR))
 
 
 def read_config(model_dir: str) -> LMConfig:
     path = os.path.join(saved_dir(model_dir), CONFIG_FILE)
-    if not os.path.isfile(path):
+    if not gfile(path).exists(path):
         raise FileNotFoundError(
             f"No {CONFIG_FILE} in {model_dir!r} (looked in its {SAVED_DIR}/); is it a tf_lm model directory?"
         )
-    with open(path) as f:
-        return LMConfig.from_dict(json.load(f))
+    with gfile(path).GFile(path) as f:
+        return LMConfig.from_dict(json.loads(f.read()))
 
 
 def load_model_dir(model_dir: str):
@@ -61,7 +61,7 @@ def load_model_dir(model_dir: str):
     from tf_lm.data.tokenizers import load_tokenizer
 
     model_path = os.path.join(saved_dir(model_dir), MODEL_FILE)
-    if not os.path.isfile(model_path):
+    if not gfile(model_path).exists(model_path):
         raise FileNotFoundError(
             f"No {MODEL_FILE} in {model_dir!r} (looked in its {SAVED_DIR}/); train one with "
             "`python -m experiments.train_lm`."

@@ -91,6 +91,12 @@ def _unescape(name: str) -> str:
     return name.replace(".S", "/").replace("..", ".")
 
 
+def _reader(path: str):
+    # Not tf.train.load_checkpoint: it takes a path that is also a directory prefix for a directory, which on
+    # ram:// (where every prefix is one) makes it look for a `checkpoint` file inside `ckpt-4/`.
+    return tf.compat.v1.train.NewCheckpointReader(path)
+
+
 class Checkpoints:
     """Saves and restores `(model variables, optimizer, step)` under `directory`, each variable keyed by path (or,
     for tf_keras objects, by position).
@@ -159,7 +165,7 @@ class Checkpoints:
     def _check_matches(self, path: str) -> None:
         """Raises ValueError naming the first key or shape in which the checkpoint at `path` differs."""
         saved = {}
-        for name, shape in tf.train.list_variables(path):
+        for name, shape in _reader(path).get_variable_to_shape_map().items():
             if name.endswith(_VALUE_SUFFIX) and name.split("/", 1)[0] in self._checked_scopes:
                 scope, key = name[: -len(_VALUE_SUFFIX)].split("/", 1)
                 saved[f"{scope}/{_unescape(key)}"] = tuple(shape)
@@ -187,7 +193,7 @@ class Checkpoints:
         problems = []
         for path in candidates:
             try:
-                tf.train.load_checkpoint(path)  # reads the index: fails at once on a damaged one
+                _reader(path)  # reads the index: fails at once on a damaged one
             except tf.errors.OpError as error:
                 problems.append(self._damaged(path, error))
                 continue

@@ -65,9 +65,9 @@ class MetricsLog:
         self.enabled = enabled
         self.path = os.path.join(model_dir, "metrics.csv")
         self.rows: list[dict] = []
-        if enabled and os.path.isfile(self.path):
-            with open(self.path, newline="") as f:
-                self.rows = [row for row in csv.DictReader(f) if int(row["step"]) <= start_step]
+        if enabled and tf.io.gfile.exists(self.path):
+            with tf.io.gfile.GFile(self.path) as f:
+                self.rows = [row for row in csv.DictReader(io.StringIO(f.read())) if int(row["step"]) <= start_step]
         self.writers = {}
         if enabled:
             for split in ("train", "validation"):
