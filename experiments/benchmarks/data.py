@@ -185,7 +185,7 @@ def preparation_rows(quick: bool, scratch: Path) -> tuple[list[Row], Path, Path]
                   "end-of-text ids, shards and manifest"),
         Row("data", f"prepare_data {label} text, BPE: peak RSS", "MB", ours_rss, peer_rss,
             "HF tokenizers streaming loop", target="<= 1000 MB",
-            notes=f"/usr/bin/time -v; importing prepare_data (TensorFlow) alone: {import_rss:.0f} MB"),
+            notes=f"/usr/bin/time -v; importing prepare_data alone (no TensorFlow): {import_rss:.0f} MB"),
         Row("data", f"prepare_data {small / 1e6:g} MB text, BPE: peak RSS", "MB", small_rss, ours_rss,
             f"ours at {label}", target="within 20%", notes="flat in corpus size"),
         Row("data", f"prepare_data {label} text, char: MB/s", "MB/s", megabytes / char_wall, megabytes / ours_wall,
