@@ -1,7 +1,8 @@
 """Atomic writes: a reader (or a resumed run) sees the old file or directory, or the new one, never half of one.
 
 One helper for every file and directory the project writes, on any `tf.io.gfile` path, and `gfile(path)`, the
-filesystem every module reads and writes through: `tf.io.gfile` for `gs://`, `ram://` and other TensorFlow
+filesystem of the modules that must run without TensorFlow (fileio itself, data sources, tokenizers, stores,
+model artifacts): `tf.io.gfile` for `gs://`, `ram://` and other TensorFlow
 filesystems, Python's own `os` for local paths (the same operations, so data preparation on local files runs
 without loading TensorFlow). A file is written to a
 hidden temporary sibling and renamed over its target. A directory is built in a hidden staging sibling and
