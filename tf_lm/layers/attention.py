@@ -6,6 +6,7 @@ import math
 import keras
 from keras import ops
 
+from tf_lm.layers.dense import Dense
 from tf_lm.layers.initializers import clone_initializer
 
 # Finite rather than -inf so a row with every key masked (a padded query) gives a uniform, not NaN, softmax.
@@ -92,14 +93,14 @@ class CausalSelfAttention(keras.layers.Layer):
             )
         self.hidden_dim = hidden_dim
         self.head_dim = hidden_dim // self.num_heads
-        self.qkv_dense = keras.layers.Dense(
+        self.qkv_dense = Dense(
             3 * hidden_dim,
             kernel_initializer=clone_initializer(self.kernel_initializer),
             dtype=self.dtype_policy,
             name="qkv",
         )
         self.qkv_dense.build(input_shape)
-        self.output_dense = keras.layers.Dense(
+        self.output_dense = Dense(
             hidden_dim,
             kernel_initializer=clone_initializer(self.output_kernel_initializer),
             dtype=self.dtype_policy,

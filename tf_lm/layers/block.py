@@ -5,6 +5,7 @@ import keras
 from keras import ops
 
 from tf_lm.layers.attention import CausalSelfAttention
+from tf_lm.layers.dense import Dense
 from tf_lm.layers.initializers import clone_initializer
 
 
@@ -91,14 +92,14 @@ class TransformerBlock(keras.layers.Layer):
             epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name="mlp_norm"
         )
         self.mlp_norm.build(input_shape)
-        self.mlp_in = keras.layers.Dense(
+        self.mlp_in = Dense(
             intermediate_dim,
             kernel_initializer=clone_initializer(self.kernel_initializer),
             dtype=self.dtype_policy,
             name="mlp_in",
         )
         self.mlp_in.build(input_shape)
-        self.mlp_out = keras.layers.Dense(
+        self.mlp_out = Dense(
             hidden_dim,
             kernel_initializer=clone_initializer(self.output_kernel_initializer),
             dtype=self.dtype_policy,
