@@ -99,8 +99,9 @@ def define_data_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         flags.DEFINE_string("dataset", _TRAIN.dataset, "Text source: builtin:pydoc, text:<file or glob>, "
                             "tfds:<name>, or store:<dir> (a token store written by experiments.prepare_data).",
             flag_values=flag_values)
-        flags.DEFINE_float("validation_fraction", 0.1, "Share of the text held out for validation, when the source "
-                           "has no validation split of its own.", flag_values=flag_values)
+        flags.DEFINE_float("validation_fraction", 0.1, "Share of the documents (of the text, for a single document) "
+                           "held out for validation, when the source has no validation split of its own.",
+                           flag_values=flag_values)
         flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (where prepared datasets live).",
             flag_values=flag_values)
         flags.DEFINE_string("tfds_manual_dir", None, "TFDS manual_dir holding the dataset's downloaded files.",

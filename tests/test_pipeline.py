@@ -195,11 +195,12 @@ def test_bad_arguments(store, tmp_path):
 
 
 def test_store_directory_and_documents_crossing_windows(tmp_path):
-    for name in ("a", "b"):
+    for name in ("a", "b", "c"):
         (tmp_path / f"{name}.txt").write_text(name * 30, encoding="utf-8")
     store = prepare_store(f"text:{tmp_path}/*.txt", str(tmp_path / "store"), validation_fraction=0.25)
     tokenizer = store.tokenizer
     train, validation = lm_datasets(str(tmp_path / "store"), BLOCK, 2)
     assert tokenizer.decode(np.concatenate([x[0] for x, _ in take(train, 50)])).count("<|endoftext|>") > 0
-    # 45 train ids: a*30 <eot> b*15; validation: b*15 <eot> = 16 ids -> 1 window
-    assert sum(len(x) for x, _ in take(validation, 100)) == (16 - 1) // BLOCK
+    # One of the three documents is held out whole: validation is c*30 <eot> = 31 ids -> 3 windows
+    assert store.num_tokens("validation") == 31
+    assert sum(len(x) for x, _ in take(validation, 100)) == (31 - 1) // BLOCK

@@ -16,18 +16,28 @@ def read(source, split, **kwargs):
     return documents + ([current] if current else [])
 
 
-def test_builtin_pydoc_is_the_default_one_document_per_topic_split_by_bytes():
+def test_builtin_pydoc_is_the_default_one_document_per_topic_split_by_documents():
     from pydoc_data.topics import topics
 
     source = open_source()
     assert source.name == "builtin:pydoc"
     texts = [topics[key] for key in sorted(topics)]
-    train, validation = read(source, "train"), read(source, "validation")
-    assert train[:-1] == texts[:len(train) - 1]  # whole topics, then the one the cut falls in
-    assert train[-1] + validation[0] == texts[len(train) - 1] and validation[1:] == texts[len(train):]
+    held_out = round(len(texts) * 0.1)
+    assert read(source, "train") == texts[:-held_out] and read(source, "validation") == texts[-held_out:]
     total = sum(len(text.encode("utf-8")) for text in texts)
-    assert source.split_bytes("train") == sum(len(t.encode("utf-8")) for t in train) == int(total * 0.9)
-    assert source.split_bytes("validation") == total - int(total * 0.9)
+    validation_bytes = sum(len(text.encode("utf-8")) for text in texts[-held_out:])
+    assert (source.split_bytes("train"), source.split_bytes("validation")) == (total - validation_bytes,
+                                                                                validation_bytes)
+
+
+@pytest.mark.parametrize("fraction, held_out", [(0.01, 1), (0.2, 1), (0.5, 2), (0.99, 3)])
+def test_documents_are_held_out_whole_at_least_one_in_each_split(tmp_path, fraction, held_out):
+    for name in "abcd":
+        (tmp_path / f"{name}.txt").write_text(name * 10, encoding="utf-8")
+    (tmp_path / "e.txt").write_text("", encoding="utf-8")  # holds no text, so it is not counted
+    source = open_source(f"text:{tmp_path}/*.txt", validation_fraction=fraction)
+    documents = [name * 10 for name in "abcd"]
+    assert read(source, "train") == documents[:-held_out] and read(source, "validation") == documents[-held_out:]
 
 
 def test_text_glob_reads_files_in_sorted_order_one_document_each(tmp_path):
@@ -38,7 +48,7 @@ def test_text_glob_reads_files_in_sorted_order_one_document_each(tmp_path):
     (tmp_path / "d.txt").mkdir()  # a directory matching the glob is not a file to read
     source = open_source(f"text:{tmp_path}/*.txt", validation_fraction=0.2)
     chunks = list(source.chunks("train")) + list(source.chunks("validation"))
-    assert [(c.text, c.ends_document) for c in chunks] == [("AAAA\n", True), ("BBB", False), ("B\n", True)]
+    assert [(c.text, c.ends_document) for c in chunks] == [("AAAA\n", True), ("BBBB\n", True)]
 
 
 def test_single_file_splits_at_a_character_boundary_and_keeps_unicode(tmp_path):
@@ -144,7 +154,8 @@ def test_tfds_tiny_shakespeare_prepares_offline_from_manual_dir(tmp_path):
     assert len(train) > 10 * len(validation) > 0
     # Prepared once, it loads with no manual_dir at all.
     assert read(open_source("tfds:tiny_shakespeare", tfds_data_dir=str(tmp_path)), "train") == [train]
-    # A validation split the dataset lacks falls back to the last fraction of the train text.
+    # A validation split the dataset lacks falls back to the last fraction of the train split (its one example's
+    # text, here).
     carved = open_source("tfds:tiny_shakespeare", tfds_data_dir=str(tmp_path), tfds_validation_split="dev")
     assert read(carved, "train")[0] + read(carved, "validation")[0] == train
     with pytest.raises(ValueError, match=r"no split 'dev'.*tfds_train_split"):

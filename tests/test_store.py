@@ -11,7 +11,8 @@ from tf_lm.data import store as store_module
 from tf_lm.data.store import MANIFEST, PREPARING
 from tf_lm.data.tokenizers import END_OF_TEXT
 
-DOCUMENTS = ["First document: naïve café.\nSecond line.\n", "Second — with “quotes” 😀\n" * 3, "third\n" * 40]
+DOCUMENTS = ["First document: naïve café.\nSecond line.\n", "Second — with “quotes” 😀\n" * 3, "third\n" * 40,
+             "The fourth, held out.\n"]
 
 
 @pytest.fixture
@@ -37,7 +38,7 @@ def test_round_trip_gives_back_the_documents_with_end_of_text_between_them(corpu
                           validation_fraction=0.3, **vocab)
     ids = all_ids(store)
     assert store.tokenizer.decode(ids) == "".join(text + END_OF_TEXT for text in DOCUMENTS)
-    assert (ids == store.eos_id).sum() == 3
+    assert (ids == store.eos_id).sum() == len(DOCUMENTS)
     manifest = json.loads((tmp_path / "store" / MANIFEST).read_text())
     assert manifest["dtype"] == "uint16" and manifest["end_of_document_id"] == store.eos_id
     assert manifest["tokenizer"]["fingerprint"] == store.tokenizer.fingerprint
@@ -99,7 +100,7 @@ def test_a_given_tokenizer_encodes_the_store(corpus, tmp_path):
     given = CharTokenizer.from_text("".join(DOCUMENTS) + "xyz", end_of_text=True)
     store = prepare_store(corpus, str(tmp_path / "store"), tokenizer=given)
     assert store.tokenizer.fingerprint == given.fingerprint
-    assert given.decode(all_ids(store)).count(END_OF_TEXT) == 3
+    assert given.decode(all_ids(store)).count(END_OF_TEXT) == len(DOCUMENTS)
     bpe = BPETokenizer.train("".join(DOCUMENTS), vocab_size=270)
     bpe._tokenizer.model.save(str(tmp_path))  # GPT-2's layout: vocab.json + merges.txt
     gpt2_style = load_tokenizer(str(tmp_path))

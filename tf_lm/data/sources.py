@@ -7,10 +7,11 @@ Schemes:
 - `tfds:<name>`: a TFDS dataset whose examples hold a text feature, one document per example, e.g.
   `tfds:tiny_shakespeare`.
 
-A source with its own splits (TFDS) uses them. Otherwise the last `validation_fraction` of the text's bytes is the
-validation split: the documents after the cut, and the end of the one the cut falls in (cut at a character
-boundary). For a single file that is the classic contiguous split; the cut is found from the documents' sizes,
-without reading the text.
+A source with its own splits (TFDS) uses them. Otherwise the last `validation_fraction` of the documents that hold
+text is the validation split (at least one, and at least one left to train on), so no document is in both splits.
+A source with a single document (one text file, Tiny Shakespeare's one TFDS example) is cut instead at the last
+`validation_fraction` of its bytes, at a character boundary: the classic contiguous split. Either way the cut is
+found from the documents' sizes, without reading the text.
 
 No step holds a document, a split or the corpus: `Source.chunks` yields at most `chunk_bytes` of text at a time,
 cut after the chunk's last newline where it has one (so BPE rarely sees a word cut in two). Every chunk carries the
@@ -162,16 +163,16 @@ def open_source(source: str = DEFAULT_SOURCE, *, validation_fraction: float = 0.
 
     Args:
         source: str, default "builtin:pydoc". `builtin:pydoc`, `text:<glob>` or `tfds:<name>`.
-        validation_fraction: float in (0, 1), default 0.1. Share of the text's bytes held out (from its end) when
-            the source has no validation split of its own.
+        validation_fraction: float in (0, 1), default 0.1. Share of the documents held out (from the end) when the
+            source has no validation split of its own; of the bytes when it has a single document.
         tfds_data_dir: str or None. TFDS `data_dir` (where prepared datasets live); None is TFDS's default
             (~/tensorflow_datasets).
         tfds_manual_dir: str or None. A directory holding the dataset's downloaded files, so TFDS can prepare it
             offline (e.g. the directory of Tiny Shakespeare's `input.txt`).
         tfds_train_split: str, default "train". TFDS split (slices such as "train[:90%]" work) for training.
         tfds_validation_split: str, default "validation". TFDS split for validation; if the dataset lists no split
-            of that name, the last `validation_fraction` of the train split is used instead (found by one pass
-            counting its bytes).
+            of that name, the last `validation_fraction` of the train split's examples is used instead (found by one
+            pass counting their bytes).
         tfds_text_key: str, default "text". The feature of each example that holds its text.
 
     Returns:
@@ -210,23 +211,30 @@ def open_source(source: str = DEFAULT_SOURCE, *, validation_fraction: float = 0.
 
 
 def _carve(source: str, documents: _Documents, sizes: list[int], validation_fraction: float) -> dict[str, _Range]:
-    """Splits documents of known sizes at the last `validation_fraction` of their bytes."""
-    total = sum(sizes)
-    if not total:
+    """Holds out the last `validation_fraction` of the documents that hold text (the bytes of a single one)."""
+    filled = [index for index, size in enumerate(sizes) if size]
+    if not filled:
         raise ValueError(f"The data source {source!r} is empty; point it at text that holds something.")
-    cut, index = int(total * (1.0 - validation_fraction)), 0
-    while cut >= sizes[index] and index < len(sizes) - 1:
-        cut -= sizes[index]
-        index += 1
-    if 0 < cut < sizes[index]:  # move a cut inside a multi-byte character to the character's end
+    if len(filled) == 1:
+        begin = _byte_cut(documents, sizes, filled[0], validation_fraction)
+    else:
+        held_out = min(len(filled) - 1, max(1, int(len(filled) * validation_fraction + 0.5)))
+        begin = (filled[-held_out], 0)
+    train_bytes = sum(sizes[:begin[0]]) + begin[1]
+    return {"train": _Range(documents, (0, 0), begin, train_bytes),
+            "validation": _Range(documents, begin, None, sum(sizes) - train_bytes)}
+
+
+def _byte_cut(documents: _Documents, sizes: list[int], index: int, validation_fraction: float) -> Position:
+    """Where the last `validation_fraction` of document `index`'s bytes begins, moved to a character boundary."""
+    cut = int(sizes[index] * (1.0 - validation_fraction))
+    if cut:
         _, _, open_document = next(documents.open_from(index))
         with open_document() as f:
             f.seek(cut)
             following = f.read(3)
-        cut += len(following) - len(following.lstrip(bytes(range(0x80, 0xC0))))
-    train_bytes = sum(sizes[:index]) + cut
-    return {"train": _Range(documents, (0, 0), (index, cut), train_bytes),
-            "validation": _Range(documents, (index, cut), None, total - train_bytes)}
+        cut += len(following) - len(following.lstrip(bytes(range(0x80, 0xC0))))  # skip continuation bytes
+    return index, cut
 
 
 def _in_memory(texts: list[bytes], names: Callable[[int], str]) -> _Documents:
