@@ -63,6 +63,21 @@ def test_atomic_directory_creates_and_replaces_one_of_ours(tmp_path):
         assert _names(tmp_path) == ["out"]  # no staging or retired directory left
 
 
+def test_atomic_directory_replaces_a_tree_on_a_gfile_filesystem():
+    # ram:// renames a directory's entry but not its files: the swap must still move every file.
+    target, files = "ram://fileio_tree/model", tf.io.gfile
+    for content in ("v1", "v2"):
+        with atomic_directory(target, marker="ours.txt") as staging:
+            files.makedirs(f"{staging}/variables")
+            for name in ("ours.txt", "variables/data"):
+                with files.GFile(f"{staging}/{name}", "w") as f:
+                    f.write(content)
+        for name in ("ours.txt", "variables/data"):
+            with files.GFile(f"{target}/{name}") as f:
+                assert f.read() == content
+        assert sorted(files.listdir("ram://fileio_tree")) == ["model"]  # no staging or retired directory left
+
+
 def test_atomic_directory_accepts_an_empty_directory(tmp_path):
     (tmp_path / "out").mkdir()
     with atomic_directory(str(tmp_path / "out") + "/", marker="ours.txt") as staging:

@@ -173,12 +173,12 @@ def _swap_in(staging: str, path: str) -> None:
     retired = _sibling(path, "old") if files.exists(path) else None
     try:
         if retired is not None:
-            files.rename(path, retired)
+            _rename_tree(path, retired)
         try:
-            files.rename(staging, path)
+            _rename_tree(staging, path)
         except BaseException:
             if retired is not None:
-                files.rename(retired, path)
+                _rename_tree(retired, path)
             raise
     except BaseException:
         with contextlib.suppress(Exception):
@@ -186,6 +186,28 @@ def _swap_in(staging: str, path: str) -> None:
         raise
     if retired is not None:
         files.rmtree(retired)
+
+
+def _rename_tree(source: str, target: str) -> None:
+    """Renames directory `source` to `target`, children included.
+
+    Some TensorFlow filesystems (`ram://`) rename a directory's own entry but leave its files under the old name;
+    there the files are renamed one by one.
+    """
+    files = gfile(source)
+    files.rename(source, target)
+    if not files.exists(source):
+        return
+    for root, _, names in list(files.walk(source)):
+        moved = target + root[len(source):]
+        files.makedirs(moved)
+        for name in names:
+            files.rename(os.path.join(root, name), os.path.join(moved, name))
+    try:
+        files.rmtree(source)
+    except Exception:  # ram:// reports NotFound for its leftover empty entries yet removes them
+        if files.exists(source):
+            raise
 
 
 @contextlib.contextmanager
