@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from tf_lm.configs import LMConfig
-from tf_lm.layers import TiedLMHead, TokenAndPositionEmbedding, TransformerBlock
+from tf_lm.layers import Dropout, TiedLMHead, TokenAndPositionEmbedding, TransformerBlock
 
 
 def cache_slots(cache):
@@ -46,7 +46,7 @@ class TransformerLM(keras.Model):
         self.embedding = TokenAndPositionEmbedding(
             cfg.vocab_size, cfg.block_size, cfg.n_embd, dtype=self.dtype_policy, name="embedding"
         )
-        self.embedding_dropout = keras.layers.Dropout(cfg.dropout, dtype=self.dtype_policy, name="embedding_dropout")
+        self.embedding_dropout = Dropout(cfg.dropout, dtype=self.dtype_policy, name="embedding_dropout")
         # GPT-2 scales the init of projections that write into the residual stream by 1/sqrt(2·n_layer),
         # so the stream's variance does not grow with depth.
         residual_init = keras.initializers.RandomNormal(stddev=0.02 / math.sqrt(2 * cfg.n_layer))

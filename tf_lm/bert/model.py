@@ -11,7 +11,7 @@ import keras
 from keras import ops
 
 from tf_lm.bert.config import BertConfig
-from tf_lm.layers import TokenAndPositionEmbedding, TransformerBlock
+from tf_lm.layers import Dropout, TokenAndPositionEmbedding, TransformerBlock
 from tf_lm.layers.initializers import clone_initializer
 
 
@@ -57,7 +57,7 @@ class BertClassifier(keras.Model):
         self.embedding_norm = keras.layers.LayerNormalization(
             epsilon=cfg.layer_norm_eps, dtype=self.dtype_policy, name="embedding_norm"
         )
-        self.embedding_dropout = keras.layers.Dropout(
+        self.embedding_dropout = Dropout(
             cfg.hidden_dropout_prob, dtype=self.dtype_policy, name="embedding_dropout"
         )
         self.blocks = [
@@ -80,7 +80,7 @@ class BertClassifier(keras.Model):
             cfg.hidden_size, activation="tanh", kernel_initializer=clone_initializer(initializer),
             dtype=self.dtype_policy, name="pooler",
         )
-        self.classifier_dropout = keras.layers.Dropout(
+        self.classifier_dropout = Dropout(
             cfg.hidden_dropout_prob, dtype=self.dtype_policy, name="classifier_dropout"
         )
         self.classifier = keras.layers.Dense(

@@ -7,6 +7,7 @@ import keras
 from keras import ops
 
 from tf_lm.layers.dense import Dense
+from tf_lm.layers.dropout import Dropout
 from tf_lm.layers.initializers import clone_initializer
 
 # Finite rather than -inf so a row with every key masked (a padded query) gives a uniform, not NaN, softmax.
@@ -107,8 +108,8 @@ class CausalSelfAttention(keras.layers.Layer):
             name="output",
         )
         self.output_dense.build(input_shape)
-        self.attention_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
-        self.output_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self.attention_dropout = Dropout(self.dropout, dtype=self.dtype_policy)
+        self.output_dropout = Dropout(self.dropout, dtype=self.dtype_policy)
 
     def init_cache(self, batch_size, max_length):
         """A zero cache for `call` (the layer must be built): `(keys, values)` as the class docstring lays them out."""

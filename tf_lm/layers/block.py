@@ -1,12 +1,25 @@
 """One Transformer block: pre-LayerNorm (GPT-2: x + Attention(LN(x)), then x + MLP(LN(x))) or post-LayerNorm
 (BERT: LN(x + Attention(x)), then LN(x + MLP(x)))."""
 
+import math
+
 import keras
 from keras import ops
 
 from tf_lm.layers.attention import CausalSelfAttention
 from tf_lm.layers.dense import Dense
+from tf_lm.layers.dropout import Dropout
 from tf_lm.layers.initializers import clone_initializer
+
+
+def _exact_gelu(x):
+    """BERT's erf GELU, x·(1 + erf(x/√2))/2, computed in float32 and returned in `x`'s dtype.
+
+    Not `ops.gelu(approximate=False)`: under mixed_bfloat16 that is TensorFlow's erfc in bfloat16, whose forward and
+    backward pass on CPU took 12.1 ms for a [32, 24, 1536] tensor against 3.7 ms for this (one thread).
+    """
+    y = ops.cast(x, "float32")
+    return ops.cast(0.5 * y * (1.0 + ops.erf(y * (1.0 / math.sqrt(2.0)))), x.dtype)
 
 
 @keras.saving.register_keras_serializable(package="tf_lm")
@@ -106,7 +119,7 @@ class TransformerBlock(keras.layers.Layer):
             name="mlp_out",
         )
         self.mlp_out.build(tuple(input_shape[:-1]) + (intermediate_dim,))
-        self.mlp_dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self.mlp_dropout = Dropout(self.dropout, dtype=self.dtype_policy)
 
     def call(self, x, padding_mask=None, cache=None, cache_index=None, training=False):
         # Pre-norm normalises each sublayer's input; post-norm (BERT) normalises each residual sum instead.
@@ -119,7 +132,8 @@ class TransformerBlock(keras.layers.Layer):
         x = x + attended
         if not self.norm_first:
             x = self.attention_norm(x)
-        hidden = ops.gelu(self.mlp_in(self.mlp_norm(x) if self.norm_first else x), approximate=self.approximate_gelu)
+        hidden = self.mlp_in(self.mlp_norm(x) if self.norm_first else x)
+        hidden = ops.gelu(hidden, approximate=True) if self.approximate_gelu else _exact_gelu(hidden)
         x = x + self.mlp_dropout(self.mlp_out(hidden), training=training)
         if not self.norm_first:
             x = self.mlp_norm(x)
