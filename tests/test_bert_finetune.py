@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -168,6 +169,41 @@ def test_nan_loss_stops_training():
     poisoned = dev_batches(4).map(lambda features, labels, weights: (features, labels, weights * np.nan))
     with pytest.raises(finetune.TrainingDiverged, match="loss became nan at step 1"):
         trainer.train(poisoned, steps=1)
+
+
+def test_both_backends_train_alike_without_dropout(tmp_path):
+    """The recipe is the same, not only the model: optimizer, schedule and warm-up, weight decay and what it skips,
+    the head's multiple, loss and batches. Without dropout (the only random draws left) and in float32, 8 steps
+    of each backend from one checkpoint (a random config saved by transformers, its head included) end equal."""
+    import transformers
+
+    config = transformers.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=16, num_labels=2,
+                                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    transformers.set_seed(0)
+    checkpoint = transformers.TFBertForSequenceClassification(config)
+    checkpoint(checkpoint.dummy_inputs)
+    checkpoint.save_pretrained(str(tmp_path), safe_serialization=True)
+    for name in ("vocab.txt", "tokenizer_config.json"):  # loaded, not used: the batches are made of ids
+        shutil.copy(os.path.join(weights.resolve_local("minilm"), name), tmp_path)
+    rng = np.random.default_rng(0)
+    token_ids = [rng.integers(1, 40, size=rng.integers(3, 12)).astype("int32") for _ in range(24)]
+    labels = rng.integers(0, 2, size=24)
+    tune = finetune.FinetuneConfig(max_length=12, batch_size=4, learning_rate=1e-3, head_lr_multiplier=10,
+                                   warmup_fraction=0.25, weight_decay=0.1)
+    strategy = resolve_strategy("cpu")
+    losses, final = {}, {}
+    for backend, load in (("keras", finetune.load_keras_classifier), ("hf", finetune.load_hf_classifier)):
+        classifier = load(str(tmp_path), 2, None, "float32", seed=0)
+        trainer = finetune.make_trainer(classifier, tune, total_steps=8, strategy=strategy)
+        batches = iter(data.make_dataset(token_ids, labels, 4, shuffle=True, bucket_widths=(6, 12)).repeat())
+        losses[backend] = [float(trainer.train_step(batches)[0]) for _ in range(8)]
+        final[backend] = (classifier.forward(next(batches)[0], training=False).numpy(),
+                          sum(float(np.abs(v.numpy()).sum()) for v in classifier.model.trainable_variables))
+    np.testing.assert_allclose(losses["keras"], losses["hf"], atol=1e-5)
+    np.testing.assert_allclose(final["keras"][0], final["hf"][0], atol=1e-5)  # logits after training
+    # All weights' total size (keras fuses q, k and v into one kernel, so the variables do not pair up).
+    assert final["keras"][1] == pytest.approx(final["hf"][1], rel=1e-6)
 
 
 @pytest.mark.slow
