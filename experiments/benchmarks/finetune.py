@@ -10,15 +10,25 @@ the keras backend's optimizer update is XLA-compiled on its own (`make_train_ste
 tf_keras AdamW does not compile, and already runs fused `ResourceApplyAdam` kernels). Then each backend fine-tunes
 for one epoch and is evaluated on all 872 SST-2 dev sentences, once per seed in `SEEDS`.
 
+The whole section takes about 15 minutes here, longer than one hold of the shared machine's lock should last. So
+each measurement (the throughput windows; one fine-tune of one backend and seed) is cached under
+`bench_results/finetune/<digest>/`, the digest covering the settings and every source file the measurement runs,
+and a run starts no new measurement after `BUDGET_SECONDS`: it then reports what is missing, and rerunning the
+section continues from the cache.
+
     python -m experiments.benchmark --sections=finetune
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
 import time
+from pathlib import Path
 
 from experiments.benchmarks.common import SHARED_DATA, Row
+from tf_lm.fileio import atomic_write
 
 SST2 = SHARED_DATA / "sst2"
 MAX_LENGTH = 64
@@ -30,6 +40,12 @@ HEAD_LR_MULTIPLIER = 20.0
 SEEDS = (0, 1, 2, 3, 4)
 PRECISION = "mixed_bfloat16"
 BACKENDS = ("hf", "keras")
+REPO = Path(__file__).resolve().parents[2]
+CACHE_DIR = Path("bench_results") / "finetune"
+BUDGET_SECONDS = 8 * 60
+# What a measurement runs: a change to any of these makes the cached results stale.
+SOURCES = ("experiments/benchmarks/finetune.py", "tf_lm/bert/**/*.py", "tf_lm/layers/*.py", "tf_lm/training/*.py",
+           "tf_lm/distribute.py")
 
 
 def _config(**overrides):
@@ -85,18 +101,35 @@ def _one_batch_per_bucket(data, token_ids, labels, widths):
     return data.make_dataset([token_ids[i] for i in picks], labels[picks], BATCH_SIZE, bucket_widths=widths), len(picks)
 
 
-def _accuracies(train, dev, quick: bool, backend: str) -> tuple[list[dict], float]:
+def _fine_tune(train, dev, backend: str, seed: int) -> dict:
+    """One epoch of `backend` with `seed`, evaluated on `dev`: the epoch's record and the wall time of it all."""
     from tf_lm.bert.finetune import finetune
     from tf_lm.distribute import resolve_strategy
 
-    records, wall = [], None
-    for seed in SEEDS[:1] if quick else SEEDS:
-        start = time.perf_counter()
-        with tempfile.TemporaryDirectory() as output_dir:
-            config = _config(epochs=1, seed=seed, precision=PRECISION, backend=backend)
-            records += finetune("minilm", train, dev, config, output_dir, resolve_strategy("cpu"))
-        wall = wall or time.perf_counter() - start
-    return records, wall
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as output_dir:
+        config = _config(epochs=1, seed=seed, precision=PRECISION, backend=backend)
+        [record] = finetune("minilm", train, dev, config, output_dir, resolve_strategy("cpu"))
+    return {**record, "wall_seconds": time.perf_counter() - start}
+
+
+def _cache_dir(quick: bool) -> Path:
+    digest = hashlib.sha256(repr((quick, MAX_LENGTH, BATCH_SIZE, TRAIN_EXAMPLES, PRECISION)).encode())
+    for path in sorted(p for pattern in SOURCES for p in REPO.glob(pattern)):
+        digest.update(path.relative_to(REPO).as_posix().encode() + path.read_bytes())
+    return CACHE_DIR / digest.hexdigest()[:16]
+
+
+def _measured(cache: Path, key: str, measure, deadline: float):
+    """`measure()`, cached in `cache/key.json`; None when it is not cached and `deadline` has passed."""
+    path = cache / f"{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    if time.perf_counter() > deadline:
+        return None
+    result = measure()
+    atomic_write(str(path), json.dumps(result))
+    return result
 
 
 def run(quick: bool) -> list[Row]:
@@ -105,24 +138,34 @@ def run(quick: bool) -> list[Row]:
     train = data.read_table(str(SST2 / "train.tsv"), max_examples=512 if quick else TRAIN_EXAMPLES)
     dev = data.read_table(str(SST2 / "dev.tsv"), max_examples=128 if quick else None)
     steps, rounds = (5, 1) if quick else (20, 3)
-    rates = _interleaved_rates(train, steps, rounds)
+    seeds = SEEDS[:1] if quick else SEEDS
+    cache, deadline = _cache_dir(quick), time.perf_counter() + BUDGET_SECONDS
+    rates = _measured(cache, "rates", lambda: _interleaved_rates(train, steps, rounds), deadline)
+    records = {(backend, seed): _measured(cache, f"{backend}-seed{seed}", lambda b=backend, s=seed: _fine_tune(
+        train, dev, b, s), deadline) for seed in seeds for backend in ("keras", "hf")}
+    missing = [key for key, record in records.items() if record is None] + (["rates"] if rates is None else [])
+    if missing:
+        return [Row("finetune", "incomplete: the time budget ran out; rerun the section to continue", "measurements",
+                    len(missing), notes=f"missing: {missing}; done ones are cached in {cache}")]
     setting = f"MiniLM-L6, SST-2 first {len(train):,}, T<={MAX_LENGTH}, B={BATCH_SIZE}, 8 length buckets, {PRECISION}"
     rows = [Row("finetune", f"train steps, {setting}", "examples/s", rates["keras"], rates["hf"],
                 "hf backend (TFBertForSequenceClassification)", ">= 1.3x",
                 f"keras backend (BertClassifier); alternating windows of {steps} steps, mean of {rounds}")]
-    results = {backend: _accuracies(train, dev, quick, backend) for backend in ("keras", "hf")}
-    means = {b: sum(r["eval_accuracy"] for r in records) / len(records) for b, (records, _) in results.items()}
-    seeds = SEEDS[:len(results["keras"][0])]
-    for backend, (records, wall) in results.items():
-        accuracies = ", ".join(f"{r['eval_accuracy']:.4f}" for r in records)
+    accuracies = {b: [records[b, seed]["eval_accuracy"] for seed in seeds] for b in ("keras", "hf")}
+    means = {b: sum(values) / len(values) for b, values in accuracies.items()}
+    for backend in ("keras", "hf"):
+        first = records[backend, seeds[0]]
+        listed = ", ".join(f"{a:.4f}" for a in accuracies[backend])
         rows += [
             Row("finetune", f"{backend}: dev accuracy after 1 epoch ({len(dev)} sentences), mean of seeds {seeds}",
                 "accuracy", means[backend], means["hf"] if backend == "keras" else None,
                 "hf backend" if backend == "keras" else "", "keras within 0.3 point of hf" if backend == "keras"
-                else "", f"seeds: {accuracies}; lr {LEARNING_RATE:g} (head x{HEAD_LR_MULTIPLIER:g}), {PRECISION}"),
+                else "", f"seeds: {listed}; lr {LEARNING_RATE:g} (head x{HEAD_LR_MULTIPLIER:g}), {PRECISION}"),
             Row("finetune", f"{backend}: 1 epoch end to end, {setting}", "examples/s",
-                records[0]["train_examples_per_s"], notes="seed 0, tracing included"),
-            Row("finetune", f"{backend}: evaluate {len(dev)} dev sentences", "s", records[0]["eval_seconds"]),
-            Row("finetune", f"{backend}: fine-tune wall time (load, tokenise, epoch, eval, save)", "s", wall),
+                first["train_examples_per_s"], notes="seed 0, tracing included; seeds "
+                + ", ".join(f"{records[backend, s]['train_examples_per_s']:.1f}" for s in seeds)),
+            Row("finetune", f"{backend}: evaluate {len(dev)} dev sentences", "s", first["eval_seconds"]),
+            Row("finetune", f"{backend}: fine-tune wall time (load, tokenise, epoch, eval, save)", "s",
+                first["wall_seconds"], notes="seed 0"),
         ]
     return rows
