@@ -58,7 +58,8 @@ def make_train_step(loss_fn: Callable, updates: list, strategy: tf.distribute.St
     On the default strategy, forward, backward, clipping and the update are one (optionally XLA) program; under
     a distribution strategy the forward/backward pass is compiled per replica, gradients are summed across
     replicas before the global norm is taken (so clipping sees the true norm), and the update runs around it.
-    Shapes may vary between calls (BERT's length buckets): each new shape traces once, then traces relax.
+    Shapes may vary between calls (BERT's length buckets): on one device, a tf.data iterator's step is traced once
+    for the iterator's element spec (None where shapes vary); otherwise each new shape traces once, then traces relax.
 
     Args:
         loss_fn: `(*batch) -> scalar float32`, this replica's share of the global batch's mean loss (the sum of
@@ -124,7 +125,18 @@ def make_train_step(loss_fn: Callable, updates: list, strategy: tf.distribute.St
             return loss, norm
 
         compiled = tf.function(step, jit_compile=jit_compile, reduce_retracing=True)
-        return lambda iterator, stop=False: (*compiled(*next(iterator)), stop)
+
+        def one_device_step(iterator, stop=False):
+            # A tf.data iterator's spec leaves varying dimensions (BERT's bucket widths) as None: tracing for it
+            # first gives one trace, not one for the first shape and another, relaxed, for the second.
+            spec = getattr(iterator, "element_spec", None)
+            if spec is not None and spec not in traced_specs:
+                compiled.get_concrete_function(*spec)
+                traced_specs.append(spec)
+            return (*compiled(*next(iterator)), stop)
+
+        traced_specs = []
+        return one_device_step
 
     compiled_loss_and_grads = tf.function(loss_and_grads, jit_compile=jit_compile)
 
