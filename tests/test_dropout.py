@@ -54,3 +54,7 @@ def test_bfloat16_inputs_keep_their_dtype():
 def test_rate_outside_zero_one_is_refused(rate):
     with pytest.raises(ValueError, match=f"rate={rate}"):
         Dropout(rate)
+
+
+def test_no_random_state_at_rate_zero():
+    assert Dropout(0.0).variables == [] and len(Dropout(0.1).variables) == 1  # as keras.layers.Dropout

@@ -37,7 +37,8 @@ class Dropout(keras.layers.Layer):
             raise ValueError(f"rate must be in [0, 1). Received: rate={rate}")
         self.rate = float(rate)
         self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        if self.rate > 0:  # as Keras's: no random state (and nothing to checkpoint) when nothing is dropped
+            self.seed_generator = keras.random.SeedGenerator(seed)
         self.built = True
 
     def call(self, x, training=False):
