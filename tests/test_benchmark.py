@@ -1,7 +1,9 @@
-"""experiments.benchmark end to end: a quick run writes the JSON and the table; an unknown section fails in one line."""
+"""experiments.benchmark end to end: a quick run writes the JSON and the table; an unknown section fails in one
+line; the speculative section's distillation corpus keeps the target's vocabulary."""
 
 import json
 
+import numpy as np
 import pytest
 from conftest import failure_line, run_module
 
@@ -41,3 +43,33 @@ def test_unknown_section_fails_in_one_line_and_writes_nothing(tmp_path):
     last = failure_line(result)
     assert last == f"Unknown benchmark sections ['bogus']; choose from {list(SECTIONS)}.", last
     assert not output.exists()
+
+
+def test_distillation_corpus_keeps_the_targets_vocabulary(tmp_path, monkeypatch):
+    # The draft's train_lm run builds its char vocabulary from the corpus files: it must be the target's, or the
+    # draft cannot draft for it. A target that emits its end-of-text id (decoded as "<|endoftext|>") would break it.
+    from experiments.benchmarks import speculative
+    from tf_lm import LMConfig, TransformerLM
+    from tf_lm.data import build_tokenizer
+    from tf_lm.data.sources import open_source
+    from tf_lm.generation import generate
+
+    text = (speculative.SHARED_DATA / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
+    tokenizer = build_tokenizer("char", text)
+    target = TransformerLM(LMConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16))
+    # The worst case: every new token is the end-of-text id (the final norm outputs its bias alone, whose product
+    # with the end-of-text embedding dwarfs every other logit).
+    direction = np.ones(16, np.float32)
+    target.final_norm.gamma.assign(np.zeros(16, np.float32))
+    target.final_norm.beta.assign(direction)
+    table = target.embedding.token_embeddings
+    table.assign(np.concatenate([table.numpy()[:-1], 100 * direction[None]]))
+    monkeypatch.setattr(speculative, "DISTILL_PROMPTS", 4)
+    monkeypatch.setattr(speculative, "DISTILL_BATCH", 2)
+    monkeypatch.setattr(speculative, "DISTILL_NEW_TOKENS", 8)
+    source = speculative._distillation_corpus(target, tokenizer, str(tmp_path / "corpus"))
+    assert generate(target, [[0]], max_new_tokens=4, sampler="temperature", seed=0) == [[tokenizer.eos_id] * 4]
+    opened = open_source(source)
+    texts = (chunk.text for split in ("train", "validation") for chunk in opened.chunks(split))
+    corpus = build_tokenizer("char", texts)
+    assert corpus.fingerprint == tokenizer.fingerprint

@@ -1,10 +1,14 @@
 """Benchmark section "speculative": batch-1 decoding with a draft model, beside HF's XLA `generate` and our own.
 
-A target and a draft are trained here on Tiny Shakespeare, char level, and cached under bench_results/speculative/
-(later runs load them; the first run trains them, ~13 minutes on 2 shared cores, so run that once on its own):
-the target has char-small's shape (6 layers, 384 wide) with a 320-token context, so a 16-character prompt and 256
-new tokens fit with k spare positions; the draft has 2 layers, 128 wide. HF's `TFGPT2LMHeadModel.generate` runs
-XLA-compiled on the target's weights, converted as `tf_lm.convert` documents, so both sides decode the same model.
+A target is trained here on Tiny Shakespeare, char level, and a draft is distilled from it; both are cached under
+bench_results/speculative/ (later runs load them; the first run makes them, ~20 minutes on 2 shared cores, so run
+that once on its own): the target has char-small's shape (6 layers, 384 wide) with a 320-token context, so a
+16-character prompt and 256 new tokens fit with k spare positions; the draft has 2 layers, 128 wide, and learns
+from text the target wrote (sequence-level distillation, Kim & Rush 2016, as DistillSpec, Zhou et al. 2024, does
+for drafts): a draft trained on the corpus itself predicts the corpus as well as the target does, yet agrees with
+the target's own choices on only a third of the tokens, and agreement is what a draft is for. HF's
+`TFGPT2LMHeadModel.generate` runs XLA-compiled on the target's weights, converted as `tf_lm.convert` documents,
+so both sides decode the same model.
 
 Rows: greedy and top-p at k = 2, 4, 6 (acceptance per round in the notes); prompt lookup on a prompt that
 repeats itself; and where the time of a round goes (the draft's k calls, the model's verifying pass) against
@@ -41,6 +45,10 @@ PAIR = {
                640),
     "draft": (["--n_layer=2", "--n_head=4", "--n_embd=128", "--learning_rate=2e-3", "--min_learning_rate=2e-4"], 1500),
 }
+# The draft's corpus: the target's continuations of prompts cut from the training split of Tiny Shakespeare,
+# half greedy (the contexts greedy decoding visits, each labelled with the target's argmax) and half sampled at
+# temperature 1 (its whole distribution, for the sampling rows).
+DISTILL_PROMPTS, DISTILL_PROMPT_CHARS, DISTILL_NEW_TOKENS, DISTILL_BATCH = 768, 32, 256, 128
 
 
 def _validation_loss(model_dir: str) -> float:
@@ -51,9 +59,45 @@ def _validation_loss(model_dir: str) -> float:
         return [float(row["loss"]) for row in csv.DictReader(f) if row["split"] == "validation"][-1]
 
 
+def _distillation_corpus(target, tokenizer, directory: str) -> str:
+    """Writes the draft's corpus (see DISTILL_PROMPTS) into `directory` once; returns its `text:` glob.
+
+    Two files, read in sorted order: the target's characters (so that the draft's char vocabulary is the target's,
+    whatever the continuations hold), then the continuations, greedy and sampled ones alternating, so the
+    validation split (the last 10% of the bytes) holds target text of both kinds that the draft never trains on.
+    """
+    from tf_lm.generation import generate
+
+    os.makedirs(directory, exist_ok=True)
+    text_path = os.path.join(directory, "1-target-text.txt")
+    if not os.path.isfile(text_path):
+        started = time.perf_counter()
+        with open(SHARED_DATA / "tinyshakespeare" / "input.txt", encoding="utf-8") as f:
+            corpus = f.read()
+        training_split = corpus[: int(len(corpus) * 0.9)]  # train_lm's default validation_fraction
+        starts = np.random.default_rng(0).integers(0, len(training_split) - DISTILL_PROMPT_CHARS, DISTILL_PROMPTS)
+        prompts = [tokenizer.encode(training_split[s : s + DISTILL_PROMPT_CHARS]) for s in starts]
+        documents = []
+        for first in range(0, DISTILL_PROMPTS, DISTILL_BATCH):
+            batch = prompts[first : first + DISTILL_BATCH]
+            greedy = generate(target, batch, max_new_tokens=DISTILL_NEW_TOKENS)
+            sampled = generate(target, batch, max_new_tokens=DISTILL_NEW_TOKENS, sampler="temperature", seed=first)
+            for prompt, *continuations in zip(batch, greedy, sampled):
+                # The end-of-text id would decode to characters outside the vocabulary.
+                documents += [tokenizer.decode([t for t in prompt + new if t != tokenizer.eos_id])
+                              for new in continuations]
+        with open(os.path.join(directory, "0-vocabulary.txt"), "w", encoding="utf-8") as f:
+            f.write("".join(tokenizer.chars))
+        with open(text_path + ".tmp", "w", encoding="utf-8") as f:
+            f.write("\n\n".join(documents))
+        os.replace(text_path + ".tmp", text_path)
+        print(f"wrote the draft's corpus in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return f"text:{directory}/*.txt"
+
+
 def trained_pair(cache_dir: str = CACHE_DIR):
-    """The (target, draft, tokenizer, validation losses), trained by `experiments.train_lm` on the first call and
-    loaded after."""
+    """The (target, draft, tokenizer, validation losses): trained by `experiments.train_lm` (the target on Tiny
+    Shakespeare, the draft on the target's text) on the first call, loaded after."""
     from tf_lm.artifacts import MODEL_FILE, load_model_dir, saved_dir
 
     models, losses = {}, {}
@@ -61,10 +105,11 @@ def trained_pair(cache_dir: str = CACHE_DIR):
         model_dir = os.path.join(cache_dir, name)
         if not os.path.isfile(os.path.join(saved_dir(model_dir), MODEL_FILE)):
             started = time.perf_counter()
+            dataset = (f"text:{SHARED_DATA / 'tinyshakespeare' / 'input.txt'}" if name == "target" else
+                       _distillation_corpus(*models["target"], os.path.join(cache_dir, "draft-corpus")))
             subprocess.run(
-                [sys.executable, "-m", "experiments.train_lm", f"--model_dir={model_dir}",
-                 f"--dataset=text:{SHARED_DATA / 'tinyshakespeare' / 'input.txt'}", f"--steps={steps}",
-                 f"--eval_every={steps}", f"--checkpoint_every={steps}", *COMMON_FLAGS, *flags],
+                [sys.executable, "-m", "experiments.train_lm", f"--model_dir={model_dir}", f"--dataset={dataset}",
+                 f"--steps={steps}", f"--eval_every={steps}", f"--checkpoint_every={steps}", *COMMON_FLAGS, *flags],
                 check=True,
             )
             print(f"trained the {name} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
@@ -159,7 +204,7 @@ def run(quick: bool) -> list[Row]:
     shape = f"{draft.config.n_layer}x{draft.config.n_embd}"
     trained = "" if losses is None else (
         f"; target {model.config.n_layer}x{model.config.n_embd} validation loss {losses['target']:.3f}, draft "
-        f"{shape} {losses['draft']:.3f}")
+        f"{shape} {losses['draft']:.3f} on held-out target text")
     rows = []
     samplings = {
         "greedy": ({}, {"do_sample": False}),
