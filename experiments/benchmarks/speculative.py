@@ -1,7 +1,7 @@
 """Benchmark section "speculative": batch-1 decoding with a draft model, beside HF's XLA `generate` and our own.
 
 A target is trained here on Tiny Shakespeare, char level, and a draft is distilled from it; both are cached under
-bench_results/speculative/ (later runs load them; the first run makes them, ~20 minutes on 2 shared cores, so run
+bench_results/speculative/ (later runs load them; the first run makes them, ~30 minutes on 2 shared cores, so run
 that once on its own): the target has char-small's shape (6 layers, 384 wide) with a 320-token context, so a
 16-character prompt and 256 new tokens fit with k spare positions; the draft has 2 layers, 128 wide, and learns
 from text the target wrote (sequence-level distillation, Kim & Rush 2016, as DistillSpec, Zhou et al. 2024, does
