@@ -2,7 +2,8 @@
 factors train.
 
 `enable_lora` freezes the whole model, then gives each attention and MLP projection (`qkv`, `output`,
-`mlp_in`, `mlp_out`) factors A `[in, r]` and B `[r, out]`; the layer computes with `W + (alpha / r)·A·B`. B starts
+`mlp_in`, `mlp_out`) factors A `[in, r]` and B `[r, out]`; the layer computes `x·W + (alpha / r)·(x·A)·B`
+(`tf_lm.layers.dense.Dense`), which is `x·(W + (alpha / r)·A·B)` without a kernel-sized product. B starts
 at zero, so a fresh adapter leaves the model's outputs unchanged. Optionally the token table gets factors the same
 way (`[vocab, r]` and `[r, n_embd]`); the head is tied to it, so they adapt the output projection too. Saving
 merges: Keras's `Dense.save_own_variables` and `Embedding.save_own_variables` write `W + (alpha / r)·A·B`, and
