@@ -46,12 +46,11 @@ def test_unknown_section_fails_in_one_line_and_writes_nothing(tmp_path):
 
 
 def test_distillation_corpus_keeps_the_targets_vocabulary(tmp_path, monkeypatch):
-    # The draft's train_lm run builds its char vocabulary from the corpus files: it must be the target's, or the
-    # draft cannot draft for it. A target that emits its end-of-text id (decoded as "<|endoftext|>") would break it.
+    # The draft's train_lm run takes its char vocabulary from the corpus: it must be the target's, or the draft
+    # cannot draft for it. A target that emits its end-of-text id (decoded as "<|endoftext|>") would break it.
     from experiments.benchmarks import speculative
     from tf_lm import LMConfig, TransformerLM
-    from tf_lm.data import build_tokenizer
-    from tf_lm.data.sources import open_source
+    from tf_lm.data import TokenStore, build_tokenizer
     from tf_lm.generation import generate
 
     text = (speculative.SHARED_DATA / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
@@ -69,7 +68,6 @@ def test_distillation_corpus_keeps_the_targets_vocabulary(tmp_path, monkeypatch)
     monkeypatch.setattr(speculative, "DISTILL_NEW_TOKENS", 8)
     source = speculative._distillation_corpus(target, tokenizer, str(tmp_path / "corpus"))
     assert generate(target, [[0]], max_new_tokens=4, sampler="temperature", seed=0) == [[tokenizer.eos_id] * 4]
-    opened = open_source(source)
-    texts = (chunk.text for split in ("train", "validation") for chunk in opened.chunks(split))
-    corpus = build_tokenizer("char", texts)
-    assert corpus.fingerprint == tokenizer.fingerprint
+    store = TokenStore(source.removeprefix("store:"))
+    assert store.tokenizer.fingerprint == tokenizer.fingerprint
+    assert store.num_tokens("train") > 0 and store.num_tokens("validation") > 0

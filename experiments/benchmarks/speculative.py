@@ -60,16 +60,17 @@ def _validation_loss(model_dir: str) -> float:
 
 
 def _distillation_corpus(target, tokenizer, directory: str) -> str:
-    """Writes the draft's corpus (see DISTILL_PROMPTS) into `directory` once; returns its `text:` glob.
+    """Prepares the draft's corpus (see DISTILL_PROMPTS) as a token store in `directory` once; returns `store:<dir>`.
 
-    Two files, read in sorted order: the target's characters (so that the draft's char vocabulary is the target's,
-    whatever the continuations hold), then the continuations, greedy and sampled ones alternating, so the
-    validation split (the last 10% of the bytes) holds target text of both kinds that the draft never trains on.
+    The store is encoded with the target's own tokenizer, so the draft's vocabulary is the target's whatever the
+    continuations hold. They are one text file, greedy and sampled ones alternating, so the validation split (the
+    last 10% of a single document's bytes) holds target text of both kinds that the draft never trains on.
     """
+    from tf_lm.data import prepare_store
     from tf_lm.generation import generate
 
     os.makedirs(directory, exist_ok=True)
-    text_path = os.path.join(directory, "1-target-text.txt")
+    text_path = os.path.join(directory, "target-text.txt")
     if not os.path.isfile(text_path):
         started = time.perf_counter()
         with open(SHARED_DATA / "tinyshakespeare" / "input.txt", encoding="utf-8") as f:
@@ -86,13 +87,13 @@ def _distillation_corpus(target, tokenizer, directory: str) -> str:
                 # The end-of-text id would decode to characters outside the vocabulary.
                 documents += [tokenizer.decode([t for t in prompt + new if t != tokenizer.eos_id])
                               for new in continuations]
-        with open(os.path.join(directory, "0-vocabulary.txt"), "w", encoding="utf-8") as f:
-            f.write("".join(tokenizer.chars))
         with open(text_path + ".tmp", "w", encoding="utf-8") as f:
             f.write("\n\n".join(documents))
         os.replace(text_path + ".tmp", text_path)
         print(f"wrote the draft's corpus in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    return f"text:{directory}/*.txt"
+    store = os.path.join(directory, "store")
+    prepare_store(f"text:{text_path}", store, tokenizer=tokenizer)  # reuses a finished store
+    return f"store:{store}"
 
 
 def trained_pair(cache_dir: str = CACHE_DIR):
