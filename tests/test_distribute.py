@@ -27,8 +27,8 @@ def test_auto_on_a_cpu_machine_is_the_cpu(monkeypatch):
     "kwargs, message",
     [
         ({"name": "horovod"}, "Unknown strategy 'horovod'"),
-        ({"name": "cpu", "tpu": "my-tpu"}, "only applies to --strategy=tpu"),
-        ({"name": "gpu"}, "sees no GPU"),
+        ({"name": "cpu", "tpu": "my-tpu"}, "only applies to the strategy 'tpu'"),
+        ({"name": "gpu"}, "needs a GPU"),
         ({"name": "tpu"}, "No TPU is reachable"),
         ({"name": "tpu", "tpu": "grpc://127.0.0.1:1"}, "No TPU is reachable at 'grpc://127.0.0.1:1'"),
     ],

@@ -110,7 +110,7 @@ def test_batch_not_divisible_by_replicas_is_rejected(tmp_path):
         """
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert "--batch_size=3 is not divisible by the 2 replicas" in out.stdout
+    assert "batch_size=3 is not divisible by the 2 replicas" in out.stdout
 
 
 def test_mirrored_over_two_cpus_matches_one_device(tmp_path):

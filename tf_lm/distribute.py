@@ -89,7 +89,7 @@ def resolve_strategy(name: str = "auto", tpu: str | None = None) -> tf.distribut
     if name not in STRATEGIES:
         raise ValueError(f"Unknown strategy {name!r}; choose one of {list(STRATEGIES)}.")
     if tpu and name not in ("auto", "tpu"):
-        raise ValueError(f"--tpu={tpu!r} only applies to --strategy=tpu or auto. Received: strategy={name!r}")
+        raise ValueError(f"tpu={tpu!r} only applies to the strategy 'tpu' or 'auto'. Received: name={name!r}")
     if name == "multi_worker":
         # Before anything lists devices: collective ops must be configured before TensorFlow's context starts.
         _cluster_from_tf_config()
@@ -105,7 +105,8 @@ def resolve_strategy(name: str = "auto", tpu: str | None = None) -> tf.distribut
         return tf.distribute.OneDeviceStrategy("/cpu:0") if gpus else tf.distribute.get_strategy()
     if name == "gpu":
         if not gpus:
-            raise ValueError("--strategy=gpu but TensorFlow sees no GPU; check the CUDA install or use --strategy=cpu.")
+            raise ValueError("The strategy 'gpu' needs a GPU and TensorFlow sees none; check the CUDA install or "
+                             "use 'cpu'.")
         return tf.distribute.get_strategy()
     if name == "mirrored":
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]

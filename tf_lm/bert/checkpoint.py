@@ -50,7 +50,7 @@ def resolve_checkpoint(name: str) -> str:
     if os.path.isdir(expanded):
         return os.path.abspath(expanded)
     if name.startswith((".", "/", "~")) or os.path.isfile(expanded):
-        raise FileNotFoundError(f"No checkpoint directory at {name!r}; pass --model=minilm, a directory or a hub id.")
+        raise FileNotFoundError(f"No checkpoint directory at {name!r}; pass 'minilm', a directory or a hub id.")
     return name
 
 

@@ -270,7 +270,7 @@ class ClassifierTrainer:
             if not math.isfinite(loss):
                 raise TrainingDiverged(
                     f"Training diverged: the loss became {loss} at step {step} of this epoch; stopped. Lower "
-                    "--learning_rate or raise --warmup_fraction, then rerun."
+                    "learning_rate or raise warmup_fraction, then rerun."
                 )
             total += loss
             self.steps_done = step

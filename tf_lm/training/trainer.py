@@ -206,7 +206,7 @@ class Trainer:
         replicas = strategy.num_replicas_in_sync
         if config.batch_size % replicas:
             raise ValueError(
-                f"--batch_size={config.batch_size} is not divisible by the {replicas} replicas of the strategy; "
+                f"batch_size={config.batch_size} is not divisible by the {replicas} replicas of the strategy; "
                 f"use a multiple of {replicas}."
             )
         self.model_config = model_config
@@ -319,7 +319,7 @@ class Trainer:
         kept = self.checkpoints.latest or "none was written yet"
         raise TrainingDiverged(
             f"Training diverged: {what} became NaN/inf at step {step}; stopped, and the last good checkpoint "
-            f"({kept}) is kept. Lower --learning_rate, raise --warmup_steps or set --grad_clip, then rerun."
+            f"({kept}) is kept. Lower learning_rate, raise warmup_steps or set grad_clip, then rerun."
         )
 
     def fit(self, train_dataset_fn: Callable, validation_dataset_fn: Callable) -> dict:
