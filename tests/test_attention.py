@@ -91,6 +91,21 @@ def test_bidirectional_padded_token_changes_no_real_token_and_real_tokens_see_ea
         assert np.all(moved > 1e-4), (t, moved)
 
 
+def test_a_per_query_mask_keeps_packed_sequences_apart():
+    """Two sequences in one row (positions 0-1 and 2-4) under a block-diagonal [batch, time, key] mask: each gives
+    what it gives alone, and editing one moves none of the other's outputs."""
+    layer = CausalSelfAttention(num_heads=2, causal=False)
+    x = _inputs(batch=1)
+    sequence = np.array([1, 1, 2, 2, 2])
+    mask = (sequence[:, None] == sequence[None, :])[None]  # (1, T, T)
+    packed = np.asarray(layer(x, padding_mask=mask))
+    np.testing.assert_allclose(packed[0, :2], np.asarray(layer(x[:, :2]))[0], atol=1e-6)
+    np.testing.assert_allclose(packed[0, 2:], np.asarray(layer(x[:, 2:]))[0], atol=1e-6)
+    edited = x.copy()
+    edited[0, 2:] += 1.0
+    np.testing.assert_allclose(np.asarray(layer(edited, padding_mask=mask))[0, :2], packed[0, :2], atol=1e-6)
+
+
 def test_bidirectional_layer_refuses_a_cache():
     with pytest.raises(ValueError, match="causal=False"):
         CausalSelfAttention(num_heads=2, causal=False)(_inputs(), cache=(np.zeros((4, 4, 8), "float32"),

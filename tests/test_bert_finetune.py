@@ -30,6 +30,7 @@ SST2 = SHARED_DATA / "sst2"
     ({"precision": "float16"}, "precision"),
     ({"head_lr_multiplier": 0.0}, "head_lr_multiplier"),
     ({"backend": "torch"}, "Unknown backend 'torch'"),
+    ({"backend": "hf", "packing": True}, "packing needs --backend=keras"),
 ])
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -40,6 +41,10 @@ def test_bucket_widths():
     assert finetune.FinetuneConfig(max_length=64, num_buckets=4).bucket_widths == (16, 32, 48, 64)
     assert finetune.FinetuneConfig(max_length=10, num_buckets=3).bucket_widths == (4, 7, 10)
     assert finetune.FinetuneConfig(num_buckets=0).bucket_widths is None
+    # Packing (the keras backend's default) trains on random batches; evaluation keeps the buckets.
+    assert finetune.FinetuneConfig(max_length=64, num_buckets=4).train_bucket_widths is None
+    assert finetune.FinetuneConfig(max_length=64, num_buckets=4, packing=False).train_bucket_widths == (16, 32, 48, 64)
+    assert finetune.FinetuneConfig(max_length=64, num_buckets=4, backend="hf").train_bucket_widths == (16, 32, 48, 64)
 
 
 def test_classification_metrics():
@@ -70,7 +75,8 @@ def test_finetune_saves_the_best_model_and_history(tmp_path, backend):
                                      backend=backend)
     history = finetune.finetune("minilm", train, dev, config, str(tmp_path / "run"), resolve_strategy("cpu"))
 
-    steps_per_epoch = data.count_batches(data.encode(minilm_tokenizer(), train.texts, 16), 8, (8, 16))
+    token_ids = data.encode(minilm_tokenizer(), train.texts, 16)
+    steps_per_epoch = data.count_batches(token_ids, 8, config.train_bucket_widths)
     assert [record["step"] for record in history] == [steps_per_epoch, 5]
     assert history[0]["train_examples"] == 24, "one epoch must see every training example once"
     assert all(np.isfinite(record["train_loss"]) and 0 <= record["eval_accuracy"] <= 1 for record in history)
@@ -238,18 +244,20 @@ rng = np.random.default_rng(0)
 token_ids = [rng.integers(1, 40, size=rng.integers(3, 12)).astype("int32") for _ in range(20)]
 dataset = data.make_dataset(token_ids, rng.integers(0, 2, size=20), batch_size=8, bucket_widths=(6, 12)).repeat()
 tune = finetune.FinetuneConfig(max_length=12, batch_size=8, learning_rate=1e-3, head_lr_multiplier=5)
-final = []
-for name in ("cpu", "mirrored"):
-    strategy = resolve_strategy(name)
-    keras.utils.set_random_seed(0)
-    with strategy.scope():
-        model = BertClassifier(config)
-    trainer = finetune.make_trainer(finetune.keras_classifier(model, None), tune, total_steps=4, strategy=strategy)
-    assert strategy.num_replicas_in_sync == (1 if name == "cpu" else 2)
-    trainer.train(dataset, steps=4)
-    final.append([v.numpy() for v in model.trainable_variables])
-for one, two in zip(*final):
-    np.testing.assert_allclose(two, one, atol=2e-5)
+for pack_width in (None, 12):  # each replica packs its own share of the batch
+    final = []
+    for name in ("cpu", "mirrored"):
+        strategy = resolve_strategy(name)
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            model = BertClassifier(config)
+        classifier = finetune.keras_classifier(model, None, pack_width)
+        trainer = finetune.make_trainer(classifier, tune, total_steps=4, strategy=strategy)
+        assert strategy.num_replicas_in_sync == (1 if name == "cpu" else 2)
+        trainer.train(dataset, steps=4)
+        final.append([v.numpy() for v in model.trainable_variables])
+    for one, two in zip(*final):
+        np.testing.assert_allclose(two, one, atol=2e-5)
 print("ok")
 """
 

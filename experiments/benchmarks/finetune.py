@@ -1,9 +1,11 @@
 """BERT fine-tuning: the `keras` backend (our `BertClassifier`) beside the `hf` one (`TFBertForSequenceClassification`).
 
-Both fine-tune the offline MiniLM-L6 BERT on the first 8,000 SST-2 sentences at max_length 64, batch 32, with
-eight length buckets, through the same loop and train step (`tf_lm.bert.finetune`); only the model code differs.
-Throughput is timed in alternating windows of 20 steps (hf, keras, hf, ...), so both run under the same
-background load on this shared machine, each after untimed windows that trace every bucket shape. Both run in
+Both fine-tune the offline MiniLM-L6 BERT on the first 8,000 SST-2 sentences at max_length 64, batch 32, through the
+same loop and train step (`tf_lm.bert.finetune`), each with its default batches: eight length buckets for hf, random
+batches packed into rows of 64 tokens for keras (which alone can keep packed sentences apart). Throughput is timed
+over one whole epoch of each, in alternating windows of 20 steps (hf, keras, hf, ...), so both run under the same
+background load on this shared machine and see every length of the data once (the first windows alone are no
+sample: buckets fill first with the common short phrases), each after untimed steps that trace its shapes. Both run in
 `mixed_bfloat16` with the forward/backward pass not XLA-compiled, the fastest setting of each on this CPU
 (AVX512_BF16: oneDNN's bfloat16 matmuls; XLA's bfloat16 dots are slower, and XLA compiles every bucket shape anew);
 the keras backend's optimizer update is XLA-compiled on its own (`make_train_step(jit_update=True)`; transformers'
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -55,11 +58,8 @@ def _config(**overrides):
                           head_lr_multiplier=HEAD_LR_MULTIPLIER, **overrides)
 
 
-def _interleaved_rates(train, steps: int, rounds: int) -> dict[str, float]:
-    """Examples/s of each backend, timed in alternating windows of `steps` batches (mean of `rounds`).
-
-    Real examples only: each bucket's last batch is filled with zero-weight rows, which are not counted.
-    """
+def _interleaved_rates(train, steps: int) -> dict[str, float]:
+    """Examples/s of each backend over one epoch of its batches, timed in alternating windows of `steps` batches."""
     from tf_lm.bert import data
     from tf_lm.bert.finetune import load_hf_classifier, load_keras_classifier, make_trainer
     from tf_lm.distribute import resolve_strategy
@@ -68,30 +68,38 @@ def _interleaved_rates(train, steps: int, rounds: int) -> dict[str, float]:
     windows = {}
     for backend in BACKENDS:
         config = _config(warmup_fraction=0.0, precision=PRECISION, backend=backend)
-        load = load_keras_classifier if backend == "keras" else load_hf_classifier
-        classifier = load("minilm", 2, None, PRECISION, seed=0)
+        if backend == "keras":
+            classifier = load_keras_classifier("minilm", 2, None, PRECISION, 0, MAX_LENGTH if config.packs else None)
+        else:
+            classifier = load_hf_classifier("minilm", 2, None, PRECISION, seed=0)
         token_ids = data.encode(classifier.tokenizer, train.texts, MAX_LENGTH)
-        per_epoch = data.count_batches(token_ids, BATCH_SIZE, config.bucket_widths)
-        real_per_step = len(train) / per_epoch
-        trainer = make_trainer(classifier, config, total_steps=10 * steps * (rounds + 1), strategy=strategy)
-        dataset = data.make_dataset(token_ids, train.labels, BATCH_SIZE, shuffle=True,
-                                    bucket_widths=config.bucket_widths).repeat()
+        widths = config.train_bucket_widths
+        per_epoch = data.count_batches(token_ids, BATCH_SIZE, widths)
+        trainer = make_trainer(classifier, config, total_steps=2 * per_epoch, strategy=strategy)
 
-        def window(trainer=trainer, dataset=dataset, real_per_step=real_per_step) -> float:
+        def epoch(seed, widths=widths, token_ids=token_ids):
+            return data.make_dataset(token_ids, train.labels, BATCH_SIZE, shuffle=True, seed=seed, bucket_widths=widths)
+
+        # Untimed: one batch of every bucket shape (each traces), then a window of another epoch.
+        if widths is not None:
+            trainer.train(*_one_batch_per_bucket(data, token_ids, train.labels, widths))
+        trainer.train(epoch(seed=1), steps)
+
+        done = [0]  # steps of the timed epoch so far
+
+        def window(trainer=trainer, epoch=epoch, per_epoch=per_epoch, done=done) -> float:
+            count = min(steps, per_epoch - done[0])
             start = time.perf_counter()
-            trainer.train(dataset, steps)
-            return steps * real_per_step / (time.perf_counter() - start)
+            trainer.train(epoch(seed=0).skip(done[0]), count)
+            done[0] += count
+            return time.perf_counter() - start
 
-        # Untimed: one batch of every bucket shape (each traces), then a window.
-        warm, count = _one_batch_per_bucket(data, token_ids, train.labels, config.bucket_widths)
-        trainer.train(warm, count)
-        window()
-        windows[backend] = window
-    rates = {backend: [] for backend in BACKENDS}
-    for _ in range(rounds):
-        for backend in BACKENDS:
-            rates[backend].append(windows[backend]())
-    return {backend: sum(values) / rounds for backend, values in rates.items()}
+        windows[backend] = (window, per_epoch)
+    seconds = {backend: 0.0 for backend in BACKENDS}
+    for _ in range(max(math.ceil(per_epoch / steps) for _, per_epoch in windows.values())):
+        for backend, (window, _) in windows.items():
+            seconds[backend] += window()  # 0 steps once its epoch is done
+    return {backend: len(train) / total for backend, total in seconds.items()}
 
 
 def _one_batch_per_bucket(data, token_ids, labels, widths):
@@ -137,20 +145,21 @@ def run(quick: bool) -> list[Row]:
 
     train = data.read_table(str(SST2 / "train.tsv"), max_examples=512 if quick else TRAIN_EXAMPLES)
     dev = data.read_table(str(SST2 / "dev.tsv"), max_examples=128 if quick else None)
-    steps, rounds = (5, 1) if quick else (20, 3)
+    steps = 5 if quick else 20
     seeds = SEEDS[:1] if quick else SEEDS
     cache, deadline = _cache_dir(quick), time.perf_counter() + BUDGET_SECONDS
-    rates = _measured(cache, "rates", lambda: _interleaved_rates(train, steps, rounds), deadline)
+    rates = _measured(cache, "rates", lambda: _interleaved_rates(train, steps), deadline)
     records = {(backend, seed): _measured(cache, f"{backend}-seed{seed}", lambda b=backend, s=seed: _fine_tune(
         train, dev, b, s), deadline) for seed in seeds for backend in ("keras", "hf")}
     missing = [key for key, record in records.items() if record is None] + (["rates"] if rates is None else [])
     if missing:
         return [Row("finetune", "incomplete: the time budget ran out; rerun the section to continue", "measurements",
                     len(missing), notes=f"missing: {missing}; done ones are cached in {cache}")]
-    setting = f"MiniLM-L6, SST-2 first {len(train):,}, T<={MAX_LENGTH}, B={BATCH_SIZE}, 8 length buckets, {PRECISION}"
+    setting = f"MiniLM-L6, SST-2 first {len(train):,}, T<={MAX_LENGTH}, B={BATCH_SIZE}, {PRECISION}"
     rows = [Row("finetune", f"train steps, {setting}", "examples/s", rates["keras"], rates["hf"],
-                "hf backend (TFBertForSequenceClassification)", ">= 1.3x",
-                f"keras backend (BertClassifier); alternating windows of {steps} steps, mean of {rounds}")]
+                "hf backend (TFBertForSequenceClassification; 8 length buckets)", ">= 1.3x",
+                f"keras backend (BertClassifier; packed rows of {MAX_LENGTH}); one epoch each, in alternating "
+                f"windows of {steps} steps")]
     accuracies = {b: [records[b, seed]["eval_accuracy"] for seed in seeds] for b in ("keras", "hf")}
     means = {b: sum(values) / len(values) for b, values in accuracies.items()}
     for backend in ("keras", "hf"):

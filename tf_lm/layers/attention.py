@@ -54,7 +54,8 @@ class CausalSelfAttention(keras.layers.Layer):
     Call args:
         x: float tensor `[batch, time, hidden_dim]`.
         padding_mask: optional bool/int tensor `[batch, key_length]`, 1 for real tokens. `key_length` is
-            `time` without a cache and the cache length with one.
+            `time` without a cache and the cache length with one. Or `[batch, time, key_length]`: which keys each
+            query may see (several sequences packed into one row, each attending only within itself).
         cache: optional `(keys, values)` from `init_cache`: float tensors `[batch·num_heads, head_dim, max_length]`
             and `[batch·num_heads, max_length, head_dim]`.
         cache_index: required with `cache`: the cache slot of `x[:, 0]`, an int scalar, or int32 `[batch]` for a
@@ -153,7 +154,8 @@ class CausalSelfAttention(keras.layers.Layer):
             allowed = ops.arange(key_length) <= query_positions[..., None]  # (T, S) or (B, T, S)
             allowed = allowed[None, None] if len(allowed.shape) == 2 else allowed[:, None]  # (1 or B, 1, T, S)
         if padding_mask is not None:
-            padding = ops.cast(padding_mask, "bool")[:, None, None, :]  # (B, 1, 1, S)
+            padding = ops.cast(padding_mask, "bool")
+            padding = padding[:, None, None, :] if len(padding.shape) == 2 else padding[:, None]  # (B, 1, 1|T, S)
             allowed = padding if allowed is None else ops.logical_and(allowed, padding)  # (B, 1, T, S)
 
         if cache is None:
