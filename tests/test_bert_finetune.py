@@ -244,14 +244,14 @@ rng = np.random.default_rng(0)
 token_ids = [rng.integers(1, 40, size=rng.integers(3, 12)).astype("int32") for _ in range(20)]
 dataset = data.make_dataset(token_ids, rng.integers(0, 2, size=20), batch_size=8, bucket_widths=(6, 12)).repeat()
 tune = finetune.FinetuneConfig(max_length=12, batch_size=8, learning_rate=1e-3, head_lr_multiplier=5)
-for pack_width in (None, 12):  # each replica packs its own share of the batch
+for packed in (False, True):  # each replica packs its own share of the batch
     final = []
     for name in ("cpu", "mirrored"):
         strategy = resolve_strategy(name)
         keras.utils.set_random_seed(0)
         with strategy.scope():
             model = BertClassifier(config)
-        classifier = finetune.keras_classifier(model, None, pack_width)
+        classifier = finetune.keras_classifier(model, None, packed)
         trainer = finetune.make_trainer(classifier, tune, total_steps=4, strategy=strategy)
         assert strategy.num_replicas_in_sync == (1 if name == "cpu" else 2)
         trainer.train(dataset, steps=4)

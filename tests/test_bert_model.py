@@ -100,7 +100,7 @@ def test_bidirectional_mask_padding_is_invisible_and_every_token_is_seen():
 
 
 def test_packed_rows_give_the_unpacked_logits():
-    """Eight sequences (lengths 0-11, segment ids, padding) packed into rows of 12 by first-fit decreasing: fewer
+    """Eight sequences (lengths 0-11, segment ids, padding) packed into rows of 11 by first-fit decreasing: fewer
     rows, and in float32 the logits of every real sequence equal the unpacked model's, eagerly and traced."""
     import tensorflow as tf
 
@@ -113,11 +113,12 @@ def test_packed_rows_give_the_unpacked_logits():
     segments = rng.integers(0, 2, size=batch["input_ids"].shape).astype("int32")
     batch["token_type_ids"] = segments * batch["attention_mask"]
     rows, _, positions, allowed, _ = (np.asarray(t) for t in _pack(
-        batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], 12))
-    assert rows.shape == (4, 12) and sorted(np.count_nonzero(allowed.any(-1), axis=1)) == [3, 12, 12, 12]
+        batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]))
+    # 11 | 9 2 | 7 3 1 | 5 and the filler's one token
+    assert rows.shape == (4, 11) and sorted(np.count_nonzero(allowed.any(-1), axis=1)) == [6, 11, 11, 11]
     assert positions.max() == 10 and (allowed == np.swapaxes(allowed, 1, 2)).all()  # restarts; symmetric blocks
     unpacked = model(batch).numpy()
-    for packed in (model(batch, pack_width=12), tf.function(lambda b: model(b, pack_width=12))(batch)):
+    for packed in (model(batch, packed=True), tf.function(lambda b: model(b, packed=True))(batch)):
         np.testing.assert_allclose(np.asarray(packed)[:7], unpacked[:7], atol=1e-5)
         assert np.isfinite(np.asarray(packed)).all()
 

@@ -1,13 +1,14 @@
 """BERT fine-tuning: the `keras` backend (our `BertClassifier`) beside the `hf` one (`TFBertForSequenceClassification`).
 
 Both fine-tune the offline MiniLM-L6 BERT on the first 8,000 SST-2 sentences at max_length 64, batch 32, through the
-same loop and train step (`tf_lm.bert.finetune`), each with its default batches: eight length buckets for hf, random
-batches packed into rows of 64 tokens for keras (which alone can keep packed sentences apart). Throughput is timed
-over one whole epoch of each, in alternating windows of 20 steps (hf, keras, hf, ...), so both run under the same
-background load on this shared machine and see every length of the data once (the first windows alone are no
-sample: buckets fill first with the common short phrases), each after untimed steps that trace its shapes. Both run in
-`mixed_bfloat16` with the forward/backward pass not XLA-compiled, the fastest setting of each on this CPU
-(AVX512_BF16: oneDNN's bfloat16 matmuls; XLA's bfloat16 dots are slower, and XLA compiles every bucket shape anew);
+same loop and train step (`tf_lm.bert.finetune`), each with its default batches: eight length buckets for hf,
+random batches packed into rows as wide as their longest sentence for keras (which alone can keep packed sentences
+apart). Throughput is timed over one whole epoch of each, in alternating windows of 20 steps (hf, keras, hf, ...),
+so both run under the same background load on this shared machine and see every length of the data once (the first
+windows alone are no sample: buckets fill first with the common short phrases), each after untimed steps that
+trace its shapes. Both run in `mixed_bfloat16` with the forward/backward pass not XLA-compiled, the fastest
+setting of each on this CPU (AVX512_BF16: oneDNN's bfloat16 matmuls; XLA's bfloat16 dots are slower, and XLA
+compiles every shape anew);
 the keras backend's optimizer update is XLA-compiled on its own (`make_train_step(jit_update=True)`; transformers'
 tf_keras AdamW does not compile, and already runs fused `ResourceApplyAdam` kernels). Then each backend fine-tunes
 for one epoch and is evaluated on all 872 SST-2 dev sentences, once per seed in `SEEDS`.
@@ -69,7 +70,7 @@ def _interleaved_rates(train, steps: int) -> dict[str, float]:
     for backend in BACKENDS:
         config = _config(warmup_fraction=0.0, precision=PRECISION, backend=backend)
         if backend == "keras":
-            classifier = load_keras_classifier("minilm", 2, None, PRECISION, 0, MAX_LENGTH if config.packs else None)
+            classifier = load_keras_classifier("minilm", 2, None, PRECISION, 0, config.packs)
         else:
             classifier = load_hf_classifier("minilm", 2, None, PRECISION, seed=0)
         token_ids = data.encode(classifier.tokenizer, train.texts, MAX_LENGTH)
@@ -158,7 +159,7 @@ def run(quick: bool) -> list[Row]:
     setting = f"MiniLM-L6, SST-2 first {len(train):,}, T<={MAX_LENGTH}, B={BATCH_SIZE}, {PRECISION}"
     rows = [Row("finetune", f"train steps, {setting}", "examples/s", rates["keras"], rates["hf"],
                 "hf backend (TFBertForSequenceClassification; 8 length buckets)", ">= 1.3x",
-                f"keras backend (BertClassifier; packed rows of {MAX_LENGTH}); one epoch each, in alternating "
+                "keras backend (BertClassifier; random batches, packed); one epoch each, in alternating "
                 f"windows of {steps} steps")]
     accuracies = {b: [records[b, seed]["eval_accuracy"] for seed in seeds] for b in ("keras", "hf")}
     means = {b: sum(values) / len(values) for b, values in accuracies.items()}

@@ -6,8 +6,8 @@ the language model's): `keras`, our `BertClassifier` on Keras 3 with a Keras 3 A
 
 Most of the speed over a plain `fit` comes from the data: with batches bucketed by length an SST-2 phrase
 costs about 17 tokens of compute (8 buckets, real length 13), against about 40 when random batches are padded
-to their longest member; the keras backend packs each batch's phrases into rows of `max_length` tokens instead
-(`BertClassifier` called with `pack_width`), about 14 tokens a phrase.
+to their longest member; the keras backend packs random batches' phrases into rows as wide as their longest
+instead (`BertClassifier` called with `packed=True`), 14 tokens a phrase.
 """
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ class FinetuneConfig:
             batch to its own longest sequence instead (every batch a new shape). Evaluation batches always, and
             training batches without packing.
         packing: bool or None, default None (on for the keras backend, off for hf). Train on random batches
-            whose sequences the model packs into rows of `max_length` tokens, each attending only within itself
-            (same logits, fewer padded tokens than buckets). The hf backend cannot: transformers' BERT takes
+            whose sequences the model packs into rows as wide as each batch's longest, each attending only within
+            itself (same logits, fewer padded tokens than buckets). The hf backend cannot: transformers' BERT takes
             only a 2-D attention mask.
         jit_compile: bool, default False. XLA-compile the train and eval steps. Without it the keras backend's
             optimizer update is still XLA-compiled on its own (one fused pass over weights and AdamW slots).
@@ -182,10 +182,10 @@ class Classifier:
 
 
 def load_keras_classifier(model_name: str, num_labels: int, label_names: list[str] | None, precision: str,
-                          seed: int, pack_width: int | None = None) -> Classifier:
+                          seed: int, packed: bool = False) -> Classifier:
     """`BertClassifier.from_pretrained` and its WordPiece tokenizer; transformers is never imported.
 
-    `seed` seeds the new head's initial weights and the dropout masks; `pack_width`: as `keras_classifier`.
+    `seed` seeds the new head's initial weights and the dropout masks; `packed`: as `keras_classifier`.
     """
     from tf_lm.bert.model import BertClassifier
     from tf_lm.bert.tokenizer import WordPieceTokenizer
@@ -193,14 +193,14 @@ def load_keras_classifier(model_name: str, num_labels: int, label_names: list[st
     keras.utils.set_random_seed(seed)
     directory = weights.resolve_local(model_name)
     model = BertClassifier.from_pretrained(directory, num_labels, label_names, dtype=precision)
-    return keras_classifier(model, WordPieceTokenizer(directory), pack_width)
+    return keras_classifier(model, WordPieceTokenizer(directory), packed)
 
 
-def keras_classifier(model, tokenizer, pack_width: int | None = None) -> Classifier:
+def keras_classifier(model, tokenizer, packed: bool = False) -> Classifier:
     """The `Classifier` of a `BertClassifier`; its export copies the tokenizer files of `tokenizer.directory`.
 
-    With `pack_width` the training forward pass packs each batch into rows of that many tokens (evaluation does
-    not: the logits are the same either way).
+    With `packed` the training forward pass packs each batch's sequences into rows (evaluation does not: the
+    logits are the same either way).
     """
     from tf_lm.bert import optimizer
 
@@ -210,7 +210,7 @@ def keras_classifier(model, tokenizer, pack_width: int | None = None) -> Classif
             model.save(os.path.join(staging, KERAS_FILE))
 
     def forward(features, training):
-        return model(features, training=training, pack_width=pack_width if training else None)
+        return model(features, training=training, packed=packed and training)
 
     return Classifier(model, tokenizer, forward, model.head_variables(),
                       model.config.max_position_embeddings, optimizer.create_optimizer, save)
@@ -427,7 +427,7 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
     with strategy.scope():
         if config.backend == "keras":
             classifier = load_keras_classifier(model_name, num_labels, train_data.label_names, config.precision,
-                                               config.seed, config.max_length if config.packs else None)
+                                               config.seed, config.packs)
         else:
             classifier = load_hf_classifier(model_name, num_labels, train_data.label_names, config.precision,
                                             config.seed)

@@ -29,11 +29,11 @@ class BertClassifier(keras.Model):
             tokens) and optionally `token_type_ids` `[batch, time]` (default all 0), `time <=
             config.max_position_embeddings`.
         training: bool, default False. Enables dropout.
-        pack_width: int, default None. Pack the batch's sequences (tokens first, then padding) into as few rows of
-            `max(pack_width, time)` tokens as first-fit decreasing finds, each token attending only within its own
-            sequence, positions restarting at 0 in each, the pooler reading each sequence's [CLS]: the same logits
-            as unpacked, computed on fewer padded tokens (SST-2 at 64: 14.4 tokens a phrase against 17.3 in eight
-            length buckets).
+        packed: bool, default False. Pack the batch's sequences (tokens first, then padding) into as few rows of
+            `time` tokens as first-fit decreasing finds, each token attending only within its own sequence,
+            positions restarting at 0 in each, the pooler reading each sequence's [CLS]: the same logits as
+            unpacked, computed on fewer padded tokens (random batches of 32 SST-2 phrases: 14.0 tokens a phrase,
+            against 17.3 in eight length buckets; 13.3 are real).
 
     Returns:
         float32 logits `[batch, num_labels]`.
@@ -106,21 +106,21 @@ class BertClassifier(keras.Model):
         self.classifier.build((None, self.config.hidden_size))
         self.built = True
 
-    def call(self, inputs, training=False, pack_width=None):
+    def call(self, inputs, training=False, packed=False):
         token_ids = ops.convert_to_tensor(inputs["input_ids"], dtype="int32")  # (B, T)
         padding_mask = ops.convert_to_tensor(inputs["attention_mask"], dtype="int32")  # (B, T)
         segment_ids = inputs.get("token_type_ids")
         if segment_ids is None:
             segment_ids = ops.zeros_like(token_ids)
         position_ids, first_tokens = None, None
-        if pack_width is not None:
+        if packed:
             token_ids, segment_ids, position_ids, padding_mask, first_tokens = _pack(
-                token_ids, ops.convert_to_tensor(segment_ids, dtype="int32"), padding_mask, pack_width
-            )  # (R, W) each, (B,)
-        x = self.embedding(token_ids, position_ids=position_ids) + self.segment_embedding(segment_ids)  # (B|R, T|W, d)
+                token_ids, ops.convert_to_tensor(segment_ids, dtype="int32"), padding_mask
+            )  # (R, T) each, (R, T, T), (B,)
+        x = self.embedding(token_ids, position_ids=position_ids) + self.segment_embedding(segment_ids)  # (B|R, T, d)
         x = self.embedding_dropout(self.embedding_norm(x), training=training)
         for block in self.blocks:
-            x = block(x, padding_mask=padding_mask, training=training)  # (B|R, T|W, d)
+            x = block(x, padding_mask=padding_mask, training=training)  # (B|R, T, d)
         if first_tokens is None:
             cls = x[:, 0]  # (B, d)
         else:
@@ -181,15 +181,17 @@ class BertClassifier(keras.Model):
         return model
 
 
-def _pack(token_ids, segment_ids, padding_mask, pack_width):
-    """Packs `B` right-padded sequences into `R` rows of `W = max(pack_width, T)` tokens by first-fit decreasing.
+def _pack(token_ids, segment_ids, padding_mask):
+    """Packs `B` right-padded sequences `[B, T]` into `R` rows of `T` tokens by first-fit decreasing.
 
-    Returns the rows' token ids, segment ids and positions (0 at each sequence's start) `[R, W]`, which keys each
-    query may see `[R, W, W]` (its own sequence's tokens), and each sequence's first token in the flattened rows
+    Rows as wide as the batch rather than the model's longest input: at SST-2's lengths that packs as tightly
+    (14.0 tokens a phrase in random batches of 32, against 14.4 in rows of 64) with a third less attention.
+
+    Returns the rows' token ids, segment ids and positions (0 at each sequence's start) `[R, T]`, which keys each
+    query may see `[R, T, T]` (its own sequence's tokens), and each sequence's first token in the flattened rows
     `[B]`. An empty sequence (a zero-weight filler row) keeps one token, so that every sequence has a [CLS] to read.
     """
-    batch, time = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
-    width = ops.maximum(pack_width, time)
+    batch, width = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
     lengths = ops.maximum(ops.sum(padding_mask, axis=1), 1)  # (B,)
     order = ops.argsort(-lengths)  # longest first
 
@@ -206,15 +208,15 @@ def _pack(token_ids, segment_ids, padding_mask, pack_width):
     unsorted = ops.argsort(order)
     rows, offsets = ops.take(rows, unsorted), ops.take(offsets, unsorted)  # (B,)
     num_rows = ops.max(rows) + 1
-    positions = ops.broadcast_to(ops.arange(time, dtype="int32")[None], (batch, time))  # (B, T)
+    positions = ops.broadcast_to(ops.arange(width, dtype="int32")[None], (batch, width))  # (B, T)
     real = positions < lengths[:, None]  # (B, T)
     slots = (rows * width + offsets)[:, None] + positions  # (B, T) in the flattened rows
     slots = ops.reshape(ops.where(real, slots, num_rows * width), (-1, 1))  # padding to one spare slot, dropped
 
-    def to_rows(values):  # (B, T) -> (R, W); every slot a sequence does not fill is 0
+    def to_rows(values):  # (B, T) -> (R, T); every slot a sequence does not fill is 0
         flat = ops.scatter(slots, ops.reshape(ops.where(real, values, 0), (-1,)), (num_rows * width + 1,))
         return ops.reshape(flat[:-1], (num_rows, width))
 
-    sequence = to_rows(ops.broadcast_to(ops.arange(1, batch + 1, dtype="int32")[:, None], (batch, time)))  # 0: none
-    allowed = ops.logical_and(sequence[:, :, None] == sequence[:, None, :], sequence[:, None, :] > 0)  # (R, W, W)
+    sequence = to_rows(ops.broadcast_to(ops.arange(1, batch + 1, dtype="int32")[:, None], (batch, width)))  # 0: none
+    allowed = ops.logical_and(sequence[:, :, None] == sequence[:, None, :], sequence[:, None, :] > 0)  # (R, T, T)
     return (to_rows(token_ids), to_rows(segment_ids), to_rows(positions), allowed, rows * width + offsets)
