@@ -30,7 +30,7 @@ SST2 = SHARED_DATA / "sst2"
     ({"precision": "float16"}, "precision"),
     ({"head_lr_multiplier": 0.0}, "head_lr_multiplier"),
     ({"backend": "torch"}, "Unknown backend 'torch'"),
-    ({"backend": "hf", "packing": True}, "packing needs --backend=keras"),
+    ({"backend": "hf", "packing": True}, "packing needs backend=.keras."),
 ])
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):

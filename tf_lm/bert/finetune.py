@@ -112,7 +112,7 @@ class FinetuneConfig:
         if not 0 <= self.num_buckets <= self.max_length:
             raise ValueError(f"num_buckets must lie in [0, max_length]. Received: num_buckets={self.num_buckets}")
         if self.packing and self.backend == "hf":
-            raise ValueError("packing needs --backend=keras: transformers' BERT takes only a 2-D attention mask, so "
+            raise ValueError("packing needs backend='keras': transformers' BERT takes only a 2-D attention mask, so "
                              "it cannot keep packed sequences apart. Received: packing=True, backend='hf'")
 
     @property
