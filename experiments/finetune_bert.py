@@ -47,7 +47,8 @@ def define_finetune_flags() -> None:
         flags.DEFINE_integer("max_length", 128, "Longest sequence in tokens ([CLS]/[SEP] included); longer are cut.")
         flags.DEFINE_integer("num_buckets", 8, "Length buckets (few padded shapes); 0 pads each batch to its longest.")
         flags.DEFINE_bool("packing", None, "Pack each (random) training batch's sentences into rows as wide as its "
-                          "longest (default: on for --backend=keras, which alone can; buckets then serve evaluation).")
+                          "longest (default: on for --backend=keras without --jit_compile, the only setting that can; "
+                          "buckets then serve evaluation).")
     with flag_group("optimisation"):
         flags.DEFINE_integer("batch_size", 32, "Global batch size, split across replicas.")
         flags.DEFINE_float("learning_rate", 5e-5, "Peak AdamW learning rate (linear warm-up, then linear decay).")

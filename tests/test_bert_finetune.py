@@ -31,6 +31,7 @@ SST2 = SHARED_DATA / "sst2"
     ({"head_lr_multiplier": 0.0}, "head_lr_multiplier"),
     ({"backend": "torch"}, "Unknown backend 'torch'"),
     ({"backend": "hf", "packing": True}, "packing needs backend=.keras."),
+    ({"packing": True, "jit_compile": True}, "packing cannot be XLA-compiled"),
 ])
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -45,6 +46,7 @@ def test_bucket_widths():
     assert finetune.FinetuneConfig(max_length=64, num_buckets=4).train_bucket_widths is None
     assert finetune.FinetuneConfig(max_length=64, num_buckets=4, packing=False).train_bucket_widths == (16, 32, 48, 64)
     assert finetune.FinetuneConfig(max_length=64, num_buckets=4, backend="hf").train_bucket_widths == (16, 32, 48, 64)
+    assert not finetune.FinetuneConfig(jit_compile=True).packs
 
 
 def test_classification_metrics():

@@ -63,10 +63,10 @@ class FinetuneConfig:
         num_buckets: int, default 8. Length buckets, widths spread evenly up to `max_length`; 0 pads each
             batch to its own longest sequence instead (every batch a new shape). Evaluation batches always, and
             training batches without packing.
-        packing: bool or None, default None (on for the keras backend, off for hf). Train on random batches
+        packing: bool or None, default None (on for the keras backend without `jit_compile`). Train on random batches
             whose sequences the model packs into rows as wide as each batch's longest, each attending only within
             itself (same logits, fewer padded tokens than buckets). The hf backend cannot: transformers' BERT takes
-            only a 2-D attention mask.
+            only a 2-D attention mask; nor can XLA, since a batch's row count depends on its lengths.
         jit_compile: bool, default False. XLA-compile the train and eval steps. Without it the keras backend's
             optimizer update is still XLA-compiled on its own (one fused pass over weights and AdamW slots).
         precision: str, default "float32". Or "mixed_bfloat16": bfloat16 compute, float32 weights and loss;
@@ -114,11 +114,14 @@ class FinetuneConfig:
         if self.packing and self.backend == "hf":
             raise ValueError("packing needs backend='keras': transformers' BERT takes only a 2-D attention mask, so "
                              "it cannot keep packed sequences apart. Received: packing=True, backend='hf'")
+        if self.packing and self.jit_compile:
+            raise ValueError("packing cannot be XLA-compiled: a batch's row count depends on its lengths. Pass "
+                             "packing=False or jit_compile=False. Received: packing=True, jit_compile=True")
 
     @property
     def packs(self) -> bool:
-        """Whether training batches are packed: `packing`, or by default with the keras backend."""
-        return self.backend == "keras" if self.packing is None else self.packing
+        """Whether training batches are packed: `packing`, or by default with the keras backend without XLA."""
+        return self.backend == "keras" and not self.jit_compile if self.packing is None else self.packing
 
     @property
     def train_bucket_widths(self) -> tuple[int, ...] | None:
