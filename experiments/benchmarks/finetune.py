@@ -62,17 +62,14 @@ def _config(**overrides):
 def _interleaved_rates(train, steps: int) -> dict[str, float]:
     """Examples/s of each backend over one epoch of its batches, timed in alternating windows of `steps` batches."""
     from tf_lm.bert import data
-    from tf_lm.bert.finetune import load_hf_classifier, load_keras_classifier, make_trainer
+    from tf_lm.bert.finetune import load_classifier, make_trainer
     from tf_lm.distribute import resolve_strategy
 
     strategy = resolve_strategy("cpu")
     windows = {}
     for backend in BACKENDS:
         config = _config(warmup_fraction=0.0, precision=PRECISION, backend=backend)
-        if backend == "keras":
-            classifier = load_keras_classifier("minilm", 2, None, PRECISION, 0, config.packs)
-        else:
-            classifier = load_hf_classifier("minilm", 2, None, PRECISION, seed=0)
+        classifier = load_classifier("minilm", 2, None, config)
         token_ids = data.encode(classifier.tokenizer, train.texts, MAX_LENGTH)
         widths = config.train_bucket_widths
         per_epoch = data.count_batches(token_ids, BATCH_SIZE, widths)

@@ -237,6 +237,15 @@ def load_hf_classifier(model_name: str, num_labels: int, label_names: list[str] 
                       lambda target, extra_json: hub.save_pretrained(target, model, tokenizer, extra_json))
 
 
+def load_classifier(model_name: str, num_labels: int, label_names: list[str] | None,
+                    config: FinetuneConfig) -> Classifier:
+    """The `Classifier` of `config.backend` in `config.precision`, seeded by `config.seed`; the keras one packs its
+    training batches as `config.packs` says. Call in the strategy's scope."""
+    if config.backend == "keras":
+        return load_keras_classifier(model_name, num_labels, label_names, config.precision, config.seed, config.packs)
+    return load_hf_classifier(model_name, num_labels, label_names, config.precision, config.seed)
+
+
 class ClassifierTrainer:
     """Trains and evaluates a classifier of either backend under a strategy, with the project's train step.
 
@@ -428,12 +437,7 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
             f"batch_size {config.batch_size} does not split evenly over {strategy.num_replicas_in_sync} replicas."
         )
     with strategy.scope():
-        if config.backend == "keras":
-            classifier = load_keras_classifier(model_name, num_labels, train_data.label_names, config.precision,
-                                               config.seed, config.packs)
-        else:
-            classifier = load_hf_classifier(model_name, num_labels, train_data.label_names, config.precision,
-                                            config.seed)
+        classifier = load_classifier(model_name, num_labels, train_data.label_names, config)
     limit = min(classifier.position_limit, classifier.tokenizer.model_max_length)
     if config.max_length > limit:
         raise ValueError(f"max_length {config.max_length} exceeds the {limit} positions of {model_name!r}; "
