@@ -242,6 +242,9 @@ def _train(model_config, train_config, model_dir, strategy, store, verbose, flag
     unit = "char" if tokenizer.is_char_level else "token"
     trainer = Trainer(model_config, train_config, strategy, model_dir, peak_flops=peak, verbose=verbose,
                       bits_unit=unit, initial_state=initial_state)
+    if pretrained is not None:
+        initial_state = None  # the model holds the weights now; the host copy would stay resident all run
+        pretrained.release_weights()
     chief = is_chief(strategy)
     if chief:
         # Written by the first run only: a resume has just been checked to be the same run.

@@ -203,13 +203,35 @@ def _first_validation_loss(model_dir):
 
 
 @pytest.mark.parametrize("kind", ["tf_lm", "hf"])
-def test_init_from_starts_at_the_source_models_loss(tmp_path, kind):
+def test_init_from_starts_at_the_source_models_loss(tmp_path, kind, monkeypatch):
     """A tf_lm model directory, and the directory HF's TF `save_pretrained` writes (with GPT-2's vocab.json +
-    merges.txt): the first evaluation is `evaluate_lm`'s loss of the source model on the same validation split."""
+    merges.txt): the first evaluation is `evaluate_lm`'s loss of the source model on the same validation split.
+    And the weights read from the checkpoint are freed before training starts: the model holds them."""
+    import gc
+    import weakref
+
+    import experiments.train_lm
     from experiments.evaluate_lm import evaluate_split
     from tf_lm.convert import load_gpt2_state
     from tf_lm.data import prepare_store
     from tf_lm.pretrained import read_pretrained
+    from tf_lm.training.trainer import Trainer
+
+    read_arrays = []
+
+    def read_and_watch(directory):
+        pretrained = read_pretrained(directory)
+        read_arrays.extend(weakref.ref(array) for array in pretrained.state.values())
+        return pretrained
+
+    def fit_once_released(trainer, *args, **kwargs):
+        gc.collect()
+        assert read_arrays and not [ref for ref in read_arrays if ref() is not None]
+        return fit(trainer, *args, **kwargs)
+
+    fit = Trainer.fit
+    monkeypatch.setattr(experiments.train_lm, "read_pretrained", read_and_watch)
+    monkeypatch.setattr(Trainer, "fit", fit_once_released)
 
     source = _text_source(tmp_path)
     (tf_lm_dir if kind == "tf_lm" else hf_dir)(tmp_path / "base")

@@ -35,28 +35,42 @@ class Pretrained:
         directory: str. Where it was read from.
         config: `LMConfig` of the checkpoint.
         tokenizer: its tokenizer (`CharTokenizer` or `BPETokenizer`).
-        state: dict of GPT-2 PyTorch names (`h.0.attn.c_attn.weight`) -> float32 arrays.
+        state: dict of GPT-2 PyTorch names (`h.0.attn.c_attn.weight`) -> float32 arrays; empty after
+            `release_weights`.
+        fingerprint: str. sha256 of every tensor's name and bytes: a resumed run checks that its base has not
+            changed.
     """
 
     directory: str
     config: LMConfig
     tokenizer: object
     state: dict
+    fingerprint: str = dataclasses.field(init=False)
 
-    @property
-    def fingerprint(self) -> str:
-        """sha256 of every tensor's name and bytes: a resumed run checks that its base has not changed."""
+    def __post_init__(self):
         digest = hashlib.sha256()
         for name in sorted(self.state):
             digest.update(name.encode("utf-8"))
             digest.update(np.ascontiguousarray(self.state[name], dtype=np.float32).tobytes())
-        return digest.hexdigest()
+        object.__setattr__(self, "fingerprint", digest.hexdigest())
 
     def state_for(self, config: LMConfig) -> dict:
         """The weights for a model of `config` (see `check_config`): positions cropped to its `block_size`, as
-        nanoGPT's `crop_block_size` does."""
+        nanoGPT's `crop_block_size` does.
+
+        Raises:
+            ValueError: if `config` contradicts the checkpoint's.
+            RuntimeError: after `release_weights`.
+        """
         check_config(config, self.config, self.directory)
+        if not self.state:
+            raise RuntimeError(f"The weights read from {self.directory!r} were released; read the checkpoint again.")
         return {**self.state, "wpe.weight": self.state["wpe.weight"][: config.block_size]}
+
+    def release_weights(self) -> None:
+        """Drops the host copy of the weights once a model holds them: for GPT-2 124M it is ~475 MiB that would
+        otherwise stay resident for the whole training run. The config, tokenizer and fingerprint remain."""
+        self.state.clear()
 
 
 def _state(model: TransformerLM) -> dict:
