@@ -176,12 +176,17 @@ def test_a_signal_checkpoints_the_current_step_and_stops(tmp_path, signum):
     assert signal.getsignal(signum) is handler  # the trainer's handler is removed again
 
 
-def test_mixed_float16_trains_with_loss_scaling(tmp_path):
+def test_mixed_float16_trains_with_loss_scaling_and_leaves_the_global_policy(tmp_path):
+    import keras
+
     train, validation = synthetic()
     trainer = Trainer(MODEL, config(steps=2, warmup_steps=0, precision="mixed_float16"), resolve_strategy(),
                       str(tmp_path), verbose=False)
     result = trainer.fit(train, validation)
-    assert trainer.model.compute_dtype == "float16"
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert {layer.dtype_policy.name for layer in trainer.model._flatten_layers() if layer is not trainer.model.head} \
+        == {"mixed_float16"}
+    assert {v.dtype for v in trainer.model.weights} == {"float32"}
     assert np.isfinite(result["validation"]["loss"])
 
 

@@ -176,7 +176,8 @@ class Trainer:
     program; under a distribution strategy the forward/backward pass is XLA-compiled per replica and the
     all-reduce and update run around it.
 
-    Sets Keras's global dtype policy to `config.precision` (layers read it when they are built).
+    The model is built with `config.precision` as its own dtype policy, which every layer passes to its
+    sublayers; Keras's global policy is left as it was, so nothing built after the trainer inherits it.
 
     Args:
         model_config: `LMConfig`. `block_size` is also the training window length.
@@ -221,10 +222,9 @@ class Trainer:
         self.fused = strategy is tf.distribute.get_strategy()
         self.tokens_per_step = config.batch_size * model_config.block_size
 
-        keras.mixed_precision.set_global_policy(config.precision)
         with strategy.scope():
             keras.utils.set_random_seed(config.seed)  # same initialisation and dropout seeds on every worker
-            self.model = TransformerLM(model_config)
+            self.model = TransformerLM(model_config, dtype=config.precision)
             if initial_state is not None:
                 load_gpt2_state(self.model, initial_state)
             frozen = []
