@@ -10,7 +10,7 @@ def _inputs(batch=2, time=5, width=8, seed=0):
 
 
 def test_layer_contract(tmp_path):
-    outputs = check_layer(CausalSelfAttention(num_heads=2), _inputs(), tmp_path)
+    outputs = check_layer(CausalSelfAttention(num_heads=2), _inputs(), tmp_path, trainable_weights=4)
     assert outputs.shape == (2, 5, 8)
 
 
@@ -72,7 +72,7 @@ def test_cache_needs_an_index():
 
 
 def test_bidirectional_layer_contract(tmp_path):
-    check_layer(CausalSelfAttention(num_heads=2, causal=False), _inputs(), tmp_path)
+    check_layer(CausalSelfAttention(num_heads=2, causal=False), _inputs(), tmp_path, trainable_weights=4)
 
 
 def test_bidirectional_padded_token_changes_no_real_token_and_real_tokens_see_each_other():

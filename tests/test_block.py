@@ -11,7 +11,8 @@ def _inputs(time=5, seed=0):
 
 
 def test_layer_contract(tmp_path):
-    outputs = check_layer(TransformerBlock(num_heads=2, intermediate_dim=16, dropout=0.1), _inputs(), tmp_path)
+    outputs = check_layer(TransformerBlock(num_heads=2, intermediate_dim=16, dropout=0.1), _inputs(), tmp_path,
+                          trainable_weights=12)
     assert outputs.shape == (2, 5, 8)
 
 
@@ -43,7 +44,7 @@ def test_dropout_only_in_training():
 
 def test_bert_style_block_contract(tmp_path):
     block = TransformerBlock(num_heads=2, intermediate_dim=16, causal=False, norm_first=False, approximate_gelu=False)
-    check_layer(block, _inputs(), tmp_path)
+    check_layer(block, _inputs(), tmp_path, trainable_weights=12)
 
 
 def test_post_norm_exact_gelu_block_matches_numpy():

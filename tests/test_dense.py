@@ -33,4 +33,4 @@ def test_factored_lora_equals_keras_merged_kernel_in_outputs_and_gradients():
 
 
 def test_without_lora_it_is_a_keras_dense(tmp_path):
-    check_layer(Dense(4), X, tmp_path)
+    check_layer(Dense(4), X, tmp_path, trainable_weights=2)

@@ -6,7 +6,7 @@ from tf_lm.layers import TokenAndPositionEmbedding
 
 def test_layer_contract(tmp_path):
     layer = TokenAndPositionEmbedding(vocab_size=11, max_length=8, hidden_dim=4)
-    outputs = check_layer(layer, np.arange(10, dtype="int32").reshape(2, 5), tmp_path)
+    outputs = check_layer(layer, np.arange(10, dtype="int32").reshape(2, 5), tmp_path, trainable_weights=2)
     assert outputs.shape == (2, 5, 4)
 
 
