@@ -67,6 +67,7 @@ def _distillation_corpus(target, tokenizer, directory: str) -> str:
     last 10% of a single document's bytes) holds target text of both kinds that the draft never trains on.
     """
     from tf_lm.data import prepare_store
+    from tf_lm.fileio import atomic_write
     from tf_lm.generation import generate
 
     os.makedirs(directory, exist_ok=True)
@@ -87,9 +88,7 @@ def _distillation_corpus(target, tokenizer, directory: str) -> str:
                 # The end-of-text id would decode to characters outside the vocabulary.
                 documents += [tokenizer.decode([t for t in prompt + new if t != tokenizer.eos_id])
                               for new in continuations]
-        with open(text_path + ".tmp", "w", encoding="utf-8") as f:
-            f.write("\n\n".join(documents))
-        os.replace(text_path + ".tmp", text_path)
+        atomic_write(text_path, "\n\n".join(documents))
         print(f"wrote the draft's corpus in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     store = os.path.join(directory, "store")
     prepare_store(f"text:{text_path}", store, tokenizer=tokenizer)  # reuses a finished store
