@@ -240,8 +240,8 @@ def _train(model_config, train_config, model_dir, strategy, store, verbose, flag
 
     peak = measure_matmul_peak() if verbose else None
     unit = "char" if tokenizer.is_char_level else "token"
-    trainer = Trainer(model_config, train_config, strategy, model_dir, peak_flops=peak, verbose=verbose,
-                      bits_unit=unit, initial_state=initial_state)
+    trainer = Trainer.from_config(model_config, train_config, strategy, model_dir, initial_state=initial_state,
+                                  peak_flops=peak, verbose=verbose, bits_unit=unit)
     if pretrained is not None:
         initial_state = None  # the model holds the weights now; the host copy would stay resident all run
         pretrained.release_weights()

@@ -55,23 +55,53 @@ def test_loss_falls_on_a_learnable_stream(tmp_path):
         return tf.data.Dataset.from_tensors((ids[:, :-1], ids[:, 1:])).repeat()
 
     cfg = config(steps=40, learning_rate=1e-2, eval_every=40, checkpoint_every=40)
-    trainer = Trainer(MODEL, cfg, resolve_strategy(), str(tmp_path), verbose=False)
+    trainer = Trainer.from_config(MODEL, cfg, resolve_strategy(), str(tmp_path), verbose=False)
     result = trainer.fit(repeating, lambda context: repeating(0, context).take(1))
     assert result["validation"]["loss"] < 0.5 * np.log(11)
     assert (tmp_path / "metrics.csv").read_text().count("\n") == 40 + 1 + 1  # header, 40 train rows, 1 validation
     assert (tmp_path / "loss.png").stat().st_size > 0
 
 
+def test_trains_a_model_and_optimizer_built_by_the_caller(tmp_path):
+    """What `from_config` builds is a default, not a requirement: the trainer takes any `TransformerLM` and Keras 3
+    optimizer made in the strategy's scope, and checkpoints what it is given."""
+    import keras
+
+    from tf_lm.model import TransformerLM
+
+    strategy = resolve_strategy()
+    with strategy.scope():
+        model = TransformerLM(MODEL)
+        optimizer = keras.optimizers.SGD(learning_rate=0.5)
+    def repeating(start_step, context):
+        del start_step, context
+        ids = tf.constant([[i % 4 for i in range(9)]] * 4)  # (4, 9): a period-4 sequence
+        return tf.data.Dataset.from_tensors((ids[:, :-1], ids[:, 1:])).repeat()
+
+    def validation(context):
+        return repeating(0, context).take(1)
+
+    cfg = config(steps=10, eval_every=10, checkpoint_every=10)
+    trainer = Trainer(model, optimizer, cfg, strategy, str(tmp_path), verbose=False)
+    before = trainer.evaluate(validation)
+    result = trainer.fit(repeating, validation)
+    assert result["validation"]["loss"] < 0.8 * before["loss"]
+    assert int(optimizer.iterations.numpy()) == 10
+    saved = dict(tf.train.list_variables(str(tmp_path / "checkpoints" / "ckpt-10")))
+    assert not [name for name in saved if "adam" in name.lower() or "momentum" in name.lower()]  # plain SGD's
+    assert len([name for name in saved if name.startswith("model_variables/")]) == len(model.variables)
+
+
 def test_resume_continues_exactly_with_dropout(tmp_path):
     train, validation = synthetic()
     cfg, model = config(steps=4), dataclasses.replace(MODEL, dropout=0.2)
-    straight = Trainer(model, cfg, resolve_strategy(), str(tmp_path / "a"), verbose=False)
+    straight = Trainer.from_config(model, cfg, resolve_strategy(), str(tmp_path / "a"), verbose=False)
     expected = straight.fit(train, validation)
 
-    first = Trainer(model, config(steps=2), resolve_strategy(), str(tmp_path / "b"), verbose=False)
+    first = Trainer.from_config(model, config(steps=2), resolve_strategy(), str(tmp_path / "b"), verbose=False)
     first.fit(train, validation)
     tf.random.uniform(())  # disturb the global random state: everything must come from the checkpoint
-    second = Trainer(model, cfg, resolve_strategy(), str(tmp_path / "b"), verbose=False)
+    second = Trainer.from_config(model, cfg, resolve_strategy(), str(tmp_path / "b"), verbose=False)
     resumed = second.fit(train, validation)
     assert resumed["start_step"] == 2
     for a, b in zip(straight.model.weights, second.model.weights):
@@ -87,7 +117,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         batches = train(start_step, context).enumerate(start_step)
         return batches.map(lambda i, xy: (xy[0], tf.where(i >= 2, xy[1] * 0 + 99, xy[1])))
 
-    trainer = Trainer(MODEL, config(steps=4), resolve_strategy(), str(tmp_path), verbose=False)
+    trainer = Trainer.from_config(MODEL, config(steps=4), resolve_strategy(), str(tmp_path), verbose=False)
     with pytest.raises(TrainingDiverged, match="NaN/inf at step 3.*ckpt-2"):
         trainer.fit(poisoned, validation)
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.index")) == ["ckpt-2.index"]
@@ -103,7 +133,8 @@ def test_batch_not_divisible_by_replicas_is_rejected(tmp_path):
         from tf_lm.distribute import resolve_strategy
         from tf_lm.training import TrainConfig, Trainer
         try:
-            Trainer(LMConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8), TrainConfig(batch_size=3),
+            Trainer.from_config(LMConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8),
+                                TrainConfig(batch_size=3),
                     resolve_strategy("mirrored"), {str(tmp_path)!r})
         except ValueError as error:
             print(error)
@@ -128,7 +159,8 @@ def test_mirrored_over_two_cpus_matches_one_device(tmp_path):
         weights = {{}}
         for name in ("cpu", "mirrored"):
             train, validation = synthetic()
-            trainer = Trainer(MODEL, config(steps=1, warmup_steps=0, grad_clip=0.05), resolve_strategy(name),
+            trainer = Trainer.from_config(MODEL, config(steps=1, warmup_steps=0, grad_clip=0.05),
+                                          resolve_strategy(name),
                               {str(tmp_path)!r} + "/" + name, verbose=False)
             result = trainer.fit(train, validation)
             weights[name] = [np.asarray(w) for w in trainer.model.weights]
@@ -144,7 +176,7 @@ def test_mirrored_over_two_cpus_matches_one_device(tmp_path):
 
 
 def test_weights_digest_tells_weights_apart(tmp_path):
-    trainer = Trainer(MODEL, config(), resolve_strategy(), str(tmp_path), verbose=False)
+    trainer = Trainer.from_config(MODEL, config(), resolve_strategy(), str(tmp_path), verbose=False)
     before = weights_digest(trainer.model)
     trainer.model.weights[0].assign(trainer.model.weights[0] + 1e-7)
     assert weights_digest(trainer.model) != before
@@ -167,7 +199,8 @@ def test_a_signal_checkpoints_the_current_step_and_stops(tmp_path, signum):
         return train(start_step, context).enumerate(start_step).map(fetch)
 
     handler = signal.getsignal(signum)
-    trainer = Trainer(MODEL, config(steps=8, checkpoint_every=100), resolve_strategy(), str(tmp_path), verbose=False)
+    trainer = Trainer.from_config(MODEL, config(steps=8, checkpoint_every=100), resolve_strategy(), str(tmp_path),
+                                  verbose=False)
     with pytest.raises(TrainingInterrupted, match=rf"by {signal.Signals(signum).name} at step [23];") as stopped:
         trainer.fit(signalling, validation)
     assert stopped.value.exit_code == 128 + signum  # 143 for SIGTERM, 130 for Ctrl-C, as a shell reports them
@@ -180,7 +213,7 @@ def test_mixed_float16_trains_with_loss_scaling_and_leaves_the_global_policy(tmp
     import keras
 
     train, validation = synthetic()
-    trainer = Trainer(MODEL, config(steps=2, warmup_steps=0, precision="mixed_float16"), resolve_strategy(),
+    trainer = Trainer.from_config(MODEL, config(steps=2, warmup_steps=0, precision="mixed_float16"), resolve_strategy(),
                       str(tmp_path), verbose=False)
     result = trainer.fit(train, validation)
     assert keras.mixed_precision.global_policy().name == "float32"

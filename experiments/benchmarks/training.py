@@ -47,8 +47,8 @@ def _batch(block_size, batch_size):
 
 def ours_step(config: LMConfig, batch_size: int, model_dir: str):
     inputs, targets = _batch(config.block_size, batch_size)
-    trainer = Trainer(config, TrainConfig(batch_size=batch_size, steps=10**6), resolve_strategy("cpu"), model_dir,
-                      verbose=False)
+    trainer = Trainer.from_config(config, TrainConfig(batch_size=batch_size, steps=10**6), resolve_strategy("cpu"),
+                                  model_dir, verbose=False)
     iterator = iter(tf.data.Dataset.from_tensors((inputs, targets)).repeat())
     return lambda: float(trainer.train_step(iterator)[0])
 

@@ -11,7 +11,7 @@ import hashlib
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
@@ -167,7 +167,7 @@ def make_train_step(loss_fn: Callable, updates: list, strategy: tf.distribute.St
 
 
 class Trainer:
-    """Builds a `TransformerLM` and its AdamW under `strategy` and trains it with a custom step.
+    """Trains a `TransformerLM` it is given, with its optimizer, under `strategy` with a custom step.
 
     The loss is the sparse cross-entropy of the logits, summed over every replica's tokens and divided by the
     global batch's token count, so N replicas give the same gradient as one device with the same global batch.
@@ -176,41 +176,49 @@ class Trainer:
     program; under a distribution strategy the forward/backward pass is XLA-compiled per replica and the
     all-reduce and update run around it.
 
-    The model is built with `config.precision` as its own dtype policy, which every layer passes to its
-    sublayers; Keras's global policy is left as it was, so nothing built after the trainer inherits it.
+    `Trainer.from_config` builds the model and optimizer a `TrainConfig` describes (what `train_lm` runs); build
+    them yourself, in `strategy.scope()`, to train another model or with another optimizer.
 
     Args:
-        model_config: `LMConfig`. `block_size` is also the training window length.
-        config: `TrainConfig`.
+        model: a built `TransformerLM`, created in `strategy.scope()`. Its `config.block_size` is the training
+            window length.
+        optimizer: a Keras 3 optimizer of `model.trainable_variables`, created in the same scope.
+        config: `TrainConfig`: the loop's settings (steps, batch size, evaluation, checkpoints, clipping).
         strategy: from `tf_lm.distribute.resolve_strategy`.
         model_dir: str. Where checkpoints, metrics and logs are written (by the chief only).
+        frozen: variables of `model` that neither train nor go into checkpoints, because a resume rebuilds them
+            (LoRA's base weights, which come from the pretrained checkpoint again).
+        evaluate_at_start: bool, default False. A fresh run evaluates once before its first step (a model that
+            starts from pretrained weights).
         peak_flops: float or None. The machine's measured matmul FLOP/s, for MFU; None leaves MFU out.
         jit_compile: bool, default True. XLA-compile the step.
         verbose: bool, default True. Show a progress bar (chief only).
         bits_unit: str, default "token". What a bit is per in the printed validation line ("char" for char models).
-        initial_state: dict or None. GPT-2-named weights (`tf_lm.pretrained.Pretrained.state_for`) the model starts
-            from instead of its random initialisation; a fresh run then evaluates once before the first step.
-            With `config.lora_rank`, checkpoints hold only what trains (the base is `initial_state` again on resume).
 
     Raises:
         ValueError: if the global batch does not divide evenly over the replicas.
 
     Example:
     >>> strategy = resolve_strategy()
-    >>> trainer = Trainer(LMConfig.preset("nano"), TrainConfig(steps=10), strategy, "runs/x")  # doctest: +SKIP
+    >>> with strategy.scope():
+    ...     model = TransformerLM(LMConfig.preset("nano", vocab_size=65))
+    ...     optimizer = keras.optimizers.SGD(0.1)
+    >>> trainer = Trainer(model, optimizer, TrainConfig(steps=10), strategy, "runs/x")  # doctest: +SKIP
     >>> trainer.fit(train_dataset_fn, validation_dataset_fn)  # doctest: +SKIP
     """
 
-    def __init__(self, model_config: LMConfig, config: TrainConfig, strategy: tf.distribute.Strategy,
-                 model_dir: str, peak_flops: float | None = None, jit_compile: bool = True, verbose: bool = True,
-                 bits_unit: str = "token", initial_state: dict | None = None):
+    def __init__(self, model: TransformerLM, optimizer: keras.optimizers.Optimizer, config: TrainConfig,
+                 strategy: tf.distribute.Strategy, model_dir: str, frozen: Sequence = (),
+                 evaluate_at_start: bool = False, peak_flops: float | None = None, jit_compile: bool = True,
+                 verbose: bool = True, bits_unit: str = "token"):
         replicas = strategy.num_replicas_in_sync
         if config.batch_size % replicas:
             raise ValueError(
                 f"batch_size={config.batch_size} is not divisible by the {replicas} replicas of the strategy; "
                 f"use a multiple of {replicas}."
             )
-        self.model_config = model_config
+        self.model = model
+        self.optimizer = optimizer
         self.config = config
         self.strategy = strategy
         self.model_dir = model_dir
@@ -218,33 +226,58 @@ class Trainer:
         self.chief = is_chief(strategy)
         self.verbose = verbose and self.chief
         self.bits_unit = bits_unit
+        self.evaluate_at_start = evaluate_at_start
         # Only the default strategy lets Keras 3's optimizer update run inside one XLA program with the step.
         self.fused = strategy is tf.distribute.get_strategy()
-        self.tokens_per_step = config.batch_size * model_config.block_size
+        self.tokens_per_step = config.batch_size * model.config.block_size
 
-        with strategy.scope():
-            keras.utils.set_random_seed(config.seed)  # same initialisation and dropout seeds on every worker
-            self.model = TransformerLM(model_config, dtype=config.precision)
-            if initial_state is not None:
-                load_gpt2_state(self.model, initial_state)
-            frozen = []
-            if config.lora_rank:
-                frozen = enable_lora(self.model, config.lora_rank, config.lora_alpha, config.lora_train_norms,
-                                     config.lora_embeddings)
-            schedule = WarmupCosine(config.learning_rate, config.min_learning_rate, config.warmup_steps, config.steps)
-            self.optimizer = make_optimizer(
-                self.model, schedule, config.weight_decay, config.beta1, config.beta2, config.precision
-            )
-        self.evaluate_at_start = initial_state is not None
         frozen = {id(variable) for variable in frozen}
-        self.checkpoints = Checkpoints(f"{model_dir}/checkpoints", self.model, self.optimizer, chief=self.chief,
-                                       variables=[v for v in self.model.variables if id(v) not in frozen])
+        self.checkpoints = Checkpoints(f"{model_dir}/checkpoints", model, optimizer, chief=self.chief,
+                                       variables=[v for v in model.variables if id(v) not in frozen])
         self.train_step = make_train_step(
-            self._loss, [(self.optimizer, self.model.trainable_variables)], strategy, config.grad_clip, jit_compile
+            self._loss, [(optimizer, model.trainable_variables)], strategy, config.grad_clip, jit_compile
         )
         """`train_step(iterator, stop=False)`: one optimizer update on the next batch; returns `(loss, gradient
         norm, stop)`, where `stop` is true if any worker passed `stop=True` to this step."""
         self._eval_step = self._make_eval_step(jit_compile)
+
+    @classmethod
+    def from_config(cls, model_config: LMConfig, config: TrainConfig, strategy: tf.distribute.Strategy,
+                    model_dir: str, initial_state: dict | None = None, **kwargs) -> Trainer:
+        """A trainer of a new `TransformerLM` of `model_config` and the AdamW that `config` describes.
+
+        The model's dtype policy is `config.precision` (its own, passed to every layer: Keras's global policy
+        is left as it was). With `config.lora_rank`, only LoRA factors train (`tf_lm.training.lora`).
+
+        Args:
+            model_config: `LMConfig`.
+            config: `TrainConfig`.
+            strategy: from `tf_lm.distribute.resolve_strategy`.
+            model_dir: str.
+            initial_state: dict or None. GPT-2-named weights (`tf_lm.pretrained.Pretrained.state_for`) the model
+                starts from instead of its random initialisation; a fresh run then evaluates once before the
+                first step. With `config.lora_rank`, checkpoints hold only what trains (the base is
+                `initial_state` again on resume).
+            **kwargs: the other arguments of `Trainer` (`peak_flops`, `jit_compile`, `verbose`, `bits_unit`).
+
+        Example:
+        >>> nano = LMConfig.preset("nano", vocab_size=65)
+        >>> trainer = Trainer.from_config(nano, TrainConfig(steps=10), strategy, "runs/x")  # doctest: +SKIP
+        """
+        with strategy.scope():
+            keras.utils.set_random_seed(config.seed)  # same initialisation and dropout seeds on every worker
+            model = TransformerLM(model_config, dtype=config.precision)
+            if initial_state is not None:
+                load_gpt2_state(model, initial_state)
+            frozen = []
+            if config.lora_rank:
+                frozen = enable_lora(model, config.lora_rank, config.lora_alpha, config.lora_train_norms,
+                                     config.lora_embeddings)
+            schedule = WarmupCosine(config.learning_rate, config.min_learning_rate, config.warmup_steps, config.steps)
+            optimizer = make_optimizer(model, schedule, config.weight_decay, config.beta1, config.beta2,
+                                       config.precision)
+        return cls(model, optimizer, config, strategy, model_dir, frozen=frozen,
+                   evaluate_at_start=initial_state is not None, **kwargs)
 
     def parameter_report(self) -> dict:
         """`trainable` and `total` model parameters, and `optimizer_bytes`: the memory of the optimizer's state."""
@@ -407,4 +440,5 @@ class Trainer:
     def _mfu(self, tokens_per_second: float) -> float | None:
         if not self.peak_flops or not tokens_per_second:
             return None
-        return self.model_config.flops_per_token(self.model_config.block_size) * tokens_per_second / self.peak_flops
+        model_config = self.model.config
+        return model_config.flops_per_token(model_config.block_size) * tokens_per_second / self.peak_flops
