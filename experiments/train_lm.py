@@ -230,21 +230,18 @@ def _train(model_config, train_config, model_dir, strategy, store, verbose, flag
             f"--model_dir={model_dir!r}; prepare it with --tokenizer_dir={tokenizer_dir}, or use a new --model_dir."
         )
     train_config = dataclasses.replace(train_config, tokenizer="char" if tokenizer.is_char_level else "bpe")
-    initial_state = None
     if pretrained is None:
         model_config = dataclasses.replace(model_config, vocab_size=tokenizer.vocab_size)
-    else:
-        initial_state = pretrained.state_for(model_config)
     run_config = _run_config(model_config, train_config, strategy, tokenizer.fingerprint, pretrained)
     _check_model_dir(model_dir, run_config)
 
     peak = measure_matmul_peak() if verbose else None
     unit = "char" if tokenizer.is_char_level else "token"
-    trainer = Trainer.from_config(model_config, train_config, strategy, model_dir, initial_state=initial_state,
+    trainer = Trainer.from_config(model_config, train_config, strategy, model_dir,
+                                  initial_state=None if pretrained is None else pretrained.state_for(model_config),
                                   peak_flops=peak, verbose=verbose, bits_unit=unit)
     if pretrained is not None:
-        initial_state = None  # the model holds the weights now; the host copy would stay resident all run
-        pretrained.release_weights()
+        pretrained.release_weights()  # the model holds the weights now; the host copy would stay resident all run
     chief = is_chief(strategy)
     if chief:
         # Written by the first run only: a resume has just been checked to be the same run.
