@@ -73,6 +73,7 @@ def test_trains_a_model_and_optimizer_built_by_the_caller(tmp_path):
     with strategy.scope():
         model = TransformerLM(MODEL)
         optimizer = keras.optimizers.SGD(learning_rate=0.5)
+
     def repeating(start_step, context):
         del start_step, context
         ids = tf.constant([[i % 4 for i in range(9)]] * 4)  # (4, 9): a period-4 sequence
@@ -134,8 +135,7 @@ def test_batch_not_divisible_by_replicas_is_rejected(tmp_path):
         from tf_lm.training import TrainConfig, Trainer
         try:
             Trainer.from_config(LMConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8),
-                                TrainConfig(batch_size=3),
-                    resolve_strategy("mirrored"), {str(tmp_path)!r})
+                                TrainConfig(batch_size=3), resolve_strategy("mirrored"), {str(tmp_path)!r})
         except ValueError as error:
             print(error)
         """
@@ -160,8 +160,7 @@ def test_mirrored_over_two_cpus_matches_one_device(tmp_path):
         for name in ("cpu", "mirrored"):
             train, validation = synthetic()
             trainer = Trainer.from_config(MODEL, config(steps=1, warmup_steps=0, grad_clip=0.05),
-                                          resolve_strategy(name),
-                              {str(tmp_path)!r} + "/" + name, verbose=False)
+                                          resolve_strategy(name), {str(tmp_path)!r} + "/" + name, verbose=False)
             result = trainer.fit(train, validation)
             weights[name] = [np.asarray(w) for w in trainer.model.weights]
             print(name, trainer.strategy.num_replicas_in_sync, result["validation"]["loss"])
@@ -213,8 +212,8 @@ def test_mixed_float16_trains_with_loss_scaling_and_leaves_the_global_policy(tmp
     import keras
 
     train, validation = synthetic()
-    trainer = Trainer.from_config(MODEL, config(steps=2, warmup_steps=0, precision="mixed_float16"), resolve_strategy(),
-                      str(tmp_path), verbose=False)
+    trainer = Trainer.from_config(MODEL, config(steps=2, warmup_steps=0, precision="mixed_float16"),
+                                  resolve_strategy(), str(tmp_path), verbose=False)
     result = trainer.fit(train, validation)
     assert keras.mixed_precision.global_policy().name == "float32"
     assert {layer.dtype_policy.name for layer in trainer.model._flatten_layers() if layer is not trainer.model.head} \
