@@ -12,7 +12,7 @@ import re
 
 from absl import flags, logging
 
-from experiments.flags import flag_group, run_script
+from experiments.flags import flag_group, one_line_errors, run_script
 from experiments.train_lm import train
 from tf_lm import LMConfig, TransformerLM, generate
 from tf_lm.data import open_source
@@ -54,9 +54,8 @@ def main(argv):
                                warmup_steps=min(100, FLAGS.steps - 1), eval_every=250, eval_steps=10,
                                checkpoint_every=250, log_every=25)
     try:
-        trainer, tokenizer, _ = train(model_config, train_config, FLAGS.model_dir, strategy_name="auto")
-    except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"error: {error}") from None
+        with one_line_errors():
+            trainer, tokenizer, _ = train(model_config, train_config, FLAGS.model_dir, strategy_name="auto")
     except TrainingInterrupted as error:
         raise SystemExit(f"stopped: {error}") from None
     source = open_source(DATASET)

@@ -19,7 +19,7 @@ import os
 
 from absl import flags
 
-from experiments.flags import flag_group, run_script
+from experiments.flags import flag_group, one_line_errors, run_script
 
 FLAGS = flags.FLAGS
 
@@ -84,10 +84,8 @@ def prepare_checkpoint(model: str, checkpoint_dir: str) -> str:
 
 def main(argv):
     del argv
-    try:
+    with one_line_errors():
         checkpoint = prepare_checkpoint(FLAGS.model, FLAGS.checkpoint_dir)
-    except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"error: {error}") from None
     print(f"--- the snippet as written, 'bert-base-uncased' -> {checkpoint!r} ---", flush=True)
     try:
         run_snippet(checkpoint)

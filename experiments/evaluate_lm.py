@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from absl import flags, logging
 
-from experiments.flags import define_data_flags, flag_group, run_script, source_options
+from experiments.flags import define_data_flags, flag_group, one_line_errors, run_script, source_options
 from tf_lm.artifacts import load_model_dir
 from tf_lm.data import TokenStore, contiguous_windows, prepare_store
 from tf_lm.data.store import STORE_SCHEME
@@ -99,7 +99,7 @@ def score_text(model, tokenizer, text: str) -> dict:
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    try:
+    with one_line_errors():
         model, tokenizer = load_model_dir(FLAGS.model_dir)
         unit = "char" if tokenizer.is_char_level else "token"
         if FLAGS.score is not None:
@@ -117,8 +117,6 @@ def main(argv):
                 store = prepare_store(FLAGS.dataset, os.path.join(scratch, "store"), tokenizer=tokenizer,
                                       **source_options(FLAGS))
             result = evaluate_split(model, tokenizer, store, FLAGS.split, FLAGS.batch_size, FLAGS.max_batches)
-    except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"error: {error}") from None
     print(f"{FLAGS.dataset} [{FLAGS.split}], {result['tokens']:,} tokens: loss {result['loss']:.4f} nats/token, "
           f"perplexity {result['perplexity']:.3f}, {result['bits']:.4f} bits/{unit}")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from experiments.flags import flag_group, run_script
+from experiments.flags import flag_group, one_line_errors, run_script
 from experiments.generate import define_sampling_flags, define_speculative_flags, sampling_kwargs, speculative_kwargs
 
 FLAGS = flags.FLAGS
@@ -52,11 +52,9 @@ def run(model_dir: str, export_dir: str, sampling: dict, context_policy: str = "
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
-    try:
+    with one_line_errors():
         run(FLAGS.model_dir, FLAGS.export_dir, sampling_kwargs(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p),
             FLAGS.context_policy, FLAGS.draft_model_dir, FLAGS.drafter, FLAGS.num_speculative_tokens)
-    except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from absl import flags, logging
 
-from experiments.flags import flag_group, run_script
+from experiments.flags import flag_group, one_line_errors, run_script
 from tf_lm.artifacts import load_model_dir
 from tf_lm.convert import save_gpt2_checkpoint, save_hf_tokenizer
 from tf_lm.fileio import atomic_directory
@@ -37,10 +37,8 @@ def export_hf(model_dir: str, output_dir: str) -> None:
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    try:
+    with one_line_errors():
         export_hf(FLAGS.model_dir, FLAGS.output_dir)
-    except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"error: {error}") from None
     print(f"wrote {FLAGS.output_dir}: load it with transformers.GPT2LMHeadModel.from_pretrained({FLAGS.output_dir!r})")
 
 

@@ -19,7 +19,7 @@ import sys
 
 from absl import app, flags, logging
 
-from experiments.flags import flag_group, run_script
+from experiments.flags import flag_group, one_line_errors, run_script
 
 FLAGS = flags.FLAGS
 TFDS_PREFIX = "tfds:"
@@ -113,7 +113,7 @@ def load_data(dataset: str | None, train_file: str | None, eval_file: str | None
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
-    try:
+    with one_line_errors():
         config = config_from_flags()
         train_data, eval_data = load_data(
             FLAGS.dataset, FLAGS.train_file, FLAGS.eval_file, FLAGS.text_key, FLAGS.label_key,
@@ -133,8 +133,6 @@ def main(argv):
         except TrainingInterrupted as error:  # 128 + signal: 130 for Ctrl-C, 143 for SIGTERM, as shells report
             print(f"stopped: {error}", file=sys.stderr)
             raise SystemExit(error.exit_code) from None
-    except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"error: {error}") from None
     best = max(history, key=lambda record: record["eval_accuracy"])
     print(f"best eval accuracy {best['eval_accuracy']:.4f} (f1 {best['eval_f1']:.4f}) after epoch {best['epoch']}; "
           f"saved to {FLAGS.output_dir}/best")

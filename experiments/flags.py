@@ -4,12 +4,15 @@ and `TrainConfig`.
 Every flag is optional; a flag the user did not set leaves the preset's (or `TrainConfig`'s) value alone.
 A script defines its flags inside `flag_group(title)` blocks and starts with `run_script(main)` instead of
 `app.run(main)`: its `--help` then lists its own flags under those titles, with their defaults, and exits 0.
+Bad input ends a script in one line through `one_line_errors`: tf_lm's errors name arguments, in backticks where
+they say what to pass (`max_length`), and the script's user reads the ones that are its flags as flags.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import sys
 
 from absl import app, flags
@@ -50,10 +53,14 @@ def _default_text(flag) -> str:
     return "=" + (value if value and not any(c.isspace() or c == "\\" for c in value) else flag.default_as_str)
 
 
+def _script_flag_names(flag_values: flags.FlagValues) -> set[str]:
+    return {flag.name for module, module_flags in flag_values.flags_by_module_dict().items()
+            if is_script_flag(module) for flag in module_flags}
+
+
 def script_help(flag_values: flags.FlagValues = flags.FLAGS) -> str:
     """The script's docstring, then each of its flags (`--name=default` and its help) under its group's title."""
-    own = {flag.name for module, module_flags in flag_values.flags_by_module_dict().items()
-           if is_script_flag(module) for flag in module_flags}
+    own = _script_flag_names(flag_values)
     groups: dict[str, list[str]] = {}
     for name in flag_values:  # definition order
         if name in own:
@@ -80,6 +87,30 @@ class _HelpFlag(app.HelpFlag):
             sys.stdout.write(script_help())
             sys.stdout.flush()
             sys.exit(0)
+
+
+# How tf_lm's errors name an argument: in backticks, alone or with a value (`max_length`, `tpu=<name>`).
+_ARGUMENT = re.compile(r"`([a-z][a-z0-9_]*)(=[^`]*)?`")
+
+
+def in_flag_terms(message: str, flag_values: flags.FlagValues = flags.FLAGS) -> str:
+    """`message` with each backticked argument that is one of the script's flags written as that flag.
+
+    >>> in_flag_terms("max_length 600 exceeds 512 positions; lower `max_length`.")  # doctest: +SKIP
+    'max_length 600 exceeds 512 positions; lower --max_length.'
+    """
+    own = _script_flag_names(flag_values)
+    return _ARGUMENT.sub(lambda m: f"--{m[1]}{m[2] or ''}" if m[1] in own else m[0], message)
+
+
+@contextlib.contextmanager
+def one_line_errors(errors: tuple[type[Exception], ...] = (ValueError, FileNotFoundError)):
+    """Inside the block, an exception of `errors` (bad input) ends the script with `error: <its message in flag
+    terms>` and exit status 1, not a traceback."""
+    try:
+        yield
+    except errors as error:
+        raise SystemExit(f"error: {in_flag_terms(str(error))}") from None
 
 
 def run_script(main) -> None:

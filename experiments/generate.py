@@ -16,7 +16,7 @@ import sys
 
 from absl import app, flags
 
-from experiments.flags import flag_group, run_script
+from experiments.flags import flag_group, one_line_errors, run_script
 
 FLAGS = flags.FLAGS
 
@@ -150,12 +150,10 @@ def run(model_dir: str, prompt: str, max_new_tokens: int, seed: int | None, num_
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}; pass the prompt with --prompt.")
-    try:
+    with one_line_errors():
         run(FLAGS.model_dir, FLAGS.prompt, FLAGS.max_new_tokens, FLAGS.seed, FLAGS.num_samples, FLAGS.chunk_size,
             sampling_kwargs(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p), FLAGS.context_policy,
             FLAGS.draft_model_dir, FLAGS.drafter, FLAGS.num_speculative_tokens)
-    except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import sys
 
 from absl import flags
 
-from experiments.flags import flag_group, run_script
+from experiments.flags import flag_group, one_line_errors, run_script
 
 FLAGS = flags.FLAGS
 
@@ -49,10 +49,8 @@ def run(model_dir: str, sentences: list[str], max_length: int, out=sys.stdout) -
 
 
 def main(argv):
-    try:
+    with one_line_errors():
         run(FLAGS.model_dir, argv[1:], FLAGS.max_length)
-    except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

@@ -13,7 +13,14 @@ from __future__ import annotations
 
 from absl import flags, logging
 
-from experiments.flags import define_data_flags, define_tokenizer_flags, flag_group, run_script, source_options
+from experiments.flags import (
+    define_data_flags,
+    define_tokenizer_flags,
+    flag_group,
+    one_line_errors,
+    run_script,
+    source_options,
+)
 from tf_lm.data import load_tokenizer, prepare_store
 from tf_lm.data.store import DEFAULT_SHARD_TOKENS
 
@@ -23,7 +30,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    try:
+    with one_line_errors():
         if FLAGS.tokenizer_dir is not None:
             given = [f"--{name}" for name in ("tokenizer", "bpe_vocab_size", "bpe_sample_mb") if FLAGS[name].present]
             if given:
@@ -34,8 +41,6 @@ def main(argv):
         store = prepare_store(FLAGS.dataset, FLAGS.output_dir, tokenizer=tokenizer,
                               bpe_vocab_size=FLAGS.bpe_vocab_size, bpe_sample_bytes=int(FLAGS.bpe_sample_mb * 1e6),
                               shard_tokens=FLAGS.shard_tokens, progress=True, **source_options(FLAGS))
-    except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"error: {error}") from None
     print(f"{store}; train with --dataset=store:{FLAGS.output_dir}")
 
 

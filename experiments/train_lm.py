@@ -32,7 +32,14 @@ import tempfile
 import tensorflow as tf
 from absl import flags, logging
 
-from experiments.flags import configs_from_flags, define_train_flags, is_script_flag, run_script, source_options
+from experiments.flags import (
+    configs_from_flags,
+    define_train_flags,
+    is_script_flag,
+    one_line_errors,
+    run_script,
+    source_options,
+)
 from tf_lm import artifacts
 from tf_lm.configs import LMConfig
 from tf_lm.data import TokenStore, lm_datasets, load_tokenizer, prepare_store
@@ -293,15 +300,14 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # TensorFlow's per-checkpoint INFO lines would bury the progress bar
     values = flags.FLAGS
     try:
-        model_config, train_config = configs_from_flags(values)
-        data_options = {**source_options(values), "bpe_sample_bytes": int(values.bpe_sample_mb * 1e6),
-                        "cache_dir": values.data_cache_dir}
-        lines = script_flags(values)
-        check_flags(values.model_dir, lines)  # before any data is read: a refused resume costs nothing
-        train(model_config, train_config, values.model_dir, values.strategy, values.tpu, data_options,
-              flagfile="".join(line + "\n" for line in lines.values()))
-    except (ValueError, OSError) as error:  # OSError: FileNotFoundError for bad input, or a full disk
-        raise SystemExit(f"error: {error}") from None
+        with one_line_errors((ValueError, OSError)):  # OSError: FileNotFoundError for bad input, or a full disk
+            model_config, train_config = configs_from_flags(values)
+            data_options = {**source_options(values), "bpe_sample_bytes": int(values.bpe_sample_mb * 1e6),
+                            "cache_dir": values.data_cache_dir}
+            lines = script_flags(values)
+            check_flags(values.model_dir, lines)  # before any data is read: a refused resume costs nothing
+            train(model_config, train_config, values.model_dir, values.strategy, values.tpu, data_options,
+                  flagfile="".join(line + "\n" for line in lines.values()))
     except TrainingInterrupted as error:
         print(f"stopped: {error}", file=sys.stderr)
         raise SystemExit(error.exit_code) from None

@@ -61,6 +61,8 @@ def test_finetune_then_predict(tmp_path):
     (b"", "empty.tsv is empty"),
     (b"sentence\tlabel\nfine\t1\nodd\t--1\n", "empty.tsv:3: the label '--1'"),
     (b"sentence\tlabel\ncaf\xe9\t1\n", "empty.tsv:2: byte 0xe9 is not UTF-8"),
+    (b"review\tlabel\nfine\t1\n", "has no text column 'sentence'; its columns are ['review', 'label']. "
+                                    "Pass --text_key=<column name or 0-based index>."),
 ])
 def test_finetune_bad_inputs_fail_in_one_line(tmp_path, backend, content, match):
     bad = tmp_path / "empty.tsv"

@@ -89,7 +89,7 @@ def test_load_tfds_glue_sst2_from_mock_data():
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=12):
         result = data.load_tfds("glue/sst2", "train", max_examples=10)
-        with pytest.raises(ValueError, match="no feature 'text'.*--text_key"):
+        with pytest.raises(ValueError, match="no feature 'text'.*Pass `text_key=<feature name>`"):
             data.load_tfds("glue/sst2", "train", text_key="text")
     assert len(result) == 10 and all(isinstance(text, str) for text in result.texts)
     assert result.label_names == ["negative", "positive"]
@@ -118,8 +118,8 @@ def test_load_tfds_offline_fails_in_seconds_and_leaves_no_partial_files(tmp_path
 
     monkeypatch.setattr(socket, "getaddrinfo", offline)
     start = time.perf_counter()
-    with pytest.raises(FileNotFoundError, match="'glue/sst2' is not prepared .* pass --tfds_data_dir="):
-        data.load_tfds("glue/sst2", "train", data_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="'glue/sst2' is not prepared .* pass `tfds_data_dir="):
+        data.load_tfds("glue/sst2", "train", tfds_data_dir=str(tmp_path))
     assert time.perf_counter() - start < 20, "TFDS retried its downloads for minutes"
     assert os.listdir(tmp_path) == [], "partial download or dataset directories were left behind"
 

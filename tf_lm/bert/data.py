@@ -43,13 +43,13 @@ class TextClassificationData:
         return len(self.texts)
 
 
-def _column(header: list[str], key: str, path: str, flag: str) -> int:
+def _column(header: list[str], key: str, path: str, argument: str) -> int:
     if key.isdigit():
         return int(key)
     if key not in header:
         raise ValueError(
-            f"{path} has no {flag.removeprefix('--').split('_')[0]} column {key!r}; its columns are {header}. "
-            f"Pass {flag}=<column name or 0-based index>."
+            f"{path} has no {argument.split('_')[0]} column {key!r}; its columns are {header}. "
+            f"Pass `{argument}=<column name or 0-based index>`."
         )
     return header.index(key)
 
@@ -95,8 +95,8 @@ def read_table(path: str, text_key: str = "sentence", label_key: str = "label",
     else:
         has_header = True
     header = rows[0] if has_header else []
-    text_col = _column(header, text_key, path, "--text_key")
-    label_col = _column(header, label_key, path, "--label_key")
+    text_col = _column(header, text_key, path, "text_key")
+    label_col = _column(header, label_key, path, "label_key")
     body = rows[1:] if has_header else rows
     if max_examples is not None:
         body = body[:max_examples]
@@ -138,7 +138,7 @@ def _is_int(value: str) -> bool:
 
 
 def load_tfds(name: str, split: str, text_key: str = "sentence", label_key: str = "label",
-              data_dir: str | None = None, max_examples: int | None = None) -> TextClassificationData:
+              tfds_data_dir: str | None = None, max_examples: int | None = None) -> TextClassificationData:
     """Reads one split of a TFDS text-classification dataset (e.g. `glue/sst2`) into memory.
 
     Args:
@@ -146,7 +146,7 @@ def load_tfds(name: str, split: str, text_key: str = "sentence", label_key: str 
         split: str. TFDS split, e.g. "train", "validation", "train[:8000]".
         text_key: str, default "sentence". Text feature.
         label_key: str, default "label". Integer (ClassLabel) feature.
-        data_dir: str, default None (TFDS's default). Where the prepared dataset lives.
+        tfds_data_dir: str, default None (TFDS's default). Where the prepared dataset lives.
         max_examples: int, default None (all). Keep only the first this many examples.
 
     Returns:
@@ -165,9 +165,9 @@ def load_tfds(name: str, split: str, text_key: str = "sentence", label_key: str 
     from tf_lm.data.sources import prepare_tfds, tfds_builder
 
     source = f"tfds:{name}[{split}]"
-    builder = tfds_builder(source, name, data_dir)
-    prepare_tfds(builder, name, hint="pass --tfds_data_dir=<a directory where it is already prepared>, or "
-                 "--train_file/--eval_file with local TSV/CSV files")
+    builder = tfds_builder(source, name, tfds_data_dir)
+    prepare_tfds(builder, name, hint="pass `tfds_data_dir=<a directory where it is already prepared>`, or read "
+                 "local TSV/CSV files instead")
     info = builder.info
     try:
         dataset = builder.as_dataset(split=split)
@@ -175,9 +175,10 @@ def load_tfds(name: str, split: str, text_key: str = "sentence", label_key: str 
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"Could not load {source}: {reason}") from None
     features = info.features
-    for flag, key in (("--text_key", text_key), ("--label_key", label_key)):
+    for argument, key in (("text_key", text_key), ("label_key", label_key)):
         if key not in features:
-            raise ValueError(f"{source} has no feature {key!r}; its features are {sorted(features)}. Pass {flag}=...")
+            raise ValueError(f"{source} has no feature {key!r}; its features are {sorted(features)}. "
+                             f"Pass `{argument}=<feature name>`.")
     label_feature = features[label_key]
     names = list(label_feature.names) if isinstance(label_feature, tfds.features.ClassLabel) else None
     texts, labels = [], []

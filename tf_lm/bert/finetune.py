@@ -441,7 +441,7 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
     limit = min(classifier.position_limit, classifier.tokenizer.model_max_length)
     if config.max_length > limit:
         raise ValueError(f"max_length {config.max_length} exceeds the {limit} positions of {model_name!r}; "
-                         "lower --max_length.")
+                         "lower `max_length`.")
     tokenizer = classifier.tokenizer
     train_ids = data_lib.encode(tokenizer, train_data.texts, config.max_length)
     steps_per_epoch = data_lib.count_batches(train_ids, config.batch_size, config.train_bucket_widths)
@@ -527,7 +527,7 @@ def _resume(checkpoints: Checkpoints, identity: dict) -> int:
     if changed:
         listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
         raise ValueError(f"{checkpoints.directory} holds an interrupted run with other settings ({listed}); rerun "
-                         "it with the same flags to resume, or pick another --output_dir.")
+                         "it with the same settings to resume, or pick another `output_dir`.")
     return checkpoints.restore()
 
 

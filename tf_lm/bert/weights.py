@@ -37,7 +37,7 @@ def resolve_local(name: str) -> str:
     if not os.path.isdir(directory):
         raise ValueError(
             f"{name!r} is not 'minilm' or a local directory; the Keras backend reads local checkpoints only "
-            "(download it first, or use --backend=hf for hub ids)."
+            "(download it first, or use `backend=hf` for hub ids)."
         )
     if not os.path.isfile(os.path.join(directory, CONFIG_FILE)):
         raise FileNotFoundError(f"No {CONFIG_FILE} in {directory!r}; is it a Hugging Face checkpoint directory?")

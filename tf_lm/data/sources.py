@@ -297,8 +297,8 @@ def _few_download_retries(retries: int = 2):
 
 
 TFDS_HINT = (
-    "pass tfds_data_dir=<a directory where it is already prepared>, or tfds_manual_dir=<a directory holding its "
-    "downloaded files> to prepare it offline"
+    "pass `tfds_data_dir=<a directory where it is already prepared>`, or `tfds_manual_dir=<a directory holding its "
+    "downloaded files>` to prepare it offline"
 )
 
 

@@ -265,7 +265,7 @@ class TokenStore:
             if self._files.exists(os.path.join(directory, PREPARING)):
                 hint = "its preparation did not finish; rerun the same prepare_data command to finish it"
             else:
-                hint = "prepare one with `python -m experiments.prepare_data --output_dir=...`"
+                hint = "prepare one with `prepare_store` (or `python -m experiments.prepare_data`)"
             raise FileNotFoundError(f"No {MANIFEST} in token store {directory!r}: {hint}.")
         try:
             self.manifest = _read_json(path)

@@ -75,7 +75,7 @@ class GenerationModule(tf.Module):
         if not getattr(tokenizer, "is_char_level", False):
             raise ValueError(
                 f"Only char-level tokenizers can be exported with in-graph tokenisation; got {tokenizer!r}. "
-                "Export a model trained with --tokenizer=char."
+                "Export a model trained with `tokenizer=char`."
             )
         if tokenizer.vocab_size > model.config.vocab_size:
             raise ValueError(

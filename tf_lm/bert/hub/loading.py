@@ -44,7 +44,7 @@ def _from_hub(loader, name: str, **kwargs):
         except (OSError, ValueError):
             raise ValueError(
                 f"Model {name!r} is not 'minilm' or a local directory, the Hugging Face hub is unreachable "
-                "(offline) and there is no cached copy; pass --model=minilm or a checkpoint directory."
+                "(offline) and there is no cached copy; use 'minilm' or a checkpoint directory."
             ) from None
     try:
         return loader.from_pretrained(name, **kwargs)
