@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import keras
 
+from tf_lm.configs import PRECISIONS
+
 
 def no_decay_variables(model: keras.Model) -> list:
     """Trainable variables exempt from weight decay: biases, LayerNorm scales/offsets (< 2-D) and embeddings.
@@ -46,10 +48,8 @@ def make_optimizer(model: keras.Model, learning_rate, weight_decay: float = 0.1,
     for name, value in (("beta1", beta1), ("beta2", beta2)):
         if not 0.0 <= value < 1.0:
             raise ValueError(f"{name} must be in [0, 1). Received: {name}={value}")
-    if precision not in ("float32", "mixed_bfloat16", "mixed_float16"):
-        raise ValueError(
-            f"Unknown precision {precision!r}; choose float32, mixed_bfloat16 or mixed_float16."
-        )
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}; choose one of {list(PRECISIONS)}.")
     optimizer = keras.optimizers.AdamW(
         learning_rate=learning_rate, weight_decay=weight_decay, beta_1=beta1, beta_2=beta2
     )
