@@ -53,14 +53,15 @@ def _default_text(flag) -> str:
     return "=" + (value if value and not any(c.isspace() or c == "\\" for c in value) else flag.default_as_str)
 
 
-def _script_flag_names(flag_values: flags.FlagValues) -> set[str]:
+def script_flag_names(flag_values: flags.FlagValues) -> set[str]:
+    """The names of the running script's own flags (not absl's or TensorFlow's)."""
     return {flag.name for module, module_flags in flag_values.flags_by_module_dict().items()
             if is_script_flag(module) for flag in module_flags}
 
 
 def script_help(flag_values: flags.FlagValues = flags.FLAGS) -> str:
     """The script's docstring, then each of its flags (`--name=default` and its help) under its group's title."""
-    own = _script_flag_names(flag_values)
+    own = script_flag_names(flag_values)
     groups: dict[str, list[str]] = {}
     for name in flag_values:  # definition order
         if name in own:
@@ -99,7 +100,7 @@ def in_flag_terms(message: str, flag_values: flags.FlagValues = flags.FLAGS) -> 
     >>> in_flag_terms("max_length 600 exceeds 512 positions; lower `max_length`.")  # doctest: +SKIP
     'max_length 600 exceeds 512 positions; lower --max_length.'
     """
-    own = _script_flag_names(flag_values)
+    own = script_flag_names(flag_values)
     return _ARGUMENT.sub(lambda m: f"--{m[1]}{m[2] or ''}" if m[1] in own else m[0], message)
 
 

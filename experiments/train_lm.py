@@ -35,9 +35,9 @@ from absl import flags, logging
 from experiments.flags import (
     configs_from_flags,
     define_train_flags,
-    is_script_flag,
     one_line_errors,
     run_script,
+    script_flag_names,
     source_options,
 )
 from tf_lm import artifacts
@@ -106,9 +106,8 @@ def _run_config(model_config, train_config, strategy, tokenizer_fingerprint, pre
 
 def script_flags(flag_values: flags.FlagValues) -> dict[str, str]:
     """This script's flags (not absl's or TensorFlow's) as flagfile lines by name; flags left at None are omitted."""
-    lines = {flag.name: flag.serialize() for module, module_flags in flag_values.flags_by_module_dict().items()
-             if is_script_flag(module) for flag in module_flags if flag.value is not None}
-    return dict(sorted(lines.items()))
+    return {name: flag_values[name].serialize() for name in sorted(script_flag_names(flag_values))
+            if flag_values[name].value is not None}
 
 
 def _flag_name(line: str, known: dict[str, str]) -> str:
