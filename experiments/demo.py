@@ -12,7 +12,7 @@ import re
 
 from absl import flags, logging
 
-from experiments.flags import flag_group, one_line_errors, run_script
+from experiments.flags import flag_group, one_line_errors, reported_stops, run_script
 from experiments.train_lm import train
 from tf_lm import LMConfig, TransformerLM, generate
 from tf_lm.data import open_source
@@ -53,11 +53,8 @@ def main(argv):
                                learning_rate=3e-3, min_learning_rate=3e-4, beta1=0.6, weight_decay=0.0,
                                warmup_steps=min(100, FLAGS.steps - 1), eval_every=250, eval_steps=10,
                                checkpoint_every=250, log_every=25)
-    try:
-        with one_line_errors():
-            trainer, tokenizer, _ = train(model_config, train_config, FLAGS.model_dir, strategy_name="auto")
-    except TrainingInterrupted as error:
-        raise SystemExit(f"stopped: {error}") from None
+    with reported_stops(TrainingInterrupted), one_line_errors():
+        trainer, tokenizer, _ = train(model_config, train_config, FLAGS.model_dir, strategy_name="auto")
     source = open_source(DATASET)
     vocabulary = {word for split in ("train", "validation") for chunk in source.chunks(split)
                   for word in WORD.findall(chunk.text)}

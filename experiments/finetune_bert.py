@@ -15,11 +15,10 @@ tokenizer; the keras backend adds `model.keras`), ready for
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 from absl import app, flags, logging
 
-from experiments.flags import flag_group, one_line_errors, run_script
+from experiments.flags import flag_group, one_line_errors, reported_stops, run_script
 
 FLAGS = flags.FLAGS
 TFDS_PREFIX = "tfds:"
@@ -127,12 +126,9 @@ def main(argv):
         from tf_lm.training.trainer import TrainingInterrupted
 
         strategy = resolve_strategy(FLAGS.strategy, FLAGS.tpu)
-        try:
+        with reported_stops(TrainingInterrupted):
             history = finetune(FLAGS.model, train_data, eval_data, config, FLAGS.output_dir, strategy,
                                FLAGS.num_labels, verbose=True)
-        except TrainingInterrupted as error:  # 128 + signal: 130 for Ctrl-C, 143 for SIGTERM, as shells report
-            print(f"stopped: {error}", file=sys.stderr)
-            raise SystemExit(error.exit_code) from None
     best = max(history, key=lambda record: record["eval_accuracy"])
     print(f"best eval accuracy {best['eval_accuracy']:.4f} (f1 {best['eval_f1']:.4f}) after epoch {best['epoch']}; "
           f"saved to {FLAGS.output_dir}/best")

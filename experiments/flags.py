@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
+import signal
 import sys
 
 from absl import app, flags
@@ -112,6 +113,25 @@ def one_line_errors(errors: tuple[type[Exception], ...] = (ValueError, FileNotFo
         yield
     except errors as error:
         raise SystemExit(f"error: {in_flag_terms(str(error))}") from None
+
+
+@contextlib.contextmanager
+def reported_stops(interrupted: type[Exception]):
+    """Inside the block, a run stopped by a signal ends the script with `stopped: <why>` on stderr and the shell's
+    exit status for the signal (130 for Ctrl-C, 143 for SIGTERM), not a traceback.
+
+    `interrupted` is `tf_lm.training.TrainingInterrupted` (raised after the run's checkpoint; its `exit_code` says
+    which signal). It is passed in so that this module does not load TensorFlow. A Ctrl-C before training starts,
+    or a second one during it, is a `KeyboardInterrupt` and ends the same way.
+    """
+    try:
+        yield
+    except interrupted as error:
+        print(f"stopped: {error}", file=sys.stderr)
+        raise SystemExit(error.exit_code) from None
+    except KeyboardInterrupt:
+        print("stopped: interrupted; rerunning the same command resumes from the last checkpoint.", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGINT) from None
 
 
 def run_script(main) -> None:

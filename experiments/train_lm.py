@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 import tempfile
 
 import tensorflow as tf
@@ -36,6 +35,7 @@ from experiments.flags import (
     configs_from_flags,
     define_train_flags,
     one_line_errors,
+    reported_stops,
     run_script,
     script_flag_names,
     source_options,
@@ -298,21 +298,15 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # TensorFlow's per-checkpoint INFO lines would bury the progress bar
     values = flags.FLAGS
-    try:
-        with one_line_errors((ValueError, OSError)):  # OSError: FileNotFoundError for bad input, or a full disk
-            model_config, train_config = configs_from_flags(values)
-            data_options = {**source_options(values), "bpe_sample_bytes": int(values.bpe_sample_mb * 1e6),
-                            "cache_dir": values.data_cache_dir}
-            lines = script_flags(values)
-            check_flags(values.model_dir, lines)  # before any data is read: a refused resume costs nothing
-            train(model_config, train_config, values.model_dir, values.strategy, values.tpu, data_options,
-                  flagfile="".join(line + "\n" for line in lines.values()))
-    except TrainingInterrupted as error:
-        print(f"stopped: {error}", file=sys.stderr)
-        raise SystemExit(error.exit_code) from None
-    except KeyboardInterrupt:  # Ctrl-C before training started, or a second one during it
-        print("stopped: interrupted; rerunning the same command resumes from the last checkpoint.", file=sys.stderr)
-        raise SystemExit(130) from None
+    # OSError: FileNotFoundError for bad input, or a full disk
+    with reported_stops(TrainingInterrupted), one_line_errors((ValueError, OSError)):
+        model_config, train_config = configs_from_flags(values)
+        data_options = {**source_options(values), "bpe_sample_bytes": int(values.bpe_sample_mb * 1e6),
+                        "cache_dir": values.data_cache_dir}
+        lines = script_flags(values)
+        check_flags(values.model_dir, lines)  # before any data is read: a refused resume costs nothing
+        train(model_config, train_config, values.model_dir, values.strategy, values.tpu, data_options,
+              flagfile="".join(line + "\n" for line in lines.values()))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """`experiments/flags.py`: `--help` of every script (its own flags, grouped, with defaults, exit 0; no TensorFlow
-start-up noise) and library errors written in flag terms."""
+start-up noise), library errors written in flag terms, and runs stopped by a signal reported one way."""
 
 import json
 import re
+import signal
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import pytest
 from absl import flags
 from conftest import REPO, run_module, script_environment
 
-from experiments.flags import UNGROUPED, in_flag_terms, one_line_errors
+from experiments.flags import UNGROUPED, in_flag_terms, one_line_errors, reported_stops
 
 # Every module of experiments/ that runs as a script.
 SCRIPTS = sorted(f"experiments.{path.stem}" for path in (REPO / "experiments").glob("*.py")
@@ -95,3 +96,19 @@ def test_library_errors_name_a_scripts_flags_as_flags_and_end_in_one_line():
     assert stop.value.code == "error: No manifest.json in 'x'"
     with pytest.raises(KeyError), one_line_errors():  # not bad input: a bug keeps its traceback
         raise KeyError("x")
+
+
+def test_a_run_stopped_by_a_signal_ends_with_the_shells_status_for_it(capsys):
+    """train_lm, finetune_bert and the demo report a stop one way: `stopped: <why>` and 128 + the signal."""
+    from tf_lm.training import TrainingInterrupted
+
+    with pytest.raises(SystemExit) as stop, reported_stops(TrainingInterrupted):
+        raise TrainingInterrupted("Stopped by SIGTERM at step 3; rerun to resume.", signal.SIGTERM)
+    assert stop.value.code == 143
+    assert capsys.readouterr().err == "stopped: Stopped by SIGTERM at step 3; rerun to resume.\n"
+    with pytest.raises(SystemExit) as stop, reported_stops(TrainingInterrupted):
+        raise KeyboardInterrupt  # Ctrl-C before training started
+    assert stop.value.code == 130
+    assert capsys.readouterr().err.startswith("stopped: interrupted; rerunning the same command resumes")
+    with pytest.raises(ValueError), reported_stops(TrainingInterrupted):  # anything else is not a stop
+        raise ValueError("x")
