@@ -5,7 +5,8 @@ Every flag is optional; a flag the user did not set leaves the preset's (or `Tra
 A script defines its flags inside `flag_group(title)` blocks and starts with `run_script(main)` instead of
 `app.run(main)`: its `--help` then lists its own flags under those titles, with their defaults, and exits 0.
 Bad input ends a script in one line through `one_line_errors`: tf_lm's errors name arguments, in backticks where
-they say what to pass (`max_length`), and the script's user reads the ones that are its flags as flags.
+they say what to pass (`max_length`), and the script's user reads the ones that are its flags as flags. A run
+stopped by a signal ends through `reported_stops`: one `stopped:` line and the shell's exit status for the signal.
 """
 
 from __future__ import annotations
