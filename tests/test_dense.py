@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 from conftest import check_layer
 
@@ -19,17 +20,30 @@ def _with_lora(layer_class):
     return layer
 
 
-def test_factored_lora_equals_keras_merged_kernel_in_outputs_and_gradients():
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_factored_lora_equals_keras_merged_kernel_in_outputs_and_gradients(jit_compile):
     ours, keras_dense = _with_lora(Dense), _with_lora(keras.layers.Dense)
     keras_dense.set_weights(ours.get_weights())
-    results = []
-    for layer in (ours, keras_dense):
+    inputs = tf.constant(X)
+
+    @tf.function(jit_compile=jit_compile)
+    def outputs_and_gradients(layer):
         with tf.GradientTape() as tape:
-            y = layer(X)
+            tape.watch(inputs)
+            y = layer(inputs)
             loss = tf.reduce_sum(y * tf.sin(y))
-        results.append([y] + tape.gradient(loss, [layer.lora_kernel_a, layer.lora_kernel_b]))
-    for a, b in zip(*results):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+        return [y] + tape.gradient(loss, [inputs, layer.lora_kernel_a, layer.lora_kernel_b])
+
+    for ours_value, keras_value in zip(outputs_and_gradients(ours), outputs_and_gradients(keras_dense)):
+        np.testing.assert_allclose(np.asarray(ours_value), np.asarray(keras_value), rtol=1e-5, atol=1e-5)
+
+
+def test_factored_lora_gives_the_frozen_kernel_no_gradient():
+    layer = _with_lora(Dense)
+    with tf.GradientTape() as tape:
+        tape.watch(layer._kernel.value)  # frozen, so unwatched by default: watched, it still gets none
+        loss = tf.reduce_sum(layer(X))
+    assert tape.gradient(loss, layer._kernel.value) is None
 
 
 def test_without_lora_it_is_a_keras_dense(tmp_path):

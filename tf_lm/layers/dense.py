@@ -3,7 +3,38 @@
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import ops
+
+
+def _low_rank_update_matmul(inputs, kernel, lora_a, lora_b, scale: float):
+    """`x·W + scale·(x·A)·B` as one matmul, `[x, scale·x·A]·[W; B]`, with gradients through the factors only.
+
+    One matmul makes the sum a single tensor: written as two products and an add, XLA fuses the add into every
+    elementwise consumer (GELU after `mlp_in`, and GELU's gradient), so a step keeps both products alive
+    for the backward pass instead of their sum, one extra output-sized activation per layer. The frozen kernel
+    gets no gradient (the factored backward below never forms a kernel-sized product), and the stacked
+    `[W; B]` lives only for the forward matmul.
+    """
+    @tf.custom_gradient
+    def matmul(inputs, kernel, lora_a, lora_b):
+        rows = tf.reshape(inputs, [-1, tf.shape(inputs)[-1]])
+        down = scale * tf.matmul(rows, lora_a)
+        outputs = tf.matmul(tf.concat([rows, down], axis=-1), tf.concat([kernel, lora_b], axis=0))
+        outputs = tf.reshape(outputs, tf.concat([tf.shape(inputs)[:-1], tf.shape(kernel)[-1:]], axis=0))
+
+        def grad(upstream):
+            upstream_rows = tf.reshape(upstream, [-1, tf.shape(upstream)[-1]])
+            down_grad = tf.matmul(upstream_rows, lora_b, transpose_b=True)
+            inputs_grad = (tf.matmul(upstream_rows, kernel, transpose_b=True)
+                           + scale * tf.matmul(down_grad, lora_a, transpose_b=True))
+            return (tf.reshape(inputs_grad, tf.shape(inputs)), None,
+                    scale * tf.matmul(rows, down_grad, transpose_a=True),
+                    tf.matmul(down, upstream_rows, transpose_a=True))
+
+        return outputs, grad
+
+    return matmul(inputs, kernel, lora_a, lora_b)
 
 
 @keras.saving.register_keras_serializable(package="tf_lm")
@@ -26,8 +57,10 @@ class Dense(keras.layers.Dense):
     def call(self, inputs, training=None):
         if not self.lora_enabled or self.quantization_mode is not None:
             return super().call(inputs, training=training)
-        low_rank = ops.matmul(ops.matmul(inputs, self.lora_kernel_a), self.lora_kernel_b)
-        x = ops.matmul(inputs, self._kernel) + (self.lora_alpha / self.lora_rank) * low_rank
+        # Read in the layer's autocast scope, so a mixed policy hands the matmul its compute dtype.
+        variables = (self._kernel, self.lora_kernel_a, self.lora_kernel_b)
+        kernel, lora_a, lora_b = (tf.convert_to_tensor(variable) for variable in variables)
+        x = _low_rank_update_matmul(inputs, kernel, lora_a, lora_b, self.lora_alpha / self.lora_rank)
         if self.bias is not None:
             x = ops.add(x, self.bias)
         if self.activation is not None:
