@@ -144,7 +144,13 @@ def test_batch_not_divisible_by_replicas_is_rejected(tmp_path):
     assert "batch_size=3 is not divisible by the 2 replicas" in out.stdout
 
 
-def test_mirrored_over_two_cpus_matches_one_device(tmp_path):
+# LoRA's layers back-propagate through a gradient of their own (`tf_lm.layers.dense`): it must hold per replica
+# and in float16 too. LoRA asks for a base; the seeded random initialisation stands in for it.
+LORA = {"lora_rank": 2, "lora_embeddings": True, "init_from": "seeded random weights"}
+
+
+@pytest.mark.parametrize("lora", [{}, LORA], ids=["full", "lora"])
+def test_mirrored_over_two_cpus_matches_one_device(tmp_path, lora):
     # Logical devices must be configured before TensorFlow initialises them, hence a fresh interpreter.
     script = textwrap.dedent(
         f"""
@@ -159,7 +165,7 @@ def test_mirrored_over_two_cpus_matches_one_device(tmp_path):
         weights = {{}}
         for name in ("cpu", "mirrored"):
             train, validation = synthetic()
-            trainer = Trainer.from_config(MODEL, config(steps=1, warmup_steps=0, grad_clip=0.05),
+            trainer = Trainer.from_config(MODEL, config(steps=1, warmup_steps=0, grad_clip=0.05, **{lora!r}),
                                           resolve_strategy(name), {str(tmp_path)!r} + "/" + name, verbose=False)
             result = trainer.fit(train, validation)
             weights[name] = [np.asarray(w) for w in trainer.model.weights]
@@ -208,11 +214,12 @@ def test_a_signal_checkpoints_the_current_step_and_stops(tmp_path, signum):
     assert signal.getsignal(signum) is handler  # the trainer's handler is removed again
 
 
-def test_mixed_float16_trains_with_loss_scaling_and_leaves_the_global_policy(tmp_path):
+@pytest.mark.parametrize("lora", [{}, LORA], ids=["full", "lora"])
+def test_mixed_float16_trains_with_loss_scaling_and_leaves_the_global_policy(tmp_path, lora):
     import keras
 
     train, validation = synthetic()
-    trainer = Trainer.from_config(MODEL, config(steps=2, warmup_steps=0, precision="mixed_float16"),
+    trainer = Trainer.from_config(MODEL, config(steps=2, warmup_steps=0, precision="mixed_float16", **lora),
                                   resolve_strategy(), str(tmp_path), verbose=False)
     result = trainer.fit(train, validation)
     assert keras.mixed_precision.global_policy().name == "float32"
