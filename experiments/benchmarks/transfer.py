@@ -15,7 +15,8 @@ offline) is cached in `bench_results/transfer_cache/`, so a rerun skips pretrain
 its peak resident memory comes from `os.wait4`, and its wall time includes start-up, compilation and evaluation.
 The nano runs' peak is set by TensorFlow's runtime and XLA's compilation of the step, not by the ~13 MiB of
 training state, so memory is also compared on a `MEMORY_SHAPE` model (full fine-tuning vs the same LoRA flags,
-`MEMORY_STEPS` steps), where the state LoRA does not keep is a real share of the process.
+`MEMORY_STEPS` steps), where the state LoRA does not keep is a real share of the process, and on both shapes
+as the memory XLA assigns to the compiled step (its buffer assignment: what an accelerator would hold).
 The validation curves are drawn into `bench_results/transfer.png`.
 
     python -m experiments.benchmark --sections=transfer
@@ -67,8 +68,13 @@ def pretraining_text() -> str:
     return prose + "\n" + code
 
 
-def _train(model_dir: Path, *flags: str) -> dict:
+def _train(model_dir: Path, *flags: str, xla_dump: Path | None = None) -> dict:
     """Runs `experiments.train_lm` in its own process.
+
+    Args:
+        model_dir: the run's `--model_dir`, replaced.
+        *flags: train_lm flags after `RECIPE`.
+        xla_dump: a directory for XLA's dump of what it compiles (`--xla_dump_to`), replaced, or None.
 
     Returns:
         dict: `seconds` (wall time), `peak_rss_mib` (the child's own peak, from `os.wait4`), `trainable`,
@@ -76,11 +82,14 @@ def _train(model_dir: Path, *flags: str) -> dict:
     """
     shutil.rmtree(model_dir, ignore_errors=True)
     command = [sys.executable, "-m", "experiments.train_lm", f"--model_dir={model_dir.resolve()}", *RECIPE, *flags]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    if xla_dump is not None:
+        shutil.rmtree(xla_dump, ignore_errors=True)
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_dump_to={xla_dump.resolve()}".strip()
     log_path = Path(f"{model_dir}.log")
     start = time.perf_counter()
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
         _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - start
     output = log_path.read_text()
@@ -92,6 +101,23 @@ def _train(model_dir: Path, *flags: str) -> dict:
     return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024,  # ru_maxrss is in KiB on Linux
             "trainable": int(sizes.group(1).replace(",", "")), "optimizer_mib": float(sizes.group(2)),
             "validation": validation}
+
+
+def _xla_step_mib(run_dir: Path, *flags: str) -> float:
+    """The memory XLA assigns to a run's compiled training step (arguments, temporaries, outputs), in MiB.
+
+    This is what the step holds on an accelerator, without the compiler's own host memory: XLA's buffer
+    assignment, from the `memory-usage-report` of its dump. The training step is the largest program named `step`
+    (the evaluation step is the other one).
+    """
+    dump = Path(f"{run_dir}_xla")
+    _train(run_dir, *flags, xla_dump=dump)
+    totals = [int(re.match(r"Total bytes used: (\d+)", path.read_text()).group(1))
+              for path in dump.glob("*_step_*memory-usage-report.txt")]
+    if not totals:
+        raise RuntimeError(f"XLA wrote no memory-usage-report of a step into {dump}")
+    shutil.rmtree(dump)
+    return max(totals) / 2**20
 
 
 def _pretrained(cache_dir: Path, steps: int) -> Path:
@@ -157,8 +183,14 @@ def run(quick: bool) -> list[Row]:
     memory_steps = 2 if quick else MEMORY_STEPS
     memory_run = [f"--dataset=text:{SHAKESPEARE}", f"--steps={memory_steps}", f"--eval_every={memory_steps}",
                   "--eval_steps=1", "--warmup_steps=1", f"--init_from={_memory_base(cache_dir).resolve()}"]
+    lora_flags = [f"--lora_rank={LORA_RANK}", *LORA_FLAGS]
     memory = {"full": _train(runs_dir / "memory_full", *memory_run),
-              "lora": _train(runs_dir / "memory_lora", *memory_run, f"--lora_rank={LORA_RANK}", *LORA_FLAGS)}
+              "lora": _train(runs_dir / "memory_lora", *memory_run, *lora_flags)}
+    nano_step = [f"--dataset=text:{SHAKESPEARE}", f"--steps={memory_steps}", f"--eval_every={memory_steps}",
+                 "--eval_steps=1", "--warmup_steps=1", f"--init_from={base.resolve()}"]
+    xla = {shape: {"full": _xla_step_mib(runs_dir / f"xla_{shape}_full", *step),
+                   "lora": _xla_step_mib(runs_dir / f"xla_{shape}_lora", *step, *lora_flags)}
+           for shape, step in (("nano", nano_step), ("memory", memory_run))}
     _plot(runs, OUTPUT_DIR / "transfer.png")
     full, scratch, lora = runs.values()
     setting = f"nano char, pretrained {pretrain_steps} steps on pydoc + Lib/*.py"
@@ -184,6 +216,10 @@ def run(quick: bool) -> list[Row]:
             f"{memory['full']['trainable']:,}; optimizer state {memory['lora']['optimizer_mib']:.2f} vs "
             f"{memory['full']['optimizer_mib']:.2f} MiB"),
     ]
+    rows += [Row("transfer", f"XLA memory of the compiled training step, {name}, LoRA vs full fine-tuning", "MiB",
+                 xla[shape]["lora"], xla[shape]["full"], "full fine-tuning", "lower",
+                 "XLA's buffer assignment (what an accelerator holds): arguments, temporaries and outputs")
+             for shape, name in (("nano", "nano char model"), ("memory", f"{' '.join(MEMORY_SHAPE)} char model"))]
     rows += [Row("transfer", f"wall time, {label}", "s", value["seconds"],
                  notes="start-up, compilation and evaluations included") for label, value in runs.items()]
     return rows
