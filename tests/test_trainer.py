@@ -259,3 +259,11 @@ def test_an_update_compiled_on_its_own_equals_the_plain_one():
         finals.append([np.asarray(v) for v in model.variables + legacy.variables])
     for plain, compiled in zip(*finals):
         np.testing.assert_allclose(compiled, plain, rtol=1e-5, atol=1e-7)
+
+
+def test_the_compiled_step_can_be_inspected_without_running(tmp_path):
+    trainer = Trainer.from_config(MODEL, config(), resolve_strategy(), str(tmp_path), verbose=False)
+    ids = tf.zeros((4, MODEL.block_size), tf.int32)
+    hlo = trainer.train_step.compiled.experimental_get_compiler_ir(ids, ids)(stage="hlo")
+    assert "HloModule" in hlo
+    assert int(trainer.optimizer.iterations.numpy()) == 0

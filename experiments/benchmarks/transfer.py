@@ -16,7 +16,8 @@ its peak resident memory comes from `os.wait4`, and its wall time includes start
 The nano runs' peak is set by TensorFlow's runtime and XLA's compilation of the step, not by the ~13 MiB of
 training state, so memory is also compared on a `MEMORY_SHAPE` model (full fine-tuning vs the same LoRA flags,
 `MEMORY_STEPS` steps), where the state LoRA does not keep is a real share of the process, and on both shapes
-as the memory XLA assigns to the compiled step (its buffer assignment: what an accelerator would hold).
+and GPT-2 124M's as the memory XLA assigns to the compiled step (its buffer assignment: what an accelerator would
+hold; GPT-2's step is compiled, not run).
 The validation curves are drawn into `bench_results/transfer.png`.
 
     python -m experiments.benchmark --sections=transfer
@@ -52,6 +53,7 @@ LORA_FLAGS = ["--lora_embeddings", "--lora_train_norms"]
 # 42.7M parameters: full fine-tuning's gradients and AdamW moments are ~490 MiB.
 MEMORY_SHAPE = ["--n_layer=6", "--n_head=12", "--n_embd=768"]
 MEMORY_STEPS = 3
+GPT2_BATCH = 8  # 8 x 1024 tokens a step
 RECIPE = ["--batch_size=12", "--block_size=64", "--learning_rate=1e-3", "--min_learning_rate=1e-4",
           "--warmup_steps=100", "--beta1=0.6", "--beta2=0.99", "--weight_decay=0", "--dropout=0",
           "--checkpoint_every=100000", "--log_every=50"]
@@ -112,12 +114,52 @@ def _xla_step_mib(run_dir: Path, *flags: str) -> float:
     """
     dump = Path(f"{run_dir}_xla")
     _train(run_dir, *flags, xla_dump=dump)
+    return _step_mib_in(dump)
+
+
+def _compiled_gpt2_step_mib(dump: Path, batch_size: int, lora: bool) -> float:
+    """`_xla_step_mib` of `compile_gpt2_step`, in a process of its own."""
+    shutil.rmtree(dump, ignore_errors=True)
+    code = f"from experiments.benchmarks.transfer import compile_gpt2_step; compile_gpt2_step({batch_size}, {lora})"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump.resolve()}".strip()}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env)
+    if result.returncode:
+        raise RuntimeError(f"compiling GPT-2's step failed:\n{result.stderr[-2000:]}")
+    return _step_mib_in(dump)
+
+
+def _step_mib_in(dump: Path) -> float:
+    """The training step's `Total bytes used` in an XLA dump, in MiB; the dump is removed."""
     totals = [int(re.match(r"Total bytes used: (\d+)", path.read_text()).group(1))
               for path in dump.glob("*_step_*memory-usage-report.txt")]
     if not totals:
         raise RuntimeError(f"XLA wrote no memory-usage-report of a step into {dump}")
     shutil.rmtree(dump)
     return max(totals) / 2**20
+
+
+def compile_gpt2_step(batch_size: int, lora: bool) -> None:
+    """Compiles, without running, the training step of GPT-2 124M's shape (the `gpt2` preset, its 50,257-token
+    vocabulary, block 1024) for `batch_size` rows: fully, or with `LORA_FLAGS`' LoRA. Run it in a process whose
+    `XLA_FLAGS` dump what XLA compiles; one step would take 16 GB and a minute on this CPU, the compilation 20 s."""
+    import tempfile
+
+    import tensorflow as tf
+
+    from tf_lm.configs import LMConfig
+    from tf_lm.distribute import resolve_strategy
+    from tf_lm.training import TrainConfig, Trainer
+
+    model = LMConfig.preset("gpt2")
+    # LoRA asks for a base; the shapes, not the weights, set the memory.
+    adapters = dict(lora_rank=LORA_RANK, lora_embeddings="--lora_embeddings" in LORA_FLAGS,
+                    lora_train_norms="--lora_train_norms" in LORA_FLAGS, init_from="shapes only")
+    config = TrainConfig(batch_size=batch_size, steps=2, warmup_steps=1, **(adapters if lora else {}))
+    with tempfile.TemporaryDirectory() as model_dir:
+        trainer = Trainer.from_config(model, config, resolve_strategy(), model_dir, verbose=False)
+        ids = tf.zeros((batch_size, model.block_size), tf.int32)
+        trainer.train_step.compiled.experimental_get_compiler_ir(ids, ids)(stage="optimized_hlo")
 
 
 def _pretrained(cache_dir: Path, steps: int) -> Path:
@@ -191,6 +233,8 @@ def run(quick: bool) -> list[Row]:
     xla = {shape: {"full": _xla_step_mib(runs_dir / f"xla_{shape}_full", *step),
                    "lora": _xla_step_mib(runs_dir / f"xla_{shape}_lora", *step, *lora_flags)}
            for shape, step in (("nano", nano_step), ("memory", memory_run))}
+    xla["gpt2"] = {name: _compiled_gpt2_step_mib(runs_dir / f"xla_gpt2_{name}", GPT2_BATCH, lora=name == "lora")
+                   for name in ("full", "lora")}
     _plot(runs, OUTPUT_DIR / "transfer.png")
     full, scratch, lora = runs.values()
     setting = f"nano char, pretrained {pretrain_steps} steps on pydoc + Lib/*.py"
@@ -219,7 +263,8 @@ def run(quick: bool) -> list[Row]:
     rows += [Row("transfer", f"XLA memory of the compiled training step, {name}, LoRA vs full fine-tuning", "MiB",
                  xla[shape]["lora"], xla[shape]["full"], "full fine-tuning", "lower",
                  "XLA's buffer assignment (what an accelerator holds): arguments, temporaries and outputs")
-             for shape, name in (("nano", "nano char model"), ("memory", f"{' '.join(MEMORY_SHAPE)} char model"))]
+             for shape, name in (("nano", "nano char model"), ("memory", f"{' '.join(MEMORY_SHAPE)} char model"),
+                                 ("gpt2", f"GPT-2 124M's shape, batch {GPT2_BATCH} x 1024, compiled only"))]
     rows += [Row("transfer", f"wall time, {label}", "s", value["seconds"],
                  notes="start-up, compilation and evaluations included") for label, value in runs.items()]
     return rows

@@ -77,7 +77,9 @@ def make_train_step(loss_fn: Callable, updates: list, strategy: tf.distribute.St
 
     Returns:
         `step(iterator, stop=False) -> (loss, gradient norm, stop)`: one update on `next(iterator)`, a tuple fed to
-        `loss_fn`; the returned `stop` is true if any worker passed `stop=True` to this step.
+        `loss_fn`; the returned `stop` is true if any worker passed `stop=True` to this step. On the default
+        strategy, `step.compiled` is the `tf.function(*batch)` it runs, for inspecting the program without
+        running it (`step.compiled.experimental_get_compiler_ir(*batch)`).
     """
     variables = [v for _, group in updates for v in group]
     # Keras 3 optimizers scale the loss (a LossScaleOptimizer under mixed_float16); tf_keras ones (BERT's hf
@@ -136,6 +138,7 @@ def make_train_step(loss_fn: Callable, updates: list, strategy: tf.distribute.St
             return (*compiled(*next(iterator)), stop)
 
         traced_specs = []
+        one_device_step.compiled = compiled
         return one_device_step
 
     compiled_loss_and_grads = tf.function(loss_and_grads, jit_compile=jit_compile)
