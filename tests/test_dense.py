@@ -38,6 +38,19 @@ def test_factored_lora_equals_keras_merged_kernel_in_outputs_and_gradients(jit_c
         np.testing.assert_allclose(np.asarray(ours_value), np.asarray(keras_value), rtol=1e-5, atol=1e-5)
 
 
+def test_a_kernel_made_trainable_again_gets_keras_gradient():
+    ours, keras_dense = _with_lora(Dense), _with_lora(keras.layers.Dense)
+    keras_dense.set_weights(ours.get_weights())
+    gradients = []
+    for layer in (ours, keras_dense):
+        layer._kernel.trainable = True
+        with tf.GradientTape() as tape:
+            y = layer(X)
+            loss = tf.reduce_sum(y * tf.sin(y))
+        gradients.append(tape.gradient(loss, layer._kernel))
+    np.testing.assert_allclose(np.asarray(gradients[0]), np.asarray(gradients[1]), rtol=1e-5, atol=1e-5)
+
+
 def test_factored_lora_gives_the_frozen_kernel_no_gradient():
     layer = _with_lora(Dense)
     with tf.GradientTape() as tape:

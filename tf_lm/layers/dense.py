@@ -7,14 +7,14 @@ import tensorflow as tf
 from keras import ops
 
 
-def _low_rank_update_matmul(inputs, kernel, lora_a, lora_b, scale: float):
-    """`x·W + scale·(x·A)·B` as one matmul, `[x, scale·x·A]·[W; B]`, with gradients through the factors only.
+def _low_rank_update_matmul(inputs, kernel, lora_a, lora_b, scale: float, kernel_trains: bool):
+    """`x·W + scale·(x·A)·B` as one matmul, `[x, scale·x·A]·[W; B]`, with gradients through the factors.
 
     One matmul makes the sum a single tensor: written as two products and an add, XLA fuses the add into every
     elementwise consumer (GELU after `mlp_in`, and GELU's gradient), so a step keeps both products alive
-    for the backward pass instead of their sum, one extra output-sized activation per layer. The frozen kernel
-    gets no gradient (the factored backward below never forms a kernel-sized product), and the stacked
-    `[W; B]` lives only for the forward matmul.
+    for the backward pass instead of their sum, one extra output-sized activation per layer. A frozen kernel
+    (`kernel_trains` false, as `enable_lora` leaves it) gets no gradient, so the backward forms no kernel-sized
+    product, and the stacked `[W; B]` lives only for the forward matmul.
     """
     @tf.custom_gradient
     def matmul(inputs, kernel, lora_a, lora_b):
@@ -28,7 +28,8 @@ def _low_rank_update_matmul(inputs, kernel, lora_a, lora_b, scale: float):
             down_grad = tf.matmul(upstream_rows, lora_b, transpose_b=True)
             inputs_grad = (tf.matmul(upstream_rows, kernel, transpose_b=True)
                            + scale * tf.matmul(down_grad, lora_a, transpose_b=True))
-            return (tf.reshape(inputs_grad, tf.shape(inputs)), None,
+            kernel_grad = tf.matmul(rows, upstream_rows, transpose_a=True) if kernel_trains else None
+            return (tf.reshape(inputs_grad, tf.shape(inputs)), kernel_grad,
                     scale * tf.matmul(rows, down_grad, transpose_a=True),
                     tf.matmul(down, upstream_rows, transpose_a=True))
 
@@ -60,7 +61,8 @@ class Dense(keras.layers.Dense):
         # Read in the layer's autocast scope, so a mixed policy hands the matmul its compute dtype.
         variables = (self._kernel, self.lora_kernel_a, self.lora_kernel_b)
         kernel, lora_a, lora_b = (tf.convert_to_tensor(variable) for variable in variables)
-        x = _low_rank_update_matmul(inputs, kernel, lora_a, lora_b, self.lora_alpha / self.lora_rank)
+        x = _low_rank_update_matmul(inputs, kernel, lora_a, lora_b, self.lora_alpha / self.lora_rank,
+                                    kernel_trains=self._kernel.trainable)
         if self.bias is not None:
             x = ops.add(x, self.bias)
         if self.activation is not None:
