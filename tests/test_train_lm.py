@@ -295,7 +295,7 @@ def test_init_from_bad_input_is_refused(tmp_path):
     result = run(command(tmp_path / "run", f"--init_from={tmp_path / 'neither'}"))
     assert "does not exist" in failure_line(result)
     result = run(command(tmp_path / "run", "--lora_rank=4"))
-    assert "LoRA adapts a pretrained model; set init_from" in failure_line(result)
+    assert "LoRA adapts a pretrained model; set --init_from. Received: --lora_rank=4" in failure_line(result)
 
 
 # ram:// lives inside one process: the run, its resume and the load happen in one child.

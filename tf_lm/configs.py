@@ -180,7 +180,7 @@ class TrainConfig:
         if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
             raise ValueError(f"lora_rank must be an integer >= 0 (0: no LoRA). Received: lora_rank={self.lora_rank!r}")
         if self.lora_rank and not self.init_from:
-            raise ValueError(f"LoRA adapts a pretrained model; set init_from. Received: lora_rank={self.lora_rank}")
+            raise ValueError(f"LoRA adapts a pretrained model; set `init_from`. Received: `lora_rank={self.lora_rank}`")
         if not self.lora_rank and (self.lora_alpha is not None or self.lora_train_norms or self.lora_embeddings):
             raise ValueError(
                 f"lora_alpha, lora_train_norms and lora_embeddings only apply with lora_rank >= 1. Received: "
