@@ -84,10 +84,7 @@ def _train(model_dir: Path, *flags: str, xla_dump: Path | None = None) -> dict:
     """
     shutil.rmtree(model_dir, ignore_errors=True)
     command = [sys.executable, "-m", "experiments.train_lm", f"--model_dir={model_dir.resolve()}", *RECIPE, *flags]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    if xla_dump is not None:
-        shutil.rmtree(xla_dump, ignore_errors=True)
-        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_dump_to={xla_dump.resolve()}".strip()
+    env = _child_env(xla_dump)
     log_path = Path(f"{model_dir}.log")
     start = time.perf_counter()
     with open(log_path, "w") as log:
@@ -105,6 +102,16 @@ def _train(model_dir: Path, *flags: str, xla_dump: Path | None = None) -> dict:
             "validation": validation}
 
 
+def _child_env(xla_dump: Path | None) -> dict:
+    """The environment of a benchmark's child process: TensorFlow's info logs off and, with `xla_dump`, XLA
+    dumping what it compiles into that directory (emptied first)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    if xla_dump is not None:
+        shutil.rmtree(xla_dump, ignore_errors=True)
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_dump_to={xla_dump.resolve()}".strip()
+    return env
+
+
 def _xla_step_mib(run_dir: Path, *flags: str) -> float:
     """The memory XLA assigns to a run's compiled training step (arguments, temporaries, outputs), in MiB.
 
@@ -119,11 +126,9 @@ def _xla_step_mib(run_dir: Path, *flags: str) -> float:
 
 def _compiled_gpt2_step_mib(dump: Path, batch_size: int, lora: bool) -> float:
     """`_xla_step_mib` of `compile_gpt2_step`, in a process of its own."""
-    shutil.rmtree(dump, ignore_errors=True)
     code = f"from experiments.benchmarks.transfer import compile_gpt2_step; compile_gpt2_step({batch_size}, {lora})"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-           "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump.resolve()}".strip()}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                            env=_child_env(dump))
     if result.returncode:
         raise RuntimeError(f"compiling GPT-2's step failed:\n{result.stderr[-2000:]}")
     return _step_mib_in(dump)
@@ -223,13 +228,13 @@ def run(quick: bool) -> list[Row]:
                                       f"--min_learning_rate={LORA_LEARNING_RATE / 10}"),
     }
     memory_steps = 2 if quick else MEMORY_STEPS
-    memory_run = [f"--dataset=text:{SHAKESPEARE}", f"--steps={memory_steps}", f"--eval_every={memory_steps}",
-                  "--eval_steps=1", "--warmup_steps=1", f"--init_from={_memory_base(cache_dir).resolve()}"]
+    brief = [f"--dataset=text:{SHAKESPEARE}", f"--steps={memory_steps}", f"--eval_every={memory_steps}",
+             "--eval_steps=1", "--warmup_steps=1"]  # a few Shakespeare steps: enough to measure memory
+    memory_run = [*brief, f"--init_from={_memory_base(cache_dir).resolve()}"]
     lora_flags = [f"--lora_rank={LORA_RANK}", *LORA_FLAGS]
     memory = {"full": _train(runs_dir / "memory_full", *memory_run),
               "lora": _train(runs_dir / "memory_lora", *memory_run, *lora_flags)}
-    nano_step = [f"--dataset=text:{SHAKESPEARE}", f"--steps={memory_steps}", f"--eval_every={memory_steps}",
-                 "--eval_steps=1", "--warmup_steps=1", f"--init_from={base.resolve()}"]
+    nano_step = [*brief, f"--init_from={base.resolve()}"]
     xla = {shape: {"full": _xla_step_mib(runs_dir / f"xla_{shape}_full", *step),
                    "lora": _xla_step_mib(runs_dir / f"xla_{shape}_lora", *step, *lora_flags)}
            for shape, step in (("nano", nano_step), ("memory", memory_run))}
