@@ -25,7 +25,7 @@ from experiments.flags import define_data_flags, flag_group, one_line_errors, ru
 from tf_lm.artifacts import load_model_dir
 from tf_lm.data import TokenStore, contiguous_windows, prepare_store
 from tf_lm.data.store import STORE_SCHEME
-from tf_lm.training.metrics import derived
+from tf_lm.training.metrics import derived, summed_next_token_loss
 
 FLAGS = flags.FLAGS
 
@@ -57,12 +57,8 @@ def evaluate_split(model, tokenizer, store: TokenStore, split: str, batch_size: 
     if max_batches:
         windows = windows.take(max_batches)
 
-    @tf.function(jit_compile=True)
-    def batch_loss(inputs, targets):
-        logits = model(inputs, training=False)  # (b, T, V)
-        token_losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)  # (b, T)
-        return tf.reduce_sum(token_losses), tf.size(token_losses)
-
+    batch_loss = tf.function(lambda inputs, targets: summed_next_token_loss(model, inputs, targets),
+                             jit_compile=True)
     total, count = 0.0, 0
     for inputs, targets in windows:
         batch_total, batch_count = batch_loss(inputs, targets)

@@ -37,8 +37,9 @@ def synthetic(seed=0, batch=4, block=8, vocab=11):
         rows = tf.data.Dataset.counter(start_step * (batch // pipelines)).map(row)
         return rows.batch(per_replica, drop_remainder=True).map(lambda ids: (ids[:, :-1], ids[:, 1:]))
 
-    def validation(context):
-        return train(10_000, context).take(3)
+    def validation(context):  # three global batches
+        per_global_batch = 1 if context is None else context.num_replicas_in_sync // context.num_input_pipelines
+        return train(10_000, context).take(3 * per_global_batch)
 
     return train, validation
 
@@ -162,22 +163,26 @@ def test_mirrored_over_two_cpus_matches_one_device(tmp_path, lora):
         from test_trainer import MODEL, config, synthetic
         from tf_lm.distribute import resolve_strategy
         from tf_lm.training import Trainer
-        weights = {{}}
+        weights, validation_losses = {{}}, {{}}
         for name in ("cpu", "mirrored"):
             train, validation = synthetic()
             trainer = Trainer.from_config(MODEL, config(steps=1, warmup_steps=0, grad_clip=0.05, **{lora!r}),
                                           resolve_strategy(name), {str(tmp_path)!r} + "/" + name, verbose=False)
             result = trainer.fit(train, validation)
             weights[name] = [np.asarray(w) for w in trainer.model.weights]
-            print(name, trainer.strategy.num_replicas_in_sync, result["validation"]["loss"])
+            validation_losses[name] = result["validation"]["loss"]
+            print(name, trainer.strategy.num_replicas_in_sync)
         diff = max(float(np.max(np.abs(a - b))) for a, b in zip(weights["cpu"], weights["mirrored"]))
-        print(json.dumps({{"max_abs_diff": diff}}))
+        print(json.dumps({{"max_abs_diff": diff, "validation_losses": validation_losses}}))
         """
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "mirrored 2" in out.stdout
-    assert json.loads(out.stdout.strip().splitlines()[-1])["max_abs_diff"] < 1e-5
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["max_abs_diff"] < 1e-5
+    # config() evaluates 2 of the 3 global batches: the same windows however many replicas share them.
+    assert result["validation_losses"]["mirrored"] == pytest.approx(result["validation_losses"]["cpu"], abs=1e-5)
 
 
 def test_weights_digest_tells_weights_apart(tmp_path):

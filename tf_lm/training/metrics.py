@@ -28,6 +28,16 @@ def derived(loss: float) -> dict:
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "bits": loss / math.log(2)}
 
 
+def summed_next_token_loss(model, inputs, targets) -> tuple[tf.Tensor, tf.Tensor]:
+    """`(sum of the tokens' cross-entropies in nats, number of tokens)` of one batch, in inference mode.
+
+    Sums rather than means, so batches of any size (a split's short last one, replicas' shares) add up exactly.
+    """
+    logits = model(inputs, training=False)  # (b, T, V) float32
+    token_losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)  # (b, T)
+    return tf.reduce_sum(token_losses), tf.cast(tf.size(token_losses), tf.float32)
+
+
 def measure_matmul_peak(size: int = 2048, repeats: int = 3) -> float:
     """The machine's fp32 matmul throughput in FLOP/s: the best of `repeats` XLA-compiled `size`³ matmuls.
 

@@ -23,7 +23,7 @@ from tf_lm.distribute import is_chief
 from tf_lm.model import TransformerLM
 from tf_lm.training.checkpoints import Checkpoints
 from tf_lm.training.lora import enable_lora
-from tf_lm.training.metrics import MetricsLog, derived
+from tf_lm.training.metrics import MetricsLog, derived, summed_next_token_loss
 from tf_lm.training.optimizer import make_optimizer
 from tf_lm.training.schedule import WarmupCosine
 from tf_lm.training.signals import StopOnSignal
@@ -298,12 +298,8 @@ class Trainer:
         return tf.reduce_sum(token_losses) / self.tokens_per_step  # this replica's share of the global mean
 
     def _make_eval_step(self, jit_compile):
-        def step(inputs, targets):
-            logits = self.model(inputs, training=False)  # (b, T, V)
-            token_losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)  # (b, T)
-            return tf.reduce_sum(token_losses), tf.cast(tf.size(token_losses), tf.float32)
-
-        compiled = tf.function(step, jit_compile=jit_compile)
+        compiled = tf.function(lambda inputs, targets: summed_next_token_loss(self.model, inputs, targets),
+                               jit_compile=jit_compile)
         if self.fused:
             return compiled
 
@@ -324,18 +320,25 @@ class Trainer:
 
     # === Evaluation ===
     def evaluate(self, validation_dataset_fn: Callable, steps: int | None = None) -> dict:
-        """Mean loss per token (with perplexity and bits) over the first `steps` validation batches.
+        """Mean loss per token (with perplexity and bits) over the first `steps` global validation batches.
 
         Args:
-            validation_dataset_fn: `input_context -> tf.data.Dataset` of `(inputs, targets)` (global batch size
-                divided by the context when one is given), e.g. `lm_datasets(...)[1]`.
-            steps: int or None. Batches to read; None means `config.eval_steps`.
+            validation_dataset_fn: `input_context -> tf.data.Dataset` of `(inputs, targets)` (per-replica batches
+                when a context is given), e.g. `lm_datasets(...)[1]`.
+            steps: int or None. Global batches to read; None means `config.eval_steps`.
 
         Returns:
             dict with `loss`, `perplexity`, `bits`.
         """
         steps = self.config.eval_steps if steps is None else steps
-        dataset = self._distribute(lambda context: validation_dataset_fn(context).take(steps))
+
+        def first_batches(context):
+            # An input pipeline yields one batch per replica it feeds (two per global batch under a two-device
+            # MirroredStrategy), so `steps` global batches are that many times `steps` of its elements.
+            per_global_batch = 1 if context is None else context.num_replicas_in_sync // context.num_input_pipelines
+            return validation_dataset_fn(context).take(steps * per_global_batch)
+
+        dataset = self._distribute(first_batches)
         total, count = 0.0, 0.0
         for inputs, targets in dataset:
             batch_total, batch_count = self._eval_step(inputs, targets)
