@@ -75,6 +75,19 @@ def test_score_honours_padding():
     np.testing.assert_allclose(np.asarray(out["log_likelihood"])[0], np.asarray(alone["log_likelihood"])[0], atol=1e-5)
 
 
+def test_a_left_padded_row_scores_as_it_does_alone():
+    model = TransformerLM(TINY)
+    ids = _ids()
+    padded = np.concatenate([np.full((2, 3), 7, ids.dtype), ids[:, :9]], axis=1)  # 3 pad tokens, then 9 real
+    padding_mask = np.concatenate([np.zeros((2, 3), "int32"), np.ones((2, 9), "int32")], axis=1)
+    out = model.score(padded, padding_mask=padding_mask)
+    alone = model.score(ids[:, :9])
+    np.testing.assert_allclose(np.asarray(out["token_log_probs"])[:, :3], 0.0)  # padding and the condition
+    np.testing.assert_allclose(np.asarray(out["token_log_probs"])[:, 3:], np.asarray(alone["token_log_probs"]),
+                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out["log_likelihood"]), np.asarray(alone["log_likelihood"]), atol=1e-5)
+
+
 def test_too_long_input_names_the_fix():
     with pytest.raises(ValueError, match="exceeds the model's context block_size=16"):
         TransformerLM(TINY)(_ids(time=17))

@@ -27,6 +27,7 @@ class TransformerLM(keras.Model):
     Call args:
         token_ids: int tensor `[batch, time]`, `time <= config.block_size`.
         padding_mask: optional `[batch, time]`, 1 for real tokens.
+        position_ids: optional int `[batch, time]` positions (left-padded rows); default `0..time-1`.
         training: bool, default False.
 
     Returns:
@@ -82,9 +83,9 @@ class TransformerLM(keras.Model):
                 "truncate the input or build the model with a larger block_size."
             )
 
-    def call(self, token_ids, padding_mask=None, training=False):
+    def call(self, token_ids, padding_mask=None, position_ids=None, training=False):
         self._check_length(token_ids.shape[1])
-        x = self.embedding_dropout(self.embedding(token_ids), training=training)  # (B, T, d)
+        x = self.embedding_dropout(self.embedding(token_ids, position_ids=position_ids), training=training)  # (B, T, d)
         for block in self.blocks:
             x = block(x, padding_mask=padding_mask, training=training)
         return self.head(self.final_norm(x), self.embedding.token_embeddings)  # (B, T, V) float32
@@ -122,19 +123,26 @@ class TransformerLM(keras.Model):
     def score(self, token_ids, padding_mask=None):
         """log P(W) = Σ_i log P(w_i | w_1..w_{i-1}) for each row of `token_ids`.
 
-        The first token is the condition, so a row of T tokens gets T-1 scored tokens. Padded
-        targets (padding_mask 0) get log-prob 0 and do not count towards the sum.
+        The first real token of a row is the condition, so a row of T real tokens gets T-1 scored tokens.
+        `padding_mask` (1 for real tokens) may pad either side, as `generate` takes prompts: each real token sits
+        at the position "real tokens before it", so a padded row scores as it does alone. Targets that are
+        padding or the condition get log-prob 0 and do not count towards the sum.
 
         Returns:
             dict with `token_log_probs` `[batch, time-1]` and `log_likelihood` `[batch]`.
         """
         token_ids = ops.convert_to_tensor(token_ids, dtype="int32")
-        logits = self(token_ids, padding_mask=padding_mask)[:, :-1]  # (B, T-1, V)
+        if padding_mask is None:
+            logits = self(token_ids)
+        else:
+            mask = ops.cast(ops.convert_to_tensor(padding_mask), "int32")
+            position_ids = ops.maximum(ops.cumsum(mask, axis=1) - 1, 0)
+            logits = self(token_ids, padding_mask=mask, position_ids=position_ids)
         targets = token_ids[:, 1:]  # (B, T-1)
-        log_probs = ops.log_softmax(logits, axis=-1)
+        log_probs = ops.log_softmax(logits[:, :-1], axis=-1)  # (B, T-1, V)
         token_log_probs = ops.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]  # (B, T-1)
         if padding_mask is not None:
-            token_log_probs = token_log_probs * ops.cast(ops.convert_to_tensor(padding_mask)[:, 1:], "float32")
+            token_log_probs = token_log_probs * ops.cast(mask[:, 1:] * mask[:, :-1], "float32")
         return {"token_log_probs": token_log_probs, "log_likelihood": ops.sum(token_log_probs, axis=-1)}
 
     def get_config(self):
