@@ -135,3 +135,14 @@ def test_export_cli_writes_a_saved_model_and_reports_errors_in_one_line(model_an
     with pytest.raises(SystemExit, match=r"^error: No model.keras in .*missing") as exit_info:
         export.main(["export"])
     assert "\n" not in str(exit_info.value)
+
+
+def test_export_to_a_tensorflow_filesystem(model_and_tokenizer):
+    import tensorflow as tf
+
+    model, tokenizer = model_and_tokenizer
+    export_saved_model(model, tokenizer, "ram://export")
+    assert tf.io.gfile.exists("ram://export/saved_model.pb")
+    serving = tf.saved_model.load("ram://export").signatures["generate"]
+    out = serving(prompt=tf.constant(["hello"]), max_new_tokens=tf.constant(5), seed=tf.constant(0, tf.int64))
+    assert out["token_ids"].numpy().tolist() == generate(model, [tokenizer.encode("hello")], max_new_tokens=5)

@@ -68,8 +68,9 @@ def gfile(path: str):
 
 def _sibling(path: str, kind: str) -> str:
     # Hidden, and unique per call, so neither a glob over the directory nor a concurrent writer picks it up.
-    directory, name = os.path.split(path)
-    return os.path.join(directory, f".{name}.{kind}-{uuid.uuid4().hex[:12]}")
+    # Split at the last "/" as written: os.path would fold the "//" of "ram://name" into "ram:/".
+    directory, _, name = path.rpartition("/")
+    return f"{directory}/.{name}.{kind}-{uuid.uuid4().hex[:12]}"
 
 
 def _normalise(path: str) -> str:

@@ -19,6 +19,7 @@ from tf_lm import artifacts
 from tf_lm.configs import LMConfig
 from tf_lm.convert import config_from_gpt2, gpt2_state, load_gpt2_state
 from tf_lm.data.tokenizers import CHAR_FILE, load_tokenizer
+from tf_lm.fileio import gfile, is_local
 from tf_lm.model import TransformerLM
 
 HF_CONFIG_FILE = "config.json"
@@ -77,10 +78,14 @@ def _state(model: TransformerLM) -> dict:
     return {name.removeprefix("transformer."): value for name, value in gpt2_state(model).items()}
 
 
+def _exists(path: str) -> bool:
+    return gfile(path).exists(path)
+
+
 def _kind(directory: str) -> str:
-    if os.path.isfile(os.path.join(artifacts.saved_dir(directory), artifacts.MODEL_FILE)):
+    if _exists(os.path.join(artifacts.saved_dir(directory), artifacts.MODEL_FILE)):
         return "tf_lm"
-    if os.path.isfile(os.path.join(directory, HF_WEIGHTS_FILE)):
+    if _exists(os.path.join(directory, HF_WEIGHTS_FILE)):
         return "hf"
     raise ValueError(
         f"{directory!r} is neither a tf_lm model directory (model/ holding model.keras + config.json + tokenizer/) "
@@ -95,16 +100,16 @@ def pretrained_config(directory: str) -> tuple[LMConfig, str]:
         FileNotFoundError: if `directory` does not exist.
         ValueError: if it is neither format, or its config is not one `TransformerLM` can express.
     """
-    if not os.path.isdir(directory):
+    if not gfile(directory).isdir(directory):
         raise FileNotFoundError(f"The pretrained checkpoint directory {directory!r} does not exist.")
     if _kind(directory) == "tf_lm":
-        char = os.path.isfile(os.path.join(artifacts.saved_dir(directory), artifacts.TOKENIZER_DIR, CHAR_FILE))
+        char = _exists(os.path.join(artifacts.saved_dir(directory), artifacts.TOKENIZER_DIR, CHAR_FILE))
         return artifacts.read_config(directory), "char" if char else "bpe"
     path = os.path.join(directory, HF_CONFIG_FILE)
-    if not os.path.isfile(path):
+    if not _exists(path):
         raise FileNotFoundError(f"The HF checkpoint {directory!r} has no {HF_CONFIG_FILE}.")
-    with open(path) as f:
-        return config_from_gpt2(json.load(f)), "bpe"
+    with gfile(path).GFile(path) as f:
+        return config_from_gpt2(json.loads(f.read())), "bpe"
 
 
 def read_pretrained(directory: str) -> Pretrained:
@@ -119,13 +124,18 @@ def read_pretrained(directory: str) -> Pretrained:
     >>> base = read_pretrained("runs/pydoc")  # doctest: +SKIP
     >>> load_gpt2_state(TransformerLM(base.config), base.state)  # doctest: +SKIP
     """
-    from safetensors.numpy import load_file
+    from safetensors.numpy import load, load_file
 
     config, _ = pretrained_config(directory)
     if _kind(directory) == "tf_lm":
         model, tokenizer = artifacts.load_model_dir(directory)
         return Pretrained(directory, config, tokenizer, _state(model))
-    state = load_file(os.path.join(directory, HF_WEIGHTS_FILE))
+    path = os.path.join(directory, HF_WEIGHTS_FILE)
+    if is_local(path):
+        state = load_file(path)  # tensor by tensor, without a second copy of the file in memory
+    else:
+        with gfile(path).GFile(path, "rb") as f:
+            state = load(f.read())
     # Through a model once: the names (PyTorch or TF) and every shape are checked, and the state comes out in
     # one naming.
     state = _state(load_gpt2_state(TransformerLM(config), state))

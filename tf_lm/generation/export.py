@@ -25,7 +25,7 @@ import os
 
 import tensorflow as tf
 
-from tf_lm.fileio import atomic_directory
+from tf_lm.fileio import atomic_directory, gfile
 from tf_lm.generation import speculative
 from tf_lm.generation.generate import CONTEXT_POLICIES, _drafter, next_fn, prefill
 from tf_lm.generation.samplers import Sampler, get_sampler
@@ -200,5 +200,5 @@ def export_saved_model(model, tokenizer, export_dir: str, sampler: str | Sampler
                               context_policy, draft_model, drafter, num_speculative_tokens)
     with atomic_directory(export_dir, marker=EXPORT_MARKER) as staging:
         tf.saved_model.save(module, staging, signatures={"generate": module.generate})
-        with open(os.path.join(staging, EXPORT_MARKER), "w") as f:
+        with gfile(staging).GFile(os.path.join(staging, EXPORT_MARKER), "w") as f:
             json.dump({"exported_by": "tf_lm.generation.export", "signature": "generate"}, f)
