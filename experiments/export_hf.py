@@ -14,8 +14,7 @@ from absl import flags, logging
 
 from experiments.flags import flag_group, one_line_errors, run_script
 from tf_lm.artifacts import load_model_dir
-from tf_lm.convert import save_gpt2_checkpoint, save_hf_tokenizer
-from tf_lm.fileio import atomic_directory
+from tf_lm.convert import save_gpt2_checkpoint
 
 FLAGS = flags.FLAGS
 
@@ -29,9 +28,7 @@ def export_hf(model_dir: str, output_dir: str) -> None:
             that no export wrote (it is left untouched).
     """
     model, tokenizer = load_model_dir(model_dir)
-    with atomic_directory(output_dir, marker="model.safetensors") as staging:
-        save_gpt2_checkpoint(model, staging, eos_token_id=tokenizer.eos_id)
-        save_hf_tokenizer(tokenizer, staging, model_max_length=model.config.block_size)
+    save_gpt2_checkpoint(model, output_dir, tokenizer)
 
 
 def main(argv):

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -131,3 +132,14 @@ def test_a_model_gpt2_cannot_express_is_refused(tmp_path):
     model.blocks[0].mlp_in.enable_lora(2)  # unmerged LoRA factors: weights a GPT-2 checkpoint has no place for
     with pytest.raises(ValueError, match="no place for .*lora"):
         save_gpt2_checkpoint(model, str(tmp_path))
+
+
+def test_the_export_replaces_only_an_earlier_export(tmp_path):
+    model = _random_lm()
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="is not empty and holds no model.safetensors"):
+        save_gpt2_checkpoint(model, str(tmp_path))
+    assert os.listdir(tmp_path) == ["notes.txt"]
+    save_gpt2_checkpoint(model, str(tmp_path / "export"))
+    save_gpt2_checkpoint(model, str(tmp_path / "export"))  # an earlier export is replaced whole
+    assert sorted(os.listdir(tmp_path / "export")) == ["config.json", "generation_config.json", "model.safetensors"]

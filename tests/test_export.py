@@ -94,14 +94,16 @@ def test_a_refused_request_fails_with_one_readable_line(model_and_tokenizer, tmp
     model, tokenizer = model_and_tokenizer
     export_saved_model(model, tokenizer, str(tmp_path / "refuse"), context_policy="refuse")
     serve = tf.saved_model.load(str(tmp_path / "refuse")).signatures["generate"]
-    for prompt, max_new_tokens, message in [
-        ("hello", 28, "longer than the model context (block_size=32), which this SavedModel refuses"),
-        ("hello!", 2, "a prompt holds a character outside the vocabulary"),
-        ("", 2, "every prompt needs at least one character"),
+    for prompt, max_new_tokens, seed, message in [
+        ("hello", 28, 0, "longer than the model context (block_size=32), which this SavedModel refuses"),
+        ("hello!", 2, 0, "a prompt holds a character outside the vocabulary"),
+        ("", 2, 0, "every prompt needs at least one character"),
+        ("hello", 2, -1, "seed must be in [0, 2**62)"),
+        ("hello", 2, 2**62, "seed must be in [0, 2**62)"),
     ]:
         with pytest.raises(tf.errors.InvalidArgumentError) as error:
             serve(prompt=tf.constant([prompt]), max_new_tokens=tf.constant(max_new_tokens),
-                  seed=tf.constant(0, tf.int64))
+                  seed=tf.constant(seed, tf.int64))
         lines = [line for line in str(error.value).splitlines() if "Invalid generate request" in line]
         assert len(lines) == 1 and message in lines[0] and "\\" not in lines[0], str(error.value)
     with pytest.raises(ValueError, match="context_policy must be one of"):

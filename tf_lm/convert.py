@@ -17,8 +17,12 @@ import keras
 import numpy as np
 
 from tf_lm.configs import LMConfig
+from tf_lm.fileio import atomic_directory
 from tf_lm.model import TransformerLM
 
+# The files of an HF checkpoint directory that hold the model.
+GPT2_CONFIG_FILE = "config.json"
+GPT2_WEIGHTS_FILE = "model.safetensors"
 _GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
 
 
@@ -153,37 +157,47 @@ def gpt2_config(config: LMConfig, eos_token_id: int | None = None) -> dict:
     return hf_config.to_dict()
 
 
-def save_gpt2_checkpoint(model: TransformerLM, directory: str, eos_token_id: int | None = None) -> None:
-    """Writes `config.json`, `model.safetensors` (PyTorch names and layout) and `generation_config.json`.
+def save_gpt2_checkpoint(model: TransformerLM, directory: str, tokenizer=None, eos_token_id: int | None = None) -> None:
+    """Writes `model` (and `tokenizer`) as the directory `GPT2LMHeadModel.save_pretrained` writes.
 
-    This is what `GPT2LMHeadModel.save_pretrained` writes: PyTorch `transformers`, vLLM and llama.cpp's
-    converter read it, and so does `from_gpt2_safetensors`. The tied `lm_head.weight` is left out, as HF does.
+    `config.json`, `model.safetensors` (PyTorch names and layout) and `generation_config.json`: PyTorch
+    `transformers`, vLLM and llama.cpp's converter read them, and so does `from_gpt2_safetensors`. The tied
+    `lm_head.weight` is left out, as HF does. With `tokenizer`, also `tokenizer.json` and `tokenizer_config.json`,
+    so `AutoTokenizer.from_pretrained` loads it: a BPE tokenizer as a `GPT2TokenizerFast`, a char tokenizer as a
+    `PreTrainedTokenizerFast` over a word-level vocabulary of its characters (see `CharTokenizer.to_hf`). The
+    directory is built beside `directory` and swapped in whole (`tf_lm.fileio.atomic_directory`).
+
+    Args:
+        eos_token_id: the end-of-text id for the configs; default the tokenizer's.
 
     Raises:
-        ValueError: if the model is not a plain GPT-2 architecture (see `gpt2_state`).
+        ValueError: if the model is not a plain GPT-2 architecture (see `gpt2_state`), or `directory` is a
+            non-empty directory that holds no such checkpoint (it is left untouched).
     """
-    import transformers
     from safetensors.numpy import save_file
 
     state = gpt2_state(model)
-    config = gpt2_config(model.config, eos_token_id)
-    os.makedirs(directory, exist_ok=True)
-    # transformers refuses a safetensors file whose metadata does not name its framework.
-    save_file(state, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
-    with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump(config, f, indent=2)
+    if eos_token_id is None and tokenizer is not None:
+        eos_token_id = tokenizer.eos_id
+    with atomic_directory(directory, marker=GPT2_WEIGHTS_FILE) as staging:
+        # transformers refuses a safetensors file whose metadata does not name its framework.
+        save_file(state, os.path.join(staging, GPT2_WEIGHTS_FILE), metadata={"format": "pt"})
+        _write_hf_configs(model.config, staging, eos_token_id)
+        if tokenizer is not None:
+            _write_hf_tokenizer(tokenizer, staging, model_max_length=model.config.block_size)
+
+
+def _write_hf_configs(config: LMConfig, directory: str, eos_token_id: int | None) -> None:
+    import transformers
+
+    with open(os.path.join(directory, GPT2_CONFIG_FILE), "w") as f:
+        json.dump(gpt2_config(config, eos_token_id), f, indent=2)
     generation = transformers.GenerationConfig(bos_token_id=eos_token_id, eos_token_id=eos_token_id)
     with open(os.path.join(directory, "generation_config.json"), "w") as f:
         f.write(generation.to_json_string(use_diff=True))
 
 
-def save_hf_tokenizer(tokenizer, directory: str, model_max_length: int) -> None:
-    """Writes `tokenizer.json` and `tokenizer_config.json`, so HF's `AutoTokenizer.from_pretrained` loads it.
-
-    A BPE tokenizer becomes a `GPT2TokenizerFast`; a char tokenizer a `PreTrainedTokenizerFast` over a
-    word-level vocabulary of its characters (see `CharTokenizer.to_hf`).
-    """
-    os.makedirs(directory, exist_ok=True)
+def _write_hf_tokenizer(tokenizer, directory: str, model_max_length: int) -> None:
     tokenizer.to_hf().save(os.path.join(directory, "tokenizer.json"))
     eos = None if tokenizer.eos_id is None else tokenizer.to_hf().id_to_token(tokenizer.eos_id)
     settings = {
@@ -219,7 +233,7 @@ def from_gpt2_safetensors(checkpoint_dir: str) -> TransformerLM:
     """
     from safetensors.numpy import load_file
 
-    paths = [os.path.join(checkpoint_dir, name) for name in ("config.json", "model.safetensors")]
+    paths = [os.path.join(checkpoint_dir, name) for name in (GPT2_CONFIG_FILE, GPT2_WEIGHTS_FILE)]
     for path in paths:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"GPT-2 checkpoint file not found: {path}")

@@ -17,13 +17,11 @@ import numpy as np
 
 from tf_lm import artifacts
 from tf_lm.configs import LMConfig
-from tf_lm.convert import config_from_gpt2, gpt2_state, load_gpt2_state
+from tf_lm.convert import GPT2_CONFIG_FILE, GPT2_WEIGHTS_FILE, config_from_gpt2, gpt2_state, load_gpt2_state
 from tf_lm.data.tokenizers import CHAR_FILE, load_tokenizer
 from tf_lm.fileio import gfile, is_local
 from tf_lm.model import TransformerLM
 
-HF_CONFIG_FILE = "config.json"
-HF_WEIGHTS_FILE = "model.safetensors"
 # What may differ from the checkpoint: the context may shrink (positions cropped) and dropout is a training choice.
 ADJUSTABLE_FIELDS = ("block_size", "dropout")
 
@@ -85,7 +83,7 @@ def _exists(path: str) -> bool:
 def _kind(directory: str) -> str:
     if _exists(os.path.join(artifacts.saved_dir(directory), artifacts.MODEL_FILE)):
         return "tf_lm"
-    if _exists(os.path.join(directory, HF_WEIGHTS_FILE)):
+    if _exists(os.path.join(directory, GPT2_WEIGHTS_FILE)):
         return "hf"
     raise ValueError(
         f"{directory!r} is neither a tf_lm model directory (model/ holding model.keras + config.json + tokenizer/) "
@@ -105,9 +103,9 @@ def pretrained_config(directory: str) -> tuple[LMConfig, str]:
     if _kind(directory) == "tf_lm":
         char = _exists(os.path.join(artifacts.saved_dir(directory), artifacts.TOKENIZER_DIR, CHAR_FILE))
         return artifacts.read_config(directory), "char" if char else "bpe"
-    path = os.path.join(directory, HF_CONFIG_FILE)
+    path = os.path.join(directory, GPT2_CONFIG_FILE)
     if not _exists(path):
-        raise FileNotFoundError(f"The HF checkpoint {directory!r} has no {HF_CONFIG_FILE}.")
+        raise FileNotFoundError(f"The HF checkpoint {directory!r} has no {GPT2_CONFIG_FILE}.")
     with gfile(path).GFile(path) as f:
         return config_from_gpt2(json.loads(f.read())), "bpe"
 
@@ -130,7 +128,7 @@ def read_pretrained(directory: str) -> Pretrained:
     if _kind(directory) == "tf_lm":
         model, tokenizer = artifacts.load_model_dir(directory)
         return Pretrained(directory, config, tokenizer, _state(model))
-    path = os.path.join(directory, HF_WEIGHTS_FILE)
+    path = os.path.join(directory, GPT2_WEIGHTS_FILE)
     if is_local(path):
         state = load_file(path)  # tensor by tensor, without a second copy of the file in memory
     else:

@@ -333,7 +333,8 @@ class TokenStore:
             # pread has no shared file position, so parallel tf.data calls need no lock.
             if path not in self._handles:
                 with self._lock:
-                    self._handles.setdefault(path, os.open(path, os.O_RDONLY))
+                    if path not in self._handles:  # another reader may have opened it while this one waited
+                        self._handles[path] = os.open(path, os.O_RDONLY)
             return os.pread(self._handles[path], count * itemsize, offset * itemsize)
         with self._lock:  # a GFile has one position: seek and read as one step
             if path not in self._handles:

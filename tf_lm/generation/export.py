@@ -107,6 +107,7 @@ class GenerationModule(tf.Module):
                 _check(tf.reduce_all(ids.flat_values >= 0), "a prompt holds a character outside the vocabulary"),
                 _check(tf.reduce_all(lengths > 0), "every prompt needs at least one character"),
                 _check(max_new_tokens > 0, "max_new_tokens must be >= 1"),
+                _check((seed >= 0) & (seed < 2**62), "seed must be in [0, 2**62), as for generate"),
             ]
             if context_policy == "refuse":
                 checks.append(_check(
