@@ -93,6 +93,8 @@ def test_finetune_saves_the_best_model_and_history(tmp_path, backend):
     predictions, probabilities = finetune.classify(model, WordPieceTokenizer(str(best_dir)), dev.texts, 16)
     assert np.mean(predictions == dev.labels) == pytest.approx(best["eval_accuracy"])
     assert np.all((probabilities >= 0.5) & (probabilities <= 1))
+    with pytest.raises(ValueError, match="at least one text"):
+        finetune.classify(model, WordPieceTokenizer(str(best_dir)), [], 16)
 
 
 def test_rerun_keeps_a_better_model_already_on_disk(tmp_path):

@@ -583,6 +583,8 @@ def classify(model, tokenizer, texts: list[str], max_length: int = 128) -> tuple
     Example:
     >>> ids, probs = classify(model, tokenizer, ["a gorgeous film", "a dull mess"])
     """
+    if not texts:
+        raise ValueError("classify needs at least one text. Received: texts=[]")
     token_ids = data_lib.encode(tokenizer, texts, max_length)
     width = max(len(row) for row in token_ids)
     ids = np.full((len(texts), width), tokenizer.pad_token_id, np.int32)  # [n, T]
