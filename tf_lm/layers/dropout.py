@@ -46,6 +46,11 @@ class Dropout(keras.layers.Layer):
             return x
         # XLA's stateless random ops take int32 seeds; the generator's state is int64.
         seed = tf.cast(tf.math.floormod(self.seed_generator.next(), tf.int32.max - 1), tf.int32)
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            # Every replica holds the same generator state: without its id, each would drop the same elements
+            # of its share of the batch.
+            seed = tf.random.experimental.stateless_fold_in(seed, replica.replica_id_in_sync_group)
         count = tf.size(x)
         bits = tf.random.stateless_uniform([(count + 1) // 2], seed, minval=None, maxval=None, dtype=tf.uint32)
         halves = tf.reshape(tf.bitcast(bits, tf.uint16), [-1])[:count]  # (2·⌈count/2⌉,) -> (count,)
