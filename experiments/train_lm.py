@@ -56,10 +56,10 @@ FLAGS_FILE = "flags.txt"
 # other flag of this script, including flags added later, is part of the run's identity.
 NOT_IDENTITY = frozenset({"model_dir", "log_every", "eval_every", "eval_steps", "checkpoint_every", "data_cache_dir",
                           "tpu"})
-# Fields that decide which batches a step sees or what the weights are; changing one in a model_dir that
-# already holds a run would silently mix two runs.
-RUN_IDENTITY = ("dataset", "tokenizer", "bpe_vocab_size", "batch_size", "seed", "precision", "init_from", "lora_rank",
-                "lora_alpha", "lora_train_norms", "lora_embeddings")
+# The TrainConfig fields that decide which batches a step sees or what the weights are (the same rule as the
+# flags': everything but NOT_IDENTITY); changing one in a model_dir that already holds a run would silently mix
+# two runs, so `train` refuses it for Python callers as check_flags does on the command line.
+RUN_IDENTITY = tuple(field.name for field in dataclasses.fields(TrainConfig) if field.name not in NOT_IDENTITY)
 _DEFAULTS = TrainConfig()
 
 

@@ -1,6 +1,7 @@
 """experiments/train_lm.py as a user runs it: exact resume after SIGKILL, two workers, bad input."""
 
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -266,12 +267,19 @@ def test_lora_trains_only_the_factors_checkpoints_them_alone_resumes_and_saves_m
     np.testing.assert_allclose(np.asarray(merged(ids)), np.asarray(trainer.model(ids)), atol=1e-5)
     assert not np.allclose(np.asarray(merged(ids)), np.asarray(base_model(ids)), atol=1e-3)  # it did train
 
-    # Interrupted at step 2 (its checkpoint holds only the factors), then resumed: the base comes from --init_from.
-    _finetune(tmp_path / "base", tmp_path / "split", source, **{**lora, "steps": 2})
+    # Killed after step 2's checkpoint (it holds only the factors), then resumed: the base comes from --init_from.
+    shutil.copytree(tmp_path / "straight", tmp_path / "split")
+    shutil.rmtree(tmp_path / "split" / "model")
+    for path in (tmp_path / "split" / "checkpoints").glob("ckpt-4*"):
+        path.unlink()
+    (tmp_path / "split" / "checkpoints" / "checkpoint").unlink()  # the index names ckpt-4: the files say ckpt-2
     _, _, result = _finetune(tmp_path / "base", tmp_path / "split", source, **lora)
     assert result["start_step"] == 2
     resumed, _ = load_model_dir(str(tmp_path / "split"))
     np.testing.assert_allclose(np.asarray(resumed(ids)), np.asarray(merged(ids)), atol=1e-5)
+    # A Python caller is held to the run's identity as the command line is: another schedule would mix two runs.
+    with pytest.raises(ValueError, match=r"holds a run with a different config \(learning_rate: 0.01 -> 0.02\)"):
+        _finetune(tmp_path / "base", tmp_path / "split", source, **{**lora, "learning_rate": 2e-2})
 
 
 def test_init_from_bad_input_is_refused(tmp_path):
