@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import json
 import os
 import re
@@ -38,6 +39,7 @@ import time
 from pathlib import Path
 
 from experiments.benchmarks.common import SHARED_DATA, Row
+from tf_lm.fileio import atomic_write
 
 REPO = Path(__file__).resolve().parents[2]
 OUTPUT_DIR = Path("bench_results")
@@ -175,7 +177,7 @@ def _pretrained(cache_dir: Path, steps: int) -> Path:
             return model_dir
     cache_dir.mkdir(parents=True, exist_ok=True)
     corpus = cache_dir / CORPUS
-    corpus.write_text(pretraining_text(), encoding="utf-8")
+    atomic_write(str(corpus), pretraining_text())
     _train(model_dir, "--preset=nano", f"--dataset=text:{corpus.resolve()}", "--tokenizer=char", f"--steps={steps}",
            f"--eval_every={steps}", f"--warmup_steps={min(100, steps // 4)}")
     return model_dir
@@ -207,8 +209,10 @@ def _plot(runs: dict, path: Path) -> None:
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=100)
     plt.close(figure)
+    atomic_write(str(path), image.getvalue())
 
 
 def run(quick: bool) -> list[Row]:
