@@ -1,14 +1,14 @@
 """Transfer learning: a nano char model pretrained on Python text, then fine-tuned on Tiny Shakespeare.
 
-Three runs of `experiments.train_lm` on Shakespeare with one recipe (the README's quality run: batch 12, block 64,
+Four runs of `experiments.train_lm` on Shakespeare with one recipe (the README's quality run: batch 12, block 64,
 lr 1e-3 cosine to 1e-4, warm-up 100, beta1 0.6, beta2 0.99, no decay, no dropout), each evaluated on the whole
 validation split every `EVAL_EVERY` steps:
 
 - full fine-tuning of the pretrained model (`--init_from`),
 - the same model trained from scratch (its own 65-character vocabulary),
-- LoRA (`--lora_rank=8` on the attention and MLP projections) of the pretrained model, with `LORA_FLAGS`: rank-8
-  factors on the tied token table too and trainable LayerNorms, at `LORA_LEARNING_RATE` (chosen by 1000-step runs,
-  see the README).
+- LoRA (`--lora_rank=8` on the attention and MLP projections) of the pretrained model, at `LORA_LEARNING_RATE`:
+  with `LORA_FLAGS` (rank-8 factors on the tied token table too and trainable LayerNorms: the lowest loss of the
+  1000-step runs in docs/benchmarks.md), and on the projections alone (`LORA_RUNS`).
 
 The pretrained model (`PRETRAIN_STEPS` steps on CPython's pydoc topics plus its own `Lib/*.py` sources, all
 offline) is cached in `bench_results/transfer_cache/`, so a rerun skips pretraining. Each run is its own process:
@@ -52,6 +52,10 @@ EVAL_EVERY = 250
 LORA_RANK = 8
 LORA_LEARNING_RATE = 1e-2
 LORA_FLAGS = ["--lora_embeddings", "--lora_train_norms"]
+# The LoRA runs: label -> (run directory, flags beyond the rank and the learning rate). The first is the recipe
+# chosen for its loss; the second is LoRA on the projections alone, which compiles a smaller step.
+LORA_RUNS = {f"LoRA r={LORA_RANK}": ("lora", LORA_FLAGS),
+             f"LoRA r={LORA_RANK}, projections only": ("lora_projections", [])}
 # 42.7M parameters: full fine-tuning's gradients and AdamW moments are ~490 MiB.
 MEMORY_SHAPE = ["--n_layer=6", "--n_head=12", "--n_embd=768"]
 MEMORY_STEPS = 3
@@ -227,10 +231,11 @@ def run(quick: bool) -> list[Row]:
     runs = {
         "full fine-tuning": _train(runs_dir / "finetune", *shakespeare, f"--init_from={base.resolve()}"),
         "from scratch": _train(runs_dir / "scratch", *shakespeare, "--preset=nano", "--tokenizer=char"),
-        f"LoRA r={LORA_RANK}": _train(runs_dir / "lora", *shakespeare, f"--init_from={base.resolve()}",
-                                      f"--lora_rank={LORA_RANK}", *LORA_FLAGS, f"--learning_rate={LORA_LEARNING_RATE}",
-                                      f"--min_learning_rate={LORA_LEARNING_RATE / 10}"),
     }
+    for label, (name, flags) in LORA_RUNS.items():
+        runs[label] = _train(runs_dir / name, *shakespeare, f"--init_from={base.resolve()}", f"--lora_rank={LORA_RANK}",
+                             *flags, f"--learning_rate={LORA_LEARNING_RATE}",
+                             f"--min_learning_rate={LORA_LEARNING_RATE / 10}")
     memory_steps = 2 if quick else MEMORY_STEPS
     brief = [f"--dataset=text:{SHAKESPEARE}", f"--steps={memory_steps}", f"--eval_every={memory_steps}",
              "--eval_steps=1", "--warmup_steps=1"]  # a few Shakespeare steps: enough to measure memory
@@ -245,24 +250,29 @@ def run(quick: bool) -> list[Row]:
     xla["gpt2"] = {name: _compiled_gpt2_step_mib(runs_dir / f"xla_gpt2_{name}", GPT2_BATCH, lora=name == "lora")
                    for name in ("full", "lora")}
     _plot(runs, OUTPUT_DIR / "transfer.png")
-    full, scratch, lora = runs.values()
+    full, scratch = runs["full fine-tuning"], runs["from scratch"]
     setting = f"nano char, pretrained {pretrain_steps} steps on pydoc + Lib/*.py"
     rows = [Row("transfer", f"validation loss after {n} steps, {setting}", "nats/char", full["validation"][n],
                 scratch["validation"][n], "from scratch", "lower", "whole split")
             for n in sorted(scratch["validation"])]
+    for label, (_, flags) in LORA_RUNS.items():
+        lora = runs[label]
+        rows += [
+            Row("transfer", f"{label} validation loss after {steps} steps", "nats/char", lora["validation"][steps],
+                full["validation"][steps], "full fine-tuning", "within 0.05 nats",
+                f"difference {lora['validation'][steps] - full['validation'][steps]:+.4f}; LoRA lr "
+                f"{LORA_LEARNING_RATE:g} {' '.join(flags)}; the pretrained model starts at "
+                f"{full['validation'][0]:.4f}"),
+            Row("transfer", f"trainable parameters, {label} vs full fine-tuning", "parameters", lora["trainable"],
+                full["trainable"], "full fine-tuning", "<= 10%"),
+            Row("transfer", f"optimizer state, {label} vs full fine-tuning", "MiB", lora["optimizer_mib"],
+                full["optimizer_mib"], "full fine-tuning"),
+            Row("transfer", f"peak resident memory of the run, {label} vs full fine-tuning", "MiB",
+                lora["peak_rss_mib"], full["peak_rss_mib"], "full fine-tuning", "lower", "whole process: "
+                "TensorFlow's runtime and XLA's compilation of the step included, which set the peak; the training "
+                "state is ~13 MiB of it"),
+        ]
     rows += [
-        Row("transfer", f"LoRA r={LORA_RANK} validation loss after {steps} steps", "nats/char",
-            lora["validation"][steps], full["validation"][steps], "full fine-tuning", "within 0.05 nats",
-            f"difference {lora['validation'][steps] - full['validation'][steps]:+.4f}; LoRA lr "
-            f"{LORA_LEARNING_RATE:g} {' '.join(LORA_FLAGS)}; the pretrained model starts at "
-            f"{full['validation'][0]:.4f}"),
-        Row("transfer", "trainable parameters, LoRA vs full fine-tuning", "parameters", lora["trainable"],
-            full["trainable"], "full fine-tuning", "<= 10%"),
-        Row("transfer", "optimizer state, LoRA vs full fine-tuning", "MiB", lora["optimizer_mib"],
-            full["optimizer_mib"], "full fine-tuning"),
-        Row("transfer", "peak resident memory of the run, LoRA vs full fine-tuning", "MiB", lora["peak_rss_mib"],
-            full["peak_rss_mib"], "full fine-tuning", "lower", "whole process: TensorFlow's runtime and XLA's "
-            "compilation of the step included, which set the peak; the training state is ~13 MiB of it"),
         Row("transfer", f"peak resident memory, {' '.join(MEMORY_SHAPE)} char model, {memory_steps} steps, LoRA vs "
             "full fine-tuning", "MiB", memory["lora"]["peak_rss_mib"], memory["full"]["peak_rss_mib"],
             "full fine-tuning", "lower", f"trainable {memory['lora']['trainable']:,} vs "
