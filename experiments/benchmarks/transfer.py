@@ -54,7 +54,7 @@ LORA_LEARNING_RATE = 1e-2
 LORA_FLAGS = ["--lora_embeddings", "--lora_train_norms"]
 # The LoRA runs: label -> (run directory, flags beyond the rank and the learning rate). The first is the recipe
 # chosen for its loss; the second is LoRA on the projections alone, which compiles a smaller step.
-LORA_RUNS = {f"LoRA r={LORA_RANK}": ("lora", LORA_FLAGS),
+LORA_RUNS = {f"LoRA r={LORA_RANK} + token table, LayerNorms": ("lora", LORA_FLAGS),
              f"LoRA r={LORA_RANK}, projections only": ("lora_projections", [])}
 # 42.7M parameters: full fine-tuning's gradients and AdamW moments are ~490 MiB.
 MEMORY_SHAPE = ["--n_layer=6", "--n_head=12", "--n_embd=768"]
