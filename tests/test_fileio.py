@@ -5,6 +5,7 @@ import sys
 import pytest
 import tensorflow as tf
 
+from tf_lm import fileio
 from tf_lm.fileio import atomic_directory, atomic_write, check_replaceable
 
 
@@ -19,6 +20,33 @@ def test_atomic_write_replaces_text_and_bytes_and_leaves_no_temporary(tmp_path):
     atomic_write(str(path), b"\x00second")
     assert path.read_bytes() == b"\x00second"
     assert _names(tmp_path / "sub") == ["a.txt"]
+
+
+def _record_syncs_and_renames(monkeypatch):
+    """Every fsync and rename of fileio, in order, as `("sync" | "rename", path)`; renames name their source."""
+    events, sync, replace = [], fileio._sync, os.replace
+    monkeypatch.setattr(fileio, "_sync", lambda path: (events.append(("sync", path)), sync(path)))
+    monkeypatch.setattr(os, "replace", lambda source, target: (events.append(("rename", source)),
+                                                               replace(source, target)))
+    return events
+
+
+def test_new_content_reaches_the_disk_before_its_rename_and_the_rename_after(tmp_path, monkeypatch):
+    events = _record_syncs_and_renames(monkeypatch)
+    atomic_write(str(tmp_path / "a.txt"), "data")
+    (first, temporary), second, third = events
+    assert (first, second, third) == ("sync", ("rename", temporary), ("sync", str(tmp_path)))
+
+    events.clear()
+    with atomic_directory(str(tmp_path / "out"), marker="ours.txt") as staging:
+        os.makedirs(os.path.join(staging, "sub"))
+        for name in ("ours.txt", "sub/more.txt"):
+            with open(os.path.join(staging, name), "w") as f:
+                f.write(name)
+    synced = {path for kind, path in events[:-2] if kind == "sync"}
+    assert synced == {staging, os.path.join(staging, "sub"), os.path.join(staging, "ours.txt"),
+                      os.path.join(staging, "sub", "more.txt")}
+    assert events[-2:] == [("rename", staging), ("sync", str(tmp_path))]
 
 
 def test_atomic_write_on_a_gfile_filesystem():

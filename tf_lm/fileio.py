@@ -12,9 +12,11 @@ never costs the user a file.
 
 `directory_lock` gives one process at a time a directory (a training run's `--model_dir`).
 
-Renames are atomic on local POSIX filesystems. On object stores (`gs://`) TensorFlow renames by copying each
-object, so a crash in the middle of a swap can leave a partial directory at the target; the previous one then
-still exists under its `.old-` name beside it.
+On the local filesystem the new file, or every file of the new directory, is flushed to the disk (`fsync`)
+before the rename publishes it, and the parent directory after: a power cut never leaves the name on an empty or
+partial file. Renames are atomic on local POSIX filesystems. On object stores (`gs://`) TensorFlow renames by
+copying each object, so a crash in the middle of a swap can leave a partial directory at the target; the previous
+one then still exists under its `.old-` name beside it.
 """
 
 from __future__ import annotations
@@ -73,6 +75,22 @@ def _sibling(path: str, kind: str) -> str:
     return f"{directory}/.{name}.{kind}-{uuid.uuid4().hex[:12]}"
 
 
+def _sync(path: str) -> None:
+    """Flushes a local file, or a directory's entries, to the disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _sync_tree(directory: str) -> None:
+    for root, _, names in os.walk(directory):
+        for name in names:
+            _sync(os.path.join(root, name))
+        _sync(root)
+
+
 def _normalise(path: str) -> str:
     # abspath makes "." and "runs/x/" name the directory itself, so its parent and siblings are well defined.
     return os.path.abspath(path) if is_local(path) and not path.startswith("file://") else path.rstrip("/")
@@ -99,7 +117,11 @@ def atomic_write(path: str, data: bytes | str) -> None:
         files.makedirs(os.path.dirname(path))
         with files.GFile(temporary, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        if files is _LOCAL_FILES:
+            _sync(temporary)
         files.rename(temporary, path, overwrite=True)
+        if files is _LOCAL_FILES:
+            _sync(os.path.dirname(path))
     except BaseException as error:  # a full disk, Ctrl-C or SIGTERM: leave no temporary file behind
         with contextlib.suppress(Exception):
             if files.exists(temporary):
@@ -162,11 +184,15 @@ def atomic_directory(path: str, marker: str) -> Iterator[str]:
         yield staging
         if not files.exists(os.path.join(staging, marker)):
             raise ValueError(f"The new {path} holds no {marker}; nothing was replaced.")
+        if files is _LOCAL_FILES:
+            _sync_tree(staging)
     except BaseException:
         with contextlib.suppress(Exception):
             files.rmtree(staging)
         raise
     _swap_in(staging, path)
+    if files is _LOCAL_FILES:
+        _sync(os.path.dirname(path))
 
 
 def _swap_in(staging: str, path: str) -> None:
