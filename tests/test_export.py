@@ -139,12 +139,14 @@ def test_export_cli_writes_a_saved_model_and_reports_errors_in_one_line(model_an
     assert "\n" not in str(exit_info.value)
 
 
-def test_export_to_a_tensorflow_filesystem(model_and_tokenizer):
+def test_export_to_a_tensorflow_filesystem(model_and_tokenizer, tmp_path, monkeypatch):
     import tensorflow as tf
 
     model, tokenizer = model_and_tokenizer
-    export_saved_model(model, tokenizer, "ram://export")
-    assert tf.io.gfile.exists("ram://export/saved_model.pb")
-    serving = tf.saved_model.load("ram://export").signatures["generate"]
+    monkeypatch.chdir(tmp_path)  # a remote path mistaken for a local one would land here
+    export_saved_model(model, tokenizer, "ram://export_test")  # top level: its staging sibling keeps the "//"
+    assert tf.io.gfile.exists("ram://export_test/saved_model.pb")
+    assert not os.listdir(tmp_path)
+    serving = tf.saved_model.load("ram://export_test").signatures["generate"]
     out = serving(prompt=tf.constant(["hello"]), max_new_tokens=tf.constant(5), seed=tf.constant(0, tf.int64))
     assert out["token_ids"].numpy().tolist() == generate(model, [tokenizer.encode("hello")], max_new_tokens=5)
