@@ -136,14 +136,29 @@ def reported_stops(interrupted: type[Exception]):
 
 
 def run_script(main) -> None:
-    """`app.run(main)` with `--help` replaced by `script_help` (see `_HelpFlag`)."""
+    """`app.run(main)` with `--help` replaced by `script_help` (see `_HelpFlag`), and a bad flag or argument
+    ending the script as any other bad input does: one `error:` line, exit 1 (absl prints the error, then a hint
+    to run --helpshort, or the whole usage)."""
     app.define_help_flags()
     for name, short_name in (("help", "?"), ("helpshort", None)):
         for registered in (name, short_name):
             if registered is not None:
                 delattr(flags.FLAGS, registered)
         flags.DEFINE_flag(_HelpFlag(name, short_name), module_name=app.__name__)
-    app.run(main)
+
+    def parse_flags(argv):
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as error:
+            raise SystemExit(f"error: {error}") from None
+
+    def main_with_usage_errors(argv):
+        try:
+            return main(argv)
+        except app.UsageError as error:
+            raise SystemExit(f"error: {error}") from None
+
+    app.run(main_with_usage_errors, flags_parser=parse_flags)
 
 
 def define_data_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:

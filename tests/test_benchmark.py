@@ -25,7 +25,7 @@ def check_quick_run(tmp_path, sections):
         if row["peer"] is not None:
             assert row["ratio"] == pytest.approx(row["ours"] / row["peer"])
         assert f"| {row['section']} | {row['name']} | {row['unit']} |" in result.stdout
-    assert not list(tmp_path.glob("*.tmp"))
+    assert [path.name for path in tmp_path.iterdir()] == ["results.json"]  # no temporary left beside it
 
 
 def test_quick_data_section_writes_json_and_table(tmp_path):
@@ -41,7 +41,8 @@ def test_unknown_section_fails_in_one_line_and_writes_nothing(tmp_path):
     output = tmp_path / "results.json"
     result = run_benchmark("--sections=data,bogus", f"--output={output}")
     last = failure_line(result)
-    assert last == f"Unknown benchmark sections ['bogus']; choose from {list(SECTIONS)}.", last
+    assert last == f"error: Unknown benchmark sections ['bogus']; choose from {list(SECTIONS)}.", last
+    assert result.stderr.strip() == last  # the whole message: no usage text around it
     assert not output.exists()
 
 

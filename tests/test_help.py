@@ -17,9 +17,9 @@ from experiments.flags import UNGROUPED, in_flag_terms, one_line_errors, reporte
 SCRIPTS = sorted(f"experiments.{path.stem}" for path in (REPO / "experiments").glob("*.py")
                  if 'if __name__ == "__main__":' in path.read_text())
 
-# Runs each script's `--help` in a fork of one process that imported TensorFlow once, so every script starts
-# from the same fresh absl state; reports its exit code, its output and the flags it defined: every flag that
-# was not there before it ran, whatever module it came from.
+# Runs each script with the arguments in argv[1] (JSON) in a fork of one process that imported TensorFlow once, so
+# every script starts from the same fresh absl state; reports its exit code, its output and the flags it defined:
+# every flag that was not there before it ran, whatever module it came from.
 DRIVER = """
 import contextlib, io, json, os, runpy, sys
 from absl import app, flags
@@ -29,11 +29,12 @@ import tensorflow  # its absl flags (test_srcdir, ...) are not the scripts'
 app.define_help_flags()
 before = set(flags.FLAGS)
 report = {}
-for script in sys.argv[1:]:
+arguments = json.loads(sys.argv[1])
+for script in sys.argv[2:]:
     read_end, write_end = os.pipe()
     if os.fork() == 0:
         os.close(read_end)
-        sys.argv = [script, "--help"]
+        sys.argv = [script, *arguments]
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             try:
@@ -53,12 +54,16 @@ print(json.dumps(report))
 """
 
 
+def run_every_script(*arguments) -> dict:
+    result = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(arguments), *SCRIPTS], cwd=REPO,
+                            env=script_environment(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def test_every_script_lists_all_its_flags_in_groups_and_exits_0():
     assert {"experiments.train_lm", "experiments.generate", "experiments.finetune_bert"} <= set(SCRIPTS)
-    result = subprocess.run([sys.executable, "-c", DRIVER, *SCRIPTS], cwd=REPO, env=script_environment(),
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = run_every_script("--help")
     for script in SCRIPTS:
         help_text, defined = report[script]["help"], report[script]["flags"]
         assert report[script]["code"] == 0, (script, report[script]["code"])
@@ -112,3 +117,9 @@ def test_a_run_stopped_by_a_signal_ends_with_the_shells_status_for_it(capsys):
     assert capsys.readouterr().err.startswith("stopped: interrupted; rerunning the same command resumes")
     with pytest.raises(ValueError), reported_stops(TrainingInterrupted):  # anything else is not a stop
         raise ValueError("x")
+
+
+def test_an_unknown_flag_ends_every_script_in_one_error_line():
+    # SystemExit with a message: Python prints it as the one line on stderr and exits with status 1.
+    for script, outcome in run_every_script("--no_such_flag=1").items():
+        assert outcome["code"] == "error: Unknown command line flag 'no_such_flag'", (script, outcome["code"])
