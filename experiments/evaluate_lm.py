@@ -22,6 +22,7 @@ import tensorflow as tf
 from absl import flags, logging
 
 from experiments.flags import define_data_flags, flag_group, one_line_errors, run_script, source_options
+from tf_lm import artifacts
 from tf_lm.artifacts import load_model_dir
 from tf_lm.data import TokenStore, contiguous_windows, prepare_store
 from tf_lm.data.store import STORE_SCHEME
@@ -50,8 +51,8 @@ def evaluate_split(model, tokenizer, store: TokenStore, split: str, batch_size: 
     """
     if store.fingerprint != tokenizer.fingerprint:
         raise ValueError(
-            f"Token store {store.directory!r} was prepared with another tokenizer than the model's; prepare it "
-            "with --tokenizer_dir=<model_dir>/tokenizer."
+            f"Token store {store.directory!r} was prepared with another tokenizer than the model's; prepare it with "
+            f"experiments.prepare_data --tokenizer_dir=<model_dir>/{artifacts.SAVED_DIR}/{artifacts.TOKENIZER_DIR}."
         )
     windows = contiguous_windows(store, split, model.config.block_size, batch_size)
     if max_batches:

@@ -121,7 +121,7 @@ def main(argv):
         if FLAGS.label_names:
             train_data = dataclasses.replace(train_data, label_names=FLAGS.label_names)
         # Imported only now: TensorFlow (and, for --backend=hf, transformers) need not load for bad flags or data.
-        from tf_lm.bert.finetune import finetune
+        from tf_lm.bert.finetune import best_on_disk, finetune
         from tf_lm.distribute import resolve_strategy
         from tf_lm.training.trainer import TrainingInterrupted
 
@@ -129,9 +129,13 @@ def main(argv):
         with reported_stops(TrainingInterrupted):
             history = finetune(FLAGS.model, train_data, eval_data, config, FLAGS.output_dir, strategy,
                                FLAGS.num_labels, verbose=True)
+        kept = best_on_disk(FLAGS.output_dir)
     best = max(history, key=lambda record: record["eval_accuracy"])
+    # best/ is replaced only by a better model, so it may still hold an earlier run's.
+    where = (f"saved to {FLAGS.output_dir}/best" if kept <= best["eval_accuracy"] else
+             f"{FLAGS.output_dir}/best keeps an earlier model, of eval accuracy {kept:.4f}")
     print(f"best eval accuracy {best['eval_accuracy']:.4f} (f1 {best['eval_f1']:.4f}) after epoch {best['epoch']}; "
-          f"saved to {FLAGS.output_dir}/best")
+          f"{where}")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def test_finetune_then_predict(tmp_path):
                         f"--eval_file={train}", "--max_length=8", "--batch_size=4", "--max_steps=2", "--num_buckets=1",
                         "--label_names=neg,pos", f"--output_dir={tmp_path / 'run'}", "--strategy=cpu")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "best eval accuracy" in result.stdout
+    assert "best eval accuracy" in result.stdout and f"saved to {tmp_path / 'run'}/best" in result.stdout
     result = run_module("experiments.predict_bert", f"--model_dir={tmp_path / 'run' / 'best'}", "a gorgeous film",
                         "a dull mess")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -71,12 +71,16 @@ def test_finetune_bad_inputs_fail_in_one_line(tmp_path, backend, content, match)
                                      f"--eval_file={bad}", f"--output_dir={tmp_path}"), match)
 
 
-def test_finetune_unknown_model_offline_fails_in_one_line(tmp_path):
+@pytest.mark.parametrize("backend, match", [
+    ("keras", "'tf-lm-tests/no-such-model' is not 'minilm' or a local directory; the Keras backend reads local"),
+    ("hf", "'tf-lm-tests/no-such-model' is not 'minilm' or a local directory, the Hugging Face hub is unreachable"),
+])
+def test_finetune_unknown_model_offline_fails_in_one_line(tmp_path, backend, match):
     train = write_tsv(tmp_path / "train.tsv", [("good", 1), ("bad", 0)])
     output_dir = tmp_path / "out"
     assert_one_line_error(run_module("experiments.finetune_bert", "--model=tf-lm-tests/no-such-model",
-                                     f"--train_file={train}", f"--eval_file={train}", f"--output_dir={output_dir}",
-                                     env={"HF_HUB_OFFLINE": "1"}), "no-such-model")
+                                     f"--backend={backend}", f"--train_file={train}", f"--eval_file={train}",
+                                     f"--output_dir={output_dir}", env={"HF_HUB_OFFLINE": "1"}), match)
 
 
 def test_predict_without_model_dir_fails_in_one_line(tmp_path):

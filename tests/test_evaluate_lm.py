@@ -65,6 +65,7 @@ def test_script_reports_and_scores(model_dir):
     prepare_store(f"text:{path.parent / 'corpus.txt'}", str(path.parent / "store"), tokenizer="bpe",
                   bpe_vocab_size=300)
     out = run_module("experiments.evaluate_lm", f"--model_dir={path}", f"--dataset=store:{path.parent / 'store'}")
-    assert failure_line(out).startswith("error: Token store ") and "--tokenizer_dir=" in failure_line(out)
+    line = failure_line(out)
+    assert line.startswith("error: Token store ") and "--tokenizer_dir=<model_dir>/model/tokenizer." in line
     out = run_module("experiments.evaluate_lm", f"--model_dir={path.parent / 'none'}", timeout=120)
     assert out.returncode != 0 and "error: No model.keras" in out.stderr and "Traceback" not in out.stderr
