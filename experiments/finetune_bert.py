@@ -18,7 +18,7 @@ import dataclasses
 
 from absl import app, flags, logging
 
-from experiments.flags import flag_group, one_line_errors, reported_stops, run_script
+from experiments.flags import define_strategy_flags, flag_group, one_line_errors, reported_stops, run_script
 
 FLAGS = flags.FLAGS
 TFDS_PREFIX = "tfds:"
@@ -62,8 +62,7 @@ def define_finetune_flags() -> None:
         flags.DEFINE_integer("seed", 0, "Seed of the shuffling, the new head's initial weights and dropout.")
         flags.DEFINE_bool("jit_compile", False, "XLA-compile the train and eval steps.")
     with flag_group("distribution"):
-        flags.DEFINE_string("strategy", "auto", "auto, cpu, gpu, mirrored, tpu or multi_worker.")
-        flags.DEFINE_string("tpu", None, "TPU name or grpc:// address, with --strategy=tpu or auto.")
+        define_strategy_flags()
         flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16"], "mixed_bfloat16: bfloat16 "
                           "compute, float32 weights (fast on AVX512_BF16/AMX CPUs, GPUs, TPUs).")
 

@@ -19,7 +19,7 @@ import sys
 
 from absl import app, flags
 
-from tf_lm.configs import PRECISIONS, PRESETS, LMConfig, TrainConfig
+from tf_lm.configs import PRECISIONS, PRESETS, STRATEGIES, LMConfig, TrainConfig
 from tf_lm.data.store import DEFAULT_BPE_SAMPLE_BYTES
 
 _TRAIN = TrainConfig()
@@ -193,10 +193,15 @@ def define_tokenizer_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                            "MB of the training text, never the whole corpus.", flag_values=flag_values)
 
 
+def define_strategy_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """--strategy and --tpu, the arguments of `tf_lm.distribute.resolve_strategy`, for every script that trains."""
+    flags.DEFINE_enum("strategy", "auto", list(STRATEGIES), "tf.distribute strategy.", flag_values=flag_values)
+    flags.DEFINE_string("tpu", None, "TPU name or grpc:// address (with --strategy=tpu or auto).",
+                        flag_values=flag_values)
+
+
 def define_train_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """The flags of `train_lm`, in --help's groups: model, data, optimisation, run, distribution, transfer."""
-    from tf_lm import distribute  # loads TensorFlow, which prepare_data never needs
-
     with flag_group("model", flag_values):
         flags.DEFINE_enum("preset", "nano", sorted(PRESETS), "Model preset; the flags below override its fields.",
             flag_values=flag_values)
@@ -239,10 +244,7 @@ def define_train_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         flags.DEFINE_integer("seed", _TRAIN.seed, "Seed of the initialisation, dropout and training windows.",
             flag_values=flag_values)
     with flag_group("distribution", flag_values):
-        flags.DEFINE_enum("strategy", "auto", list(distribute.STRATEGIES), "tf.distribute strategy.",
-                          flag_values=flag_values)
-        flags.DEFINE_string("tpu", None, "TPU name or grpc:// address (with --strategy=tpu or auto).",
-            flag_values=flag_values)
+        define_strategy_flags(flag_values)
         flags.DEFINE_enum("precision", _TRAIN.precision, list(PRECISIONS), "Compute precision.",
             flag_values=flag_values)
     define_transfer_flags(flag_values)

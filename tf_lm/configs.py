@@ -101,6 +101,9 @@ PRESETS: dict[str, LMConfig] = {
 }
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+# The names `tf_lm.distribute.resolve_strategy` takes; here, where no TensorFlow is loaded, so scripts can validate
+# their --strategy flag before importing it.
+STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "tpu", "multi_worker")
 
 
 @dataclasses.dataclass(frozen=True)

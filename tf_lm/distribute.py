@@ -13,7 +13,7 @@ import socket
 
 import tensorflow as tf
 
-STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "tpu", "multi_worker")
+from tf_lm.configs import STRATEGIES
 
 
 def _tpu_strategy(tpu: str | None) -> tf.distribute.Strategy:
