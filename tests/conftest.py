@@ -2,6 +2,7 @@
 (the one way a test runs an `experiments` script as a user would)."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,16 @@ def failure_line(result):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     return result.stderr.strip().splitlines()[-1]
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, for a local multi-worker cluster."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def files_of(directory) -> dict[str, bytes]:
+    """Every file under `directory`, by relative path, with its bytes: two stores are equal when these are."""
+    return {os.path.relpath(os.path.join(root, name), directory): open(os.path.join(root, name), "rb").read()
+            for root, _, names in os.walk(directory) for name in names}

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 from absl import flags
-from conftest import REPO, failure_line, script_environment
+from conftest import REPO, failure_line, free_port, script_environment
 from test_train_lm import command, run
 
 from experiments import train_lm
@@ -259,11 +259,6 @@ def test_flags_txt_refuses_a_changed_resume_before_reading_data_and_reruns_a_run
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert digest(rerun) == digest(first)
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

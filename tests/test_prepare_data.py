@@ -1,13 +1,12 @@
 """experiments/prepare_data.py as a user runs it: SIGKILL then rerun gives the uninterrupted store; bad input."""
 
-import os
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from conftest import REPO, failure_line, run_module, script_environment
+from conftest import REPO, failure_line, files_of, run_module, script_environment
 
 from tf_lm.data import TokenStore
 from tf_lm.data.store import MANIFEST, PREPARING
@@ -23,10 +22,6 @@ def corpus(tmp_path_factory):
         (directory / f"part{i}.txt").write_text(text[i * 1000:] + text[:i * 1000], encoding="utf-8")
     return f"--dataset=text:{directory}/*.txt"
 
-
-def files_of(directory):
-    return {os.path.relpath(os.path.join(root, name), directory): open(os.path.join(root, name), "rb").read()
-            for root, _, names in os.walk(directory) for name in names}
 
 
 def test_sigkill_mid_preparation_then_rerun_gives_the_uninterrupted_store(corpus, tmp_path):

@@ -1,10 +1,10 @@
 """Token stores: round trip, determinism, resumable preparation, flat reading, any tf.io.gfile path, bad stores."""
 
 import json
-import os
 
 import numpy as np
 import pytest
+from conftest import files_of
 
 from tf_lm.data import BPETokenizer, CharTokenizer, TokenStore, lm_datasets, load_tokenizer, prepare_store
 from tf_lm.data import store as store_module
@@ -25,10 +25,6 @@ def corpus(tmp_path):
 def all_ids(store):
     return np.concatenate([store.read(split, 0, store.num_tokens(split)) for split in ("train", "validation")])
 
-
-def files_of(directory):
-    return {os.path.relpath(os.path.join(root, name), directory): open(os.path.join(root, name), "rb").read()
-            for root, _, names in os.walk(directory) for name in names}
 
 
 @pytest.mark.parametrize("tokenizer", ["char", "bpe"])

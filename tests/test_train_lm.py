@@ -3,7 +3,6 @@
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ import time
 import numpy as np
 import pytest
 from absl import flags
-from conftest import REPO, failure_line, script_environment
+from conftest import REPO, failure_line, free_port, script_environment
 from test_pretrained import TEXT, hf_dir, tf_lm_dir
 
 from experiments.flags import configs_from_flags, define_train_flags
@@ -66,11 +65,6 @@ def test_sigkill_mid_run_then_rerun_ends_with_the_uninterrupted_weights(tmp_path
     for name in ("model/config.json", "run_config.json", "loss.png", "model/tokenizer", "logs"):
         assert (killed_dir / name).exists(), name
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_workers_finish_with_identical_weights_and_only_the_chief_writes(tmp_path):

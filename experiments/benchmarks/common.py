@@ -88,6 +88,21 @@ def hf_gpt2(config, dropout: float = 0.0):
     return model
 
 
+def hf_xla_generate(model):
+    """HF's `generate` of a `TFGPT2LMHeadModel`, XLA-compiled as HF documents for TF: returns
+    `run(prompts [batch, time] int32, max_new_tokens, **sampling) -> ids`, the prompts without padding."""
+    import tensorflow as tf
+
+    xla_generate = tf.function(model.generate, jit_compile=True)
+
+    def run(prompts, max_new_tokens: int, **sampling):
+        # eos_token_id=None: no early stop, so both sides make exactly max_new_tokens.
+        return xla_generate(tf.constant(prompts), attention_mask=tf.ones_like(prompts), max_new_tokens=max_new_tokens,
+                            eos_token_id=None, pad_token_id=0, **sampling).numpy()
+
+    return run
+
+
 def hf_gpt2_train_step(model, learning_rate: float = 1e-3, beta_2: float = 0.999, grad_clip: float | None = None):
     """An XLA-compiled forward/backward/AdamW step for an HF TF model, as HF documents for TF training.
 

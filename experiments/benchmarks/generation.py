@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from experiments.benchmarks.common import Row, best_rate, hf_gpt2
+from experiments.benchmarks.common import Row, best_rate, hf_gpt2, hf_xla_generate
 from tf_lm import LMConfig, TransformerLM
 from tf_lm.generation import generate
 
@@ -20,23 +20,6 @@ SHAPES = (
     ("char-small shape (6x384, V=65)", LMConfig.preset("char-small", block_size=1024, dropout=0.0)),
     ("gpt2 shape (12x768, V=50257)", LMConfig.preset("gpt2")),
 )
-
-
-def _hf_generate(config: LMConfig):
-    """HF's XLA-compiled greedy `generate` for a random `TFGPT2LMHeadModel` of `config`'s shape."""
-    import tensorflow as tf
-
-    model = hf_gpt2(config)
-    xla_generate = tf.function(model.generate, jit_compile=True)
-
-    def run(prompts: np.ndarray, max_new_tokens: int):
-        # eos_token_id=None: random weights must not stop early, so both sides make exactly max_new_tokens.
-        return xla_generate(
-            tf.constant(prompts), attention_mask=tf.ones_like(prompts), max_new_tokens=max_new_tokens,
-            do_sample=False, eos_token_id=None, pad_token_id=0,
-        ).numpy()
-
-    return run
 
 
 def _weight_streaming_bound(model: TransformerLM, steps: int) -> float:
@@ -81,7 +64,7 @@ def run(quick: bool) -> list[Row]:
     rng = np.random.default_rng(0)
     for shape_name, config in SHAPES:
         model = TransformerLM(config)
-        hf_run = _hf_generate(config)
+        hf_run = hf_xla_generate(hf_gpt2(config))
         for batch in (1, 16):
             if quick and batch == 16 and config.n_layer > 6:
                 continue
@@ -93,7 +76,7 @@ def run(quick: bool) -> list[Row]:
             settings = dict(warmup=1, repeats=2 if slow else 3, min_seconds=0.5 if quick else 1.0)
             ours = best_rate(lambda: generate(model, prompt_lists, max_new_tokens=max_new_tokens),
                              new_tokens, **settings)
-            peer = best_rate(lambda: hf_run(prompts, max_new_tokens), new_tokens, **settings)
+            peer = best_rate(lambda: hf_run(prompts, max_new_tokens, do_sample=False), new_tokens, **settings)
             notes = "random weights; compile not timed"
             if batch == 1:
                 bound = _weight_streaming_bound(model, max_new_tokens)

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from experiments.benchmarks.common import SHARED_DATA, Row, race
+from experiments.benchmarks.common import SHARED_DATA, Row, hf_xla_generate, race
 
 CACHE_DIR = os.path.join("bench_results", "speculative")
 PROMPT = "ROMEO:\nI will go"  # 16 characters
@@ -141,15 +141,6 @@ def _hf_copy(model):
     return hf
 
 
-def _hf_generate(hf, prompt: np.ndarray, max_new_tokens: int, sampling: dict):
-    import tensorflow as tf
-
-    xla_generate = tf.function(hf.generate, jit_compile=True)
-    # eos_token_id=None: both sides make exactly max_new_tokens.
-    return lambda: xla_generate(tf.constant(prompt), attention_mask=tf.ones_like(prompt), max_new_tokens=max_new_tokens,
-                                eos_token_id=None, pad_token_id=0, **sampling).numpy()
-
-
 def _round_split(model, draft, k: int, context: int, repeats: int):
     """Milliseconds of a round's parts at batch 1: the draft's k calls, and the model's verifying pass over k + 1
     tokens (each timed as `repeats` dependent calls in one XLA loop, against a cache of `context` slots)."""
@@ -198,6 +189,7 @@ def run(quick: bool) -> list[Row]:
         prompt_ids, repeating_ids = tokenizer.encode(PROMPT), tokenizer.encode(REPEATING_PROMPT)
         new_tokens, ks, settings = NEW_TOKENS, (2, 4, 6), dict(warmup=1, repeats=2, min_seconds=1.5)
     hf = _hf_copy(model)
+    hf_generate = hf_xla_generate(hf)
     check = np.array([prompt_ids], np.int32)
     np.testing.assert_allclose(hf(check).logits.numpy(), np.asarray(model(check)), atol=1e-3)
 
@@ -212,7 +204,7 @@ def run(quick: bool) -> list[Row]:
                                         {"do_sample": True, "top_p": 0.95, "temperature": 0.8, "top_k": 0}),
     }
     for label, (ours, theirs) in samplings.items():
-        hf_run = _hf_generate(hf, check, new_tokens, theirs)
+        hf_run = lambda theirs=theirs: hf_generate(check, new_tokens, **theirs)  # noqa: E731
         plain = lambda: generate(model, [prompt_ids], max_new_tokens=new_tokens, **ours)  # noqa: E731
         for k in ks:
             def speculate(k=k):
@@ -233,11 +225,11 @@ def run(quick: bool) -> list[Row]:
             ))
 
     lookup_tokens = min(new_tokens, model.config.block_size - len(repeating_ids) - 8)
-    hf_run = _hf_generate(hf, np.array([repeating_ids], np.int32), lookup_tokens, {"do_sample": False})
+    repeating = np.array([repeating_ids], np.int32)
     rates = race({
         "lookup": lambda: generate(model, [repeating_ids], max_new_tokens=lookup_tokens, drafter="prompt_lookup"),
         "plain": lambda: generate(model, [repeating_ids], max_new_tokens=lookup_tokens),
-        "hf": hf_run,
+        "hf": lambda: hf_generate(repeating, lookup_tokens, do_sample=False),
     }, lookup_tokens, **settings)
     chunks = stream(model, [repeating_ids], max_new_tokens=lookup_tokens, drafter="prompt_lookup",
                     chunk_size=lookup_tokens)
