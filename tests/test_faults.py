@@ -11,6 +11,7 @@ import os
 import random
 import re
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -135,9 +136,15 @@ def test_export_over_a_foreign_directory_is_refused_in_one_line_and_touches_noth
     assert os.listdir(foreign) == ["precious.txt"] and (foreign / "precious.txt").read_text() == "keep me"
 
 
-def test_make_clean_keeps_the_users_runs():
-    dry_run = subprocess.run(["make", "-n", "clean"], cwd=REPO, capture_output=True, text=True, check=True)
-    assert "runs" not in dry_run.stdout.split()
+def test_make_clean_keeps_the_users_runs(tmp_path):
+    # The Makefile in a directory of its own, beside what clean removes and a user's run.
+    shutil.copy(REPO / "Makefile", tmp_path)
+    for built in (".venv/bin/python", "tf_lm.egg-info/PKG-INFO", "bench_results/results.json", "runs/x/model.keras"):
+        (tmp_path / built).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / built).write_text("x")
+    subprocess.run(["make", "clean"], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert sorted(os.listdir(tmp_path)) == ["Makefile", "runs"]
+    assert (tmp_path / "runs" / "x" / "model.keras").read_text() == "x"
 
 
 # === Scenarios: the script as a user runs it (slow) ===
