@@ -31,18 +31,19 @@ def float32_policy():
 
 def check_layer(layer, inputs, tmp_path, trainable_weights, **call_kwargs):
     """Config round-trip, eager call, symbolic call, one `fit` step and `.keras` save/load of `layer`; its number
-    of trainable weights; and, built from its config under `mixed_bfloat16`, that every sublayer has that policy
-    (layers pass their own down, so a per-layer policy does not depend on the global one), every weight stays
-    float32 and float outputs are bfloat16."""
+    of trainable weights; and, built from its config under `mixed_bfloat16` and `mixed_float16`, that every
+    sublayer has that policy (layers pass their own down, so a per-layer policy does not depend on the global one),
+    every weight stays float32 and float outputs are in the policy's compute dtype."""
     outputs = np.asarray(layer(inputs, **call_kwargs))
     assert len(layer.trainable_weights) == trainable_weights
 
-    mixed = layer.__class__.from_config({**layer.get_config(), "dtype": "mixed_bfloat16"})
-    mixed_outputs = mixed(inputs, **call_kwargs)
-    assert {sublayer.dtype_policy.name for sublayer in mixed._flatten_layers()} == {"mixed_bfloat16"}
-    assert {weight.dtype for weight in mixed.weights} <= {"float32"}
-    if np.issubdtype(outputs.dtype, np.floating):
-        assert mixed_outputs.dtype == "bfloat16"
+    for policy, compute_dtype in (("mixed_bfloat16", "bfloat16"), ("mixed_float16", "float16")):
+        mixed = layer.__class__.from_config({**layer.get_config(), "dtype": policy})
+        mixed_outputs = mixed(inputs, **call_kwargs)
+        assert {sublayer.dtype_policy.name for sublayer in mixed._flatten_layers()} == {policy}
+        assert {weight.dtype for weight in mixed.weights} <= {"float32"}
+        if np.issubdtype(outputs.dtype, np.floating):
+            assert mixed_outputs.dtype == compute_dtype, (policy, mixed_outputs.dtype)
 
     clone = layer.__class__.from_config(layer.get_config())
     assert clone.get_config() == layer.get_config()
