@@ -21,6 +21,7 @@ from absl import app, flags
 
 from tf_lm.configs import PRECISIONS, PRESETS, STRATEGIES, LMConfig, TrainConfig
 from tf_lm.data.store import DEFAULT_BPE_SAMPLE_BYTES
+from tf_lm.data.tokenizers import DEFAULT_BPE_VOCAB_SIZE
 
 _TRAIN = TrainConfig()
 # Model fields a flag may override; vocab_size comes from the tokenizer, block_size from --block_size.
@@ -187,8 +188,8 @@ def define_tokenizer_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     with flag_group("data", flag_values):
         flags.DEFINE_enum("tokenizer", _TRAIN.tokenizer, ["char", "bpe"], "Tokenizer built from the training text.",
             flag_values=flag_values)
-        flags.DEFINE_integer("bpe_vocab_size", None, "BPE vocabulary size (only with --tokenizer=bpe).",
-            flag_values=flag_values)
+        flags.DEFINE_integer("bpe_vocab_size", None, "BPE vocabulary size (only with --tokenizer=bpe; unset: "
+                             f"{DEFAULT_BPE_VOCAB_SIZE}).", flag_values=flag_values)
         flags.DEFINE_float("bpe_sample_mb", DEFAULT_BPE_SAMPLE_BYTES / 1e6, "BPE is trained on the first this many "
                            "MB of the training text, never the whole corpus.", flag_values=flag_values)
 

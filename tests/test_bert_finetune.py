@@ -21,14 +21,14 @@ SST2 = SHARED_DATA / "sst2"
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"max_length": 1}, "max_length"),
-    ({"batch_size": 0}, "batch_size"),
-    ({"max_steps": 0}, "max_steps"),
-    ({"warmup_fraction": 1.0}, "warmup_fraction"),
-    ({"learning_rate": -1.0}, "learning_rate"),
-    ({"num_buckets": 65, "max_length": 64}, "num_buckets"),
-    ({"precision": "float16"}, "precision"),
-    ({"head_lr_multiplier": 0.0}, "head_lr_multiplier"),
+    ({"max_length": 1}, "Received: max_length=1"),
+    ({"batch_size": 0}, "Received: batch_size=0"),
+    ({"max_steps": 0}, "Received: max_steps=0"),
+    ({"warmup_fraction": 1.0}, "Received: warmup_fraction=1.0"),
+    ({"learning_rate": -1.0}, "Received: learning_rate=-1.0"),
+    ({"num_buckets": 65, "max_length": 64}, "Received: num_buckets=65"),
+    ({"precision": "float16"}, "Unknown precision 'float16' for fine-tuning"),
+    ({"head_lr_multiplier": 0.0}, "Received: head_lr_multiplier=0.0"),
     ({"backend": "torch"}, "Unknown backend 'torch'"),
     ({"backend": "hf", "packing": True}, "packing needs backend=.keras."),
     ({"packing": True, "jit_compile": True}, "packing cannot be XLA-compiled"),
