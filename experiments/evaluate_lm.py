@@ -21,7 +21,14 @@ import numpy as np
 import tensorflow as tf
 from absl import flags, logging
 
-from experiments.flags import define_data_flags, flag_group, one_line_errors, run_script, source_options
+from experiments.flags import (
+    define_data_flags,
+    define_trained_model_flag,
+    flag_group,
+    one_line_errors,
+    run_script,
+    source_options,
+)
 from tf_lm import artifacts
 from tf_lm.artifacts import load_model_dir
 from tf_lm.data import TokenStore, contiguous_windows, prepare_store
@@ -120,7 +127,7 @@ def main(argv):
 
 if __name__ == "__main__":
     with flag_group("model"):
-        flags.DEFINE_string("model_dir", None, "A model directory written by experiments.train_lm.")
+        define_trained_model_flag()
     define_data_flags()
     with flag_group("evaluation"):
         flags.DEFINE_enum("split", "validation", ["validation", "train"], "Which split of --dataset to evaluate.")

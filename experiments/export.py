@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from experiments.flags import flag_group, one_line_errors, run_script
+from experiments.flags import define_trained_model_flag, flag_group, one_line_errors, run_script
 from experiments.generate import define_sampling_flags, define_speculative_flags, sampling_kwargs, speculative_kwargs
 
 FLAGS = flags.FLAGS
@@ -22,7 +22,7 @@ FLAGS = flags.FLAGS
 
 def define_export_flags() -> None:
     with flag_group("export"):
-        flags.DEFINE_string("model_dir", None, "A --model_dir written by training (its model/ holds the model).")
+        define_trained_model_flag()
         flags.DEFINE_string("export_dir", None, "Where to write the SavedModel: a new or empty directory, or an "
                             "earlier export (replaced once the new one is complete).")
     define_sampling_flags(default_temperature=0.0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from absl import flags, logging
 
-from experiments.flags import flag_group, one_line_errors, run_script
+from experiments.flags import define_trained_model_flag, flag_group, one_line_errors, run_script
 from tf_lm.artifacts import load_model_dir
 from tf_lm.convert import save_gpt2_checkpoint
 
@@ -41,7 +41,7 @@ def main(argv):
 
 if __name__ == "__main__":
     with flag_group("export"):
-        flags.DEFINE_string("model_dir", None, "A model directory written by experiments.train_lm.")
+        define_trained_model_flag()
         flags.DEFINE_string("output_dir", None, "Where the Hugging Face checkpoint is written.")
     flags.mark_flags_as_required(["model_dir", "output_dir"])
     run_script(main)

@@ -194,6 +194,12 @@ def define_tokenizer_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                            "MB of the training text, never the whole corpus.", flag_values=flag_values)
 
 
+def define_trained_model_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """--model_dir of the scripts that read a trained language model (evaluate, generate, export)."""
+    flags.DEFINE_string("model_dir", None, "A --model_dir written by experiments.train_lm (its model/ holds the "
+                        "model).", flag_values=flag_values)
+
+
 def define_strategy_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """--strategy and --tpu, the arguments of `tf_lm.distribute.resolve_strategy`, for every script that trains."""
     flags.DEFINE_enum("strategy", "auto", list(STRATEGIES), "tf.distribute strategy.", flag_values=flag_values)

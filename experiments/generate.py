@@ -16,7 +16,7 @@ import sys
 
 from absl import app, flags
 
-from experiments.flags import flag_group, one_line_errors, run_script
+from experiments.flags import define_trained_model_flag, flag_group, one_line_errors, run_script
 
 FLAGS = flags.FLAGS
 
@@ -73,7 +73,7 @@ def speculative_kwargs(tokenizer, draft_model_dir: str | None, drafter: str | No
 
 def define_generate_flags() -> None:
     with flag_group("generation"):
-        flags.DEFINE_string("model_dir", None, "A --model_dir written by training (its model/ holds the model).")
+        define_trained_model_flag()
         flags.DEFINE_string("prompt", "\n", "Text to continue; every character/token must be in the tokenizer.")
         flags.DEFINE_integer("max_new_tokens", 200, "New tokens per sample (past the context, see "
                              "--context_policy).")
