@@ -94,3 +94,14 @@ def files_of(directory) -> dict[str, bytes]:
     """Every file under `directory`, by relative path, with its bytes: two stores are equal when these are."""
     return {os.path.relpath(os.path.join(root, name), directory): open(os.path.join(root, name), "rb").read()
             for root, _, names in os.walk(directory) for name in names}
+
+
+def copy_to_tensorflow_filesystem(local, remote: str) -> None:
+    """Copies the directory tree `local` to `remote`, a path of a TensorFlow filesystem (`ram://...`)."""
+    import tensorflow as tf
+
+    for directory, _, files in tf.io.gfile.walk(str(local)):
+        target = remote + directory[len(str(local)):]
+        tf.io.gfile.makedirs(target)
+        for name in files:
+            tf.io.gfile.copy(f"{directory}/{name}", f"{target}/{name}", overwrite=True)

@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 import transformers
+from conftest import copy_to_tensorflow_filesystem
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
@@ -94,6 +95,9 @@ def test_export_round_trips_within_1e_5(tmp_path):
     ids = _ids(4)
     np.testing.assert_allclose(np.asarray(from_gpt2_safetensors(str(tmp_path))(ids)), np.asarray(model(ids)),
                                atol=1e-5)
+    copy_to_tensorflow_filesystem(tmp_path, "ram://gpt2_round_trip")  # any tf.io.gfile filesystem reads alike
+    np.testing.assert_allclose(np.asarray(from_gpt2_safetensors("ram://gpt2_round_trip")(ids)),
+                               np.asarray(model(ids)), atol=1e-5)
 
 
 def test_export_is_what_hf_reads_as_pytorch_gpt2(hf_gpt2, tmp_path):

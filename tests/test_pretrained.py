@@ -3,8 +3,8 @@ import json
 
 import numpy as np
 import pytest
-import tensorflow as tf
 import transformers
+from conftest import copy_to_tensorflow_filesystem
 
 from tf_lm import LMConfig, TransformerLM
 from tf_lm.artifacts import save_model_dir
@@ -75,19 +75,11 @@ def test_an_hf_directory_reads_with_its_gpt2_tokenizer(tmp_path):
     assert base.fingerprint == read_pretrained(str(tmp_path)).fingerprint
 
 
-def _copy_to_tensorflow_filesystem(local, remote):
-    for directory, _, files in tf.io.gfile.walk(str(local)):
-        target = remote + directory[len(str(local)):]
-        tf.io.gfile.makedirs(target)
-        for name in files:
-            tf.io.gfile.copy(f"{directory}/{name}", f"{target}/{name}", overwrite=True)
-
-
 @pytest.mark.parametrize("write", [tf_lm_dir, hf_dir], ids=["tf_lm", "hf"])
 def test_both_formats_read_from_a_tensorflow_filesystem(tmp_path, write):
     write(tmp_path)
     remote = f"ram://pretrained-{write.__name__}"
-    _copy_to_tensorflow_filesystem(tmp_path, remote)
+    copy_to_tensorflow_filesystem(tmp_path, remote)
     local, base = read_pretrained(str(tmp_path)), read_pretrained(remote)
     assert pretrained_config(remote) == pretrained_config(str(tmp_path))
     assert base.fingerprint == local.fingerprint and base.tokenizer.fingerprint == local.tokenizer.fingerprint

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from tf_lm.configs import LMConfig
-from tf_lm.fileio import atomic_directory
+from tf_lm.fileio import atomic_directory, gfile, is_local
 from tf_lm.model import TransformerLM
 
 # The files of an HF checkpoint directory that hold the model.
@@ -225,18 +225,44 @@ def from_hf_gpt2(hf_model) -> TransformerLM:
     return load_gpt2_state(TransformerLM(config), gpt2_state_from_hf(hf_model))
 
 
+def read_gpt2_config(checkpoint_dir: str) -> LMConfig:
+    """The `LMConfig` of a GPT-2 checkpoint directory's `config.json`, on any `tf.io.gfile` filesystem.
+
+    Raises:
+        FileNotFoundError: if the file is missing.
+    """
+    path = _checkpoint_file(checkpoint_dir, GPT2_CONFIG_FILE)
+    with gfile(path).GFile(path) as f:
+        return config_from_gpt2(json.loads(f.read()))
+
+
+def read_gpt2_state(checkpoint_dir: str) -> dict:
+    """The tensors of a GPT-2 checkpoint directory's `model.safetensors` as numpy arrays, by their names in the
+    file (PyTorch or TF naming), on any `tf.io.gfile` filesystem.
+
+    Raises:
+        FileNotFoundError: if the file is missing.
+    """
+    from safetensors.numpy import load, load_file
+
+    path = _checkpoint_file(checkpoint_dir, GPT2_WEIGHTS_FILE)
+    if is_local(path):
+        return load_file(path)  # tensor by tensor, without a second copy of the file in memory
+    with gfile(path).GFile(path, "rb") as f:
+        return load(f.read())
+
+
+def _checkpoint_file(checkpoint_dir: str, name: str) -> str:
+    path = os.path.join(checkpoint_dir, name)
+    if not gfile(path).exists(path):
+        raise FileNotFoundError(f"GPT-2 checkpoint file not found: {path}")
+    return path
+
+
 def from_gpt2_safetensors(checkpoint_dir: str) -> TransformerLM:
     """Loads a GPT-2 checkpoint directory (`config.json` + `model.safetensors`) with numpy only: no torch.
 
     Raises:
         FileNotFoundError: if either file is missing.
     """
-    from safetensors.numpy import load_file
-
-    paths = [os.path.join(checkpoint_dir, name) for name in (GPT2_CONFIG_FILE, GPT2_WEIGHTS_FILE)]
-    for path in paths:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"GPT-2 checkpoint file not found: {path}")
-    with open(paths[0]) as f:
-        config = config_from_gpt2(json.load(f))
-    return load_gpt2_state(TransformerLM(config), load_file(paths[1]))
+    return load_gpt2_state(TransformerLM(read_gpt2_config(checkpoint_dir)), read_gpt2_state(checkpoint_dir))

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 
 import numpy as np
 
 from tf_lm import artifacts
 from tf_lm.configs import LMConfig
-from tf_lm.convert import GPT2_CONFIG_FILE, GPT2_WEIGHTS_FILE, config_from_gpt2, gpt2_state, load_gpt2_state
+from tf_lm.convert import GPT2_WEIGHTS_FILE, gpt2_state, load_gpt2_state, read_gpt2_config, read_gpt2_state
 from tf_lm.data.tokenizers import CHAR_FILE, load_tokenizer
-from tf_lm.fileio import gfile, is_local
+from tf_lm.fileio import gfile
 from tf_lm.model import TransformerLM
 
 # What may differ from the checkpoint: the context may shrink (positions cropped) and dropout is a training choice.
@@ -103,11 +102,7 @@ def pretrained_config(directory: str) -> tuple[LMConfig, str]:
     if _kind(directory) == "tf_lm":
         char = _exists(os.path.join(artifacts.saved_dir(directory), artifacts.TOKENIZER_DIR, CHAR_FILE))
         return artifacts.read_config(directory), "char" if char else "bpe"
-    path = os.path.join(directory, GPT2_CONFIG_FILE)
-    if not _exists(path):
-        raise FileNotFoundError(f"The HF checkpoint {directory!r} has no {GPT2_CONFIG_FILE}.")
-    with gfile(path).GFile(path) as f:
-        return config_from_gpt2(json.loads(f.read())), "bpe"
+    return read_gpt2_config(directory), "bpe"
 
 
 def read_pretrained(directory: str) -> Pretrained:
@@ -122,18 +117,11 @@ def read_pretrained(directory: str) -> Pretrained:
     >>> base = read_pretrained("runs/pydoc")  # doctest: +SKIP
     >>> load_gpt2_state(TransformerLM(base.config), base.state)  # doctest: +SKIP
     """
-    from safetensors.numpy import load, load_file
-
     config, _ = pretrained_config(directory)
     if _kind(directory) == "tf_lm":
         model, tokenizer = artifacts.load_model_dir(directory)
         return Pretrained(directory, config, tokenizer, _state(model))
-    path = os.path.join(directory, GPT2_WEIGHTS_FILE)
-    if is_local(path):
-        state = load_file(path)  # tensor by tensor, without a second copy of the file in memory
-    else:
-        with gfile(path).GFile(path, "rb") as f:
-            state = load(f.read())
+    state = read_gpt2_state(directory)
     # Through a model once: the names (PyTorch or TF) and every shape are checked, and the state comes out in
     # one naming.
     state = _state(load_gpt2_state(TransformerLM(config), state))
