@@ -90,6 +90,17 @@ def _kind(directory: str) -> str:
     )
 
 
+def _described(directory: str) -> tuple[str, LMConfig, str]:
+    """`(kind "tf_lm" or "hf", LMConfig, tokenizer kind "char" or "bpe")`; see `pretrained_config`."""
+    if not gfile(directory).isdir(directory):
+        raise FileNotFoundError(f"The pretrained checkpoint directory {directory!r} does not exist.")
+    kind = _kind(directory)
+    if kind == "tf_lm":
+        char = _exists(os.path.join(artifacts.saved_dir(directory), artifacts.TOKENIZER_DIR, CHAR_FILE))
+        return kind, artifacts.read_config(directory), "char" if char else "bpe"
+    return kind, read_gpt2_config(directory), "bpe"
+
+
 def pretrained_config(directory: str) -> tuple[LMConfig, str]:
     """`(LMConfig, tokenizer kind "char" or "bpe")` of a checkpoint directory, without reading its weights.
 
@@ -97,12 +108,8 @@ def pretrained_config(directory: str) -> tuple[LMConfig, str]:
         FileNotFoundError: if `directory` does not exist.
         ValueError: if it is neither format, or its config is not one `TransformerLM` can express.
     """
-    if not gfile(directory).isdir(directory):
-        raise FileNotFoundError(f"The pretrained checkpoint directory {directory!r} does not exist.")
-    if _kind(directory) == "tf_lm":
-        char = _exists(os.path.join(artifacts.saved_dir(directory), artifacts.TOKENIZER_DIR, CHAR_FILE))
-        return artifacts.read_config(directory), "char" if char else "bpe"
-    return read_gpt2_config(directory), "bpe"
+    _, config, tokenizer_kind = _described(directory)
+    return config, tokenizer_kind
 
 
 def read_pretrained(directory: str) -> Pretrained:
@@ -117,8 +124,8 @@ def read_pretrained(directory: str) -> Pretrained:
     >>> base = read_pretrained("runs/pydoc")  # doctest: +SKIP
     >>> load_gpt2_state(TransformerLM(base.config), base.state)  # doctest: +SKIP
     """
-    config, _ = pretrained_config(directory)
-    if _kind(directory) == "tf_lm":
+    kind, config, _ = _described(directory)
+    if kind == "tf_lm":
         model, tokenizer = artifacts.load_model_dir(directory)
         return Pretrained(directory, config, tokenizer, _state(model))
     state = read_gpt2_state(directory)
