@@ -1,6 +1,7 @@
 """Shared fixtures: a seeded run per test, `check_layer` (the one way every layer is tested) and `run_module`
 (the one way a test runs an `experiments` script as a user would)."""
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -13,7 +14,13 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from tf_lm.configs import LMConfig  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
+
+TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 30
+# The model of `tf_lm_dir` and `hf_dir`: two blocks 16 wide, 16 positions.
+CONFIG = LMConfig(vocab_size=30, block_size=16, n_layer=2, n_head=2, n_embd=16)
 
 
 @pytest.fixture(autouse=True)
@@ -105,3 +112,49 @@ def copy_to_tensorflow_filesystem(local, remote: str) -> None:
         tf.io.gfile.makedirs(target)
         for name in files:
             tf.io.gfile.copy(f"{directory}/{name}", f"{target}/{name}", overwrite=True)
+
+
+def tf_lm_dir(path):
+    """A tf_lm model directory with random (not freshly initialised) weights."""
+    from tf_lm import TransformerLM
+    from tf_lm.artifacts import save_model_dir
+    from tf_lm.data import CharTokenizer
+
+    tokenizer = CharTokenizer.from_text(TEXT)
+    model = TransformerLM(dataclasses.replace(CONFIG, vocab_size=tokenizer.vocab_size))
+    rng = np.random.default_rng(0)
+    for weight in model.weights:
+        weight.assign(np.asarray(weight) + rng.normal(scale=0.1, size=weight.shape).astype("float32"))
+    save_model_dir(str(path), model, tokenizer)
+    return model, tokenizer
+
+
+def hf_dir(path, vocab_size=None):
+    """What HF's TF `save_pretrained` writes (TF tensor names), plus GPT-2's vocab.json + merges.txt."""
+    import transformers
+
+    from tf_lm.data import BPETokenizer
+
+    tokenizer = BPETokenizer.train(TEXT, vocab_size=300)
+    config = transformers.GPT2Config(vocab_size=vocab_size or tokenizer.vocab_size, n_positions=16, n_embd=16,
+                                     n_layer=2, n_head=2)
+    hf = transformers.TFGPT2LMHeadModel(config)
+    hf(hf.dummy_inputs)
+    hf.save_pretrained(str(path), safe_serialization=True)
+    tokenizer.to_hf().model.save(str(path))
+    return hf, tokenizer
+
+
+# A tiny model on the builtin corpus: steps take milliseconds, so process start-up dominates.
+TINY = ["--preset=nano", "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",
+        "--warmup_steps=1", "--eval_every=1000", "--eval_steps=1", "--log_every=50"]
+
+
+def train_lm_command(model_dir, *extra):
+    """`python -m experiments.train_lm` on the tiny model, with `extra` flags."""
+    return [sys.executable, "-m", "experiments.train_lm", f"--model_dir={model_dir}", *TINY, *extra]
+
+
+def run_command(args, **env):
+    """Runs `args` from the repo root as `run_module` does; `env` adds to the environment."""
+    return subprocess.run(args, cwd=REPO, env=script_environment(**env), capture_output=True, text=True, timeout=240)

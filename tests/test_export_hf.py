@@ -3,15 +3,13 @@ import json
 import numpy as np
 import pytest
 import transformers
+from conftest import TEXT, failure_line, run_module
 
 from experiments.export_hf import export_hf
-from tests.conftest import failure_line, run_module
 from tf_lm import LMConfig, TransformerLM
 from tf_lm.artifacts import save_model_dir
 from tf_lm.convert import from_gpt2_safetensors
 from tf_lm.data import build_tokenizer
-
-TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 30
 
 
 def _model_dir(path, kind):

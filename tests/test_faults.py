@@ -21,8 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 from absl import flags
-from conftest import REPO, failure_line, free_port, script_environment
-from test_train_lm import command, run
+from conftest import REPO, failure_line, free_port, run_command, script_environment, train_lm_command
 
 from experiments import train_lm
 from experiments.flags import define_train_flags
@@ -152,17 +151,17 @@ def test_make_clean_keeps_the_users_runs(tmp_path):
 @pytest.mark.slow
 def test_sigkill_at_random_steps_then_resume_gives_bit_identical_weights(tmp_path):
     steps = ["--steps=80", "--checkpoint_every=1", "--dropout=0.1"]
-    straight = run(command(tmp_path / "straight", *steps))
+    straight = run_command(train_lm_command(tmp_path / "straight", *steps))
     assert straight.returncode == 0, straight.stderr[-2000:]
     killed = tmp_path / "killed"
     for target in sorted(random.Random(0).sample(range(2, 60), 3)):
-        victim = start(command(killed, *steps))
+        victim = start(train_lm_command(killed, *steps))
         wait_for(lambda target=target: latest_step(killed) >= target)
         victim.kill()
         victim.communicate()
         assert victim.returncode == -signal.SIGKILL
         assert not (killed / "model").exists(), "the run finished before it was killed"
-    resumed = run(command(killed, *steps))
+    resumed = run_command(train_lm_command(killed, *steps))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stdout
     assert digest(resumed) == digest(straight)
@@ -173,7 +172,7 @@ def test_sigkill_at_random_steps_then_resume_gives_bit_identical_weights(tmp_pat
 def test_ctrl_c_then_a_full_disk_then_a_resume(tmp_path):
     model_dir = tmp_path / "run"
     steps = ["--steps=3000", "--checkpoint_every=1000"]
-    victim = start(command(model_dir, *steps))
+    victim = start(train_lm_command(model_dir, *steps))
     wait_for(lambda: (model_dir / "metrics.csv").exists())  # training (and its signal handler) has started
     victim.send_signal(signal.SIGINT)
     _, err = victim.communicate(timeout=240)
@@ -189,18 +188,18 @@ def test_ctrl_c_then_a_full_disk_then_a_resume(tmp_path):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # report EFBIG instead of killing the process
         resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
 
-    full = subprocess.run(command(model_dir, *steps, "--checkpoint_every=500"), cwd=REPO, env=script_environment(),
-                          capture_output=True, text=True, timeout=240, preexec_fn=small_files)
+    full = subprocess.run(train_lm_command(model_dir, *steps, "--checkpoint_every=500"), cwd=REPO,
+                          env=script_environment(), capture_output=True, text=True, timeout=240, preexec_fn=small_files)
     assert failure_line(full).startswith(f"error: Could not write checkpoint {(step // 500 + 1) * 500} in ")
     assert f"the last complete one ({model_dir / 'checkpoints' / f'ckpt-{step}'}) is kept" in failure_line(full)
     assert latest_step(model_dir) == step and not leftovers(model_dir)
 
-    resumed = run(command(model_dir, *steps, "--checkpoint_every=500"))
+    resumed = run_command(train_lm_command(model_dir, *steps, "--checkpoint_every=500"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"(step {step} of 3000)" in resumed.stdout
 
     # Two Ctrl-C in a row: the second one does not wait for the checkpoint, and still no traceback.
-    victim = start(command(tmp_path / "twice", *steps))
+    victim = start(train_lm_command(tmp_path / "twice", *steps))
     wait_for(lambda: (tmp_path / "twice" / "metrics.csv").exists())
     victim.send_signal(signal.SIGINT)
     victim.send_signal(signal.SIGINT)
@@ -213,12 +212,12 @@ def test_ctrl_c_then_a_full_disk_then_a_resume(tmp_path):
 def test_a_damaged_latest_checkpoint_falls_back_and_none_usable_is_one_line(tmp_path):
     model_dir = tmp_path / "run"
     steps = ["--steps=4", "--checkpoint_every=2"]
-    first = run(command(model_dir, *steps))
+    first = run_command(train_lm_command(model_dir, *steps))
     assert first.returncode == 0, first.stderr[-2000:]
     (data,) = (model_dir / "checkpoints").glob("ckpt-4.data-*")
     data.write_bytes(data.read_bytes()[:1000])
 
-    again = run(command(model_dir, *steps))
+    again = run_command(train_lm_command(model_dir, *steps))
     assert again.returncode == 0, again.stderr[-2000:]
     assert "ckpt-4 is damaged" in again.stderr and "Traceback" not in again.stderr
     assert "resuming from" in again.stdout and "ckpt-2 (step 2 of 4)" in again.stdout
@@ -226,7 +225,7 @@ def test_a_damaged_latest_checkpoint_falls_back_and_none_usable_is_one_line(tmp_
 
     for index in (model_dir / "checkpoints").glob("*.index"):
         index.write_bytes(b"garbage")
-    broken = run(command(model_dir, *steps))
+    broken = run_command(train_lm_command(model_dir, *steps))
     assert failure_line(broken).startswith(f"error: No usable checkpoint in {model_dir / 'checkpoints'} (")
 
 
@@ -234,11 +233,11 @@ def test_a_damaged_latest_checkpoint_falls_back_and_none_usable_is_one_line(tmp_
 def test_a_second_run_on_a_model_dir_is_refused_and_a_killed_ones_lock_is_not_stale(tmp_path):
     model_dir = tmp_path / "run"
     steps = ["--steps=6"]
-    first = start(command(model_dir, *steps))
+    first = start(train_lm_command(model_dir, *steps))
     wait_for(lambda: (model_dir / "lock").exists() and "pid" in (model_dir / "lock").read_text())
     os.kill(first.pid, signal.SIGSTOP)  # frozen while it holds the directory
     try:
-        second = run(command(model_dir, *steps))
+        second = run_command(train_lm_command(model_dir, *steps))
         assert failure_line(second) == (
             f"error: {model_dir} is in use by another run ({(model_dir / 'lock').read_text().strip()}); wait for "
             "it to finish, stop it, or use another directory."
@@ -247,21 +246,22 @@ def test_a_second_run_on_a_model_dir_is_refused_and_a_killed_ones_lock_is_not_st
     finally:
         first.kill()
         first.communicate()
-    third = run(command(model_dir, *steps))
+    third = run_command(train_lm_command(model_dir, *steps))
     assert third.returncode == 0, third.stderr[-2000:]
 
 
 @pytest.mark.slow
 def test_flags_txt_refuses_a_changed_resume_before_reading_data_and_reruns_a_run_exactly(tmp_path):
-    first = run(command(tmp_path / "a", "--steps=4"))
+    first = run_command(train_lm_command(tmp_path / "a", "--steps=4"))
     assert first.returncode == 0, first.stderr[-2000:]
     # The changed --dataset does not exist: the refusal comes first, so nothing was read.
-    changed = run(command(tmp_path / "a", "--steps=4", "--learning_rate=0.5", "--dataset=text:/nonexistent"))
+    changed = run_command(train_lm_command(tmp_path / "a", "--steps=4", "--learning_rate=0.5",
+                                           "--dataset=text:/nonexistent"))
     line = failure_line(changed)
     assert "holds a run with other flags (--dataset=builtin:pydoc -> --dataset=text:/nonexistent; " in line
     assert "--learning_rate=0.001 -> --learning_rate=0.5)" in line
 
-    rerun = run([sys.executable, "-m", "experiments.train_lm", f"--flagfile={tmp_path / 'a' / 'flags.txt'}",
+    rerun = run_command([sys.executable, "-m", "experiments.train_lm", f"--flagfile={tmp_path / 'a' / 'flags.txt'}",
                  f"--model_dir={tmp_path / 'b'}", "--log_every=1"])
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert digest(rerun) == digest(first)
@@ -272,7 +272,7 @@ def test_flags_txt_refuses_a_changed_resume_before_reading_data_and_reruns_a_run
 def test_a_signal_on_one_worker_stops_every_worker_at_the_same_checkpointed_step(tmp_path):
     cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
     workers = [
-        start(command(tmp_path / f"worker{index}", "--strategy=multi_worker", "--steps=3000", "--log_every=5",
+        start(train_lm_command(tmp_path / f"worker{index}", "--strategy=multi_worker", "--steps=3000", "--log_every=5",
                       "--checkpoint_every=1000"),
               TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
         for index in range(2)

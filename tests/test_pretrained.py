@@ -3,44 +3,15 @@ import json
 
 import numpy as np
 import pytest
-import transformers
-from conftest import copy_to_tensorflow_filesystem
+from conftest import CONFIG, TEXT, copy_to_tensorflow_filesystem, hf_dir, tf_lm_dir
 
-from tf_lm import LMConfig, TransformerLM
-from tf_lm.artifacts import save_model_dir
+from tf_lm import TransformerLM
 from tf_lm.convert import load_gpt2_state
-from tf_lm.data import BPETokenizer, CharTokenizer
 from tf_lm.pretrained import check_config, pretrained_config, read_pretrained
-
-TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 30
-CONFIG = LMConfig(vocab_size=30, block_size=16, n_layer=2, n_head=2, n_embd=16)
 
 
 def _ids(vocab, time=16, seed=0):
     return np.random.default_rng(seed).integers(0, vocab, size=(2, time)).astype("int32")
-
-
-def tf_lm_dir(path):
-    """A tf_lm model directory with random (not freshly initialised) weights."""
-    tokenizer = CharTokenizer.from_text(TEXT)
-    model = TransformerLM(dataclasses.replace(CONFIG, vocab_size=tokenizer.vocab_size))
-    rng = np.random.default_rng(0)
-    for weight in model.weights:
-        weight.assign(np.asarray(weight) + rng.normal(scale=0.1, size=weight.shape).astype("float32"))
-    save_model_dir(str(path), model, tokenizer)
-    return model, tokenizer
-
-
-def hf_dir(path, vocab_size=None):
-    """What HF's TF `save_pretrained` writes (TF tensor names), plus GPT-2's vocab.json + merges.txt."""
-    tokenizer = BPETokenizer.train(TEXT, vocab_size=300)
-    config = transformers.GPT2Config(vocab_size=vocab_size or tokenizer.vocab_size, n_positions=16, n_embd=16,
-                                     n_layer=2, n_head=2)
-    hf = transformers.TFGPT2LMHeadModel(config)
-    hf(hf.dummy_inputs)
-    hf.save_pretrained(str(path), safe_serialization=True)
-    tokenizer.to_hf().model.save(str(path))
-    return hf, tokenizer
 
 
 def test_a_tf_lm_directory_reads_into_the_same_model(tmp_path):

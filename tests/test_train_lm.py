@@ -10,25 +10,22 @@ import time
 import numpy as np
 import pytest
 from absl import flags
-from conftest import REPO, failure_line, free_port, script_environment
-from test_pretrained import TEXT, hf_dir, tf_lm_dir
+from conftest import (
+    REPO,
+    TEXT,
+    failure_line,
+    free_port,
+    hf_dir,
+    run_command,
+    script_environment,
+    tf_lm_dir,
+    train_lm_command,
+)
 
 from experiments.flags import configs_from_flags, define_train_flags
 from tf_lm.configs import LMConfig
 from tf_lm.model import TransformerLM
 from tf_lm.training import TrainConfig
-
-# A tiny model on the builtin corpus: steps take milliseconds, so process start-up dominates.
-TINY = ["--preset=nano", "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",
-        "--warmup_steps=1", "--eval_every=1000", "--eval_steps=1", "--log_every=50"]
-
-
-def command(model_dir, *extra):
-    return [sys.executable, "-m", "experiments.train_lm", f"--model_dir={model_dir}", *TINY, *extra]
-
-
-def run(args, **env):
-    return subprocess.run(args, cwd=REPO, env=script_environment(**env), capture_output=True, text=True, timeout=240)
 
 
 def saved_weights(model_dir):
@@ -41,10 +38,10 @@ def saved_weights(model_dir):
 def test_sigkill_mid_run_then_rerun_ends_with_the_uninterrupted_weights(tmp_path):
     # Dropout on: its randomness must resume exactly too.
     steps = ["--steps=40", "--checkpoint_every=2", "--dropout=0.1", "--log_every=10"]
-    straight = subprocess.Popen(command(tmp_path / "straight", *steps), cwd=REPO, env=script_environment(),
+    straight = subprocess.Popen(train_lm_command(tmp_path / "straight", *steps), cwd=REPO, env=script_environment(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     killed_dir = tmp_path / "killed"
-    victim = subprocess.Popen(command(killed_dir, *steps), cwd=REPO, env=script_environment(),
+    victim = subprocess.Popen(train_lm_command(killed_dir, *steps), cwd=REPO, env=script_environment(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
     while not list(killed_dir.glob("checkpoints/checkpoint")) and time.time() < deadline:
@@ -54,7 +51,7 @@ def test_sigkill_mid_run_then_rerun_ends_with_the_uninterrupted_weights(tmp_path
     assert victim.returncode == -signal.SIGKILL
     assert not (killed_dir / "model").exists(), "the run finished before it was killed"
 
-    resumed = run(command(killed_dir, *steps))
+    resumed = run_command(train_lm_command(killed_dir, *steps))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stdout
     assert straight.wait(timeout=240) == 0
@@ -73,7 +70,8 @@ def test_two_workers_finish_with_identical_weights_and_only_the_chief_writes(tmp
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         workers.append(subprocess.Popen(
-            command(tmp_path / f"worker{index}", "--strategy=multi_worker", "--steps=4", "--checkpoint_every=2"),
+            train_lm_command(tmp_path / f"worker{index}", "--strategy=multi_worker", "--steps=4",
+                             "--checkpoint_every=2"),
             cwd=REPO, env=script_environment(TF_CONFIG=tf_config), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True,
         ))
@@ -98,7 +96,7 @@ def test_two_workers_finish_with_identical_weights_and_only_the_chief_writes(tmp
     ],
 )
 def test_bad_input_fails_in_one_line_and_writes_nothing(tmp_path, args, message):
-    result = run(command(tmp_path / "run", *args))
+    result = run_command(train_lm_command(tmp_path / "run", *args))
     assert message in failure_line(result) and result.returncode == 1
     assert not (tmp_path / "run").exists()
 
@@ -109,7 +107,7 @@ def test_a_model_dir_of_another_config_is_refused_and_left_alone(tmp_path):
     before = json.dumps({"model": LMConfig.preset("nano", n_layer=3).to_dict(), "train": TrainConfig().to_dict(),
                          "tokenizer_fingerprint": "x"})
     (model_dir / "run_config.json").write_text(before)
-    result = run(command(model_dir, "--steps=4"))
+    result = run_command(train_lm_command(model_dir, "--steps=4"))
     assert result.returncode != 0
     assert "holds a run with a different config (" in result.stderr
     assert "n_layer: 3 -> 1" in result.stderr
@@ -156,7 +154,7 @@ def test_store_dataset_trains_and_a_store_of_another_tokenizer_is_refused(tmp_pa
     store = tmp_path / "store"
     prepare_store("builtin:pydoc", str(store), tokenizer="bpe", bpe_vocab_size=300)
     model_dir = tmp_path / "run"
-    first = run(command(model_dir, f"--dataset=store:{store}", "--steps=2"))
+    first = run_command(train_lm_command(model_dir, f"--dataset=store:{store}", "--steps=2"))
     assert first.returncode == 0, first.stderr[-2000:]
     assert "tokenizer: bpe, 300 ids" in first.stdout
     assert not (model_dir / "data").exists()  # a store: dataset is read where it is
@@ -164,7 +162,7 @@ def test_store_dataset_trains_and_a_store_of_another_tokenizer_is_refused(tmp_pa
         (model_dir / "run_config.json").read_text())["tokenizer_fingerprint"]
     shutil.rmtree(store)  # the same path, now holding the ids of another tokenizer
     prepare_store("builtin:pydoc", str(store))
-    line = failure_line(run(command(model_dir, f"--dataset=store:{store}", "--steps=2")))
+    line = failure_line(run_command(train_lm_command(model_dir, f"--dataset=store:{store}", "--steps=2")))
     assert "was prepared with another tokenizer than the model in --model_dir" in line
     assert f"--tokenizer_dir={model_dir / 'model' / 'tokenizer'}" in line
 
@@ -292,9 +290,9 @@ def test_init_from_bad_input_is_refused(tmp_path):
     (tmp_path / "other").mkdir()
     with pytest.raises(ValueError, match="'Y' .* is not in this CharTokenizer"):  # the data holds characters it lacks
         _finetune(tmp_path / "base", tmp_path / "run", _text_source(tmp_path / "other", "You are all resolved\n" * 99))
-    result = run(command(tmp_path / "run", f"--init_from={tmp_path / 'neither'}"))
+    result = run_command(train_lm_command(tmp_path / "run", f"--init_from={tmp_path / 'neither'}"))
     assert "does not exist" in failure_line(result)
-    result = run(command(tmp_path / "run", "--lora_rank=4"))
+    result = run_command(train_lm_command(tmp_path / "run", "--lora_rank=4"))
     assert "LoRA adapts a pretrained model; set --init_from. Received: --lora_rank=4" in failure_line(result)
 
 
