@@ -148,3 +148,79 @@ def test_bad_stores_are_refused_in_one_sentence(corpus, tmp_path):
         prepare_store(corpus, str(tmp_path / "never"), shard_tokens=0)
     with pytest.raises(ValueError, match="Unknown tokenizer kind 'word'"):
         prepare_store(corpus, str(tmp_path / "never"), tokenizer="word")
+
+
+def test_an_edited_source_is_not_taken_for_its_store(corpus, tmp_path):
+    directory = str(tmp_path / "store")
+    prepare_store(corpus, directory)
+    (tmp_path / "doc2.txt").write_text("third, rewritten\n" * 40, encoding="utf-8")
+    with pytest.raises(ValueError, match="from another version of the source .*source_digest"):
+        prepare_store(corpus, directory)
+
+    # A preparation killed after its first shard, then resumed on edited text, would mix the two versions.
+    write = store_module.atomic_write
+
+    def dies_after_the_first_shard(path, data):
+        if path.endswith("train-00001.bin"):
+            raise KeyboardInterrupt
+        write(path, data)
+
+    store_module.atomic_write = dies_after_the_first_shard
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            prepare_store(corpus, str(tmp_path / "killed"), shard_tokens=64)
+    finally:
+        store_module.atomic_write = write
+    (tmp_path / "doc0.txt").write_text("First document, edited.\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="unfinished token store .*another version of the source"):
+        prepare_store(corpus, str(tmp_path / "killed"), shard_tokens=64)
+
+
+def test_a_refused_argument_leaves_nothing_that_blocks_the_corrected_rerun(corpus, tmp_path):
+    directory = tmp_path / "store"
+    for bad in ({"tokenizer": "bpe", "bpe_vocab_size": 100}, {"chunk_bytes": 2}):
+        with pytest.raises(ValueError, match="Received: (vocab_size=100|chunk_bytes=2)"):
+            prepare_store(corpus, str(directory), **bad)
+        assert not directory.exists()
+    # A refusal that only encoding finds (a character the given tokenizer lacks) leaves an unfinished store
+    # with no finished shard: a rerun with other arguments starts it again.
+    with pytest.raises(ValueError, match="not in this CharTokenizer"):
+        prepare_store(corpus, str(directory), tokenizer=CharTokenizer.from_text("abc"))
+    store = prepare_store(corpus, str(directory), tokenizer="bpe", bpe_vocab_size=280)
+    assert store.tokenizer.decode(all_ids(store)).replace(END_OF_TEXT, "") == "".join(DOCUMENTS)
+    # The default vocabulary named or left unset is one request.
+    prepare_store(corpus, str(tmp_path / "default"), tokenizer="bpe")
+    prepare_store(corpus, str(tmp_path / "default"), tokenizer="bpe", bpe_vocab_size=4096)
+
+
+def test_one_process_prepares_a_directory_at_a_time(corpus, tmp_path):
+    from tf_lm.fileio import directory_lock
+
+    with directory_lock(str(tmp_path / "store" / PREPARING)):  # another preparation holds it
+        with pytest.raises(ValueError, match=r"store/\.preparing is in use by another run \(pid"):
+            prepare_store(corpus, str(tmp_path / "store"))
+    assert prepare_store(corpus, str(tmp_path / "store")).num_tokens("train") > 0
+    assert not (tmp_path / "store" / PREPARING).exists()
+
+
+def test_reading_holds_no_descriptor_per_shard_and_file_urls_work(corpus, tmp_path):
+    import os
+
+    store = prepare_store(corpus, str(tmp_path / "store"), shard_tokens=4, chunk_bytes=8)
+    assert len(store.manifest["splits"]["train"]["shards"]) > 20
+    before = len(os.listdir("/proc/self/fd"))
+    ids = all_ids(store)
+    assert len(os.listdir("/proc/self/fd")) == before
+    url = TokenStore(f"file://{tmp_path / 'store'}")
+    np.testing.assert_array_equal(all_ids(url), ids)
+    assert len(url._remote_handles) <= store_module.OPEN_REMOTE_SHARDS
+
+
+def test_a_manifest_missing_a_field_is_refused_in_one_sentence(corpus, tmp_path):
+    directory = tmp_path / "store"
+    prepare_store(corpus, str(directory))
+    manifest = json.loads((directory / MANIFEST).read_text())
+    del manifest["end_of_document_id"]
+    (directory / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="is not a token store manifest .*end_of_document_id"):
+        TokenStore(str(directory))

@@ -37,8 +37,9 @@ LOCK_FILE = "lock"
 
 
 def is_local(path: str) -> bool:
-    """Whether `path` is on the local filesystem (no `scheme://` prefix, or `file://`)."""
-    return "://" not in path or path.startswith("file://")
+    """Whether `path` is a plain local path, which Python's `os` handles. A `file://` URL is not: it goes through
+    `tf.io.gfile`, as every `scheme://` path does."""
+    return "://" not in path
 
 
 def _local_rename(source: str, target: str, overwrite: bool = False) -> None:
@@ -47,11 +48,16 @@ def _local_rename(source: str, target: str, overwrite: bool = False) -> None:
     os.replace(source, target)
 
 
+def _local_stat(path: str) -> types.SimpleNamespace:
+    status = os.stat(path)
+    return types.SimpleNamespace(length=status.st_size, mtime_nsec=status.st_mtime_ns)
+
+
 # The subset of `tf.io.gfile` this project uses, with its signatures, on the local filesystem.
 _LOCAL_FILES = types.SimpleNamespace(
     GFile=open, exists=os.path.exists, isdir=os.path.isdir, listdir=os.listdir, glob=globbing.glob,
     makedirs=lambda path: os.makedirs(path, exist_ok=True), remove=os.remove, rmtree=shutil.rmtree,
-    rename=_local_rename, stat=lambda path: types.SimpleNamespace(length=os.stat(path).st_size),
+    rename=_local_rename, stat=_local_stat,
 )
 
 
@@ -61,7 +67,7 @@ def gfile(path: str):
     Example:
     >>> gfile("runs/x").exists("runs/x/flags.txt")  # doctest: +SKIP
     """
-    if is_local(path) and not path.startswith("file://"):
+    if is_local(path):
         return _LOCAL_FILES
     import tensorflow as tf
 
@@ -93,7 +99,7 @@ def _sync_tree(directory: str) -> None:
 
 def _normalise(path: str) -> str:
     # abspath makes "." and "runs/x/" name the directory itself, so its parent and siblings are well defined.
-    return os.path.abspath(path) if is_local(path) and not path.startswith("file://") else path.rstrip("/")
+    return os.path.abspath(path) if is_local(path) else path.rstrip("/")
 
 
 def atomic_write(path: str, data: bytes | str) -> None:
@@ -244,7 +250,7 @@ def directory_lock(directory: str) -> Iterator[None]:
     The lock is an OS file lock (`filelock`, `flock(2)`) on `<directory>/lock`, which also records the holder's
     pid and host. The kernel drops it when the holder dies, so a killed run never blocks the next one. If this
     call created `directory` and the body leaves nothing else in it, the directory is removed again.
-    Object stores (`gs://`) have no such lock: there the body runs unlocked.
+    Object stores (`gs://`) have no such lock: there the body runs unlocked. A `file://` URL locks its local path.
 
     Args:
         directory: str, the directory to own.
@@ -256,6 +262,7 @@ def directory_lock(directory: str) -> Iterator[None]:
     >>> with directory_lock("runs/x"):  # doctest: +SKIP
     ...     train()
     """
+    directory = directory.removeprefix("file://")
     if not is_local(directory):
         yield
         return

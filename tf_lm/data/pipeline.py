@@ -36,6 +36,13 @@ def _windows_to_pairs(store: TokenStore, split: str, block_size: int):
     return to_pairs
 
 
+def check_block_size(store: TokenStore, block_size: int) -> None:
+    """Raises ValueError unless both splits of `store` hold a window of `block_size` inputs and its targets; a run
+    checks it before writing anything."""
+    for split in ("train", "validation"):
+        _check_length(store, split, block_size)
+
+
 def _check_length(store: TokenStore, split: str, block_size: int) -> None:
     num_ids = store.num_tokens(split)
     if num_ids < block_size + 1:
@@ -94,7 +101,7 @@ def lm_datasets(store: str | TokenStore, block_size: int, batch_size: int, *, se
     if not isinstance(start_step, int) or start_step < 0:
         raise ValueError(f"lm_datasets needs start_step to be an integer >= 0. Received: start_step={start_step!r}")
     store = store if isinstance(store, TokenStore) else TokenStore(store)
-    _check_length(store, "train", block_size)
+    check_block_size(store, block_size)
     num_pipelines, pipeline_id, batch = _pipeline_shape(batch_size, input_context)
     return (
         _train_dataset(store, block_size, batch, batch_size, seed, start_step, num_pipelines, pipeline_id),

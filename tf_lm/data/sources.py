@@ -24,7 +24,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
+import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -87,11 +89,15 @@ class Source:
     Attributes:
         name: str, the source string.
         options: dict, the options that decide its splits (part of a token store's identity).
+        digest: str, a sha256 of what the text is, found without reading it (each file's path, size and modification
+            time; the builtin text itself; a TFDS dataset's name and version), so a token store prepared from an
+            earlier version of the source is not taken for one of this version.
     """
 
-    def __init__(self, name: str, options: dict, splits: dict[str, _Range]):
+    def __init__(self, name: str, options: dict, splits: dict[str, _Range], contents):
         self.name = name
         self.options = options
+        self.digest = hashlib.sha256(json.dumps(contents, sort_keys=True).encode("utf-8")).hexdigest()
         self._splits = splits
 
     def split_bytes(self, split: str) -> int | None:
@@ -202,12 +208,12 @@ def open_source(source: str = DEFAULT_SOURCE, *, validation_fraction: float = 0.
     if scheme == "tfds":
         options = {"validation_fraction": validation_fraction, "tfds_train_split": tfds_train_split,
                    "tfds_validation_split": tfds_validation_split, "tfds_text_key": tfds_text_key}
-        splits = _tfds_splits(source, rest, validation_fraction, tfds_data_dir, tfds_manual_dir, tfds_train_split,
-                              tfds_validation_split, tfds_text_key)
-        return Source(source, options, splits)
-    documents, sizes = _builtin(source, rest) if scheme == "builtin" else _text_files(source, rest)
+        splits, version = _tfds_splits(source, rest, validation_fraction, tfds_data_dir, tfds_manual_dir,
+                                       tfds_train_split, tfds_validation_split, tfds_text_key)
+        return Source(source, options, splits, version)
+    documents, sizes, contents = _builtin(source, rest) if scheme == "builtin" else _text_files(source, rest)
     return Source(source, {"validation_fraction": validation_fraction},
-                  _carve(source, documents, sizes, validation_fraction))
+                  _carve(source, documents, sizes, validation_fraction), contents)
 
 
 def _carve(source: str, documents: _Documents, sizes: list[int], validation_fraction: float) -> dict[str, _Range]:
@@ -245,7 +251,7 @@ def _in_memory(texts: list[bytes], names: Callable[[int], str]) -> _Documents:
     return _Documents(names, open_from)
 
 
-def _builtin(source: str, name: str) -> tuple[_Documents, list[int]]:
+def _builtin(source: str, name: str) -> tuple[_Documents, list[int], str]:
     if name != "pydoc":
         raise ValueError(f"Unknown builtin corpus in {source!r}; the builtin corpora are {list(BUILTIN_CORPORA)}.")
     from pydoc_data.topics import topics
@@ -254,10 +260,11 @@ def _builtin(source: str, name: str) -> tuple[_Documents, list[int]]:
     # hundred kilobytes that Python already holds.
     keys = sorted(topics)
     texts = [topics[key].encode("utf-8") for key in keys]
-    return _in_memory(texts, lambda index: f"pydoc topic {keys[index]!r}"), [len(text) for text in texts]
+    contents = hashlib.sha256(b"\0".join(texts)).hexdigest()  # the topics change between Python releases
+    return _in_memory(texts, lambda index: f"pydoc topic {keys[index]!r}"), [len(text) for text in texts], contents
 
 
-def _text_files(source: str, pattern: str) -> tuple[_Documents, list[int]]:
+def _text_files(source: str, pattern: str) -> tuple[_Documents, list[int], list]:
     if "://" in pattern:
         files = gfile(pattern)
         paths = sorted(p for p in files.glob(pattern) if not files.isdir(p))
@@ -267,13 +274,15 @@ def _text_files(source: str, pattern: str) -> tuple[_Documents, list[int]]:
         raise FileNotFoundError(
             f"No files match {source!r}; check the path, or quote the glob so the shell leaves it alone."
         )
-    sizes = [gfile(path).stat(path).length for path in paths]
+    stats = [gfile(path).stat(path) for path in paths]
+    sizes = [stat.length for stat in stats]
 
     def open_from(first):
         for index in range(first, len(paths)):
             yield index, sizes[index], lambda path=paths[index]: gfile(path).GFile(path, "rb")
 
-    return _Documents(lambda index: paths[index], open_from), sizes
+    contents = [[path, stat.length, stat.mtime_nsec] for path, stat in zip(paths, stats)]
+    return _Documents(lambda index: paths[index], open_from), sizes, contents
 
 
 def _split_names(split: str) -> list[str]:
@@ -353,7 +362,8 @@ def prepare_tfds(builder, name: str, manual_dir: str | None = None, hint: str = 
 
 
 def _tfds_splits(source, name, validation_fraction, data_dir, manual_dir, train_split, validation_split,
-                 text_key) -> dict[str, _Range]:
+                 text_key) -> tuple[dict[str, _Range], str]:
+    """The splits, and the dataset's name and version: a version of a TFDS dataset never changes."""
     import tensorflow_datasets as tfds
 
     builder = tfds_builder(source, name, data_dir)
@@ -384,10 +394,10 @@ def _tfds_splits(source, name, validation_fraction, data_dir, manual_dir, train_
 
         return _Documents(lambda index: f"example {index} of TFDS split {split!r}", open_from)
 
-    train = examples(train_split)
+    train, version = examples(train_split), builder.info.full_name
     if not has_validation:
         sizes = [size for _, size, _ in train.open_from(0)]  # one pass over the train split, counting bytes
-        return _carve(source, train, sizes, validation_fraction)
+        return _carve(source, train, sizes, validation_fraction), version
     if not any(size for _, size, _ in train.open_from(0)):
         raise ValueError(f"The {train_split!r} split of {source!r} is empty; choose a split that holds text.")
-    return {"train": _Range(train), "validation": _Range(examples(validation_split))}
+    return {"train": _Range(train), "validation": _Range(examples(validation_split))}, version

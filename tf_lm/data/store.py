@@ -26,6 +26,7 @@ elsewhere.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import os
@@ -35,9 +36,9 @@ import time
 
 import numpy as np
 
-from tf_lm.data.sources import DEFAULT_CHUNK_BYTES, SPLITS, open_source
-from tf_lm.data.tokenizers import TOKENIZER_KINDS, build_tokenizer, load_tokenizer
-from tf_lm.fileio import atomic_write, check_replaceable, gfile, is_local
+from tf_lm.data.sources import DEFAULT_CHUNK_BYTES, SPLITS, Source, open_source
+from tf_lm.data.tokenizers import DEFAULT_BPE_VOCAB_SIZE, TOKENIZER_KINDS, BPETokenizer, build_tokenizer, load_tokenizer
+from tf_lm.fileio import LOCK_FILE, atomic_write, check_replaceable, directory_lock, gfile, is_local
 
 FORMAT_VERSION = 1
 STORE_SCHEME = "store:"  # a --dataset naming a store rather than a source to prepare
@@ -49,6 +50,8 @@ DEFAULT_SHARD_TOKENS = 1 << 24  # 32 MB of uint16 per shard: the most ids a prep
 DEFAULT_BPE_SAMPLE_BYTES = 20_000_000
 # Chunks encoded per call: enough for HF tokenizers to keep every core busy, few enough to bound memory.
 ENCODE_BATCH_CHUNKS = 8
+# Shard files a store on a TensorFlow filesystem keeps open: random windows soon touch every shard of a split.
+OPEN_REMOTE_SHARDS = 16
 
 
 def _read_json(path: str) -> dict:
@@ -88,15 +91,18 @@ class _Progress:
         sys.stderr.flush()
 
 
-def prepare_store(source: str, directory: str, *, tokenizer="char", bpe_vocab_size: int | None = None,
+def prepare_store(source: str | Source, directory: str, *, tokenizer="char", bpe_vocab_size: int | None = None,
                   bpe_sample_bytes: int = DEFAULT_BPE_SAMPLE_BYTES, shard_tokens: int = DEFAULT_SHARD_TOKENS,
                   chunk_bytes: int = DEFAULT_CHUNK_BYTES, progress: bool = False, **source_options) -> TokenStore:
     """Writes the token store of `source` into `directory` (or finishes an interrupted one) and opens it.
 
     Args:
-        source: str. A source string for `open_source` ("builtin:pydoc", "text:<glob>", "tfds:<name>").
+        source: str or `Source`. A source string for `open_source` ("builtin:pydoc", "text:<glob>",
+            "tfds:<name>"), or a source it opened.
         directory: str. The store's directory (any `tf.io.gfile` path); must be new, empty, a store prepared with
-            the same arguments (returned as it is), or an unfinished one of them (finished).
+            the same arguments from the same version of the source (returned as it is), or an unfinished one
+            (finished; restarted if it has no finished shard and other arguments). One process prepares a local
+            directory at a time.
         tokenizer: "char", "bpe", or a tokenizer object (e.g. `load_tokenizer(model_dir + "/tokenizer")`) whose ids
             the store must hold, such as a pretrained model's.
         bpe_vocab_size: int or None. BPE's target vocabulary (None: 4096); only with tokenizer="bpe".
@@ -104,14 +110,15 @@ def prepare_store(source: str, directory: str, *, tokenizer="char", bpe_vocab_si
         shard_tokens: int, default 2**24. A shard is closed once it holds at least this many ids.
         chunk_bytes: int, default 256 KB. Text read (and encoded) at a time; HF tokenizers' memory grows with it.
         progress: bool. A progress line on stderr: MB, tokens and tokens/s.
-        **source_options: passed to `open_source` (`validation_fraction`, `tfds_data_dir`, ...).
+        **source_options: passed to `open_source` (`validation_fraction`, `tfds_data_dir`, ...) with a source string.
 
     Returns:
         The `TokenStore`.
 
     Raises:
-        ValueError: for bad arguments, a `directory` holding something else (or a store of other arguments), and
-            whatever `open_source` or the tokenizer raise (an empty source, a character outside a given char
+        ValueError: for bad arguments, a `directory` holding something else (or a store of other arguments or of
+            another version of the source), a `directory` another process is preparing, and whatever
+            `open_source` or the tokenizer raise (an empty source, a character outside a given char
             tokenizer's vocabulary).
         FileNotFoundError: from `open_source`.
 
@@ -119,7 +126,9 @@ def prepare_store(source: str, directory: str, *, tokenizer="char", bpe_vocab_si
     >>> store = prepare_store("builtin:pydoc", "runs/stores/pydoc-char")  # doctest: +SKIP
     >>> store.num_tokens("train")  # doctest: +SKIP
     """
-    for name, value, minimum in (("shard_tokens", shard_tokens, 1), ("bpe_sample_bytes", bpe_sample_bytes, 1)):
+    # Every argument is checked before anything is written: a refusal must not leave a preparation behind.
+    for name, value, minimum in (("shard_tokens", shard_tokens, 1), ("bpe_sample_bytes", bpe_sample_bytes, 1),
+                                 ("chunk_bytes", chunk_bytes, 4)):
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             raise ValueError(f"prepare_store needs {name} to be an integer >= {minimum}. Received: {name}={value!r}")
     if isinstance(tokenizer, str):
@@ -131,31 +140,63 @@ def prepare_store(source: str, directory: str, *, tokenizer="char", bpe_vocab_si
             )
         wanted = {"kind": tokenizer}
         if tokenizer == "bpe":
+            bpe_vocab_size = DEFAULT_BPE_VOCAB_SIZE if bpe_vocab_size is None else bpe_vocab_size
+            BPETokenizer.check_vocab_size(bpe_vocab_size)
             wanted.update(vocab_size=bpe_vocab_size, sample_bytes=bpe_sample_bytes)
     else:
         wanted = {"fingerprint": tokenizer.fingerprint}
-    opened = open_source(source, **source_options)
-    files = gfile(directory)
-    request = {"source": source, "source_options": opened.options, "tokenizer": wanted, "shard_tokens": shard_tokens,
-               "chunk_bytes": chunk_bytes, "format_version": FORMAT_VERSION}
+    if isinstance(source, Source):
+        if source_options:
+            raise ValueError(f"Options of open_source go to open_source, not with an opened Source: {source_options}")
+        opened = source
+    else:
+        opened = open_source(source, **source_options)
+    request = {"source": opened.name, "source_digest": opened.digest, "source_options": opened.options,
+               "tokenizer": wanted, "shard_tokens": shard_tokens, "chunk_bytes": chunk_bytes,
+               "format_version": FORMAT_VERSION}
+    files, manifest = gfile(directory), os.path.join(directory, MANIFEST)
+    if not files.exists(manifest):
+        check_replaceable(directory, PREPARING)
+        notes = os.path.join(directory, PREPARING)
+        with directory_lock(notes):
+            prepared = not files.exists(manifest)  # another process may have finished it before the lock
+            if prepared:
+                _prepare(opened, directory, request, tokenizer, bpe_sample_bytes, progress)
+        if prepared:
+            files.rmtree(notes)
+    store = TokenStore(directory)
+    if store.manifest["request"] != request:
+        raise ValueError(
+            f"{directory} holds a token store prepared with other arguments or from another version of the source "
+            f"({_differences(store.manifest['request'], request)}); choose another directory, or pass the "
+            "arguments it was prepared with."
+        )
+    return store
 
-    if files.exists(os.path.join(directory, MANIFEST)):
-        store = TokenStore(directory)
-        if store.manifest["request"] != request:
-            raise ValueError(
-                f"{directory} holds a token store prepared with other arguments ({store.manifest['request']}); "
-                "choose another directory, or pass the arguments it was prepared with."
-            )
-        return store
-    check_replaceable(directory, PREPARING)
-    notes = os.path.join(directory, PREPARING)
+
+def _differences(saved: dict, wanted: dict) -> str:
+    names = sorted(name for name in saved.keys() | wanted.keys() if saved.get(name) != wanted.get(name))
+    return "; ".join(f"{name}: {saved.get(name)!r} there, {wanted.get(name)!r} here" for name in names)
+
+
+def _prepare(opened: Source, directory: str, request: dict, tokenizer, bpe_sample_bytes: int, progress: bool):
+    """Writes the store's shards and manifest, continuing an unfinished preparation of the same request."""
+    files, notes = gfile(directory), os.path.join(directory, PREPARING)
     request_path = os.path.join(notes, "request.json")
-    if files.exists(request_path):
-        if _read_json(request_path) != request:
+    if files.exists(request_path) and (saved := _read_json(request_path)) != request:
+        if any(name.endswith(".done") or name.startswith(SPLITS) for name in files.listdir(notes)):
             raise ValueError(
-                f"{directory} holds an unfinished token store prepared with other arguments "
-                f"({_read_json(request_path)}); rerun with those arguments to finish it, or choose another directory."
+                f"{directory} holds an unfinished token store prepared with other arguments or from another version "
+                f"of the source ({_differences(saved, request)}); rerun with those arguments to finish it, or choose "
+                "another directory."
             )
+        # Nothing of it is finished (say, it stopped at an argument the tokenizer refused): start again.
+        for name in files.listdir(notes):
+            if name != LOCK_FILE:
+                files.remove(os.path.join(notes, name))
+        if files.exists(os.path.join(directory, TOKENIZER_DIR)):
+            files.rmtree(os.path.join(directory, TOKENIZER_DIR))
+    if files.exists(request_path):
         # A killed atomic_write leaves its hidden temporary sibling behind; the shard it was writing is redone.
         for name in files.listdir(directory):
             if name.startswith(".") and name.rstrip("/") != PREPARING:
@@ -163,6 +204,7 @@ def prepare_store(source: str, directory: str, *, tokenizer="char", bpe_vocab_si
     else:
         _write_json(request_path, request)
 
+    chunk_bytes = request["chunk_bytes"]
     tokenizer_note = os.path.join(notes, "tokenizer.json")
     tokenizer_dir = os.path.join(directory, TOKENIZER_DIR)
     if files.exists(tokenizer_note):  # resuming: never train BPE (or scan the characters) twice
@@ -172,7 +214,7 @@ def prepare_store(source: str, directory: str, *, tokenizer="char", bpe_vocab_si
             texts = (chunk.text for split in SPLITS for chunk in opened.chunks(split, chunk_bytes=chunk_bytes))
             if tokenizer == "bpe":
                 texts = _sample(opened, bpe_sample_bytes, chunk_bytes)
-            tokenizer = build_tokenizer(wanted["kind"], texts, bpe_vocab_size)
+            tokenizer = build_tokenizer(tokenizer, texts, request["tokenizer"].get("vocab_size"))
         tokenizer.save(tokenizer_dir)
         _write_json(tokenizer_note, {"fingerprint": tokenizer.fingerprint})
     dtype = np.dtype("<u2") if tokenizer.vocab_size <= 1 << 16 else np.dtype("<u4")
@@ -180,7 +222,7 @@ def prepare_store(source: str, directory: str, *, tokenizer="char", bpe_vocab_si
     splits = {}
     for split in SPLITS:
         report = _Progress(f"{split} ({directory})", opened.split_bytes(split), progress)
-        shards = _write_split(opened, split, tokenizer, directory, dtype, shard_tokens, chunk_bytes, report)
+        shards = _write_split(opened, split, tokenizer, directory, dtype, request["shard_tokens"], chunk_bytes, report)
         report.close()
         splits[split] = {"tokens": sum(shard["tokens"] for shard in shards), "shards": shards}
     manifest = {"format_version": FORMAT_VERSION, "request": request, "dtype": dtype.name,
@@ -188,8 +230,6 @@ def prepare_store(source: str, directory: str, *, tokenizer="char", bpe_vocab_si
                               "directory": TOKENIZER_DIR},
                 "end_of_document_id": tokenizer.eos_id, "splits": splits}
     _write_json(os.path.join(directory, MANIFEST), manifest)
-    files.rmtree(notes)
-    return TokenStore(directory)
 
 
 def _sample(opened, sample_bytes: int, chunk_bytes: int):
@@ -271,7 +311,9 @@ class TokenStore:
             self.manifest = _read_json(path)
             version = self.manifest.get("format_version")
             self.dtype = np.dtype(self.manifest["dtype"]).newbyteorder("<")
-            splits = self.manifest["splits"]
+            splits = {split: self.manifest["splits"][split]["shards"] for split in SPLITS}
+            self.eos_id: int | None = self.manifest["end_of_document_id"]
+            self.fingerprint: str = self.manifest["tokenizer"]["fingerprint"]
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"{path} is not a token store manifest ({error}); prepare the store again.") from None
         if version != FORMAT_VERSION:
@@ -279,12 +321,10 @@ class TokenStore:
                 f"Token store {directory!r} has format version {version!r}; this code reads {FORMAT_VERSION}. "
                 "Prepare the store again."
             )
-        self.eos_id: int | None = self.manifest["end_of_document_id"]
-        self.fingerprint: str = self.manifest["tokenizer"]["fingerprint"]
         self._shards: dict[str, list[tuple[str, int]]] = {}
         self._bounds: dict[str, np.ndarray] = {}
         for split in SPLITS:
-            shards = [(os.path.join(directory, shard["file"]), shard["tokens"]) for shard in splits[split]["shards"]]
+            shards = [(os.path.join(directory, shard["file"]), shard["tokens"]) for shard in splits[split]]
             for shard_path, tokens in shards:
                 expected = tokens * self.dtype.itemsize
                 size = self._files.stat(shard_path).length if self._files.exists(shard_path) else None
@@ -297,7 +337,7 @@ class TokenStore:
             self._shards[split] = shards
             self._bounds[split] = np.cumsum([0] + [tokens for _, tokens in shards], dtype=np.int64)  # [shards + 1]
         self._local = is_local(directory)
-        self._handles: dict[str, object] = {}
+        self._remote_handles: collections.OrderedDict[str, object] = collections.OrderedDict()  # least recent first
         self._lock = threading.Lock()
         self._tokenizer = None
 
@@ -330,16 +370,18 @@ class TokenStore:
     def _read_shard(self, path: str, offset: int, count: int) -> bytes:
         itemsize = self.dtype.itemsize
         if self._local:
-            # pread has no shared file position, so parallel tf.data calls need no lock.
-            if path not in self._handles:
-                with self._lock:
-                    if path not in self._handles:  # another reader may have opened it while this one waited
-                        self._handles[path] = os.open(path, os.O_RDONLY)
-            return os.pread(self._handles[path], count * itemsize, offset * itemsize)
-        with self._lock:  # a GFile has one position: seek and read as one step
-            if path not in self._handles:
-                self._handles[path] = self._files.GFile(path, "rb")
-            handle = self._handles[path]
+            # A descriptor per read: a store of thousands of shards never holds thousands open, and parallel
+            # tf.data calls share nothing (pread has no file position). Opening costs microseconds per window.
+            descriptor = os.open(path, os.O_RDONLY)
+            try:
+                return os.pread(descriptor, count * itemsize, offset * itemsize)
+            finally:
+                os.close(descriptor)
+        with self._lock:  # a GFile has one position: seek and read as one step; opening one costs a round trip
+            handle = self._remote_handles.pop(path, None) or self._files.GFile(path, "rb")
+            self._remote_handles[path] = handle
+            if len(self._remote_handles) > OPEN_REMOTE_SHARDS:
+                self._remote_handles.popitem(last=False)[1].close()
             handle.seek(offset * itemsize)
             return handle.read(count * itemsize)
 
@@ -370,11 +412,8 @@ class TokenStore:
         return np.stack([self.read(split, int(start), length) for start in starts]).reshape(len(starts), length)
 
     def __del__(self):
-        for handle in getattr(self, "_handles", {}).values():
-            if isinstance(handle, int):
-                os.close(handle)
-            else:
-                handle.close()
+        for handle in getattr(self, "_remote_handles", {}).values():
+            handle.close()
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{split}={self.num_tokens(split):,}" for split in SPLITS)

@@ -273,11 +273,7 @@ class BPETokenizer:
         """
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-        if not isinstance(vocab_size, int) or vocab_size < 257:
-            raise ValueError(
-                f"BPETokenizer.vocab_size must be an integer >= 257 (256 bytes + {END_OF_TEXT}). "
-                f"Received: vocab_size={vocab_size!r}"
-            )
+        cls.check_vocab_size(vocab_size)
         tokenizer = Tokenizer(models.BPE())
         # GPT-2's setup: no prefix space, byte-level pre-tokenizer and decoder, so decode is exact.
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -292,6 +288,15 @@ class BPETokenizer:
         texts = [text_or_iterator] if isinstance(text_or_iterator, str) else text_or_iterator
         tokenizer.train_from_iterator(texts, trainer=trainer)
         return cls(tokenizer)
+
+    @staticmethod
+    def check_vocab_size(vocab_size) -> None:
+        """Raises ValueError unless `vocab_size` is one `train` accepts: an integer >= 257."""
+        if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 257:
+            raise ValueError(
+                f"BPETokenizer.vocab_size must be an integer >= 257 (256 bytes + {END_OF_TEXT}). "
+                f"Received: vocab_size={vocab_size!r}"
+            )
 
     @property
     def vocab_size(self) -> int:
