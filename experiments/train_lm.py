@@ -42,7 +42,8 @@ from experiments.flags import (
 )
 from tf_lm import artifacts
 from tf_lm.configs import LMConfig
-from tf_lm.data import TokenStore, lm_datasets, load_tokenizer, prepare_store
+from tf_lm.data import Source, TokenStore, lm_datasets, load_tokenizer, open_source, prepare_store
+from tf_lm.data.pipeline import check_block_size
 from tf_lm.data.store import DEFAULT_BPE_SAMPLE_BYTES, STORE_SCHEME
 from tf_lm.distribute import is_chief, resolve_strategy
 from tf_lm.fileio import atomic_write, directory_lock
@@ -98,10 +99,26 @@ def _check_model_dir(model_dir: str, run_config: dict) -> None:
             )
 
 
-def _run_config(model_config, train_config, strategy, tokenizer_fingerprint, pretrained) -> dict:
+def _run_config(model_config, train_config, strategy, tokenizer_fingerprint, pretrained, store=None) -> dict:
     return {"model": model_config.to_dict(), "train": train_config.to_dict(), "strategy": type(strategy).__name__,
             "replicas": strategy.num_replicas_in_sync, "tokenizer_fingerprint": tokenizer_fingerprint,
-            "base_fingerprint": None if pretrained is None else pretrained.fingerprint}
+            "base_fingerprint": None if pretrained is None else pretrained.fingerprint,
+            "source_digest": None if store is None else store.manifest["request"].get("source_digest")}
+
+
+def _check_source(model_dir: str, source: Source) -> None:
+    """Raises ValueError if the run in `model_dir` was trained on another version of `source` (an edited file):
+    checked before a store is prepared, so a resume neither tokenises the edited corpus nor mixes the two."""
+    path = os.path.join(model_dir, RUN_CONFIG)
+    if not tf.io.gfile.exists(path):
+        return
+    with tf.io.gfile.GFile(path) as f:
+        recorded = json.load(f).get("source_digest")
+    if recorded is not None and recorded != source.digest:
+        raise ValueError(
+            f"--model_dir={model_dir!r} holds a run trained on another version of {source.name!r} (a file's size or "
+            "modification time differs); restore the source to resume it, or use a new --model_dir."
+        )
 
 
 def script_flags(flag_values: flags.FlagValues) -> dict[str, str]:
@@ -138,9 +155,10 @@ def check_flags(model_dir: str, lines: dict[str, str]) -> None:
         )
 
 
-def _store_directory(train_config: TrainConfig, cache_dir: str, options: dict, tokenizer=None) -> str:
-    # One store per (source, tokenizer, options): runs sharing a --data_cache_dir share the stores they agree on.
-    identity = {"dataset": train_config.dataset,
+def _store_directory(train_config: TrainConfig, cache_dir: str, source: Source, options: dict, tokenizer=None) -> str:
+    # One store per (source and its version, tokenizer, options): runs sharing a --data_cache_dir share the stores
+    # they agree on, and an edited source gets a store of its own.
+    identity = {"dataset": train_config.dataset, "source_digest": source.digest,
                 "tokenizer": train_config.tokenizer if tokenizer is None else tokenizer.fingerprint,
                 "bpe_vocab_size": train_config.bpe_vocab_size, **options}
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()[:16]
@@ -165,11 +183,13 @@ def open_training_store(train_config: TrainConfig, model_dir: str, data_options:
            "bpe_sample_bytes": options.pop("bpe_sample_bytes", DEFAULT_BPE_SAMPLE_BYTES)}
     if train_config.tokenizer != "bpe" or tokenizer is not None:
         bpe = {}
-    directory = _store_directory(train_config, cache_dir, {**options, **bpe}, tokenizer)
+    source = open_source(train_config.dataset, **options)
+    _check_source(model_dir, source)
+    directory = _store_directory(train_config, cache_dir, source, {**options, **bpe}, tokenizer)
     if not chief:
         directory = os.path.join(stack.enter_context(tempfile.TemporaryDirectory(prefix="tf_lm_store_")), "store")
-    return prepare_store(train_config.dataset, directory, tokenizer=train_config.tokenizer if tokenizer is None
-                         else tokenizer, progress=verbose, **bpe, **options)
+    return prepare_store(source, directory, tokenizer=train_config.tokenizer if tokenizer is None else tokenizer,
+                         progress=verbose, **bpe)
 
 
 def train(model_config: LMConfig, train_config: TrainConfig, model_dir: str, strategy_name: str = "auto",
@@ -235,10 +255,11 @@ def _train(model_config, train_config, model_dir, strategy, store, verbose, flag
             f"Token store {store.directory!r} was prepared with another tokenizer than the model in "
             f"--model_dir={model_dir!r}; prepare it with --tokenizer_dir={tokenizer_dir}, or use a new --model_dir."
         )
+    check_block_size(store, model_config.block_size)
     train_config = dataclasses.replace(train_config, tokenizer="char" if tokenizer.is_char_level else "bpe")
     if pretrained is None:
         model_config = dataclasses.replace(model_config, vocab_size=tokenizer.vocab_size)
-    run_config = _run_config(model_config, train_config, strategy, tokenizer.fingerprint, pretrained)
+    run_config = _run_config(model_config, train_config, strategy, tokenizer.fingerprint, pretrained, store)
     _check_model_dir(model_dir, run_config)
 
     peak = measure_matmul_peak() if verbose else None

@@ -167,6 +167,37 @@ def test_store_dataset_trains_and_a_store_of_another_tokenizer_is_refused(tmp_pa
     assert f"--tokenizer_dir={model_dir / 'model' / 'tokenizer'}" in line
 
 
+def test_a_split_too_short_for_the_block_is_refused_before_anything_is_written(tmp_path):
+    from experiments.train_lm import train
+
+    source = tmp_path / "short.txt"
+    source.write_text("To be, or not to be, that is the question.\n" * 12)  # a 53-character validation split
+    config = TrainConfig(dataset=f"text:{source}", batch_size=2, steps=1, warmup_steps=0)
+    with pytest.raises(ValueError, match="The validation split .* fewer than block_size\\+1=65"):
+        train(LMConfig(n_layer=1, n_head=2, n_embd=16, block_size=64), config, str(tmp_path / "run"), verbose=False)
+    assert not (tmp_path / "run" / "run_config.json").exists()
+    train(LMConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), config, str(tmp_path / "run"), verbose=False)
+
+
+def test_a_run_whose_source_was_edited_is_not_resumed_on_the_new_text(tmp_path):
+    from experiments.train_lm import train
+
+    source = tmp_path / "input.txt"
+    source.write_text(TEXT)
+    model_config = LMConfig(n_layer=1, n_head=2, n_embd=16, block_size=16)
+    config = TrainConfig(dataset=f"text:{source}", batch_size=2, steps=1, warmup_steps=0)
+    train(model_config, config, str(tmp_path / "run"), verbose=False)
+    stores = sorted((tmp_path / "run" / "data").iterdir())
+    source.write_text(TEXT.replace("speak", "SPEAK"))
+    with pytest.raises(ValueError, match="holds a run trained on another version of 'text:.*input.txt'"):
+        train(model_config, config, str(tmp_path / "run"), verbose=False)
+    assert sorted((tmp_path / "run" / "data").iterdir()) == stores  # the edited text was not tokenised
+    # A new run on the edited text gets a store of its own in a shared cache, not the stale one.
+    train(model_config, config, str(tmp_path / "other"), data_options={"cache_dir": str(tmp_path / "run" / "data")},
+          verbose=False)
+    assert len(list((tmp_path / "run" / "data").iterdir())) == len(stores) + 1
+
+
 # === Transfer: --init_from, --lora_rank ===
 def _text_source(tmp_path, text=TEXT):
     path = tmp_path / "input.txt"
