@@ -54,15 +54,19 @@ def evaluate_split(model, tokenizer, store: TokenStore, split: str, batch_size: 
         dict with `loss` (nats per token), `perplexity`, `bits` (per token) and `tokens` (how many were scored).
 
     Raises:
-        ValueError: for an unknown split, a split shorter than one window, or a store of another tokenizer.
+        ValueError: for an unknown split, a split shorter than one window, a store of another tokenizer, or
+            `max_batches` < 1.
     """
+    if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int)
+                                    or max_batches < 1):
+        raise ValueError(f"max_batches must be an integer >= 1 or None. Received: max_batches={max_batches!r}")
     if store.fingerprint != tokenizer.fingerprint:
         raise ValueError(
             f"Token store {store.directory!r} was prepared with another tokenizer than the model's; prepare it with "
             f"experiments.prepare_data --tokenizer_dir=<model_dir>/{artifacts.SAVED_DIR}/{artifacts.TOKENIZER_DIR}."
         )
     windows = contiguous_windows(store, split, model.config.block_size, batch_size)
-    if max_batches:
+    if max_batches is not None:
         windows = windows.take(max_batches)
 
     batch_loss = tf.function(lambda inputs, targets: summed_next_token_loss(model, inputs, targets),

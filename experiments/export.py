@@ -15,7 +15,13 @@ from __future__ import annotations
 from absl import app, flags
 
 from experiments.flags import define_trained_model_flag, flag_group, one_line_errors, run_script
-from experiments.generate import define_sampling_flags, define_speculative_flags, sampling_kwargs, speculative_kwargs
+from experiments.generate import (
+    define_sampling_flags,
+    define_speculative_flags,
+    sampling_kwargs,
+    speculative_kwargs,
+    stop_token_ids,
+)
 
 FLAGS = flags.FLAGS
 
@@ -39,13 +45,14 @@ def run(model_dir: str, export_dir: str, sampling: dict, context_policy: str = "
             neither new, empty nor an earlier export.
     """
     from tf_lm.artifacts import load_model_dir
-    from tf_lm.fileio import check_replaceable
-    from tf_lm.generation.export import EXPORT_MARKER, export_saved_model
+    from tf_lm.fileio import EXPORT_MARKER, check_replaceable
+    from tf_lm.generation.export import export_saved_model
 
     check_replaceable(export_dir, EXPORT_MARKER)  # before the slow load: a wrong path fails at once
     model, tokenizer = load_model_dir(model_dir)
     speculation = speculative_kwargs(tokenizer, draft_model_dir, drafter, num_speculative_tokens)
-    export_saved_model(model, tokenizer, export_dir, context_policy=context_policy, **sampling, **speculation)
+    export_saved_model(model, tokenizer, export_dir, stop_token_ids=stop_token_ids(tokenizer),
+                       context_policy=context_policy, **sampling, **speculation)
     print(f"Wrote a SavedModel with a 'generate' signature to {export_dir}")
 
 

@@ -3,7 +3,8 @@
     python -m experiments.export_hf --model_dir=runs/shakespeare --output_dir=runs/shakespeare-hf
 
 Writes into --output_dir (built beside it and swapped in by rename): config.json (`GPT2LMHeadModel`),
-model.safetensors (PyTorch names and layout), generation_config.json, tokenizer.json and tokenizer_config.json.
+model.safetensors (PyTorch names and layout), generation_config.json, tokenizer.json and tokenizer_config.json, and
+tf_lm_export.json, which lets a later export replace it (a directory without it is never replaced).
 Load it with `transformers.GPT2LMHeadModel.from_pretrained(OUT)` and `AutoTokenizer.from_pretrained(OUT)`, or
 back here with `tf_lm.convert.from_gpt2_safetensors(OUT)`.
 """

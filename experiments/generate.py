@@ -52,6 +52,11 @@ def define_speculative_flags() -> None:
         flags.DEFINE_integer("num_speculative_tokens", 4, "Tokens drafted per speculative round (with a drafter).")
 
 
+def stop_token_ids(tokenizer) -> list[int] | None:
+    """What ends a sample: the tokenizer's end-of-text id, if it has one. The SavedModel export stops alike."""
+    return None if getattr(tokenizer, "eos_id", None) is None else [tokenizer.eos_id]
+
+
 def speculative_kwargs(tokenizer, draft_model_dir: str | None, drafter: str | None,
                        num_speculative_tokens: int) -> dict:
     """The one mapping from the speculative flags to `generate`'s arguments; loads the draft model directory.
@@ -115,19 +120,22 @@ def run(model_dir: str, prompt: str, max_new_tokens: int, seed: int | None, num_
     """
     from tf_lm.artifacts import load_model_dir
     from tf_lm.generation import stream
+    from tf_lm.generation.generate import SEED_LIMIT
     from tf_lm.generation.speculative import SpeculationStats
 
     if num_samples < 1:
         raise ValueError(f"--num_samples must be >= 1. Received: {num_samples}")
+    if seed is not None and seed + num_samples > SEED_LIMIT:  # sample k draws with seed + k
+        raise ValueError(f"--seed + --num_samples must be <= 2**62. Received: --seed={seed}, "
+                         f"--num_samples={num_samples}")
     model, tokenizer = load_model_dir(model_dir)
     speculation = speculative_kwargs(tokenizer, draft_model_dir, drafter, num_speculative_tokens)
     prompt_ids = tokenizer.encode(prompt)
-    stop_token_ids = None if getattr(tokenizer, "eos_id", None) is None else [tokenizer.eos_id]
     rounds = accepted = 0
     for sample in range(num_samples):
         # `stream` checks the prompt and settings when called, so a refusal comes before any output.
         chunks = stream(model, [prompt_ids], max_new_tokens=max_new_tokens,
-                        seed=None if seed is None else seed + sample, stop_token_ids=stop_token_ids,
+                        seed=None if seed is None else seed + sample, stop_token_ids=stop_token_ids(tokenizer),
                         context_policy=context_policy, chunk_size=chunk_size, **sampling, **speculation)
         if num_samples > 1:
             out.write(f"--- sample {sample + 1} of {num_samples} ---\n")

@@ -11,6 +11,7 @@ from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf
 
 from tf_lm import LMConfig, TransformerLM
 from tf_lm.convert import (
+    config_from_gpt2,
     from_gpt2_safetensors,
     from_hf_gpt2,
     gpt2_state_from_hf,
@@ -141,9 +142,45 @@ def test_a_model_gpt2_cannot_express_is_refused(tmp_path):
 def test_the_export_replaces_only_an_earlier_export(tmp_path):
     model = _random_lm()
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="is not empty and holds no model.safetensors"):
+    with pytest.raises(ValueError, match="is not empty and holds no tf_lm_export.json"):
         save_gpt2_checkpoint(model, str(tmp_path))
     assert os.listdir(tmp_path) == ["notes.txt"]
+    # A downloaded HF model has the files an export writes, but is not one: it is never replaced.
     save_gpt2_checkpoint(model, str(tmp_path / "export"))
+    downloaded = tmp_path / "downloaded"
+    downloaded.mkdir()
+    for name in ("config.json", "model.safetensors", "pytorch_model.bin", "README.md"):
+        (downloaded / name).write_text(name)
+    with pytest.raises(ValueError, match="holds no tf_lm_export.json, so it is not one of ours"):
+        save_gpt2_checkpoint(model, str(downloaded))
+    assert {path.name: path.read_text() for path in downloaded.iterdir()} == {
+        name: name for name in ("config.json", "model.safetensors", "pytorch_model.bin", "README.md")}
     save_gpt2_checkpoint(model, str(tmp_path / "export"))  # an earlier export is replaced whole
-    assert sorted(os.listdir(tmp_path / "export")) == ["config.json", "generation_config.json", "model.safetensors"]
+    assert sorted(os.listdir(tmp_path / "export")) == ["config.json", "generation_config.json", "model.safetensors",
+                                                      "tf_lm_export.json"]
+
+
+def test_the_export_writes_to_a_tensorflow_filesystem(tmp_path, monkeypatch):
+    model = _random_lm()
+    monkeypatch.chdir(tmp_path)  # a remote path mistaken for a local one would land here
+    save_gpt2_checkpoint(model, "ram://hf_export/out")
+    assert not os.listdir(tmp_path)
+    copy = from_gpt2_safetensors("ram://hf_export/out")
+    ids = _ids() % model.config.vocab_size
+    np.testing.assert_allclose(np.asarray(copy(ids)), np.asarray(model(ids)), atol=1e-6)
+
+
+@pytest.mark.parametrize("key, value", [("scale_attn_weights", False), ("scale_attn_by_inverse_layer_idx", True),
+                                        ("tie_word_embeddings", False)])
+def test_gpt2_settings_without_an_equivalent_are_refused(hf_gpt2, tmp_path, key, value):
+    config = {**hf_gpt2.config.to_dict(), key: value}
+    with pytest.raises(ValueError, match=f"Only GPT-2 checkpoints with {key}=.* convert. Received: {key}={value}"):
+        config_from_gpt2(config)
+
+
+def test_an_untied_output_layer_is_refused(hf_gpt2):
+    state = gpt2_state_from_hf(hf_gpt2)
+    model = TransformerLM(config_from_gpt2(hf_gpt2.config.to_dict()))
+    load_gpt2_state(model, {**state, "lm_head.weight": state["wte.weight"]})  # tied, written out: fine
+    with pytest.raises(ValueError, match="lm_head.weight differs from its token embeddings"):
+        load_gpt2_state(model, {**state, "lm_head.weight": state["wte.weight"] + 1.0})

@@ -41,6 +41,9 @@ def test_split_loss_is_the_mean_token_nll(model_dir):
                           bpe_vocab_size=300)
     with pytest.raises(ValueError, match="prepared with another tokenizer than the model's"):
         evaluate_split(model, tokenizer, other, "validation")
+    for bad in (0, -3):  # not "no limit"
+        with pytest.raises(ValueError, match=f"max_batches must be an integer >= 1 or None. Received: .*={bad}"):
+            evaluate_split(model, tokenizer, store, "validation", max_batches=bad)
 
 
 def test_score_sums_token_log_probs(model_dir):

@@ -1,5 +1,6 @@
 """The exported SavedModel: loaded in a fresh process without tf_lm, it reproduces in-process generation."""
 
+import io
 import json
 import os
 import subprocess
@@ -137,6 +138,43 @@ def test_export_cli_writes_a_saved_model_and_reports_errors_in_one_line(model_an
     with pytest.raises(SystemExit, match=r"^error: No model.keras in .*missing") as exit_info:
         export.main(["export"])
     assert "\n" not in str(exit_info.value)
+
+
+def test_the_exported_model_stops_at_end_of_text_as_the_generate_script_does(model_and_tokenizer, tmp_path):
+    import numpy as np
+
+    from experiments.export import run
+    from experiments.generate import run as generate_script
+    from experiments.generate import sampling_kwargs
+
+    _, tokenizer = model_and_tokenizer
+    model = TransformerLM(LMConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16))
+    # Every output is end-of-text: the final norm emits one direction, which only that id's embedding has.
+    direction = np.zeros(16, "float32")
+    direction[0] = 1.0
+    table = np.zeros((tokenizer.vocab_size, 16), "float32")
+    table[tokenizer.eos_id] = direction
+    model.embedding.token_embeddings.assign(table)
+    model.final_norm.gamma.assign(np.zeros(16, "float32"))
+    model.final_norm.beta.assign(direction)
+    save_model_dir(str(tmp_path / "model"), model, tokenizer)
+    printed = io.StringIO()
+    generate_script(str(tmp_path / "model"), "hello", max_new_tokens=4, seed=None, num_samples=1, chunk_size=2,
+                    sampling=sampling_kwargs(0.0, None, None), out=printed)
+    assert printed.getvalue() == "hello<|endoftext|>\n"
+    run(str(tmp_path / "model"), str(tmp_path / "export"), sampling_kwargs(0.0, None, None))
+    [served] = load_and_run((tmp_path / "export", 4, 0, ["hello"]))
+    assert served["token_ids"] == [[tokenizer.eos_id]] and served["lengths"] == [1]
+    assert served["text"] == ["<|endoftext|>"]
+
+
+def test_a_model_with_ids_the_tokenizer_has_no_text_for_is_refused(model_and_tokenizer, tmp_path):
+    _, tokenizer = model_and_tokenizer
+    wider = TransformerLM(LMConfig(vocab_size=tokenizer.vocab_size + 6, block_size=32, n_layer=1, n_head=2, n_embd=16))
+    with pytest.raises(ValueError, match=f"The tokenizer has {tokenizer.vocab_size} ids but the model "
+                                         f"{tokenizer.vocab_size + 6}"):
+        export_saved_model(wider, tokenizer, str(tmp_path / "wider"))
+    assert not (tmp_path / "wider").exists()
 
 
 def test_export_to_a_tensorflow_filesystem(model_and_tokenizer, tmp_path, monkeypatch):

@@ -272,6 +272,27 @@ def test_cli_rejects_prompts_it_cannot_continue(model_dir):
     assert out.getvalue().startswith("a" * 30) and len(out.getvalue()) == 30 + 3 + 1
     with pytest.raises(ValueError, match="num_samples"):
         run(model_dir, "a", **{**settings, "num_samples": 0})
+    out = io.StringIO()
+    with pytest.raises(ValueError, match=r"--seed \+ --num_samples must be <= 2\*\*62"):  # sample 2's seed
+        run(model_dir, "a", out=out, **{**settings, "seed": 2**62 - 1, "num_samples": 2})
+    assert out.getvalue() == ""
+
+
+def test_a_sampler_subclass_that_inherits_get_config_gets_a_program_per_instance(model):
+    import tensorflow as tf
+
+    from tf_lm.generation.samplers import Sampler
+
+    class Always(Sampler):
+        def __init__(self, token):
+            super().__init__()
+            self.token = token
+
+        def get_next_token(self, logits, seed):
+            return tf.fill(tf.shape(logits)[:1], self.token)
+
+    assert generate(model, [[1]], max_new_tokens=3, sampler=Always(4)) == [[4, 4, 4]]
+    assert generate(model, [[1]], max_new_tokens=3, sampler=Always(7)) == [[7, 7, 7]]
 
 
 def test_cli_errors_are_one_line_and_exit_non_zero():

@@ -38,6 +38,11 @@ def test_prefill_then_cached_steps_equal_one_full_pass():
         logits, cache = model.call_with_cache(ids[:, t : t + 1], cache, cache_index=t)
         pieces.append(np.asarray(logits))
     np.testing.assert_allclose(np.concatenate(pieces, axis=1), full, atol=1e-5)
+    # Past the cache's end a write would land on its last slots (XLA clamps the index): refused instead.
+    with pytest.raises(ValueError, match="writes 1 token\\(s\\) at cache_index 16 into a cache of 16 slots"):
+        model.call_with_cache(ids[:, :1], cache, cache_index=16)
+    with pytest.raises(ValueError, match="writes 5 token"):
+        model.call_with_cache(ids[:, :5], cache, cache_index=np.array([0, 12]))
 
 
 def test_real_positions_ignore_what_padding_holds():

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from tf_lm.configs import LMConfig
-from tf_lm.fileio import atomic_directory, gfile, is_local
+from tf_lm.fileio import EXPORT_MARKER, atomic_directory, gfile, is_local, write_export_marker
 from tf_lm.model import TransformerLM
 
 # The files of an HF checkpoint directory that hold the model.
@@ -30,7 +30,8 @@ def config_from_gpt2(hf_config: dict) -> LMConfig:
     """The `LMConfig` of an HF GPT-2 `config.json`.
 
     Raises:
-        ValueError: for an activation other than tanh-GELU, or an MLP width other than 4·n_embd.
+        ValueError: for an activation other than tanh-GELU, an MLP width other than 4·n_embd, attention scaled
+            otherwise than by 1/sqrt(head_dim), or an output layer not tied to the token embeddings.
     """
     missing = [key for key in ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd") if key not in hf_config]
     if missing:
@@ -44,6 +45,14 @@ def config_from_gpt2(hf_config: dict) -> LMConfig:
     n_inner = hf_config.get("n_inner")
     if n_inner not in (None, 4 * hf_config["n_embd"]):
         raise ValueError(f"Only GPT-2 checkpoints with n_inner = 4·n_embd convert. Received: n_inner={n_inner}")
+    # Settings GPT2LMHeadModel honours that TransformerLM has no equivalent for: loading them would silently
+    # give other logits. (reorder_and_upcast_attn only changes the precision of the scores, which are float32 here.)
+    for key, supported in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                           ("tie_word_embeddings", True)):
+        if hf_config.get(key, supported) != supported:
+            raise ValueError(
+                f"Only GPT-2 checkpoints with {key}={supported} convert. Received: {key}={hf_config[key]!r}"
+            )
     return LMConfig(
         vocab_size=hf_config["vocab_size"],
         block_size=hf_config["n_positions"],
@@ -105,9 +114,16 @@ def load_gpt2_state(model: TransformerLM, state: dict[str, np.ndarray]) -> Trans
     """Copies a GPT-2 state dict into `model`: PyTorch names (optional `transformer.` prefix) or HF TF names.
 
     Raises:
-        ValueError: if a tensor is missing or its shape differs from the model's.
+        ValueError: if a tensor is missing or its shape differs from the model's, or an `lm_head.weight` is not
+            the token embeddings (the model's output layer is tied to them).
     """
     state = {_pytorch_name(name): value for name, value in state.items()}
+    head = state.get("lm_head.weight")
+    if head is not None and "wte.weight" in state and not np.array_equal(head, state["wte.weight"]):
+        raise ValueError(
+            "The GPT-2 checkpoint's lm_head.weight differs from its token embeddings (wte.weight); only checkpoints "
+            "with a tied output layer convert."
+        )
     for name, variable in _gpt2_variables(model).items():
         if name not in state:
             raise ValueError(f"The GPT-2 checkpoint has no tensor {name!r}; is it a GPT-2 checkpoint?")
@@ -165,40 +181,47 @@ def save_gpt2_checkpoint(model: TransformerLM, directory: str, tokenizer=None, e
     `lm_head.weight` is left out, as HF does. With `tokenizer`, also `tokenizer.json` and `tokenizer_config.json`,
     so `AutoTokenizer.from_pretrained` loads it: a BPE tokenizer as a `GPT2TokenizerFast`, a char tokenizer as a
     `PreTrainedTokenizerFast` over a word-level vocabulary of its characters (see `CharTokenizer.to_hf`). The
-    directory is built beside `directory` and swapped in whole (`tf_lm.fileio.atomic_directory`).
+    directory is built beside `directory` and swapped in whole (`tf_lm.fileio.atomic_directory`); any
+    `tf.io.gfile` path works.
 
     Args:
         eos_token_id: the end-of-text id for the configs; default the tokenizer's.
 
     Raises:
         ValueError: if the model is not a plain GPT-2 architecture (see `gpt2_state`), or `directory` is a
-            non-empty directory that holds no such checkpoint (it is left untouched).
+            non-empty directory that holds no earlier export (it is left untouched: a downloaded HF model is
+            never replaced).
     """
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     state = gpt2_state(model)
     if eos_token_id is None and tokenizer is not None:
         eos_token_id = tokenizer.eos_id
-    with atomic_directory(directory, marker=GPT2_WEIGHTS_FILE) as staging:
+    with atomic_directory(directory, marker=EXPORT_MARKER) as staging:
         # transformers refuses a safetensors file whose metadata does not name its framework.
-        save_file(state, os.path.join(staging, GPT2_WEIGHTS_FILE), metadata={"format": "pt"})
+        _write(staging, GPT2_WEIGHTS_FILE, save(state, metadata={"format": "pt"}))
         _write_hf_configs(model.config, staging, eos_token_id)
         if tokenizer is not None:
             _write_hf_tokenizer(tokenizer, staging, model_max_length=model.config.block_size)
+        write_export_marker(staging, "tf_lm.convert.save_gpt2_checkpoint")
+
+
+def _write(directory: str, name: str, data: bytes | str) -> None:
+    path = os.path.join(directory, name)
+    with gfile(path).GFile(path, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
 
 
 def _write_hf_configs(config: LMConfig, directory: str, eos_token_id: int | None) -> None:
     import transformers
 
-    with open(os.path.join(directory, GPT2_CONFIG_FILE), "w") as f:
-        json.dump(gpt2_config(config, eos_token_id), f, indent=2)
+    _write(directory, GPT2_CONFIG_FILE, json.dumps(gpt2_config(config, eos_token_id), indent=2))
     generation = transformers.GenerationConfig(bos_token_id=eos_token_id, eos_token_id=eos_token_id)
-    with open(os.path.join(directory, "generation_config.json"), "w") as f:
-        f.write(generation.to_json_string(use_diff=True))
+    _write(directory, "generation_config.json", generation.to_json_string(use_diff=True))
 
 
 def _write_hf_tokenizer(tokenizer, directory: str, model_max_length: int) -> None:
-    tokenizer.to_hf().save(os.path.join(directory, "tokenizer.json"))
+    _write(directory, "tokenizer.json", tokenizer.to_hf().to_str(pretty=True))
     eos = None if tokenizer.eos_id is None else tokenizer.to_hf().id_to_token(tokenizer.eos_id)
     settings = {
         "tokenizer_class": "PreTrainedTokenizerFast" if tokenizer.is_char_level else "GPT2TokenizerFast",
@@ -207,8 +230,7 @@ def _write_hf_tokenizer(tokenizer, directory: str, model_max_length: int) -> Non
         "clean_up_tokenization_spaces": False,
         **({} if eos is None else {"bos_token": eos, "eos_token": eos, "unk_token": eos}),
     }
-    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-        json.dump(settings, f, indent=2)
+    _write(directory, "tokenizer_config.json", json.dumps(settings, indent=2))
 
 
 def from_hf_gpt2(hf_model) -> TransformerLM:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import glob as globbing
+import json
 import os
 import shutil
 import socket
@@ -34,6 +35,10 @@ from collections.abc import Iterator
 import filelock
 
 LOCK_FILE = "lock"
+# Written into every directory exported in another project's format (an HF checkpoint, a SavedModel): an export
+# replaces a directory holding it, and never one without it, such as a downloaded HF model, whose config.json and
+# model.safetensors any export would also have.
+EXPORT_MARKER = "tf_lm_export.json"
 
 
 def is_local(path: str) -> bool:
@@ -138,6 +143,13 @@ def atomic_write(path: str, data: bytes | str) -> None:
             if isinstance(error, tf.errors.OpError):  # gfile reports a full disk as a TensorFlow error
                 raise OSError(f"Could not write {path}: {error.message}") from None
         raise
+
+
+def write_export_marker(directory: str, exported_by: str, **details) -> None:
+    """Marks `directory` (an export's staging directory) as one of ours: `EXPORT_MARKER` names what wrote it."""
+    path = os.path.join(directory, EXPORT_MARKER)
+    with gfile(path).GFile(path, "w") as f:
+        f.write(json.dumps({"exported_by": exported_by, **details}, indent=2) + "\n")
 
 
 def check_replaceable(path: str, marker: str) -> None:

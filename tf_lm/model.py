@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from tf_lm.configs import LMConfig
@@ -110,7 +112,17 @@ class TransformerLM(keras.Model):
 
         Returns:
             `(logits [batch, time, vocab_size] float32, updated cache)`.
+
+        Raises:
+            ValueError: if the new tokens would not fit in the cache (checked where `cache_index` is known before
+                running, as it is eagerly; a cache write past the end would overwrite its last slots).
         """
+        index, slots, time = tf.get_static_value(cache_index), cache[0][1].shape[1], token_ids.shape[1]
+        if index is not None and slots is not None and time is not None and int(np.max(index)) + time > slots:
+            raise ValueError(
+                f"call_with_cache writes {time} token(s) at cache_index {int(np.max(index))} into a cache of {slots} "
+                "slots; init_cache a longer cache, or start a new one."
+            )
         if position_ids is None and len(getattr(cache_index, "shape", ())) == 1:
             position_ids = cache_index[:, None] + ops.arange(ops.shape(token_ids)[1])[None, :]  # (B, T)
         x = self.embedding(token_ids, start_index=cache_index, position_ids=position_ids)

@@ -29,7 +29,7 @@ from tf_lm.bert import data as data_lib
 from tf_lm.bert import weights
 from tf_lm.bert.config import check_precision
 from tf_lm.distribute import is_chief
-from tf_lm.fileio import atomic_directory, atomic_write, check_replaceable
+from tf_lm.fileio import EXPORT_MARKER, atomic_directory, atomic_write, check_replaceable
 from tf_lm.training.checkpoints import Checkpoints
 from tf_lm.training.signals import StopOnSignal
 from tf_lm.training.trainer import TrainingDiverged, TrainingInterrupted, make_train_step
@@ -208,7 +208,7 @@ def keras_classifier(model, tokenizer, packed: bool = False) -> Classifier:
     from tf_lm.bert import optimizer
 
     def save(target: str, extra_json: dict) -> None:
-        with atomic_directory(target, weights.EXPORT_MARKER) as staging:
+        with atomic_directory(target, EXPORT_MARKER) as staging:
             weights.write_export(model, tokenizer.directory, staging, extra_json)
             model.save(os.path.join(staging, KERAS_FILE))
 

@@ -17,13 +17,11 @@ import shutil
 import numpy as np
 
 from tf_lm.bert import checkpoint
-from tf_lm.fileio import atomic_directory
+from tf_lm.fileio import EXPORT_MARKER, atomic_directory, write_export_marker
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-# What marks a directory as an export of ours, so a rerun may replace it (fileio.atomic_directory).
-EXPORT_MARKER = CONFIG_FILE
 
 
 def resolve_local(name: str) -> str:
@@ -151,7 +149,7 @@ def export(model, tokenizer_dir: str, directory: str, extra_json: dict[str, obje
     """Writes `model` as a Hugging Face BertForSequenceClassification checkpoint (`write_export`), atomically.
 
     The files are staged beside `directory` and swapped in whole (`tf_lm.fileio.atomic_directory`); `directory`
-    is replaced only if it is new, empty or an earlier export (it holds `config.json`).
+    is replaced only if it is new, empty or an earlier export (it holds `tf_lm.fileio.EXPORT_MARKER`).
 
     Example:
     >>> export(model, resolve_local("minilm"), "runs/sst2/best")
@@ -161,7 +159,8 @@ def export(model, tokenizer_dir: str, directory: str, extra_json: dict[str, obje
 
 
 def write_export(model, tokenizer_dir: str, directory: str, extra_json: dict[str, object] | None = None) -> None:
-    """Writes `config.json`, a PyTorch-named `model.safetensors` and the WordPiece files into `directory`.
+    """Writes `config.json`, a PyTorch-named `model.safetensors`, the WordPiece files and the export marker into
+    `directory`.
 
     What `from_pretrained` of any framework reads (and `tf_lm.bert.hub.load_classifier` without torch).
 
@@ -191,3 +190,4 @@ def write_export(model, tokenizer_dir: str, directory: str, extra_json: dict[str
     for filename, content in (extra_json or {}).items():
         with open(os.path.join(directory, filename), "w") as f:
             json.dump(content, f, indent=2)
+    write_export_marker(directory, "tf_lm.bert.weights")

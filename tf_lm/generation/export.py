@@ -20,18 +20,14 @@ Signature `generate`:
 
 from __future__ import annotations
 
-import json
-import os
-
 import tensorflow as tf
 
-from tf_lm.fileio import atomic_directory, gfile
+from tf_lm.fileio import EXPORT_MARKER, atomic_directory, write_export_marker
 from tf_lm.generation import speculative
-from tf_lm.generation.generate import CONTEXT_POLICIES, _drafter, next_fn, prefill
+from tf_lm.generation.generate import CONTEXT_POLICIES, SEED_LIMIT, _drafter, next_fn, prefill
 from tf_lm.generation.samplers import Sampler, get_sampler
 
 # Written into every export: `saved_model.pb` alone would let an export replace someone else's SavedModel.
-EXPORT_MARKER = "tf_lm_export.json"
 
 
 def _check(condition, message):
@@ -77,9 +73,9 @@ class GenerationModule(tf.Module):
                 f"Only char-level tokenizers can be exported with in-graph tokenisation; got {tokenizer!r}. "
                 "Export a model trained with `tokenizer=char`."
             )
-        if tokenizer.vocab_size > model.config.vocab_size:
+        if tokenizer.vocab_size != model.config.vocab_size:  # an id without text would fail the served call
             raise ValueError(
-                f"The tokenizer has {tokenizer.vocab_size} ids but the model only {model.config.vocab_size}; "
+                f"The tokenizer has {tokenizer.vocab_size} ids but the model {model.config.vocab_size}; "
                 "export a model with the tokenizer it was trained with."
             )
         # The variables are tracked in a plain list, the model itself only through the closure below: a tracked
@@ -107,7 +103,7 @@ class GenerationModule(tf.Module):
                 _check(tf.reduce_all(ids.flat_values >= 0), "a prompt holds a character outside the vocabulary"),
                 _check(tf.reduce_all(lengths > 0), "every prompt needs at least one character"),
                 _check(max_new_tokens > 0, "max_new_tokens must be >= 1"),
-                _check((seed >= 0) & (seed < 2**62), "seed must be in [0, 2**62), as for generate"),
+                _check((seed >= 0) & (seed < SEED_LIMIT), "seed must be in [0, 2**62), as for generate"),
             ]
             if context_policy == "refuse":
                 checks.append(_check(
@@ -201,5 +197,4 @@ def export_saved_model(model, tokenizer, export_dir: str, sampler: str | Sampler
                               context_policy, draft_model, drafter, num_speculative_tokens)
     with atomic_directory(export_dir, marker=EXPORT_MARKER) as staging:
         tf.saved_model.save(module, staging, signatures={"generate": module.generate})
-        with gfile(staging).GFile(os.path.join(staging, EXPORT_MARKER), "w") as f:
-            json.dump({"exported_by": "tf_lm.generation.export", "signature": "generate"}, f)
+        write_export_marker(staging, "tf_lm.generation.export", signature="generate")

@@ -37,6 +37,9 @@ _MIN_PROMPT_BUCKET = 8
 
 CONTEXT_POLICIES = ("slide", "refuse")
 
+# Seeds are two int32 halves of 31 bits each: [0, 2**62) is what they carry.
+SEED_LIMIT = 2**62
+
 
 def _dim(tensor, axis):
     """The static size of `axis` when known (XLA wants constants for shapes), else a dynamic scalar."""
@@ -215,7 +218,12 @@ _PROGRAMS: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
 
 
 def _programs(model, sampler: Sampler, drafter=None) -> _Programs | _SpeculativePrograms:
-    key = (type(sampler), tuple(sorted(sampler.get_config().items())), drafter and drafter.key)
+    # Equal settings share one compiled program, but only a class that defines get_config itself states all of
+    # its settings; a subclass that inherits it is told apart by identity (the program keeps it alive, so its id
+    # is not reused while cached).
+    described = "get_config" in vars(type(sampler))
+    settings = tuple(sorted(sampler.get_config().items())) if described else id(sampler)
+    key = (type(sampler), settings, drafter and drafter.key)
     per_model = _PROGRAMS.setdefault(model, {})
     cached = per_model.get(key)
     # A draft model's key holds its id, which a new model may reuse once the old one is gone.
@@ -288,7 +296,7 @@ def _seed_tensor(seed: int | None) -> tf.Tensor:
     if seed is None:
         # Unseeded calls draw from numpy's global generator, which `keras.utils.set_random_seed` also seeds.
         return tf.constant(np.random.randint(0, 2**31 - 1, size=2), tf.int32)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**62:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < SEED_LIMIT:
         raise ValueError(f"seed must be an integer in [0, 2**62) or None. Received: seed={seed!r}")
     return tf.constant([int(seed) >> 31, int(seed) & (2**31 - 1)], tf.int32)
 

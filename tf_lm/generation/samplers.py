@@ -112,7 +112,9 @@ class Sampler:
         return tokens, cache, index, done
 
     def get_config(self) -> dict:
-        """The sampler's settings; two samplers with equal configs draw identical tokens."""
+        """The sampler's settings; two samplers with equal configs draw identical tokens. A subclass with
+        settings of its own overrides it, so equal samplers share one compiled decoding program; one that does
+        not gets a program per instance."""
         return {"temperature": self.temperature}
 
 

@@ -8,7 +8,7 @@ import os
 import transformers
 
 from tf_lm.bert.hub.loading import load_model, load_tokenizer, quiet_transformers
-from tf_lm.fileio import atomic_directory
+from tf_lm.fileio import EXPORT_MARKER, atomic_directory, write_export_marker
 
 
 def save_pretrained(model_dir: str, model, tokenizer, extra_json: dict[str, dict] | None = None) -> None:
@@ -18,7 +18,8 @@ def save_pretrained(model_dir: str, model, tokenizer, extra_json: dict[str, dict
     (`tf_lm.fileio.atomic_directory`), so a crash never leaves a half-written model where a good one was.
 
     Args:
-        model_dir: str. Target directory: created, or replaced if it is empty or holds a `config.json`.
+        model_dir: str. Target directory: created, or replaced if it is empty or an earlier export (it holds
+            `tf_lm.fileio.EXPORT_MARKER`).
         model: a transformers TF model.
         tokenizer: its tokenizer.
         extra_json: dict, default None. `{"file.json": object}` written beside the weights.
@@ -26,13 +27,14 @@ def save_pretrained(model_dir: str, model, tokenizer, extra_json: dict[str, dict
     Example:
     >>> save_pretrained("runs/sst2/best", model, tokenizer, {"metrics.json": {"accuracy": 0.9}})
     """
-    with atomic_directory(model_dir, marker="config.json") as staging:
+    with atomic_directory(model_dir, marker=EXPORT_MARKER) as staging:
         with quiet_transformers():
             model.save_pretrained(staging, safe_serialization=True)
             tokenizer.save_pretrained(staging)
         for filename, content in (extra_json or {}).items():
             with open(os.path.join(staging, filename), "w") as f:
                 json.dump(content, f, indent=2)
+        write_export_marker(staging, "tf_lm.bert.hub.saving")
 
 
 def export_tf_checkpoint(name: str, out_dir: str) -> str:
