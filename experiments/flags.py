@@ -20,7 +20,7 @@ import sys
 from absl import app, flags
 
 from tf_lm.configs import PRECISIONS, PRESETS, STRATEGIES, LMConfig, TrainConfig
-from tf_lm.data.store import DEFAULT_BPE_SAMPLE_BYTES
+from tf_lm.data.store import DEFAULT_BPE_SAMPLE_BYTES, STORE_SCHEME
 from tf_lm.data.tokenizers import DEFAULT_BPE_VOCAB_SIZE
 
 _TRAIN = TrainConfig()
@@ -108,9 +108,9 @@ def in_flag_terms(message: str, flag_values: flags.FlagValues = flags.FLAGS) -> 
 
 
 @contextlib.contextmanager
-def one_line_errors(errors: tuple[type[Exception], ...] = (ValueError, FileNotFoundError)):
-    """Inside the block, an exception of `errors` (bad input) ends the script with `error: <its message in flag
-    terms>` and exit status 1, not a traceback."""
+def one_line_errors(errors: tuple[type[Exception], ...] = (ValueError, OSError)):
+    """Inside the block, an exception of `errors` (bad input: a bad value, a missing or unwritable path, a full
+    disk) ends the script with `error: <its message in flag terms>` and exit status 1, not a traceback."""
     try:
         yield
     except errors as error:
@@ -290,13 +290,20 @@ def configs_from_flags(flag_values: flags.FlagValues) -> tuple[LMConfig, TrainCo
         `(model_config, train_config)`.
 
     Raises:
-        ValueError: for --block_size beyond the preset's context, --bpe_vocab_size with --init_from, or any
-            out-of-range value.
+        ValueError: for --block_size beyond the preset's context, --bpe_vocab_size with --init_from, a flag that
+            prepares data with a `store:` dataset, or any out-of-range value.
         FileNotFoundError: if --init_from does not exist.
 
     Example:
     >>> model_config, train_config = configs_from_flags(flags.FLAGS)  # doctest: +SKIP
     """
+    if flag_values.dataset.startswith(STORE_SCHEME):
+        preparing = [f"--{name}" for name in ("validation_fraction", "tfds_data_dir", "tfds_manual_dir", "tokenizer",
+                                              "bpe_vocab_size", "bpe_sample_mb", "data_cache_dir")
+                     if flag_values[name].present]
+        if preparing:
+            raise ValueError(f"--dataset={flag_values.dataset} is prepared already (its splits and tokenizer are "
+                             f"fixed); drop {', '.join(preparing)}.")
     train_values = {name: flag_values[name].value for name in TRAIN_FIELDS if flag_values[name].present}
     steps = train_values.get("steps", _TRAIN.steps)
     if "warmup_steps" not in train_values and _TRAIN.warmup_steps >= steps > 0:

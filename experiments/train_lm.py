@@ -319,8 +319,7 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # TensorFlow's per-checkpoint INFO lines would bury the progress bar
     values = flags.FLAGS
-    # OSError: FileNotFoundError for bad input, or a full disk
-    with reported_stops(TrainingInterrupted), one_line_errors((ValueError, OSError)):
+    with reported_stops(TrainingInterrupted), one_line_errors():
         model_config, train_config = configs_from_flags(values)
         data_options = {**source_options(values), "bpe_sample_bytes": int(values.bpe_sample_mb * 1e6),
                         "cache_dir": values.data_cache_dir}

@@ -124,6 +124,15 @@ def test_configs_from_flags_takes_the_preset_then_only_the_flags_set():
     assert train_config == TrainConfig(steps=700)
 
 
+def test_flags_that_prepare_data_are_refused_with_a_prepared_store():
+    values = flags.FlagValues()
+    define_train_flags(values)
+    values(["train_lm", "--dataset=store:runs/s", "--validation_fraction=0.2", "--bpe_vocab_size=512"])
+    with pytest.raises(ValueError, match=r"--dataset=store:runs/s is prepared already .*; drop "
+                                         r"--validation_fraction, --bpe_vocab_size\.$"):
+        configs_from_flags(values)
+
+
 @pytest.mark.parametrize("steps, warmup_flag, warmup", [(10, None, 9), (1, None, 0), (100, None, 99), (101, None, 100),
                                                         (2000, None, 100), (10, "--warmup_steps=3", 3)])
 def test_the_default_warmup_is_clamped_to_a_shorter_run_and_says_so(capsys, steps, warmup_flag, warmup):
