@@ -57,6 +57,28 @@ def test_saving_merges_the_factors_into_a_plain_model(tmp_path):
     np.testing.assert_allclose(np.asarray(merged(IDS)), unmerged, atol=1e-5)
 
 
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_a_mixed_precision_save_merges_in_float32(tmp_path, precision):
+    # Keras merges in the compute dtype: every saved kernel and the table came back rounded to 16 bits.
+    model = TransformerLM(CONFIG, dtype=precision)
+    enable_lora(model, rank=2, alpha=4.0, embeddings=True)
+    rng = np.random.default_rng(0)
+    table = model.embedding.token_embedding
+    for factor in [layer.lora_kernel_b for layer in lora_targets(model)] + [table.lora_embeddings_b]:
+        factor.assign(rng.normal(scale=0.1, size=factor.shape).astype("float32"))
+    expected = [np.asarray(layer._kernel) + 2.0 * np.asarray(layer.lora_kernel_a) @ np.asarray(layer.lora_kernel_b)
+                for layer in lora_targets(model)]
+    expected.append(np.asarray(table._embeddings)
+                    + 2.0 * np.asarray(table.lora_embeddings_a) @ np.asarray(table.lora_embeddings_b))
+    model.save(str(tmp_path / "model.keras"))
+    merged = keras.models.load_model(str(tmp_path / "model.keras"), safe_mode=True)
+    saved = [np.asarray(layer.kernel) for layer in lora_targets(merged)]
+    saved.append(np.asarray(merged.embedding.token_embedding.embeddings))
+    for got, want in zip(saved, expected):
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("rank, alpha, message", [(0, None, "rank=0"), (2, -1.0, "alpha=-1.0")])
 def test_bad_settings_are_refused(rank, alpha, message):
     with pytest.raises(ValueError, match=message):

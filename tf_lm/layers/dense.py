@@ -55,6 +55,14 @@ class Dense(keras.layers.Dense):
     (5, 4)
     """
 
+    def _get_kernel_with_merged_lora(self):
+        # What a save writes. Keras casts its merge to the compute dtype, so under a mixed policy the float32
+        # kernel would be saved rounded to bfloat16 or float16: merged here in the variable's own dtype instead.
+        if not self.lora_enabled or self.quantization_mode is not None:
+            return super()._get_kernel_with_merged_lora()
+        scale = self.lora_alpha / self.lora_rank
+        return ops.add(self._kernel, scale * ops.matmul(self.lora_kernel_a, self.lora_kernel_b)), None, None
+
     def call(self, inputs, training=None):
         if not self.lora_enabled or self.quantization_mode is not None:
             return super().call(inputs, training=training)

@@ -7,6 +7,21 @@ from tf_lm.layers.initializers import clone_initializer
 
 
 @keras.saving.register_keras_serializable(package="tf_lm")
+class Embedding(keras.layers.Embedding):
+    """`keras.layers.Embedding` whose saved LoRA merge keeps the table's own dtype.
+
+    Keras casts the merged table `W + (alpha/r)·A·B` to the compute dtype, so under a mixed policy a save would
+    write the float32 table rounded to bfloat16 or float16, even where the factors are zero.
+    """
+
+    def _get_embeddings_with_merged_lora(self):
+        if not self.lora_enabled or self.quantization_mode is not None:
+            return super()._get_embeddings_with_merged_lora()
+        scale = self.lora_alpha / self.lora_rank
+        return ops.add(self._embeddings, scale * ops.matmul(self.lora_embeddings_a, self.lora_embeddings_b)), None, None
+
+
+@keras.saving.register_keras_serializable(package="tf_lm")
 class TokenAndPositionEmbedding(keras.layers.Layer):
     """Sums a token embedding and a learned absolute position embedding.
 
@@ -59,7 +74,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         # `Embedding.enable_lora`, which also merges the factors into the saved table; the position table is one
         # too so that the weights keep their order (tokens, then positions).
         self.token_embedding, self.position_embedding = (
-            keras.layers.Embedding(rows, self.hidden_dim, embeddings_initializer=clone_initializer(
+            Embedding(rows, self.hidden_dim, embeddings_initializer=clone_initializer(
                 self.embeddings_initializer), dtype=self.dtype_policy, name=name)
             for rows, name in ((self.vocab_size, "token_embeddings"), (self.max_length, "position_embeddings"))
         )
