@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 
 from tf_lm import LMConfig
-from tf_lm.configs import PRESETS
+from tf_lm.configs import PRESETS, TrainConfig
 
 
 def test_presets_have_the_documented_shapes():
@@ -40,6 +40,25 @@ def test_dict_round_trip():
 def test_inconsistent_configs_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LMConfig.preset("nano", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"learning_rate": float("nan")}, "learning_rate must be > 0. Received: learning_rate=nan"),
+        ({"learning_rate": 0.0}, "learning_rate must be > 0"),
+        ({"min_learning_rate": 1.0}, r"min_learning_rate must be in \[0, learning_rate="),
+        ({"weight_decay": -0.1}, "weight_decay must be >= 0"),
+        ({"weight_decay": float("nan")}, "weight_decay must be >= 0"),
+        ({"beta1": 1.0}, r"beta1 must be in \[0, 1\)"),
+        ({"beta2": -0.5}, r"beta2 must be in \[0, 1\)"),
+        ({"grad_clip": float("nan")}, "grad_clip must be >= 0"),
+        ({"seed": -1}, r"seed must be an integer in \[0, 2\*\*32\). Received: seed=-1"),
+    ],
+)
+def test_train_settings_are_refused_before_a_run_prepares_anything(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
 
 
 def test_unknown_preset_names_the_choices():

@@ -63,6 +63,49 @@ def test_loss_falls_on_a_learnable_stream(tmp_path):
     assert (tmp_path / "loss.png").stat().st_size > 0
 
 
+def _rows(model_dir):
+    import csv
+
+    with open(model_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_metrics_rows_log_the_rate_each_update_used_and_no_rate_before_one_is_timed(tmp_path):
+    from tf_lm.training.schedule import WarmupCosine
+
+    train, validation = synthetic()
+    cfg = config(steps=6, warmup_steps=3, learning_rate=1.0, min_learning_rate=0.0, eval_every=100)
+    Trainer.from_config(MODEL, cfg, resolve_strategy(), str(tmp_path), verbose=False).fit(train, validation)
+    rows = [row for row in _rows(tmp_path) if row["split"] == "train"]
+    schedule = WarmupCosine(1.0, 0.0, 3, 6)
+    # Update k (the k-th step) runs with the schedule at k - 1: 0.25, 0.5, 0.75, 1.0, then the cosine.
+    assert [float(row["learning_rate"]) for row in rows] == pytest.approx(
+        [float(schedule(k - 1)) for k in range(1, 7)])
+    assert rows[0]["tokens_per_second"] == "" and float(rows[1]["tokens_per_second"]) > 0  # step 1 compiles
+
+
+def test_a_restart_from_step_0_does_not_log_step_0_twice(tmp_path):
+    train, validation = synthetic()
+    cfg = config(steps=2, checkpoint_every=100)
+    for _ in range(2):  # the second run finds no checkpoint (every 100 steps): it starts at 0 again
+        trainer = Trainer.from_config(MODEL, cfg, resolve_strategy(), str(tmp_path), verbose=False)
+        trainer.evaluate_at_start = True  # as for a fine-tuning run
+        trainer.fit(train, validation)
+        for path in (tmp_path / "checkpoints").iterdir():
+            path.unlink()
+    assert [(row["step"], row["split"]) for row in _rows(tmp_path)].count(("0", "validation")) == 1
+
+
+def test_mfu_divides_by_every_replicas_peak(tmp_path):
+    from types import SimpleNamespace
+
+    trainer = Trainer.from_config(MODEL, config(), resolve_strategy(), str(tmp_path), verbose=False, peak_flops=1e9)
+    one = trainer._mfu(1000.0)
+    assert one == pytest.approx(MODEL.flops_per_token(MODEL.block_size) * 1000.0 / 1e9)
+    trainer.strategy = SimpleNamespace(num_replicas_in_sync=2)  # the same tokens/s from two devices
+    assert trainer._mfu(1000.0) == pytest.approx(one / 2)
+
+
 def test_trains_a_model_and_optimizer_built_by_the_caller(tmp_path):
     """What `from_config` builds is a default, not a requirement: the trainer takes any `TransformerLM` and Keras 3
     optimizer made in the strategy's scope, and checkpoints what it is given."""

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 
@@ -178,8 +179,22 @@ class TrainConfig:
             raise ValueError(
                 f"warmup_steps must be in [0, steps={self.steps}). Received: warmup_steps={self.warmup_steps}"
             )
-        if self.grad_clip < 0:
+        # Checked here as well as where they are used (the schedule, the optimizer), so that a run refuses them
+        # before it prepares any data. NaN fails every comparison, so each test is written to refuse it.
+        if not 0 < self.learning_rate < math.inf:
+            raise ValueError(f"learning_rate must be > 0. Received: learning_rate={self.learning_rate}")
+        if not 0 <= self.min_learning_rate <= self.learning_rate:
+            raise ValueError(f"min_learning_rate must be in [0, learning_rate={self.learning_rate}]. "
+                             f"Received: min_learning_rate={self.min_learning_rate}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"weight_decay must be >= 0. Received: weight_decay={self.weight_decay}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1). Received: {name}={getattr(self, name)}")
+        if not 0 <= self.grad_clip < math.inf:
             raise ValueError(f"grad_clip must be >= 0 (0 disables it). Received: grad_clip={self.grad_clip}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be an integer in [0, 2**32). Received: seed={self.seed!r}")
         if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
             raise ValueError(f"lora_rank must be an integer >= 0 (0: no LoRA). Received: lora_rank={self.lora_rank!r}")
         if self.lora_rank and not self.init_from:

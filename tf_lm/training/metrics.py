@@ -75,7 +75,9 @@ class MetricsLog:
         self.enabled = enabled
         self.path = os.path.join(model_dir, "metrics.csv")
         self.rows: list[dict] = []
-        if enabled and tf.io.gfile.exists(self.path):
+        # A resume keeps the rows up to its checkpoint's step; a run that restarts from step 0 logs all of its rows
+        # again (its step-0 evaluation included).
+        if enabled and start_step > 0 and tf.io.gfile.exists(self.path):
             with tf.io.gfile.GFile(self.path) as f:
                 self.rows = [row for row in csv.DictReader(io.StringIO(f.read())) if int(row["step"]) <= start_step]
         self.writers = {}

@@ -193,7 +193,8 @@ class Trainer:
             (LoRA's base weights, which come from the pretrained checkpoint again).
         evaluate_at_start: bool, default False. A fresh run evaluates once before its first step (a model that
             starts from pretrained weights).
-        peak_flops: float or None. The machine's measured matmul FLOP/s, for MFU; None leaves MFU out.
+        peak_flops: float or None. One device's measured matmul FLOP/s, for MFU (against it times the replicas);
+            None leaves MFU out.
         jit_compile: bool, default True. XLA-compile the step.
         verbose: bool, default True. Show a progress bar (chief only).
         bits_unit: str, default "token". What a bit is per in the printed validation line ("char" for char models).
@@ -396,6 +397,9 @@ class Trainer:
             # are left out of the clock.
             window_losses, step_seconds, started = [], [], time.perf_counter()
             for step in range(start + 1, config.steps + 1):  # `step` updates done after this iteration
+                logged = step % config.log_every == 0 or step == config.steps
+                # The rate this step's update uses: read after it, the optimizer would give the next step's.
+                learning_rate = float(self.optimizer.learning_rate) if logged else None
                 step_start = time.perf_counter()
                 loss, _, stop = self.train_step(iterator, stop_request.requested())
                 loss, stop = float(loss), bool(stop)
@@ -405,12 +409,11 @@ class Trainer:
                     self._diverged(step, "the loss")
                 window_losses.append(loss)
                 recent = step_seconds[-50:]
-                rate = len(recent) * self.tokens_per_step / sum(recent) if recent else 0.0
+                rate = len(recent) * self.tokens_per_step / sum(recent) if recent else None  # None: no step timed yet
                 if progbar is not None:
-                    progbar.update(step, [("loss", loss), ("tok/s", rate)])
-                if step % config.log_every == 0 or step == config.steps:
+                    progbar.update(step, [("loss", loss), ("tok/s", rate or 0.0)])
+                if logged:
                     mfu = self._mfu(rate)
-                    learning_rate = float(self.optimizer.learning_rate)
                     train = derived(float(np.mean(window_losses)))
                     log.log(step, "train", **train, learning_rate=learning_rate, tokens_per_second=rate, mfu=mfu,
                             elapsed=time.perf_counter() - started)
@@ -443,8 +446,9 @@ class Trainer:
         log.plot()
         return v
 
-    def _mfu(self, tokens_per_second: float) -> float | None:
+    def _mfu(self, tokens_per_second: float | None) -> float | None:
         if not self.peak_flops or not tokens_per_second:
             return None
-        model_config = self.model.config
-        return model_config.flops_per_token(model_config.block_size) * tokens_per_second / self.peak_flops
+        # The rate is every replica's together; the peak was measured on one device.
+        model_config, peak = self.model.config, self.peak_flops * self.strategy.num_replicas_in_sync
+        return model_config.flops_per_token(model_config.block_size) * tokens_per_second / peak
