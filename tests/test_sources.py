@@ -85,11 +85,20 @@ def test_chunks_are_bounded_cut_after_newlines_and_resume_from_any_end(tmp_path)
         ("shakespeare.txt", ValueError, r"Unknown data source 'shakespeare.txt'.*text:"),
         ("builtin:wikipedia", ValueError, r"Unknown builtin corpus in 'builtin:wikipedia'.*pydoc"),
         ("tfds:no_such_dataset_xyz", ValueError, r"Unknown TFDS dataset in 'tfds:no_such_dataset_xyz'"),
+        ("tfds:", ValueError, r"^'tfds:' names no TFDS dataset; use tfds:<name>"),
     ],
 )
 def test_bad_sources_name_the_input(source, error, match):
     with pytest.raises(error, match=match):
         open_source(source)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_text(tmp_path):
+    (tmp_path / "a.txt").write_bytes("\ufeffFirst file.\n".encode("utf-8"))
+    (tmp_path / "b.txt").write_bytes("\ufeffSecond \ufeff stays inside.\n".encode("utf-8"))
+    source = open_source(f"text:{tmp_path}/*.txt", validation_fraction=0.5)
+    texts = ["".join(chunk.text for chunk in source.chunks(split, chunk_bytes=8)) for split in ("train", "validation")]
+    assert texts == ["First file.\n", "Second \ufeff stays inside.\n"]
 
 
 def test_empty_and_non_utf8_files(tmp_path):

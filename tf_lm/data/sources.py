@@ -39,6 +39,7 @@ BUILTIN_CORPORA = ("pydoc",)
 DEFAULT_SOURCE = "builtin:pydoc"
 SPLITS = ("train", "validation")
 DEFAULT_CHUNK_BYTES = 1 << 18
+_BYTE_ORDER_MARK = "\ufeff"
 
 # (document index, byte offset in it): where a split starts or stops, or where reading resumes.
 Position = tuple[int, int]
@@ -140,6 +141,8 @@ class Source:
                             f"{span.documents.names(index)} (from {self.name!r}) is not UTF-8 text ({error.reason}); "
                             "convert it to UTF-8."
                         ) from None
+                    if position == 0 and text.startswith(_BYTE_ORDER_MARK):  # an editor's, not the document's text
+                        text = text[1:]
                     position += len(block)
                     ends = position == size
                     yield Chunk(text, ends, len(block), (index + 1, 0) if ends else (index, position))
@@ -313,6 +316,8 @@ TFDS_HINT = (
 
 def tfds_builder(source: str, name: str, data_dir: str | None):
     """The TFDS builder of `name` (nothing downloaded yet); ValueError for an unknown name."""
+    if not name.strip():  # TFDS would answer with a page on its name syntax
+        raise ValueError(f"{source!r} names no TFDS dataset; use tfds:<name>, e.g. tfds:tiny_shakespeare.")
     # TFDS is imported here: it is slow to import and only this scheme needs it.
     import tensorflow_datasets as tfds
 
