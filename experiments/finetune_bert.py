@@ -108,6 +108,25 @@ def load_data(dataset: str | None, train_file: str | None, eval_file: str | None
     )
 
 
+def report(history: list[dict], output_dir: str) -> str:
+    """The line a run ends with: its best evaluation, and whether `output_dir/best` now holds that model."""
+    from tf_lm.bert.finetune import best_on_disk
+
+    if not history:  # resumed after its last evaluation, with no history.json left to read the evaluations from
+        return f"nothing left to train in {output_dir}"
+    best = max(history, key=lambda record: record["eval_accuracy"])
+    kept = best_on_disk(output_dir)
+    # best/ is replaced only by a strictly better model: on a tie it still holds the earlier one.
+    if kept == best:
+        where = f"saved to {output_dir}/best"
+    elif kept:
+        where = f"{output_dir}/best keeps an earlier model, of eval accuracy {kept['eval_accuracy']:.4f}"
+    else:  # a worker other than the chief writes no best/
+        where = f"{output_dir}/best holds no model"
+    return (f"best eval accuracy {best['eval_accuracy']:.4f} (f1 {best['eval_f1']:.4f}) after epoch {best['epoch']}; "
+            f"{where}")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
@@ -120,7 +139,7 @@ def main(argv):
         if FLAGS.label_names:
             train_data = dataclasses.replace(train_data, label_names=FLAGS.label_names)
         # Imported only now: TensorFlow (and, for --backend=hf, transformers) need not load for bad flags or data.
-        from tf_lm.bert.finetune import best_on_disk, finetune
+        from tf_lm.bert.finetune import finetune
         from tf_lm.distribute import resolve_strategy
         from tf_lm.training.trainer import TrainingInterrupted
 
@@ -128,13 +147,7 @@ def main(argv):
         with reported_stops(TrainingInterrupted):
             history = finetune(FLAGS.model, train_data, eval_data, config, FLAGS.output_dir, strategy,
                                FLAGS.num_labels, verbose=True)
-        kept = best_on_disk(FLAGS.output_dir)
-    best = max(history, key=lambda record: record["eval_accuracy"])
-    # best/ is replaced only by a better model, so it may still hold an earlier run's.
-    where = (f"saved to {FLAGS.output_dir}/best" if kept <= best["eval_accuracy"] else
-             f"{FLAGS.output_dir}/best keeps an earlier model, of eval accuracy {kept:.4f}")
-    print(f"best eval accuracy {best['eval_accuracy']:.4f} (f1 {best['eval_f1']:.4f}) after epoch {best['epoch']}; "
-          f"{where}")
+        print(report(history, FLAGS.output_dir))
 
 
 if __name__ == "__main__":

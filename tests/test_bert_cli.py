@@ -1,6 +1,7 @@
 """experiments.finetune_bert and experiments.predict_bert end to end: a tiny run, its predictions, bad inputs."""
 
 import io
+import json
 
 import pytest
 from conftest import failure_line, run_module
@@ -54,6 +55,23 @@ def test_finetune_then_predict(tmp_path):
     for line, sentence in zip(lines, ["a gorgeous film", "a dull mess"]):
         label, probability, text = line.split("\t")
         assert label in ("neg", "pos") and 0.5 <= float(probability) <= 1 and text == sentence
+
+
+def test_finetune_report_says_whether_best_holds_this_runs_model(tmp_path):
+    """best/ is replaced only by a strictly better model, so on a tie it keeps the earlier run's; a resumed run with
+    no evaluation left to make (and no history.json) has no history, and says so rather than failing."""
+    from experiments.finetune_bert import report
+    from tf_lm.bert import finetune
+
+    record = {"epoch": 1, "step": 2, "train_seconds": 1.5, "eval_accuracy": 0.75, "eval_f1": 0.5}
+    metrics = tmp_path / finetune.BEST_DIR / finetune.METRICS_FILE
+    metrics.parent.mkdir()
+    metrics.write_text(json.dumps(record))
+    assert report([record], str(tmp_path)) == (f"best eval accuracy 0.7500 (f1 0.5000) after epoch 1; saved to "
+                                               f"{tmp_path}/best")
+    metrics.write_text(json.dumps({**record, "train_seconds": 2.5}))  # an earlier run's model, as accurate
+    assert report([record], str(tmp_path)).endswith(f"{tmp_path}/best keeps an earlier model, of eval accuracy 0.7500")
+    assert report([], str(tmp_path)) == f"nothing left to train in {tmp_path}"
 
 
 @pytest.mark.parametrize("backend", ["keras", "hf"])

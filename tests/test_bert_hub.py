@@ -175,6 +175,30 @@ def test_save_pretrained_round_trip_matches_transformers_loader(classifier, toke
     assert hub.load_tokenizer(str(target))(["A Fine Film"])["input_ids"] == [[101, 1037, 2986, 2143, 102]]
 
 
+@pytest.mark.parametrize("writer", ["keras", "hf"])  # PyTorch-named or TF-format safetensors
+def test_a_fine_tuned_checkpoint_takes_a_new_head_of_other_classes(tmp_path, writer):
+    """As `BertClassifier.from_pretrained` does: the encoder and pooler are loaded, the head of 3 classes is new."""
+    import transformers
+
+    from tf_lm.bert import weights
+    from tf_lm.bert.config import BertConfig
+    from tf_lm.bert.model import BertClassifier
+
+    shape = {"vocab_size": 40, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "intermediate_size": 32, "max_position_embeddings": 16}
+    if writer == "keras":
+        weights.export(BertClassifier(BertConfig(**shape)), hub.resolve_checkpoint("minilm"), str(tmp_path))
+    else:
+        model = transformers.TFBertForSequenceClassification(transformers.BertConfig(**shape, num_labels=2))
+        model(model.dummy_inputs)
+        model.save_pretrained(str(tmp_path), safe_serialization=True)
+    two = hub.load_classifier(str(tmp_path))
+    three = hub.load_classifier(str(tmp_path), num_labels=3)
+    assert tuple(two.classifier.kernel.shape) == (16, 2) and tuple(three.classifier.kernel.shape) == (16, 3)
+    for old, new in zip(two.bert.weights, three.bert.weights, strict=True):
+        np.testing.assert_array_equal(new.numpy(), old.numpy())
+
+
 def test_checkpoint_missing_an_encoder_weight_is_rejected(state, tmp_path):
     from safetensors.numpy import save_file
 

@@ -56,6 +56,24 @@ def test_tokenizer_matches_transformers_on_sst2(sst2_batch):
     assert ours.pad_token_id == 0 and ours.model_max_length == 512
 
 
+@pytest.mark.parametrize("config", [
+    {}, {"strip_accents": True}, {"strip_accents": False}, {"do_lower_case": False, "strip_accents": True},
+    {"tokenize_chinese_chars": False}, {"unk_token": {"content": "[MASK]", "__type": "AddedToken"}},
+])
+def test_vocab_only_tokenizer_reads_its_config_as_transformers_does(tmp_path, config):
+    """Without `tokenizer.json` the WordPiece tokenizer is built from `vocab.txt` and `tokenizer_config.json`, with
+    the ids `BertTokenizerFast` (the hf backend's) gives for the same directory."""
+    import shutil
+
+    import transformers
+
+    shutil.copy(os.path.join(weights.resolve_local("minilm"), "vocab.txt"), tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    texts = ["Héllo WORLD café naïve", "Ünïcödé crème brûlée", "日本語 テキスト", "a [SEP] b ☃"]
+    theirs = transformers.BertTokenizerFast.from_pretrained(str(tmp_path))(texts)["input_ids"]
+    assert WordPieceTokenizer(str(tmp_path))(texts)["input_ids"] == theirs
+
+
 def test_minilm_logits_equal_tf_bert_for_sequence_classification(sst2_batch):
     from tf_lm.bert import hub
 
@@ -121,6 +139,25 @@ def test_packed_rows_give_the_unpacked_logits():
     for packed in (model(batch, packed=True), tf.function(lambda b: model(b, packed=True))(batch)):
         np.testing.assert_allclose(np.asarray(packed)[:7], unpacked[:7], atol=1e-5)
         assert np.isfinite(np.asarray(packed)).all()
+
+
+def test_packing_an_empty_batch_gives_no_logits_and_zero_gradients():
+    """Under a mirrored strategy a short last batch leaves a replica nothing: its empty share packs into no rows,
+    eagerly and traced, and adds nothing to the gradients."""
+    import tensorflow as tf
+
+    model = BertClassifier(TINY)
+    empty = {"input_ids": np.zeros((0, 5), np.int32), "attention_mask": np.zeros((0, 5), np.int32)}
+    assert model(empty, packed=True, training=True).shape == (0, 3)
+
+    @tf.function
+    def gradients(batch):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(batch, packed=True, training=True))
+        return tape.gradient(loss, model.trainable_variables)
+
+    for gradient in gradients(empty):
+        np.testing.assert_array_equal(tf.convert_to_tensor(gradient), 0.0)
 
 
 def test_keras_round_trip_and_distinct_initial_weights(tmp_path):

@@ -142,13 +142,15 @@ def test_a_damaged_directory_index_still_finds_the_latest_checkpoint(tmp_path, s
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def tf_keras_model_and_optimizers(units=3):
-    """A tf_keras model (no Keras 3 paths) and two unbuilt tf_keras optimizers, as BERT's hf backend has."""
+def tf_keras_model_and_optimizers(units=3, legacy=False):
+    """A tf_keras model (no Keras 3 paths) and two unbuilt tf_keras optimizers, as BERT's hf backend has (its
+    `transformers.AdamWeightDecay` is a legacy one)."""
     import tf_keras
 
     model = tf_keras.Sequential([tf_keras.layers.Dense(4), tf_keras.layers.Dense(units)])
     model.build((None, 2))
-    return model, [tf_keras.optimizers.Adam(1e-2), tf_keras.optimizers.Adam(1e-1)]
+    adam = tf_keras.optimizers.legacy.Adam if legacy else tf_keras.optimizers.Adam
+    return model, [adam(1e-2), adam(1e-1)]
 
 
 def tf_keras_step(model, optimizers):
@@ -156,12 +158,13 @@ def tf_keras_step(model, optimizers):
         optimizer.apply_gradients([(np.ones(v.shape, "float32"), v) for v in layer.trainable_variables])
 
 
-def test_position_keyed_tf_keras_model_and_lazily_built_optimizers_round_trip(tmp_path):
-    model, optimizers = tf_keras_model_and_optimizers()
+@pytest.mark.parametrize("legacy", [False, True])  # a legacy optimizer's slots are filed under the model variables
+def test_position_keyed_tf_keras_model_and_lazily_built_optimizers_round_trip(tmp_path, legacy):
+    model, optimizers = tf_keras_model_and_optimizers(legacy=legacy)
     tf_keras_step(model, optimizers)
     Checkpoints(str(tmp_path), model, optimizers, max_to_keep=1, keyed_by="position").save(5)
 
-    other, other_optimizers = tf_keras_model_and_optimizers()  # other weights; optimizers without slots yet
+    other, other_optimizers = tf_keras_model_and_optimizers(legacy=legacy)  # other weights; no slots yet
     assert Checkpoints(str(tmp_path), other, other_optimizers, keyed_by="position").restore() == 5
     for a, b in zip(model.variables, other.variables):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -173,10 +176,12 @@ def test_position_keyed_tf_keras_model_and_lazily_built_optimizers_round_trip(tm
     assert sorted(p.name for p in tmp_path.glob("*.index")) == ["ckpt-5.index"]
 
 
-def test_a_position_keyed_checkpoint_of_another_model_is_refused(tmp_path):
-    model, optimizers = tf_keras_model_and_optimizers()
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_position_keyed_checkpoint_of_another_model_is_refused(tmp_path, legacy):
+    model, optimizers = tf_keras_model_and_optimizers(legacy=legacy)
+    tf_keras_step(model, optimizers)  # with its slots
     Checkpoints(str(tmp_path), model, optimizers, keyed_by="position").save(1)
-    other, other_optimizers = tf_keras_model_and_optimizers(units=5)
+    other, other_optimizers = tf_keras_model_and_optimizers(units=5, legacy=legacy)
     with pytest.raises(ValueError, match=r"'model_variables/0002' with shape \(4, 3\), but the model's is \(4, 5\)"):
         Checkpoints(str(tmp_path), other, other_optimizers, keyed_by="position").restore()
     with pytest.raises(ValueError, match="keyed_by must be one of.*Received: keyed_by='name'"):

@@ -54,6 +54,12 @@ def _column(header: list[str], key: str, path: str, argument: str) -> int:
     return header.index(key)
 
 
+def _check_max_examples(max_examples: int | None) -> None:
+    # Not left to the slice or `take`: they read -1 as "all but the last one" and "all".
+    if max_examples is not None and max_examples < 1:
+        raise ValueError(f"max_examples must be >= 1 (None keeps every example). Received: max_examples={max_examples}")
+
+
 def read_table(path: str, text_key: str = "sentence", label_key: str = "label",
                max_examples: int | None = None) -> TextClassificationData:
     """Reads a TSV (`.tsv`, unquoted, as GLUE ships it) or CSV (`.csv`, quoted) file of texts and labels.
@@ -72,15 +78,16 @@ def read_table(path: str, text_key: str = "sentence", label_key: str = "label",
 
     Raises:
         FileNotFoundError: if `path` does not exist.
-        ValueError: for an unknown extension, an empty file, a missing column, a short row, a label that is
-            not an integer, bytes that are not UTF-8 or a field over the csv module's size limit (each naming the
-            file and line).
+        ValueError: for `max_examples` < 1, an unknown extension, an empty file, a missing column, a short row, a
+            label that is not an integer, bytes that are not UTF-8 or a field over the csv module's size limit (each
+            naming the file and line).
 
     Example:
     >>> data = read_table("../shared/data/sst2/dev.tsv")
     >>> len(data), data.labels[:3]
     (872, array([1, 0, 1]))
     """
+    _check_max_examples(max_examples)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No data file at {path!r}.")
     extension = os.path.splitext(path)[1].lower()
@@ -153,13 +160,14 @@ def load_tfds(name: str, split: str, text_key: str = "sentence", label_key: str 
         A `TextClassificationData`, with `label_names` when the label is a `ClassLabel`.
 
     Raises:
-        ValueError: if the dataset or split is unknown, or lacks the text or label feature.
+        ValueError: if `max_examples` < 1, the dataset or split is unknown, or lacks the text or label feature.
         FileNotFoundError: if the dataset is not prepared and cannot be downloaded (offline: within seconds,
             through the language model's `tf_lm.data.sources.prepare_tfds`, leaving no partial files).
 
     Example:
     >>> data = load_tfds("glue/sst2", "validation")
     """
+    _check_max_examples(max_examples)
     import tensorflow_datasets as tfds
 
     from tf_lm.data.sources import prepare_tfds, tfds_builder

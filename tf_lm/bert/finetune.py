@@ -100,12 +100,14 @@ class FinetuneConfig:
             raise ValueError(f"max_length must leave room for [CLS] and [SEP]. Received: max_length={self.max_length}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 or None. Received: max_steps={self.max_steps}")
+        # NaN fails every comparison, so each test of a float is written to refuse it.
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup_fraction must lie in [0, 1). Received: warmup_fraction={self.warmup_fraction}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0. Received: learning_rate={self.learning_rate}")
-        if self.head_lr_multiplier <= 0:
-            raise ValueError(f"head_lr_multiplier must be > 0. Received: head_lr_multiplier={self.head_lr_multiplier}")
+        for name in ("learning_rate", "head_lr_multiplier"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be finite and > 0. Received: {name}={getattr(self, name)}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"weight_decay must be finite and >= 0. Received: weight_decay={self.weight_decay}")
         check_precision(self.precision)
         if self.backend not in BACKENDS:
             raise ValueError(f"Unknown backend {self.backend!r}; choose one of {list(BACKENDS)}.")
@@ -377,14 +379,14 @@ def _resolve_num_labels(num_labels: int | None, train_data: data_lib.TextClassif
     return num_labels
 
 
-def best_on_disk(output_dir: str) -> float:
-    """The eval accuracy of the model already in `output_dir/best` (-1 if there is none), so a rerun keeps it
-    unless it does better."""
+def best_on_disk(output_dir: str) -> dict:
+    """The metrics record of the model already in `output_dir/best` ({} if there is none), so a rerun keeps it
+    unless it does better; equal to an entry of the history when that evaluation's model is the one saved."""
     path = os.path.join(output_dir, BEST_DIR, METRICS_FILE)
     if not os.path.isfile(path):
-        return -1.0
+        return {}
     with open(path) as f:
-        return float(json.load(f).get("eval_accuracy", -1.0))
+        return json.load(f)
 
 
 def finetune(model_name: str, train_data: data_lib.TextClassificationData,
@@ -418,8 +420,9 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
         ValueError: for an `output_dir` that is not new, empty or an earlier run's (nothing in it is touched),
             labels outside `num_labels`, `max_length` beyond the model's position limit, a batch size the
             replicas cannot split, or a model that cannot be loaded.
-        TrainingDiverged: when the loss becomes NaN/inf.
-        TrainingInterrupted: on SIGTERM/SIGINT, after a checkpoint (its `signum` says which signal).
+        TrainingDiverged: when the loss, or an evaluation's loss, becomes NaN/inf (no model of it is saved).
+        TrainingInterrupted: on SIGTERM/SIGINT, after a checkpoint (its `signum` says which signal); an epoch the
+            signal ended in its last step is evaluated (and its model saved if best) first.
 
     Example:
     >>> history = finetune("minilm", read_table("train.tsv"), read_table("dev.tsv"),
@@ -460,7 +463,7 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
     identity = {"model": model_name, "train_examples": len(train_data), **dataclasses.asdict(config)}
     step = _resume(checkpoints, identity)
     history = _read_history(output_dir, step)
-    best_accuracy, epoch = best_on_disk(output_dir), step // steps_per_epoch
+    best_accuracy, epoch = best_on_disk(output_dir).get("eval_accuracy", -1.0), step // steps_per_epoch
     with StopOnSignal() as stop:
         while step < total_steps:
             epoch += 1
@@ -475,6 +478,37 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
             train_loss = trainer.train(train_ds, steps, stop=stop.requested)
             train_seconds = time.perf_counter() - start
             step += trainer.steps_done
+            # An epoch a signal ended in its last step is complete, so it is evaluated before the run stops: the
+            # checkpoint resumes after it, and nothing would evaluate it then.
+            if trainer.steps_done == steps:
+                # A whole epoch sees every example once; a cut one (max_steps) about its share of them.
+                seen = round(len(train_data) * trainer.steps_done / steps_per_epoch)
+                start = time.perf_counter()
+                metrics = trainer.evaluate(eval_ds)
+                # The last update can make the weights NaN after a finite loss: such a model is never the best.
+                if not math.isfinite(metrics["loss"]):
+                    raise TrainingDiverged(
+                        f"Training diverged: the eval loss became {metrics['loss']} after step {step}; stopped "
+                        "without saving the model. Lower learning_rate or raise warmup_fraction, then rerun."
+                    )
+                record = {
+                    "epoch": epoch, "step": step, "train_loss": train_loss, "train_examples": seen,
+                    "train_seconds": train_seconds, "train_examples_per_s": seen / train_seconds,
+                    **{f"eval_{k}": v for k, v in metrics.items()}, "eval_seconds": time.perf_counter() - start,
+                }
+                history.append(record)
+                logging.info(
+                    "epoch %d (step %d/%d): train loss %.4f, %.1f examples/s; eval accuracy %.4f, f1 %.4f (%.1f s)",
+                    epoch, step, total_steps, train_loss, record["train_examples_per_s"], metrics["accuracy"],
+                    metrics["f1"], record["eval_seconds"],
+                )
+                if chief and metrics["accuracy"] > best_accuracy:
+                    best_accuracy = metrics["accuracy"]
+                    classifier.save(os.path.join(output_dir, BEST_DIR), {
+                        METRICS_FILE: record, "finetune_config.json": dataclasses.asdict(config),
+                    })
+                if chief:
+                    atomic_write(os.path.join(output_dir, HISTORY_FILE), json.dumps(history, indent=2))
             if stop.signal is not None:
                 checkpoints.save(step)
                 raise TrainingInterrupted(
@@ -482,28 +516,6 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
                     f"was written to {checkpoints.directory}, so rerunning the same command resumes from it.",
                     stop.signal,
                 )
-            # A whole epoch sees every example once; a cut one (max_steps) about its share of them.
-            seen = round(len(train_data) * trainer.steps_done / steps_per_epoch)
-            start = time.perf_counter()
-            metrics = trainer.evaluate(eval_ds)
-            record = {
-                "epoch": epoch, "step": step, "train_loss": train_loss, "train_examples": seen,
-                "train_seconds": train_seconds, "train_examples_per_s": seen / train_seconds,
-                **{f"eval_{k}": v for k, v in metrics.items()}, "eval_seconds": time.perf_counter() - start,
-            }
-            history.append(record)
-            logging.info(
-                "epoch %d (step %d/%d): train loss %.4f, %.1f examples/s; eval accuracy %.4f, f1 %.4f (%.1f s)",
-                epoch, step, total_steps, train_loss, record["train_examples_per_s"], metrics["accuracy"],
-                metrics["f1"], record["eval_seconds"],
-            )
-            if chief and metrics["accuracy"] > best_accuracy:
-                best_accuracy = metrics["accuracy"]
-                classifier.save(os.path.join(output_dir, BEST_DIR), {
-                    METRICS_FILE: record, "finetune_config.json": dataclasses.asdict(config),
-                })
-            if chief:
-                atomic_write(os.path.join(output_dir, HISTORY_FILE), json.dumps(history, indent=2))
             if step < total_steps:
                 checkpoints.save(step)
     if chief:  # complete: the checkpoints only served a resume, and a rerun starts afresh

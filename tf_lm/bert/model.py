@@ -207,7 +207,7 @@ def _pack(token_ids, segment_ids, padding_mask):
     _, rows, offsets = ops.fori_loop(0, batch, place, (zeros, zeros, zeros))
     unsorted = ops.argsort(order)
     rows, offsets = ops.take(rows, unsorted), ops.take(offsets, unsorted)  # (B,)
-    num_rows = ops.max(rows) + 1
+    num_rows = ops.max(rows, initial=-1) + 1  # 0 for an empty batch (a replica's share of a short last batch)
     positions = ops.broadcast_to(ops.arange(width, dtype="int32")[None], (batch, width))  # (B, T)
     real = positions < lengths[:, None]  # (B, T)
     slots = (rows * width + offsets)[:, None] + positions  # (B, T) in the flattened rows

@@ -10,14 +10,26 @@ import json
 import os
 
 DEFAULT_MAX_LENGTH = 512
+# transformers' BertTokenizerFast defaults for what `tokenizer_config.json` does not say.
+_SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "cls_token": "[CLS]", "pad_token": "[PAD]",
+                  "mask_token": "[MASK]"}
+
+
+def _special_tokens(config: dict) -> dict[str, str]:
+    """The special tokens of a `tokenizer_config.json`, each a string or (as older transformers wrote them) an
+    AddedToken's dict."""
+    tokens = {name: config.get(name, default) for name, default in _SPECIAL_TOKENS.items()}
+    return {name: token["content"] if isinstance(token, dict) else token for name, token in tokens.items()}
 
 
 class WordPieceTokenizer:
     """WordPiece ids with [CLS] ... [SEP], read from `tokenizer.json` or, failing that, `vocab.txt`.
 
     Args:
-        directory: str. A checkpoint directory with `tokenizer.json` or `vocab.txt` (and optionally
-            `tokenizer_config.json`, for `do_lower_case` and `model_max_length`).
+        directory: str. A checkpoint directory with `tokenizer.json` or `vocab.txt`, and optionally
+            `tokenizer_config.json`: its `model_max_length` and `pad_token` and, with `vocab.txt`, its
+            `do_lower_case`, `strip_accents`, `tokenize_chinese_chars` and special tokens, read as
+            `transformers.BertTokenizerFast` reads them (the same ids as the hf backend).
 
     Attributes:
         directory: str. Where the files came from (an export copies them).
@@ -43,17 +55,23 @@ class WordPieceTokenizer:
             with open(config_path) as f:
                 config = json.load(f)
         self.model_max_length = min(int(config.get("model_max_length", DEFAULT_MAX_LENGTH)), 10**6)
+        special_tokens = _special_tokens(config)
         json_path, vocab_path = os.path.join(directory, "tokenizer.json"), os.path.join(directory, "vocab.txt")
         if os.path.isfile(json_path):
             self._tokenizer = Tokenizer.from_file(json_path)
         elif os.path.isfile(vocab_path):
-            self._tokenizer = BertWordPieceTokenizer(vocab_path, lowercase=config.get("do_lower_case", True))
+            # strip_accents None: strip them when lowercasing, as BERT's uncased models were trained.
+            self._tokenizer = BertWordPieceTokenizer(
+                vocab_path, **special_tokens, lowercase=config.get("do_lower_case", True),
+                strip_accents=config.get("strip_accents"),
+                handle_chinese_chars=config.get("tokenize_chinese_chars", True),
+            )
         else:
             raise FileNotFoundError(f"No tokenizer (tokenizer.json or vocab.txt) in {directory!r}.")
         # Padding and truncation are chosen per call; the file's own settings (MiniLM pads to 128) are dropped.
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
-        self.pad_token_id = self._tokenizer.token_to_id(config.get("pad_token", "[PAD]")) or 0
+        self.pad_token_id = self._tokenizer.token_to_id(special_tokens["pad_token"]) or 0
 
     def __call__(self, texts: list[str], truncation: bool = True, max_length: int | None = None) -> dict:
         """`{"input_ids": list of lists of int}`, each cut to `max_length` tokens (specials included) if asked."""

@@ -32,6 +32,8 @@ _OPTIMIZER_SCOPE = "optimizer_variables"
 KEYINGS = ("path", "position")
 # How `tf.train.Checkpoint` names a variable tracked in a dict: its key with "/" escaped, then this suffix.
 _VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+# ... and where it files a slot of a legacy tf_keras optimizer: under the model variable the slot belongs to.
+_SLOT_MARKER = "/.OPTIMIZER_SLOT/"
 
 
 def variable_keys(model: keras.Model, variables=None) -> dict[str, tf.Variable]:
@@ -166,6 +168,8 @@ class Checkpoints:
         """Raises ValueError naming the first key or shape in which the checkpoint at `path` differs."""
         saved = {}
         for name, shape in _reader(path).get_variable_to_shape_map().items():
+            if _SLOT_MARKER in name:  # the optimizer's, restored with it, not a model variable
+                continue
             if name.endswith(_VALUE_SUFFIX) and name.split("/", 1)[0] in self._checked_scopes:
                 scope, key = name[: -len(_VALUE_SUFFIX)].split("/", 1)
                 saved[f"{scope}/{_unescape(key)}"] = tuple(shape)

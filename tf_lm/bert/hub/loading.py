@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 
 import tf_keras
 import transformers
-from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
+from transformers.modeling_tf_pytorch_utils import (
+    convert_tf_weight_name_to_pt_weight_name,
+    load_pytorch_state_dict_in_tf2_model,
+)
 
 from tf_lm.bert.checkpoint import hub_reachable, resolve_checkpoint
 from tf_lm.bert.config import check_precision
@@ -60,12 +64,19 @@ def _safetensors_format(path: str) -> str | None:
         return (archive.metadata() or {}).get("format")
 
 
+def _head_layers(model) -> set[str]:
+    """The names of the layers above the pretrained base model (the task head): the first part of their weights'
+    keys, PyTorch-named (`classifier.weight`) or TF-named (`classifier/kernel:0`)."""
+    return {layer.name for layer in model.layers if layer.name != model.base_model_prefix}
+
+
 def _check_loading(model, info: dict, checkpoint: str) -> None:
-    """Every weight but the task head must come from the checkpoint: no silently random encoder layers."""
-    head_layers = {layer.name for layer in model.layers if layer.name != model.base_model_prefix}
-    encoder_missing = [key for key in info["missing_keys"] if key.split(".")[0] not in head_layers]
-    if encoder_missing or info["mismatched_keys"]:
-        problems = encoder_missing + [key for key, *_ in info["mismatched_keys"]]
+    """Every weight but the task head must come from the checkpoint: no silently random encoder layers. The head
+    may start random: a bare encoder has none, and a fine-tuned one given another `num_labels` one of other shapes."""
+    head_layers = _head_layers(model)
+    keys = info["missing_keys"] + [key for key, *_ in info["mismatched_keys"]]
+    problems = [key for key in keys if re.split(r"[./]", key, maxsplit=1)[0] not in head_layers]
+    if problems:
         raise ValueError(
             f"The checkpoint {checkpoint!r} does not fit a {type(model).__name__}: weights {problems[:5]} are "
             "missing or have other shapes; use a checkpoint of the same architecture."
@@ -81,7 +92,11 @@ def _load_local(model_class, directory: str, **config_overrides):
         os.path.isfile(safetensors_path) and _safetensors_format(safetensors_path) == "tf"
     )
     if has_tf_weights:
-        return model_class.from_pretrained(directory, **config_overrides)
+        # Weights of other shapes are skipped, and `_check_loading` refuses them outside the head.
+        model, info = model_class.from_pretrained(directory, ignore_mismatched_sizes=True, output_loading_info=True,
+                                                  **config_overrides)
+        _check_loading(model, info, directory)
+        return model
     if not os.path.isfile(safetensors_path):
         raise FileNotFoundError(
             f"No {_SAFETENSORS_FILE} or {_TF_H5_FILE} in {directory!r}; PyTorch .bin checkpoints need torch, so "
@@ -91,11 +106,17 @@ def _load_local(model_class, directory: str, **config_overrides):
 
     config = transformers.AutoConfig.from_pretrained(directory, **config_overrides)
     model = model_class.from_config(config)
+    model.build_in_name_scope()
+    # A head of other shapes (a fine-tuned checkpoint given another `num_labels`) starts random, as the keras
+    # backend's does; transformers' PyTorch loader would fail to reshape it, so its tensors are left out here.
+    sizes = {convert_tf_weight_name_to_pt_weight_name(w.name, tf_weight_shape=w.shape)[0]: w.shape.num_elements()
+             for w in model.weights}
+    head_layers = _head_layers(model)
+    state = {key: tensor for key, tensor in load_file(safetensors_path).items()
+             if key.split(".")[0] not in head_layers or tensor.size == sizes.get(key, tensor.size)}
     # transformers' own PyTorch→TF name mapping: it transposes dense kernels and adds the `bert.` prefix that
     # base-model checkpoints (sentence-transformers among them) leave out.
-    model, info = load_pytorch_state_dict_in_tf2_model(
-        model, load_file(safetensors_path), allow_missing_keys=True, output_loading_info=True
-    )
+    model, info = load_pytorch_state_dict_in_tf2_model(model, state, allow_missing_keys=True, output_loading_info=True)
     _check_loading(model, info, directory)
     return model
 
@@ -153,7 +174,8 @@ def load_classifier(name: str, num_labels: int | None = None, label_names: list[
 
     Args:
         name: str. `"minilm"`, a checkpoint directory or a hub id.
-        num_labels: int, default None (the checkpoint's own, 2 for a bare encoder). Classes of the new head.
+        num_labels: int, default None (the checkpoint's own, 2 for a bare encoder). Classes of the head; a count
+            other than a fine-tuned checkpoint's starts a new, random head.
         label_names: list of str, default None. Class names stored in the config (`id2label`), shown by predict.
         precision: str, default "float32". `"mixed_bfloat16"` computes in bfloat16 with float32 weights (the
             model's logits come out in bfloat16); it pays where the hardware has bfloat16 matmuls (AVX512_BF16
