@@ -130,12 +130,12 @@ def run(model_dir: str, prompt: str, max_new_tokens: int, seed: int | None, num_
                          f"--num_samples={num_samples}")
     model, tokenizer = load_model_dir(model_dir)
     speculation = speculative_kwargs(tokenizer, draft_model_dir, drafter, num_speculative_tokens)
-    prompt_ids = tokenizer.encode(prompt)
+    prompt_ids, stops = tokenizer.encode(prompt), stop_token_ids(tokenizer)
     rounds = accepted = 0
     for sample in range(num_samples):
         # `stream` checks the prompt and settings when called, so a refusal comes before any output.
         chunks = stream(model, [prompt_ids], max_new_tokens=max_new_tokens,
-                        seed=None if seed is None else seed + sample, stop_token_ids=stop_token_ids(tokenizer),
+                        seed=None if seed is None else seed + sample, stop_token_ids=stops,
                         context_policy=context_policy, chunk_size=chunk_size, **sampling, **speculation)
         if num_samples > 1:
             out.write(f"--- sample {sample + 1} of {num_samples} ---\n")

@@ -14,7 +14,7 @@ import os
 import keras
 
 from tf_lm.configs import LMConfig
-from tf_lm.fileio import atomic_directory, gfile
+from tf_lm.fileio import atomic_directory, gfile, write_file
 from tf_lm.model import TransformerLM
 
 SAVED_DIR = "model"
@@ -36,8 +36,7 @@ def save_model_dir(model_dir: str, model: TransformerLM, tokenizer) -> None:
     """
     with atomic_directory(saved_dir(model_dir), marker=CONFIG_FILE) as staging:
         model.save(os.path.join(staging, MODEL_FILE))
-        with gfile(staging).GFile(os.path.join(staging, CONFIG_FILE), "w") as f:
-            f.write(json.dumps(model.config.to_dict(), indent=2))
+        write_file(os.path.join(staging, CONFIG_FILE), json.dumps(model.config.to_dict(), indent=2))
         tokenizer.save(os.path.join(staging, TOKENIZER_DIR))
 
 

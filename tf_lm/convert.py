@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from tf_lm.configs import LMConfig
-from tf_lm.fileio import EXPORT_MARKER, atomic_directory, gfile, is_local, write_export_marker
+from tf_lm.fileio import EXPORT_MARKER, atomic_directory, gfile, is_local, write_export_marker, write_file
 from tf_lm.model import TransformerLM
 
 # The files of an HF checkpoint directory that hold the model.
@@ -199,29 +199,23 @@ def save_gpt2_checkpoint(model: TransformerLM, directory: str, tokenizer=None, e
         eos_token_id = tokenizer.eos_id
     with atomic_directory(directory, marker=EXPORT_MARKER) as staging:
         # transformers refuses a safetensors file whose metadata does not name its framework.
-        _write(staging, GPT2_WEIGHTS_FILE, save(state, metadata={"format": "pt"}))
+        write_file(os.path.join(staging, GPT2_WEIGHTS_FILE), save(state, metadata={"format": "pt"}))
         _write_hf_configs(model.config, staging, eos_token_id)
         if tokenizer is not None:
             _write_hf_tokenizer(tokenizer, staging, model_max_length=model.config.block_size)
         write_export_marker(staging, "tf_lm.convert.save_gpt2_checkpoint")
 
 
-def _write(directory: str, name: str, data: bytes | str) -> None:
-    path = os.path.join(directory, name)
-    with gfile(path).GFile(path, "wb" if isinstance(data, bytes) else "w") as f:
-        f.write(data)
-
-
 def _write_hf_configs(config: LMConfig, directory: str, eos_token_id: int | None) -> None:
     import transformers
 
-    _write(directory, GPT2_CONFIG_FILE, json.dumps(gpt2_config(config, eos_token_id), indent=2))
+    write_file(os.path.join(directory, GPT2_CONFIG_FILE), json.dumps(gpt2_config(config, eos_token_id), indent=2))
     generation = transformers.GenerationConfig(bos_token_id=eos_token_id, eos_token_id=eos_token_id)
-    _write(directory, "generation_config.json", generation.to_json_string(use_diff=True))
+    write_file(os.path.join(directory, "generation_config.json"), generation.to_json_string(use_diff=True))
 
 
 def _write_hf_tokenizer(tokenizer, directory: str, model_max_length: int) -> None:
-    _write(directory, "tokenizer.json", tokenizer.to_hf().to_str(pretty=True))
+    write_file(os.path.join(directory, "tokenizer.json"), tokenizer.to_hf().to_str(pretty=True))
     eos = None if tokenizer.eos_id is None else tokenizer.to_hf().id_to_token(tokenizer.eos_id)
     settings = {
         "tokenizer_class": "PreTrainedTokenizerFast" if tokenizer.is_char_level else "GPT2TokenizerFast",
@@ -230,7 +224,7 @@ def _write_hf_tokenizer(tokenizer, directory: str, model_max_length: int) -> Non
         "clean_up_tokenization_spaces": False,
         **({} if eos is None else {"bos_token": eos, "eos_token": eos, "unk_token": eos}),
     }
-    _write(directory, "tokenizer_config.json", json.dumps(settings, indent=2))
+    write_file(os.path.join(directory, "tokenizer_config.json"), json.dumps(settings, indent=2))
 
 
 def from_hf_gpt2(hf_model) -> TransformerLM:

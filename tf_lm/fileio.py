@@ -145,11 +145,17 @@ def atomic_write(path: str, data: bytes | str) -> None:
         raise
 
 
+def write_file(path: str, data: bytes | str) -> None:
+    """Writes `data` to `path` in place, on any filesystem: for a file inside a staging directory, which
+    `atomic_directory` publishes (and syncs) whole."""
+    with gfile(path).GFile(path, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
+
+
 def write_export_marker(directory: str, exported_by: str, **details) -> None:
     """Marks `directory` (an export's staging directory) as one of ours: `EXPORT_MARKER` names what wrote it."""
-    path = os.path.join(directory, EXPORT_MARKER)
-    with gfile(path).GFile(path, "w") as f:
-        f.write(json.dumps({"exported_by": exported_by, **details}, indent=2) + "\n")
+    write_file(os.path.join(directory, EXPORT_MARKER), json.dumps({"exported_by": exported_by, **details}, indent=2)
+               + "\n")
 
 
 def check_replaceable(path: str, marker: str) -> None:

@@ -27,8 +27,6 @@ from tf_lm.generation import speculative
 from tf_lm.generation.generate import CONTEXT_POLICIES, SEED_LIMIT, _drafter, next_fn, prefill
 from tf_lm.generation.samplers import Sampler, get_sampler
 
-# Written into every export: `saved_model.pb` alone would let an export replace someone else's SavedModel.
-
 
 def _check(condition, message):
     """An in-graph check of the request that fails with `message` alone, not TensorFlow's dump of the tensors.
