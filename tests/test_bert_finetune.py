@@ -17,6 +17,7 @@ from experiments.benchmarks.common import SHARED_DATA
 from tf_lm.bert import data, finetune, weights
 from tf_lm.bert.tokenizer import WordPieceTokenizer
 from tf_lm.distribute import resolve_strategy
+from tf_lm.fileio import EXPORT_MARKER
 
 SST2 = SHARED_DATA / "sst2"
 
@@ -139,9 +140,23 @@ def test_rerun_keeps_a_better_model_already_on_disk(tmp_path):
     best_dir.mkdir(parents=True)
     (best_dir / "config.json").write_text("{}")
     (best_dir / finetune.METRICS_FILE).write_text(json.dumps({"eval_accuracy": 1.01}))
+    (best_dir / EXPORT_MARKER).write_text("{}")
     config = finetune.FinetuneConfig(max_length=16, batch_size=8, max_steps=1, num_buckets=1)
     history = finetune.finetune("minilm", train, train, config, str(tmp_path / "run"), resolve_strategy("cpu"))
-    assert len(history) == 1 and sorted(os.listdir(best_dir)) == ["config.json", finetune.METRICS_FILE]
+    assert len(history) == 1
+    assert sorted(os.listdir(best_dir)) == sorted(["config.json", finetune.METRICS_FILE, EXPORT_MARKER])
+
+
+def test_a_foreign_best_dir_is_refused_before_training(tmp_path, monkeypatch):
+    train = short_sst2(tmp_path / "train.tsv", "train.tsv", 8)
+    best_dir = tmp_path / "run" / finetune.BEST_DIR
+    best_dir.mkdir(parents=True)
+    (best_dir / "precious.txt").write_text("mine")
+    monkeypatch.setattr(finetune, "load_classifier", lambda *args: pytest.fail("loaded a model before refusing"))
+    config = finetune.FinetuneConfig(max_length=16, batch_size=8, max_steps=1, num_buckets=1)
+    with pytest.raises(ValueError, match="not one of ours and was left untouched"):
+        finetune.finetune("minilm", train, train, config, str(tmp_path / "run"), resolve_strategy("cpu"))
+    assert os.listdir(best_dir) == ["precious.txt"]
 
 
 @pytest.mark.parametrize("stop_step", [2, 4])  # the last step of the first epoch, of the run
@@ -325,6 +340,7 @@ from tf_lm.bert import data, finetune
 from tf_lm.bert.config import BertConfig
 from tf_lm.bert.model import BertClassifier
 from tf_lm.distribute import resolve_strategy
+from tf_lm.fileio import EXPORT_MARKER
 
 # No dropout: two replicas would draw other masks than one device does.
 config = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
@@ -363,6 +379,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from tf_lm.bert import data, finetune
 from tf_lm.distribute import resolve_strategy
+from tf_lm.fileio import EXPORT_MARKER
 strategy = resolve_strategy("mirrored")
 dev = data.read_table(sys.argv[1], max_examples=10)
 config = finetune.FinetuneConfig(max_length=16, batch_size=4, epochs=1, num_buckets=2, backend=sys.argv[3])

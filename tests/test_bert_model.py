@@ -219,3 +219,15 @@ def test_bad_configs_and_sources_are_one_sentence(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(ValueError, match="model_type='gpt2'"):
         BertClassifier.from_pretrained(str(tmp_path))
+
+
+@pytest.mark.parametrize("architectures, num_labels", [
+    (["BertForSequenceClassification"], 3), (["BertModel", "BertForSequenceClassification"], 3),
+    (["BertModel"], 2), (None, 2), ([], 2),
+])
+def test_config_takes_labels_only_from_a_classifier_checkpoint(architectures, num_labels):
+    hf_config = {**TINY.to_dict(), "architectures": architectures, "id2label": {"0": "x", "1": "y", "2": "z"}}
+    del hf_config["num_labels"], hf_config["label_names"]
+    config = BertConfig.from_hf(hf_config)
+    assert config.num_labels == num_labels
+    assert config.label_names == (("x", "y", "z") if num_labels == 3 else BertConfig.label_names)

@@ -124,7 +124,8 @@ class BertConfig:
         fields = {f.name for f in dataclasses.fields(cls)} - {"num_labels", "label_names"}
         values = {key: hf_config[key] for key in fields if hf_config.get(key) is not None}
         id2label = hf_config.get("id2label")
-        if id2label and hf_config.get("architectures", [""])[0].endswith("ForSequenceClassification"):
+        architectures = hf_config.get("architectures") or ()
+        if id2label and any(name.endswith("ForSequenceClassification") for name in architectures):
             names = [id2label[str(i)] if str(i) in id2label else id2label[i] for i in range(len(id2label))]
             values["num_labels"] = len(names)
             if names != [f"LABEL_{i}" for i in range(len(names))]:

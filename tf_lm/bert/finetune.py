@@ -432,6 +432,8 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
     earlier_run = (HISTORY_FILE, BEST_DIR, os.path.join(CHECKPOINT_DIR, RUN_FILE))
     if not any(tf.io.gfile.exists(os.path.join(output_dir, name)) for name in earlier_run):
         check_replaceable(output_dir, HISTORY_FILE)
+    # best/ is replaced only if a run of ours wrote it: refused now, not after an epoch of training.
+    check_replaceable(os.path.join(output_dir, BEST_DIR), EXPORT_MARKER)
     num_labels = _resolve_num_labels(num_labels, train_data)
     for split in (train_data, eval_data):
         data_lib.check_labels(split, num_labels)
