@@ -45,7 +45,7 @@ def test_cached_decoding_equals_full_pass():
     cache = layer.init_cache(2, 8)
     prefix, cache = layer(x[:, :3], cache=cache, cache_index=0)
     steps = [np.asarray(prefix)]
-    for t in range(3, 6):
+    for t in np.arange(3, 6):  # int64 indices, as a counter from numpy is
         y, cache = layer(x[:, t : t + 1], cache=cache, cache_index=t)
         steps.append(np.asarray(y))
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
@@ -60,7 +60,7 @@ def test_a_cache_slot_per_row_equals_the_full_pass():
     new = np.stack([x[0, 3:5], x[1, 2:4]])  # (2, 2, 8)
     y, cache = layer(new, cache=cache, cache_index=np.array([3, 2], "int32"))
     np.testing.assert_allclose(np.asarray(y), np.stack([full[0, 3:5], full[1, 2:4]]), atol=1e-5)
-    y, _ = layer(np.stack([x[0, 5:6], x[1, 4:5]]), cache=cache, cache_index=np.array([5, 4], "int32"))
+    y, _ = layer(np.stack([x[0, 5:6], x[1, 4:5]]), cache=cache, cache_index=np.array([5, 4], "int64"))
     np.testing.assert_allclose(np.asarray(y), np.stack([full[0, 5:6], full[1, 4:5]]), atol=1e-5)
 
 

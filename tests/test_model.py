@@ -31,10 +31,10 @@ def test_prefill_then_cached_steps_equal_one_full_pass():
     model = TransformerLM(TINY)
     ids = _ids(time=12)
     full = np.asarray(model(ids))
-    cache = model.init_cache(batch_size=2, max_length=16)
+    cache = model.init_cache(batch_size=2, max_length=np.int64(16))
     logits, cache = model.call_with_cache(ids[:, :5], cache, cache_index=0)
     pieces = [np.asarray(logits)]
-    for t in range(5, 12):
+    for t in np.arange(5, 12):  # int64 indices, as a counter from numpy is
         logits, cache = model.call_with_cache(ids[:, t : t + 1], cache, cache_index=t)
         pieces.append(np.asarray(logits))
     np.testing.assert_allclose(np.concatenate(pieces, axis=1), full, atol=1e-5)
@@ -144,6 +144,28 @@ def test_trains_under_mixed_bfloat16_with_float32_logits():
     model.fit(np.repeat(ids[:, :-1], 8, axis=0), np.repeat(ids[:, 1:], 8, axis=0), batch_size=4, verbose=0)
     after = model.evaluate(ids[:, :-1], ids[:, 1:], verbose=0)
     assert np.isfinite(after) and after < before
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_full_and_cached_passes_give_the_head_the_same_table(policy, monkeypatch):
+    """Scoring (call) and generation (call_with_cache) must see one model: the tied table rounded alike."""
+    from tf_lm.layers.lm_head import TiedLMHead
+
+    tables, call = [], TiedLMHead.call
+
+    def recording_call(self, hidden, table):
+        tables.append(table)
+        return call(self, hidden, table)
+
+    monkeypatch.setattr(TiedLMHead, "call", recording_call)
+    keras.utils.set_random_seed(0)
+    model = TransformerLM(TINY, dtype=policy)
+    table = model.embedding.token_embedding.embeddings
+    table.assign(table.numpy() + np.random.default_rng(0).normal(scale=1e-3, size=table.shape).astype("float32"))
+    ids = _ids(batch=1, time=8)
+    model(ids)
+    model.call_with_cache(ids, model.init_cache(1, 8), 0)
+    np.testing.assert_array_equal(np.asarray(tables[0]), np.asarray(tables[1]))
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

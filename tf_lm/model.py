@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import keras
 import numpy as np
@@ -79,7 +80,7 @@ class TransformerLM(keras.Model):
         self.built = True
 
     def _check_length(self, time):
-        if isinstance(time, int) and time > self.config.block_size:
+        if isinstance(time, numbers.Integral) and time > self.config.block_size:
             raise ValueError(
                 f"Sequence length {time} exceeds the model's context block_size={self.config.block_size}; "
                 "truncate the input or build the model with a larger block_size."
@@ -90,7 +91,12 @@ class TransformerLM(keras.Model):
         x = self.embedding_dropout(self.embedding(token_ids, position_ids=position_ids), training=training)  # (B, T, d)
         for block in self.blocks:
             x = block(x, padding_mask=padding_mask, training=training)
-        return self.head(self.final_norm(x), self.embedding.token_embeddings)  # (B, T, V) float32
+        return self.head(self.final_norm(x), self._head_table())  # (B, T, V) float32
+
+    def _head_table(self):
+        # call() reads the table inside the model's autocast scope, so in the compute dtype under a mixed policy;
+        # call_with_cache is no layer call and reads it in float32. The same rounding in both gives the same logits.
+        return ops.cast(self.embedding.token_embeddings, self.compute_dtype)
 
     def init_cache(self, batch_size, max_length=None):
         """Returns a zero KV cache: per block, `(keys, values)` as `CausalSelfAttention.init_cache` lays them out."""
@@ -117,6 +123,8 @@ class TransformerLM(keras.Model):
             ValueError: if the new tokens would not fit in the cache (checked where `cache_index` is known before
                 running, as it is eagerly; a cache write past the end would overwrite its last slots).
         """
+        if not isinstance(cache_index, int):  # an int64 index (np.arange's) would meet int32 positions
+            cache_index = ops.cast(cache_index, "int32")
         index, slots, time = tf.get_static_value(cache_index), cache[0][1].shape[1], token_ids.shape[1]
         if index is not None and slots is not None and time is not None and int(np.max(index)) + time > slots:
             raise ValueError(
@@ -130,7 +138,7 @@ class TransformerLM(keras.Model):
         for block, block_cache in zip(self.blocks, cache):
             x, block_cache = block(x, padding_mask=padding_mask, cache=block_cache, cache_index=cache_index)
             new_cache.append(block_cache)
-        return self.head(self.final_norm(x), self.embedding.token_embeddings), new_cache
+        return self.head(self.final_norm(x), self._head_table()), new_cache
 
     def score(self, token_ids, padding_mask=None):
         """log P(W) = Σ_i log P(w_i | w_1..w_{i-1}) for each row of `token_ids`.

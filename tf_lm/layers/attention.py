@@ -132,6 +132,8 @@ class CausalSelfAttention(keras.layers.Layer):
             if cache_index is None:
                 raise ValueError("cache_index is required when a cache is passed.")
             keys, values = cache
+            if not isinstance(cache_index, int):  # an int64 index (np.arange's) would meet int32 positions
+                cache_index = ops.cast(cache_index, "int32")
             head_dim = self.head_dim
             # (B·H, Dh, T) and (B·H, T, Dh): only the new entries are transposed into the cache's layouts.
             new_keys = ops.cast(ops.reshape(ops.transpose(key, (0, 2, 3, 1)), (-1, head_dim, time)), keys.dtype)
