@@ -8,3 +8,18 @@ def test_import_fails_in_one_sentence_on_another_backend():
     result = subprocess.run([sys.executable, "-c", "import tf_lm"], env=env, capture_output=True, text=True)
     assert result.returncode != 0
     assert "tf_lm needs Keras on the TensorFlow backend, but Keras is using 'numpy'" in result.stderr
+
+
+def test_an_empty_keras_backend_means_the_default_as_in_keras():
+    env = dict(os.environ, KERAS_BACKEND="")
+    result = subprocess.run([sys.executable, "-c", "import tf_lm, keras; print(keras.backend.backend())"], env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "tensorflow"
+
+
+def test_imports_with_stderr_closed():
+    """A daemon may run with descriptor 2 closed: quieting TensorFlow's start-up must not need it."""
+    code = "import os; os.close(2); import tf_lm, tensorflow; print(tensorflow.constant(1).numpy())"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "1"

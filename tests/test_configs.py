@@ -35,6 +35,11 @@ def test_dict_round_trip():
         ({"block_size": 0}, "block_size"),
         ({"vocab_size": -1}, "vocab_size"),
         ({"dropout": 1.0}, "dropout"),
+        ({"dropout": float("nan")}, "dropout must be in"),
+        ({"dropout": "0.1"}, "dropout must be a number"),
+        ({"layer_norm_epsilon": float("nan")}, "layer_norm_epsilon must be > 0"),
+        ({"layer_norm_epsilon": float("inf")}, "layer_norm_epsilon must be > 0"),
+        ({"layer_norm_epsilon": True}, "layer_norm_epsilon must be a number"),
     ],
 )
 def test_inconsistent_configs_are_refused(kwargs, message):
@@ -54,6 +59,9 @@ def test_inconsistent_configs_are_refused(kwargs, message):
         ({"beta2": -0.5}, r"beta2 must be in \[0, 1\)"),
         ({"grad_clip": float("nan")}, "grad_clip must be >= 0"),
         ({"seed": -1}, r"seed must be an integer in \[0, 2\*\*32\). Received: seed=-1"),
+        ({"lora_rank": True, "init_from": "base"}, "lora_rank must be an integer >= 0"),
+        ({"lora_rank": 8, "init_from": "base", "lora_alpha": float("nan")}, "lora_alpha must be > 0"),
+        ({"lora_rank": 8, "init_from": "base", "lora_alpha": float("inf")}, "lora_alpha must be > 0"),
     ],
 )
 def test_train_settings_are_refused_before_a_run_prepares_anything(kwargs, message):

@@ -79,7 +79,10 @@ def test_a_mixed_precision_save_merges_in_float32(tmp_path, precision):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("rank, alpha, message", [(0, None, "rank=0"), (2, -1.0, "alpha=-1.0")])
+@pytest.mark.parametrize("rank, alpha, message", [
+    (0, None, "rank=0"), (True, None, "rank=True"), (2, -1.0, "alpha=-1.0"), (2, float("nan"), "alpha=nan"),
+    (2, float("inf"), "alpha=inf"),
+])
 def test_bad_settings_are_refused(rank, alpha, message):
     with pytest.raises(ValueError, match=message):
         enable_lora(TransformerLM(CONFIG), rank=rank, alpha=alpha)

@@ -17,9 +17,12 @@ import sys
 def _configured_backend() -> str:
     if "keras" in sys.modules:  # already imported: its backend is fixed, whatever the configuration says now
         return sys.modules["keras"].backend.backend()
-    if "KERAS_BACKEND" in os.environ:
+    if os.environ.get("KERAS_BACKEND"):  # Keras ignores an empty one
         return os.environ["KERAS_BACKEND"]
-    keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+    keras_home = os.environ.get("KERAS_HOME")
+    if keras_home is None:  # as Keras: ~/.keras, or /tmp/.keras when the home directory is read-only
+        home = os.path.expanduser("~")
+        keras_home = os.path.join(home if os.access(home, os.W_OK) else "/tmp", ".keras")
     try:
         with open(os.path.join(keras_home, "keras.json")) as f:
             return json.load(f).get("backend", "tensorflow")
@@ -29,7 +32,13 @@ def _configured_backend() -> str:
 
 @contextlib.contextmanager
 def _stderr_discarded():
-    saved = os.dup(2)
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr (a daemon's closed descriptor 2): nothing to discard
+        saved = None
+    if saved is None:
+        yield
+        return
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:

@@ -48,9 +48,14 @@ class LMConfig:
                 f"LMConfig.n_embd must be divisible by n_head; pick n_embd as a multiple of n_head. "
                 f"Received: n_embd={self.n_embd}, n_head={self.n_head}"
             )
+        # Written to refuse NaN (which fails every comparison), booleans and strings (from a JSON config).
+        for name in ("dropout", "layer_norm_epsilon"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ValueError(f"LMConfig.{name} must be a number. Received: {name}={value!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LMConfig.dropout must be in [0, 1). Received: dropout={self.dropout}")
-        if self.layer_norm_epsilon <= 0:
+        if not 0 < self.layer_norm_epsilon < math.inf:
             raise ValueError(
                 f"LMConfig.layer_norm_epsilon must be > 0. Received: layer_norm_epsilon={self.layer_norm_epsilon}"
             )
@@ -195,7 +200,7 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be >= 0 (0 disables it). Received: grad_clip={self.grad_clip}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ValueError(f"seed must be an integer in [0, 2**32). Received: seed={self.seed!r}")
-        if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+        if not isinstance(self.lora_rank, int) or isinstance(self.lora_rank, bool) or self.lora_rank < 0:
             raise ValueError(f"lora_rank must be an integer >= 0 (0: no LoRA). Received: lora_rank={self.lora_rank!r}")
         if self.lora_rank and not self.init_from:
             raise ValueError(f"LoRA adapts a pretrained model; set `init_from`. Received: `lora_rank={self.lora_rank}`")
@@ -205,7 +210,7 @@ class TrainConfig:
                 f"lora_alpha={self.lora_alpha}, lora_train_norms={self.lora_train_norms}, "
                 f"lora_embeddings={self.lora_embeddings}"
             )
-        if self.lora_alpha is not None and self.lora_alpha <= 0:
+        if self.lora_alpha is not None and not 0 < self.lora_alpha < math.inf:
             raise ValueError(f"lora_alpha must be > 0. Received: lora_alpha={self.lora_alpha}")
 
     def to_dict(self) -> dict:

@@ -13,6 +13,8 @@ merges: Keras's `Dense.save_own_variables` and `Embedding.save_own_variables` wr
 
 from __future__ import annotations
 
+import math
+
 import keras
 
 
@@ -46,9 +48,9 @@ def enable_lora(model: keras.Model, rank: int, alpha: float | None = None, train
     Example:
     >>> frozen = enable_lora(model, rank=8)  # doctest: +SKIP
     """
-    if not isinstance(rank, int) or rank < 1:
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
         raise ValueError(f"LoRA rank must be an integer >= 1. Received: rank={rank!r}")
-    if alpha is not None and alpha <= 0:
+    if alpha is not None and not 0 < alpha < math.inf:  # refuses NaN, which fails every comparison
         raise ValueError(f"LoRA alpha must be > 0 (or None for alpha = rank). Received: alpha={alpha}")
     base = list(model.trainable_variables)
     for variable in base:
