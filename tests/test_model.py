@@ -98,6 +98,21 @@ def test_too_long_input_names_the_fix():
         TransformerLM(TINY)(_ids(time=17))
 
 
+@pytest.mark.parametrize("ids, message", [
+    (np.array([[0, -1]], "int32"), r"token ids must be in \[0, vocab_size=13\). Received: ids from -1 to 0"),
+    (np.array([[0, 13]], "int32"), r"ids from 0 to 13"),
+    (np.array([1, 2], "int32"), r"token_ids must be \[batch, time\]. Received: shape=\(2,\)"),
+])
+def test_bad_token_ids_are_refused_in_one_line(ids, message):
+    """A gather wraps a negative id, and on a GPU reads zeros past the table: both silently."""
+    model = TransformerLM(TINY)
+    with pytest.raises(ValueError, match=message):
+        model(ids)
+    if ids.ndim == 2:
+        with pytest.raises(ValueError, match=message):
+            model.call_with_cache(ids, model.init_cache(1, 4), 0)
+
+
 def test_config_round_trip_and_keras_file(tmp_path):
     model = TransformerLM(TINY, name="lm")
     clone = TransformerLM.from_config(model.get_config())

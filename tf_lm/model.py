@@ -86,8 +86,19 @@ class TransformerLM(keras.Model):
                 "truncate the input or build the model with a larger block_size."
             )
 
-    def call(self, token_ids, padding_mask=None, position_ids=None, training=False):
+    def _check_ids(self, token_ids):
+        if len(token_ids.shape) != 2:
+            raise ValueError(f"token_ids must be [batch, time]. Received: shape={tuple(token_ids.shape)}")
         self._check_length(token_ids.shape[1])
+        # Where the ids are known (eagerly): a gather would wrap a negative id and, on a GPU, read zeros for one
+        # past the table, both silently.
+        ids = tf.get_static_value(token_ids)
+        if ids is not None and ids.size and not 0 <= ids.min() <= ids.max() < self.config.vocab_size:
+            raise ValueError(f"token ids must be in [0, vocab_size={self.config.vocab_size}). "
+                             f"Received: ids from {ids.min()} to {ids.max()}")
+
+    def call(self, token_ids, padding_mask=None, position_ids=None, training=False):
+        self._check_ids(token_ids)
         x = self.embedding_dropout(self.embedding(token_ids, position_ids=position_ids), training=training)  # (B, T, d)
         for block in self.blocks:
             x = block(x, padding_mask=padding_mask, training=training)
@@ -125,6 +136,7 @@ class TransformerLM(keras.Model):
         """
         if not isinstance(cache_index, int):  # an int64 index (np.arange's) would meet int32 positions
             cache_index = ops.cast(cache_index, "int32")
+        self._check_ids(token_ids)
         index, slots, time = tf.get_static_value(cache_index), cache[0][1].shape[1], token_ids.shape[1]
         if index is not None and slots is not None and time is not None and int(np.max(index)) + time > slots:
             raise ValueError(
