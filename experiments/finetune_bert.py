@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from experiments.flags import define_strategy_flags, flag_group, one_line_errors, reported_stops, run_script
 
@@ -128,8 +128,7 @@ def report(history: list[dict], output_dir: str) -> str:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments {argv[1:]}.")
+    del argv
     with one_line_errors():
         config = config_from_flags()
         train_data, eval_data = load_data(

@@ -136,10 +136,16 @@ def reported_stops(interrupted: type[Exception]):
         raise SystemExit(128 + signal.SIGINT) from None
 
 
-def run_script(main) -> None:
+def run_script(main, takes_arguments: bool = False) -> None:
     """`app.run(main)` with `--help` replaced by `script_help` (see `_HelpFlag`), and a bad flag or argument
     ending the script as any other bad input does: one `error:` line, exit 1 (absl prints the error, then a hint
-    to run --helpshort, or the whole usage)."""
+    to run --helpshort, or the whole usage).
+
+    Args:
+        main: the script's `main(argv)`.
+        takes_arguments: bool, default False. Whether `main` reads positional arguments (`argv[1:]`); if not,
+            any is refused rather than ignored (a mistyped flag, such as a missing `--`, would pass unnoticed).
+    """
     app.define_help_flags()
     for name, short_name in (("help", "?"), ("helpshort", None)):
         for registered in (name, short_name):
@@ -154,6 +160,8 @@ def run_script(main) -> None:
             raise SystemExit(f"error: {error}") from None
 
     def main_with_usage_errors(argv):
+        if not takes_arguments and len(argv) > 1:
+            raise SystemExit(f"error: Unexpected arguments {argv[1:]}; every option is a --flag.")
         try:
             return main(argv)
         except app.UsageError as error:

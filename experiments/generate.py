@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from experiments.flags import define_trained_model_flag, flag_group, one_line_errors, run_script
 
@@ -156,8 +156,7 @@ def run(model_dir: str, prompt: str, max_new_tokens: int, seed: int | None, num_
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments {argv[1:]}; pass the prompt with --prompt.")
+    del argv
     with one_line_errors():
         run(FLAGS.model_dir, FLAGS.prompt, FLAGS.max_new_tokens, FLAGS.seed, FLAGS.num_samples, FLAGS.chunk_size,
             sampling_kwargs(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p), FLAGS.context_policy,

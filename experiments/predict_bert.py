@@ -56,4 +56,4 @@ def main(argv):
 if __name__ == "__main__":
     define_predict_flags()
     flags.mark_flags_as_required(["model_dir"])
-    run_script(main)
+    run_script(main, takes_arguments=True)  # the sentences to classify

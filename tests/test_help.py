@@ -123,3 +123,15 @@ def test_an_unknown_flag_ends_every_script_in_one_error_line():
     # SystemExit with a message: Python prints it as the one line on stderr and exits with status 1.
     for script, outcome in run_every_script("--no_such_flag=1").items():
         assert outcome["code"] == "error: Unknown command line flag 'no_such_flag'", (script, outcome["code"])
+
+
+def test_a_stray_argument_ends_every_script_that_takes_none_in_one_error_line():
+    """A positional argument (say, a flag missing its --) is refused, not ignored; predict_bert reads sentences."""
+    required = ["--model_dir=m", "--output_dir=o", "--export_dir=e"]  # any script's required flags
+    undefined_ok = "--undefok=" + ",".join(flag[2:].split("=")[0] for flag in required)
+    for script, outcome in run_every_script(undefined_ok, *required, "steps=5").items():
+        if script == "experiments.predict_bert":
+            assert outcome["code"] != "error: Unexpected arguments ['steps=5']; every option is a --flag.", script
+        else:
+            assert outcome["code"] == "error: Unexpected arguments ['steps=5']; every option is a --flag.", (
+                script, outcome["code"])
