@@ -288,8 +288,8 @@ def configs_from_flags(flag_values: flags.FlagValues) -> tuple[LMConfig, TrainCo
     The returned `LMConfig` keeps the preset's `vocab_size`; the caller replaces it with the tokenizer's. With
     --init_from, the checkpoint's config (and tokenizer kind) stands in for the preset's, unless --preset is set:
     `train` then refuses whatever contradicts the checkpoint. A run shorter than the default warm-up (--steps=10,
-    say) warms up for `steps - 1` steps instead, and prints one line saying so; a --warmup_steps the user set is
-    never changed.
+    say) warms up for `steps - 1` steps instead, sets the flag to it (so a flagfile of the flags reruns the run),
+    and prints one line saying so; a --warmup_steps the user set is never changed.
 
     Args:
         flag_values: parsed `absl.flags.FLAGS` after `define_train_flags()`.
@@ -315,7 +315,7 @@ def configs_from_flags(flag_values: flags.FlagValues) -> tuple[LMConfig, TrainCo
     train_values = {name: flag_values[name].value for name in TRAIN_FIELDS if flag_values[name].present}
     steps = train_values.get("steps", _TRAIN.steps)
     if "warmup_steps" not in train_values and _TRAIN.warmup_steps >= steps > 0:
-        train_values["warmup_steps"] = steps - 1
+        train_values["warmup_steps"] = flag_values.warmup_steps = steps - 1  # so flags.txt reruns this warm-up
         print(f"note: the default --warmup_steps={_TRAIN.warmup_steps} does not fit --steps={steps}; warming up "
               f"for {steps - 1} steps (set --warmup_steps to choose)", flush=True)
     overrides = {name: flag_values[name].value for name in MODEL_FIELDS if flag_values[name].present}

@@ -145,6 +145,11 @@ def test_the_default_warmup_is_clamped_to_a_shorter_run_and_says_so(capsys, step
     clamped = warmup_flag is None and steps <= TrainConfig().warmup_steps
     assert note == (f"note: the default --warmup_steps=100 does not fit --steps={steps}; warming up for {warmup} "
                     "steps (set --warmup_steps to choose)\n" if clamped else "")
+    # flags.txt holds the flags' values: read back as a flagfile, they make the same run.
+    rerun = flags.FlagValues()
+    define_train_flags(rerun)
+    rerun(["train_lm", *(values[name].serialize() for name in ("steps", "warmup_steps"))])
+    assert configs_from_flags(rerun)[1] == train_config
 
 
 def test_a_warmup_the_user_set_is_not_clamped():
