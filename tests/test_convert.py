@@ -1,10 +1,11 @@
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
 import transformers
-from conftest import copy_to_tensorflow_filesystem
+from conftest import copy_to_tensorflow_filesystem, run_command
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
@@ -14,6 +15,7 @@ from tf_lm.convert import (
     config_from_gpt2,
     from_gpt2_safetensors,
     from_hf_gpt2,
+    gpt2_config,
     gpt2_state_from_hf,
     load_gpt2_state,
     save_gpt2_checkpoint,
@@ -118,6 +120,21 @@ def test_export_is_what_hf_reads_as_pytorch_gpt2(hf_gpt2, tmp_path):
     assert not info["missing_keys"] and not info["unexpected_keys"]
     ids = _ids(5)
     np.testing.assert_allclose(fresh(ids).logits.numpy(), hf_gpt2(ids).logits.numpy(), atol=1e-4)
+
+
+def test_the_configs_read_back_in_transformers_as_written_and_need_no_transformers(tmp_path):
+    config = LMConfig(vocab_size=97, block_size=16, n_layer=1, n_head=2, n_embd=8, layer_norm_epsilon=1e-6)
+    ours = gpt2_config(config, eos_token_id=96)
+    assert {key: transformers.GPT2Config(**ours).to_dict()[key] for key in ours} == ours
+    assert config_from_gpt2(ours) == config
+    # Importing transformers would turn the process's tf.keras into tf_keras: the export must not.
+    code = ("import sys, tf_lm; from tf_lm.convert import save_gpt2_checkpoint; from tf_lm import LMConfig, "
+            "TransformerLM; save_gpt2_checkpoint(TransformerLM(LMConfig.preset('nano', vocab_size=11)), sys.argv[1],"
+            " eos_token_id=3); assert 'transformers' not in sys.modules, 'transformers was imported'")
+    result = run_command([sys.executable, "-c", code, str(tmp_path / "export")])
+    assert result.returncode == 0, result.stderr[-2000:]
+    generation = transformers.GenerationConfig.from_pretrained(str(tmp_path / "export"))
+    assert (generation.bos_token_id, generation.eos_token_id) == (3, 3)
 
 
 def test_pytorch_gpt2_loads_the_export_with_the_same_logits(tmp_path):

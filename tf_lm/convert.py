@@ -160,17 +160,22 @@ def gpt2_state(model: TransformerLM) -> dict[str, np.ndarray]:
 
 
 def gpt2_config(config: LMConfig, eos_token_id: int | None = None) -> dict:
-    """HF `GPT2Config` values (as `config.json` holds them) for an `LMConfig`; the inverse of `config_from_gpt2`."""
-    import transformers
+    """HF `GPT2Config` values (as `config.json` holds them) for an `LMConfig`; the inverse of `config_from_gpt2`.
 
-    hf_config = transformers.GPT2Config(
-        vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd, n_layer=config.n_layer,
-        n_head=config.n_head, activation_function="gelu_new", layer_norm_epsilon=config.layer_norm_epsilon,
-        resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
-        bos_token_id=eos_token_id, eos_token_id=eos_token_id, tie_word_embeddings=True,
-        architectures=["GPT2LMHeadModel"], torch_dtype="float32",
-    )
-    return hf_config.to_dict()
+    Written out rather than through `transformers.GPT2Config`: importing transformers switches `tf.keras` to
+    tf_keras for the process (TF_USE_LEGACY_KERAS=1), so only `tf_lm.bert` imports it. Every setting that
+    GPT2LMHeadModel would otherwise default is stated, so a later transformers changing a default changes nothing.
+    """
+    return {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocab_size,
+        "n_positions": config.block_size, "n_embd": config.n_embd, "n_layer": config.n_layer,
+        "n_head": config.n_head, "n_inner": None, "activation_function": "gelu_new",
+        "resid_pdrop": config.dropout, "embd_pdrop": config.dropout, "attn_pdrop": config.dropout,
+        "layer_norm_epsilon": config.layer_norm_epsilon, "initializer_range": 0.02, "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False, "use_cache": True,
+        "bos_token_id": eos_token_id, "eos_token_id": eos_token_id, "tie_word_embeddings": True,
+        "dtype": "float32",  # transformers >= 4.56 and 5 read `dtype` (older ones `torch_dtype`, default float32)
+    }
 
 
 def save_gpt2_checkpoint(model: TransformerLM, directory: str, tokenizer=None, eos_token_id: int | None = None) -> None:
@@ -207,11 +212,10 @@ def save_gpt2_checkpoint(model: TransformerLM, directory: str, tokenizer=None, e
 
 
 def _write_hf_configs(config: LMConfig, directory: str, eos_token_id: int | None) -> None:
-    import transformers
-
     write_file(os.path.join(directory, GPT2_CONFIG_FILE), json.dumps(gpt2_config(config, eos_token_id), indent=2))
-    generation = transformers.GenerationConfig(bos_token_id=eos_token_id, eos_token_id=eos_token_id)
-    write_file(os.path.join(directory, "generation_config.json"), generation.to_json_string(use_diff=True))
+    # What GenerationConfig.save_pretrained writes: only the settings that differ from its defaults.
+    generation = {} if eos_token_id is None else {"bos_token_id": eos_token_id, "eos_token_id": eos_token_id}
+    write_file(os.path.join(directory, "generation_config.json"), json.dumps(generation, indent=2))
 
 
 def _write_hf_tokenizer(tokenizer, directory: str, model_max_length: int) -> None:
