@@ -130,9 +130,9 @@ def test_load_tfds_offline_fails_in_seconds_and_leaves_no_partial_files(tmp_path
     monkeypatch.setattr(socket, "getaddrinfo", offline)
     start = time.perf_counter()
     with pytest.raises(FileNotFoundError, match="'glue/sst2' is not prepared .* pass `tfds_data_dir="):
-        data.load_tfds("glue/sst2", "train", tfds_data_dir=str(tmp_path))
+        data.load_tfds("glue/sst2", "train", tfds_data_dir=str(tmp_path / "tensorflow_datasets"))
     assert time.perf_counter() - start < 20, "TFDS retried its downloads for minutes"
-    assert os.listdir(tmp_path) == [], "partial download or dataset directories were left behind"
+    assert os.listdir(tmp_path) == [], "partial download or dataset directories, or the new data_dir, were left"
 
 
 def test_encode_truncates_to_max_length():

@@ -350,6 +350,7 @@ def prepare_tfds(builder, name: str, manual_dir: str | None = None, hint: str = 
 
     root = str(builder.data_dir_root)
     watched = [os.path.join(root, "downloads"), os.path.join(root, name.split("/")[0])] if is_local(root) else []
+    new_root = is_local(root) and not os.path.exists(root)  # e.g. ~/tensorflow_datasets on a first use
     before = _paths_under(watched)
     try:
         with _few_download_retries():
@@ -360,6 +361,8 @@ def prepare_tfds(builder, name: str, manual_dir: str | None = None, hint: str = 
                 shutil.rmtree(path, ignore_errors=True)
             elif os.path.exists(path):
                 os.remove(path)
+        if new_root:
+            shutil.rmtree(root, ignore_errors=True)
         raise FileNotFoundError(
             f"TFDS dataset {name!r} is not prepared in '{root}' and could not be downloaded or built "
             f"({type(error).__name__}); {hint}."
