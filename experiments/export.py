@@ -12,7 +12,7 @@ needs only TensorFlow:
 
 from __future__ import annotations
 
-from absl import flags
+from absl import flags, logging
 
 from experiments.flags import define_trained_model_flag, flag_group, one_line_errors, run_script
 from experiments.generate import (
@@ -58,6 +58,7 @@ def run(model_dir: str, export_dir: str, sampling: dict, context_policy: str = "
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # TensorFlow's SavedModel writer logs INFO lines (signatures, fingerprint)
     with one_line_errors():
         run(FLAGS.model_dir, FLAGS.export_dir, sampling_kwargs(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p),
             FLAGS.context_policy, FLAGS.draft_model_dir, FLAGS.drafter, FLAGS.num_speculative_tokens)

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import keras
 import pytest
+from conftest import run_command
 
 from tf_lm import LMConfig, TransformerLM, generate
 from tf_lm.artifacts import save_model_dir
@@ -120,13 +121,12 @@ def test_export_rejects_a_bpe_tokenizer(model_and_tokenizer, tmp_path):
 
 
 def test_export_cli_writes_a_saved_model_and_reports_errors_in_one_line(model_and_tokenizer, tmp_path, monkeypatch):
-    from experiments.export import run
-    from experiments.generate import sampling_kwargs
-
     model, tokenizer = model_and_tokenizer
     save_model_dir(str(tmp_path / "model"), model, tokenizer)
-    run(str(tmp_path / "model"), str(tmp_path / "export"), sampling_kwargs(0.0, None, None))
-    assert (tmp_path / "export" / "saved_model.pb").is_file()
+    result = run_command([sys.executable, "-m", "experiments.export", f"--model_dir={tmp_path / 'model'}",
+                          f"--export_dir={tmp_path / 'export'}"])
+    assert result.returncode == 0 and (tmp_path / "export" / "saved_model.pb").is_file()
+    assert result.stderr == "", "TensorFlow's SavedModel writer logged INFO lines"
 
     # main() turns the error into one line and a non-zero exit (SystemExit with a message exits with status 1).
     from experiments import export
