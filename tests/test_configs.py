@@ -75,8 +75,10 @@ def test_unknown_preset_names_the_choices():
 
 
 def test_unknown_dict_field_is_refused():
-    with pytest.raises(ValueError, match="Unknown LMConfig fields"):
+    with pytest.raises(ValueError, match=r"Unknown LMConfig fields \['n_layers'\]"):
         LMConfig.from_dict({"n_layers": 3})
+    with pytest.raises(ValueError, match=r"Unknown LMConfig fields \['n_layers'\]"):
+        LMConfig.preset("nano", n_layers=3)
 
 
 def test_gpt2_parameter_count_matches_the_published_124m():

@@ -69,15 +69,20 @@ class LMConfig:
         """Returns the named preset with `overrides` applied, e.g. `LMConfig.preset("gpt2", dropout=0.1)`."""
         if name not in PRESETS:
             raise ValueError(f"Unknown LMConfig preset {name!r}; choose one of {sorted(PRESETS)}.")
+        cls._check_fields(overrides)
         return dataclasses.replace(PRESETS[name], **overrides)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> LMConfig:
+        cls._check_fields(values)
+        return cls(**values)
+
+    @classmethod
+    def _check_fields(cls, values: dict[str, Any]) -> None:
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"Unknown LMConfig fields {unknown}; known fields are {sorted(known)}.")
-        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
