@@ -63,6 +63,11 @@ def test_bad_checkpoints_are_refused(tmp_path):
     (tmp_path / "neither" / "notes.txt").write_text("x")
     with pytest.raises(ValueError, match="neither a tf_lm model directory .* nor an HF GPT-2 checkpoint"):
         read_pretrained(str(tmp_path / "neither"))
+    for weights, named in (("model.safetensors.index.json", "sharded weights"), ("pytorch_model.bin", "pickle")):
+        (tmp_path / "neither" / weights).write_text("{}")
+        with pytest.raises(ValueError, match=f"is an HF checkpoint with .*{named}.*; only a single model.safetensors"):
+            read_pretrained(str(tmp_path / "neither"))
+        (tmp_path / "neither" / weights).unlink()
     hf_dir(tmp_path / "small_vocab", vocab_size=100)  # the tokenizer has more ids than the model
     with pytest.raises(ValueError, match="has .* ids but the model only 100"):
         read_pretrained(str(tmp_path / "small_vocab"))

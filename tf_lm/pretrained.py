@@ -84,6 +84,15 @@ def _kind(directory: str) -> str:
         return "tf_lm"
     if _exists(os.path.join(directory, GPT2_WEIGHTS_FILE)):
         return "hf"
+    # HF checkpoints this reader cannot take, named as such rather than as "neither format".
+    for name, why in (("model.safetensors.index.json", "sharded weights (model-0000x-of-0000y.safetensors)"),
+                      ("pytorch_model.bin", "only PyTorch pickle weights (pytorch_model.bin)"),
+                      ("tf_model.h5", "only Keras 2 H5 weights (tf_model.h5)")):
+        if _exists(os.path.join(directory, name)):
+            raise ValueError(
+                f"{directory!r} is an HF checkpoint with {why}; only a single model.safetensors is read. Save it "
+                "again with save_pretrained(..., safe_serialization=True, max_shard_size='100GB')."
+            )
     raise ValueError(
         f"{directory!r} is neither a tf_lm model directory (model/ holding model.keras + config.json + tokenizer/) "
         "nor an HF GPT-2 checkpoint directory (config.json + model.safetensors + the tokenizer files); pass one."
