@@ -46,7 +46,7 @@ from tf_lm.data import Source, TokenStore, lm_datasets, load_tokenizer, open_sou
 from tf_lm.data.pipeline import check_block_size
 from tf_lm.data.store import DEFAULT_BPE_SAMPLE_BYTES, STORE_SCHEME
 from tf_lm.distribute import is_chief, resolve_strategy
-from tf_lm.fileio import atomic_write, directory_lock
+from tf_lm.fileio import atomic_write, directory_lock, read_json, read_text
 from tf_lm.pretrained import read_pretrained
 from tf_lm.training import TrainConfig, Trainer, TrainingInterrupted, measure_matmul_peak
 
@@ -72,8 +72,7 @@ def _check_model_dir(model_dir: str, run_config: dict) -> None:
     ignored = () if known else ("vocab_size", "tokenizer")
     path = os.path.join(model_dir, RUN_CONFIG)
     if tf.io.gfile.exists(path):
-        with tf.io.gfile.GFile(path) as f:
-            previous = json.load(f)
+        previous = read_json(path)
         changed = [f"{k}: {previous['model'].get(k)!r} -> {v!r}" for k, v in run_config["model"].items()
                    if previous["model"].get(k) != v and k not in ignored]
         # A field the earlier run's config predates had its default value there.
@@ -112,8 +111,7 @@ def _check_source(model_dir: str, source: Source) -> None:
     path = os.path.join(model_dir, RUN_CONFIG)
     if not tf.io.gfile.exists(path):
         return
-    with tf.io.gfile.GFile(path) as f:
-        recorded = json.load(f).get("source_digest")
+    recorded = read_json(path).get("source_digest")
     if recorded is not None and recorded != source.digest:
         raise ValueError(
             f"--model_dir={model_dir!r} holds a run trained on another version of {source.name!r} (a file's size or "
@@ -143,8 +141,7 @@ def check_flags(model_dir: str, lines: dict[str, str]) -> None:
     path = os.path.join(model_dir, FLAGS_FILE)
     if not tf.io.gfile.exists(path):
         return
-    with tf.io.gfile.GFile(path) as f:
-        saved_lines = [line.strip() for line in f if line.startswith("--")]
+    saved_lines = [line.strip() for line in read_text(path).splitlines() if line.startswith("--")]
     saved = {_flag_name(line, lines): line for line in saved_lines}
     changed = [f"{saved.get(name, f'--{name} unset')} -> {lines.get(name, f'--{name} unset')}"
                for name in sorted((set(saved) | set(lines)) - NOT_IDENTITY) if saved.get(name) != lines.get(name)]

@@ -6,6 +6,7 @@ import pytest
 from tf_lm import LMConfig, TransformerLM
 from tf_lm.artifacts import load_model_dir, read_config, save_model_dir
 from tf_lm.data import CharTokenizer
+from tf_lm.fileio import EXPORT_MARKER
 
 TEXT = "hello tf_lm, hello world"
 
@@ -66,3 +67,31 @@ def test_a_foreign_model_subdirectory_is_refused_untouched(tmp_path):
     with pytest.raises(ValueError, match="not one of ours"):
         _saved(tmp_path)
     assert os.listdir(tmp_path / "model") == ["notes.txt"]
+
+
+def test_a_downloaded_hf_model_in_the_model_subdirectory_is_refused_untouched(tmp_path):
+    # config.json is no sign of ours: an HF checkpoint has one too.
+    (tmp_path / "model").mkdir()
+    foreign = {"config.json": '{"model_type": "gpt2", "n_embd": 768}', "model.safetensors": "weights",
+               "README.md": "notes"}
+    for name, content in foreign.items():
+        (tmp_path / "model" / name).write_text(content)
+    with pytest.raises(ValueError, match="not one of ours"):
+        _saved(tmp_path)
+    assert {p.name: p.read_text() for p in (tmp_path / "model").iterdir()} == foreign
+
+
+def test_a_model_directory_saved_before_the_marker_is_still_replaced(tmp_path):
+    _saved(tmp_path)
+    (tmp_path / "model" / EXPORT_MARKER).unlink()  # what an earlier version wrote: model.keras, config.json, tokenizer/
+    model, _ = _saved(tmp_path)
+    assert read_config(str(tmp_path)) == model.config
+    assert (tmp_path / "model" / EXPORT_MARKER).exists() and os.listdir(tmp_path) == ["model"]
+
+
+def test_a_damaged_config_is_one_error_naming_the_file(tmp_path):
+    _saved(tmp_path)
+    path = tmp_path / "model" / "config.json"
+    path.write_text(path.read_text()[:20])  # cut short, as by a full disk
+    with pytest.raises(ValueError, match=rf"^{path} is damaged: it is not valid JSON \(.*\); restore or remove it"):
+        read_config(str(tmp_path))

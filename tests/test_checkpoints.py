@@ -5,6 +5,7 @@ import os
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tf_lm import LMConfig, TransformerLM
 from tf_lm.training import Checkpoints, make_optimizer
@@ -186,3 +187,42 @@ def test_a_position_keyed_checkpoint_of_another_model_is_refused(tmp_path, legac
         Checkpoints(str(tmp_path), other, other_optimizers, keyed_by="position").restore()
     with pytest.raises(ValueError, match="keyed_by must be one of.*Received: keyed_by='name'"):
         Checkpoints(str(tmp_path), model, optimizers, keyed_by="name")
+
+
+def test_only_the_chief_sets_a_damaged_index_aside_and_a_non_chief_still_finds_the_checkpoints(tmp_path):
+    model, optimizer = build()
+    Checkpoints(str(tmp_path), model, optimizer).save(2)
+    (tmp_path / "checkpoint").write_text("")
+    other, other_optimizer = build()
+    worker = Checkpoints(str(tmp_path), other, other_optimizer, chief=False)
+    # Only the chief writes into the shared directory.
+    assert (tmp_path / "checkpoint").read_text() == "" and not (tmp_path / "checkpoint.damaged").exists()
+    assert worker.restore() == 2
+
+    class SetAsideMeanwhile(tf.train.CheckpointManager):
+        """The index fails to parse, then another process sets it aside before this one can."""
+
+        def __init__(self, checkpoint, directory, **kwargs):
+            if (tmp_path / "checkpoint").exists():
+                (tmp_path / "checkpoint").rename(tmp_path / "checkpoint.damaged")
+                raise ValueError("Invalid checkpoint state")
+            super().__init__(checkpoint, directory, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tf.train, "CheckpointManager", SetAsideMeanwhile)
+        assert Checkpoints(str(tmp_path), other, other_optimizer).restore() == 2
+
+
+def test_an_unreadable_checkpoint_directory_is_an_error_not_a_fresh_start(tmp_path, monkeypatch):
+    model, optimizer = build()
+    Checkpoints(str(tmp_path), model, optimizer).save(2)
+
+    def denied(path):
+        raise tf.errors.PermissionDeniedError(None, None, f"{path}; Permission denied")
+
+    # What an unreadable directory does (as root, permission bits do not apply): listing fails, a glob finds nothing.
+    monkeypatch.setattr(tf.io.gfile, "listdir", denied)
+    monkeypatch.setattr(tf.io.gfile, "glob", lambda pattern: [])
+    other, other_optimizer = build()
+    with pytest.raises(OSError, match=rf"Cannot list the checkpoint directory {tmp_path} \(.*Permission denied\)"):
+        Checkpoints(str(tmp_path), other, other_optimizer).restore()

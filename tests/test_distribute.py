@@ -61,3 +61,37 @@ def test_mirrored_spans_logical_cpus_in_a_fresh_process():
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"replicas": 2, "chief": True}
+
+
+def test_auto_connects_to_the_tpu_named_by_tpu_name(monkeypatch):
+    # No TPU here: a resolver that records what it was asked for stands in for the real one.
+    asked = []
+
+    def resolver(tpu=None):
+        asked.append(tpu)
+        raise ValueError("no such TPU")
+
+    monkeypatch.setenv("TPU_NAME", "my-tpu-node")
+    monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", resolver)
+    with pytest.raises(ValueError, match="No TPU is reachable at 'my-tpu-node'"):
+        resolve_strategy("auto")
+    assert asked == ["my-tpu-node"]
+
+
+@pytest.mark.parametrize(
+    "tf_config, message",
+    [
+        ({"cluster": {"worker": "host1:1234"}, "task": {"type": "worker", "index": 0}}, "list of host:port"),
+        ({"cluster": {"worker": ["host1"]}, "task": {"type": "worker", "index": 0}}, "list of host:port"),
+        ({"cluster": {"worker": ["host1:1234"]}, "task": {"type": "evaluator", "index": 0}}, "'worker' or 'chief'"),
+        ({"cluster": {"worker": ["host1:1234"]}, "task": {"type": "chief", "index": 0}}, "'worker' or 'chief'"),
+        ({"cluster": {"worker": ["host1:1234"]}, "task": {"type": "worker", "index": 1}}, r"\(0 to 0\)"),
+        ({"cluster": {"worker": ["host1:1234"]}, "task": {"type": "worker", "index": "0"}}, r"\(0 to 0\)"),
+        ({"cluster": {"worker": ["host1:1234"]}, "task": "worker"}, "'worker' or 'chief'"),
+    ],
+)
+def test_a_malformed_tf_config_is_one_sentence_naming_it(monkeypatch, tf_config, message):
+    monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
+    with pytest.raises(ValueError, match=message) as raised:
+        resolve_strategy("multi_worker")
+    assert "Received: TF_CONFIG=" in str(raised.value) and "\n" not in str(raised.value)

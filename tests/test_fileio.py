@@ -153,3 +153,46 @@ def test_atomic_directory_requires_the_marker_in_what_it_swaps_in(tmp_path):
         with atomic_directory(str(tmp_path / "out"), marker="ours.txt") as staging:
             open(os.path.join(staging, "other.txt"), "w").close()
     assert _names(tmp_path) == []
+
+
+def test_atomic_directory_replaces_the_directory_a_symlink_points_to_and_keeps_the_link(tmp_path):
+    # A user keeps run/model on another disk through a link: the real directory is swapped, beside itself.
+    (tmp_path / "disk" / "model").mkdir(parents=True)
+    (tmp_path / "disk" / "model" / "ours.txt").write_text("v1")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model").symlink_to(tmp_path / "disk" / "model")
+    with atomic_directory(str(tmp_path / "run" / "model"), marker="ours.txt") as staging:
+        with open(os.path.join(staging, "ours.txt"), "w") as f:
+            f.write("v2")
+    assert (tmp_path / "run" / "model").is_symlink() and (tmp_path / "run" / "model" / "ours.txt").read_text() == "v2"
+    assert _names(tmp_path / "run") == ["model"] and _names(tmp_path / "disk") == ["model"]
+
+
+@pytest.mark.parametrize("path, expected", [("ram://run/", "ram://run"), ("gs://b/run//", "gs://b/run"),
+                                            ("ram://", "ram://"), ("file:///tmp/x/", "file:///tmp/x")])
+def test_normalise_path_drops_trailing_slashes_but_keeps_a_scheme_root(path, expected):
+    assert fileio.normalise_path(path) == expected
+
+
+def test_read_json_names_a_damaged_file(tmp_path):
+    path = tmp_path / "run_config.json"
+    path.write_text('{"model": {"n_layer": 2}, "tra')  # cut short, as by a full disk
+    with pytest.raises(ValueError, match=rf"^{path} is damaged: it is not valid JSON \(Unterminated string"):
+        fileio.read_json(str(path))
+    path.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(ValueError, match=rf"^{path} is damaged: it is not UTF-8 text"):
+        fileio.read_json(str(path))
+    path.write_text('{"a": [1]}')
+    assert fileio.read_json(str(path)) == {"a": [1]}
+
+
+def test_read_json_turns_tensorflow_filesystem_errors_into_os_errors(monkeypatch):
+    with pytest.raises(FileNotFoundError, match="^Could not read ram://fileio_missing/a.json: "):
+        fileio.read_json("ram://fileio_missing/a.json")
+
+    def denied(path, mode="r"):
+        raise tf.errors.PermissionDeniedError(None, None, f"{path}; Permission denied")
+
+    monkeypatch.setattr(tf.io.gfile, "GFile", denied)
+    with pytest.raises(OSError, match=r"^Could not read ram://fileio_test/a.json: .*Permission denied$"):
+        fileio.read_json("ram://fileio_test/a.json")

@@ -376,3 +376,37 @@ def test_a_run_and_its_data_cache_on_a_tensorflow_filesystem():
     expected = ("checkpoints", "flags.txt", "loss.png", "metrics.csv", "model", "run_config.json")
     assert all(f"'{name}" in run for name in expected), run
     assert "'model.keras'" in model and "'tokenizer" in model, model  # the atomic swap moved its files
+
+
+def test_a_damaged_run_config_fails_in_one_line_naming_it(tmp_path):
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    (model_dir / "run_config.json").write_text('{"model": {"n_layer": 1}, "tra')  # cut short, as by a full disk
+    line = failure_line(run_command(train_lm_command(model_dir)))
+    assert line.startswith(f"error: {model_dir / 'run_config.json'} is damaged: it is not valid JSON ("), line
+
+
+def test_unreadable_or_damaged_run_files_are_errors_naming_them(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    from experiments.train_lm import _check_model_dir, check_flags
+
+    run_config = {"model": LMConfig.preset("nano").to_dict(), "train": TrainConfig().to_dict(),
+                  "tokenizer_fingerprint": None, "base_fingerprint": None}
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text('{"n_layer": ')
+    with pytest.raises(ValueError, match=rf"^{tmp_path / 'model' / 'config.json'} is damaged: it is not valid JSON"):
+        _check_model_dir(str(tmp_path), run_config)
+
+    for name in ("flags.txt", "run_config.json"):
+        with tf.io.gfile.GFile(f"ram://unreadable_run/{name}", "w") as f:
+            f.write("{}")
+
+    def denied(path, mode="r"):
+        raise tf.errors.PermissionDeniedError(None, None, f"{path}; Permission denied")
+
+    monkeypatch.setattr(tf.io.gfile, "GFile", denied)
+    with pytest.raises(OSError, match=r"^Could not read ram://unreadable_run/flags.txt: .*Permission denied"):
+        check_flags("ram://unreadable_run", {})
+    with pytest.raises(OSError, match=r"^Could not read ram://unreadable_run/run_config.json: .*Permission denied"):
+        _check_model_dir("ram://unreadable_run", run_config)

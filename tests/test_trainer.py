@@ -315,3 +315,50 @@ def test_the_compiled_step_can_be_inspected_without_running(tmp_path):
     hlo = trainer.train_step.compiled.experimental_get_compiler_ir(ids, ids)(stage="hlo")
     assert "HloModule" in hlo
     assert int(trainer.optimizer.iterations.numpy()) == 0
+
+
+def test_a_trainer_built_in_the_mirrored_scope_distributes_and_a_constant_rate_is_logged(tmp_path):
+    # Logical devices must be configured before TensorFlow initialises them, hence a fresh interpreter.
+    script = textwrap.dedent(
+        f"""
+        import csv, json, sys
+        import keras, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
+        from test_trainer import MODEL, config, synthetic
+        from tf_lm.distribute import resolve_strategy
+        from tf_lm.model import TransformerLM
+        from tf_lm.training import Trainer, make_optimizer, weights_digest
+        strategy, results = resolve_strategy("mirrored"), {{}}
+        for where in ("outside", "inside"):
+            keras.utils.set_random_seed(0)
+            model_dir = {str(tmp_path)!r} + "/" + where
+            with strategy.scope():
+                model = TransformerLM(MODEL)
+                optimizer = make_optimizer(model, 1e-2)  # a constant rate: a mirrored variable under the strategy
+                if where == "inside":
+                    trainer = Trainer(model, optimizer, config(steps=2), strategy, model_dir, verbose=False)
+            if where == "outside":
+                trainer = Trainer(model, optimizer, config(steps=2), strategy, model_dir, verbose=False)
+            trainer.fit(*synthetic())
+            with open(model_dir + "/metrics.csv") as f:
+                rates = [float(row["learning_rate"]) for row in csv.DictReader(f) if row["split"] == "train"]
+            results[where] = {{"fused": trainer.fused, "digest": weights_digest(model), "rates": rates}}
+        print(json.dumps(results))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads(out.stdout.strip().splitlines()[-1])
+    assert results["inside"] == results["outside"]
+    assert results["inside"]["fused"] is False and results["inside"]["rates"] == pytest.approx([1e-2, 1e-2])
+
+
+def test_a_trailing_slash_on_model_dir_names_the_same_checkpoints():
+    train, validation = synthetic()
+    Trainer.from_config(MODEL, config(steps=2), resolve_strategy(), "ram://trainer_slash/", verbose=False).fit(
+        train, validation)
+    rerun = Trainer.from_config(MODEL, config(steps=2), resolve_strategy(), "ram://trainer_slash", verbose=False)
+    assert rerun.checkpoints.directory == "ram://trainer_slash/checkpoints"
+    assert rerun.checkpoints.restore() == 2

@@ -1,5 +1,5 @@
 """A trained model directory: `model/` holding `model.keras`, `config.json` and `tokenizer/`, so nothing else is
-needed to use it.
+needed to use it, and `tf_lm.fileio.EXPORT_MARKER`, so a save replaces only a `model/` this project wrote.
 
 The three live in their own subdirectory, beside whatever else a run keeps in its directory (checkpoints,
 metrics), so that a save replaces them as one set (`tf_lm.fileio.atomic_directory`): a crash leaves the old set
@@ -14,7 +14,7 @@ import os
 import keras
 
 from tf_lm.configs import LMConfig
-from tf_lm.fileio import atomic_directory, gfile, write_file
+from tf_lm.fileio import EXPORT_MARKER, atomic_directory, gfile, read_json, write_export_marker, write_file
 from tf_lm.model import TransformerLM
 
 SAVED_DIR = "model"
@@ -28,26 +28,50 @@ def saved_dir(model_dir: str) -> str:
     return os.path.join(model_dir, SAVED_DIR)
 
 
+def _saved_before_markers(directory: str) -> bool:
+    """Whether `directory` is a model/ that `save_model_dir` wrote before it marked its output: `model.keras`
+    beside a `config.json` that is an `LMConfig` (a downloaded HF model has a config.json, but not these two)."""
+    files = gfile(directory)
+    if files.exists(os.path.join(directory, EXPORT_MARKER)) or not files.exists(os.path.join(directory, MODEL_FILE)):
+        return False
+    try:
+        LMConfig.from_dict(read_json(os.path.join(directory, CONFIG_FILE)))
+    except (OSError, ValueError, TypeError):
+        return False
+    return True
+
+
 def save_model_dir(model_dir: str, model: TransformerLM, tokenizer) -> None:
     """Saves `model` (as `.keras`), its config (JSON) and `tokenizer` into `<model_dir>/model/`, as one set.
 
     Raises:
         ValueError: if `<model_dir>/model` exists and is neither empty nor a saved model (nothing is touched).
     """
-    with atomic_directory(saved_dir(model_dir), marker=CONFIG_FILE) as staging:
+    directory = saved_dir(model_dir)
+    if _saved_before_markers(directory):
+        # An earlier version's model/ is ours as well (a resumed run of it rewrites model/ at its end): marked
+        # now, it is replaced like any other.
+        write_export_marker(directory, __name__)
+    with atomic_directory(directory, marker=EXPORT_MARKER) as staging:
         model.save(os.path.join(staging, MODEL_FILE))
         write_file(os.path.join(staging, CONFIG_FILE), json.dumps(model.config.to_dict(), indent=2))
         tokenizer.save(os.path.join(staging, TOKENIZER_DIR))
+        write_export_marker(staging, __name__)
 
 
 def read_config(model_dir: str) -> LMConfig:
+    """The `LMConfig` in `<model_dir>/model/config.json`.
+
+    Raises:
+        FileNotFoundError: if there is none.
+        OSError, ValueError: if it cannot be read, or is damaged or not an `LMConfig` (the message names it).
+    """
     path = os.path.join(saved_dir(model_dir), CONFIG_FILE)
     if not gfile(path).exists(path):
         raise FileNotFoundError(
             f"No {CONFIG_FILE} in {model_dir!r} (looked in its {SAVED_DIR}/); is it a tf_lm model directory?"
         )
-    with gfile(path).GFile(path) as f:
-        return LMConfig.from_dict(json.loads(f.read()))
+    return LMConfig.from_dict(read_json(path))
 
 
 def load_model_dir(model_dir: str):

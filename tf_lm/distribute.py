@@ -7,6 +7,7 @@ several GPUs, a TPU or a cluster of workers.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import socket
@@ -17,6 +18,8 @@ from tf_lm.configs import STRATEGIES
 
 
 def _tpu_strategy(tpu: str | None) -> tf.distribute.Strategy:
+    # TPU_NAME names a TPU node (and is how "auto" saw it); "local" would look for chips on this machine instead.
+    tpu = tpu or os.environ.get("TPU_NAME") or None
     where = repr(tpu) if tpu else "this machine (local)"
     hint = "pass `tpu=<name or grpc://host:port>` on a TPU VM or pod, or pick another strategy"
     if tpu and tpu.startswith("grpc://"):
@@ -43,20 +46,41 @@ def _tpu_visible(tpu: str | None) -> bool:
     return bool(tpu or os.environ.get("TPU_NAME") or os.path.exists("/dev/accel0"))
 
 
+def _is_address(address) -> bool:
+    host, _, port = address.rpartition(":") if isinstance(address, str) else ("", "", "")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
+
+
 def _cluster_from_tf_config() -> dict:
     raw = os.environ.get("TF_CONFIG")
+    example = ('e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", '
+               '"index": 0}}')
     if not raw:
         raise ValueError(
-            "The multi_worker strategy needs the TF_CONFIG environment variable describing the cluster and this "
-            'task, e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-            '"task": {"type": "worker", "index": 0}}.'
+            f"The multi_worker strategy needs the TF_CONFIG environment variable describing the cluster and this "
+            f"task, {example}."
         )
     try:
         tf_config = json.loads(raw)
     except json.JSONDecodeError as error:
         raise ValueError(f"TF_CONFIG is not valid JSON ({error}); fix the environment variable.") from None
     if not isinstance(tf_config, dict) or "cluster" not in tf_config or "task" not in tf_config:
-        raise ValueError(f"TF_CONFIG must hold a 'cluster' and a 'task'. Received: TF_CONFIG={raw}")
+        raise ValueError(f"TF_CONFIG must hold a 'cluster' and a 'task', {example}. Received: TF_CONFIG={raw}")
+    # TensorFlow reads TF_CONFIG without checking it and fails later with a KeyError or TypeError deep inside.
+    cluster, task = tf_config["cluster"], tf_config["task"]
+    if not isinstance(cluster, dict) or not cluster or not all(
+            isinstance(addresses, list) and addresses and all(map(_is_address, addresses))
+            for addresses in cluster.values()):
+        raise ValueError(f"TF_CONFIG's cluster must map each job to a list of host:port addresses, {example}. "
+                         f"Received: TF_CONFIG={raw}")
+    task_type, index = (task.get("type"), task.get("index")) if isinstance(task, dict) else (None, None)
+    # An evaluator or parameter server is not a training task of MultiWorkerMirroredStrategy.
+    if task_type not in ("worker", "chief") or task_type not in cluster:
+        raise ValueError(f"TF_CONFIG's task type must be 'worker' or 'chief', a job of its cluster, {example}. "
+                         f"Received: TF_CONFIG={raw}")
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(cluster[task_type]):
+        raise ValueError(f"TF_CONFIG's task index must be a position in its cluster's {task_type!r} list "
+                         f"(0 to {len(cluster[task_type]) - 1}). Received: TF_CONFIG={raw}")
     return tf_config
 
 
@@ -70,7 +94,7 @@ def resolve_strategy(name: str = "auto", tpu: str | None = None) -> tf.distribut
             "cpu": the CPU: the default strategy on a machine without GPUs, else `OneDeviceStrategy("/cpu:0")`.
             "gpu": the default strategy, which places everything on `/gpu:0`; fails without a GPU.
             "mirrored": `MirroredStrategy` over all GPUs, or over all logical CPU devices when there is no GPU.
-            "tpu": `TPUStrategy` on the TPU named by `tpu` (default: the local TPU VM).
+            "tpu": `TPUStrategy` on the TPU named by `tpu` (default: `TPU_NAME`, else the local TPU VM).
             "multi_worker": `MultiWorkerMirroredStrategy`, the cluster and this task taken from `TF_CONFIG`.
         tpu: str, default None. TPU name or `grpc://` address; only meaningful with "tpu" or "auto".
 
@@ -134,3 +158,16 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def is_default_strategy(strategy: tf.distribute.Strategy) -> bool:
+    """Whether `strategy` is TensorFlow's default strategy (one device, no replicas), in or out of any scope.
+
+    Example:
+    >>> is_default_strategy(resolve_strategy("cpu"))
+    True
+    """
+    # Not `strategy is tf.distribute.get_strategy()`: inside `strategy.scope()` that holds for every strategy.
+    # Scopes are per thread, so a fresh thread, outside all of them, sees the default one.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return strategy is pool.submit(tf.distribute.get_strategy).result()

@@ -102,9 +102,22 @@ def _sync_tree(directory: str) -> None:
         _sync(root)
 
 
-def _normalise(path: str) -> str:
-    # abspath makes "." and "runs/x/" name the directory itself, so its parent and siblings are well defined.
-    return os.path.abspath(path) if is_local(path) else path.rstrip("/")
+def normalise_path(path: str) -> str:
+    """`path` in the one spelling every writer and reader of it uses: no trailing "/" (`ram://run/` is
+    `ram://run`, whose `run//checkpoints` would be another directory), and a local path absolute with its symlinks
+    resolved.
+
+    Example:
+    >>> normalise_path("gs://bucket/run/")
+    'gs://bucket/run'
+    """
+    if is_local(path):
+        # abspath makes "." and "runs/x/" name the directory itself, so its parent and siblings are well defined;
+        # realpath makes a symlinked directory's siblings those of the real one, so a swap replaces the real
+        # directory on its own filesystem and the link keeps pointing at it.
+        return os.path.realpath(path)
+    scheme, _, rest = path.partition("://")
+    return f"{scheme}://{rest.rstrip('/')}"
 
 
 def atomic_write(path: str, data: bytes | str) -> None:
@@ -121,7 +134,7 @@ def atomic_write(path: str, data: bytes | str) -> None:
     Example:
     >>> atomic_write("runs/x/flags.txt", "--steps=100\\n")  # doctest: +SKIP
     """
-    path = _normalise(path)
+    path = normalise_path(path)
     temporary = _sibling(path, "tmp")
     files = gfile(path)
     try:
@@ -152,6 +165,47 @@ def write_file(path: str, data: bytes | str) -> None:
         f.write(data)
 
 
+def read_text(path: str) -> str:
+    """The UTF-8 text of the file `path`, on any filesystem.
+
+    Raises:
+        OSError: if it cannot be read (FileNotFoundError if it is missing), naming it.
+        ValueError: if it is not UTF-8 text (a damaged file), naming it.
+    """
+    files = gfile(path)
+    try:
+        with files.GFile(path, "rb") as f:
+            return f.read().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is damaged: it is not UTF-8 text ({error.reason}); restore or remove it.") from None
+    except Exception as error:
+        if files is not _LOCAL_FILES:
+            import tensorflow as tf
+
+            if isinstance(error, tf.errors.OpError):  # gfile reports a missing or unreadable file this way
+                kind = FileNotFoundError if isinstance(error, tf.errors.NotFoundError) else OSError
+                raise kind(f"Could not read {path}: {error.message}") from None
+        raise
+
+
+def read_json(path: str):
+    """The JSON value in the file `path`, on any filesystem.
+
+    Raises:
+        OSError: if it cannot be read (FileNotFoundError if it is missing), naming it.
+        ValueError: if it is not valid JSON (a damaged file, e.g. cut short by a full disk), naming it.
+
+    Example:
+    >>> read_json("runs/x/run_config.json")["train"]["steps"]  # doctest: +SKIP
+    5000
+    """
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is damaged: it is not valid JSON ({error}); restore or remove it.") from None
+
+
 def write_export_marker(directory: str, exported_by: str, **details) -> None:
     """Marks `directory` (an export's staging directory) as one of ours: `EXPORT_MARKER` names what wrote it."""
     write_file(os.path.join(directory, EXPORT_MARKER), json.dumps({"exported_by": exported_by, **details}, indent=2)
@@ -165,7 +219,7 @@ def check_replaceable(path: str, marker: str) -> None:
         path: str, the directory about to be (re)written.
         marker: str, a file name that only directories written by this project hold.
     """
-    path = _normalise(path)
+    path = normalise_path(path)
     files = gfile(path)
     if not files.exists(path):
         return
@@ -199,7 +253,7 @@ def atomic_directory(path: str, marker: str) -> Iterator[str]:
     >>> with atomic_directory("exports/shakespeare", marker="saved_model.pb") as staging:  # doctest: +SKIP
     ...     tf.saved_model.save(module, staging)
     """
-    path = _normalise(path)
+    path = normalise_path(path)
     check_replaceable(path, marker)
     staging = _sibling(path, "staging")
     files = gfile(path)
@@ -284,7 +338,7 @@ def directory_lock(directory: str) -> Iterator[None]:
     if not is_local(directory):
         yield
         return
-    directory = _normalise(directory)
+    directory = normalise_path(directory)
     created = not os.path.isdir(directory)
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, LOCK_FILE)

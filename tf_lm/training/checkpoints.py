@@ -17,10 +17,13 @@ update and restores them then.
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import os
 import re
 import shutil
 import tempfile
+import uuid
 
 import keras
 import tensorflow as tf
@@ -154,9 +157,17 @@ class Checkpoints:
             self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep)
         except ValueError:  # an empty `checkpoint` index file: set it aside, the checkpoints themselves still count
             state = os.path.join(directory, "checkpoint")
-            tf.io.gfile.rename(state, f"{state}.damaged", overwrite=True)
-            logging.warning("The checkpoint index %s is damaged; moved it to %s.damaged.", state, state)
-            self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep)
+            index_dir = directory
+            if chief:
+                with contextlib.suppress(tf.errors.NotFoundError):  # someone set it aside already
+                    tf.io.gfile.rename(state, f"{state}.damaged", overwrite=True)
+                    logging.warning("The checkpoint index %s is damaged; moved it to %s.damaged.", state, state)
+            else:
+                # Only the chief writes `directory`, and it may not have set the index aside yet. A non-chief
+                # never saves through its manager, and `restore` lists the checkpoint files themselves, so an
+                # index-less manager (on a directory that does not exist) is all it needs.
+                index_dir = os.path.join(tempfile.gettempdir(), f"tf_lm-no-checkpoint-index-{uuid.uuid4().hex}")
+            self.manager = tf.train.CheckpointManager(self.checkpoint, index_dir, max_to_keep=max_to_keep)
         self.restored: str | None = None
         """The path `restore` read (not always `latest`: a damaged latest one is skipped)."""
 
@@ -190,9 +201,11 @@ class Checkpoints:
         Raises:
             ValueError: if checkpoints exist but none can be read, or the newest readable one was written for a
                 model with other variables (names or shapes; the message names the first difference).
+            OSError: if `directory` exists but cannot be listed (e.g. no read permission).
         """
         # The files on disk, not only the `checkpoint` index: a damaged index must not hide complete checkpoints.
-        on_disk = [path[: -len(".index")] for path in tf.io.gfile.glob(os.path.join(self.directory, "ckpt-*.index"))]
+        on_disk = [os.path.join(self.directory, name[: -len(".index")]) for name in self._listing()
+                   if fnmatch.fnmatch(name, "ckpt-*.index")]
         candidates = sorted(set(on_disk) | set(self.manager.checkpoints), key=_checkpoint_number, reverse=True)
         problems = []
         for path in candidates:
@@ -215,6 +228,18 @@ class Checkpoints:
                 "start over."
             )
         return 0
+
+    def _listing(self) -> list[str]:
+        # Not a glob: it finds nothing in a directory it may not read, and training would silently start over.
+        if not tf.io.gfile.isdir(self.directory):
+            return []
+        try:
+            return tf.io.gfile.listdir(self.directory)
+        except tf.errors.OpError as error:
+            raise OSError(
+                f"Cannot list the checkpoint directory {self.directory} ({error.message.splitlines()[-1]}); give "
+                "this user read access to it, or move it aside to start over."
+            ) from None
 
     @staticmethod
     def _damaged(path: str, error: Exception) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +20,8 @@ import tensorflow as tf
 
 from tf_lm.configs import LMConfig, TrainConfig
 from tf_lm.convert import load_gpt2_state
-from tf_lm.distribute import is_chief
+from tf_lm.distribute import is_chief, is_default_strategy
+from tf_lm.fileio import normalise_path
 from tf_lm.model import TransformerLM
 from tf_lm.training.checkpoints import Checkpoints
 from tf_lm.training.lora import enable_lora
@@ -104,7 +106,7 @@ def make_train_step(loss_fn: Callable, updates: list, strategy: tf.distribute.St
             grads = [g * tf.cast(factor, g.dtype) for g in grads]
         return grads, norm
 
-    one_device = strategy is tf.distribute.get_strategy()
+    one_device = is_default_strategy(strategy)
 
     def compiled_update(optimizer, group):
         return tf.function(lambda grads: optimizer.apply_gradients(zip(grads, group)), jit_compile=True)
@@ -225,18 +227,18 @@ class Trainer:
         self.optimizer = optimizer
         self.config = config
         self.strategy = strategy
-        self.model_dir = model_dir
+        self.model_dir = model_dir = normalise_path(model_dir)
         self.peak_flops = peak_flops
         self.chief = is_chief(strategy)
         self.verbose = verbose and self.chief
         self.bits_unit = bits_unit
         self.evaluate_at_start = evaluate_at_start
         # Only the default strategy lets Keras 3's optimizer update run inside one XLA program with the step.
-        self.fused = strategy is tf.distribute.get_strategy()
+        self.fused = is_default_strategy(strategy)
         self.tokens_per_step = config.batch_size * model.config.block_size
 
         frozen = {id(variable) for variable in frozen}
-        self.checkpoints = Checkpoints(f"{model_dir}/checkpoints", model, optimizer, chief=self.chief,
+        self.checkpoints = Checkpoints(os.path.join(model_dir, "checkpoints"), model, optimizer, chief=self.chief,
                                        variables=[v for v in model.variables if id(v) not in frozen])
         self.train_step = make_train_step(
             self._loss, [(optimizer, model.trainable_variables)], strategy, config.grad_clip, jit_compile
@@ -399,7 +401,8 @@ class Trainer:
             for step in range(start + 1, config.steps + 1):  # `step` updates done after this iteration
                 logged = step % config.log_every == 0 or step == config.steps
                 # The rate this step's update uses: read after it, the optimizer would give the next step's.
-                learning_rate = float(self.optimizer.learning_rate) if logged else None
+                # convert_to_numpy: a constant rate is a variable, mirrored under a strategy, which float() refuses.
+                learning_rate = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate)) if logged else None
                 step_start = time.perf_counter()
                 loss, _, stop = self.train_step(iterator, stop_request.requested())
                 loss, stop = float(loss), bool(stop)
