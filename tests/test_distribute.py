@@ -38,6 +38,18 @@ def test_bad_choices_raise_one_sentence(kwargs, message):
         resolve_strategy(**kwargs)
 
 
+def test_auto_joins_the_cluster_tf_config_describes(monkeypatch):
+    monkeypatch.delenv("TPU_NAME", raising=False)
+    joined = object()
+    monkeypatch.setattr(tf.distribute, "MultiWorkerMirroredStrategy", lambda: joined)
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+                                                "task": {"type": "worker", "index": 1}}))
+    assert resolve_strategy("auto") is joined
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": "127.0.0.1:1"}, "task": {"type": "worker"}}')
+    with pytest.raises(ValueError, match="TF_CONFIG's cluster must map each job to a list"):
+        resolve_strategy("auto")
+
+
 def test_multi_worker_needs_tf_config(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(ValueError, match="needs the TF_CONFIG"):

@@ -89,8 +89,9 @@ def resolve_strategy(name: str = "auto", tpu: str | None = None) -> tf.distribut
 
     Args:
         name: str, default "auto". One of:
-            "auto": a TPU if one is visible (`tpu` given, `TPU_NAME` set or a TPU VM), else all GPUs
-                (`MirroredStrategy`) if there are several, else the one GPU, else the CPU.
+            "auto": a TPU if one is visible (`tpu` given, `TPU_NAME` set or a TPU VM), else "multi_worker" if
+                `TF_CONFIG` is set, else all GPUs (`MirroredStrategy`) if there are several, else the one GPU,
+                else the CPU.
             "cpu": the CPU: the default strategy on a machine without GPUs, else `OneDeviceStrategy("/cpu:0")`.
             "gpu": the default strategy, which places everything on `/gpu:0`; fails without a GPU.
             "mirrored": `MirroredStrategy` over all GPUs, or over all logical CPU devices when there is no GPU.
@@ -114,6 +115,9 @@ def resolve_strategy(name: str = "auto", tpu: str | None = None) -> tf.distribut
         raise ValueError(f"Unknown strategy {name!r}; choose one of {list(STRATEGIES)}.")
     if tpu and name not in ("auto", "tpu"):
         raise ValueError(f"tpu={tpu!r} only applies to the strategy 'tpu' or 'auto'. Received: name={name!r}")
+    if name == "auto" and os.environ.get("TF_CONFIG") and not _tpu_visible(tpu):
+        # A worker of a cluster: trained alone, each would take itself for the chief and train on its own.
+        name = "multi_worker"
     if name == "multi_worker":
         # Before anything lists devices: collective ops must be configured before TensorFlow's context starts.
         _cluster_from_tf_config()
