@@ -1,7 +1,12 @@
-"""experiments.benchmark end to end: a quick run writes the JSON and the table; an unknown section fails in one
-line; the speculative section's distillation corpus keeps the target's vocabulary."""
+"""experiments.benchmark end to end: a quick run writes the JSON and the table; bad input (an unknown or no section,
+an unwritable output, missing shared data) fails in one line before any section runs; finished sections are written
+before a later one fails; a quick run keeps its own outputs. The shared plumbing: a child's peak memory is its own,
+HF's generate never stops early, ours and HF's generation are timed in alternating windows. The speculative
+section's distillation corpus keeps the target's vocabulary."""
 
 import json
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -10,8 +15,8 @@ from conftest import failure_line, run_module
 from experiments.benchmarks import SECTIONS
 
 
-def run_benchmark(*args):
-    return run_module("experiments.benchmark", "--quick", *args, timeout=900)
+def run_benchmark(*args, timeout=900):
+    return run_module("experiments.benchmark", "--quick", *args, timeout=timeout)
 
 
 def check_quick_run(tmp_path, sections):
@@ -46,6 +51,115 @@ def test_unknown_section_fails_in_one_line_and_writes_nothing(tmp_path):
     assert not output.exists()
 
 
+def test_no_section_fails_in_one_line_and_writes_nothing(tmp_path):
+    output = tmp_path / "results.json"
+    result = run_benchmark("--sections=", f"--output={output}")
+    last = failure_line(result)
+    assert last == f"error: --sections is empty; choose from {list(SECTIONS)}.", last
+    assert not output.exists()
+
+
+@pytest.mark.parametrize("output, message", [
+    ("file/results.json", "Cannot write --output={output}: [Errno 17] File exists: '{tmp_path}/file'"),
+    (".", "--output={output} is a directory; pass the path of a JSON file."),
+])
+def test_unwritable_output_fails_in_one_line_before_any_section(tmp_path, output, message):
+    (tmp_path / "file").write_text("")
+    output = tmp_path / output
+    result = run_benchmark("--sections=data", f"--output={output}", timeout=120)
+    last = failure_line(result)
+    assert last == "error: " + message.format(output=output, tmp_path=tmp_path), last
+    assert result.stderr.strip() == last and not result.stdout  # no section ran
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["file"]
+
+
+def test_missing_shared_data_fails_in_one_line_before_any_section(tmp_path):
+    from experiments.benchmarks import data
+
+    output = tmp_path / "results.json"
+    result = run_module("experiments.benchmark", "--quick", "--sections=data", f"--output={output}",
+                        env={"TF_LM_SHARED_DATA": str(tmp_path)}, timeout=120)
+    last = failure_line(result)
+    missing = tmp_path / data.SHAKESPEARE.relative_to(data.SHARED_DATA)
+    assert last.startswith(f"error: The data benchmark reads {missing}, which is missing; set TF_LM_SHARED_DATA"), last
+    assert not result.stdout and not output.exists()  # no section ran
+
+
+def test_finished_sections_are_written_before_a_later_one_fails(tmp_path, capsys):
+    from experiments import benchmark
+    from experiments.benchmarks.common import Row
+
+    def failing(quick):
+        raise RuntimeError("the section failed")
+
+    sections = {"first": types.SimpleNamespace(run=lambda quick: [Row("first", "rate", "tokens/s", 2.0, 1.0)]),
+                "second": types.SimpleNamespace(run=failing)}
+    output = tmp_path / "results.json"
+    with pytest.raises(RuntimeError, match="the section failed"):
+        benchmark.run_sections(sections, str(output), quick=True)
+    assert [row["section"] for row in json.loads(output.read_text())["rows"]] == ["first"]
+    assert "| first | rate | tokens/s | 2 |" in capsys.readouterr().out
+
+
+def test_quick_runs_keep_their_own_outputs():
+    from experiments import benchmark
+    from experiments.benchmarks import transfer
+
+    assert benchmark.output_path(None, quick=False) == "bench_results/results.json"
+    assert benchmark.output_path(None, quick=True) == "bench_results/results_quick.json"
+    assert benchmark.output_path("x.json", quick=True) == "x.json"
+    full, quick = transfer.output_paths(quick=False), transfer.output_paths(quick=True)
+    assert [str(path) for path in full] == ["bench_results/transfer_cache", "bench_results/transfer_runs",
+                                           "bench_results/transfer.png"]
+    assert not set(full) & set(quick)
+
+
+def test_peak_rss_is_the_childs_own_not_the_parents():
+    # A child forked from a large process reports that process's resident memory through os.wait4.
+    from experiments.benchmarks.common import run_with_peak_rss
+
+    ballast = np.ones(300 << 20, np.uint8)  # 300 MiB resident here
+    process, seconds, peak_mib = run_with_peak_rss([sys.executable, "-c", "pass"])
+    assert process.returncode == 0 and seconds > 0
+    assert 0 < peak_mib < 100, peak_mib
+    del ballast
+
+
+def test_hf_generate_never_stops_at_the_models_end_of_text():
+    # A row credits batch * max_new_tokens: HF must not stop at its generation_config's end-of-text id (GPT-2's
+    # 50256) when greedy decoding emits it.
+    import transformers
+
+    from experiments.benchmarks.common import hf_xla_generate
+
+    model = transformers.TFGPT2LMHeadModel(transformers.GPT2Config(vocab_size=50, n_positions=32, n_embd=16,
+                                                                   n_layer=1, n_head=2))
+    model(model.dummy_inputs)
+    prompts = np.array([[1, 2, 3, 4]], np.int32)
+    greedy = hf_xla_generate(model)(prompts, 12, do_sample=False)  # the default end-of-text id is beyond V=50
+    assert greedy.shape == (1, 16) and len(set(greedy[0, 5:])) > 1, greedy
+    model.generation_config.eos_token_id = int(greedy[0, 4])  # the first new token
+    np.testing.assert_array_equal(hf_xla_generate(model)(prompts, 12, do_sample=False), greedy)
+
+
+def test_generation_times_ours_and_hf_in_alternating_windows(monkeypatch):
+    # Timing one side wholly before the other would give them different background load on a shared machine.
+    from experiments.benchmarks import common, generation
+    from tf_lm import LMConfig
+
+    calls = []
+    monkeypatch.setattr(generation, "SHAPES", (("tiny", LMConfig(vocab_size=32, block_size=64, n_layer=1, n_head=2,
+                                                                  n_embd=16)),))
+    monkeypatch.setattr(generation, "hf_gpt2", lambda config: None)
+    monkeypatch.setattr(generation, "hf_xla_generate", lambda model: lambda *args, **kwargs: calls.append("hf"))
+    monkeypatch.setattr(generation, "generate", lambda *args, **kwargs: calls.append("ours"))
+    monkeypatch.setattr(generation, "_weight_streaming_bound", lambda model, steps: 1.0)
+    monkeypatch.setattr(common, "_timed_window", lambda step, units, seconds: step() or units)
+    rows = generation.run(quick=True)
+    assert len(rows) == 2 and all(row.ours > 0 and row.peer > 0 for row in rows)
+    assert calls == ["ours", "hf"] * (len(calls) // 2), calls
+
+
 def test_distillation_corpus_keeps_the_targets_vocabulary(tmp_path, monkeypatch):
     # The draft's train_lm run takes its char vocabulary from the corpus: it must be the target's, or the draft
     # cannot draft for it. A target that emits its end-of-text id (decoded as "<|endoftext|>") would break it.
@@ -54,7 +168,7 @@ def test_distillation_corpus_keeps_the_targets_vocabulary(tmp_path, monkeypatch)
     from tf_lm.data import TokenStore, build_tokenizer
     from tf_lm.generation import generate
 
-    text = (speculative.SHARED_DATA / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
+    text = speculative.SHAKESPEARE.read_text(encoding="utf-8")
     tokenizer = build_tokenizer("char", text)
     target = TransformerLM(LMConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=1, n_head=2, n_embd=16))
     # The worst case: every new token is the end-of-text id (the final norm outputs its bias alone, whose product

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +23,22 @@ def _shared_data_dir() -> Path:
 
 
 SHARED_DATA = _shared_data_dir()
+
+
+def run_with_peak_rss(command: list[str], **run_kwargs) -> tuple[subprocess.CompletedProcess, float, float]:
+    """`subprocess.run(command, **run_kwargs)`, with its wall seconds and the peak resident memory of `command`
+    alone, in MiB.
+
+    The peak comes from /usr/bin/time: a child forked from this process counts this process's pages until its
+    exec, so its own rusage (`os.wait4`) would report at least our resident memory, not its own.
+    """
+    with tempfile.NamedTemporaryFile("r") as report:
+        start = time.perf_counter()
+        process = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", report.name, *command], **run_kwargs)
+        seconds = time.perf_counter() - start
+        # The peak in KiB is the last word: a failed command's report starts with its exit status.
+        peak_kib = int(report.read().split()[-1])
+    return process, seconds, peak_kib / 1024
 
 
 @dataclasses.dataclass
@@ -75,6 +93,7 @@ def race(steps: dict[str, Callable[[], object]], units_per_step: float, warmup: 
             best[name] = max(best[name], _timed_window(step, units_per_step, min_seconds))
     return best
 
+
 def hf_gpt2(config, dropout: float = 0.0):
     """HF `TFGPT2LMHeadModel` (a tf_keras model) with the same shape as an `LMConfig`: the peer we race."""
     import transformers
@@ -93,12 +112,14 @@ def hf_xla_generate(model):
     `run(prompts [batch, time] int32, max_new_tokens, **sampling) -> ids`, the prompts without padding."""
     import tensorflow as tf
 
+    # No end-of-text id, so no early stop: both sides make exactly max_new_tokens. A call's eos_token_id=None is
+    # not enough: generate then falls back to generation_config's (GPT-2's 50256). Without one, no pad id is needed.
+    model.generation_config.eos_token_id = None
     xla_generate = tf.function(model.generate, jit_compile=True)
 
     def run(prompts, max_new_tokens: int, **sampling):
-        # eos_token_id=None: no early stop, so both sides make exactly max_new_tokens.
         return xla_generate(tf.constant(prompts), attention_mask=tf.ones_like(prompts), max_new_tokens=max_new_tokens,
-                            eos_token_id=None, pad_token_id=0, **sampling).numpy()
+                            **sampling).numpy()
 
     return run
 

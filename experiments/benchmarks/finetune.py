@@ -35,6 +35,7 @@ from experiments.benchmarks.common import SHARED_DATA, Row
 from tf_lm.fileio import atomic_write
 
 SST2 = SHARED_DATA / "sst2"
+DATA_FILES = (SST2 / "train.tsv", SST2 / "dev.tsv")
 MAX_LENGTH = 64
 BATCH_SIZE = 32
 TRAIN_EXAMPLES = 8000

@@ -2,16 +2,17 @@
 
 Both sides decode greedily with a KV cache inside one XLA-compiled program (HF's documented way:
 `tf.function(model.generate, jit_compile=True)`), from random weights of the same shape, on the same
-16-token prompts, for the same number of new tokens, in the same process. Compilation happens in the warm-up
-calls and is not timed. The contexts are 1024 positions (GPT-2's), since 16 + 256 tokens do not fit
-char-small's preset context of 256; the 6x384 shape is char-small's otherwise.
+16-token prompts, for the same number of new tokens, in the same process, their timed windows alternating so both
+see the same load. Compilation happens in the warm-up calls and is not timed. The contexts are 1024 positions
+(GPT-2's), since 16 + 256 tokens do not fit char-small's preset context of 256; the 6x384 shape is char-small's
+otherwise.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from experiments.benchmarks.common import Row, best_rate, hf_gpt2, hf_xla_generate
+from experiments.benchmarks.common import Row, best_rate, hf_gpt2, hf_xla_generate, race
 from tf_lm import LMConfig, TransformerLM
 from tf_lm.generation import generate
 
@@ -74,9 +75,9 @@ def run(quick: bool) -> list[Row]:
             # The 12x768 model takes seconds per call on 2 cores: one warm-up, few windows.
             slow = config.n_layer > 6
             settings = dict(warmup=1, repeats=2 if slow else 3, min_seconds=0.5 if quick else 1.0)
-            ours = best_rate(lambda: generate(model, prompt_lists, max_new_tokens=max_new_tokens),
-                             new_tokens, **settings)
-            peer = best_rate(lambda: hf_run(prompts, max_new_tokens, do_sample=False), new_tokens, **settings)
+            rates = race({"ours": lambda: generate(model, prompt_lists, max_new_tokens=max_new_tokens),
+                          "hf": lambda: hf_run(prompts, max_new_tokens, do_sample=False)}, new_tokens, **settings)
+            ours, peer = rates["ours"], rates["hf"]
             notes = "random weights; compile not timed"
             if batch == 1:
                 bound = _weight_streaming_bound(model, max_new_tokens)

@@ -27,6 +27,8 @@ import numpy as np
 from experiments.benchmarks.common import SHARED_DATA, Row, hf_xla_generate, race
 
 CACHE_DIR = os.path.join("bench_results", "speculative")
+SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
+DATA_FILES = (SHAKESPEARE,)  # the target's training text, read again for the draft's prompts
 PROMPT = "ROMEO:\nI will go"  # 16 characters
 REPEATING_PROMPT = (
     "KING RICHARD III:\nNow is the winter of our discontent\nKING RICHARD III:\nNow is the winter of our discontent\n"
@@ -74,7 +76,7 @@ def _distillation_corpus(target, tokenizer, directory: str) -> str:
     text_path = os.path.join(directory, "target-text.txt")
     if not os.path.isfile(text_path):
         started = time.perf_counter()
-        with open(SHARED_DATA / "tinyshakespeare" / "input.txt", encoding="utf-8") as f:
+        with open(SHAKESPEARE, encoding="utf-8") as f:
             corpus = f.read()
         training_split = corpus[: int(len(corpus) * 0.9)]  # train_lm's default validation_fraction
         starts = np.random.default_rng(0).integers(0, len(training_split) - DISTILL_PROMPT_CHARS, DISTILL_PROMPTS)
@@ -105,7 +107,7 @@ def trained_pair(cache_dir: str = CACHE_DIR):
         model_dir = os.path.join(cache_dir, name)
         if not os.path.isfile(os.path.join(saved_dir(model_dir), MODEL_FILE)):
             started = time.perf_counter()
-            dataset = (f"text:{SHARED_DATA / 'tinyshakespeare' / 'input.txt'}" if name == "target" else
+            dataset = (f"text:{SHAKESPEARE}" if name == "target" else
                        _distillation_corpus(*models["target"], os.path.join(cache_dir, "draft-corpus")))
             subprocess.run(
                 [sys.executable, "-m", "experiments.train_lm", f"--model_dir={model_dir}", f"--dataset={dataset}",

@@ -12,13 +12,14 @@ validation split every `EVAL_EVERY` steps:
 
 The pretrained model (`PRETRAIN_STEPS` steps on CPython's pydoc topics plus its own `Lib/*.py` sources, all
 offline) is cached in `bench_results/transfer_cache/`, so a rerun skips pretraining. Each run is its own process:
-its peak resident memory comes from `os.wait4`, and its wall time includes start-up, compilation and evaluation.
+its peak resident memory comes from /usr/bin/time, and its wall time includes start-up, compilation and evaluation.
 The nano runs' peak is set by TensorFlow's runtime and XLA's compilation of the step, not by the ~13 MiB of
 training state, so memory is also compared on a `MEMORY_SHAPE` model (full fine-tuning vs the same LoRA flags,
 `MEMORY_STEPS` steps), where the state LoRA does not keep is a real share of the process, and on both shapes
 and GPT-2 124M's as the memory XLA assigns to the compiled step (its buffer assignment: what an accelerator would
 hold; GPT-2's step is compiled, not run).
-The validation curves are drawn into `bench_results/transfer.png`.
+The validation curves are drawn into `bench_results/transfer.png`. A `--quick` run keeps its cache, runs and plot
+apart (`transfer_cache_quick/`, `transfer_runs_quick/`, `transfer_quick.png`), so it never replaces a full run's.
 
     python -m experiments.benchmark --sections=transfer
 """
@@ -35,16 +36,15 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import time
 from pathlib import Path
 
-from experiments.benchmarks.common import SHARED_DATA, Row
+from experiments.benchmarks.common import SHARED_DATA, Row, run_with_peak_rss
 from tf_lm.fileio import atomic_write
 
 REPO = Path(__file__).resolve().parents[2]
 OUTPUT_DIR = Path("bench_results")
-CACHE_DIR = OUTPUT_DIR / "transfer_cache"
 SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
+DATA_FILES = (SHAKESPEARE,)
 CORPUS = "pretraining.txt"
 PRETRAIN_STEPS = 2000
 STEPS = 2000
@@ -85,25 +85,23 @@ def _train(model_dir: Path, *flags: str, xla_dump: Path | None = None) -> dict:
         xla_dump: a directory for XLA's dump of what it compiles (`--xla_dump_to`), replaced, or None.
 
     Returns:
-        dict: `seconds` (wall time), `peak_rss_mib` (the child's own peak, from `os.wait4`), `trainable`,
+        dict: `seconds` (wall time), `peak_rss_mib` (the child's own peak), `trainable`,
         `optimizer_mib` (as train_lm prints them) and `validation` ({step: whole-split loss}).
     """
     shutil.rmtree(model_dir, ignore_errors=True)
     command = [sys.executable, "-m", "experiments.train_lm", f"--model_dir={model_dir.resolve()}", *RECIPE, *flags]
     env = _child_env(xla_dump)
     log_path = Path(f"{model_dir}.log")
-    start = time.perf_counter()
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-        _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - start
+        process, seconds, peak_rss_mib = run_with_peak_rss(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                                                           env=env)
     output = log_path.read_text()
-    if os.waitstatus_to_exitcode(status):
+    if process.returncode:
         raise RuntimeError(f"train_lm failed ({' '.join(command)}):\n{output[-2000:]}")
     sizes = re.search(r"trainable parameters: ([\d,]+) of .*optimizer state: ([\d.]+) MiB", output)
     with open(model_dir / "metrics.csv", newline="") as f:
         validation = {int(row["step"]): float(row["loss"]) for row in csv.DictReader(f) if row["split"] == "validation"}
-    return {"seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024,  # ru_maxrss is in KiB on Linux
+    return {"seconds": seconds, "peak_rss_mib": peak_rss_mib,
             "trainable": int(sizes.group(1).replace(",", "")), "optimizer_mib": float(sizes.group(2)),
             "validation": validation}
 
@@ -219,12 +217,18 @@ def _plot(runs: dict, path: Path) -> None:
     atomic_write(str(path), image.getvalue())
 
 
+def output_paths(quick: bool) -> tuple[Path, Path, Path]:
+    """The pretrained models' cache, the runs' directory and the plot; a quick run's are its own."""
+    suffix = "_quick" if quick else ""
+    return (OUTPUT_DIR / f"transfer_cache{suffix}", OUTPUT_DIR / f"transfer_runs{suffix}",
+            OUTPUT_DIR / f"transfer{suffix}.png")
+
+
 def run(quick: bool) -> list[Row]:
     pretrain_steps, steps, every = (40, 40, 20) if quick else (PRETRAIN_STEPS, STEPS, EVAL_EVERY)
     warmup = [f"--warmup_steps={min(100, steps // 4)}"]  # a later flag wins over RECIPE's
-    cache_dir = CACHE_DIR.with_name(CACHE_DIR.name + ("_quick" if quick else ""))
+    cache_dir, runs_dir, plot = output_paths(quick)
     base = _pretrained(cache_dir, pretrain_steps)
-    runs_dir = OUTPUT_DIR / "transfer_runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     shakespeare = [f"--dataset=text:{SHAKESPEARE}", f"--steps={steps}", f"--eval_every={every}", *warmup,
                    "--eval_steps=100000"]  # more batches than the split holds: the whole split
@@ -249,7 +253,7 @@ def run(quick: bool) -> list[Row]:
            for shape, step in (("nano", nano_step), ("memory", memory_run))}
     xla["gpt2"] = {name: _compiled_gpt2_step_mib(runs_dir / f"xla_gpt2_{name}", GPT2_BATCH, lora=name == "lora")
                    for name in ("full", "lora")}
-    _plot(runs, OUTPUT_DIR / "transfer.png")
+    _plot(runs, plot)
     full, scratch = runs["full fine-tuning"], runs["from scratch"]
     setting = f"nano char, pretrained {pretrain_steps} steps on pydoc + Lib/*.py"
     rows = [Row("transfer", f"validation loss after {n} steps, {setting}", "nats/char", full["validation"][n],
