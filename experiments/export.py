@@ -46,9 +46,9 @@ def run(model_dir: str, export_dir: str, sampling: dict, context_policy: str = "
     """
     from tf_lm.artifacts import load_model_dir
     from tf_lm.fileio import EXPORT_MARKER, check_replaceable
-    from tf_lm.generation.export import export_saved_model
+    from tf_lm.generation.export import EXPORT_KIND, export_saved_model
 
-    check_replaceable(export_dir, EXPORT_MARKER)  # before the slow load: a wrong path fails at once
+    check_replaceable(export_dir, EXPORT_MARKER, EXPORT_KIND)  # before the slow load: a wrong path fails at once
     model, tokenizer = load_model_dir(model_dir)
     speculation = speculative_kwargs(tokenizer, draft_model_dir, drafter, num_speculative_tokens)
     export_saved_model(model, tokenizer, export_dir, stop_token_ids=stop_token_ids(tokenizer),

@@ -138,6 +138,14 @@ def test_export_cli_writes_a_saved_model_and_reports_errors_in_one_line(model_an
     with pytest.raises(SystemExit, match=r"^error: No model.keras in .*missing") as exit_info:
         export.main(["export"])
     assert "\n" not in str(exit_info.value)
+    # Aimed at the trained model's own model/ (which carries the same marker), the export is refused untouched.
+    saved = tmp_path / "model" / "model"
+    before = sorted(os.listdir(saved))
+    monkeypatch.setattr(export, "FLAGS", SimpleNamespace(**{**vars(parsed), "model_dir": str(tmp_path / "model"),
+                                                         "export_dir": str(saved)}))
+    with pytest.raises(SystemExit, match=r"^error: .*holds a trained tf_lm model, which writing a SavedModel export"):
+        export.main(["export"])
+    assert sorted(os.listdir(saved)) == before and "model.keras" in before
 
 
 def test_the_exported_model_stops_at_end_of_text_as_the_generate_script_does(model_and_tokenizer, tmp_path):

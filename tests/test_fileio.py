@@ -196,3 +196,20 @@ def test_read_json_turns_tensorflow_filesystem_errors_into_os_errors(monkeypatch
     monkeypatch.setattr(tf.io.gfile, "GFile", denied)
     with pytest.raises(OSError, match=r"^Could not read ram://fileio_test/a.json: .*Permission denied$"):
         fileio.read_json("ram://fileio_test/a.json")
+
+
+def test_an_output_of_one_kind_never_replaces_one_of_another(tmp_path):
+    """Every output of ours carries EXPORT_MARKER: the kind it records keeps an export off a trained model."""
+    model = tmp_path / "run" / "model"
+    with atomic_directory(str(model), fileio.EXPORT_MARKER, kind="trained tf_lm model") as staging:
+        (tmp_path / "run" / os.path.basename(staging) / "model.keras").write_text("weights")
+        fileio.write_export_marker(staging, "test", "trained tf_lm model")
+    with pytest.raises(ValueError, match=r"holds a trained tf_lm model, which writing a SavedModel export there would "
+                                         r"replace, so it was left untouched"):
+        with atomic_directory(str(model), fileio.EXPORT_MARKER, kind="SavedModel export"):
+            raise AssertionError("the body must not run")
+    assert sorted(os.listdir(model)) == sorted([fileio.EXPORT_MARKER, "model.keras"])
+    with atomic_directory(str(model), fileio.EXPORT_MARKER, kind="trained tf_lm model") as staging:
+        fileio.write_export_marker(staging, "test", "trained tf_lm model")  # the same kind replaces it
+    (model / fileio.EXPORT_MARKER).write_text("{}")  # a marker from before kinds: any of ours may replace it
+    check_replaceable(str(model), fileio.EXPORT_MARKER, "SavedModel export")

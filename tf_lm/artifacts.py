@@ -18,6 +18,7 @@ from tf_lm.fileio import EXPORT_MARKER, atomic_directory, gfile, read_json, writ
 from tf_lm.model import TransformerLM
 
 SAVED_DIR = "model"
+EXPORT_KIND = "trained tf_lm model"
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.json"
 TOKENIZER_DIR = "tokenizer"
@@ -51,12 +52,12 @@ def save_model_dir(model_dir: str, model: TransformerLM, tokenizer) -> None:
     if _saved_before_markers(directory):
         # An earlier version's model/ is ours as well (a resumed run of it rewrites model/ at its end): marked
         # now, it is replaced like any other.
-        write_export_marker(directory, __name__)
-    with atomic_directory(directory, marker=EXPORT_MARKER) as staging:
+        write_export_marker(directory, __name__, EXPORT_KIND)
+    with atomic_directory(directory, marker=EXPORT_MARKER, kind=EXPORT_KIND) as staging:
         model.save(os.path.join(staging, MODEL_FILE))
         write_file(os.path.join(staging, CONFIG_FILE), json.dumps(model.config.to_dict(), indent=2))
         tokenizer.save(os.path.join(staging, TOKENIZER_DIR))
-        write_export_marker(staging, __name__)
+        write_export_marker(staging, __name__, EXPORT_KIND)
 
 
 def read_config(model_dir: str) -> LMConfig:

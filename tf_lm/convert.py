@@ -23,6 +23,7 @@ from tf_lm.model import TransformerLM
 # The files of an HF checkpoint directory that hold the model.
 GPT2_CONFIG_FILE = "config.json"
 GPT2_WEIGHTS_FILE = "model.safetensors"
+HF_EXPORT_KIND = "Hugging Face GPT-2 checkpoint"
 _GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
 
 
@@ -202,13 +203,13 @@ def save_gpt2_checkpoint(model: TransformerLM, directory: str, tokenizer=None, e
     state = gpt2_state(model)
     if eos_token_id is None and tokenizer is not None:
         eos_token_id = tokenizer.eos_id
-    with atomic_directory(directory, marker=EXPORT_MARKER) as staging:
+    with atomic_directory(directory, marker=EXPORT_MARKER, kind=HF_EXPORT_KIND) as staging:
         # transformers refuses a safetensors file whose metadata does not name its framework.
         write_file(os.path.join(staging, GPT2_WEIGHTS_FILE), save(state, metadata={"format": "pt"}))
         _write_hf_configs(model.config, staging, eos_token_id)
         if tokenizer is not None:
             _write_hf_tokenizer(tokenizer, staging, model_max_length=model.config.block_size)
-        write_export_marker(staging, "tf_lm.convert.save_gpt2_checkpoint")
+        write_export_marker(staging, "tf_lm.convert.save_gpt2_checkpoint", HF_EXPORT_KIND)
 
 
 def _write_hf_configs(config: LMConfig, directory: str, eos_token_id: int | None) -> None:

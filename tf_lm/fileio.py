@@ -206,18 +206,31 @@ def read_json(path: str):
         raise ValueError(f"{path} is damaged: it is not valid JSON ({error}); restore or remove it.") from None
 
 
-def write_export_marker(directory: str, exported_by: str, **details) -> None:
-    """Marks `directory` (an export's staging directory) as one of ours: `EXPORT_MARKER` names what wrote it."""
-    write_file(os.path.join(directory, EXPORT_MARKER), json.dumps({"exported_by": exported_by, **details}, indent=2)
-               + "\n")
+def write_export_marker(directory: str, exported_by: str, kind: str, **details) -> None:
+    """Marks `directory` (an export's staging directory) as one of ours: `EXPORT_MARKER` names what wrote it and
+    the `kind` of output it is (see `check_replaceable`)."""
+    marker = {"kind": kind, "exported_by": exported_by, **details}
+    write_file(os.path.join(directory, EXPORT_MARKER), json.dumps(marker, indent=2) + "\n")
 
 
-def check_replaceable(path: str, marker: str) -> None:
-    """Raises ValueError unless `path` is absent, an empty directory, or a directory holding the file `marker`.
+def _marked_kind(path: str) -> str | None:
+    """The kind an `EXPORT_MARKER` at `path` records; None for a marker that predates kinds, or an unreadable one."""
+    try:
+        marker = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return marker.get("kind") if isinstance(marker, dict) else None
+
+
+def check_replaceable(path: str, marker: str, kind: str | None = None) -> None:
+    """Raises ValueError unless `path` is absent, an empty directory, or a directory holding the file `marker`
+    (and, with `kind`, not an `EXPORT_MARKER` that records another kind).
 
     Args:
         path: str, the directory about to be (re)written.
         marker: str, a file name that only directories written by this project hold.
+        kind: str or None. The kind of output about to be written ("SavedModel export", ...): our outputs all carry
+            `EXPORT_MARKER`, so without it an export aimed at a trained model's `model/` would replace the model.
     """
     path = normalise_path(path)
     files = gfile(path)
@@ -230,10 +243,14 @@ def check_replaceable(path: str, marker: str) -> None:
             f"{path} is not empty and holds no {marker}, so it is not one of ours and was left untouched; "
             "choose a new or empty directory."
         )
+    found = _marked_kind(os.path.join(path, marker)) if kind is not None and marker == EXPORT_MARKER else None
+    if found not in (None, kind):
+        raise ValueError(f"{path} holds a {found}, which writing a {kind} there would replace, so it was left "
+                         "untouched; choose a new or empty directory.")
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str, marker: str) -> Iterator[str]:
+def atomic_directory(path: str, marker: str, kind: str | None = None) -> Iterator[str]:
     """Yields a staging directory beside `path`; on a clean exit swaps it into place as `path`.
 
     The swap renames the old `path` aside, renames the staging directory to `path`, and only then deletes the
@@ -244,6 +261,7 @@ def atomic_directory(path: str, marker: str) -> Iterator[str]:
             directories: local, `gs://`).
         marker: str, a file name only directories written by this project hold. `path` is replaced only if it is
             absent, empty, or holds `marker`; the staging directory must hold it too on exit.
+        kind: str or None. The kind of output written, refused over another kind (see `check_replaceable`).
 
     Raises:
         ValueError: at entry, if `path` is something else (nothing is touched); at exit, if the body did not
@@ -254,7 +272,7 @@ def atomic_directory(path: str, marker: str) -> Iterator[str]:
     ...     tf.saved_model.save(module, staging)
     """
     path = normalise_path(path)
-    check_replaceable(path, marker)
+    check_replaceable(path, marker, kind)
     staging = _sibling(path, "staging")
     files = gfile(path)
     files.makedirs(staging)

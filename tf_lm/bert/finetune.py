@@ -210,7 +210,7 @@ def keras_classifier(model, tokenizer, packed: bool = False) -> Classifier:
     from tf_lm.bert import optimizer
 
     def save(target: str, extra_json: dict) -> None:
-        with atomic_directory(target, EXPORT_MARKER) as staging:
+        with atomic_directory(target, EXPORT_MARKER, weights.EXPORT_KIND) as staging:
             weights.write_export(model, tokenizer.directory, staging, extra_json)
             model.save(os.path.join(staging, KERAS_FILE))
 
@@ -433,7 +433,7 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
     if not any(tf.io.gfile.exists(os.path.join(output_dir, name)) for name in earlier_run):
         check_replaceable(output_dir, HISTORY_FILE)
     # best/ is replaced only if a run of ours wrote it: refused now, not after an epoch of training.
-    check_replaceable(os.path.join(output_dir, BEST_DIR), EXPORT_MARKER)
+    check_replaceable(os.path.join(output_dir, BEST_DIR), EXPORT_MARKER, weights.EXPORT_KIND)
     num_labels = _resolve_num_labels(num_labels, train_data)
     for split in (train_data, eval_data):
         data_lib.check_labels(split, num_labels)

@@ -21,6 +21,7 @@ from tf_lm.fileio import EXPORT_MARKER, atomic_directory, write_export_marker
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
+EXPORT_KIND = "BERT classifier"
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -154,7 +155,7 @@ def export(model, tokenizer_dir: str, directory: str, extra_json: dict[str, obje
     Example:
     >>> export(model, resolve_local("minilm"), "runs/sst2/best")
     """
-    with atomic_directory(directory, EXPORT_MARKER) as staging:
+    with atomic_directory(directory, EXPORT_MARKER, EXPORT_KIND) as staging:
         write_export(model, tokenizer_dir, staging, extra_json)
 
 
@@ -190,4 +191,4 @@ def write_export(model, tokenizer_dir: str, directory: str, extra_json: dict[str
     for filename, content in (extra_json or {}).items():
         with open(os.path.join(directory, filename), "w") as f:
             json.dump(content, f, indent=2)
-    write_export_marker(directory, "tf_lm.bert.weights")
+    write_export_marker(directory, __name__, EXPORT_KIND)

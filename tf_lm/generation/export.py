@@ -27,6 +27,8 @@ from tf_lm.generation import speculative
 from tf_lm.generation.generate import CONTEXT_POLICIES, SEED_LIMIT, _drafter, next_fn, prefill
 from tf_lm.generation.samplers import Sampler, get_sampler
 
+EXPORT_KIND = "SavedModel export"
+
 
 def _check(condition, message):
     """An in-graph check of the request that fails with `message` alone, not TensorFlow's dump of the tensors.
@@ -193,6 +195,6 @@ def export_saved_model(model, tokenizer, export_dir: str, sampler: str | Sampler
     """
     module = GenerationModule(model, tokenizer, get_sampler(sampler, temperature, top_k, top_p), stop_token_ids,
                               context_policy, draft_model, drafter, num_speculative_tokens)
-    with atomic_directory(export_dir, marker=EXPORT_MARKER) as staging:
+    with atomic_directory(export_dir, marker=EXPORT_MARKER, kind=EXPORT_KIND) as staging:
         tf.saved_model.save(module, staging, signatures={"generate": module.generate})
-        write_export_marker(staging, "tf_lm.generation.export", signature="generate")
+        write_export_marker(staging, __name__, EXPORT_KIND, signature="generate")

@@ -8,6 +8,7 @@ import os
 import transformers
 
 from tf_lm.bert.hub.loading import load_model, load_tokenizer, quiet_transformers
+from tf_lm.bert.weights import EXPORT_KIND
 from tf_lm.fileio import EXPORT_MARKER, atomic_directory, write_export_marker
 
 
@@ -27,14 +28,14 @@ def save_pretrained(model_dir: str, model, tokenizer, extra_json: dict[str, dict
     Example:
     >>> save_pretrained("runs/sst2/best", model, tokenizer, {"metrics.json": {"accuracy": 0.9}})
     """
-    with atomic_directory(model_dir, marker=EXPORT_MARKER) as staging:
+    with atomic_directory(model_dir, marker=EXPORT_MARKER, kind=EXPORT_KIND) as staging:
         with quiet_transformers():
             model.save_pretrained(staging, safe_serialization=True)
             tokenizer.save_pretrained(staging)
         for filename, content in (extra_json or {}).items():
             with open(os.path.join(staging, filename), "w") as f:
                 json.dump(content, f, indent=2)
-        write_export_marker(staging, "tf_lm.bert.hub.saving")
+        write_export_marker(staging, __name__, EXPORT_KIND)
 
 
 def export_tf_checkpoint(name: str, out_dir: str) -> str:
