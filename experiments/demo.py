@@ -42,19 +42,25 @@ def continuations(model, tokenizer) -> list[str]:
     return [tokenizer.decode(tokens) for tokens in new]
 
 
-def main(argv):
-    del argv
-    logging.set_verbosity(logging.WARNING)
-    model_config = LMConfig.preset("nano")
+def _train_demo():
+    """Trains the demo's model; the configs are built here, inside main's error handling, so a bad --steps is one
+    line."""
     # The Shakespeare quality settings (beta1 0.6, no weight decay) at three times its learning rate: in 1000
     # steps on this corpus, validation loss (20 batches) reached 1.63 at 3e-3 and 1.66 at 2e-3, where 1e-3 with the
     # library's beta1 0.9 and weight decay 0.1 gave 1.80.
     train_config = TrainConfig(dataset=DATASET, tokenizer="char", steps=FLAGS.steps, batch_size=12,
                                learning_rate=3e-3, min_learning_rate=3e-4, beta1=0.6, weight_decay=0.0,
-                               warmup_steps=min(100, FLAGS.steps - 1), eval_every=250, eval_steps=10,
+                               warmup_steps=max(0, min(100, FLAGS.steps - 1)), eval_every=250, eval_steps=10,
                                checkpoint_every=250, log_every=25)
+    trainer, tokenizer, _ = train(LMConfig.preset("nano"), train_config, FLAGS.model_dir, strategy_name="auto")
+    return trainer, tokenizer
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
     with reported_stops(TrainingInterrupted), one_line_errors():
-        trainer, tokenizer, _ = train(model_config, train_config, FLAGS.model_dir, strategy_name="auto")
+        trainer, tokenizer = _train_demo()
     source = open_source(DATASET)
     vocabulary = {word for split in ("train", "validation") for chunk in source.chunks(split)
                   for word in WORD.findall(chunk.text)}

@@ -108,6 +108,10 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     with one_line_errors():
+        split_flags = [f"--{name}" for name in ("dataset", "split", "batch_size", "max_batches", "validation_fraction",
+                                                "tfds_data_dir", "tfds_manual_dir") if FLAGS[name].present]
+        if FLAGS.score is not None and split_flags:
+            raise ValueError(f"--score scores its own text, not a split; drop {', '.join(split_flags)}.")
         model, tokenizer = load_model_dir(FLAGS.model_dir)
         unit = "char" if tokenizer.is_char_level else "token"
         if FLAGS.score is not None:

@@ -329,6 +329,10 @@ def configs_from_flags(flag_values: flags.FlagValues) -> tuple[LMConfig, TrainCo
         if flag_values["block_size"].present:
             overrides["block_size"] = flag_values.block_size  # `train` refuses one beyond the checkpoint's
         return dataclasses.replace(base, **overrides), TrainConfig(**train_values)
+    bpe_only = [f"--{name}" for name in ("bpe_vocab_size", "bpe_sample_mb") if flag_values[name].present]
+    if bpe_only and flag_values.tokenizer != "bpe":
+        raise ValueError(f"{', '.join(bpe_only)} only apply with --tokenizer=bpe. Received: "
+                         f"--tokenizer={flag_values.tokenizer}")
     preset = PRESETS[flag_values.preset]
     if flag_values["block_size"].present:
         block_size = flag_values.block_size

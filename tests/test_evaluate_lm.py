@@ -59,9 +59,11 @@ def test_script_reports_and_scores(model_dir):
     path, _, _ = model_dir
     corpus = f"--dataset=text:{path.parent / 'corpus.txt'}"
     args = ["experiments.evaluate_lm", f"--model_dir={path}", corpus]
-    out = run_module(*args, "--score=the cat", timeout=120)
+    out = run_module("experiments.evaluate_lm", f"--model_dir={path}", "--score=the cat", timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "log P(W) = " in out.stdout and "over 6 predicted tokens" in out.stdout
+    out = run_module(*args, "--split=train", "--score=the cat", timeout=120)  # a split's flags would be ignored
+    assert failure_line(out) == "error: --score scores its own text, not a split; drop --dataset, --split."
     out = run_module(*args, "--split=train", timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "perplexity" in out.stdout and "bits/char" in out.stdout

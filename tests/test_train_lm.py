@@ -124,6 +124,15 @@ def test_configs_from_flags_takes_the_preset_then_only_the_flags_set():
     assert train_config == TrainConfig(steps=700)
 
 
+def test_bpe_flags_are_refused_with_the_char_tokenizer():
+    values = flags.FlagValues()
+    define_train_flags(values)
+    values(["train_lm", "--bpe_vocab_size=300"])
+    with pytest.raises(ValueError, match=r"^--bpe_vocab_size only apply with --tokenizer=bpe. Received: "
+                                         r"--tokenizer=char$"):
+        configs_from_flags(values)
+
+
 def test_flags_that_prepare_data_are_refused_with_a_prepared_store():
     values = flags.FlagValues()
     define_train_flags(values)
