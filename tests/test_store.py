@@ -182,10 +182,16 @@ def test_a_refused_argument_leaves_nothing_that_blocks_the_corrected_rerun(corpu
         with pytest.raises(ValueError, match="Received: (vocab_size=100|chunk_bytes=2)"):
             prepare_store(corpus, str(directory), **bad)
         assert not directory.exists()
-    # A refusal that only encoding finds (a character the given tokenizer lacks) leaves an unfinished store
-    # with no finished shard: a rerun with other arguments starts it again.
+    # A refusal that only encoding finds (a character the given tokenizer lacks) removes the directory it
+    # created; in a directory that existed it leaves an unfinished store with no finished shard, which a rerun
+    # with other arguments starts again.
     with pytest.raises(ValueError, match="not in this CharTokenizer"):
         prepare_store(corpus, str(directory), tokenizer=CharTokenizer.from_text("abc"))
+    assert not directory.exists(), "a directory the failed preparation created was left half prepared"
+    directory.mkdir()  # one that existed before is kept, unfinished, for a rerun
+    with pytest.raises(ValueError, match="not in this CharTokenizer"):
+        prepare_store(corpus, str(directory), tokenizer=CharTokenizer.from_text("abc"))
+    assert directory.exists()
     store = prepare_store(corpus, str(directory), tokenizer="bpe", bpe_vocab_size=280)
     assert store.tokenizer.decode(all_ids(store)).replace(END_OF_TEXT, "") == "".join(DOCUMENTS)
     # The default vocabulary named or left unset is one request.

@@ -157,11 +157,18 @@ def prepare_store(source: str | Source, directory: str, *, tokenizer="char", bpe
     files, manifest = gfile(directory), os.path.join(directory, MANIFEST)
     if not files.exists(manifest):
         check_replaceable(directory, PREPARING)
-        notes = os.path.join(directory, PREPARING)
-        with directory_lock(notes):
-            prepared = not files.exists(manifest)  # another process may have finished it before the lock
-            if prepared:
-                _prepare(opened, directory, request, tokenizer, bpe_sample_bytes, progress)
+        notes, new_directory = os.path.join(directory, PREPARING), not files.exists(directory)
+        try:
+            with directory_lock(notes):
+                prepared = not files.exists(manifest)  # another process may have finished it before the lock
+                if prepared:
+                    _prepare(opened, directory, request, tokenizer, bpe_sample_bytes, progress)
+        except Exception:
+            # Bad input (text that is not UTF-8, a full disk): a directory this call created is not left half
+            # prepared. An interrupted run (KeyboardInterrupt, a kill) keeps its finished shards for a rerun.
+            if new_directory and files.exists(directory):
+                files.rmtree(directory)
+            raise
         if prepared:
             files.rmtree(notes)
     store = TokenStore(directory)
