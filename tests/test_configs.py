@@ -50,7 +50,8 @@ def test_inconsistent_configs_are_refused(kwargs, message):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"learning_rate": float("nan")}, "learning_rate must be > 0. Received: learning_rate=nan"),
+        ({"learning_rate": float("nan")}, "learning_rate must be > 0 and finite. Received: learning_rate=nan"),
+        ({"learning_rate": float("inf")}, "learning_rate must be > 0 and finite. Received: learning_rate=inf"),
         ({"learning_rate": 0.0}, "learning_rate must be > 0"),
         ({"min_learning_rate": 1.0}, r"min_learning_rate must be in \[0, learning_rate="),
         ({"weight_decay": -0.1}, "weight_decay must be >= 0"),

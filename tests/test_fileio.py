@@ -213,3 +213,11 @@ def test_an_output_of_one_kind_never_replaces_one_of_another(tmp_path):
         fileio.write_export_marker(staging, "test", "trained tf_lm model")  # the same kind replaces it
     (model / fileio.EXPORT_MARKER).write_text("{}")  # a marker from before kinds: any of ours may replace it
     check_replaceable(str(model), fileio.EXPORT_MARKER, "SavedModel export")
+
+
+def test_a_lock_on_a_file_is_refused_in_one_line(tmp_path):
+    (tmp_path / "run").write_text("not a directory")
+    with pytest.raises(ValueError, match=r"run is a file, not a directory; choose a new or empty directory\.$"):
+        with fileio.directory_lock(str(tmp_path / "run")):
+            raise AssertionError("the body must not run")
+    assert (tmp_path / "run").read_text() == "not a directory"

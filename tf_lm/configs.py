@@ -192,7 +192,7 @@ class TrainConfig:
         # Checked here as well as where they are used (the schedule, the optimizer), so that a run refuses them
         # before it prepares any data. NaN fails every comparison, so each test is written to refuse it.
         if not 0 < self.learning_rate < math.inf:
-            raise ValueError(f"learning_rate must be > 0. Received: learning_rate={self.learning_rate}")
+            raise ValueError(f"learning_rate must be > 0 and finite. Received: learning_rate={self.learning_rate}")
         if not 0 <= self.min_learning_rate <= self.learning_rate:
             raise ValueError(f"min_learning_rate must be in [0, learning_rate={self.learning_rate}]. "
                              f"Received: min_learning_rate={self.min_learning_rate}")

@@ -357,6 +357,8 @@ def directory_lock(directory: str) -> Iterator[None]:
         yield
         return
     directory = normalise_path(directory)
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise ValueError(f"{directory} is a file, not a directory; choose a new or empty directory.")
     created = not os.path.isdir(directory)
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, LOCK_FILE)
