@@ -33,6 +33,7 @@ def check_quick_run(tmp_path, sections, timeout=900):
     assert [path.name for path in tmp_path.iterdir()] == ["results.json"]  # no temporary left beside it
 
 
+@pytest.mark.slow  # the default suite's budget; make test-all runs it
 def test_quick_data_section_writes_json_and_table(tmp_path):
     check_quick_run(tmp_path, ["data"])
 
@@ -126,6 +127,7 @@ def test_peak_rss_is_the_childs_own_not_the_parents():
     del ballast
 
 
+@pytest.mark.slow  # the default suite's budget; make test-all runs it
 def test_hf_generate_never_stops_at_the_models_end_of_text():
     # A row credits batch * max_new_tokens: HF must not stop at its generation_config's end-of-text id (GPT-2's
     # 50256) when greedy decoding emits it.
