@@ -38,7 +38,7 @@ import numpy as np
 
 from tf_lm.data.sources import DEFAULT_CHUNK_BYTES, SPLITS, Source, open_source
 from tf_lm.data.tokenizers import DEFAULT_BPE_VOCAB_SIZE, TOKENIZER_KINDS, BPETokenizer, build_tokenizer, load_tokenizer
-from tf_lm.fileio import LOCK_FILE, atomic_write, check_replaceable, directory_lock, gfile, is_local
+from tf_lm.fileio import LOCK_FILE, atomic_write, check_replaceable, directory_lock, gfile, is_local, read_json
 
 FORMAT_VERSION = 1
 STORE_SCHEME = "store:"  # a --dataset naming a store rather than a source to prepare
@@ -52,11 +52,6 @@ DEFAULT_BPE_SAMPLE_BYTES = 20_000_000
 ENCODE_BATCH_CHUNKS = 8
 # Shard files a store on a TensorFlow filesystem keeps open: random windows soon touch every shard of a split.
 OPEN_REMOTE_SHARDS = 16
-
-
-def _read_json(path: str) -> dict:
-    with gfile(path).GFile(path, "rb") as f:
-        return json.loads(f.read().decode("utf-8"))
 
 
 def _write_json(path: str, value: dict) -> None:
@@ -190,7 +185,7 @@ def _prepare(opened: Source, directory: str, request: dict, tokenizer, bpe_sampl
     """Writes the store's shards and manifest, continuing an unfinished preparation of the same request."""
     files, notes = gfile(directory), os.path.join(directory, PREPARING)
     request_path = os.path.join(notes, "request.json")
-    if files.exists(request_path) and (saved := _read_json(request_path)) != request:
+    if files.exists(request_path) and (saved := read_json(request_path)) != request:
         if any(name.endswith(".done") or name.startswith(SPLITS) for name in files.listdir(notes)):
             raise ValueError(
                 f"{directory} holds an unfinished token store prepared with other arguments or from another version "
@@ -253,7 +248,7 @@ def _write_split(opened, split, tokenizer, directory, dtype, shard_tokens, chunk
     shards, start = [], None
     # Shards finished by an earlier, killed run: keep them and continue where the last one ended.
     while files.exists(note := os.path.join(notes, f"{split}-{len(shards):05d}.json")):
-        finished = _read_json(note)
+        finished = read_json(note)
         shards.append({"file": finished["file"], "tokens": finished["tokens"]})
         start = tuple(finished["end"])
     if files.exists(os.path.join(notes, f"{split}.done")):
@@ -315,7 +310,7 @@ class TokenStore:
                 hint = "prepare one with `prepare_store` (or `python -m experiments.prepare_data`)"
             raise FileNotFoundError(f"No {MANIFEST} in token store {directory!r}: {hint}.")
         try:
-            self.manifest = _read_json(path)
+            self.manifest = read_json(path)
             version = self.manifest.get("format_version")
             self.dtype = np.dtype(self.manifest["dtype"]).newbyteorder("<")
             splits = {split: self.manifest["splits"][split]["shards"] for split in SPLITS}
