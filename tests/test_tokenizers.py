@@ -185,6 +185,11 @@ def test_load_tokenizer_errors(tmp_path):
         CharTokenizer.load(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="tokenizer.json"):
         BPETokenizer.load(str(tmp_path))
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "char_tokenizer.json").write_bytes(b'{"chars": ["\xff"]}')
+    with pytest.raises(ValueError, match=r"char_tokenizer.json is damaged: it is not UTF-8"):
+        load_tokenizer(str(damaged))
 
 
 def test_build_tokenizer_maps_kinds():

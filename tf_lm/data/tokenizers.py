@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from tf_lm.fileio import atomic_write, gfile
+from tf_lm.fileio import atomic_write, gfile, read_text
 
 CHAR_FILE = "char_tokenizer.json"
 BPE_FILE = "tokenizer.json"
@@ -41,11 +41,6 @@ _SURROGATES = "surrogatepass"
 
 # Every code point, for the streaming vocabulary pass: a boolean table marks the characters seen so far.
 _NUM_CODE_POINTS = 0x110000
-
-
-def _read_text(path: str) -> str:
-    with gfile(path).GFile(path, "rb") as f:
-        return f.read().decode("utf-8")
 
 
 def _code_points(text: str) -> np.ndarray:
@@ -223,11 +218,12 @@ class CharTokenizer:
         path = os.path.join(directory, CHAR_FILE)
         if not gfile(path).exists(path):
             raise FileNotFoundError(f"No {CHAR_FILE} in {directory!r}; save a CharTokenizer there first.")
+        text = read_text(path)  # names the file if it is not UTF-8
         try:
-            payload = json.loads(_read_text(path))
+            payload = json.loads(text)
             # Files written before the end-of-text id existed have no "end_of_text": they load as they were.
             return cls(payload["chars"], payload.get("unknown_token"), payload.get("end_of_text", False))
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise ValueError(f"{path} is not a valid CharTokenizer file ({error}); save the tokenizer again.") from None
 
     def __repr__(self) -> str:
@@ -354,12 +350,12 @@ class BPETokenizer:
         files = gfile(directory)
         try:
             if files.exists(json_path):
-                return cls(Tokenizer.from_str(_read_text(json_path)))
+                return cls(Tokenizer.from_str(read_text(json_path)))
             if files.exists(vocab_path) and files.exists(merges_path):
                 # Parsed here rather than by BPE.from_file, which only opens local paths.
-                merges = [tuple(line.split(" ")) for line in _read_text(merges_path).splitlines()
+                merges = [tuple(line.split(" ")) for line in read_text(merges_path).splitlines()
                           if line and not line.startswith("#version")]
-                tokenizer = Tokenizer(models.BPE(json.loads(_read_text(vocab_path)), merges))
+                tokenizer = Tokenizer(models.BPE(json.loads(read_text(vocab_path)), merges))
                 tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
                 tokenizer.decoder = decoders.ByteLevel()
                 # GPT-2's vocab.json already holds <|endoftext|>; marking it special keeps it one token.
