@@ -431,3 +431,9 @@ def test_ctrl_c_checkpoints_and_the_rerun_resumes_to_the_same_result(tmp_path, m
     for key in ("eval_loss", "eval_accuracy"):
         assert resumed[-1][key] == pytest.approx(straight[-1][key], abs=tolerance), key
     assert not (tmp_path / "resumed" / finetune.CHECKPOINT_DIR).exists(), "a complete run keeps no checkpoints"
+
+
+def test_a_damaged_model_keras_is_named_as_damaged(tmp_path):
+    (tmp_path / finetune.KERAS_FILE).write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match=r"model.keras: the file is damaged"):
+        finetune.load_for_prediction(str(tmp_path))

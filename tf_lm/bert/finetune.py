@@ -560,13 +560,16 @@ def load_for_prediction(model_dir: str):
 
     Raises:
         FileNotFoundError: if `model_dir` holds neither.
-        ValueError: if its `model.keras` is not a `BertClassifier` (e.g. a language model's directory).
+        ValueError: if its `model.keras` is damaged or not a `BertClassifier` (e.g. a language model's directory).
     """
     from tf_lm.bert.model import BertClassifier
 
     keras_path = os.path.join(model_dir, KERAS_FILE)
     if os.path.isfile(keras_path):
-        model = keras.models.load_model(keras_path, safe_mode=True)
+        try:
+            model = keras.models.load_model(keras_path, safe_mode=True)
+        except Exception as error:  # Keras raises a zoo of types (even FileNotFoundError) for a damaged zip.
+            raise ValueError(f"Could not load {keras_path}: the file is damaged ({error}); fine-tune again.") from None
         if not isinstance(model, BertClassifier):
             raise ValueError(f"{model_dir!r} holds a {type(model).__name__}, not a fine-tuned classifier; pass the "
                              "best/ directory of experiments.finetune_bert.")
