@@ -1,3 +1,4 @@
+import json
 import os
 
 import numpy as np
@@ -95,3 +96,11 @@ def test_a_damaged_config_is_one_error_naming_the_file(tmp_path):
     path.write_text(path.read_text()[:20])  # cut short, as by a full disk
     with pytest.raises(ValueError, match=rf"^{path} is damaged: it is not valid JSON \(.*\); restore or remove it"):
         read_config(str(tmp_path))
+
+
+def test_a_config_that_contradicts_the_model_file_is_refused(tmp_path):
+    model, _ = _saved(tmp_path)
+    other = LMConfig.from_dict({**model.config.to_dict(), "n_layer": 2})
+    (tmp_path / "model" / "config.json").write_text(json.dumps(other.to_dict()))
+    with pytest.raises(ValueError, match="config.json in .* contradicts its model.keras"):
+        load_model_dir(str(tmp_path))

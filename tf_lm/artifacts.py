@@ -79,8 +79,8 @@ def load_model_dir(model_dir: str):
     """Returns `(model, tokenizer)` from a directory written by `save_model_dir`.
 
     Raises:
-        FileNotFoundError: if the directory, its model or its tokenizer is missing.
-        ValueError: if the model file is corrupt or the tokenizer does not match the model's vocabulary.
+        FileNotFoundError: if the directory, its model, config or tokenizer is missing.
+        ValueError: if the model file is corrupt, or the config or the tokenizer does not match the model.
     """
     from tf_lm.data.tokenizers import load_tokenizer
 
@@ -94,6 +94,11 @@ def load_model_dir(model_dir: str):
         model = keras.models.load_model(model_path, safe_mode=True)
     except Exception as error:  # Keras raises a zoo of types for a damaged zip or config.
         raise ValueError(f"Could not load {model_path}: the file is damaged or not a tf_lm model ({error}).") from None
+    if read_config(model_dir) != model.config:
+        raise ValueError(
+            f"The {CONFIG_FILE} in {model_dir!r} contradicts its {MODEL_FILE}; the directory mixes files from "
+            "different runs."
+        )
     tokenizer = load_tokenizer(os.path.join(saved_dir(model_dir), TOKENIZER_DIR))
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ValueError(
