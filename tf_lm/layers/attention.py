@@ -6,6 +6,7 @@ import math
 import keras
 from keras import ops
 
+from tf_lm.layers.arguments import positive_int
 from tf_lm.layers.dense import Dense
 from tf_lm.layers.dropout import Dropout
 from tf_lm.layers.initializers import clone_initializer
@@ -74,11 +75,9 @@ class CausalSelfAttention(keras.layers.Layer):
     def __init__(self, num_heads, dropout=0.0, kernel_initializer=None, output_kernel_initializer=None, causal=True,
                  **kwargs):
         super().__init__(**kwargs)
-        if int(num_heads) < 1:
-            raise ValueError(f"num_heads must be >= 1. Received: num_heads={num_heads}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout}")
-        self.num_heads = int(num_heads)
+        self.num_heads = positive_int("num_heads", num_heads)
         self.dropout = float(dropout)
         self.causal = bool(causal)
         self.kernel_initializer = keras.initializers.get(kernel_initializer or _default_kernel_initializer())

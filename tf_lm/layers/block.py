@@ -6,6 +6,7 @@ import math
 import keras
 from keras import ops
 
+from tf_lm.layers.arguments import positive_int
 from tf_lm.layers.attention import CausalSelfAttention
 from tf_lm.layers.dense import Dense
 from tf_lm.layers.dropout import Dropout
@@ -68,10 +69,8 @@ class TransformerBlock(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if intermediate_dim is not None and int(intermediate_dim) < 1:
-            raise ValueError(f"intermediate_dim must be >= 1. Received: intermediate_dim={intermediate_dim}")
-        self.num_heads = int(num_heads)
-        self.intermediate_dim = None if intermediate_dim is None else int(intermediate_dim)
+        self.num_heads = positive_int("num_heads", num_heads)
+        self.intermediate_dim = None if intermediate_dim is None else positive_int("intermediate_dim", intermediate_dim)
         self.dropout = float(dropout)
         self.layer_norm_epsilon = float(layer_norm_epsilon)
         self.causal = bool(causal)

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from tf_lm.layers.arguments import positive_int
 from tf_lm.layers.initializers import clone_initializer
 
 
@@ -49,12 +50,9 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         super().__init__(**kwargs)
         # As keras.layers.Embedding: under a mixed policy the looked-up rows are cast, not the whole table each call.
         self.autocast = False
-        for name, value in (("vocab_size", vocab_size), ("max_length", max_length), ("hidden_dim", hidden_dim)):
-            if int(value) < 1:
-                raise ValueError(f"{name} must be >= 1. Received: {name}={value}")
-        self.vocab_size = int(vocab_size)
-        self.max_length = int(max_length)
-        self.hidden_dim = int(hidden_dim)
+        self.vocab_size = positive_int("vocab_size", vocab_size)
+        self.max_length = positive_int("max_length", max_length)
+        self.hidden_dim = positive_int("hidden_dim", hidden_dim)
         self.embeddings_initializer = keras.initializers.get(
             embeddings_initializer or keras.initializers.RandomNormal(stddev=0.02)
         )
