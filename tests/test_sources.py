@@ -110,6 +110,15 @@ def test_empty_and_non_utf8_files(tmp_path):
         list(open_source(f"text:{tmp_path}/latin1.txt", validation_fraction=0.5).chunks("validation"))
 
 
+def test_a_file_that_shrinks_while_read_is_named(tmp_path):
+    for i in range(3):
+        (tmp_path / f"{i}.txt").write_text("x" * 100 + "\n")
+    source = open_source(f"text:{tmp_path}/*.txt")
+    (tmp_path / "0.txt").write_text("x" * 10)  # edited while a preparation reads it
+    with pytest.raises(ValueError, match=r"0.txt \(from .*\) changed while it was read"):
+        list(source.chunks("train", chunk_bytes=16))
+
+
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, "0.1"])
 def test_bad_validation_fraction(fraction):
     with pytest.raises(ValueError, match="validation_fraction"):

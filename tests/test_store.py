@@ -1,5 +1,6 @@
 """Token stores: round trip, determinism, resumable preparation, flat reading, any tf.io.gfile path, bad stores."""
 
+import contextlib
 import json
 
 import numpy as np
@@ -207,6 +208,52 @@ def test_one_process_prepares_a_directory_at_a_time(corpus, tmp_path):
             prepare_store(corpus, str(tmp_path / "store"))
     assert prepare_store(corpus, str(tmp_path / "store")).num_tokens("train") > 0
     assert not (tmp_path / "store" / PREPARING).exists()
+
+
+def test_a_preparation_refused_the_lock_leaves_the_new_directory_to_its_holder(corpus, tmp_path, monkeypatch):
+    target, holder = tmp_path / "store", contextlib.ExitStack()
+    lock = store_module.directory_lock
+
+    def another_process_first(path):
+        # Between this call's check that the directory is new and its lock, another preparation created the
+        # directory, took the lock and wrote a shard.
+        holder.enter_context(lock(path))
+        (target / "shard-of-the-other-process").write_text("ids")
+        return lock(path)
+
+    monkeypatch.setattr(store_module, "directory_lock", another_process_first)
+    with holder, pytest.raises(ValueError, match="in use by another run"):
+        prepare_store(corpus, str(target))
+    assert (target / "shard-of-the-other-process").exists()
+
+
+def test_ids_past_65535_are_stored_whole_when_the_vocabulary_has_gaps(corpus, tmp_path):
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    # GPT-2's layout with the end-of-text token at a high id: 257 entries, ids up to 70000.
+    vocab = {byte: i for i, byte in enumerate(sorted(ByteLevel.alphabet()))} | {END_OF_TEXT: 70000}
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = load_tokenizer(str(tmp_path))
+    assert tokenizer.vocab_size == 70001 and tokenizer.eos_id == 70000
+    store = prepare_store(corpus, str(tmp_path / "store"), tokenizer=tokenizer)
+    assert store.dtype == np.dtype("<u4")
+    assert tokenizer.decode(all_ids(store)).replace(END_OF_TEXT, "") == "".join(DOCUMENTS)
+    assert (all_ids(store) == 70000).sum() == len(DOCUMENTS)
+
+
+def test_a_post_processor_adds_no_tokens_inside_documents(corpus, tmp_path):
+    from tokenizers import processors
+
+    bpe = BPETokenizer.train("".join(DOCUMENTS), vocab_size=270)
+    hf = bpe.to_hf()
+    # RoBERTa's layout: a tokenizer.json whose post-processor wraps every encoding in <s> ... </s>.
+    hf.add_special_tokens(["<s>", "</s>"])
+    hf.post_processor = processors.RobertaProcessing(("</s>", hf.token_to_id("</s>")), ("<s>", hf.token_to_id("<s>")))
+    wrapped = BPETokenizer(hf)
+    assert wrapped.encode("") == [] and wrapped.encode("third\n") == bpe.encode("third\n")
+    store = prepare_store(corpus, str(tmp_path / "store"), tokenizer=wrapped, chunk_bytes=16)
+    assert wrapped.decode(all_ids(store)).replace(END_OF_TEXT, "") == "".join(DOCUMENTS)
 
 
 def test_reading_holds_no_descriptor_per_shard_and_file_urls_work(corpus, tmp_path):

@@ -72,6 +72,12 @@ def test_char_save_load_gives_identical_ids(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["char_tokenizer.json"]  # no temp file left
 
 
+def test_char_vocabulary_with_a_lone_surrogate_saves_and_loads(tmp_path):
+    tok = CharTokenizer.from_text("ab\ud800")
+    tok.save(str(tmp_path))
+    assert load_tokenizer(str(tmp_path)).encode("b\ud800a") == tok.encode("b\ud800a")
+
+
 def test_char_fingerprint_tracks_vocabulary():
     assert CharTokenizer.from_text("abc").fingerprint == CharTokenizer(["c", "b", "a"]).fingerprint
     assert CharTokenizer.from_text("abc").fingerprint != CharTokenizer.from_text("abd").fingerprint

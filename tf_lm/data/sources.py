@@ -132,6 +132,11 @@ class Source:
                     # where it starts: resuming from a Chunk.end yields the same chunks as the first reading.
                     f.seek(position)
                     block = f.read(min(chunk_bytes, high - position))
+                    if not block:
+                        raise ValueError(
+                            f"{span.documents.names(index)} (from {self.name!r}) changed while it was read; "
+                            "prepare the data again once it is written."
+                        )
                     if position + len(block) < high:
                         block = block[:_chunk_end(block)]
                     try:

@@ -153,6 +153,7 @@ def prepare_store(source: str | Source, directory: str, *, tokenizer="char", bpe
     if not files.exists(manifest):
         check_replaceable(directory, PREPARING)
         notes, new_directory = os.path.join(directory, PREPARING), not files.exists(directory)
+        prepared = False
         try:
             with directory_lock(notes):
                 prepared = not files.exists(manifest)  # another process may have finished it before the lock
@@ -160,8 +161,9 @@ def prepare_store(source: str | Source, directory: str, *, tokenizer="char", bpe
                     _prepare(opened, directory, request, tokenizer, bpe_sample_bytes, progress)
         except Exception:
             # Bad input (text that is not UTF-8, a full disk): a directory this call created is not left half
-            # prepared. An interrupted run (KeyboardInterrupt, a kill) keeps its finished shards for a rerun.
-            if new_directory and files.exists(directory):
+            # prepared. An interrupted run (KeyboardInterrupt, a kill) keeps its finished shards for a rerun. A call
+            # refused the lock leaves the directory to the process preparing it, which created it a moment ago.
+            if prepared and new_directory and files.exists(directory):
                 files.rmtree(directory)
             raise
         if prepared:

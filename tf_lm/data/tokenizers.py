@@ -189,13 +189,16 @@ class CharTokenizer:
 
     def save(self, directory: str) -> None:
         """Writes `char_tokenizer.json` into `directory` (created if needed)."""
-        atomic_write(os.path.join(directory, CHAR_FILE), json.dumps(self._payload(), ensure_ascii=False, indent=1))
+        # ASCII escapes: a lone surrogate (legal in a str, so in a vocabulary) has no UTF-8 form.
+        atomic_write(os.path.join(directory, CHAR_FILE), json.dumps(self._payload(), indent=1))
 
     def to_hf(self):
         """The same mapping as an HF `tokenizers.Tokenizer` (one word per character), for `tokenizer.json`.
 
         Every character is its own pre-token and a word-level vocabulary maps it to its id, so HF's
-        `AutoTokenizer` (and anything reading `tokenizer.json`) encodes and decodes exactly as this class does.
+        `AutoTokenizer` (and anything reading `tokenizer.json`) encodes and decodes as this class does, with one
+        difference: with `end_of_text`, HF reads a literal `<|endoftext|>` in the text as the one end-of-text id
+        (HF matches special tokens in text, as it does for GPT-2), where `encode` gives its 13 characters.
         """
         from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
@@ -249,6 +252,9 @@ class BPETokenizer:
 
     def __init__(self, tokenizer):
         self._tokenizer = tokenizer
+        # One past the largest id, not the number of entries: a vocab.json may leave gaps (a special token at a
+        # high id), and every id must fit the model's table and the store's dtype.
+        self._vocab_size = max(tokenizer.get_vocab(with_added_tokens=True).values(), default=-1) + 1
         self.eos_id: int | None = tokenizer.token_to_id(END_OF_TEXT)
         padding = tokenizer.padding
         self.pad_id: int | None = None if padding is None else padding["pad_id"]
@@ -296,20 +302,23 @@ class BPETokenizer:
 
     @property
     def vocab_size(self) -> int:
-        return self._tokenizer.get_vocab_size(with_added_tokens=True)
+        return self._vocab_size
 
     @property
     def fingerprint(self) -> str:
         """sha256 of the serialised tokenizer (vocabulary, merges, pre-tokenizer): equal means equal ids."""
         return hashlib.sha256(self._tokenizer.to_str().encode("utf-8")).hexdigest()
 
+    # add_special_tokens=False: a tokenizer.json with a post-processor (RoBERTa's <s>...</s>) would otherwise wrap
+    # every chunk of a document; ends of documents are marked by the store, with eos.
     def encode(self, text: str) -> list[int]:
-        return self._tokenizer.encode(text).ids
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
         """The ids of each text, encoded in parallel on every core (HF `tokenizers` threads)."""
         # encode_batch_fast skips the character offsets, which nothing here reads: ~1.5x the speed.
-        return [np.asarray(encoding.ids, dtype=np.int32) for encoding in self._tokenizer.encode_batch_fast(texts)]
+        encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        return [np.asarray(encoding.ids, dtype=np.int32) for encoding in encodings]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Returns the text of `ids`; special tokens such as `<|endoftext|>` are kept.
