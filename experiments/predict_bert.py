@@ -15,16 +15,26 @@ from absl import flags
 from experiments.flags import flag_group, one_line_errors, run_script
 
 FLAGS = flags.FLAGS
+DEFAULT_MAX_LENGTH = 128  # for a model directory that does not record its fine-tuning length
 
 
 def define_predict_flags() -> None:
     with flag_group("prediction"):
         flags.DEFINE_string("model_dir", None, "A fine-tuned model directory (<output_dir>/best of finetune_bert).")
-        flags.DEFINE_integer("max_length", 128, "Longer sentences are cut to this many tokens.")
+        flags.DEFINE_integer(
+            "max_length", None, "Longer sentences are cut to this many tokens. Default: the max_length the model "
+            "was fine-tuned at (recorded in <model_dir>/finetune_config.json), else 128.")
 
 
-def run(model_dir: str, sentences: list[str], max_length: int, out=sys.stdout) -> None:
+def run(model_dir: str, sentences: list[str], max_length: int | None = None, out=sys.stdout) -> None:
     """Loads `model_dir` and writes `label<TAB>probability<TAB>sentence` per sentence to `out`.
+
+    Args:
+        model_dir: str. A fine-tuned model directory (`<output_dir>/best` of `experiments.finetune_bert`).
+        sentences: list of str. What to classify.
+        max_length: int, default None: the `max_length` the model was fine-tuned at (its
+            `finetune_config.json`), else 128. Longer sentences are cut to this many tokens.
+        out: text stream, default stdout.
 
     Raises:
         FileNotFoundError: if `model_dir` is not a model directory.
@@ -35,10 +45,13 @@ def run(model_dir: str, sentences: list[str], max_length: int, out=sys.stdout) -
         raise ValueError('Pass the sentences to classify as arguments: predict_bert --model_dir=DIR "a sentence".')
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"No model directory at {model_dir!r}; train one with experiments.finetune_bert.")
-    from tf_lm.bert.finetune import classify, load_for_prediction
+    from tf_lm.bert.finetune import classify, fine_tuned_max_length, load_for_prediction
     from tf_lm.bert.tokenizer import WordPieceTokenizer
 
     model = load_for_prediction(model_dir)
+    if max_length is None:
+        # Read sentences as in fine-tuning: past that length the model meets positions it was never tuned on.
+        max_length = fine_tuned_max_length(model_dir) or DEFAULT_MAX_LENGTH
     limit = model.config.max_position_embeddings
     if not 2 <= max_length <= limit:
         raise ValueError(f"--max_length must lie in [2, {limit}]. Received: {max_length}")

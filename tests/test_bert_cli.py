@@ -39,6 +39,36 @@ def test_predict_prints_label_and_probability(tmp_path, backend):
         assert label in ("negative", "positive") and 0.5 <= float(probability) <= 1 and text == sentence
 
 
+def test_predict_cuts_sentences_at_the_fine_tuned_max_length(tmp_path):
+    """Without `--max_length` a `best/` directory is read at the length in its `finetune_config.json` (a model tuned
+    on 5 tokens never saw more), and a directory that records none at 128."""
+    from experiments import predict_bert
+    from tf_lm.bert import finetune, weights
+    from tf_lm.bert.config import BertConfig
+    from tf_lm.bert.model import BertClassifier
+    from tf_lm.bert.tokenizer import WordPieceTokenizer
+
+    # Large random weights: every token read moves the probabilities.
+    model = BertClassifier(BertConfig(vocab_size=30522, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=16, max_position_embeddings=160, initializer_range=0.5))
+    classifier = finetune.keras_classifier(model, WordPieceTokenizer(weights.resolve_local("minilm")))
+    sentences = ["a gorgeous , witty , seductive movie that never once loses its nerve or its sense of humour ."]
+
+    def predict(model_dir, max_length=None):
+        out = io.StringIO()
+        predict_bert.run(model_dir, sentences, max_length=max_length, out=out)
+        return out.getvalue()
+
+    best = str(tmp_path / "best")
+    classifier.save(best, {"finetune_config.json": {"max_length": 5, "batch_size": 32}})
+    assert predict(best, 5) != predict(best, 128)
+    result = run_module("experiments.predict_bert", f"--model_dir={best}", *sentences)  # no --max_length
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == predict(best, 5)
+    classifier.save(str(tmp_path / "unrecorded"), {})
+    assert predict(str(tmp_path / "unrecorded")) == predict(str(tmp_path / "unrecorded"), 128)
+
+
 @pytest.mark.slow
 def test_finetune_then_predict(tmp_path):
     train = write_tsv(tmp_path / "train.tsv", [("a gorgeous film", 1), ("a dull mess", 0)] * 4)

@@ -187,6 +187,52 @@ def test_a_signal_in_the_last_step_of_an_epoch_evaluates_it_before_stopping(tmp_
     assert sorted(os.listdir(tmp_path / "resumed")) == [finetune.BEST_DIR, finetune.HISTORY_FILE]
 
 
+def test_a_resumed_epochs_record_covers_its_steps_before_the_interruption(tmp_path, monkeypatch):
+    """The checkpoint keeps the interrupted epoch's summed loss and time, so the record a resume completes is the
+    uninterrupted run's: the loss of all its steps (added in the same order), every example seen once."""
+    import signal
+
+    model = tiny_checkpoint(tmp_path / "model")
+    train = short_sst2(tmp_path / "train.tsv", "train.tsv", 16)
+    config = finetune.FinetuneConfig(max_length=16, batch_size=8, learning_rate=1e-3, epochs=1, num_buckets=1)
+
+    def run(name):
+        return finetune.finetune(model, train, train, config, str(tmp_path / name), resolve_strategy("cpu"))
+
+    straight = run("straight")
+    assert [record["step"] for record in straight] == [2]
+    with monkeypatch.context() as patch:
+        interrupt_at_step(patch, signal.SIGTERM, 1)
+        with pytest.raises(finetune.TrainingInterrupted, match="at step 1 of 2"):
+            run("resumed")
+    resumed = run("resumed")
+    assert resumed[0]["train_examples"] == straight[0]["train_examples"] == 16
+    assert resumed[0]["train_loss"] == pytest.approx(straight[0]["train_loss"], abs=1e-7)
+    assert resumed[0]["train_examples_per_s"] == pytest.approx(16 / resumed[0]["train_seconds"])
+
+
+def test_a_checkpoint_without_the_epochs_totals_is_refused_in_one_sentence(tmp_path, monkeypatch):
+    """An interrupted run of a version that did not checkpoint the epoch's totals cannot resume exactly: refused."""
+    import signal
+
+    model = tiny_checkpoint(tmp_path / "model")
+    train = short_sst2(tmp_path / "train.tsv", "train.tsv", 16)
+    config = finetune.FinetuneConfig(max_length=16, batch_size=8, epochs=1, num_buckets=1)
+
+    def run():
+        return finetune.finetune(model, train, train, config, str(tmp_path / "run"), resolve_strategy("cpu"))
+
+    with monkeypatch.context() as patch:
+        interrupt_at_step(patch, signal.SIGTERM, 1)
+        checkpoints = finetune.Checkpoints
+        patch.setattr(finetune, "Checkpoints", lambda directory, model, optimizers, **kwargs: checkpoints(
+            directory, model, [o for o in optimizers if not isinstance(o, finetune._EpochProgress)], **kwargs))
+        with pytest.raises(finetune.TrainingInterrupted):
+            run()
+    with pytest.raises(ValueError, match="checkpoints was written by another version of tf_lm .*; move it aside"):
+        run()
+
+
 def test_weights_gone_nan_in_the_last_update_are_never_saved_as_best(tmp_path, monkeypatch):
     """The loss of each step is finite, but the update after the last one leaves NaN weights: the evaluation
     finds them, and the run stops as diverged instead of saving a NaN model (whose accuracy beats "none")."""

@@ -74,6 +74,49 @@ def test_vocab_only_tokenizer_reads_its_config_as_transformers_does(tmp_path, co
     assert WordPieceTokenizer(str(tmp_path))(texts)["input_ids"] == theirs
 
 
+@pytest.mark.parametrize("json_lowercase", [True, False], ids=["uncased_json", "cased_json"])  # MiniLM's, a cased
+@pytest.mark.parametrize("config", [
+    None, {}, {"do_lower_case": False}, {"do_lower_case": True}, {"strip_accents": False},
+    {"do_lower_case": False, "strip_accents": True}, {"tokenize_chinese_chars": False},
+], ids=["no_config", "empty", "cased", "uncased", "accents", "cased_stripped", "no_cjk"])
+def test_tokenizer_json_takes_its_configs_normalizer_settings_as_transformers_does(tmp_path, json_lowercase, config):
+    """`BertTokenizerFast` replaces `tokenizer.json`'s casing, accent and CJK settings by `tokenizer_config.json`'s
+    (or their defaults: lowercase, CJK split); the WordPiece tokenizer gives the same ids."""
+    import shutil
+
+    import transformers
+
+    source = weights.resolve_local("minilm")
+    shutil.copy(os.path.join(source, "vocab.txt"), tmp_path)
+    with open(os.path.join(source, "tokenizer.json")) as f:
+        tokenizer_json = json.load(f)
+    tokenizer_json["normalizer"]["lowercase"] = json_lowercase
+    (tmp_path / "tokenizer.json").write_text(json.dumps(tokenizer_json))
+    if config is not None:
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    texts = ["Hello World Café", "Ünïcödé crème brûlée", "日本語 テキスト", "a [SEP] b ☃"]
+    theirs = transformers.BertTokenizerFast.from_pretrained(str(tmp_path))(texts)["input_ids"]
+    assert WordPieceTokenizer(str(tmp_path))(texts)["input_ids"] == theirs
+
+
+def test_truncation_without_max_length_cuts_at_model_max_length(tmp_path):
+    """As transformers: `truncation=True` and no `max_length` cut at the checkpoint's `model_max_length`."""
+    import shutil
+
+    import transformers
+
+    long_text = ["word " * 600]
+    minilm = weights.resolve_local("minilm")
+    ours = WordPieceTokenizer(minilm)
+    theirs = transformers.BertTokenizerFast.from_pretrained(minilm)
+    assert len(ours(long_text)["input_ids"][0]) == 512
+    assert ours(long_text)["input_ids"] == theirs(long_text, truncation=True)["input_ids"]
+    assert len(ours(long_text, truncation=False)["input_ids"][0]) == 602
+    shutil.copy(os.path.join(minilm, "vocab.txt"), tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 16}))
+    assert len(WordPieceTokenizer(str(tmp_path))(long_text, truncation=True)["input_ids"][0]) == 16
+
+
 def test_minilm_logits_equal_tf_bert_for_sequence_classification(sst2_batch):
     from tf_lm.bert import hub
 
@@ -231,3 +274,68 @@ def test_config_takes_labels_only_from_a_classifier_checkpoint(architectures, nu
     config = BertConfig.from_hf(hf_config)
     assert config.num_labels == num_labels
     assert config.label_names == (("x", "y", "z") if num_labels == 3 else BertConfig.label_names)
+
+
+def test_classifier_dropout_is_read_written_and_used_as_transformers_does(tmp_path):
+    """transformers drops out the pooled output at `classifier_dropout`, or `hidden_dropout_prob` when it is null;
+    the field survives `config.json` and `.keras` round trips, and a config saved without it still loads."""
+    import transformers
+
+    shape = {"vocab_size": 30, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "intermediate_size": 16, "max_position_embeddings": 12}
+    hf_config = transformers.BertConfig(**shape, classifier_dropout=0.5).to_dict()
+    config = BertConfig.from_hf(hf_config)
+    assert config.classifier_dropout == 0.5
+    theirs = transformers.TFBertForSequenceClassification(transformers.BertConfig(**hf_config))
+    model = BertClassifier(config)
+    assert model.classifier_dropout.rate == theirs.dropout.rate == 0.5
+    assert transformers.BertConfig.from_dict(config.to_hf()).classifier_dropout == 0.5
+    unset = BertConfig.from_hf(transformers.BertConfig(**shape, hidden_dropout_prob=0.2,
+                                                       attention_probs_dropout_prob=0.2).to_dict())
+    assert unset.classifier_dropout is None and BertClassifier(unset).classifier_dropout.rate == 0.2
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    assert keras.models.load_model(path, safe_mode=True).classifier_dropout.rate == 0.5
+    older = {key: value for key, value in TINY.to_dict().items() if key != "classifier_dropout"}
+    assert BertClassifier.from_config({"config": older}).config == TINY
+    with pytest.raises(ValueError, match="Received: classifier_dropout=1.0"):
+        BertConfig(classifier_dropout=1.0)
+
+
+def test_checkpoint_tensors_nothing_uses_are_named(tmp_path):
+    """A `config.json` of 1 layer over weights of 2 is refused naming the unused layer; the tensors transformers
+    skips too (position ids, pretraining heads) and a head of another class count (a new head) are not unused."""
+    from safetensors.numpy import load_file, save_file
+
+    target = str(tmp_path / "checkpoint")
+    weights.export(BertClassifier(TINY), weights.resolve_local("minilm"), target)
+    config_path, weights_path = tmp_path / "checkpoint" / "config.json", os.path.join(target, "model.safetensors")
+    hf_config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**hf_config, "num_hidden_layers": 1}))
+    with pytest.raises(ValueError, match=r"no place for: encoder\.layer\.1\.\* \(16 tensors\);"):
+        BertClassifier.from_pretrained(target)
+    config_path.write_text(json.dumps(hf_config))
+    state = load_file(weights_path)
+    state["bert.embeddings.position_ids"] = np.arange(12)[None]
+    state["cls.predictions.bias"] = np.zeros(30, np.float32)
+    save_file(state, weights_path, metadata={"format": "pt"})
+    assert BertClassifier.from_pretrained(target).config.num_labels == 3
+    assert BertClassifier.from_pretrained(target, num_labels=2).config.num_labels == 2
+    state["bert.pooler.extra.weight"] = np.zeros(2, np.float32)
+    save_file(state, weights_path, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"no place for: pooler\.extra\.weight;"):
+        BertClassifier.from_pretrained(target)
+
+
+def test_num_labels_equal_to_the_checkpoints_keeps_its_label_names():
+    """As transformers' `num_labels`: the checkpoint's class names stay for as many classes, go for another count."""
+    import transformers
+
+    hf_config = TINY.to_hf()  # a classifier of 3 classes named a, b, c
+    for num_labels in (3, 4):
+        theirs = transformers.BertConfig.from_dict(hf_config, num_labels=num_labels)
+        ours = BertConfig.from_hf(hf_config, num_labels=num_labels)
+        assert ours.labels == [theirs.id2label[i] for i in range(num_labels)]
+    assert BertConfig.from_hf(hf_config, num_labels=3).label_names == ("a", "b", "c")
+    assert BertConfig.from_hf(hf_config, num_labels=4).label_names is None
+    assert BertConfig.from_hf(hf_config, num_labels=3, label_names=("x", "y", "z")).label_names == ("x", "y", "z")

@@ -26,8 +26,8 @@ class BertConfig:
         num_attention_heads: int, default 12. Must divide `hidden_size`.
         intermediate_size: int, default 3072. Width of each block's MLP.
         hidden_act: "gelu" (exact, default) or "gelu_new" (tanh approximation).
-        hidden_dropout_prob: float in [0, 1), default 0.1. Dropout on embeddings, residual branches and the
-            classifier's input.
+        hidden_dropout_prob: float in [0, 1), default 0.1. Dropout on embeddings and residual branches, and on the
+            classifier's input unless `classifier_dropout` says otherwise.
         attention_probs_dropout_prob: float, default 0.1. Must equal `hidden_dropout_prob`: the shared attention
             layer has one dropout rate for its weights and its output.
         max_position_embeddings: int, default 512. Longest input in tokens.
@@ -35,6 +35,8 @@ class BertConfig:
         layer_norm_eps: float, default 1e-12.
         initializer_range: float, default 0.02. Std of the normal initializer of new weights.
         pad_token_id: int, default 0.
+        classifier_dropout: float in [0, 1) or None, default None (`hidden_dropout_prob`). Dropout on the
+            classifier's input, as transformers' `classifier_dropout`.
         num_labels: int >= 2, default 2. Classes of the head.
         label_names: tuple of str or None. Class names by id (written as `id2label`).
 
@@ -59,6 +61,7 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
     pad_token_id: int = 0
+    classifier_dropout: float | None = None
     num_labels: int = 2
     label_names: tuple[str, ...] | None = None
 
@@ -77,6 +80,9 @@ class BertConfig:
         if not 0.0 <= self.hidden_dropout_prob < 1.0:
             raise ValueError(f"BertConfig.hidden_dropout_prob must be in [0, 1). "
                              f"Received: hidden_dropout_prob={self.hidden_dropout_prob}")
+        if self.classifier_dropout is not None and not 0.0 <= self.classifier_dropout < 1.0:
+            raise ValueError(f"BertConfig.classifier_dropout must be None or in [0, 1). "
+                             f"Received: classifier_dropout={self.classifier_dropout}")
         if self.attention_probs_dropout_prob != self.hidden_dropout_prob:
             raise ValueError(
                 "BertConfig.attention_probs_dropout_prob must equal hidden_dropout_prob (one rate per attention "
@@ -88,6 +94,11 @@ class BertConfig:
         if self.label_names is not None and len(self.label_names) != self.num_labels:
             raise ValueError(f"{len(self.label_names)} label names for {self.num_labels} labels. "
                              f"Received: label_names={list(self.label_names)}")
+
+    @property
+    def classifier_dropout_rate(self) -> float:
+        """The dropout rate on the classifier's input: `classifier_dropout`, else `hidden_dropout_prob`."""
+        return self.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
 
     @property
     def labels(self) -> list[str]:
@@ -110,7 +121,8 @@ class BertConfig:
         """From a Hugging Face BERT `config.json` dict; keys this model does not use are ignored.
 
         `num_labels` and `label_names` come from `id2label` when the checkpoint has a classifier, and
-        `overrides` (e.g. `num_labels=3`) replace any field.
+        `overrides` (e.g. `num_labels=3`) replace any field. As in transformers, a `num_labels` override keeps the
+        checkpoint's class names when it equals their count, and drops them otherwise.
 
         Raises:
             ValueError: for a `model_type` other than bert, or an unsupported position embedding type.
@@ -130,9 +142,9 @@ class BertConfig:
             values["num_labels"] = len(names)
             if names != [f"LABEL_{i}" for i in range(len(names))]:
                 values["label_names"] = tuple(names)
+        if "num_labels" in overrides and overrides["num_labels"] != values.get("num_labels"):
+            values.pop("label_names", None)  # other classes than the checkpoint's: their names do not apply
         values.update(overrides)
-        if "num_labels" in overrides and "label_names" not in overrides:
-            values.pop("label_names", None)
         return cls(**values)
 
     def to_hf(self) -> dict[str, Any]:

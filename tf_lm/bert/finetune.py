@@ -29,7 +29,7 @@ from tf_lm.bert import data as data_lib
 from tf_lm.bert import weights
 from tf_lm.bert.config import check_precision
 from tf_lm.distribute import is_chief
-from tf_lm.fileio import EXPORT_MARKER, atomic_directory, atomic_write, check_replaceable
+from tf_lm.fileio import EXPORT_MARKER, atomic_directory, atomic_write, check_replaceable, read_json
 from tf_lm.training.checkpoints import Checkpoints
 from tf_lm.training.signals import StopOnSignal
 from tf_lm.training.trainer import TrainingDiverged, TrainingInterrupted, make_train_step
@@ -40,6 +40,7 @@ METRICS_FILE = "metrics.json"
 KERAS_FILE = "model.keras"
 CHECKPOINT_DIR = "checkpoints"
 RUN_FILE = "run.json"
+FINETUNE_CONFIG_FILE = "finetune_config.json"
 BACKENDS = ("keras", "hf")
 
 
@@ -298,14 +299,14 @@ class ClassifierTrainer:
             dataset: batches of `(features, labels, weights)`.
             steps: int. Batches to train on.
             stop: callable, default None. Asked after every step; when it returns True training stops early
-                (`self.steps_done` says after how many steps).
+                (`self.steps_done` says after how many steps, `self.losses` holds each step's loss).
 
         Raises:
             TrainingDiverged: when the loss becomes NaN/inf.
         """
         iterator = self._distribute(dataset.take(steps))
         progbar = keras.utils.Progbar(steps, stateful_metrics=["loss"]) if self.verbose else None
-        total, self.steps_done = 0.0, 0
+        total, self.steps_done, self.losses = 0.0, 0, []
         for step in range(1, steps + 1):
             loss = float(self.train_step(iterator)[0])
             if not math.isfinite(loss):
@@ -314,6 +315,7 @@ class ClassifierTrainer:
                     "learning_rate or raise warmup_fraction, then rerun."
                 )
             total += loss
+            self.losses.append(loss)
             self.steps_done = step
             if progbar is not None:
                 progbar.update(step, [("loss", loss)])
@@ -343,6 +345,33 @@ class ClassifierTrainer:
         picked = probabilities[np.arange(len(labels)), labels]  # [n]
         metrics["loss"] = float(-np.mean(np.log(np.maximum(picked, 1e-12))))
         return metrics
+
+
+class _EpochProgress(tf.Module):
+    """The running totals of the epoch in progress, checkpointed with the model and optimizers, so that the record
+    of an epoch a resume completes covers all of its steps (loss, examples, time), not only those after the resume.
+
+    Attributes:
+        loss_sum: float64 variable. The summed loss of the epoch's steps so far, added in step order.
+        seconds: float64 variable. The time spent training in them (restarts excluded).
+    """
+
+    def __init__(self):
+        super().__init__(name="epoch_progress")
+        self.loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="loss_sum")
+        self.seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="seconds")
+
+    def reset(self) -> None:
+        self.loss_sum.assign(0.0)
+        self.seconds.assign(0.0)
+
+    def add(self, losses: list[float], seconds: float) -> None:
+        """Adds steps' `losses` one by one, as an uninterrupted epoch sums them, so a resume repeats its total."""
+        total = float(self.loss_sum.numpy())
+        for loss in losses:
+            total += loss
+        self.loss_sum.assign(total)
+        self.seconds.assign_add(seconds)
 
 
 def make_trainer(classifier: Classifier, config: FinetuneConfig, total_steps: int, strategy: tf.distribute.Strategy,
@@ -397,10 +426,10 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
     After every pass over the training data (and at the end of `max_steps`) the model is evaluated; when its
     accuracy beats the best so far, including a model already in `output_dir/best` from an earlier run, it is
     saved there atomically as a Hugging Face checkpoint (safetensors, config, tokenizer; the keras backend adds
-    `model.keras`). `output_dir/history.json` holds the per-epoch metrics. A checkpoint of model and optimizers
-    is written to `output_dir/checkpoints` after every epoch and on SIGTERM/SIGINT; the same call then resumes
-    from it, at the very batch (each epoch's shuffle is fixed by the seed and the epoch). The checkpoints are
-    removed when the run completes.
+    `model.keras`). `output_dir/history.json` holds the per-epoch metrics. A checkpoint of model, optimizers and
+    the epoch's running totals is written to `output_dir/checkpoints` after every epoch and on SIGTERM/SIGINT; the
+    same call then resumes from it, at the very batch (each epoch's shuffle is fixed by the seed and the epoch).
+    The checkpoints are removed when the run completes.
 
     Args:
         model_name: str. `"minilm"`, a checkpoint directory, or (hf backend) a hub id.
@@ -414,7 +443,8 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
 
     Returns:
         list of dict, one per evaluation: epoch, step, train_loss, train_examples, train_seconds,
-        train_examples_per_s, eval accuracy, f1, loss and eval_seconds.
+        train_examples_per_s (of all the epoch's steps, those before a resume included), eval accuracy, f1, loss
+        and eval_seconds.
 
     Raises:
         ValueError: for an `output_dir` that is not new, empty or an earlier run's (nothing in it is touched),
@@ -459,9 +489,10 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
         bucket_widths=config.bucket_widths, pad_id=pad_id,
     )
     chief = is_chief(strategy)
+    progress = _EpochProgress()
     # By position: the hf backend's tf_keras variables have no Keras 3 path (a resume rebuilds the same model).
-    checkpoints = Checkpoints(os.path.join(output_dir, CHECKPOINT_DIR), classifier.model, trainer.optimizers,
-                              chief=chief, max_to_keep=1, keyed_by="position")
+    checkpoints = Checkpoints(os.path.join(output_dir, CHECKPOINT_DIR), classifier.model,
+                              [*trainer.optimizers, progress], chief=chief, max_to_keep=1, keyed_by="position")
     identity = {"model": model_name, "train_examples": len(train_data), **dataclasses.asdict(config)}
     step = _resume(checkpoints, identity)
     history = _read_history(output_dir, step)
@@ -471,20 +502,25 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
             epoch += 1
             done = step - (epoch - 1) * steps_per_epoch  # steps of this epoch an interrupted run already made
             steps = min(steps_per_epoch, total_steps - (epoch - 1) * steps_per_epoch) - done
+            if not done:  # else the checkpoint restored the interrupted epoch's totals
+                progress.reset()
             # One shuffle per epoch, fixed by (seed, epoch): a resumed run skips to the very batch it stopped at.
             train_ds = data_lib.make_dataset(
                 train_ids, train_data.labels, config.batch_size, shuffle=True, seed=config.seed + epoch - 1,
                 bucket_widths=config.train_bucket_widths, pad_id=pad_id,
             ).skip(done)
             start = time.perf_counter()
-            train_loss = trainer.train(train_ds, steps, stop=stop.requested)
-            train_seconds = time.perf_counter() - start
+            trainer.train(train_ds, steps, stop=stop.requested)
+            progress.add(trainer.losses, time.perf_counter() - start)
             step += trainer.steps_done
             # An epoch a signal ended in its last step is complete, so it is evaluated before the run stops: the
             # checkpoint resumes after it, and nothing would evaluate it then.
             if trainer.steps_done == steps:
+                epoch_steps = done + steps  # with those before a resume
+                train_loss = float(progress.loss_sum.numpy()) / epoch_steps
+                train_seconds = float(progress.seconds.numpy())
                 # A whole epoch sees every example once; a cut one (max_steps) about its share of them.
-                seen = round(len(train_data) * trainer.steps_done / steps_per_epoch)
+                seen = round(len(train_data) * epoch_steps / steps_per_epoch)
                 start = time.perf_counter()
                 metrics = trainer.evaluate(eval_ds)
                 # The last update can make the weights NaN after a finite loss: such a model is never the best.
@@ -507,7 +543,7 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
                 if chief and metrics["accuracy"] > best_accuracy:
                     best_accuracy = metrics["accuracy"]
                     classifier.save(os.path.join(output_dir, BEST_DIR), {
-                        METRICS_FILE: record, "finetune_config.json": dataclasses.asdict(config),
+                        METRICS_FILE: record, FINETUNE_CONFIG_FILE: dataclasses.asdict(config),
                     })
                 if chief:
                     atomic_write(os.path.join(output_dir, HISTORY_FILE), json.dumps(history, indent=2))
@@ -529,7 +565,8 @@ def _resume(checkpoints: Checkpoints, identity: dict) -> int:
     """Restores an interrupted run's checkpoint (step > 0) or records this run's identity (step 0).
 
     Raises:
-        ValueError: if the interrupted run had other settings, listing them.
+        ValueError: if the interrupted run had other settings, listing them, or its checkpoint lacks state this
+            version keeps (an older version's, without the epoch's running totals).
     """
     path = os.path.join(checkpoints.directory, RUN_FILE)
     if checkpoints.latest is None:
@@ -542,7 +579,11 @@ def _resume(checkpoints: Checkpoints, identity: dict) -> int:
         listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
         raise ValueError(f"{checkpoints.directory} holds an interrupted run with other settings ({listed}); rerun "
                          "it with the same settings to resume, or pick another `output_dir`.")
-    return checkpoints.restore()
+    try:
+        return checkpoints.restore()
+    except AssertionError as error:  # tf.train.Checkpoint's word for state the checkpoint does not hold
+        raise ValueError(f"{checkpoints.directory} was written by another version of tf_lm "
+                         f"({str(error).splitlines()[0]}); move it aside to start the run over.") from None
 
 
 def _read_history(output_dir: str, step: int) -> list[dict]:
@@ -583,6 +624,22 @@ def load_for_prediction(model_dir: str):
         raise FileNotFoundError(f"No {KERAS_FILE} or {weights.SAFETENSORS_FILE} in {model_dir!r}; pass the best/ "
                                 "directory of experiments.finetune_bert.")
     return BertClassifier.from_pretrained(model_dir)
+
+
+def fine_tuned_max_length(model_dir: str) -> int | None:
+    """The `max_length` the model in `model_dir` (a `best/` of `finetune`) was fine-tuned at, from its
+    `finetune_config.json`; None when the directory does not record it.
+
+    Raises:
+        ValueError: if `finetune_config.json` is damaged or not a JSON object.
+    """
+    path = os.path.join(model_dir, FINETUNE_CONFIG_FILE)
+    if not os.path.isfile(path):
+        return None
+    recorded = read_json(path)
+    if not isinstance(recorded, dict):
+        raise ValueError(f"{path} is not a JSON object; pass `max_length` explicitly.")
+    return recorded.get("max_length")
 
 
 def classify(model, tokenizer, texts: list[str], max_length: int = 128) -> tuple[np.ndarray, np.ndarray]:

@@ -86,7 +86,7 @@ class BertClassifier(keras.Model):
             dtype=self.dtype_policy, name="pooler",
         )
         self.classifier_dropout = Dropout(
-            cfg.hidden_dropout_prob, dtype=self.dtype_policy, name="classifier_dropout"
+            cfg.classifier_dropout_rate, dtype=self.dtype_policy, name="classifier_dropout"
         )
         self.classifier = keras.layers.Dense(
             cfg.num_labels, kernel_initializer=clone_initializer(initializer), dtype=self.dtype_policy,
@@ -153,8 +153,9 @@ class BertClassifier(keras.Model):
             name: str. `"minilm"` (the offline MiniLM-L6) or a directory with `config.json` and `model.safetensors`
                 (PyTorch or TF naming, with or without the `bert.` prefix).
             num_labels: int, default None: the checkpoint's classifier's, else 2. A different count than the
-                checkpoint's head starts a new, random head.
-            label_names: list of str, default None (the checkpoint's `id2label`, if any). Class names by id.
+                checkpoint's head starts a new, random head (and drops the checkpoint's class names).
+            label_names: list of str, default None (the checkpoint's `id2label`, if any, when `num_labels` is
+                None or its count). Class names by id.
             dtype: Keras dtype policy, default None (the global one).
 
         Returns:

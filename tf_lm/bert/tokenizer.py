@@ -22,14 +22,30 @@ def _special_tokens(config: dict) -> dict[str, str]:
     return {name: token["content"] if isinstance(token, dict) else token for name, token in tokens.items()}
 
 
+def _override_normalizer(tokenizer, lowercase: bool, strip_accents: bool | None, chinese_chars: bool) -> None:
+    """Sets `tokenizer.json`'s BERT normalizer to `tokenizer_config.json`'s casing, accents and CJK handling, as
+    `BertTokenizerFast.__init__` does (so a cased config wins over a lowercasing `tokenizer.json`)."""
+    if tokenizer.normalizer is None:
+        return
+    from tokenizers import normalizers
+
+    state = json.loads(tokenizer.normalizer.__getstate__())
+    wanted = {"lowercase": lowercase, "strip_accents": strip_accents, "handle_chinese_chars": chinese_chars}
+    # Keys the normalizer lacks (another type than BertNormalizer) count as matching, as in transformers.
+    if any(state.get(key, value) != value for key, value in wanted.items()):
+        normalizer_class = getattr(normalizers, state.pop("type"))
+        tokenizer.normalizer = normalizer_class(**{**state, **wanted})
+
+
 class WordPieceTokenizer:
     """WordPiece ids with [CLS] ... [SEP], read from `tokenizer.json` or, failing that, `vocab.txt`.
 
     Args:
         directory: str. A checkpoint directory with `tokenizer.json` or `vocab.txt`, and optionally
-            `tokenizer_config.json`: its `model_max_length` and `pad_token` and, with `vocab.txt`, its
-            `do_lower_case`, `strip_accents`, `tokenize_chinese_chars` and special tokens, read as
-            `transformers.BertTokenizerFast` reads them (the same ids as the hf backend).
+            `tokenizer_config.json`: its `model_max_length`, `pad_token`, `do_lower_case` (default True),
+            `strip_accents` and `tokenize_chinese_chars` (default True), which replace `tokenizer.json`'s own
+            normalizer settings, and, with `vocab.txt`, its special tokens, read as `transformers.BertTokenizerFast`
+            reads them (the same ids as the hf backend).
 
     Attributes:
         directory: str. Where the files came from (an export copies them).
@@ -56,15 +72,17 @@ class WordPieceTokenizer:
                 config = json.load(f)
         self.model_max_length = min(int(config.get("model_max_length", DEFAULT_MAX_LENGTH)), 10**6)
         special_tokens = _special_tokens(config)
+        # strip_accents None: strip them when lowercasing, as BERT's uncased models were trained.
+        normalizer = {"lowercase": config.get("do_lower_case", True), "strip_accents": config.get("strip_accents"),
+                      "chinese_chars": config.get("tokenize_chinese_chars", True)}
         json_path, vocab_path = os.path.join(directory, "tokenizer.json"), os.path.join(directory, "vocab.txt")
         if os.path.isfile(json_path):
             self._tokenizer = Tokenizer.from_file(json_path)
+            _override_normalizer(self._tokenizer, **normalizer)
         elif os.path.isfile(vocab_path):
-            # strip_accents None: strip them when lowercasing, as BERT's uncased models were trained.
             self._tokenizer = BertWordPieceTokenizer(
-                vocab_path, **special_tokens, lowercase=config.get("do_lower_case", True),
-                strip_accents=config.get("strip_accents"),
-                handle_chinese_chars=config.get("tokenize_chinese_chars", True),
+                vocab_path, **special_tokens, lowercase=normalizer["lowercase"],
+                strip_accents=normalizer["strip_accents"], handle_chinese_chars=normalizer["chinese_chars"],
             )
         else:
             raise FileNotFoundError(f"No tokenizer (tokenizer.json or vocab.txt) in {directory!r}.")
@@ -74,9 +92,10 @@ class WordPieceTokenizer:
         self.pad_token_id = self._tokenizer.token_to_id(special_tokens["pad_token"]) or 0
 
     def __call__(self, texts: list[str], truncation: bool = True, max_length: int | None = None) -> dict:
-        """`{"input_ids": list of lists of int}`, each cut to `max_length` tokens (specials included) if asked."""
-        if truncation and max_length is not None:
-            self._tokenizer.enable_truncation(max_length)
+        """`{"input_ids": list of lists of int}`, each cut to `max_length` tokens (specials included) if
+        `truncation`; to `model_max_length` if `max_length` is None, as transformers does."""
+        if truncation:
+            self._tokenizer.enable_truncation(self.model_max_length if max_length is None else max_length)
         else:
             self._tokenizer.no_truncation()
         return {"input_ids": [encoding.ids for encoding in self._tokenizer.encode_batch(list(texts))]}

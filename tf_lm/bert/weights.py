@@ -114,17 +114,36 @@ def _is_head(names: list[str]) -> bool:
     return names[0].startswith("classifier.")
 
 
+# Tensors a classifier has no use for, which transformers' BERT classifiers skip without a word too: the
+# position-id buffer older PyTorch checkpoints save, and the pretraining heads (PyTorch `cls.*`, TF `mlm___cls` /
+# `nsp___cls`).
+_UNUSED_BY_DESIGN = re.compile(r"^embeddings\.position_ids$|(^|\.)(cls|mlm___cls|nsp___cls)\.")
+
+
+def _summarise(names) -> str:
+    """Tensor `names` in one line, an encoder layer's several as `encoder.layer.<i>.* (<n> tensors)`."""
+    groups: dict[str, list[str]] = {}
+    for name in sorted(names):
+        layer = re.match(r"encoder\.layer\.\d+\.", name)
+        groups.setdefault(f"{layer.group(0)}*" if layer else name, []).append(name)
+    return ", ".join(members[0] if len(members) == 1 else f"{key} ({len(members)} tensors)"
+                     for key, members in groups.items())
+
+
 def load_weights(model, directory: str) -> None:
     """Copies the checkpoint in `directory` into `model`; only the classifier may stay as initialised.
 
     The classifier is taken from the checkpoint when it has one of the same number of classes (a fine-tuned
-    export), and otherwise left random (a bare encoder, or new classes).
+    export), and otherwise left random (a bare encoder, or new classes). Every other tensor of the checkpoint
+    must be used, apart from those no classifier uses (`embeddings.position_ids`, the pretraining heads `cls.*`).
 
     Raises:
-        ValueError: naming the first encoder weight that is missing or has another shape.
+        ValueError: naming the first encoder weight that is missing or has another shape, or the checkpoint's
+            tensors nothing used (e.g. `config.json` says 1 layer where the weights hold 2).
     """
     tensors = read_checkpoint(directory)
-    for variable, names, transpose in _weight_map(model):
+    table = _weight_map(model)
+    for variable, names, transpose in table:
         parts = [tensors.get(name) for name in names]
         shape = tuple(variable.shape)
         if _is_head(names):
@@ -144,6 +163,11 @@ def load_weights(model, directory: str) -> None:
                 f"{directory!r}/config.json does not match its weights."
             )
         variable.assign(value)
+    unused = {name for name in tensors if not _UNUSED_BY_DESIGN.search(name)}
+    unused -= {name for _, names, _ in table for name in names}
+    if unused:
+        raise ValueError(f"The checkpoint in {directory!r} holds tensors the config has no place for: "
+                         f"{_summarise(unused)}; {directory!r}/config.json does not match its weights.")
 
 
 def export(model, tokenizer_dir: str, directory: str, extra_json: dict[str, object] | None = None) -> None:
