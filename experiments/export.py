@@ -3,8 +3,9 @@
     python -m experiments.export --model_dir=runs/shakespeare --export_dir=exports/shakespeare
 
 The sampler and the context policy are fixed at export time by the same flags as `experiments.generate`
-(default greedy, sliding past the context), and so is a draft model (--draft_model_dir) or drafter. Loading
-needs only TensorFlow:
+(default greedy, sliding past the context), and so is a draft model (--draft_model_dir) or drafter. Unlike
+`experiments.generate`'s, --temperature has no default: unset, the export is greedy, or samples at temperature 1
+with --top_k or --top_p. Loading needs only TensorFlow:
 
     m = tf.saved_model.load("exports/shakespeare")
     m.generate(prompt=tf.constant(["ROMEO:"]), max_new_tokens=tf.constant(100), seed=tf.constant(0, tf.int64))
@@ -31,7 +32,7 @@ def define_export_flags() -> None:
         define_trained_model_flag()
         flags.DEFINE_string("export_dir", None, "Where to write the SavedModel: a new or empty directory, or an "
                             "earlier export (replaced once the new one is complete).")
-    define_sampling_flags(default_temperature=0.0)
+    define_sampling_flags(default_temperature=None)
     define_speculative_flags()
 
 

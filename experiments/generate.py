@@ -3,9 +3,10 @@
     python -m experiments.generate --model_dir=runs/shakespeare --prompt="ROMEO:" --max_new_tokens=300 \\
         --temperature=0.8 --top_k=40 --seed=1 --num_samples=2
 
-The sampler follows the flags: --temperature=0 is greedy; --top_p picks nucleus sampling (with --top_k, top-k
-first); --top_k alone picks top-k; otherwise plain temperature sampling. Tokens are decoded in chunks of
---chunk_size steps, each chunk a compiled program that carries the KV cache on, so text appears as it is made.
+The sampler follows the flags: --temperature=0 is greedy (refused beside --top_k/--top_p, which it would ignore);
+--top_p picks nucleus sampling (with --top_k, top-k first); --top_k alone picks top-k; otherwise plain temperature
+sampling. Tokens are decoded in chunks of --chunk_size steps, each chunk a compiled program that carries the KV
+cache on, so text appears as it is made.
 Past the model's context the window slides (--context_policy=slide, the default) or the run is refused (refuse).
 With --draft_model_dir (or --drafter=prompt_lookup) decoding is speculative; the last line reports the acceptance.
 """
@@ -21,10 +22,15 @@ from experiments.flags import define_trained_model_flag, flag_group, one_line_er
 FLAGS = flags.FLAGS
 
 
-def define_sampling_flags(default_temperature: float) -> None:
-    """--temperature, --top_k, --top_p and --context_policy, shared by `experiments.generate` and `.export`."""
+def define_sampling_flags(default_temperature: float | None) -> None:
+    """--temperature, --top_k, --top_p and --context_policy, shared by `experiments.generate` and `.export`.
+
+    `default_temperature` None: unset means greedy, or temperature 1 with --top_k/--top_p (`sampling_kwargs`).
+    """
+    unset = " Unset: greedy, or 1 with --top_k/--top_p." if default_temperature is None else ""
     with flag_group("sampling"):
-        flags.DEFINE_float("temperature", default_temperature, "Softmax temperature; 0 means greedy decoding.")
+        flags.DEFINE_float("temperature", default_temperature, "Softmax temperature; 0 means greedy decoding (not "
+                           f"with --top_k/--top_p, which greedy would ignore).{unset}")
         flags.DEFINE_integer("top_k", None, "Sample among the k most likely tokens.")
         flags.DEFINE_float("top_p", None, "Nucleus sampling: the smallest set of tokens holding this probability "
                            "mass.")
@@ -35,9 +41,14 @@ def define_sampling_flags(default_temperature: float) -> None:
         )
 
 
-def sampling_kwargs(temperature: float, top_k: int | None, top_p: float | None) -> dict:
-    """The one mapping from sampling flags to `generate`'s sampler arguments."""
+def sampling_kwargs(temperature: float | None, top_k: int | None, top_p: float | None) -> dict:
+    """The one mapping from sampling flags to `generate`'s sampler arguments.
+
+    A `temperature` of None (export's unset flag) is 0, greedy, unless `top_k` or `top_p` asks to sample: then 1.
+    """
     sampler = "top_p" if top_p is not None else "top_k" if top_k is not None else "temperature"
+    if temperature is None:
+        temperature = 0.0 if sampler == "temperature" else 1.0
     return {"sampler": sampler, "temperature": temperature, "top_k": top_k, "top_p": top_p}
 
 
@@ -90,7 +101,7 @@ def define_generate_flags() -> None:
 
 
 class _TextPrinter:
-    """Prints the text of a growing id sequence, holding back an incomplete multi-byte character."""
+    """Prints the text of a growing id sequence, holding back an incomplete multi-byte character until `finish`."""
 
     def __init__(self, tokenizer, out):
         self.tokenizer, self.out = tokenizer, out
@@ -99,8 +110,16 @@ class _TextPrinter:
 
     def add(self, ids: list[int]) -> None:
         self.ids.extend(ids)
-        # Decoding everything so far, not just the chunk: a byte-level BPE chunk can end mid-character.
-        text = self.tokenizer.decode(self.ids).rstrip("\ufffd")
+        # Decoding everything so far, not just the chunk: a byte-level BPE chunk can end mid-character, which
+        # decodes to U+FFFD until its next bytes come, so a trailing U+FFFD waits for the next chunk or `finish`.
+        self._write(self.tokenizer.decode(self.ids).rstrip("\ufffd"))
+
+    def finish(self) -> None:
+        """Prints what `add` held back: the text ends where the ids do, a trailing U+FFFD included (a byte sequence
+        the sample left unfinished, or a char vocabulary's own U+FFFD token)."""
+        self._write(self.tokenizer.decode(self.ids))
+
+    def _write(self, text: str) -> None:
         self.out.write(text[self.printed :])
         self.out.flush()
         self.printed = max(self.printed, len(text))
@@ -131,7 +150,7 @@ def run(model_dir: str, prompt: str, max_new_tokens: int, seed: int | None, num_
     model, tokenizer = load_model_dir(model_dir)
     speculation = speculative_kwargs(tokenizer, draft_model_dir, drafter, num_speculative_tokens)
     prompt_ids, stops = tokenizer.encode(prompt), stop_token_ids(tokenizer)
-    rounds = accepted = 0
+    rounds = accepted = tokens = 0
     for sample in range(num_samples):
         # `stream` checks the prompt and settings when called, so a refusal comes before any output.
         chunks = stream(model, [prompt_ids], max_new_tokens=max_new_tokens,
@@ -143,13 +162,17 @@ def run(model_dir: str, prompt: str, max_new_tokens: int, seed: int | None, num_
         printer = _TextPrinter(tokenizer, out)
         for chunk in chunks:
             printer.add(chunk[0])
+        printer.finish()
         out.write("\n")
         out.flush()
         if chunks.speculation is not None:
-            rounds, accepted = rounds + chunks.speculation.rounds, accepted + chunks.speculation.accepted
+            rounds += chunks.speculation.rounds
+            accepted += chunks.speculation.accepted
+            tokens += chunks.speculation.tokens
     if draft_model_dir is not None or drafter is not None:
         if rounds:
-            out.write(f"[speculative decoding: {SpeculationStats(rounds, accepted, num_speculative_tokens)}]\n")
+            stats = SpeculationStats(rounds, accepted, tokens, num_speculative_tokens)
+            out.write(f"[speculative decoding: {stats}]\n")
         else:
             out.write(f"[speculative decoding off: the prompt, {max_new_tokens} new tokens and "
                       f"{num_speculative_tokens} drafted ones pass the model's context; decoded without drafts]\n")

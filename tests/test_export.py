@@ -96,15 +96,16 @@ def test_a_refused_request_fails_with_one_readable_line(model_and_tokenizer, tmp
     model, tokenizer = model_and_tokenizer
     export_saved_model(model, tokenizer, str(tmp_path / "refuse"), context_policy="refuse")
     serve = tf.saved_model.load(str(tmp_path / "refuse")).signatures["generate"]
-    for prompt, max_new_tokens, seed, message in [
-        ("hello", 28, 0, "longer than the model context (block_size=32), which this SavedModel refuses"),
-        ("hello!", 2, 0, "a prompt holds a character outside the vocabulary"),
-        ("", 2, 0, "every prompt needs at least one character"),
-        ("hello", 2, -1, "seed must be in [0, 2**62)"),
-        ("hello", 2, 2**62, "seed must be in [0, 2**62)"),
+    for prompts, max_new_tokens, seed, message in [
+        (["hello"], 28, 0, "longer than the model context (block_size=32), which this SavedModel refuses"),
+        (["hello!"], 2, 0, "a prompt holds a character outside the vocabulary"),
+        ([""], 2, 0, "every prompt needs at least one character"),
+        ([], 2, 0, "the batch holds no prompts"),
+        (["hello"], 2, -1, "seed must be in [0, 2**62)"),
+        (["hello"], 2, 2**62, "seed must be in [0, 2**62)"),
     ]:
         with pytest.raises(tf.errors.InvalidArgumentError) as error:
-            serve(prompt=tf.constant([prompt]), max_new_tokens=tf.constant(max_new_tokens),
+            serve(prompt=tf.constant(prompts, tf.string), max_new_tokens=tf.constant(max_new_tokens),
                   seed=tf.constant(seed, tf.int64))
         lines = [line for line in str(error.value).splitlines() if "Invalid generate request" in line]
         assert len(lines) == 1 and message in lines[0] and "\\" not in lines[0], str(error.value)
@@ -146,6 +147,28 @@ def test_export_cli_writes_a_saved_model_and_reports_errors_in_one_line(model_an
     with pytest.raises(SystemExit, match=r"^error: .*holds a trained tf_lm model, which writing a SavedModel export"):
         export.main(["export"])
     assert sorted(os.listdir(saved)) == before and "model.keras" in before
+
+
+def test_export_cli_samples_with_top_k_alone_and_is_greedy_without_sampling_flags(model_and_tokenizer, tmp_path):
+    from experiments.generate import sampling_kwargs
+
+    # --temperature is unset in export: greedy, unless --top_k/--top_p ask to sample (then at temperature 1). Its
+    # old default, 0, made --top_k=5 alone export a greedy model.
+    assert sampling_kwargs(None, None, None) == {"sampler": "temperature", "temperature": 0.0, "top_k": None,
+                                                 "top_p": None}
+    assert sampling_kwargs(None, 5, None)["temperature"] == sampling_kwargs(None, None, 0.9)["temperature"] == 1.0
+    model, tokenizer = model_and_tokenizer
+    save_model_dir(str(tmp_path / "model"), model, tokenizer)
+    result = run_command([sys.executable, "-m", "experiments.export", f"--model_dir={tmp_path / 'model'}",
+                          f"--export_dir={tmp_path / 'export'}", "--top_k=5"])
+    assert result.returncode == 0, result.stderr
+    served = load_and_run(*[(tmp_path / "export", 6, seed, ["hello"]) for seed in range(3)])
+    prompt_ids = [tokenizer.encode("hello")]
+    samples = [out["token_ids"][0][: out["lengths"][0]] for out in served]
+    for seed, sample in enumerate(samples):  # the script stops at end-of-text
+        assert [sample] == generate(model, prompt_ids, max_new_tokens=6, sampler="top_k", top_k=5, temperature=1.0,
+                                    seed=seed, stop_token_ids=[tokenizer.eos_id])
+    assert len({tuple(sample) for sample in samples}) > 1
 
 
 def test_the_exported_model_stops_at_end_of_text_as_the_generate_script_does(model_and_tokenizer, tmp_path):

@@ -11,7 +11,7 @@ from tf_lm import LMConfig, TransformerLM, generate
 from tf_lm.artifacts import save_model_dir
 from tf_lm.data import CharTokenizer
 from tf_lm.generation import GreedySampler, stream
-from tf_lm.generation.generate import _programs, _seed_tensor, slide_keep
+from tf_lm.generation.generate import _PROGRAMS, _programs, _seed_tensor, slide_keep
 from tf_lm.generation.samplers import TopPSampler, fold_in
 
 CONFIG = LMConfig(vocab_size=13, block_size=24, n_layer=2, n_head=2, n_embd=16)
@@ -57,7 +57,7 @@ def test_padded_array_with_mask_equals_ragged_lists(model):
 
 def test_temperature_zero_equals_greedy(model):
     greedy = generate(model, PROMPTS, max_new_tokens=6)
-    assert generate(model, PROMPTS, max_new_tokens=6, sampler="top_k", top_k=4, temperature=0.0, seed=9) == greedy
+    assert generate(model, PROMPTS, max_new_tokens=6, sampler="temperature", temperature=0.0, seed=9) == greedy
 
 
 def test_seed_reproduces_and_other_seeds_differ(model):
@@ -82,6 +82,16 @@ def test_stream_chunks_concatenate_to_generate(model):
     chunks = list(stream(model, PROMPTS, **settings, stop_token_ids=[3], chunk_size=3))
     assert 2 <= len(chunks) <= 4 and all(len(row) <= 3 for chunk in chunks for row in chunk)
     assert [sum((chunk[row] for chunk in chunks), []) for row in range(len(PROMPTS))] == expected
+
+
+def test_equal_sampler_settings_share_one_compiled_program(model):
+    # The CLI's default sampler: RandomSampler inherits its get_config, and was keyed by identity, so every call
+    # compiled (and kept) a program of its own.
+    programs = _PROGRAMS.setdefault(model, {})
+    before = len(programs)
+    for seed in range(3):
+        generate(model, [[1, 2]], max_new_tokens=2, sampler="temperature", temperature=1.3, seed=seed)
+    assert len(programs) == before + 1
 
 
 def test_prompts_in_one_bucket_reuse_one_compiled_program(model):
@@ -293,6 +303,43 @@ def test_a_sampler_subclass_that_inherits_get_config_gets_a_program_per_instance
 
     assert generate(model, [[1]], max_new_tokens=3, sampler=Always(4)) == [[4, 4, 4]]
     assert generate(model, [[1]], max_new_tokens=3, sampler=Always(7)) == [[7, 7, 7]]
+
+
+def test_cli_prints_a_sample_that_ends_with_a_char_vocabularys_replacement_character(tmp_path):
+    from experiments.generate import run, sampling_kwargs
+
+    # A char vocabulary whose unknown token is U+FFFD, and a model that emits only it: the final norm outputs one
+    # direction, which only that id's embedding has. The printer held trailing U+FFFD back as a half-decoded
+    # multi-byte character, and never printed it.
+    tokenizer = CharTokenizer.from_text("abc", unknown_token="\ufffd")
+    replacement = tokenizer.encode("\ufffd")[0]
+    model = TransformerLM(LMConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=8))
+    direction = np.eye(8, dtype="float32")[0]
+    model.embedding.token_embeddings.assign(np.where(np.arange(tokenizer.vocab_size)[:, None] == replacement,
+                                                     direction, 0.0).astype("float32"))
+    model.final_norm.gamma.assign(np.zeros(8, "float32"))
+    model.final_norm.beta.assign(direction)
+    save_model_dir(str(tmp_path / "model"), model, tokenizer)
+    out = io.StringIO()
+    run(str(tmp_path / "model"), "ab", max_new_tokens=3, seed=None, num_samples=1, chunk_size=2,
+        sampling=sampling_kwargs(0.0, None, None), out=out)
+    assert out.getvalue() == "ab\ufffd\ufffd\ufffd\n"
+
+
+def test_the_printer_holds_back_a_partial_multi_byte_character_until_it_is_complete():
+    from experiments.generate import _TextPrinter
+
+    class Bytes:  # a byte-level tokenizer: one id per byte
+        def decode(self, ids):
+            return bytes(ids).decode("utf-8", errors="replace")
+
+    out = RecordingOut()
+    printer = _TextPrinter(Bytes(), out)
+    a, e_acute = list(b"a"), list("é".encode())
+    printer.add(a + e_acute[:1])  # "a" and half of "é"
+    printer.add(e_acute[1:] + e_acute[:1])  # the rest of "é", and half of another that never completes
+    printer.finish()
+    assert out.writes == ["a", "é", "\ufffd"]
 
 
 def test_cli_errors_are_one_line_and_exit_non_zero():

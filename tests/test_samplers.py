@@ -104,10 +104,33 @@ def test_temperature_sharpens_and_flattens():
 
 def test_temperature_zero_is_greedy():
     logits = [0.1, 2.0, 1.9, -1.0]
-    for name, settings in [("temperature", {}), ("top_k", {"top_k": 3}), ("top_p", {"top_p": 0.9})]:
-        sampler = get_sampler(name, temperature=0.0, **settings)
+    for name in ("temperature", "greedy"):
+        sampler = get_sampler(name, temperature=0.0)
         assert isinstance(sampler, GreedySampler)
         assert set(draws(sampler, logits, seeds=3).tolist()) == {1}
+
+
+def test_temperature_zero_beside_top_k_or_top_p_is_refused():
+    # Greedy decoding would ignore them: a --top_k=5 export with the old default temperature 0 was silently greedy.
+    for settings, named in [({"sampler": "top_k", "top_k": 5}, "top_k=5"),
+                            ({"sampler": "top_p", "top_p": 0.9, "top_k": 3}, "top_k=3, top_p=0.9")]:
+        with pytest.raises(ValueError, match=f"temperature=0 is greedy decoding, which would ignore {named}"):
+            get_sampler(temperature=0.0, **settings)
+
+
+def test_top_k_then_top_p_keeps_what_hf_warpers_keep():
+    from transformers import TFTopKLogitsWarper, TFTopPLogitsWarper
+
+    logits = np.random.default_rng(0).normal(0.0, 2.0, size=(6, 12)).astype(np.float32)
+    for k, p in [(3, 0.6), (5, 0.8), (8, 0.5), (12, 0.9)]:
+        hf = TFTopPLogitsWarper(p)(None, TFTopKLogitsWarper(k)(None, tf.constant(logits), 0), 0).numpy()
+        ours = TopPSampler(p, k=k).filter_logits(tf.constant(logits)).numpy()
+        np.testing.assert_array_equal(ours > -1e29, np.isfinite(hf))
+    # The review's case: the top 3 of these renormalise to [0.46, 0.31, 0.23], so p=0.6 keeps two of them (the old
+    # nucleus, measured against the whole vocabulary's mass, kept three).
+    probabilities = np.array([0.3, 0.2, 0.15, 0.1, 0.08, 0.07, 0.05, 0.03, 0.015, 0.005])
+    kept = TopPSampler(0.6, k=3).probabilities(tf.constant(np.log(probabilities)[None], tf.float32)).numpy()[0] > 0
+    assert np.flatnonzero(kept).tolist() == [0, 1]
 
 
 def test_same_seed_same_tokens_and_other_seeds_differ():

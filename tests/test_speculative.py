@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from tf_lm import LMConfig, TransformerLM, generate
-from tf_lm.generation import GreedySampler, RandomSampler, speculative, stream
+from tf_lm.generation import GreedySampler, RandomSampler, TopKSampler, TopPSampler, speculative, stream
 from tf_lm.generation.generate import _seed_tensor
 from tf_lm.generation.speculative import ModelDrafter, PromptLookupDrafter
 
@@ -65,6 +65,48 @@ def test_greedy_identity_for_a_trained_pair():
     chunks = stream(model, prompts, max_new_tokens=30, draft_model=draft, num_speculative_tokens=4, chunk_size=30)
     assert joined(list(chunks), 2) == generate(model, prompts, max_new_tokens=30)
     assert 0.3 < chunks.speculation.acceptance_rate < 1.0
+
+
+def test_the_statistics_count_only_the_drafts_that_are_output(pair):
+    model, _ = pair
+    # The model as its own draft accepts all k = 4 drafts of every round, but max_new_tokens=6 ends the second
+    # round after its first draft: 2 passes, 6 tokens, 5 of them drafts (not 8).
+    chunks = stream(model, [[1, 2, 3]], max_new_tokens=6, draft_model=model, num_speculative_tokens=4, chunk_size=6)
+    [new] = joined(list(chunks), 1)
+    assert (chunks.speculation.rounds, chunks.speculation.accepted, chunks.speculation.tokens) == (2, 5, 6)
+    assert str(chunks.speculation) == "3.00 tokens per model pass (2.50 of 4 drafted accepted, 62%)"
+    # A stop token among the first round's drafts ends it there: the drafts after it are not output.
+    stop = new[2]
+    chunks = stream(model, [[1, 2, 3]], max_new_tokens=6, draft_model=model, num_speculative_tokens=4, chunk_size=6,
+                    stop_token_ids=[stop])
+    emitted = new.index(stop) + 1
+    assert joined(list(chunks), 1) == [new[:emitted]]
+    assert (chunks.speculation.rounds, chunks.speculation.accepted, chunks.speculation.tokens) == (1, emitted, emitted)
+
+
+def test_a_sampler_speculation_cannot_draw_from_is_refused(pair):
+    model, _ = pair
+
+    class MinP(RandomSampler):
+        """Written as plain decoding wants (get_next_token alone): speculation would draw from softmax(logits)."""
+
+        def get_next_token(self, logits, seed):
+            cut = tf.reduce_max(logits, axis=-1, keepdims=True) + np.log(0.5)
+            return super().get_next_token(tf.where(logits < cut, -1e30, logits), seed)
+
+    class Evens(RandomSampler):
+        """Changes only filter_logits, so both decoders draw from it."""
+
+        def filter_logits(self, logits):
+            return tf.where(tf.range(logits.shape[-1]) % 2 == 0, super().filter_logits(logits), -1e30)
+
+    with pytest.raises(ValueError, match="Speculative decoding cannot use MinP: it overrides get_next_token"):
+        generate(model, [[1, 2]], max_new_tokens=4, sampler=MinP(), drafter="prompt_lookup")
+    assert len(generate(model, [[1, 2]], max_new_tokens=4, sampler=MinP())[0]) == 4  # plain decoding uses it
+    for sampler in (GreedySampler(), RandomSampler(), TopKSampler(3), TopPSampler(0.9, k=4), Evens()):
+        speculative.check_sampler(sampler)
+    new = generate(model, [[1, 2]] * 4, max_new_tokens=6, sampler=Evens(), drafter="prompt_lookup", seed=3)
+    assert all(token % 2 == 0 for row in new for token in row)
 
 
 def test_a_draft_equal_to_the_model_accepts_every_token(pair):

@@ -9,7 +9,8 @@ it slides the window exactly as `generate` does, or (exported with `context_poli
 request fails with one `InvalidArgumentError` whose message starts "Invalid generate request: ...".
 
 Signature `generate`:
-    prompt: string `[batch]`, UTF-8 prompts (each at least one character, every character in the vocabulary).
+    prompt: string `[batch]`, UTF-8 prompts (at least one; each at least one character, every character in the
+        vocabulary).
     max_new_tokens: int32 scalar.
     seed: int64 scalar, for random samplers (ignored by greedy).
   returns
@@ -53,7 +54,7 @@ class GenerationModule(tf.Module):
 
     Raises:
         ValueError: if the tokenizer is not char-level or does not fit the model's vocabulary, or for an unknown
-            `context_policy` or bad speculative settings.
+            `context_policy` or bad speculative settings (a sampler speculation cannot draw from included).
 
     Example:
     >>> module = GenerationModule(model, CharTokenizer.from_text("hello"), GreedySampler())  # doctest: +SKIP
@@ -63,7 +64,7 @@ class GenerationModule(tf.Module):
     def __init__(self, model, tokenizer, sampler: Sampler, stop_token_ids=None, context_policy: str = "slide",
                  draft_model=None, drafter: str | None = None, num_speculative_tokens: int = 4):
         super().__init__(name="tf_lm_generation")
-        drafter = _drafter(model, draft_model, drafter, num_speculative_tokens)
+        drafter = _drafter(model, draft_model, drafter, num_speculative_tokens, sampler)
         if context_policy not in CONTEXT_POLICIES:
             raise ValueError(
                 f"context_policy must be one of {list(CONTEXT_POLICIES)}. Received: context_policy={context_policy!r}"
@@ -100,6 +101,7 @@ class GenerationModule(tf.Module):
                 ids = ids[:, -self.block_size :]  # the model sees at most block_size tokens: a prompt's last ones
             lengths = tf.cast(ids.row_lengths(), tf.int32)  # (B,)
             checks = [
+                _check(tf.size(prompt) > 0, "the batch holds no prompts; pass at least one"),
                 _check(tf.reduce_all(ids.flat_values >= 0), "a prompt holds a character outside the vocabulary"),
                 _check(tf.reduce_all(lengths > 0), "every prompt needs at least one character"),
                 _check(max_new_tokens > 0, "max_new_tokens must be >= 1"),

@@ -218,11 +218,13 @@ _PROGRAMS: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
 
 
 def _programs(model, sampler: Sampler, drafter=None) -> _Programs | _SpeculativePrograms:
-    # Equal settings share one compiled program, but only a class that defines get_config itself states all of
-    # its settings; a subclass that inherits it is told apart by identity (the program keeps it alive, so its id
+    # Equal settings share one compiled program. A class that defines get_config states all of its settings, and so
+    # does an inherited one that names every attribute of the instance (RandomSampler's temperature); a subclass
+    # with an attribute its config does not name is told apart by identity (the program keeps it alive, so its id
     # is not reused while cached).
-    described = "get_config" in vars(type(sampler))
-    settings = tuple(sorted(sampler.get_config().items())) if described else id(sampler)
+    config = sampler.get_config()
+    described = "get_config" in vars(type(sampler)) or set(vars(sampler)) <= set(config)
+    settings = tuple(sorted(config.items())) if described else id(sampler)
     key = (type(sampler), settings, drafter and drafter.key)
     per_model = _PROGRAMS.setdefault(model, {})
     cached = per_model.get(key)
@@ -232,10 +234,11 @@ def _programs(model, sampler: Sampler, drafter=None) -> _Programs | _Speculative
     return per_model[key]
 
 
-def _drafter(model, draft_model, drafter: str | None, num_speculative_tokens: int):
-    """Checks the speculative-decoding arguments; returns the drafter they ask for, or None."""
+def _drafter(model, draft_model, drafter: str | None, num_speculative_tokens: int, sampler: Sampler):
+    """Checks the speculative-decoding arguments (the sampler's too); returns the drafter they ask for, or None."""
     if drafter is None and draft_model is None:
         return None
+    speculative.check_sampler(sampler)
     k = num_speculative_tokens
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"num_speculative_tokens must be an integer >= 1. Received: num_speculative_tokens={k!r}")
@@ -415,8 +418,9 @@ def generate(model, prompt_ids, max_new_tokens: int = 100, sampler: str | Sample
 
     Raises:
         ValueError: for an empty prompt, a token outside the vocabulary, a prompt plus `max_new_tokens` longer
-            than `model.config.block_size` with `context_policy="refuse"`, bad sampler settings, or a draft model
-            with another vocabulary or a shorter context.
+            than `model.config.block_size` with `context_policy="refuse"`, bad sampler settings, a draft model
+            with another vocabulary or a shorter context, or a drafter with a sampler whose distribution
+            speculation cannot know (`speculative.check_sampler`).
 
     Example:
     >>> model = TransformerLM(LMConfig.preset("nano", vocab_size=65))
@@ -426,7 +430,7 @@ def generate(model, prompt_ids, max_new_tokens: int = 100, sampler: str | Sample
     """
     sampler = get_sampler(sampler, temperature, top_k, top_p)
     batch = _Batch(model, prompt_ids, max_new_tokens, seed, stop_token_ids, padding_mask, context_policy,
-                   _drafter(model, draft_model, drafter, num_speculative_tokens))
+                   _drafter(model, draft_model, drafter, num_speculative_tokens, sampler))
     programs = _programs(model, sampler, batch.drafter)
     stops = set(batch.stop_token_ids.numpy().tolist())
     tokens, steps = programs.run(batch.prompt, batch.pad_lengths, batch.seed, batch.stop_token_ids,
@@ -457,7 +461,7 @@ def stream(model, prompt_ids, max_new_tokens: int = 100, sampler: str | Sampler 
         a list with one list of token ids per prompt row: the tokens of this chunk (with speculative decoding,
         rows may yield different numbers of tokens per chunk, up to k more than `chunk_size`). A row that has
         stopped yields empty lists afterwards; its stop token is the last token it yields. `Stream.speculation`
-        counts the drafted tokens the model accepted.
+        counts the model passes, the tokens output and the accepted drafts among them.
 
     Raises:
         ValueError: as `generate`, or for `chunk_size` < 1.
@@ -470,7 +474,7 @@ def stream(model, prompt_ids, max_new_tokens: int = 100, sampler: str | Sampler 
         raise ValueError(f"chunk_size must be an integer >= 1. Received: chunk_size={chunk_size!r}")
     sampler = get_sampler(sampler, temperature, top_k, top_p)
     batch = _Batch(model, prompt_ids, max_new_tokens, seed, stop_token_ids, padding_mask, context_policy,
-                   _drafter(model, draft_model, drafter, num_speculative_tokens))
+                   _drafter(model, draft_model, drafter, num_speculative_tokens, sampler))
     return Stream(_programs(model, sampler, batch.drafter), batch, chunk_size)
 
 
@@ -478,12 +482,12 @@ class Stream:
     """The iterator `stream` returns: chunks of new tokens as they are decoded.
 
     Attributes:
-        speculation: `SpeculationStats` so far (tokens drafted and accepted), or None without speculation (no
+        speculation: `SpeculationStats` so far (passes, tokens output, drafts accepted), or None without speculation (no
             drafter, or a request that does not fit the context with k spare positions).
     """
 
     def __init__(self, programs, batch: _Batch, chunk_size: int):
-        self.speculation = None if batch.drafter is None else SpeculationStats(0, 0, batch.drafter.k)
+        self.speculation = None if batch.drafter is None else SpeculationStats(0, 0, 0, batch.drafter.k)
         chunks = _chunks if batch.drafter is None else self._speculative_chunks
         self._chunks = chunks(programs, batch, chunk_size)
 
@@ -504,8 +508,9 @@ class Stream:
             state = programs.advance(state, batch.pad_lengths, tf.constant(chunk_end), tf.constant(end), batch.seed,
                                      batch.stop_token_ids, tf.constant(batch.prompt_length))
             tokens, new_index, done = state["tokens"].numpy(), state["index"].numpy(), state["done"].numpy()
-            self.speculation = SpeculationStats(int(tf.reduce_sum(state["rounds"])),
-                                                int(tf.reduce_sum(state["accepted"])), batch.drafter.k)
+            self.speculation = SpeculationStats(int(state["rounds"].numpy().sum()),
+                                                int(state["accepted"].numpy().sum()), int((new_index - start).sum()),
+                                                batch.drafter.k)
             # A row's stop token ends its tokens, so trimming each chunk keeps nothing after it.
             yield [_trim(row[begin:stop], stops) for row, begin, stop in zip(tokens, index, new_index)]
             index = new_index

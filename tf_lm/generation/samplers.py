@@ -2,8 +2,10 @@
 
 A sampler knows nothing about the model. It gets a `next(tokens, cache, index)` closure that returns the
 logits of token `index` (and the updated cache), and it fills a fixed-shape token buffer slot by slot in a
-`tf.while_loop`, so the whole decode compiles to one XLA loop. Subclasses only choose the token:
-`get_next_token(logits, seed)`.
+`tf.while_loop`, so the whole decode compiles to one XLA loop. Subclasses only choose the token: the base class
+draws from softmax(`filter_logits(logits)`), so a sampler that keeps or reweights tokens overrides `filter_logits`
+(and works with speculative decoding too); one with another rule overrides `get_next_token(logits, seed)` (see
+`Sampler` for what speculative decoding then also needs).
 
 Randomness is stateless: the step that fills buffer slot `index` draws with
 `fold_in(seed, index - prompt_length)`, i.e. keyed by the new token's number, so the same seed always gives the
@@ -22,7 +24,17 @@ _FILTERED_LOGIT = -1e30
 
 
 class Sampler:
-    """Base class: the decoding loop; subclasses override `get_next_token`.
+    """Base class: the decoding loop, and a draw from softmax(`filter_logits(logits)`).
+
+    A subclass changes what is drawn in one of two ways:
+    - override `filter_logits` (e.g. set the logits of tokens it never emits very negative): plain decoding
+      (`get_next_token`) and speculative decoding (`probabilities` and `sample`) both follow it;
+    - override `get_next_token(logits, seed)`, for a rule that is not a softmax of logits. Plain decoding uses it;
+      speculative decoding draws through `probabilities` and `sample` instead, so such a sampler speculates only if
+      the class that overrides `get_next_token` (or a subclass) also overrides `probabilities` to return the
+      distribution `get_next_token` draws from (and `sample`, unless Gumbel-max over those probabilities is how it
+      draws). Otherwise speculative decoding refuses it (`speculative.check_sampler`) rather than draw from another
+      distribution.
 
     Args:
         temperature: float > 0, default 1. Logits are divided by it before sampling; below 1 sharpens,
@@ -62,8 +74,9 @@ class Sampler:
         self.temperature = float(temperature)
 
     def get_next_token(self, logits, seed):
-        """Returns int32 tokens `[batch]` drawn from float32 `logits` `[batch, vocab]` with the `[2]` seed."""
-        raise NotImplementedError(f"{type(self).__name__} must implement get_next_token.")
+        """Returns int32 tokens `[batch]` drawn from float32 `logits` `[batch, vocab]` with the `[2]` seed: a sample
+        of softmax(`filter_logits(logits)`)."""
+        return _gumbel_argmax(self.filter_logits(logits), seed)
 
     def filter_logits(self, logits):
         """Returns `logits` / temperature with every token this sampler must never emit set very negative."""
@@ -72,7 +85,9 @@ class Sampler:
     def probabilities(self, logits):
         """The distribution this sampler draws from: float32 `[..., vocab]` from logits `[..., vocab]`.
 
-        Speculative decoding's rejection rule compares the model's and the draft's distributions through it.
+        Speculative decoding's rejection rule compares the model's and the draft's distributions through it, and
+        draws its tokens from them with `sample`: a subclass whose `get_next_token` draws from anything but
+        softmax(`filter_logits`) overrides it beside `get_next_token`.
         """
         flat = tf.reshape(tf.cast(logits, tf.float32), [-1, logits.shape[-1]])  # (N, V)
         return tf.reshape(tf.nn.softmax(self.filter_logits(flat)), tf.shape(logits))
@@ -112,9 +127,9 @@ class Sampler:
         return tokens, cache, index, done
 
     def get_config(self) -> dict:
-        """The sampler's settings; two samplers with equal configs draw identical tokens. A subclass with
-        settings of its own overrides it, so equal samplers share one compiled decoding program; one that does
-        not gets a program per instance."""
+        """The sampler's settings; two samplers of one class with equal configs draw identical tokens, so they share
+        one compiled decoding program. A subclass with settings of its own overrides it; one that keeps an attribute
+        its config does not name gets a program per instance."""
         return {"temperature": self.temperature}
 
 
@@ -207,16 +222,14 @@ class GreedySampler(Sampler):
 
 
 class RandomSampler(Sampler):
-    """A sample of softmax(logits / temperature) over the whole vocabulary (the "temperature" sampler).
+    """A sample of softmax(logits / temperature) over the whole vocabulary (the "temperature" sampler): `Sampler`'s
+    own draw, with no token filtered out.
 
     Example:
     >>> sampler = RandomSampler(temperature=0.8)
     >>> sampler.get_next_token(tf.constant([[0.0, 1e9, 0.0]]), tf.constant([1, 2])).numpy().tolist()
     [1]
     """
-
-    def get_next_token(self, logits, seed):
-        return _gumbel_argmax(self.filter_logits(logits), seed)
 
 
 class TopKSampler(Sampler):
@@ -246,9 +259,6 @@ class TopKSampler(Sampler):
         # Ties with the k-th logit are kept too; with float logits they are vanishingly rare.
         return tf.where(logits < kth_largest, _FILTERED_LOGIT, logits)
 
-    def get_next_token(self, logits, seed):
-        return _gumbel_argmax(self.filter_logits(logits), seed)
-
     def get_config(self):
         return {**super().get_config(), "k": self.k}
 
@@ -258,8 +268,9 @@ class TopPSampler(Sampler):
 
     Args:
         p: float in (0, 1]. Probability mass of the nucleus; the most likely token is always kept.
-        k: optional int >= 1. Also keep at most the `k` most likely tokens (top-k then top-p), which also
-            limits the sort to `k` entries.
+        k: optional int >= 1. Top-k first: the nucleus is then the smallest set of the `k` most likely tokens
+            holding `p` of their renormalised mass (as HF's TopK -> TopP warpers); also limits the sort to `k`
+            entries.
         temperature: float > 0, default 1. Applied before the nucleus is computed.
 
     Example:
@@ -282,8 +293,9 @@ class TopPSampler(Sampler):
         vocab = logits.shape[-1]
         k = vocab if self.k is None else min(self.k, vocab)
         sorted_logits, sorted_ids = tf.math.top_k(logits, k=k, sorted=True)  # (B, k) each
-        # Softmax in float32 over the whole vocabulary, so top-k-then-top-p measures mass against all tokens.
-        log_normaliser = tf.reduce_logsumexp(logits, axis=-1, keepdims=True)  # (B, 1)
+        # Softmax in float32 over the k kept tokens: with top_k the nucleus is measured in the renormalised top-k
+        # distribution, as HF's TopK -> TopP warpers and vLLM measure it (without top_k, k is the vocabulary).
+        log_normaliser = tf.reduce_logsumexp(sorted_logits, axis=-1, keepdims=True)  # (B, 1)
         sorted_probs = tf.exp(sorted_logits - log_normaliser)  # (B, k)
         mass_before = tf.cumsum(sorted_probs, axis=-1, exclusive=True)  # (B, k)
         # A token is in the nucleus if the tokens ranked above it hold less than p; rank 0 always is.
@@ -294,9 +306,6 @@ class TopPSampler(Sampler):
             tf.stack([row_ids, sorted_ids], axis=-1), tf.cast(keep_sorted, tf.int32), tf.shape(logits)
         )  # (B, V): 1 inside the nucleus
         return tf.where(keep > 0, logits, _FILTERED_LOGIT)
-
-    def get_next_token(self, logits, seed):
-        return _gumbel_argmax(self.filter_logits(logits), seed)
 
     def get_config(self):
         return {**super().get_config(), "p": self.p, "k": self.k}
@@ -312,7 +321,8 @@ def get_sampler(sampler: str | Sampler = "greedy", temperature: float = 1.0, top
     Args:
         sampler: one of "greedy", "temperature", "top_k", "top_p", or a `Sampler` (returned as is; the
             other arguments must then keep their defaults).
-        temperature: float >= 0, default 1. 0 means greedy, whatever the sampler.
+        temperature: float >= 0, default 1. 0 means greedy, with "temperature" (or "greedy"); "top_k" and "top_p"
+            need it > 0, since greedy decoding would ignore their top_k and top_p.
         top_k: int, required by "top_k"; optional for "top_p" (top-k, then the nucleus).
         top_p: float in (0, 1], required by "top_p".
 
@@ -321,12 +331,12 @@ def get_sampler(sampler: str | Sampler = "greedy", temperature: float = 1.0, top
 
     Raises:
         ValueError: for an unknown name, a missing or out-of-range setting, or a setting the chosen sampler
-            does not use (e.g. `top_k` with "temperature").
+            does not use (e.g. `top_k` with "temperature", or with temperature 0).
 
     Example:
     >>> get_sampler("top_p", temperature=0.8, top_p=0.95).get_config()
     {'temperature': 0.8, 'p': 0.95, 'k': None}
-    >>> type(get_sampler("top_k", temperature=0, top_k=5)).__name__
+    >>> type(get_sampler("temperature", temperature=0)).__name__
     'GreedySampler'
     """
     if isinstance(sampler, Sampler):
@@ -355,11 +365,18 @@ def get_sampler(sampler: str | Sampler = "greedy", temperature: float = 1.0, top
         raise ValueError("The 'top_k' sampler needs top_k, e.g. top_k=40.")
     if sampler == "top_p" and top_p is None:
         raise ValueError("The 'top_p' sampler needs top_p, e.g. top_p=0.95.")
-    # Checked before the temperature-0 shortcut, so a bad top_k/top_p is reported even when greedy wins.
+    # Checked first, so a bad top_k/top_p is named even beside temperature 0.
     if sampler == "top_k":
         TopKSampler(top_k)
     if sampler == "top_p":
         TopPSampler(top_p, top_k)
+    if sampler in ("top_k", "top_p") and temperature == 0:
+        settings = ", ".join(f"{name}={value}" for name, value in (("top_k", top_k), ("top_p", top_p))
+                             if value is not None)
+        raise ValueError(
+            f"temperature=0 is greedy decoding, which would ignore {settings}; pass a temperature > 0 to sample "
+            "with them, or drop them for greedy."
+        )
     if sampler == "greedy" or temperature == 0:
         return GreedySampler()
     if sampler == "temperature":

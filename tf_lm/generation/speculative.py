@@ -38,12 +38,36 @@ def _row_gather(tokens, columns):
     return tf.gather(tokens, columns, batch_dims=1)
 
 
+def check_sampler(sampler: Sampler) -> None:
+    """Refuses a sampler whose distribution speculative decoding cannot know.
+
+    The rejection rule draws through `sampler.probabilities` and `sampler.sample`, never `get_next_token`. A sampler
+    that overrides `get_next_token` below the class that defines its `probabilities` (a custom sampler written
+    against `get_next_token` alone, say) would be replaced by softmax(`filter_logits`) without a word.
+
+    Raises:
+        ValueError: for such a sampler.
+    """
+    def owner(name):
+        return next(cls for cls in type(sampler).__mro__ if name in vars(cls))
+
+    if not issubclass(owner("probabilities"), owner("get_next_token")):
+        raise ValueError(
+            f"Speculative decoding cannot use {type(sampler).__name__}: it overrides get_next_token but not "
+            "probabilities, which speculation draws from; override filter_logits instead, or probabilities "
+            "(and sample) beside get_next_token, or decode without a drafter."
+        )
+
+
 @dataclasses.dataclass
 class SpeculationStats:
-    """What the drafter achieved: `rounds` (row-rounds run), `accepted` (draft tokens kept), out of `k` per round."""
+    """What the drafter achieved: `rounds` (row-rounds run, one model pass each), `accepted` (drafts the model kept
+    that were output: not those a stop token or `max_new_tokens` cut off) and `tokens` (tokens output), with `k`
+    drafts per round."""
 
     rounds: int
     accepted: int
+    tokens: int
     num_speculative_tokens: int
 
     @property
@@ -51,11 +75,15 @@ class SpeculationStats:
         return self.accepted / self.rounds if self.rounds else 0.0
 
     @property
+    def tokens_per_round(self) -> float:
+        return self.tokens / self.rounds if self.rounds else 0.0
+
+    @property
     def acceptance_rate(self) -> float:
         return self.accepted_per_round / self.num_speculative_tokens
 
     def __str__(self) -> str:
-        return (f"{self.accepted_per_round + 1:.2f} tokens per model pass ({self.accepted_per_round:.2f} of "
+        return (f"{self.tokens_per_round:.2f} tokens per model pass ({self.accepted_per_round:.2f} of "
                 f"{self.num_speculative_tokens} drafted accepted, {self.acceptance_rate:.0%})")
 
 
@@ -147,7 +175,8 @@ def prefill(model, drafter, prompt, pad_lengths, max_new_tokens, k):
     """The speculative loop's starting state: the buffer, both caches holding the prompt but its last token.
 
     Returns a dict of `tokens` `[B, P + N + k + 1]`, `index` `[B]` (each row's next column), `cache`, `draft`
-    (the drafter's state), `done` `[B]`, `rounds` and `accepted` `[B]` (the statistics).
+    (the drafter's state), `done` `[B]`, `rounds` and `accepted` `[B]` (the statistics: rounds run, and accepted
+    drafts output).
     """
     batch, prompt_length = prompt.shape[0], prompt.shape[1]
     if batch is None:
@@ -225,7 +254,9 @@ def rounds(model, drafter, sampler: Sampler, state, pad_lengths, end_index, fina
             "tokens": tokens, "index": index + count, "cache": cache, "draft": draft_state,
             "done": state["done"] | (live & stopped),
             "rounds": state["rounds"] + tf.cast(live, tf.int32),
-            "accepted": state["accepted"] + tf.where(live, n, 0),
+            # Only drafts that are output: a stop token or max_new_tokens may cut the accepted prefix (count is
+            # 0 for a row that was not live).
+            "accepted": state["accepted"] + tf.minimum(n, count),
         }
 
     return tf.while_loop(cond, lambda state: (body(state),), (state,))[0]
