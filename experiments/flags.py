@@ -288,8 +288,8 @@ def configs_from_flags(flag_values: flags.FlagValues) -> tuple[LMConfig, TrainCo
     The returned `LMConfig` keeps the preset's `vocab_size`; the caller replaces it with the tokenizer's. With
     --init_from, the checkpoint's config (and tokenizer kind) stands in for the preset's, unless --preset is set:
     `train` then refuses whatever contradicts the checkpoint. A run shorter than the default warm-up (--steps=10,
-    say) warms up for `steps - 1` steps instead, sets the flag to it (so a flagfile of the flags reruns the run),
-    and prints one line saying so; a --warmup_steps the user set is never changed.
+    say) warms up for `steps - 1` steps instead, sets the flag to it (flags.txt keeps the flags given and those
+    set here, so it reruns the run), and prints one line saying so; a --warmup_steps the user set is never changed.
 
     Args:
         flag_values: parsed `absl.flags.FLAGS` after `define_train_flags()`.

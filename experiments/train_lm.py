@@ -10,9 +10,10 @@ A `store:` dataset is read as it is (see experiments.prepare_data); any other so
 store under --data_cache_dir (default <model_dir>/data), which a resumed run reuses without re-tokenising. The
 model's tokenizer is the store's; with --init_from, the data is tokenised with the checkpoint's tokenizer.
 
-Writes into --model_dir: flags.txt (the exact flags, as an absl flagfile), model/ (model.keras + config.json +
-tokenizer/, at the end, by the chief), run_config.json (the resolved model and training config), checkpoints/,
-metrics.csv, logs/ (TensorBoard), loss.png and lock (held for the whole run).
+Writes into --model_dir: flags.txt (the flags given, and the warm-up the script chose for a short run, as an absl
+flagfile), model/ (model.keras + config.json + tokenizer/, at the end, by the chief), run_config.json (the resolved
+model, training and data config), checkpoints/, metrics.csv, logs/ (TensorBoard), loss.png and lock (held for the
+whole run).
 
 A rerun resumes; it is refused if it changes a flag that changes the result, since that would mix two runs. Only
 the flags in NOT_IDENTITY may differ. `--flagfile=<model_dir>/flags.txt` reruns a run exactly.
@@ -22,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -62,6 +65,10 @@ NOT_IDENTITY = frozenset({"model_dir", "log_every", "eval_every", "eval_steps", 
 # two runs, so `train` refuses it for Python callers as check_flags does on the command line.
 RUN_IDENTITY = tuple(field.name for field in dataclasses.fields(TrainConfig) if field.name not in NOT_IDENTITY)
 _DEFAULTS = TrainConfig()
+# The `open_source` options that decide a source's splits and text, so its tokens: recorded in run_config.json and
+# part of the run's identity as the flags are. The directories TFDS reads from and stores are prepared into are not.
+SPLIT_OPTIONS = ("validation_fraction",)
+TFDS_OPTIONS = ("tfds_train_split", "tfds_validation_split", "tfds_text_key")
 
 
 def _check_model_dir(model_dir: str, run_config: dict) -> None:
@@ -79,8 +86,17 @@ def _check_model_dir(model_dir: str, run_config: dict) -> None:
         before = {k: previous["train"].get(k, getattr(_DEFAULTS, k)) for k in RUN_IDENTITY}
         changed += [f"{k}: {before[k]!r} -> {run_config['train'][k]!r}" for k in RUN_IDENTITY
                     if before[k] != run_config["train"][k] and k not in ignored]
+        # A run_config.json written before the data options were recorded holds none: nothing to compare.
+        recorded = previous.get("data")
+        if recorded is not None:
+            changed += [f"{k}: {recorded.get(k)!r} -> {run_config['data'].get(k)!r}"
+                        for k in sorted(set(recorded) | set(run_config["data"]))
+                        if recorded.get(k) != run_config["data"].get(k)]
         if known and previous.get("tokenizer_fingerprint") != run_config["tokenizer_fingerprint"]:
             changed.append("tokenizer vocabulary")
+        # A store: dataset's store re-prepared from an edited corpus (text: sources are checked by _check_source).
+        if known and previous.get("source_digest") not in (None, run_config["source_digest"]):
+            changed.append("the source's text (the store was prepared from another version of it)")
         if previous.get("base_fingerprint") != run_config["base_fingerprint"]:
             changed.append("the pretrained weights at init_from")
         if changed:
@@ -98,9 +114,27 @@ def _check_model_dir(model_dir: str, run_config: dict) -> None:
             )
 
 
-def _run_config(model_config, train_config, strategy, tokenizer_fingerprint, pretrained, store=None) -> dict:
-    return {"model": model_config.to_dict(), "train": train_config.to_dict(), "strategy": type(strategy).__name__,
-            "replicas": strategy.num_replicas_in_sync, "tokenizer_fingerprint": tokenizer_fingerprint,
+def data_identity(train_config: TrainConfig, data_options: dict, pretrained: bool = False) -> dict:
+    """The options among `data_options` that decide which tokens a run trains and validates on, defaults filled in.
+
+    A `store:` dataset's splits and tokenizer are the store's, so it has none; the TFDS split options count only
+    for a `tfds:` source, and `bpe_sample_bytes` only when a new BPE tokenizer is trained (not with a pretrained
+    checkpoint's tokenizer). Paths (`cache_dir`, the TFDS directories) do not change the tokens.
+    """
+    if train_config.dataset.startswith(STORE_SCHEME):
+        return {}
+    names = SPLIT_OPTIONS + (TFDS_OPTIONS if train_config.dataset.startswith("tfds:") else ())
+    defaults = inspect.signature(open_source).parameters
+    identity = {name: data_options.get(name, defaults[name].default) for name in names}
+    if train_config.tokenizer == "bpe" and not pretrained:
+        identity["bpe_sample_bytes"] = data_options.get("bpe_sample_bytes", DEFAULT_BPE_SAMPLE_BYTES)
+    return identity
+
+
+def _run_config(model_config, train_config, strategy, tokenizer_fingerprint, pretrained, data, store=None) -> dict:
+    return {"model": model_config.to_dict(), "train": train_config.to_dict(), "data": data,
+            "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
+            "tokenizer_fingerprint": tokenizer_fingerprint,
             "base_fingerprint": None if pretrained is None else pretrained.fingerprint,
             "source_digest": None if store is None else store.manifest["request"].get("source_digest")}
 
@@ -120,9 +154,29 @@ def _check_source(model_dir: str, source: Source) -> None:
 
 
 def script_flags(flag_values: flags.FlagValues) -> dict[str, str]:
-    """This script's flags (not absl's or TensorFlow's) as flagfile lines by name; flags left at None are omitted."""
+    """This script's flags (not absl's or TensorFlow's) as flagfile lines by name, defaults included: the run's
+    settings, which `check_flags` compares with flags.txt. Flags left at None are omitted."""
     return {name: flag_values[name].serialize() for name in sorted(script_flag_names(flag_values))
             if flag_values[name].value is not None}
+
+
+def given_flags(flag_values: flags.FlagValues) -> dict[str, str]:
+    """The lines of `script_flags` that flags.txt keeps: the flags given (on the command line or in a flagfile),
+    and those the script set itself (the warm-up `configs_from_flags` shortens for a short run).
+
+    Only these: read back with `--flagfile`, a default would count as set, and the flags that refuse being set
+    (--tokenizer with a `store:` dataset, --preset with --init_from picking the checkpoint's config) would refuse
+    the rerun. absl marks a flag parsed or assigned as no longer using its default.
+    """
+    return {name: line for name, line in script_flags(flag_values).items()
+            if not flag_values[name].using_default_value}
+
+
+@functools.cache
+def _default_lines() -> dict[str, str]:
+    defaults = flags.FlagValues()
+    define_train_flags(defaults)
+    return script_flags(defaults)
 
 
 def _flag_name(line: str, known: dict[str, str]) -> str:
@@ -134,6 +188,9 @@ def _flag_name(line: str, known: dict[str, str]) -> str:
 def check_flags(model_dir: str, lines: dict[str, str]) -> None:
     """Raises ValueError if `model_dir/flags.txt` records a value other than `lines` for an identity flag.
 
+    A flag flags.txt leaves out had its default (flags.txt holds `given_flags`; one written before that holds
+    every flag), so each side is compared with the defaults filled in.
+
     Args:
         model_dir: str, the run's directory (nothing happens if it holds no flags.txt yet).
         lines: `script_flags(FLAGS)` of this invocation.
@@ -141,10 +198,12 @@ def check_flags(model_dir: str, lines: dict[str, str]) -> None:
     path = os.path.join(model_dir, FLAGS_FILE)
     if not tf.io.gfile.exists(path):
         return
+    defaults = _default_lines()
+    known = {**defaults, **lines}
     saved_lines = [line.strip() for line in read_text(path).splitlines() if line.startswith("--")]
-    saved = {_flag_name(line, lines): line for line in saved_lines}
-    changed = [f"{saved.get(name, f'--{name} unset')} -> {lines.get(name, f'--{name} unset')}"
-               for name in sorted((set(saved) | set(lines)) - NOT_IDENTITY) if saved.get(name) != lines.get(name)]
+    saved = {**defaults, **{_flag_name(line, known): line for line in saved_lines}}
+    changed = [f"{saved.get(name, f'--{name} unset')} -> {known.get(name, f'--{name} unset')}"
+               for name in sorted((set(saved) | set(known)) - NOT_IDENTITY) if saved.get(name) != known.get(name)]
     if changed:
         raise ValueError(
             f"--model_dir={model_dir!r} holds a run with other flags ({'; '.join(changed)}); resume it with "
@@ -203,10 +262,12 @@ def train(model_config: LMConfig, train_config: TrainConfig, model_dir: str, str
         train_config: `TrainConfig`. With a `store:` dataset, its `tokenizer` becomes the store's kind.
         model_dir: str. Output directory (see the module docstring).
         strategy_name, tpu: passed to `resolve_strategy`.
-        data_options: dict of `open_source` options (`validation_fraction`, `tfds_data_dir`, `tfds_manual_dir`),
-            `bpe_sample_bytes`, and `cache_dir` (where sources are prepared into stores).
+        data_options: dict of `open_source` options (`validation_fraction`, `tfds_data_dir`, `tfds_manual_dir`,
+            ...), `bpe_sample_bytes`, and `cache_dir` (where sources are prepared into stores). Those that decide
+            the tokens (`data_identity`) are recorded in run_config.json, and a resume must pass the same.
         verbose: bool. Progress bars and summary lines.
-        flagfile: str or None. The exact flags (absl flagfile text), kept as `model_dir/flags.txt` by the first run.
+        flagfile: str or None. The run's flags (absl flagfile text, `given_flags`), kept as `model_dir/flags.txt` by
+            the first run.
 
     Returns:
         `(trainer, tokenizer, result)` with `result` as `Trainer.fit` returns it.
@@ -232,13 +293,14 @@ def train(model_config: LMConfig, train_config: TrainConfig, model_dir: str, str
     with contextlib.ExitStack() as stack:
         if chief:  # workers only read model_dir; the chief holds it for the whole cluster
             stack.enter_context(directory_lock(model_dir))
-        _check_model_dir(model_dir, _run_config(model_config, train_config, strategy, None, pretrained))
+        data = data_identity(train_config, data_options or {}, pretrained is not None)
+        _check_model_dir(model_dir, _run_config(model_config, train_config, strategy, None, pretrained, data))
         store = open_training_store(train_config, model_dir, data_options or {}, chief, stack, verbose,
                                     tokenizer=None if pretrained is None else pretrained.tokenizer)
-        return _train(model_config, train_config, model_dir, strategy, store, verbose, flagfile, pretrained)
+        return _train(model_config, train_config, model_dir, strategy, store, verbose, flagfile, pretrained, data)
 
 
-def _train(model_config, train_config, model_dir, strategy, store, verbose, flagfile, pretrained):
+def _train(model_config, train_config, model_dir, strategy, store, verbose, flagfile, pretrained, data):
     tokenizer = store.tokenizer
     if pretrained is not None and tokenizer.fingerprint != pretrained.tokenizer.fingerprint:
         raise ValueError(
@@ -256,7 +318,7 @@ def _train(model_config, train_config, model_dir, strategy, store, verbose, flag
     train_config = dataclasses.replace(train_config, tokenizer="char" if tokenizer.is_char_level else "bpe")
     if pretrained is None:
         model_config = dataclasses.replace(model_config, vocab_size=tokenizer.vocab_size)
-    run_config = _run_config(model_config, train_config, strategy, tokenizer.fingerprint, pretrained, store)
+    run_config = _run_config(model_config, train_config, strategy, tokenizer.fingerprint, pretrained, data, store)
     _check_model_dir(model_dir, run_config)
 
     peak = measure_matmul_peak() if verbose else None
@@ -320,10 +382,9 @@ def main(argv):
         model_config, train_config = configs_from_flags(values)
         data_options = {**source_options(values), "bpe_sample_bytes": int(values.bpe_sample_mb * 1e6),
                         "cache_dir": values.data_cache_dir}
-        lines = script_flags(values)
-        check_flags(values.model_dir, lines)  # before any data is read: a refused resume costs nothing
+        check_flags(values.model_dir, script_flags(values))  # before any data is read: a refused resume costs nothing
         train(model_config, train_config, values.model_dir, values.strategy, values.tpu, data_options,
-              flagfile="".join(line + "\n" for line in lines.values()))
+              flagfile="".join(line + "\n" for line in given_flags(values).values()))
 
 
 if __name__ == "__main__":

@@ -86,3 +86,13 @@ def test_gpt2_parameter_count_matches_the_published_124m():
     config = LMConfig.preset("gpt2")
     embeddings = config.vocab_size * config.n_embd + config.block_size * config.n_embd
     assert config.non_embedding_params() + embeddings == 124_439_808
+
+
+def test_flops_per_token_counts_the_tied_heads_matmul():
+    # 6 per weight and token, the token table included (the head multiplies by it), plus attention's 12·L·d·T:
+    # nanoGPT's estimate_mfu. Without the head, GPT-2's MFU would read 1.37x too low.
+    config = LMConfig.preset("gpt2")
+    weights = 85_056_000 + 768 * 50257  # non-embedding, and the tied token table
+    assert config.flops_per_token() == 6 * weights + 12 * 12 * 768 * 1024 == 855_166_464
+    small = LMConfig(vocab_size=8192, block_size=64, n_layer=2, n_head=2, n_embd=64)
+    assert small.flops_per_token(32) == 6 * (small.non_embedding_params() + 64 * 8192) + 12 * 2 * 64 * 32

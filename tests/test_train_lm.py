@@ -169,6 +169,82 @@ def test_a_warmup_the_user_set_is_not_clamped():
         configs_from_flags(values)
 
 
+def _parsed(*argv):
+    values = flags.FlagValues()
+    define_train_flags(values)
+    values(["train_lm", *argv])
+    return values
+
+
+@pytest.mark.slow
+def test_a_flagfile_rerun_of_a_char_run_ends_with_the_same_weights(tmp_path):
+    """The rerun the README promises, as a user types it: flags.txt holds the flags given and the warm-up the script
+    shortened, not every default (read back, `--tokenizer=char` or `--bpe_sample_mb=20.0` would count as set and the
+    rerun be refused)."""
+    import re
+
+    from experiments.train_lm import check_flags, script_flags
+
+    source = _text_source(tmp_path)
+    given = [f"--dataset={source}", "--steps=3", "--eval_steps=1", "--batch_size=4", "--block_size=16",
+             "--n_layer=1", "--n_head=2", "--n_embd=16", "--log_every=50", "--eval_every=1000"]
+    first = run_command([sys.executable, "-m", "experiments.train_lm", f"--model_dir={tmp_path / 'a'}", *given])
+    assert first.returncode == 0, first.stderr[-2000:]
+    rerun = run_command([sys.executable, "-m", "experiments.train_lm", f"--flagfile={tmp_path / 'a' / 'flags.txt'}",
+                         f"--model_dir={tmp_path / 'b'}"])
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    saved = (tmp_path / "a" / "flags.txt").read_text().splitlines()
+    assert sorted(saved) == sorted([f"--model_dir={tmp_path / 'a'}", *given, "--warmup_steps=2"])
+
+    def digest(result):
+        return re.search(r"weights sha256 (\w+)", result.stdout)[1]
+
+    assert digest(rerun) == digest(first)
+    # A resume compares every flag, the defaults flags.txt leaves out included.
+    same = _parsed(f"--model_dir={tmp_path / 'a'}", *given)
+    configs_from_flags(same)  # shortens the warm-up, as the script does
+    check_flags(str(tmp_path / "a"), script_flags(same))
+    other = _parsed(f"--model_dir={tmp_path / 'a'}", *given, "--warmup_steps=2", "--learning_rate=0.5")
+    with pytest.raises(ValueError, match=r"other flags \(--learning_rate=0.001 -> --learning_rate=0.5\)"):
+        check_flags(str(tmp_path / "a"), script_flags(other))
+
+
+@pytest.mark.parametrize("kind", ["char", "store", "init_from"])
+def test_flags_txt_reads_back_as_the_same_configs(tmp_path, kind):
+    from experiments.train_lm import FLAGS_FILE, check_flags, given_flags, script_flags
+    from tf_lm.data import prepare_store
+
+    if kind == "char":
+        argv = [f"--dataset={_text_source(tmp_path)}", "--steps=10"]  # the warm-up shortened to 9 is kept too
+    elif kind == "store":
+        prepare_store(_text_source(tmp_path), str(tmp_path / "store"))
+        argv = [f"--dataset=store:{tmp_path / 'store'}", "--steps=10"]
+    else:
+        tf_lm_dir(tmp_path / "base")
+        argv = [f"--dataset={_text_source(tmp_path)}", f"--init_from={tmp_path / 'base'}", "--steps=10",
+                "--warmup_steps=2"]
+    values = _parsed(f"--model_dir={tmp_path}", *argv)
+    configs = configs_from_flags(values)
+    (tmp_path / FLAGS_FILE).write_text("".join(line + "\n" for line in given_flags(values).values()))
+    rerun = _parsed(f"--flagfile={tmp_path / FLAGS_FILE}")
+    assert configs_from_flags(rerun) == configs  # with --init_from: the checkpoint's config, not --preset's
+    check_flags(str(tmp_path), script_flags(rerun))  # and it resumes the run
+
+
+def test_a_flags_txt_written_with_every_flag_still_resumes_and_refuses_a_change(tmp_path):
+    """flags.txt as train_lm wrote it before it kept only the flags given: every flag, the defaults too."""
+    from experiments.train_lm import FLAGS_FILE, check_flags, script_flags
+
+    values = _parsed(f"--model_dir={tmp_path}", "--steps=10")
+    configs_from_flags(values)
+    (tmp_path / FLAGS_FILE).write_text("".join(line + "\n" for line in script_flags(values).values()))
+    assert "--tokenizer=char" in (tmp_path / FLAGS_FILE).read_text()
+    check_flags(str(tmp_path), script_flags(values))
+    changed = _parsed(f"--model_dir={tmp_path}", "--steps=10", "--warmup_steps=9", "--beta2=0.95")
+    with pytest.raises(ValueError, match=r"other flags \(--beta2=0.99 -> --beta2=0.95\)"):
+        check_flags(str(tmp_path), script_flags(changed))
+
+
 def test_store_dataset_trains_and_a_store_of_another_tokenizer_is_refused(tmp_path):
     import shutil
 
@@ -219,6 +295,45 @@ def test_a_run_whose_source_was_edited_is_not_resumed_on_the_new_text(tmp_path):
     train(model_config, config, str(tmp_path / "other"), data_options={"cache_dir": str(tmp_path / "run" / "data")},
           verbose=False)
     assert len(list((tmp_path / "run" / "data").iterdir())) == len(stores) + 1
+
+
+def test_a_store_re_prepared_from_an_edited_source_is_not_resumed(tmp_path):
+    from experiments.train_lm import train
+    from tf_lm.data import prepare_store
+
+    source, store = tmp_path / "input.txt", tmp_path / "store"
+    source.write_text(TEXT)
+    prepare_store(f"text:{source}", str(store))
+    model_config = LMConfig(n_layer=1, n_head=2, n_embd=16, block_size=16)
+    config = TrainConfig(dataset=f"store:{store}", batch_size=2, steps=1, warmup_steps=0)
+    train(model_config, config, str(tmp_path / "run"), verbose=False)
+    # The same characters (so the same char tokenizer) in another order, prepared at the same path.
+    source.write_text("".join(reversed(TEXT.splitlines(keepends=True))))
+    shutil.rmtree(store)
+    prepare_store(f"text:{source}", str(store))
+    with pytest.raises(ValueError, match="holds a run with a different config .*the source's text"):
+        train(model_config, config, str(tmp_path / "run"), verbose=False)
+
+
+def test_a_resume_with_other_data_options_is_refused_and_an_older_run_config_resumes(tmp_path):
+    """Python callers pass the data options themselves: those that decide the tokens are the run's identity, as
+    --validation_fraction is on the command line, so a resume cannot train on a second split."""
+    from experiments.train_lm import RUN_CONFIG, train
+
+    model_config = LMConfig(n_layer=1, n_head=2, n_embd=16, block_size=16)
+    config = TrainConfig(dataset=_text_source(tmp_path), batch_size=2, steps=1, warmup_steps=0, eval_steps=1)
+    train(model_config, config, str(tmp_path / "run"), data_options={"validation_fraction": 0.1}, verbose=False)
+    stores = sorted((tmp_path / "run" / "data").iterdir())
+    with pytest.raises(ValueError, match=r"a different config \(validation_fraction: 0.1 -> 0.5\)"):
+        train(model_config, config, str(tmp_path / "run"), data_options={"validation_fraction": 0.5}, verbose=False)
+    assert sorted((tmp_path / "run" / "data").iterdir()) == stores  # refused before a second store was prepared
+    # The default is the same run; a run_config.json from before the options were recorded resumes as it did.
+    train(model_config, config, str(tmp_path / "run"), verbose=False)
+    path = tmp_path / "run" / RUN_CONFIG
+    recorded = json.loads(path.read_text())
+    assert recorded["data"] == {"validation_fraction": 0.1}
+    path.write_text(json.dumps({k: v for k, v in recorded.items() if k != "data"}))
+    train(model_config, config, str(tmp_path / "run"), data_options={"validation_fraction": 0.1}, verbose=False)
 
 
 # === Transfer: --init_from, --lora_rank ===

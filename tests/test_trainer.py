@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -106,6 +107,45 @@ def test_mfu_divides_by_every_replicas_peak(tmp_path):
     assert trainer._mfu(1000.0) == pytest.approx(one / 2)
 
 
+_DEFINITION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = \w+\[([\d,]*)\]")
+_DOT = re.compile(r"= \w+\[([\d,]*)\]\S* dot\(%([\w.\-]+), .*lhs_contracting_dims=\{([\d,]*)\}")
+
+
+def dot_flops(hlo):
+    """2·M·N·K summed over every `dot` of an HLO module: its matmul FLOPs."""
+    shapes = {}  # instruction names are unique in a module: an operand's shape is where it is defined
+    for line in hlo.splitlines():
+        match = _DEFINITION.match(line)
+        if match:
+            shapes[match[1]] = [int(n) for n in match[2].split(",") if n]
+    total = 0
+    for line in hlo.splitlines():
+        match = _DOT.search(line)
+        if match:
+            output = [int(n) for n in match[1].split(",") if n]
+            contracted = [shapes[match[2]][int(i)] for i in match[3].split(",") if i]
+            total += 2 * int(np.prod(output)) * int(np.prod(contracted))
+    return total
+
+
+@pytest.mark.parametrize("lora", [{}, {"lora_rank": 8}, {"lora_rank": 4, "lora_embeddings": True,
+                                                          "lora_train_norms": True}],
+                         ids=["full", "lora", "lora_embeddings_norms"])
+def test_mfu_counts_the_matmul_flops_of_the_compiled_step(tmp_path, lora):
+    """The tied head's matmul included (6·d·V: most of the count at this vocabulary), and LoRA's frozen weights
+    without a weight gradient: within 2% of the dots XLA keeps after pruning. The rest is the biases and
+    LayerNorms, which MFU counts as weights, and the token table's factors, merged once per step."""
+    model = LMConfig(vocab_size=512, block_size=16, n_layer=1, n_head=2, n_embd=64)
+    if lora:
+        lora = {**lora, "init_from": "seeded random weights"}  # LoRA asks for a base; the seeded one stands in
+    trainer = Trainer.from_config(model, TrainConfig(batch_size=32, steps=10, warmup_steps=1, **lora),
+                                  resolve_strategy("cpu"), str(tmp_path), verbose=False, peak_flops=1.0)
+    ids = tf.zeros((32, model.block_size), tf.int32)
+    hlo = trainer.train_step.compiled.experimental_get_compiler_ir(ids, ids)(stage="optimized_hlo")
+    per_token = dot_flops(hlo) / ids.shape.num_elements()
+    assert trainer._mfu(1.0) == pytest.approx(per_token, rel=0.02)  # one token/s at a peak of 1 FLOP/s
+
+
 def test_trains_a_model_and_optimizer_built_by_the_caller(tmp_path):
     """What `from_config` builds is a default, not a requirement: the trainer takes any `TransformerLM` and Keras 3
     optimizer made in the strategy's scope, and checkpoints what it is given."""
@@ -152,6 +192,35 @@ def test_resume_continues_exactly_with_dropout(tmp_path):
     for a, b in zip(straight.model.weights, second.model.weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert resumed["validation"]["loss"] == pytest.approx(expected["validation"]["loss"], abs=1e-6)
+
+
+def test_a_resume_off_the_log_grid_logs_the_rows_of_a_run_that_never_stopped(tmp_path):
+    import shutil
+
+    train, validation = synthetic()
+    cfg = config(steps=4, log_every=2, checkpoint_every=3, eval_every=100)
+    straight = Trainer.from_config(MODEL, cfg, resolve_strategy(), str(tmp_path / "straight"), verbose=False)
+    straight.fit(train, validation)
+    # Stopped after step 3, as a SIGTERM stops a run between two rows: the row at step 4 averages steps 3 and 4.
+    shutil.copytree(tmp_path / "straight", tmp_path / "stopped")
+    for path in (tmp_path / "stopped" / "checkpoints").glob("ckpt-4*"):
+        path.unlink()
+    (tmp_path / "stopped" / "checkpoints" / "checkpoint").unlink()
+    resumed = Trainer.from_config(MODEL, cfg, resolve_strategy(), str(tmp_path / "stopped"), verbose=False)
+    assert resumed.fit(train, validation)["start_step"] == 3
+
+    def losses(model_dir):
+        return [(row["step"], row["split"], row["loss"]) for row in _rows(model_dir)]
+
+    assert losses(tmp_path / "stopped") == losses(tmp_path / "straight")  # the very same numbers
+
+    # A checkpoint written before the window was saved still resumes; its first row averages the steps since.
+    older = Trainer.from_config(MODEL, cfg, resolve_strategy(), str(tmp_path / "older"), verbose=False)
+    older.checkpoints.save(3)  # as fit saves, but without the window: fit tracks it only after restoring
+    assert "log_window" not in str(tf.train.list_variables(older.checkpoints.latest))
+    again = Trainer.from_config(MODEL, cfg, resolve_strategy(), str(tmp_path / "older"), verbose=False)
+    assert again.fit(train, validation)["start_step"] == 3
+    assert [row["step"] for row in _rows(tmp_path / "older") if row["split"] == "train"] == ["4"]
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -88,7 +88,7 @@ class LMConfig:
         return dataclasses.asdict(self)
 
     def non_embedding_params(self) -> int:
-        """Parameters outside the embeddings: what the 6·N FLOPs-per-token estimate counts."""
+        """Parameters outside the embedding tables (GPT-2's 85M of 124M)."""
         d = self.n_embd
         per_block = 4 * d  # two LayerNorms
         per_block += 3 * d * d + 3 * d + d * d + d  # fused QKV and output projection
@@ -96,9 +96,25 @@ class LMConfig:
         return self.n_layer * per_block + 2 * d  # final LayerNorm
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
-        """Training FLOPs per token (forward + backward): 6·N_non-embedding + 12·L·d·T (PaLM appendix B)."""
+        """Training FLOPs per token (forward + backward) when every weight trains, the count MFU divides.
+
+        6·N + 12·L·d·T (PaLM appendix B) with N = the non-embedding parameters plus the token table, which the
+        output head multiplies by (it is tied): 6 FLOPs per weight per token, 2 forward, 2 for the input's
+        gradient, 2 for the weight's. As nanoGPT's `estimate_mfu` counts it; the head is 6·d·V of it, 27% at
+        GPT-2's shapes and most of a small model's with a large vocabulary. The position table is a lookup, not
+        counted. For a weight that does not train (LoRA's base), which has no weight gradient, MFU counts 4
+        (`tf_lm.training.trainer.training_flops_per_token`).
+
+        Args:
+            seq_len: int or None. Context length T trained on (None: `block_size`).
+
+        Example:
+        >>> LMConfig.preset("gpt2").flops_per_token()
+        855166464
+        """
         seq_len = self.block_size if seq_len is None else seq_len
-        return 6 * self.non_embedding_params() + 12 * self.n_layer * self.n_embd * seq_len
+        n = self.non_embedding_params() + self.n_embd * self.vocab_size
+        return 6 * n + 12 * self.n_layer * self.n_embd * seq_len
 
 
 # Character-level presets default to Tiny Shakespeare's 65 symbols; GPT-2 presets to its BPE vocabulary.

@@ -1,8 +1,9 @@
 """Training benchmarks: tokens/s and MFU of the tf_lm step beside HF TFGPT2LMHeadModel, and the quality run.
 
 Both steps do the same work: forward, backward, global-norm clipping and an AdamW update, float32, XLA
-(`tf.function(jit_compile=True)`), on the same constant batch. MFU = FLOPs per token (6·N_non-embedding +
-12·L·d·T) × tokens/s over the fp32 matmul peak measured in the same run (a 2048³ matmul under XLA).
+(`tf.function(jit_compile=True)`), on the same constant batch. MFU = FLOPs per token
+(`LMConfig.flops_per_token`: 6·N + 12·L·d·T, N counting the tied head's table) × tokens/s over the fp32 matmul peak
+measured in the same run (a 2048³ matmul under XLA).
 
 The quality row runs the README's quality command (nano char-level on Tiny Shakespeare for 2000 steps, issue #4's
 fixed settings plus our beta1 0.6 and weight decay 0) with `experiments.train_lm` (a subprocess, timed wall clock,

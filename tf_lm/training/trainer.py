@@ -24,7 +24,7 @@ from tf_lm.distribute import is_chief, is_default_strategy
 from tf_lm.fileio import normalise_path
 from tf_lm.model import TransformerLM
 from tf_lm.training.checkpoints import Checkpoints
-from tf_lm.training.lora import enable_lora
+from tf_lm.training.lora import enable_lora, lora_targets
 from tf_lm.training.metrics import MetricsLog, derived, summed_next_token_loss
 from tf_lm.training.optimizer import make_optimizer
 from tf_lm.training.schedule import WarmupCosine
@@ -51,6 +51,48 @@ def weights_digest(model: keras.Model) -> str:
     for weight in model.weights:
         digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
     return digest.hexdigest()
+
+
+def training_flops_per_token(model: TransformerLM) -> int:
+    """Training FLOPs per token of `model` as it is set to train: what MFU counts.
+
+    `LMConfig.flops_per_token` (6 per weight: forward, the input's gradient and the weight's), less 2 per weight
+    that does not train, since it has no weight gradient (LoRA's frozen base, and the tied head of a frozen token
+    table), plus 6 per parameter of each projection's LoRA factors A and B, which run as matmuls of their own. When
+    nothing under the first block's `qkv` trains (LoRA's default), its input gradient is not formed either: 2 less
+    per weight of it. Factors of the token table are merged into it once per step, not per token (about 10·V·r·d
+    per step: under 0.1% of a step at GPT-2's shapes, rank 8, batch 12): not counted. As MFU conventionally does,
+    biases and LayerNorms count as weights (1% of the nano preset's count). The matmul FLOPs XLA runs for a step
+    are within 2% of this count (`tests/test_trainer.py`).
+
+    Args:
+        model: a built `TransformerLM`, with LoRA enabled or not.
+
+    Returns:
+        int, FLOPs per token of one training step (forward and backward) over `model.config.block_size`.
+
+    Example:
+    >>> training_flops_per_token(TransformerLM(LMConfig.preset("nano")))  # every weight trains
+    5203200
+    """
+    config = model.config
+    projections = lora_targets(model)
+    norms = [model.final_norm] + [norm for block in model.blocks for norm in (block.attention_norm, block.mlp_norm)]
+
+    def size(weights):
+        return sum(int(np.prod(weight.shape)) for weight in weights)
+
+    # A LoRA projection's trainable weights are its factors; its kernel and bias are among the non-trainable ones.
+    frozen = size(w for layer in projections + norms for w in layer.non_trainable_weights)
+    if not model.embedding.token_embedding.trainable_weights:
+        frozen += config.n_embd * config.vocab_size  # the head's table: no weight gradient
+    factors = size(w for layer in projections if layer.lora_enabled for w in layer.trainable_weights)
+    flops = config.flops_per_token(config.block_size) - 2 * frozen + 6 * factors
+    first = projections[0]  # block 0's qkv: its input is the first LayerNorm's output, over the embeddings
+    if not (model.embedding.trainable_weights or model.blocks[0].attention_norm.trainable_weights):
+        # dx = g·Wᵀ, and g·Bᵀ·Aᵀ with LoRA (g·Bᵀ itself is still formed: factor A's gradient needs it).
+        flops -= 2 * size([first.kernel] + ([first.lora_kernel_a] if first.lora_enabled else []))
+    return flops
 
 
 def make_train_step(loss_fn: Callable, updates: list, strategy: tf.distribute.Strategy, grad_clip: float = 0.0,
@@ -196,7 +238,8 @@ class Trainer:
         evaluate_at_start: bool, default False. A fresh run evaluates once before its first step (a model that
             starts from pretrained weights).
         peak_flops: float or None. One device's measured matmul FLOP/s, for MFU (against it times the replicas);
-            None leaves MFU out.
+            None leaves MFU out. MFU counts `training_flops_per_token(model)`: the tied head included, 2 FLOPs less
+            per weight that does not train.
         jit_compile: bool, default True. XLA-compile the step.
         verbose: bool, default True. Show a progress bar (chief only).
         bits_unit: str, default "token". What a bit is per in the printed validation line ("char" for char models).
@@ -236,6 +279,12 @@ class Trainer:
         # Only the default strategy lets Keras 3's optimizer update run inside one XLA program with the step.
         self.fused = is_default_strategy(strategy)
         self.tokens_per_step = config.batch_size * model.config.block_size
+        self.flops_per_token = training_flops_per_token(model)
+        # The open --log_every window's loss sum and step count, checkpointed beside the step: a run resumed from a
+        # checkpoint off the grid (a SIGTERM's) then logs the averages a run that never stopped logs. A plain
+        # variable, as the step is: host-side bookkeeping. float64, so the restored sum is the very one saved.
+        with tf.init_scope():
+            self.log_window = tf.Variable([0.0, 0.0], dtype=tf.float64, trainable=False, name="log_window")
 
         frozen = {id(variable) for variable in frozen}
         self.checkpoints = Checkpoints(os.path.join(model_dir, "checkpoints"), model, optimizer, chief=self.chief,
@@ -385,6 +434,10 @@ class Trainer:
         """
         config = self.config
         start = self.checkpoints.restore()
+        # Tracked only after the restore: a checkpoint written before the window was saved has no entry for it (its
+        # first logged row then averages the steps since the resume). Tracking it restores a saved one at once.
+        self.checkpoints.checkpoint.log_window = self.log_window
+        window_sum, window_steps = (float(x) for x in self.log_window.numpy()) if start else (0.0, 0.0)
         if self.verbose and start:
             print(f"resuming from {self.checkpoints.restored} (step {start} of {config.steps})", flush=True)
         log = MetricsLog(self.model_dir, start, enabled=self.chief)
@@ -397,7 +450,7 @@ class Trainer:
             iterator = iter(self._distribute(lambda context: train_dataset_fn(start, context)))
             # Throughput counts training steps only: evaluation, checkpoints and the first step (XLA compilation)
             # are left out of the clock.
-            window_losses, step_seconds, started = [], [], time.perf_counter()
+            step_seconds, started = [], time.perf_counter()
             for step in range(start + 1, config.steps + 1):  # `step` updates done after this iteration
                 logged = step % config.log_every == 0 or step == config.steps
                 # The rate this step's update uses: read after it, the optimizer would give the next step's.
@@ -410,22 +463,23 @@ class Trainer:
                     step_seconds.append(time.perf_counter() - step_start)
                 if not math.isfinite(loss):
                     self._diverged(step, "the loss")
-                window_losses.append(loss)
+                window_sum, window_steps = window_sum + loss, window_steps + 1
                 recent = step_seconds[-50:]
                 rate = len(recent) * self.tokens_per_step / sum(recent) if recent else None  # None: no step timed yet
                 if progbar is not None:
                     progbar.update(step, [("loss", loss), ("tok/s", rate or 0.0)])
                 if logged:
                     mfu = self._mfu(rate)
-                    train = derived(float(np.mean(window_losses)))
+                    train = derived(window_sum / window_steps)
                     log.log(step, "train", **train, learning_rate=learning_rate, tokens_per_second=rate, mfu=mfu,
                             elapsed=time.perf_counter() - started)
                     result.update(train_loss=train["loss"], tokens_per_second=rate, mfu=mfu)
-                    window_losses = []
+                    window_sum, window_steps = 0.0, 0.0
                 if step % config.eval_every == 0 or step == config.steps:
                     result["validation"] = self._evaluate_and_log(validation_dataset_fn, log, step, started)
                 result["step"] = step
                 if step % config.checkpoint_every == 0 or step == config.steps or stop:
+                    self.log_window.assign([window_sum, window_steps])
                     self._save(step)
                 if stop:
                     log.plot()
@@ -453,5 +507,4 @@ class Trainer:
         if not self.peak_flops or not tokens_per_second:
             return None
         # The rate is every replica's together; the peak was measured on one device.
-        model_config, peak = self.model.config, self.peak_flops * self.strategy.num_replicas_in_sync
-        return model_config.flops_per_token(model_config.block_size) * tokens_per_second / peak
+        return self.flops_per_token * tokens_per_second / (self.peak_flops * self.strategy.num_replicas_in_sync)
