@@ -134,6 +134,7 @@ def test_finetune_saves_the_best_model_and_history(tmp_path, backend):
         finetune.classify(model, WordPieceTokenizer(str(best_dir)), [], 16)
 
 
+@pytest.mark.slow  # 15 s
 def test_rerun_keeps_a_better_model_already_on_disk(tmp_path):
     train = short_sst2(tmp_path / "train.tsv", "train.tsv", 8)
     best_dir = tmp_path / "run" / finetune.BEST_DIR
@@ -159,7 +160,8 @@ def test_a_foreign_best_dir_is_refused_before_training(tmp_path, monkeypatch):
     assert os.listdir(best_dir) == ["precious.txt"]
 
 
-@pytest.mark.parametrize("stop_step", [2, 4])  # the last step of the first epoch, of the run
+# The last step of the first epoch, and of the run (12 s; in make test-all).
+@pytest.mark.parametrize("stop_step", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_a_signal_in_the_last_step_of_an_epoch_evaluates_it_before_stopping(tmp_path, monkeypatch, stop_step):
     """The checkpoint resumes after the epoch, so its evaluation (history, best/) must come first: else the
     resumed run never evaluates it (and, stopped in the run's last step, evaluates nothing at all)."""
@@ -288,6 +290,7 @@ def dev_batches(n):
     return data.make_dataset(token_ids, dev.labels, batch_size=4, bucket_widths=(16,))
 
 
+@pytest.mark.slow  # 37 s
 def test_same_seed_repeats_a_run(tmp_path):
     train = short_sst2(tmp_path / "train.tsv", "train.tsv", 16)
     config = finetune.FinetuneConfig(max_length=16, batch_size=8, learning_rate=1e-4, max_steps=2, num_buckets=2)

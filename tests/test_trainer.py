@@ -262,7 +262,7 @@ def test_batch_not_divisible_by_replicas_is_rejected(tmp_path):
 LORA = {"lora_rank": 2, "lora_embeddings": True, "init_from": "seeded random weights"}
 
 
-@pytest.mark.parametrize("lora", [{}, LORA], ids=["full", "lora"])
+@pytest.mark.parametrize("lora", [{}, pytest.param(LORA, marks=pytest.mark.slow)], ids=["full", "lora"])  # lora: 24 s
 def test_mirrored_over_two_cpus_matches_one_device(tmp_path, lora):
     # Logical devices must be configured before TensorFlow initialises them, hence a fresh interpreter.
     script = textwrap.dedent(
