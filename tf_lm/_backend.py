@@ -24,7 +24,7 @@ def _configured_backend() -> str:
         home = os.path.expanduser("~")
         keras_home = os.path.join(home if os.access(home, os.W_OK) else "/tmp", ".keras")
     try:
-        with open(os.path.join(keras_home, "keras.json")) as f:
+        with open(os.path.expanduser(os.path.join(keras_home, "keras.json"))) as f:  # KERAS_HOME="~/kh", as Keras
             return json.load(f).get("backend", "tensorflow")
     except (OSError, ValueError):
         return "tensorflow"
@@ -52,20 +52,24 @@ def _stderr_discarded():
 class _QuietLoader(importlib.abc.Loader):
     """TensorFlow's own loader, run with its C++ start-up log lines discarded.
 
-    TF_CPP_MIN_LOG_LEVEL=2 (the default set here) silences TensorFlow's own INFO and WARNING logs, but its 8-13
-    start-up lines (oneDNN, CUDA drivers, CPU features, cuInit) come from C++ absl logging before it is
-    initialised, which writes to stderr whatever the level; so stderr (file descriptor 2) is discarded while
+    TF_CPP_MIN_LOG_LEVEL=2 (the default while TensorFlow loads) silences TensorFlow's own INFO and WARNING logs,
+    but its 8-13 start-up lines (oneDNN, CUDA drivers, CPU features, cuInit) come from C++ absl logging before it
+    is initialised, which writes to stderr whatever the level; so stderr (file descriptor 2) is discarded while
     TensorFlow loads and finds its devices. Python errors still surface: they are raised after stderr is
-    restored. Set TF_CPP_MIN_LOG_LEVEL=0 to see the lines.
+    restored. Set TF_CPP_MIN_LOG_LEVEL=0 to see the lines. The variable is unset again afterwards, so the
+    process's children log as they would have (TensorFlow has read its level by then).
     """
 
-    def __init__(self, loader):
-        self._loader = loader
+    def __init__(self, loader, finder):
+        self._loader, self._finder = loader, finder
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
+        with contextlib.suppress(ValueError):  # TensorFlow is being imported: the finder's work is done
+            sys.meta_path.remove(self._finder)
+        defaulted = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
         quiet = os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2").strip() not in ("0", "1")
         try:
             with _stderr_discarded() if quiet else contextlib.nullcontext():
@@ -74,19 +78,31 @@ class _QuietLoader(importlib.abc.Loader):
                 # initialising the runtime, so logical-device and threading settings made later still apply.
                 module.config.list_physical_devices()
         finally:
+            if defaulted:
+                os.environ.pop("TF_CPP_MIN_LOG_LEVEL", None)
             module.__loader__ = module.__spec__.loader = self._loader  # TensorFlow as if imported plainly
 
 
 class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
-    """Finds TensorFlow where the import system would, and hands it `_QuietLoader`; once, then steps aside."""
+    """Finds TensorFlow where the import system would, and hands it `_QuietLoader`, until TensorFlow is imported.
+
+    A mere lookup (`importlib.util.find_spec("tensorflow")`, as transformers checks what is installed) leaves the
+    finder in place; the loader removes it when the import runs.
+    """
+
+    def __init__(self):
+        self._looking = False
 
     def find_spec(self, name, path=None, target=None):
-        if name != "tensorflow":
+        if name != "tensorflow" or self._looking:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _QuietLoader(spec.loader)
+        self._looking = True  # the lookup below asks every finder again, this one included
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            self._looking = False
+        if spec is not None and spec.loader is not None and "tensorflow" not in sys.modules:
+            spec.loader = _QuietLoader(spec.loader, self)
         return spec
 
 
