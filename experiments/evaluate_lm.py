@@ -22,6 +22,7 @@ import tensorflow as tf
 from absl import flags, logging
 
 from experiments.flags import (
+    RUN_CONFIG,
     define_data_flags,
     define_trained_model_flag,
     flag_group,
@@ -33,6 +34,7 @@ from tf_lm import artifacts
 from tf_lm.artifacts import load_model_dir
 from tf_lm.data import TokenStore, contiguous_windows, prepare_store
 from tf_lm.data.store import STORE_SCHEME
+from tf_lm.fileio import read_json
 from tf_lm.training.metrics import derived, summed_next_token_loss
 
 FLAGS = flags.FLAGS
@@ -104,6 +106,21 @@ def score_text(model, tokenizer, text: str) -> dict:
     }
 
 
+def run_source_options(flag_values: flags.FlagValues) -> dict:
+    """`source_options`, with the split options the model was trained with where the flags leave them unset and
+    --dataset is the run's own (its `run_config.json`): else its validation split would hold training text."""
+    options = source_options(flag_values)
+    path = os.path.join(flag_values.model_dir, RUN_CONFIG)
+    if not tf.io.gfile.exists(path):
+        return options
+    run = read_json(path)
+    if run.get("train", {}).get("dataset") != flag_values.dataset:
+        return options
+    recorded = run.get("data") or {}
+    return {**options, **{name: recorded[name] for name in options
+                          if name in recorded and not flag_values[name].present}}
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
@@ -124,10 +141,14 @@ def main(argv):
             return
         with tempfile.TemporaryDirectory(prefix="tf_lm_eval_") as scratch:
             if FLAGS.dataset.startswith(STORE_SCHEME):
+                preparing = [f"--{name}" for name in source_options(FLAGS) if FLAGS[name].present]
+                if preparing:
+                    raise ValueError(f"--dataset={FLAGS.dataset} is prepared already (its splits are the store's); "
+                                     f"drop {', '.join(preparing)}.")
                 store = TokenStore(FLAGS.dataset[len(STORE_SCHEME):])
             else:
                 store = prepare_store(FLAGS.dataset, os.path.join(scratch, "store"), tokenizer=tokenizer,
-                                      **source_options(FLAGS))
+                                      **run_source_options(FLAGS))
             result = evaluate_split(model, tokenizer, store, FLAGS.split, FLAGS.batch_size, FLAGS.max_batches)
     print(f"{FLAGS.dataset} [{FLAGS.split}], {result['tokens']:,} tokens: loss {result['loss']:.4f} nats/token, "
           f"perplexity {result['perplexity']:.3f}, {result['bits']:.4f} bits/{unit}")

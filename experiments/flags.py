@@ -24,6 +24,8 @@ from tf_lm.data.store import DEFAULT_BPE_SAMPLE_BYTES, STORE_SCHEME
 from tf_lm.data.tokenizers import DEFAULT_BPE_VOCAB_SIZE
 
 _TRAIN = TrainConfig()
+# Written by experiments.train_lm into --model_dir: the resolved model, training and data config of the run.
+RUN_CONFIG = "run_config.json"
 # Model fields a flag may override; vocab_size comes from the tokenizer, block_size from --block_size.
 MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "dropout")
 TRAIN_FIELDS = tuple(field.name for field in dataclasses.fields(TrainConfig))

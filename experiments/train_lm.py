@@ -35,6 +35,7 @@ import tensorflow as tf
 from absl import flags, logging
 
 from experiments.flags import (
+    RUN_CONFIG,
     configs_from_flags,
     define_train_flags,
     one_line_errors,
@@ -53,7 +54,6 @@ from tf_lm.fileio import atomic_write, directory_lock, read_json, read_text
 from tf_lm.pretrained import read_pretrained
 from tf_lm.training import TrainConfig, Trainer, TrainingInterrupted, measure_matmul_peak
 
-RUN_CONFIG = "run_config.json"
 FLAGS_FILE = "flags.txt"
 # Flags that decide where, how often or on which machine things are written, shown or run, but not the trained
 # weights (evaluation uses no randomness and resuming is exact at any checkpoint): a resume may change them. Every

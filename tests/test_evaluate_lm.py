@@ -1,5 +1,6 @@
 """experiments/evaluate_lm.py: split metrics agree with a direct computation; --score prints log P(W)."""
 
+import json
 import math
 
 import numpy as np
@@ -72,5 +73,33 @@ def test_script_reports_and_scores(model_dir):
     out = run_module("experiments.evaluate_lm", f"--model_dir={path}", f"--dataset=store:{path.parent / 'store'}")
     line = failure_line(out)
     assert line.startswith("error: Token store ") and "--tokenizer_dir=<model_dir>/model/tokenizer." in line
+    out = run_module("experiments.evaluate_lm", f"--model_dir={path}", f"--dataset=store:{path.parent / 'store'}",
+                     "--validation_fraction=0.5")
+    assert failure_line(out) == (f"error: --dataset=store:{path.parent / 'store'} is prepared already (its splits "
+                                 "are the store's); drop --validation_fraction.")
     out = run_module("experiments.evaluate_lm", f"--model_dir={path.parent / 'none'}", timeout=120)
     assert out.returncode != 0 and "error: No model.keras" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_runs_own_split_is_evaluated_unless_a_flag_says_otherwise(model_dir):
+    from absl import flags
+
+    from experiments.evaluate_lm import run_source_options
+    from experiments.flags import define_data_flags
+
+    path, _, _ = model_dir
+    dataset = f"text:{path.parent / 'corpus.txt'}"
+    # A run trained with 5% held out: the default 10% would score training text as validation.
+    (path / "run_config.json").write_text(json.dumps({"train": {"dataset": dataset},
+                                                      "data": {"validation_fraction": 0.05}}))
+
+    def validation_fraction(*args):
+        values = flags.FlagValues()
+        define_data_flags(values)
+        flags.DEFINE_string("model_dir", str(path), "", flag_values=values)
+        values(["evaluate_lm", *args])
+        return run_source_options(values)["validation_fraction"]
+
+    assert validation_fraction(f"--dataset={dataset}") == 0.05
+    assert validation_fraction(f"--dataset={dataset}", "--validation_fraction=0.2") == 0.2
+    assert validation_fraction("--dataset=builtin:pydoc") == 0.1  # another source than the run's
