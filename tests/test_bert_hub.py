@@ -199,6 +199,32 @@ def test_a_fine_tuned_checkpoint_takes_a_new_head_of_other_classes(tmp_path, wri
         np.testing.assert_array_equal(new.numpy(), old.numpy())
 
 
+@pytest.mark.parametrize("writer", ["keras", "hf"])  # PyTorch-named or TF-format safetensors
+def test_weights_the_config_has_no_place_for_are_refused(tmp_path, writer):
+    import json
+
+    import transformers
+
+    from tf_lm.bert import weights
+    from tf_lm.bert.config import BertConfig
+    from tf_lm.bert.model import BertClassifier
+
+    shape = {"vocab_size": 40, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "intermediate_size": 32, "max_position_embeddings": 16}
+    if writer == "keras":
+        weights.export(BertClassifier(BertConfig(**shape)), hub.resolve_checkpoint("minilm"), str(tmp_path))
+    else:
+        model = transformers.TFBertForSequenceClassification(transformers.BertConfig(**shape, num_labels=2))
+        model(model.dummy_inputs)
+        model.save_pretrained(str(tmp_path), safe_serialization=True)
+    hub.load_classifier(str(tmp_path))  # as written: every weight has its place
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))
+    with pytest.raises(ValueError, match=r"holds weights a TFBertForSequenceClassification of its config has no "
+                                         r"place for \(16, e\.g\. \[.*layer(\.|_\._)1[./]"):
+        hub.load_classifier(str(tmp_path))
+
+
 def test_checkpoint_missing_an_encoder_weight_is_rejected(state, tmp_path):
     from safetensors.numpy import save_file
 

@@ -72,7 +72,10 @@ def _head_layers(model) -> set[str]:
 
 def _check_loading(model, info: dict, checkpoint: str) -> None:
     """Every weight but the task head must come from the checkpoint: no silently random encoder layers. The head
-    may start random: a bare encoder has none, and a fine-tuned one given another `num_labels` one of other shapes."""
+    may start random: a bare encoder has none, and a fine-tuned one given another `num_labels` one of other shapes.
+    And every tensor of the checkpoint must have a place, but those transformers' class skips by design (the
+    pretraining heads) and the position-id buffer: else a `config.json` of fewer layers than the weights would
+    silently drop the rest, as the keras backend refuses to (`tf_lm.bert.weights.load_weights`)."""
     head_layers = _head_layers(model)
     keys = info["missing_keys"] + [key for key, *_ in info["mismatched_keys"]]
     problems = [key for key in keys if re.split(r"[./]", key, maxsplit=1)[0] not in head_layers]
@@ -80,6 +83,13 @@ def _check_loading(model, info: dict, checkpoint: str) -> None:
         raise ValueError(
             f"The checkpoint {checkpoint!r} does not fit a {type(model).__name__}: weights {problems[:5]} are "
             "missing or have other shapes; use a checkpoint of the same architecture."
+        )
+    skipped = [*(model._keys_to_ignore_on_load_unexpected or []), r"position_ids"]
+    unused = sorted(key for key in info["unexpected_keys"] if not any(re.search(p, key) for p in skipped))
+    if unused:
+        raise ValueError(
+            f"The checkpoint {checkpoint!r} holds weights a {type(model).__name__} of its config has no place for "
+            f"({len(unused)}, e.g. {unused[:3]}); its config.json does not match its weights."
         )
 
 
