@@ -15,6 +15,7 @@ checkpoint directory, and the snippet's two `from_pretrained` calls point there.
 
 from __future__ import annotations
 
+import json
 import os
 
 from absl import flags
@@ -44,6 +45,8 @@ model.fit(inputs, epochs=3)
 CHECKPOINT = "'bert-base-uncased'"
 BROKEN_LINE = "model.compile(optimizer='adam', loss=model.compute_loss)"
 FIXED_LINE = "model.compile(optimizer='adam')"
+# Beside the converted checkpoint: which --model it was converted from, so another --model is not run on it.
+SOURCE_FILE = "tf_lm_source.json"
 
 
 def define_snippet_flags() -> None:
@@ -74,11 +77,21 @@ def error_line(error: BaseException) -> str:
 
 
 def prepare_checkpoint(model: str, checkpoint_dir: str) -> str:
-    """The TF checkpoint directory the snippet loads, converted from `model` on first use."""
-    from tf_lm.bert import hub
+    """The TF checkpoint directory the snippet loads, converted from `model` on first use.
 
+    Raises:
+        ValueError: if `checkpoint_dir` holds the conversion of another model (recorded in `SOURCE_FILE`).
+    """
+    from tf_lm.bert import hub
+    from tf_lm.fileio import atomic_write, read_json
+
+    source = os.path.join(checkpoint_dir, SOURCE_FILE)
     if not os.path.isfile(os.path.join(checkpoint_dir, "config.json")):
         hub.export_tf_checkpoint(model, checkpoint_dir)
+        atomic_write(source, json.dumps({"model": model}))
+    elif os.path.isfile(source) and read_json(source).get("model") != model:
+        raise ValueError(f"--checkpoint_dir={checkpoint_dir} holds the conversion of "
+                         f"{read_json(source).get('model')!r}, not of --model={model}; pass another --checkpoint_dir.")
     return checkpoint_dir
 
 

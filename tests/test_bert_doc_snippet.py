@@ -37,6 +37,12 @@ def test_exported_checkpoint_is_the_same_encoder_through_from_pretrained(checkpo
     np.testing.assert_allclose(theirs, ours, atol=1e-6)
 
 
+def test_a_conversion_is_reused_for_its_own_model_only(checkpoint):
+    assert doc_snippet.prepare_checkpoint("minilm", checkpoint) == checkpoint
+    with pytest.raises(ValueError, match=r"holds the conversion of 'minilm', not of --model=\./other-bert"):
+        doc_snippet.prepare_checkpoint("./other-bert", checkpoint)
+
+
 def test_snippet_as_written_fails_inside_fit(checkpoint):
     with pytest.raises(AttributeError, match="'NoneType' object has no attribute 'dtype'") as caught:
         doc_snippet.run_snippet(checkpoint)
