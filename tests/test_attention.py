@@ -28,19 +28,29 @@ def test_outputs_before_t_ignore_inputs_from_t_on():
         np.testing.assert_allclose(np.asarray(layer(edited))[:, :k], np.asarray(layer(x))[:, :k], atol=1e-6)
 
 
+def _sharp(layer, x, seed=0):
+    """`layer`, built on `x`, with weights of std 0.5: a key that leaks through a mask moves the outputs visibly."""
+    layer.build(x.shape)
+    rng = np.random.default_rng(seed)
+    layer.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") for w in layer.get_weights()])
+    return layer
+
+
 def test_padded_keys_are_ignored():
-    layer = CausalSelfAttention(num_heads=2)
+    # Left padding: the padded keys come before the real queries, so only the padding mask (not the causal one)
+    # can hide them.
     x = _inputs()
-    padding_mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    layer = _sharp(CausalSelfAttention(num_heads=2), x)
+    padding_mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     edited = x.copy()
-    edited[0, 3:] = 100.0
+    edited[0, :2] = 3.0
     real = np.asarray(layer(x, padding_mask=padding_mask))
-    np.testing.assert_allclose(np.asarray(layer(edited, padding_mask=padding_mask))[0, :3], real[0, :3], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(layer(edited, padding_mask=padding_mask))[0, 2:], real[0, 2:], atol=1e-5)
 
 
 def test_cached_decoding_equals_full_pass():
-    layer = CausalSelfAttention(num_heads=2)
     x = _inputs(time=6)
+    layer = _sharp(CausalSelfAttention(num_heads=2), x)  # a lost cached key moves the outputs visibly
     full = np.asarray(layer(x))
     cache = layer.init_cache(2, 8)
     prefix, cache = layer(x[:, :3], cache=cache, cache_index=0)

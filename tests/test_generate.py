@@ -20,8 +20,13 @@ PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12], [7]]
 
 @pytest.fixture(scope="module")
 def model():
+    """Random weights of std 0.5: a padded or lost key moves the logits enough to change greedy tokens."""
     keras.utils.set_random_seed(1)
-    return TransformerLM(CONFIG)
+    model = TransformerLM(CONFIG)
+    rng = np.random.default_rng(1)
+    model.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") if w.ndim == 2 else w
+                       for w in model.get_weights()])
+    return model
 
 
 def uncached_greedy(model, prompt, max_new_tokens):
@@ -52,7 +57,10 @@ def test_padded_array_with_mask_equals_ragged_lists(model):
     mask = np.zeros((2, 9), np.int32)
     for row, prompt in enumerate(PROMPTS[:2]):  # right-padded, the usual tokenizer output
         array[row, : len(prompt)], mask[row, : len(prompt)] = prompt, 1
-    assert generate(model, array, max_new_tokens=5, padding_mask=mask) == generate(model, PROMPTS[:2], max_new_tokens=5)
+    padded = generate(model, array, max_new_tokens=5, padding_mask=mask)
+    assert padded == generate(model, PROMPTS[:2], max_new_tokens=5)
+    # and each row's unpadded full-pass reference: `generate` pads ragged lists too, so they cannot be the only one
+    assert padded == [uncached_greedy(model, prompt, 5) for prompt in PROMPTS[:2]]
 
 
 def test_temperature_zero_equals_greedy(model):

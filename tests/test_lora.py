@@ -43,7 +43,7 @@ def test_saving_merges_the_factors_into_a_plain_model(tmp_path):
     model = TransformerLM(CONFIG)
     base_weights = len(model.weights)
     before = np.asarray(model(IDS))
-    enable_lora(model, rank=2, embeddings=True)
+    enable_lora(model, rank=2, alpha=8.0, embeddings=True)  # scale alpha / rank = 4: a merge must apply it
     rng = np.random.default_rng(0)
     table = model.embedding.token_embedding
     for factor in [layer.lora_kernel_b for layer in lora_targets(model)] + [table.lora_embeddings_b]:

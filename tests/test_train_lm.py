@@ -394,11 +394,16 @@ def test_init_from_starts_at_the_source_models_loss(tmp_path, kind, monkeypatch)
     monkeypatch.setattr(Trainer, "fit", fit_once_released)
 
     source = _text_source(tmp_path)
-    (tf_lm_dir if kind == "tf_lm" else hf_dir)(tmp_path / "base")
+    source_model, _ = (tf_lm_dir if kind == "tf_lm" else hf_dir)(tmp_path / "base")
     base = read_pretrained(str(tmp_path / "base"))
     model = load_gpt2_state(TransformerLM(base.config), base.state)
     store = prepare_store(source, str(tmp_path / "store"), tokenizer=base.tokenizer)
     expected = evaluate_split(model, base.tokenizer, store, "validation")["loss"]
+    # The source model's own forward pass gives those logits: a checkpoint misread the same way by the run and by
+    # `model` (a swapped LayerNorm, another GELU) would still agree with itself.
+    ids = store.read("validation", 0, base.config.block_size)[None]  # (1, block_size)
+    source_logits = source_model(ids).logits if kind == "hf" else source_model(ids)
+    np.testing.assert_allclose(np.asarray(model(ids)), np.asarray(source_logits), atol=1e-4)
     _finetune(tmp_path / "base", tmp_path / "run", source)
     assert abs(_first_validation_loss(tmp_path / "run") - expected) < 1e-4
 
