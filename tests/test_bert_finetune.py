@@ -160,6 +160,19 @@ def test_a_foreign_best_dir_is_refused_before_training(tmp_path, monkeypatch):
     assert os.listdir(best_dir) == ["precious.txt"]
 
 
+def short_run(tmp_path, **config):
+    """`run(name)`: fine-tunes a tiny checkpoint on 16 SST-2 sentences (two batches of 8, trained and evaluated on)
+    into `tmp_path/name`, with `config` (epochs, buckets) on top of the shared settings."""
+    model = tiny_checkpoint(tmp_path / "model")
+    train = short_sst2(tmp_path / "train.tsv", "train.tsv", 16)
+    settings = finetune.FinetuneConfig(max_length=16, batch_size=8, learning_rate=1e-3, **config)
+
+    def run(name):
+        return finetune.finetune(model, train, train, settings, str(tmp_path / name), resolve_strategy("cpu"))
+
+    return run
+
+
 # The last step of the first epoch, and of the run (12 s; in make test-all).
 @pytest.mark.parametrize("stop_step", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_a_signal_in_the_last_step_of_an_epoch_evaluates_it_before_stopping(tmp_path, monkeypatch, stop_step):
@@ -167,13 +180,7 @@ def test_a_signal_in_the_last_step_of_an_epoch_evaluates_it_before_stopping(tmp_
     resumed run never evaluates it (and, stopped in the run's last step, evaluates nothing at all)."""
     import signal
 
-    model = tiny_checkpoint(tmp_path / "model")
-    train = short_sst2(tmp_path / "train.tsv", "train.tsv", 16)
-    config = finetune.FinetuneConfig(max_length=16, batch_size=8, learning_rate=1e-3, epochs=2, num_buckets=2)
-
-    def run(name):
-        return finetune.finetune(model, train, train, config, str(tmp_path / name), resolve_strategy("cpu"))
-
+    run = short_run(tmp_path, epochs=2, num_buckets=2)
     straight = run("straight")
     assert [record["step"] for record in straight] == [2, 4]  # two batches an epoch
     with monkeypatch.context() as patch:
@@ -194,13 +201,7 @@ def test_a_resumed_epochs_record_covers_its_steps_before_the_interruption(tmp_pa
     uninterrupted run's: the loss of all its steps (added in the same order), every example seen once."""
     import signal
 
-    model = tiny_checkpoint(tmp_path / "model")
-    train = short_sst2(tmp_path / "train.tsv", "train.tsv", 16)
-    config = finetune.FinetuneConfig(max_length=16, batch_size=8, learning_rate=1e-3, epochs=1, num_buckets=1)
-
-    def run(name):
-        return finetune.finetune(model, train, train, config, str(tmp_path / name), resolve_strategy("cpu"))
-
+    run = short_run(tmp_path, epochs=1, num_buckets=1)
     straight = run("straight")
     assert [record["step"] for record in straight] == [2]
     with monkeypatch.context() as patch:
@@ -300,6 +301,7 @@ def test_same_seed_repeats_a_run(tmp_path):
     assert runs[0][-1]["eval_loss"] == runs[1][-1]["eval_loss"]
 
 
+@pytest.mark.slow  # 18 s
 def test_head_trains_at_its_multiple_of_the_learning_rate():
     strategy = resolve_strategy("cpu")
     dataset = dev_batches(4)
@@ -330,6 +332,7 @@ def test_nan_loss_stops_training():
         trainer.train(poisoned, steps=1)
 
 
+@pytest.mark.slow  # 12 s
 def test_both_backends_train_alike_without_dropout(tmp_path):
     """The recipe is the same, not only the model: optimizer, schedule and warm-up, weight decay and what it skips,
     the head's multiple, loss and batches. Without dropout (the only random draws left) and in float32, 8 steps

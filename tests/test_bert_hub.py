@@ -175,23 +175,29 @@ def test_save_pretrained_round_trip_matches_transformers_loader(classifier, toke
     assert hub.load_tokenizer(str(target))(["A Fine Film"])["input_ids"] == [[101, 1037, 2986, 2143, 102]]
 
 
-@pytest.mark.parametrize("writer", ["keras", "hf"])  # PyTorch-named or TF-format safetensors
-def test_a_fine_tuned_checkpoint_takes_a_new_head_of_other_classes(tmp_path, writer):
-    """As `BertClassifier.from_pretrained` does: the encoder and pooler are loaded, the head of 3 classes is new."""
+def write_tiny_classifier(directory, writer: str, num_hidden_layers: int = 1) -> None:
+    """A 2-class BERT classifier checkpoint of a tiny shape, written by our exporter (PyTorch-named safetensors,
+    `writer="keras"`) or by transformers' `save_pretrained` (TF-format safetensors, `writer="hf"`)."""
     import transformers
 
     from tf_lm.bert import weights
     from tf_lm.bert.config import BertConfig
     from tf_lm.bert.model import BertClassifier
 
-    shape = {"vocab_size": 40, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+    shape = {"vocab_size": 40, "hidden_size": 16, "num_hidden_layers": num_hidden_layers, "num_attention_heads": 2,
              "intermediate_size": 32, "max_position_embeddings": 16}
     if writer == "keras":
-        weights.export(BertClassifier(BertConfig(**shape)), hub.resolve_checkpoint("minilm"), str(tmp_path))
+        weights.export(BertClassifier(BertConfig(**shape)), hub.resolve_checkpoint("minilm"), str(directory))
     else:
         model = transformers.TFBertForSequenceClassification(transformers.BertConfig(**shape, num_labels=2))
         model(model.dummy_inputs)
-        model.save_pretrained(str(tmp_path), safe_serialization=True)
+        model.save_pretrained(str(directory), safe_serialization=True)
+
+
+@pytest.mark.parametrize("writer", ["keras", "hf"])
+def test_a_fine_tuned_checkpoint_takes_a_new_head_of_other_classes(tmp_path, writer):
+    """As `BertClassifier.from_pretrained` does: the encoder and pooler are loaded, the head of 3 classes is new."""
+    write_tiny_classifier(tmp_path, writer)
     two = hub.load_classifier(str(tmp_path))
     three = hub.load_classifier(str(tmp_path), num_labels=3)
     assert tuple(two.classifier.kernel.shape) == (16, 2) and tuple(three.classifier.kernel.shape) == (16, 3)
@@ -199,24 +205,11 @@ def test_a_fine_tuned_checkpoint_takes_a_new_head_of_other_classes(tmp_path, wri
         np.testing.assert_array_equal(new.numpy(), old.numpy())
 
 
-@pytest.mark.parametrize("writer", ["keras", "hf"])  # PyTorch-named or TF-format safetensors
+@pytest.mark.parametrize("writer", ["keras", "hf"])
 def test_weights_the_config_has_no_place_for_are_refused(tmp_path, writer):
     import json
 
-    import transformers
-
-    from tf_lm.bert import weights
-    from tf_lm.bert.config import BertConfig
-    from tf_lm.bert.model import BertClassifier
-
-    shape = {"vocab_size": 40, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "intermediate_size": 32, "max_position_embeddings": 16}
-    if writer == "keras":
-        weights.export(BertClassifier(BertConfig(**shape)), hub.resolve_checkpoint("minilm"), str(tmp_path))
-    else:
-        model = transformers.TFBertForSequenceClassification(transformers.BertConfig(**shape, num_labels=2))
-        model(model.dummy_inputs)
-        model.save_pretrained(str(tmp_path), safe_serialization=True)
+    write_tiny_classifier(tmp_path, writer, num_hidden_layers=2)
     hub.load_classifier(str(tmp_path))  # as written: every weight has its place
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))

@@ -109,6 +109,7 @@ def test_a_sampler_speculation_cannot_draw_from_is_refused(pair):
     assert all(token % 2 == 0 for row in new for token in row)
 
 
+@pytest.mark.slow  # 16 s
 def test_a_draft_equal_to_the_model_accepts_every_token(pair):
     model, _ = pair
     chunks = stream(model, PROMPTS, max_new_tokens=20, draft_model=model, num_speculative_tokens=3, chunk_size=20)

@@ -245,6 +245,7 @@ def test_a_flags_txt_written_with_every_flag_still_resumes_and_refuses_a_change(
         check_flags(str(tmp_path), script_flags(changed))
 
 
+@pytest.mark.slow  # 22 s: two runs of the script
 def test_store_dataset_trains_and_a_store_of_another_tokenizer_is_refused(tmp_path):
     import shutil
 
