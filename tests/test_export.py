@@ -57,6 +57,7 @@ def load_and_run(*jobs):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # 48 s; the CLI export and end-of-text tests cover the export in make test
 def test_saved_model_reproduces_in_process_generation_without_tf_lm(model_and_tokenizer, tmp_path):
     model, tokenizer = model_and_tokenizer
     greedy_dir, sampled_dir, draft_dir = tmp_path / "greedy", tmp_path / "top_p", tmp_path / "draft"
