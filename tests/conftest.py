@@ -114,6 +114,20 @@ def copy_to_tensorflow_filesystem(local, remote: str) -> None:
             tf.io.gfile.copy(f"{directory}/{name}", f"{target}/{name}", overwrite=True)
 
 
+def emit_only(model, token_id: int):
+    """Makes `model` (a `TransformerLM`) predict `token_id` after any input and returns it: its final LayerNorm
+    outputs its bias alone, one direction, which only that id's embedding has, so the tied head scores it 1 and
+    every other id 0."""
+    width = model.config.n_embd
+    direction = np.eye(width, dtype="float32")[0]
+    table = np.zeros((model.config.vocab_size, width), "float32")
+    table[token_id] = direction
+    model.embedding.token_embeddings.assign(table)
+    model.final_norm.gamma.assign(np.zeros(width, "float32"))
+    model.final_norm.beta.assign(direction)
+    return model
+
+
 def tf_lm_dir(path):
     """A tf_lm model directory with random (not freshly initialised) weights."""
     from tf_lm import TransformerLM

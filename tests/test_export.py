@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import keras
 import pytest
-from conftest import run_command
+from conftest import emit_only, run_command
 
 from tf_lm import LMConfig, TransformerLM, generate
 from tf_lm.artifacts import save_model_dir
@@ -173,22 +173,13 @@ def test_export_cli_samples_with_top_k_alone_and_is_greedy_without_sampling_flag
 
 
 def test_the_exported_model_stops_at_end_of_text_as_the_generate_script_does(model_and_tokenizer, tmp_path):
-    import numpy as np
-
     from experiments.export import run
     from experiments.generate import run as generate_script
     from experiments.generate import sampling_kwargs
 
     _, tokenizer = model_and_tokenizer
     model = TransformerLM(LMConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16))
-    # Every output is end-of-text: the final norm emits one direction, which only that id's embedding has.
-    direction = np.zeros(16, "float32")
-    direction[0] = 1.0
-    table = np.zeros((tokenizer.vocab_size, 16), "float32")
-    table[tokenizer.eos_id] = direction
-    model.embedding.token_embeddings.assign(table)
-    model.final_norm.gamma.assign(np.zeros(16, "float32"))
-    model.final_norm.beta.assign(direction)
+    emit_only(model, tokenizer.eos_id)  # every output is end-of-text
     save_model_dir(str(tmp_path / "model"), model, tokenizer)
     printed = io.StringIO()
     generate_script(str(tmp_path / "model"), "hello", max_new_tokens=4, seed=None, num_samples=1, chunk_size=2,

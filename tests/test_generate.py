@@ -5,7 +5,7 @@ import io
 import keras
 import numpy as np
 import pytest
-from conftest import failure_line, run_module
+from conftest import emit_only, failure_line, run_module
 
 from tf_lm import LMConfig, TransformerLM, generate
 from tf_lm.artifacts import save_model_dir
@@ -316,17 +316,11 @@ def test_a_sampler_subclass_that_inherits_get_config_gets_a_program_per_instance
 def test_cli_prints_a_sample_that_ends_with_a_char_vocabularys_replacement_character(tmp_path):
     from experiments.generate import run, sampling_kwargs
 
-    # A char vocabulary whose unknown token is U+FFFD, and a model that emits only it: the final norm outputs one
-    # direction, which only that id's embedding has. The printer held trailing U+FFFD back as a half-decoded
-    # multi-byte character, and never printed it.
+    # A char vocabulary whose unknown token is U+FFFD, and a model that emits only it. The printer held trailing
+    # U+FFFD back as a half-decoded multi-byte character, and never printed it.
     tokenizer = CharTokenizer.from_text("abc", unknown_token="\ufffd")
-    replacement = tokenizer.encode("\ufffd")[0]
     model = TransformerLM(LMConfig(vocab_size=tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=8))
-    direction = np.eye(8, dtype="float32")[0]
-    model.embedding.token_embeddings.assign(np.where(np.arange(tokenizer.vocab_size)[:, None] == replacement,
-                                                     direction, 0.0).astype("float32"))
-    model.final_norm.gamma.assign(np.zeros(8, "float32"))
-    model.final_norm.beta.assign(direction)
+    emit_only(model, tokenizer.encode("\ufffd")[0])
     save_model_dir(str(tmp_path / "model"), model, tokenizer)
     out = io.StringIO()
     run(str(tmp_path / "model"), "ab", max_new_tokens=3, seed=None, num_samples=1, chunk_size=2,

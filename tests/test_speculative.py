@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import emit_only
 
 from tf_lm import LMConfig, TransformerLM, generate
 from tf_lm.generation import GreedySampler, RandomSampler, TopKSampler, TopPSampler, speculative, stream
@@ -122,13 +123,7 @@ def test_a_draft_that_always_disagrees_still_gives_the_exact_greedy_output(pair)
     model, _ = pair
     plain = generate(model, PROMPTS, max_new_tokens=20)
     never = next(t for t in range(13) if all(t not in row for row in plain))
-    # A final LayerNorm that outputs token `never`'s embedding whatever the input: the draft always proposes it.
-    draft = random_model(1, 16, 0.5, seed=5)
-    embedding = np.zeros((13, 16), np.float32)
-    embedding[never] = 1.0
-    draft.embedding.token_embeddings.assign(embedding)
-    draft.final_norm.gamma.assign(np.zeros(16, np.float32))
-    draft.final_norm.beta.assign(embedding[never])
+    draft = emit_only(random_model(1, 16, 0.5, seed=5), never)  # it always proposes `never`
     chunks = stream(model, PROMPTS, max_new_tokens=20, draft_model=draft, num_speculative_tokens=3, chunk_size=20)
     assert joined(list(chunks), 3) == plain
     assert chunks.speculation.accepted == 0
