@@ -89,9 +89,9 @@ def prepare_checkpoint(model: str, checkpoint_dir: str) -> str:
     if not os.path.isfile(os.path.join(checkpoint_dir, "config.json")):
         hub.export_tf_checkpoint(model, checkpoint_dir)
         atomic_write(source, json.dumps({"model": model}))
-    elif os.path.isfile(source) and read_json(source).get("model") != model:
-        raise ValueError(f"--checkpoint_dir={checkpoint_dir} holds the conversion of "
-                         f"{read_json(source).get('model')!r}, not of --model={model}; pass another --checkpoint_dir.")
+    elif os.path.isfile(source) and (converted := read_json(source).get("model")) != model:
+        raise ValueError(f"--checkpoint_dir={checkpoint_dir} holds the conversion of {converted!r}, not of "
+                         f"--model={model}; pass another --checkpoint_dir.")
     return checkpoint_dir
 
 

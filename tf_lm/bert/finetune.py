@@ -306,7 +306,7 @@ class ClassifierTrainer:
         """
         iterator = self._distribute(dataset.take(steps))
         progbar = keras.utils.Progbar(steps, stateful_metrics=["loss"]) if self.verbose else None
-        total, self.steps_done, self.losses = 0.0, 0, []
+        self.steps_done, self.losses = 0, []
         for step in range(1, steps + 1):
             loss = float(self.train_step(iterator)[0])
             if not math.isfinite(loss):
@@ -314,14 +314,13 @@ class ClassifierTrainer:
                     f"Training diverged: the loss became {loss} at step {step} of this epoch; stopped. Lower "
                     "learning_rate or raise warmup_fraction, then rerun."
                 )
-            total += loss
             self.losses.append(loss)
             self.steps_done = step
             if progbar is not None:
                 progbar.update(step, [("loss", loss)])
             if stop is not None and stop():
                 break
-        return total / max(self.steps_done, 1)
+        return sum(self.losses) / max(self.steps_done, 1)
 
     def predict(self, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities `[n, C]` and labels `[n]` of the real (weight > 0) rows of `dataset`."""
