@@ -257,6 +257,12 @@ def test_create_optimizer_warms_up_then_decays_linearly():
     np.testing.assert_allclose(rates, [0.0, 5e-5, 1e-4, 5e-5, 0.0], atol=1e-9)
 
 
+@pytest.mark.parametrize("weight_decay, name", [(0.01, "AdamWeightDecay"), (0.0, "Adam")])
+def test_create_optimizer_decays_weights_only_when_asked(weight_decay, name):
+    optimizer = hub.create_optimizer(1e-4, num_train_steps=10, warmup_steps=1, weight_decay=weight_decay)
+    assert type(optimizer).__name__ == name
+
+
 def test_export_refuses_a_directory_with_files(tmp_path):
     (tmp_path / "notes.txt").write_text("keep me")
     with pytest.raises(ValueError, match="not empty"):

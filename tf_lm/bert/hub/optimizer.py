@@ -6,7 +6,8 @@ import transformers
 
 
 def create_optimizer(learning_rate: float, num_train_steps: int, warmup_steps: int, weight_decay: float = 0.01):
-    """AdamW (tf_keras) with linear warm-up from 0 and linear decay to 0 over `num_train_steps`.
+    """AdamW (tf_keras) with linear warm-up from 0 and linear decay to 0 over `num_train_steps`; plain Adam at
+    `weight_decay=0`.
 
     LayerNorm and bias weights are excluded from weight decay, as in BERT's original recipe. Call it inside the
     strategy's scope so the slot variables are distributed like the model's.
@@ -18,7 +19,8 @@ def create_optimizer(learning_rate: float, num_train_steps: int, warmup_steps: i
         weight_decay: float, default 0.01. Decoupled weight-decay rate.
 
     Returns:
-        A tf_keras optimizer (`transformers.AdamWeightDecay`).
+        A tf_keras optimizer: `transformers.AdamWeightDecay`, or tf_keras `Adam` when `weight_decay` is 0 (as
+        `transformers.create_optimizer` chooses).
 
     Raises:
         ValueError: for a non-positive learning rate or step count, or warm-up longer than training.
