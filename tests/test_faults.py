@@ -112,6 +112,10 @@ def test_a_second_holder_of_a_directory_is_refused_naming_the_first(tmp_path):
     with directory_lock(str(tmp_path / "run")):  # released: the next run gets it
         pass
     assert not (tmp_path / "run").exists()  # created for nothing, so removed again
+    (tmp_path / "run").mkdir()
+    with directory_lock(str(tmp_path / "run")):
+        pass
+    assert (tmp_path / "run" / "lock").read_text() == ""  # no holder line left that reads as a live run
 
 
 def test_export_over_a_foreign_directory_is_refused_in_one_line_and_touches_nothing(tmp_path, monkeypatch):
