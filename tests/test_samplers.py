@@ -112,10 +112,27 @@ def test_temperature_zero_is_greedy():
 
 def test_temperature_zero_beside_top_k_or_top_p_is_refused():
     # Greedy decoding would ignore them: a --top_k=5 export with the old default temperature 0 was silently greedy.
-    for settings, named in [({"sampler": "top_k", "top_k": 5}, "top_k=5"),
-                            ({"sampler": "top_p", "top_p": 0.9, "top_k": 3}, "top_k=3, top_p=0.9")]:
-        with pytest.raises(ValueError, match=f"temperature=0 is greedy decoding, which would ignore {named}"):
+    for settings, named in [({"sampler": "top_k", "top_k": 5}, "`top_k=5`"),
+                            ({"sampler": "top_p", "top_p": 0.9, "top_k": 3}, "`top_k=3`, `top_p=0.9`")]:
+        with pytest.raises(ValueError, match=f"`temperature=0` is greedy decoding, which would ignore {named}"):
             get_sampler(temperature=0.0, **settings)
+
+
+def test_the_scripts_name_the_sampling_flags_in_the_samplers_errors():
+    from absl import flags
+
+    from experiments.flags import in_flag_terms
+
+    script_flags = flags.FlagValues()
+    for name in ("temperature", "top_k", "top_p"):
+        flags.DEFINE_float(name, None, "", flag_values=script_flags, module_name="experiments.generate")
+    with pytest.raises(ValueError) as error:
+        get_sampler("top_k", temperature=0.0, top_k=5)
+    assert in_flag_terms(str(error.value), script_flags).startswith(
+        "--temperature=0 is greedy decoding, which would ignore --top_k=5; pass a --temperature > 0")
+    with pytest.raises(ValueError) as error:
+        get_sampler("top_p", top_p=1.5)
+    assert in_flag_terms(str(error.value), script_flags) == "--top_p must be in (0, 1]. Received: --top_p=1.5"
 
 
 def test_top_k_then_top_p_keeps_what_hf_warpers_keep():
@@ -169,10 +186,10 @@ def test_loop_compiles_with_xla_and_matches_eager():
         ({"sampler": "top_p"}, "needs top_p"),
         ({"sampler": "temperature", "top_k": 5}, "does not use"),
         ({"sampler": "greedy", "temperature": 0.5}, "no temperature"),
-        ({"sampler": "temperature", "temperature": -1.0}, "temperature must be >= 0"),
-        ({"sampler": "top_k", "top_k": 0}, "top_k must be an integer >= 1"),
-        ({"sampler": "top_p", "top_p": 1.5}, r"top_p must be in \(0, 1\]"),
-        ({"sampler": "top_p", "top_p": 0.5, "top_k": 0, "temperature": 0.0}, "top_k must be"),
+        ({"sampler": "temperature", "temperature": -1.0}, "`temperature` must be >= 0"),
+        ({"sampler": "top_k", "top_k": 0}, "`top_k` must be an integer >= 1"),
+        ({"sampler": "top_p", "top_p": 1.5}, r"`top_p` must be in \(0, 1\]"),
+        ({"sampler": "top_p", "top_p": 0.5, "top_k": 0, "temperature": 0.0}, "`top_k` must be"),
         ({"sampler": GreedySampler(), "top_k": 3}, "Sampler's constructor"),
     ],
 )

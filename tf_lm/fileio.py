@@ -338,8 +338,9 @@ def directory_lock(directory: str) -> Iterator[None]:
     """Holds an exclusive lock on `directory` (created if missing) while the body runs.
 
     The lock is an OS file lock (`filelock`, `flock(2)`) on `<directory>/lock`, which also records the holder's
-    pid and host while it holds it. The kernel drops it when the holder dies, so a killed run never blocks the next one. If this
-    call created `directory` and the body leaves nothing else in it, the directory is removed again.
+    pid and host while it holds it. The kernel drops it when the holder dies, so a killed run never blocks the
+    next one. If this call created `directory` and the body leaves nothing else in it, the directory is removed
+    again.
     Object stores (`gs://`) have no such lock: there the body runs unlocked. A `file://` URL locks its local path.
 
     Args:

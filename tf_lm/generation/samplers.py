@@ -249,7 +249,7 @@ class TopKSampler(Sampler):
     def __init__(self, k: int, temperature: float = 1.0):
         super().__init__(temperature)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"top_k must be an integer >= 1. Received: top_k={k!r}")
+            raise ValueError(f"`top_k` must be an integer >= 1. Received: `top_k={k!r}`")
         self.k = k
 
     def filter_logits(self, logits):
@@ -282,9 +282,9 @@ class TopPSampler(Sampler):
     def __init__(self, p: float, k: int | None = None, temperature: float = 1.0):
         super().__init__(temperature)
         if not 0.0 < p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1]. Received: top_p={p}")
+            raise ValueError(f"`top_p` must be in (0, 1]. Received: `top_p={p}`")
         if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise ValueError(f"top_k must be an integer >= 1 or None. Received: top_k={k!r}")
+            raise ValueError(f"`top_k` must be an integer >= 1 or None. Received: `top_k={k!r}`")
         self.p = float(p)
         self.k = k
 
@@ -346,7 +346,7 @@ def get_sampler(sampler: str | Sampler = "greedy", temperature: float = 1.0, top
     if sampler not in SAMPLERS:
         raise ValueError(f"Unknown sampler {sampler!r}; choose one of {list(SAMPLERS)} or pass a Sampler.")
     if temperature is None or not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0 (0 means greedy). Received: temperature={temperature}")
+        raise ValueError(f"`temperature` must be >= 0 (0 means greedy). Received: `temperature={temperature}`")
     unused = {
         "greedy": {"top_k": top_k, "top_p": top_p},
         "temperature": {"top_k": top_k, "top_p": top_p},
@@ -371,10 +371,11 @@ def get_sampler(sampler: str | Sampler = "greedy", temperature: float = 1.0, top
     if sampler == "top_p":
         TopPSampler(top_p, top_k)
     if sampler in ("top_k", "top_p") and temperature == 0:
-        settings = ", ".join(f"{name}={value}" for name, value in (("top_k", top_k), ("top_p", top_p))
+        settings = ", ".join(f"`{name}={value}`" for name, value in (("top_k", top_k), ("top_p", top_p))
                              if value is not None)
+        # Backticked arguments: a script prints them as its flags (`--temperature=0`).
         raise ValueError(
-            f"temperature=0 is greedy decoding, which would ignore {settings}; pass a temperature > 0 to sample "
+            f"`temperature=0` is greedy decoding, which would ignore {settings}; pass a `temperature` > 0 to sample "
             "with them, or drop them for greedy."
         )
     if sampler == "greedy" or temperature == 0:
