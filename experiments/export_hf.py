@@ -4,7 +4,8 @@
 
 Writes into --output_dir (built beside it and swapped in by rename): config.json (`GPT2LMHeadModel`),
 model.safetensors (PyTorch names and layout), generation_config.json, tokenizer.json and tokenizer_config.json, and
-tf_lm_export.json, which lets a later export replace it (a directory without it is never replaced).
+tf_lm_export.json, which lets a later export replace it (a directory without it is never replaced, nor an earlier
+export holding a file added since, such as the .gguf llama.cpp's converter writes there).
 Load it with `transformers.GPT2LMHeadModel.from_pretrained(OUT)` and `AutoTokenizer.from_pretrained(OUT)`, or
 back here with `tf_lm.convert.from_gpt2_safetensors(OUT)`.
 """
@@ -26,7 +27,7 @@ def export_hf(model_dir: str, output_dir: str) -> None:
     Raises:
         FileNotFoundError: if `model_dir` is not a model directory.
         ValueError: if the model is not a plain GPT-2 architecture, or `output_dir` is a non-empty directory
-            that no export wrote (it is left untouched).
+            that no export wrote, or an earlier export that also holds other files (it is left untouched).
     """
     model, tokenizer = load_model_dir(model_dir)
     save_gpt2_checkpoint(model, output_dir, tokenizer)

@@ -4,9 +4,9 @@
     python -m experiments.train_lm --dataset=store:stores/corpus --model_dir=runs/corpus --preset=gpt2
 
 The source is streamed in bounded chunks and encoded on every core; a progress line shows MB, tokens and
-tokens/s. `--tokenizer_dir` encodes with a saved tokenizer (a model's `tokenizer/`, or GPT-2's `vocab.json` +
-`merges.txt`) instead of building one. A killed run leaves no manifest; rerun the same command to finish the store
-(finished shards are kept).
+tokens/s. `--tokenizer_dir` encodes with a saved tokenizer (a train_lm `--model_dir` or its `model/tokenizer/`, an
+export_hf `--output_dir`, or GPT-2's `vocab.json` + `merges.txt`) instead of building one. A killed run leaves no
+manifest; rerun the same command to finish the store (finished shards are kept).
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ if __name__ == "__main__":
     define_data_flags()
     define_tokenizer_flags()
     with flag_group("data"):
-        flags.DEFINE_string("tokenizer_dir", None, "Encode with the tokenizer saved in this directory (a model's "
-                            "tokenizer/, or GPT-2's vocab.json + merges.txt) instead of building one.")
+        flags.DEFINE_string("tokenizer_dir", None, "Encode with the tokenizer saved in this directory (a model "
+                            "directory or its model/tokenizer/, an HF checkpoint, or GPT-2's vocab.json + merges.txt) "
+                            "instead of building one.")
     with flag_group("output"):
         flags.DEFINE_string("output_dir", None, "The store's directory (any tf.io.gfile path): new, empty, or an "
                             "unfinished store of the same flags (finished).")

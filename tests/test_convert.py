@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 import transformers
-from conftest import copy_to_tensorflow_filesystem, run_command
+from conftest import copy_to_tensorflow_filesystem, files_of, run_command
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
@@ -18,6 +18,8 @@ from tf_lm.convert import (
     gpt2_config,
     gpt2_state_from_hf,
     load_gpt2_state,
+    read_gpt2_config,
+    read_gpt2_state,
     save_gpt2_checkpoint,
 )
 
@@ -204,3 +206,43 @@ def test_an_untied_output_layer_is_refused(hf_gpt2):
     load_gpt2_state(model, {**state, "lm_head.weight": state["wte.weight"]})  # tied, written out: fine
     with pytest.raises(ValueError, match="lm_head.weight differs from its token embeddings"):
         load_gpt2_state(model, {**state, "lm_head.weight": state["wte.weight"] + 1.0})
+
+
+def test_the_config_holds_what_llama_cpps_converter_reads():
+    # convert_hf_to_gguf.py's GPT2Model.set_gguf_parameters reads these keys of config.json, n_ctx included.
+    config = LMConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    written = gpt2_config(config)
+    assert written["n_ctx"] == written["n_positions"] == config.block_size
+    assert {key: written[key] for key in ("n_layer", "n_embd", "n_head", "layer_norm_epsilon")} == {
+        "n_layer": 1, "n_embd": 8, "n_head": 2, "layer_norm_epsilon": config.layer_norm_epsilon}
+
+
+def test_damaged_checkpoint_files_are_named_in_one_line(tmp_path):
+    model = TransformerLM(LMConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    save_gpt2_checkpoint(model, str(tmp_path))
+    weights = tmp_path / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size // 2)  # an interrupted download
+    with pytest.raises(ValueError, match=r"model.safetensors is damaged or incomplete: .*; download") as error:
+        read_gpt2_state(str(tmp_path))
+    assert str(tmp_path) in str(error.value) and "\n" not in str(error.value)
+    (tmp_path / "config.json").write_text("")
+    with pytest.raises(ValueError, match=r"config.json is damaged: it is not valid JSON") as error:
+        from_gpt2_safetensors(str(tmp_path))
+    assert str(tmp_path) in str(error.value)
+    (tmp_path / "config.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"config.json is damaged: it holds a JSON list"):
+        read_gpt2_config(str(tmp_path))
+
+
+def test_an_earlier_export_holding_a_users_file_is_not_replaced(tmp_path):
+    model = TransformerLM(LMConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    out = tmp_path / "export"
+    save_gpt2_checkpoint(model, str(out))
+    (out / "export-F16.gguf").write_text("llama.cpp's converter writes here by default")
+    before = files_of(out)
+    with pytest.raises(ValueError, match=r"earlier export but also holds 'export-F16.gguf', which exporting again "
+                                         r"would delete, so it was left untouched; move that file elsewhere"):
+        save_gpt2_checkpoint(model, str(out))
+    assert files_of(out) == before and os.listdir(tmp_path) == ["export"]
+    (out / "export-F16.gguf").unlink()
+    save_gpt2_checkpoint(model, str(out))  # only the export's own files: replaced as before

@@ -8,7 +8,7 @@ import time
 import pytest
 from conftest import REPO, failure_line, files_of, run_module, script_environment
 
-from tf_lm.data import TokenStore
+from tf_lm.data import CharTokenizer, TokenStore
 from tf_lm.data.store import MANIFEST, PREPARING
 
 
@@ -57,6 +57,24 @@ def test_tokenizer_dir_reuses_a_saved_tokenizer(corpus, tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     a, b = TokenStore(str(tmp_path / "bpe")), TokenStore(str(tmp_path / "again"))
     assert a.fingerprint == b.fingerprint and a.num_tokens("train") == b.num_tokens("train")
+
+
+def test_tokenizer_dir_takes_a_model_directory_and_an_hf_export_of_a_char_model(tmp_path):
+    """train_lm suggests `prepare_data --tokenizer_dir` with the --init_from directory: a model directory (its
+    tokenizer in model/tokenizer/) or an HF export, whose char tokenizer refuses an unseen character in one line."""
+    (tmp_path / "text.txt").write_text("hello world\n" * 50, encoding="utf-8")
+    tokenizer = CharTokenizer.from_text("hello world\n", end_of_text=True)
+    tokenizer.save(str(tmp_path / "run" / "model" / "tokenizer"))  # where save_model_dir puts it
+    result = run_module("experiments.prepare_data", f"--dataset=text:{tmp_path / 'text.txt'}",
+                        f"--tokenizer_dir={tmp_path / 'run'}", f"--output_dir={tmp_path / 'store'}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert TokenStore(str(tmp_path / "store")).tokenizer.fingerprint == tokenizer.fingerprint
+    (tmp_path / "hf").mkdir()  # what export_hf writes for the tokenizer of a char model
+    (tmp_path / "hf" / "tokenizer.json").write_text(tokenizer.to_hf().to_str(), encoding="utf-8")
+    (tmp_path / "text.txt").write_text("hello world\nhello Zorld\n", encoding="utf-8")
+    result = run_module("experiments.prepare_data", f"--dataset=text:{tmp_path / 'text.txt'}",
+                        f"--tokenizer_dir={tmp_path / 'hf'}", f"--output_dir={tmp_path / 'store2'}")
+    assert failure_line(result).startswith("error: Character 'Z' (U+005A) at position")
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import pytest
 from conftest import CONFIG, TEXT, copy_to_tensorflow_filesystem, hf_dir, tf_lm_dir
 
 from tf_lm import TransformerLM
-from tf_lm.convert import load_gpt2_state
+from tf_lm.convert import load_gpt2_state, save_gpt2_checkpoint
 from tf_lm.pretrained import check_config, pretrained_config, read_pretrained
 
 
@@ -44,6 +44,15 @@ def test_an_hf_directory_reads_with_its_gpt2_tokenizer(tmp_path):
     model = load_gpt2_state(TransformerLM(base.config), base.state)
     np.testing.assert_allclose(np.asarray(model(ids)), hf(ids).logits.numpy(), atol=1e-4)
     assert base.fingerprint == read_pretrained(str(tmp_path)).fingerprint
+
+
+def test_an_hf_export_of_a_char_model_reads_with_its_char_tokenizer(tmp_path):
+    """The tokenizer kind that --init_from takes from pretrained_config must be the one read_pretrained reads."""
+    model, tokenizer = tf_lm_dir(tmp_path / "run")
+    save_gpt2_checkpoint(model, str(tmp_path / "hf"), tokenizer)
+    assert pretrained_config(str(tmp_path / "hf")) == (model.config, "char")
+    base = read_pretrained(str(tmp_path / "hf"))
+    assert base.tokenizer.is_char_level and base.tokenizer.fingerprint == tokenizer.fingerprint
 
 
 @pytest.mark.parametrize("write", [tf_lm_dir, hf_dir], ids=["tf_lm", "hf"])

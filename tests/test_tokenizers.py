@@ -212,3 +212,44 @@ def test_build_tokenizer_maps_kinds():
         build_tokenizer("char", CORPUS, vocab_size=100)
     with pytest.raises(ValueError, match="non-empty"):
         build_tokenizer("bpe", "")
+
+
+def test_a_char_tokenizers_tokenizer_json_loads_back_as_that_char_tokenizer(bpe, tmp_path):
+    """An HF export of a char model holds only `to_hf`'s tokenizer.json: it must read back as the CharTokenizer
+    (same ids, end-of-text id and unknown token), not as a word-level BPETokenizer."""
+    text = "You  are all resolved?\n\n"
+    for tokenizer in (CharTokenizer.from_text(CORPUS, end_of_text=True), CharTokenizer.from_text(CORPUS),
+                      CharTokenizer.from_text(CORPUS, unknown_token="?", end_of_text=True)):
+        directory = tmp_path / str(tokenizer.fingerprint)[:8]
+        directory.mkdir()
+        (directory / "tokenizer.json").write_text(tokenizer.to_hf().to_str(pretty=True), encoding="utf-8")
+        loaded = load_tokenizer(str(directory))
+        assert isinstance(loaded, CharTokenizer) and loaded.is_char_level
+        assert loaded.fingerprint == tokenizer.fingerprint and loaded.eos_id == tokenizer.eos_id
+        assert loaded.encode(text) == tokenizer.encode(text)
+    assert loaded.unknown_token == "?" and loaded.encode("Zq") == tokenizer.encode("Zq")
+    assert CharTokenizer.from_hf_json(bpe.to_hf().to_str()) is None
+    assert CharTokenizer.from_hf_json("{not json") is None
+
+
+def test_a_word_level_tokenizer_that_cannot_encode_a_text_raises_a_one_line_value_error(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = Tokenizer(models.WordLevel({"hello": 0, "world": 1, END_OF_TEXT: 2}))  # no unknown token
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = BPETokenizer(words)
+    assert tokenizer.encode("hello world") == [0, 1]
+    for encode in (tokenizer.encode, lambda text: tokenizer.encode_batch([text])):
+        with pytest.raises(ValueError, match=r"cannot encode this text \(WordLevel error: .*\)") as error:
+            encode("hello there")
+        assert "\n" not in str(error.value)
+
+
+def test_load_tokenizer_takes_a_model_directory(tmp_path):
+    """A train_lm --model_dir keeps its tokenizer in model/tokenizer/: the directory itself names it too."""
+    tokenizer = CharTokenizer.from_text(CORPUS, end_of_text=True)
+    tokenizer.save(str(tmp_path / "run" / "model" / "tokenizer"))
+    assert load_tokenizer(str(tmp_path / "run")).fingerprint == tokenizer.fingerprint
+    (tmp_path / "run" / "model" / "tokenizer" / "char_tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match="No tokenizer in .*model/tokenizer"):
+        load_tokenizer(str(tmp_path / "run"))

@@ -17,12 +17,25 @@ import keras
 import numpy as np
 
 from tf_lm.configs import LMConfig
-from tf_lm.fileio import EXPORT_MARKER, atomic_directory, gfile, is_local, write_export_marker, write_file
+from tf_lm.fileio import (
+    EXPORT_MARKER,
+    atomic_directory,
+    check_replaceable,
+    gfile,
+    is_local,
+    normalise_path,
+    read_json,
+    write_export_marker,
+    write_file,
+)
 from tf_lm.model import TransformerLM
 
 # The files of an HF checkpoint directory that hold the model.
 GPT2_CONFIG_FILE = "config.json"
 GPT2_WEIGHTS_FILE = "model.safetensors"
+# Every file `save_gpt2_checkpoint` may write: a re-export replaces a directory holding only these.
+HF_EXPORT_FILES = (GPT2_CONFIG_FILE, GPT2_WEIGHTS_FILE, "generation_config.json", "tokenizer.json",
+                   "tokenizer_config.json", EXPORT_MARKER)
 HF_EXPORT_KIND = "Hugging Face GPT-2 checkpoint"
 _GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
 
@@ -166,11 +179,13 @@ def gpt2_config(config: LMConfig, eos_token_id: int | None = None) -> dict:
     Written out rather than through `transformers.GPT2Config`: importing transformers switches `tf.keras` to
     tf_keras for the process (TF_USE_LEGACY_KERAS=1), so only `tf_lm.bert` imports it. Every setting that
     GPT2LMHeadModel would otherwise default is stated, so a later transformers changing a default changes nothing.
+    `n_ctx` (equal to `n_positions`, as in GPT-2's own config.json) is no longer read by transformers, but
+    llama.cpp's `convert_hf_to_gguf.py` requires it.
     """
     return {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocab_size,
-        "n_positions": config.block_size, "n_embd": config.n_embd, "n_layer": config.n_layer,
-        "n_head": config.n_head, "n_inner": None, "activation_function": "gelu_new",
+        "n_positions": config.block_size, "n_ctx": config.block_size, "n_embd": config.n_embd,
+        "n_layer": config.n_layer, "n_head": config.n_head, "n_inner": None, "activation_function": "gelu_new",
         "resid_pdrop": config.dropout, "embd_pdrop": config.dropout, "attn_pdrop": config.dropout,
         "layer_norm_epsilon": config.layer_norm_epsilon, "initializer_range": 0.02, "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False, "use_cache": True,
@@ -188,19 +203,22 @@ def save_gpt2_checkpoint(model: TransformerLM, directory: str, tokenizer=None, e
     so `AutoTokenizer.from_pretrained` loads it: a BPE tokenizer as a `GPT2TokenizerFast`, a char tokenizer as a
     `PreTrainedTokenizerFast` over a word-level vocabulary of its characters (see `CharTokenizer.to_hf`). The
     directory is built beside `directory` and swapped in whole (`tf_lm.fileio.atomic_directory`); any
-    `tf.io.gfile` path works.
+    `tf.io.gfile` path works. An earlier export is replaced only if it holds nothing but the files an export
+    writes (`HF_EXPORT_FILES`), so a file added to it since (the `.gguf` llama.cpp's converter writes into the
+    model directory by default) is never deleted.
 
     Args:
         eos_token_id: the end-of-text id for the configs; default the tokenizer's.
 
     Raises:
         ValueError: if the model is not a plain GPT-2 architecture (see `gpt2_state`), or `directory` is a
-            non-empty directory that holds no earlier export (it is left untouched: a downloaded HF model is
-            never replaced).
+            non-empty directory that holds no earlier export (a downloaded HF model is never replaced), or an
+            earlier export holding other files too; it is left untouched.
     """
     from safetensors.numpy import save
 
     state = gpt2_state(model)
+    _check_only_export_files(directory)
     if eos_token_id is None and tokenizer is not None:
         eos_token_id = tokenizer.eos_id
     with atomic_directory(directory, marker=EXPORT_MARKER, kind=HF_EXPORT_KIND) as staging:
@@ -212,6 +230,23 @@ def save_gpt2_checkpoint(model: TransformerLM, directory: str, tokenizer=None, e
         write_export_marker(staging, "tf_lm.convert.save_gpt2_checkpoint", HF_EXPORT_KIND)
 
 
+def _check_only_export_files(directory: str) -> None:
+    """Raises ValueError if `directory` is an earlier export that also holds a file no export writes, which
+    replacing the directory would delete."""
+    check_replaceable(directory, EXPORT_MARKER, HF_EXPORT_KIND)  # anything but an earlier export: refused there
+    path = normalise_path(directory)
+    files = gfile(path)
+    if not files.isdir(path):
+        return
+    # tf.io.gfile lists a subdirectory of an object store with a trailing "/".
+    others = sorted(name.rstrip("/") for name in files.listdir(path) if name.rstrip("/") not in HF_EXPORT_FILES)
+    if others:
+        raise ValueError(
+            f"{path} is an earlier export but also holds {others[0]!r}, which exporting again would delete, so it was "
+            "left untouched; move that file elsewhere, or export to another directory."
+        )
+
+
 def _write_hf_configs(config: LMConfig, directory: str, eos_token_id: int | None) -> None:
     write_file(os.path.join(directory, GPT2_CONFIG_FILE), json.dumps(gpt2_config(config, eos_token_id), indent=2))
     # What GenerationConfig.save_pretrained writes: only the settings that differ from its defaults.
@@ -220,15 +255,26 @@ def _write_hf_configs(config: LMConfig, directory: str, eos_token_id: int | None
 
 
 def _write_hf_tokenizer(tokenizer, directory: str, model_max_length: int) -> None:
-    write_file(os.path.join(directory, "tokenizer.json"), tokenizer.to_hf().to_str(pretty=True))
-    eos = None if tokenizer.eos_id is None else tokenizer.to_hf().id_to_token(tokenizer.eos_id)
+    hf_tokenizer = tokenizer.to_hf()
+    serialised = hf_tokenizer.to_str(pretty=True)
+    write_file(os.path.join(directory, "tokenizer.json"), serialised)
+    eos = None if tokenizer.eos_id is None else hf_tokenizer.id_to_token(tokenizer.eos_id)
     settings = {
         "tokenizer_class": "PreTrainedTokenizerFast" if tokenizer.is_char_level else "GPT2TokenizerFast",
         "model_max_length": model_max_length,
         # HF's default clean-up deletes spaces before punctuation, which would break decode(encode(text)) == text.
         "clean_up_tokenization_spaces": False,
-        **({} if eos is None else {"bos_token": eos, "eos_token": eos, "unk_token": eos}),
+        # Written even when null: GPT2TokenizerFast defaults a missing one to <|endoftext|>, which for a tokenizer
+        # without it is a new id beyond the model's vocabulary. A char tokenizer maps an unseen character to its
+        # unknown character (or refuses it), never to the end-of-text id.
+        "bos_token": eos, "eos_token": eos,
+        "unk_token": tokenizer.unknown_token if tokenizer.is_char_level else eos,
     }
+    if not tokenizer.is_char_level:
+        # GPT2TokenizerFast sets its ByteLevel pre-tokenizer's add_prefix_space to this setting (default False),
+        # so a tokenizer.json with a prefix space would otherwise encode differently in HF.
+        pre_tokenizer = json.loads(serialised)["pre_tokenizer"] or {}
+        settings["add_prefix_space"] = bool(pre_tokenizer.get("add_prefix_space", False))
     write_file(os.path.join(directory, "tokenizer_config.json"), json.dumps(settings, indent=2))
 
 
@@ -251,10 +297,14 @@ def read_gpt2_config(checkpoint_dir: str) -> LMConfig:
 
     Raises:
         FileNotFoundError: if the file is missing.
+        ValueError: if it is damaged (not a JSON object), naming it, or not a GPT-2 config `TransformerLM` can
+            express (see `config_from_gpt2`).
     """
     path = _checkpoint_file(checkpoint_dir, GPT2_CONFIG_FILE)
-    with gfile(path).GFile(path) as f:
-        return config_from_gpt2(json.loads(f.read()))
+    hf_config = read_json(path)  # names the file if it is not valid JSON
+    if not isinstance(hf_config, dict):
+        raise ValueError(f"{path} is damaged: it holds a JSON {type(hf_config).__name__}, not a config object.")
+    return config_from_gpt2(hf_config)
 
 
 def read_gpt2_state(checkpoint_dir: str) -> dict:
@@ -263,14 +313,23 @@ def read_gpt2_state(checkpoint_dir: str) -> dict:
 
     Raises:
         FileNotFoundError: if the file is missing.
+        ValueError: if it is not a readable safetensors file (damaged, or cut short by an interrupted download),
+            naming it.
     """
+    from safetensors import SafetensorError
     from safetensors.numpy import load, load_file
 
     path = _checkpoint_file(checkpoint_dir, GPT2_WEIGHTS_FILE)
-    if is_local(path):
-        return load_file(path)  # tensor by tensor, without a second copy of the file in memory
-    with gfile(path).GFile(path, "rb") as f:
-        return load(f.read())
+    try:
+        if is_local(path):
+            return load_file(path)  # tensor by tensor, without a second copy of the file in memory
+        with gfile(path).GFile(path, "rb") as f:
+            return load(f.read())
+    except SafetensorError as error:
+        raise ValueError(
+            f"{path} is damaged or incomplete: it is not a readable safetensors file ({error}); download or export "
+            "it again."
+        ) from None
 
 
 def _checkpoint_file(checkpoint_dir: str, name: str) -> str:

@@ -99,26 +99,28 @@ def _kind(directory: str) -> str:
     )
 
 
-def _described(directory: str) -> tuple[str, LMConfig, str]:
-    """`(kind "tf_lm" or "hf", LMConfig, tokenizer kind "char" or "bpe")`; see `pretrained_config`."""
+def _described(directory: str) -> tuple[str, LMConfig]:
+    """`(kind "tf_lm" or "hf", LMConfig)` of a checkpoint directory."""
     if not gfile(directory).isdir(directory):
         raise FileNotFoundError(f"The pretrained checkpoint directory {directory!r} does not exist.")
     kind = _kind(directory)
-    if kind == "tf_lm":
-        char = _exists(os.path.join(artifacts.saved_dir(directory), artifacts.TOKENIZER_DIR, CHAR_FILE))
-        return kind, artifacts.read_config(directory), "char" if char else "bpe"
-    return kind, read_gpt2_config(directory), "bpe"
+    return kind, artifacts.read_config(directory) if kind == "tf_lm" else read_gpt2_config(directory)
 
 
 def pretrained_config(directory: str) -> tuple[LMConfig, str]:
     """`(LMConfig, tokenizer kind "char" or "bpe")` of a checkpoint directory, without reading its weights.
 
     Raises:
-        FileNotFoundError: if `directory` does not exist.
+        FileNotFoundError: if `directory` does not exist, or an HF checkpoint in it has no tokenizer files.
         ValueError: if it is neither format, or its config is not one `TransformerLM` can express.
     """
-    _, config, tokenizer_kind = _described(directory)
-    return config, tokenizer_kind
+    kind, config = _described(directory)
+    if kind == "tf_lm":
+        char = _exists(os.path.join(artifacts.saved_dir(directory), artifacts.TOKENIZER_DIR, CHAR_FILE))
+    else:
+        # Read whole: an HF export of a char model holds a tokenizer.json only its shape tells apart from BPE's.
+        char = load_tokenizer(directory).is_char_level
+    return config, "char" if char else "bpe"
 
 
 def read_pretrained(directory: str) -> Pretrained:
@@ -133,7 +135,7 @@ def read_pretrained(directory: str) -> Pretrained:
     >>> base = read_pretrained("runs/pydoc")  # doctest: +SKIP
     >>> load_gpt2_state(TransformerLM(base.config), base.state)  # doctest: +SKIP
     """
-    kind, config, _ = _described(directory)
+    kind, config = _described(directory)
     if kind == "tf_lm":
         model, tokenizer = artifacts.load_model_dir(directory)
         return Pretrained(directory, config, tokenizer, _state(model))

@@ -9,13 +9,15 @@ Two kinds share `encode`, `decode`, `vocab_size`, `eos_id`, `pad_id`, `is_char_l
 - `BPETokenizer`: byte-level BPE from HF `tokenizers`, trained to a target vocabulary size or loaded from a
   `tokenizer.json` or GPT-2 style `vocab.json` + `merges.txt`.
 
-`load_tokenizer(directory)` picks the class from the files present; `build_tokenizer(kind, texts)` is the one
-place a `--tokenizer` flag value becomes a tokenizer. Files are read and written through `tf.io.gfile`, so a
-tokenizer lives wherever its model or token store does (local, `gs://`, `ram://`).
+`load_tokenizer(directory)` picks the class from the files present (a `tokenizer.json` that `CharTokenizer.to_hf`
+wrote, as in an HF export of a char model, reads back as that `CharTokenizer`); `build_tokenizer(kind, texts)` is
+the one place a `--tokenizer` flag value becomes a tokenizer. Files are read and written through `tf.io.gfile`, so
+a tokenizer lives wherever its model or token store does (local, `gs://`, `ram://`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -31,6 +33,9 @@ GPT2_VOCAB_FILE = "vocab.json"
 GPT2_MERGES_FILE = "merges.txt"
 END_OF_TEXT = "<|endoftext|>"
 TOKENIZER_KINDS = ("char", "bpe")
+# Where a tf_lm model directory keeps its tokenizer (`tf_lm.artifacts`' SAVED_DIR/TOKENIZER_DIR, not imported here
+# because artifacts loads Keras, which token stores never need).
+MODEL_DIR_TOKENIZER = os.path.join("model", "tokenizer")
 DEFAULT_BPE_VOCAB_SIZE = 4096
 
 # UTF-32 gives one fixed-width code point per character; "surrogatepass" keeps lone surrogates (legal in a
@@ -211,6 +216,33 @@ class CharTokenizer:
         return tokenizer
 
     @classmethod
+    def from_hf_json(cls, text: str) -> CharTokenizer | None:
+        """The `CharTokenizer` whose `to_hf` wrote the `tokenizer.json` `text` (same ids, end-of-text id and unknown
+        token), or None for any other tokenizer.
+
+        Recognised by its exact shape: rebuilt from the word-level vocabulary, the tokenizer serialises to the same
+        JSON. Without this, an HF export of a char model would read back as a word-level `BPETokenizer`.
+        """
+        if '"WordLevel"' not in text:  # cheap: most tokenizer.json files are not word-level
+            return None
+        try:
+            payload = json.loads(text)
+            model = payload["model"]
+            if model["type"] != "WordLevel":
+                return None
+            tokens = sorted(model["vocab"], key=model["vocab"].get)
+            end_of_text = bool(tokens) and tokens[-1] == END_OF_TEXT
+            chars = tokens[:-1] if end_of_text else tokens
+            # to_hf names a missing unknown token WordLevel's default, "<unk>", which no character equals.
+            unknown_token = model["unk_token"] if model["unk_token"] in chars else None
+            candidate = cls(chars, unknown_token, end_of_text)
+            if json.loads(candidate.to_hf().to_str()) == payload:
+                return candidate
+        except (ValueError, KeyError, TypeError, AttributeError):  # not JSON of this shape; ValueError from cls(...)
+            pass
+        return None
+
+    @classmethod
     def load(cls, directory: str) -> CharTokenizer:
         """Reads a tokenizer written by `save`.
 
@@ -312,12 +344,24 @@ class BPETokenizer:
     # add_special_tokens=False: a tokenizer.json with a post-processor (RoBERTa's <s>...</s>) would otherwise wrap
     # every chunk of a document; ends of documents are marked by the store, with eos.
     def encode(self, text: str) -> list[int]:
-        return self._tokenizer.encode(text, add_special_tokens=False).ids
+        """Returns the ids of `text`.
+
+        Raises:
+            ValueError: if the tokenizer cannot encode it (a loaded word-level `tokenizer.json` without the text's
+                word or an unknown token).
+        """
+        with _encode_errors():
+            return self._tokenizer.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
-        """The ids of each text, encoded in parallel on every core (HF `tokenizers` threads)."""
+        """The ids of each text, encoded in parallel on every core (HF `tokenizers` threads).
+
+        Raises:
+            ValueError: as `encode`.
+        """
         # encode_batch_fast skips the character offsets, which nothing here reads: ~1.5x the speed.
-        encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        with _encode_errors():
+            encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
         return [np.asarray(encoding.ids, dtype=np.int32) for encoding in encodings]
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -384,8 +428,26 @@ class BPETokenizer:
         return f"BPETokenizer(vocab_size={self.vocab_size}, eos_id={self.eos_id})"
 
 
+@contextlib.contextmanager
+def _encode_errors():
+    """Turns the bare `Exception` HF `tokenizers` raises for text it cannot encode into a one-line ValueError."""
+    try:
+        yield
+    except Exception as error:
+        if type(error) is not Exception:  # a TypeError for a non-str text, say, stays what it is
+            raise
+        message = " ".join(str(error).split())
+        raise ValueError(
+            f"The tokenizer cannot encode this text ({message}); use a tokenizer whose vocabulary covers it."
+        ) from None
+
+
 def load_tokenizer(directory: str) -> CharTokenizer | BPETokenizer:
-    """Loads whichever tokenizer `directory` holds, chosen by its files.
+    """Loads whichever tokenizer `directory` holds, chosen by its files; a tf_lm model directory (a train_lm
+    `--model_dir`) gives the tokenizer in its `model/tokenizer/`.
+
+    A `tokenizer.json` that `CharTokenizer.to_hf` wrote (an HF export of a char model) loads as that
+    `CharTokenizer`; any other as a `BPETokenizer`.
 
     Raises:
         FileNotFoundError: if `directory` does not exist or holds no tokenizer files.
@@ -400,11 +462,20 @@ def load_tokenizer(directory: str) -> CharTokenizer | BPETokenizer:
         )
     if files.exists(os.path.join(directory, CHAR_FILE)):
         return CharTokenizer.load(directory)
+    json_path = os.path.join(directory, BPE_FILE)
+    if files.exists(json_path):
+        char = CharTokenizer.from_hf_json(read_text(json_path))
+        if char is not None:
+            return char
     names = (BPE_FILE, GPT2_VOCAB_FILE, GPT2_MERGES_FILE)
     if any(files.exists(os.path.join(directory, name)) for name in names):
         return BPETokenizer.load(directory)
+    model_tokenizer = os.path.join(directory, MODEL_DIR_TOKENIZER)
+    if files.isdir(model_tokenizer):
+        return load_tokenizer(model_tokenizer)
     raise FileNotFoundError(
-        f"No tokenizer in {directory!r}: expected {CHAR_FILE}, {BPE_FILE}, or {GPT2_VOCAB_FILE} + {GPT2_MERGES_FILE}."
+        f"No tokenizer in {directory!r}: expected {CHAR_FILE}, {BPE_FILE}, or {GPT2_VOCAB_FILE} + {GPT2_MERGES_FILE}, "
+        f"or a tf_lm model directory's {MODEL_DIR_TOKENIZER}/."
     )
 
 
