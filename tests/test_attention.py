@@ -74,6 +74,28 @@ def test_a_cache_slot_per_row_equals_the_full_pass():
     np.testing.assert_allclose(np.asarray(y), np.stack([full[0, 5:6], full[1, 4:5]]), atol=1e-5)
 
 
+@pytest.mark.parametrize("cached", [False, True])
+def test_float16_scores_are_scaled_before_they_can_overflow(cached):
+    """Queries and keys of 96 in every component: q·k = 73728 passes float16's 65504 (inf, then NaN) if it is
+    formed before the 1/sqrt(head_dim) scale; scaled first it is 26067, which fits."""
+    x = np.ones((1, 3, 16), "float32")
+    kernel = np.zeros((16, 48), "float32")
+    kernel[:, :32] = 6.0
+    kernel[:, 32:] = np.random.default_rng(0).normal(scale=0.1, size=(16, 16))
+    outputs, weights = [], None
+    for policy in ("float32", "mixed_float16"):
+        layer = CausalSelfAttention(num_heads=2, dtype=policy)
+        layer.build(x.shape)
+        if weights is None:
+            layer.qkv_dense.kernel.assign(kernel)
+            weights = layer.get_weights()
+        layer.set_weights(weights)
+        y = layer(x, cache=layer.init_cache(1, 4), cache_index=0)[0] if cached else layer(x)
+        outputs.append(np.asarray(y, dtype="float32"))
+    assert np.isfinite(outputs[1]).all()
+    np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-2)
+
+
 def test_cache_needs_an_index():
     layer = CausalSelfAttention(num_heads=2)
     layer.build(_inputs().shape)

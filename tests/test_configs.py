@@ -1,5 +1,7 @@
 import dataclasses
+import json
 
+import numpy as np
 import pytest
 
 from tf_lm import LMConfig
@@ -40,6 +42,9 @@ def test_dict_round_trip():
         ({"layer_norm_epsilon": float("nan")}, "layer_norm_epsilon must be > 0"),
         ({"layer_norm_epsilon": float("inf")}, "layer_norm_epsilon must be > 0"),
         ({"layer_norm_epsilon": True}, "layer_norm_epsilon must be a number"),
+        ({"n_layer": True}, "n_layer must be an integer >= 1. Received: n_layer=True"),
+        ({"n_layer": 2.0}, "n_layer must be an integer >= 1. Received: n_layer=2.0"),
+        ({"vocab_size": np.int64(0)}, "vocab_size must be an integer >= 1"),
     ],
 )
 def test_inconsistent_configs_are_refused(kwargs, message):
@@ -68,6 +73,13 @@ def test_inconsistent_configs_are_refused(kwargs, message):
 def test_train_settings_are_refused_before_a_run_prepares_anything(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**kwargs)
+
+
+def test_numpy_integers_are_taken_and_stored_as_python_ints():
+    """As the layers take them (`positive_int`): a size read from an array is an integer like any other."""
+    config = LMConfig.preset("nano", vocab_size=np.int64(65), n_layer=np.int32(2))
+    assert config.vocab_size == 65 and type(config.vocab_size) is int and type(config.n_layer) is int
+    assert json.loads(json.dumps(config.to_dict())) == config.to_dict()
 
 
 def test_unknown_preset_names_the_choices():

@@ -108,15 +108,68 @@ def test_too_long_input_names_the_fix():
     (np.array([[0, -1]], "int32"), r"token ids must be in \[0, vocab_size=13\). Received: ids from -1 to 0"),
     (np.array([[0, 13]], "int32"), r"ids from 0 to 13"),
     (np.array([1, 2], "int32"), r"token_ids must be \[batch, time\]. Received: shape=\(2,\)"),
+    (np.array([[0, 1.7]], "float32"), r"token_ids must be integers. Received: token_ids of dtype float32"),
 ])
 def test_bad_token_ids_are_refused_in_one_line(ids, message):
-    """A gather wraps a negative id, and on a GPU reads zeros past the table: both silently."""
+    """A gather wraps a negative id, and on a GPU reads zeros past the table: both silently (and truncates 1.7)."""
     model = TransformerLM(TINY)
     with pytest.raises(ValueError, match=message):
         model(ids)
     if ids.ndim == 2:
         with pytest.raises(ValueError, match=message):
             model.call_with_cache(ids, model.init_cache(1, 4), 0)
+
+
+@pytest.mark.parametrize("position_ids, message", [
+    (np.full((2, 3), -1, "int32"), r"position ids must be in \[0, block_size=16\). Received: ids from -1 to -1"),
+    (np.full((2, 3), 16, "int32"), r"position ids must be in \[0, block_size=16\). Received: ids from 16 to 16"),
+    (np.zeros((2, 2), "int32"), r"position_ids must have the shape of token_ids, \(2, 3\). Received: shape=\(2, 2\)"),
+    (np.zeros((2, 3), "float32"), r"position_ids must be integers. Received: position_ids of dtype float32"),
+])
+def test_bad_position_ids_are_refused_in_one_line(position_ids, message):
+    """A negative position wrapped to the table's last rows silently; one past it was a raw gather error."""
+    model = TransformerLM(TINY)
+    ids = _ids(time=3)
+    with pytest.raises(ValueError, match=message):
+        model(ids, position_ids=position_ids)
+    with pytest.raises(ValueError, match=message):
+        model.call_with_cache(ids, model.init_cache(2, 4), 0, position_ids=position_ids)
+
+
+@pytest.mark.parametrize("padding_mask, message", [
+    (np.ones((2, 4)), r"padding_mask must be \[batch, time\] = \(2, 3\). Received: shape=\(2, 4\)"),
+    (np.ones((3, 3)), r"Received: shape=\(3, 3\)"),
+    (np.ones(2), r"Received: shape=\(2,\)"),
+])
+def test_a_wrongly_shaped_padding_mask_is_refused_in_one_line(padding_mask, message):
+    model = TransformerLM(TINY)
+    with pytest.raises(ValueError, match=message):
+        model(_ids(time=3), padding_mask=padding_mask)
+    # With a cache the mask covers the cache's slots, not the new tokens.
+    with pytest.raises(ValueError, match=r"padding_mask must be \[batch, cache slots\] = \(2, 8\). Received: "
+                                         r"shape=\(2, 3\)"):
+        model.call_with_cache(_ids(time=3), model.init_cache(2, 8), 0, padding_mask=np.ones((2, 3)))
+
+
+@pytest.mark.parametrize("cache_index, message", [
+    (-1, r"cache_index must be >= 0. Received: cache_index=-1"),
+    (np.array([2, -1], "int32"), r"cache_index must be >= 0. Received: cache_index=\[2, -1\]"),
+    (np.array([0, 1, 2], "int32"), r"cache_index must be a scalar, or a slot per row: \[batch\] = \(2,\). "
+                                   r"Received: shape=\(3,\)"),
+    (1.5, r"cache_index must be integers. Received: cache_index of dtype float"),
+    (np.array([1.0, 2.0]), r"cache_index must be integers. Received: cache_index of dtype float64"),
+])
+def test_bad_cache_index_is_refused_in_one_line(cache_index, message):
+    """With position_ids, a negative index wrote the wrong cache slots silently; a float one was truncated."""
+    model = TransformerLM(TINY)
+    with pytest.raises(ValueError, match=message):
+        model.call_with_cache(_ids(time=2), model.init_cache(2, 8), cache_index,
+                              position_ids=np.array([[0, 1], [0, 1]], "int32"))
+
+
+def test_a_preset_name_is_refused_with_the_call_to_use():
+    with pytest.raises(TypeError, match=r"use TransformerLM\(LMConfig.preset\('nano'\)\)"):
+        TransformerLM("nano")
 
 
 def test_config_round_trip_and_keras_file(tmp_path):
@@ -128,6 +181,19 @@ def test_config_round_trip_and_keras_file(tmp_path):
     restored = keras.models.load_model(path, safe_mode=True)
     assert isinstance(restored, TransformerLM)
     np.testing.assert_array_equal(np.asarray(restored(_ids())), np.asarray(model(_ids())))
+
+
+def test_a_frozen_model_loads_frozen(tmp_path):
+    model = TransformerLM(TINY)
+    model.trainable = False
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    restored = keras.models.load_model(path)
+    assert not restored.trainable and not restored.trainable_weights
+    # As model.trainable = False leaves them: the sublayers and variables frozen too, not only the model's flag.
+    assert not any(layer.trainable for layer in restored._flatten_layers())
+    assert not any(variable.trainable for variable in restored.weights)
+    assert restored.get_config() == model.get_config()
 
 
 def test_tied_head_shares_the_token_embedding():
@@ -187,6 +253,26 @@ def test_full_and_cached_passes_give_the_head_the_same_table(policy, monkeypatch
     model(ids)
     model.call_with_cache(ids, model.init_cache(1, 8), 0)
     np.testing.assert_array_equal(np.asarray(tables[0]), np.asarray(tables[1]))
+
+
+def test_embedding_lora_under_mixed_bfloat16_gives_call_and_cache_one_head(tmp_path):
+    """call() read the tied table in the model's autocast scope, so Keras formed W + (alpha/r)·A·B from factors
+    rounded to bfloat16; call_with_cache formed it in float32. Now both do, as the saved merged table does."""
+    from tf_lm.training.lora import enable_lora
+
+    model = TransformerLM(TINY, dtype="mixed_bfloat16")  # a per-model policy: the global one stays float32
+    enable_lora(model, rank=2, embeddings=True)
+    rng = np.random.default_rng(0)
+    table = model.embedding.token_embedding
+    for factor in (table.lora_embeddings_a, table.lora_embeddings_b):
+        factor.assign(rng.normal(scale=0.3, size=factor.shape).astype("float32"))
+    ids = _ids(time=8)
+    full = np.asarray(model(ids))
+    cached, _ = model.call_with_cache(ids, model.init_cache(2, 8), 0)
+    np.testing.assert_allclose(np.asarray(cached), full, rtol=0, atol=1e-6)
+    model.save(str(tmp_path / "model.keras"))
+    merged = keras.models.load_model(str(tmp_path / "model.keras"))
+    np.testing.assert_allclose(np.asarray(merged(ids)), full, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))

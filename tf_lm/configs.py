@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from typing import Any
 
 
@@ -40,9 +41,15 @@ class LMConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            # Any integer (a numpy one too, as the layers take), stored as a Python int so the config stays JSON.
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            try:
+                count = operator.index(value)
+            except TypeError:
+                count = None
+            if count is None or isinstance(value, bool) or count < 1:
                 raise ValueError(f"LMConfig.{name} must be an integer >= 1. Received: {name}={value!r}")
+            object.__setattr__(self, name, count)
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"LMConfig.n_embd must be divisible by n_head; pick n_embd as a multiple of n_head. "

@@ -60,7 +60,8 @@ def config_from_gpt2(hf_config: dict) -> LMConfig:
     if n_inner not in (None, 4 * hf_config["n_embd"]):
         raise ValueError(f"Only GPT-2 checkpoints with n_inner = 4·n_embd convert. Received: n_inner={n_inner}")
     # Settings GPT2LMHeadModel honours that TransformerLM has no equivalent for: loading them would silently
-    # give other logits. (reorder_and_upcast_attn only changes the precision of the scores, which are float32 here.)
+    # give other logits. (reorder_and_upcast_attn only changes the precision of the scores: float32 here, except
+    # the product itself under a mixed policy, whose query is scaled first so it cannot overflow.)
     for key, supported in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
                            ("tie_word_embeddings", True)):
         if hf_config.get(key, supported) != supported:

@@ -14,6 +14,26 @@ from tf_lm.configs import LMConfig
 from tf_lm.layers import Dropout, TiedLMHead, TokenAndPositionEmbedding, TransformerBlock
 
 
+def _static_shape(x):
+    """`x`'s shape as known before running (None for an unknown size), or None if even its rank is unknown."""
+    try:
+        return tuple(x.shape if hasattr(x, "shape") else np.shape(x))
+    except ValueError:  # a TensorShape of unknown rank
+        return None
+
+
+def _shapes_agree(shape, expected):
+    """Whether `shape` can be `expected`: the same rank, and equal sizes where both are known."""
+    return len(shape) == len(expected) and all(a is None or b is None or a == b for a, b in zip(shape, expected))
+
+
+def _check_integers(name, x):
+    """Refuses a non-integer dtype (a gather or slice would silently truncate 1.7 to 1); only the dtype is read."""
+    dtype = tf.as_dtype(x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype)  # a bool's is no integer dtype
+    if not dtype.is_integer:
+        raise ValueError(f"{name} must be integers. Received: {name} of dtype {dtype.name}")
+
+
 def cache_slots(cache):
     """The number of slots of a KV cache from `TransformerLM.init_cache`: an int when static, else a scalar tensor."""
     values = cache[0][1]  # (B·H, S, Dh)
@@ -30,11 +50,16 @@ class TransformerLM(keras.Model):
     Call args:
         token_ids: int tensor `[batch, time]`, `time <= config.block_size`.
         padding_mask: optional `[batch, time]`, 1 for real tokens.
-        position_ids: optional int `[batch, time]` positions (left-padded rows); default `0..time-1`.
+        position_ids: optional int `[batch, time]` positions in `[0, block_size)` (left-padded rows); default
+            `0..time-1`.
         training: bool, default False.
 
     Returns:
         float32 logits `[batch, time, vocab_size]`: row t is the distribution of token t+1.
+
+    Raises:
+        ValueError: if an argument has the wrong dtype or shape, or (where known before running, as eagerly) an id
+            or position is out of range.
 
     Example:
     >>> model = TransformerLM(LMConfig.preset("nano", vocab_size=65))
@@ -43,6 +68,12 @@ class TransformerLM(keras.Model):
     """
 
     def __init__(self, config: LMConfig | dict, **kwargs):
+        if isinstance(config, str):
+            raise TypeError(f"TransformerLM takes an LMConfig, not a preset name; use "
+                            f"TransformerLM(LMConfig.preset({config!r})). Received: config={config!r}")
+        if not isinstance(config, (LMConfig, dict)):
+            raise TypeError(f"TransformerLM takes an LMConfig or its dict form. Received: config={config!r}")
+        trainable = kwargs.pop("trainable", True)  # set below, once the sublayers exist
         super().__init__(**kwargs)
         self.config = LMConfig.from_dict(config) if isinstance(config, dict) else config
         cfg = self.config
@@ -70,6 +101,9 @@ class TransformerLM(keras.Model):
         )
         self.head = TiedLMHead(dtype="float32", name="lm_head")
         self.build((None, None))
+        # A frozen model's config (`trainable=False`) freezes the sublayers and their variables too, as
+        # `model.trainable = False` does; passed to Layer.__init__ it would freeze only the model's own flag.
+        self.trainable = trainable
 
     def build(self, input_shape):
         hidden_shape = (None, None, self.config.n_embd)
@@ -87,6 +121,7 @@ class TransformerLM(keras.Model):
             )
 
     def _check_ids(self, token_ids):
+        _check_integers("token_ids", token_ids)
         if len(token_ids.shape) != 2:
             raise ValueError(f"token_ids must be [batch, time]. Received: shape={tuple(token_ids.shape)}")
         self._check_length(token_ids.shape[1])
@@ -97,16 +132,40 @@ class TransformerLM(keras.Model):
             raise ValueError(f"token ids must be in [0, vocab_size={self.config.vocab_size}). "
                              f"Received: ids from {ids.min()} to {ids.max()}")
 
+    def _check_positions(self, position_ids, token_ids):
+        if position_ids is None:
+            return
+        _check_integers("position_ids", position_ids)
+        shape = _static_shape(position_ids)
+        if shape is not None and not _shapes_agree(shape, tuple(token_ids.shape)):
+            raise ValueError(f"position_ids must have the shape of token_ids, {tuple(token_ids.shape)}. "
+                             f"Received: shape={shape}")
+        # As for token ids, where the positions are known: a negative one would wrap, one past the table read zeros.
+        positions, block_size = tf.get_static_value(position_ids), self.config.block_size
+        positions = None if positions is None else np.asarray(positions)
+        if positions is not None and positions.size and not 0 <= positions.min() <= positions.max() < block_size:
+            raise ValueError(f"position ids must be in [0, block_size={block_size}). "
+                             f"Received: ids from {positions.min()} to {positions.max()}")
+
+    @staticmethod
+    def _check_mask(padding_mask, expected, dims):
+        shape = None if padding_mask is None else _static_shape(padding_mask)
+        if shape is not None and not _shapes_agree(shape, expected):
+            raise ValueError(f"padding_mask must be {dims} = {expected}. Received: shape={shape}")
+
     def call(self, token_ids, padding_mask=None, position_ids=None, training=False):
         self._check_ids(token_ids)
+        self._check_positions(position_ids, token_ids)
+        self._check_mask(padding_mask, tuple(token_ids.shape), "[batch, time]")
         x = self.embedding_dropout(self.embedding(token_ids, position_ids=position_ids), training=training)  # (B, T, d)
         for block in self.blocks:
             x = block(x, padding_mask=padding_mask, training=training)
         return self.head(self.final_norm(x), self._head_table())  # (B, T, V) float32
 
     def _head_table(self):
-        # call() reads the table inside the model's autocast scope, so in the compute dtype under a mixed policy;
-        # call_with_cache is no layer call and reads it in float32. The same rounding in both gives the same logits.
+        # call() reads the table inside the model's autocast scope, call_with_cache (no layer call) outside any; the
+        # embedding's variables are never autocast (`Embedding.add_weight`), so both form it, with LoRA
+        # W + (alpha/r)·A·B, in float32 and round it to the compute dtype once, alike, as a saved merged table is.
         return ops.cast(self.embedding.token_embeddings, self.compute_dtype)
 
     def init_cache(self, batch_size, max_length=None):
@@ -121,7 +180,7 @@ class TransformerLM(keras.Model):
         Args:
             token_ids: int tensor `[batch, time]`; `token_ids[:, 0]` sits at `cache_index`.
             cache: list of per-block `(keys, values)` from `init_cache`.
-            cache_index: int scalar, where the new tokens are written; or int32 `[batch]`, a slot per row
+            cache_index: int scalar >= 0, where the new tokens are written; or int `[batch]`, a slot per row
                 (speculative decoding, whose rows accept different numbers of tokens).
             padding_mask: optional `[batch, max_length]` over the whole cache, 1 for real tokens.
             position_ids: optional `[batch, time]` positions (left-padded prompts); default
@@ -131,13 +190,25 @@ class TransformerLM(keras.Model):
             `(logits [batch, time, vocab_size] float32, updated cache)`.
 
         Raises:
-            ValueError: if the new tokens would not fit in the cache (checked where `cache_index` is known before
-                running, as it is eagerly; a cache write past the end would overwrite its last slots).
+            ValueError: if the new tokens would not fit in the cache or `cache_index` is negative (checked where it
+                is known before running, as it is eagerly; a write past either end would land on other slots), or
+                an argument has the wrong dtype or shape.
         """
+        _check_integers("cache_index", cache_index)
         if not isinstance(cache_index, int):  # an int64 index (np.arange's) would meet int32 positions
             cache_index = ops.cast(cache_index, "int32")
         self._check_ids(token_ids)
-        index, slots, time = tf.get_static_value(cache_index), cache[0][1].shape[1], token_ids.shape[1]
+        self._check_positions(position_ids, token_ids)
+        batch, time, slots = token_ids.shape[0], token_ids.shape[1], cache[0][1].shape[1]
+        self._check_mask(padding_mask, (batch, slots), "[batch, cache slots]")
+        index_shape = _static_shape(cache_index)
+        if index_shape is not None and not (index_shape == () or _shapes_agree(index_shape, (batch,))):
+            raise ValueError(f"cache_index must be a scalar, or a slot per row: [batch] = ({batch},). "
+                             f"Received: shape={index_shape}")
+        index = tf.get_static_value(cache_index)
+        # A negative index would write before the cache's start: silently the wrong slots with position_ids.
+        if index is not None and int(np.min(index)) < 0:
+            raise ValueError(f"cache_index must be >= 0. Received: cache_index={np.asarray(index).tolist()}")
         if index is not None and slots is not None and time is not None and int(np.max(index)) + time > slots:
             raise ValueError(
                 f"call_with_cache writes {time} token(s) at cache_index {int(np.max(index))} into a cache of {slots} "
@@ -181,5 +252,6 @@ class TransformerLM(keras.Model):
         return {
             "config": self.config.to_dict(),
             "name": self.name,
+            "trainable": self.trainable,
             "dtype": keras.dtype_policies.serialize(self.dtype_policy),
         }

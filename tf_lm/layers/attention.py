@@ -123,6 +123,9 @@ class CausalSelfAttention(keras.layers.Layer):
         # the whole, three times per layer (a split's is one concatenation).
         heads = (batch, time, self.num_heads, self.head_dim)
         query, key, value = (ops.reshape(part, heads) for part in ops.split(self.qkv_dense(x), 3, axis=-1))
+        # Scaled before the product, as Keras's MultiHeadAttention does: in float16 a score formed first and scaled
+        # after could pass 65504 (inf, then NaN) where the scaled one fits.
+        query = ops.multiply(query, ops.cast(1.0 / math.sqrt(self.head_dim), query.dtype))
 
         query_start = 0
         if cache is not None:
@@ -166,7 +169,7 @@ class CausalSelfAttention(keras.layers.Layer):
             flat_query = ops.reshape(ops.transpose(query, (0, 2, 1, 3)), (-1, time, self.head_dim))  # (B·H, T, Dh)
             scores = ops.matmul(flat_query, ops.cast(keys, query.dtype))  # (B·H, T, S)
             scores = ops.reshape(scores, (batch, self.num_heads, time, -1))  # (B, H, T, S)
-        scores = ops.cast(scores, "float32") * (1.0 / math.sqrt(self.head_dim))
+        scores = ops.cast(scores, "float32")
         if allowed is not None:
             scores = ops.where(allowed, scores, _MASKED_SCORE)
         weights = ops.cast(ops.softmax(scores, axis=-1), query.dtype)

@@ -9,11 +9,18 @@ from tf_lm.layers.initializers import clone_initializer
 
 @keras.saving.register_keras_serializable(package="tf_lm")
 class Embedding(keras.layers.Embedding):
-    """`keras.layers.Embedding` whose saved LoRA merge keeps the table's own dtype.
+    """`keras.layers.Embedding` whose table and LoRA factors are read in float32 wherever they are read, and whose
+    saved LoRA merge keeps the table's own dtype.
 
     Keras casts the merged table `W + (alpha/r)·A·B` to the compute dtype, so under a mixed policy a save would
     write the float32 table rounded to bfloat16 or float16, even where the factors are zero.
     """
+
+    def add_weight(self, *args, **kwargs):
+        # Not autocast: a lookup casts only the rows it reads anyway, and the tied head's table (`.embeddings`, with
+        # LoRA W + (alpha/r)·A·B) is then formed in float32 also inside a mixed model's autocast scope, as outside
+        # it and as the saved merge is; autocast, the factors would be rounded before the product.
+        return super().add_weight(*args, **{**kwargs, "autocast": False})
 
     def _get_embeddings_with_merged_lora(self):
         if not self.lora_enabled or self.quantization_mode is not None:
