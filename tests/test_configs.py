@@ -66,6 +66,9 @@ def test_inconsistent_configs_are_refused(kwargs, message):
         ({"grad_clip": float("nan")}, "grad_clip must be >= 0"),
         ({"seed": -1}, r"seed must be an integer in \[0, 2\*\*32\). Received: seed=-1"),
         ({"lora_rank": True, "init_from": "base"}, "lora_rank must be an integer >= 0"),
+        ({"batch_size": True}, "batch_size must be an integer >= 1. Received: batch_size=True"),
+        ({"warmup_steps": 1.5}, "warmup_steps must be an integer >= 0. Received: warmup_steps=1.5"),
+        ({"seed": 2.0}, r"seed must be an integer in \[0, 2\*\*32\)"),
         ({"lora_rank": 8, "init_from": "base", "lora_alpha": float("nan")}, "lora_alpha must be > 0"),
         ({"lora_rank": 8, "init_from": "base", "lora_alpha": float("inf")}, "lora_alpha must be > 0"),
     ],
@@ -80,6 +83,9 @@ def test_numpy_integers_are_taken_and_stored_as_python_ints():
     config = LMConfig.preset("nano", vocab_size=np.int64(65), n_layer=np.int32(2))
     assert config.vocab_size == 65 and type(config.vocab_size) is int and type(config.n_layer) is int
     assert json.loads(json.dumps(config.to_dict())) == config.to_dict()
+    train = TrainConfig(batch_size=np.int64(4), steps=np.int32(10), warmup_steps=np.int64(2), seed=np.uint32(7))
+    assert (train.batch_size, train.steps, train.warmup_steps, train.seed) == (4, 10, 2, 7)
+    assert all(type(value) is int for value in (train.batch_size, train.steps, train.warmup_steps, train.seed))
 
 
 def test_unknown_preset_names_the_choices():

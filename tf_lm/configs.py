@@ -10,6 +10,19 @@ import operator
 from typing import Any
 
 
+def _set_integer(config, name: str, low: int, high: int | None, rule: str) -> None:
+    """Stores `config.name` as a Python int (a numpy integer too, so the config stays JSON), or raises ValueError
+    `rule` if it is no integer (a bool, a float) or lies outside [low, high)."""
+    value = getattr(config, name)
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or number < low or (high is not None and number >= high):
+        raise ValueError(f"{rule}. Received: {name}={value!r}")
+    object.__setattr__(config, name, number)
+
+
 @dataclasses.dataclass(frozen=True)
 class LMConfig:
     """Shape and regularisation of a decoder-only Transformer language model.
@@ -41,15 +54,7 @@ class LMConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            # Any integer (a numpy one too, as the layers take), stored as a Python int so the config stays JSON.
-            value = getattr(self, name)
-            try:
-                count = operator.index(value)
-            except TypeError:
-                count = None
-            if count is None or isinstance(value, bool) or count < 1:
-                raise ValueError(f"LMConfig.{name} must be an integer >= 1. Received: {name}={value!r}")
-            object.__setattr__(self, name, count)
+            _set_integer(self, name, 1, None, f"LMConfig.{name} must be an integer >= 1")
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"LMConfig.n_embd must be divisible by n_head; pick n_embd as a multiple of n_head. "
@@ -200,10 +205,11 @@ class TrainConfig:
     lora_embeddings: bool = False
 
     def __post_init__(self):
-        for name in ("batch_size", "steps", "eval_every", "eval_steps", "checkpoint_every", "log_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1. Received: {name}={value!r}")
+        for name in ("batch_size", "steps", "warmup_steps", "eval_every", "eval_steps", "checkpoint_every",
+                     "log_every", "seed", "lora_rank"):
+            low, high, rule = {"warmup_steps": (0, None, ">= 0"), "seed": (0, 2**32, "in [0, 2**32)"),
+                               "lora_rank": (0, None, ">= 0 (0: no LoRA)")}.get(name, (1, None, ">= 1"))
+            _set_integer(self, name, low, high, f"{name} must be an integer {rule}")
         if self.tokenizer not in ("char", "bpe"):
             raise ValueError(f"Unknown tokenizer {self.tokenizer!r}; choose char or bpe.")
         if self.precision not in PRECISIONS:
@@ -226,10 +232,6 @@ class TrainConfig:
                 raise ValueError(f"{name} must be in [0, 1). Received: {name}={getattr(self, name)}")
         if not 0 <= self.grad_clip < math.inf:
             raise ValueError(f"grad_clip must be >= 0 (0 disables it). Received: grad_clip={self.grad_clip}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            raise ValueError(f"seed must be an integer in [0, 2**32). Received: seed={self.seed!r}")
-        if not isinstance(self.lora_rank, int) or isinstance(self.lora_rank, bool) or self.lora_rank < 0:
-            raise ValueError(f"lora_rank must be an integer >= 0 (0: no LoRA). Received: lora_rank={self.lora_rank!r}")
         if self.lora_rank and not self.init_from:
             raise ValueError(f"LoRA adapts a pretrained model; set `init_from`. Received: `lora_rank={self.lora_rank}`")
         if not self.lora_rank and (self.lora_alpha is not None or self.lora_train_norms or self.lora_embeddings):
