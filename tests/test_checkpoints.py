@@ -64,6 +64,22 @@ def test_keeps_the_latest_two(tmp_path):
     assert sorted(p for p in os.listdir(tmp_path) if p.endswith(".index")) == ["ckpt-4.index", "ckpt-6.index"]
 
 
+def test_a_failed_save_removes_its_partial_files_in_a_directory_named_like_a_glob(tmp_path, monkeypatch):
+    directory = tmp_path / "run[x]" / "checkpoints"
+    checkpoints = Checkpoints(str(directory), *build())
+    checkpoints.save(1)
+
+    def full_disk(checkpoint_number):
+        (directory / f"ckpt-{checkpoint_number}_temp").mkdir()
+        (directory / f"ckpt-{checkpoint_number}_temp" / "part-00000").write_bytes(b"x")
+        raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+
+    monkeypatch.setattr(checkpoints.manager, "save", full_disk)
+    with pytest.raises(OSError, match="Could not write checkpoint 2 .* the last complete one .*ckpt-1"):
+        checkpoints.save(2)
+    assert sorted(os.listdir(directory)) == ["checkpoint", "ckpt-1.data-00000-of-00001", "ckpt-1.index"]
+
+
 def test_a_non_chief_writes_nothing_that_stays(tmp_path):
     model, optimizer = build()
     path = Checkpoints(str(tmp_path / "shared"), model, optimizer, chief=False).save(2)

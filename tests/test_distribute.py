@@ -100,6 +100,8 @@ def test_auto_connects_to_the_tpu_named_by_tpu_name(monkeypatch):
         ({"cluster": {"worker": ["host1:1234"]}, "task": {"type": "worker", "index": 1}}, r"\(0 to 0\)"),
         ({"cluster": {"worker": ["host1:1234"]}, "task": {"type": "worker", "index": "0"}}, r"\(0 to 0\)"),
         ({"cluster": {"worker": ["host1:1234"]}, "task": "worker"}, "'worker' or 'chief'"),
+        ({"cluster": {"worker": ["host1:1234"], "ps": ["host2:1234"]}, "task": {"type": "worker", "index": 0}},
+         r"remove \['ps'\]"),  # the strategy would wait for the parameter server forever
     ],
 )
 def test_a_malformed_tf_config_is_one_sentence_naming_it(monkeypatch, tf_config, message):

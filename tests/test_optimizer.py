@@ -18,6 +18,17 @@ def test_decay_spares_biases_layernorms_and_embeddings():
     assert not any(name.endswith("kernel") for name in spared)
 
 
+def test_with_lora_the_token_tables_factors_are_spared_as_the_table_and_the_projections_factors_decay():
+    from tf_lm.training.lora import enable_lora
+
+    model = TransformerLM(CONFIG)
+    enable_lora(model, rank=2, alpha=None, train_norms=False, embeddings=True)
+    spared = {v.path.split("/", 1)[1] for v in no_decay_variables(model)}
+    factors = {v.path.split("/", 1)[1] for v in model.trainable_variables if "lora" in v.path}
+    assert {"embedding/token_embeddings/lora_embeddings_a", "embedding/token_embeddings/lora_embeddings_b"} <= spared
+    assert {"block_0/attention/qkv/lora_kernel_a", "block_0/mlp_out/lora_kernel_b"} <= factors - spared
+
+
 def test_only_matrices_shrink_under_pure_weight_decay():
     model = TransformerLM(CONFIG)
     optimizer = make_optimizer(model, learning_rate=0.1, weight_decay=0.5)

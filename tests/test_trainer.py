@@ -331,6 +331,26 @@ def test_a_signal_checkpoints_the_current_step_and_stops(tmp_path, signum):
     assert signal.getsignal(signum) is handler  # the trainer's handler is removed again
 
 
+def test_a_lora_run_resumes_only_onto_the_base_it_started_from(tmp_path):
+    import keras
+
+    from tf_lm.convert import gpt2_state
+    from tf_lm.model import TransformerLM
+
+    train, validation = synthetic()
+    cfg = config(steps=2, checkpoint_every=1, eval_every=100, **LORA)
+    Trainer.from_config(MODEL, cfg, resolve_strategy(), str(tmp_path), verbose=False).fit(train, validation)
+    keras.utils.set_random_seed(5)
+    other_base = gpt2_state(TransformerLM(MODEL))  # LoRA checkpoints hold only the factors: nothing else differs
+    resumed = Trainer.from_config(MODEL, dataclasses.replace(cfg, steps=3), resolve_strategy(), str(tmp_path),
+                                  initial_state=other_base, verbose=False)
+    with pytest.raises(ValueError, match="was trained on another base model"):
+        resumed.fit(train, validation)
+    same = Trainer.from_config(MODEL, dataclasses.replace(cfg, steps=3), resolve_strategy(), str(tmp_path),
+                               verbose=False)
+    assert same.fit(train, validation)["start_step"] == 2
+
+
 @pytest.mark.parametrize("lora", [{}, LORA], ids=["full", "lora"])
 def test_mixed_float16_trains_with_loss_scaling_and_leaves_the_global_policy(tmp_path, lora):
     import keras

@@ -156,7 +156,8 @@ class TrainConfig:
         batch_size: int, default 12. The global batch, split evenly over the replicas.
         steps: int, default 2000. Optimizer updates in the whole run.
         learning_rate: float, default 1e-3. Peak rate after warm-up.
-        min_learning_rate: float, default 1e-4. Floor of the cosine decay, reached at `steps`.
+        min_learning_rate: float, default 1e-4. Floor of the cosine decay, reached at step `steps`: the updates
+            use the rates of steps 0 to `steps - 1`, so the last one is just above it (as nanoGPT's schedule).
         warmup_steps: int, default 100. Linear warm-up length.
         weight_decay: float, default 0.1. AdamW decoupled decay, on matrices only.
         beta1, beta2: floats, default 0.9 and 0.99.

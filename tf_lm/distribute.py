@@ -73,6 +73,11 @@ def _cluster_from_tf_config() -> dict:
             for addresses in cluster.values()):
         raise ValueError(f"TF_CONFIG's cluster must map each job to a list of host:port addresses, {example}. "
                          f"Received: TF_CONFIG={raw}")
+    # A parameter server's job would make MultiWorkerMirroredStrategy wait for it forever.
+    other_jobs = sorted(set(cluster) - {"chief", "worker", "evaluator"})
+    if other_jobs:
+        raise ValueError(f"TF_CONFIG's cluster may hold only 'chief', 'worker' and 'evaluator' jobs, which "
+                         f"MultiWorkerMirroredStrategy trains with; remove {other_jobs}. Received: TF_CONFIG={raw}")
     task_type, index = (task.get("type"), task.get("index")) if isinstance(task, dict) else (None, None)
     # An evaluator or parameter server is not a training task of MultiWorkerMirroredStrategy.
     if task_type not in ("worker", "chief") or task_type not in cluster:

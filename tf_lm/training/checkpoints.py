@@ -37,6 +37,7 @@ KEYINGS = ("path", "position")
 _VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 # ... and where it files a slot of a legacy tf_keras optimizer: under the model variable the slot belongs to.
 _SLOT_MARKER = "/.OPTIMIZER_SLOT/"
+_BASE_DIGEST = "base_digest"
 
 
 def variable_keys(model: keras.Model, variables=None) -> dict[str, tf.Variable]:
@@ -122,6 +123,8 @@ class Checkpoints:
             `"position"` keys model variables by their index in `model.variables` and tracks `optimizer` (then
             also a list of optimizers) as objects, for models and optimizers without Keras 3 paths (tf_keras).
             Either way a restore refuses model variables of other keys or shapes.
+        base_digest: optional str, a digest of the frozen weights the saved variables were trained on (LoRA's
+            base), saved with every checkpoint; a restore refuses a checkpoint saved with another one.
 
     Example:
     >>> checkpoints = Checkpoints("runs/x/checkpoints", model, optimizer)  # doctest: +SKIP
@@ -129,7 +132,7 @@ class Checkpoints:
     """
 
     def __init__(self, directory: str, model: keras.Model, optimizer, chief: bool = True, max_to_keep: int = 2,
-                 variables=None, keyed_by: str = "path"):
+                 variables=None, keyed_by: str = "path", base_digest: str | None = None):
         if keyed_by not in KEYINGS:
             raise ValueError(f"keyed_by must be one of {list(KEYINGS)}. Received: keyed_by={keyed_by!r}")
         self.directory = directory
@@ -170,6 +173,11 @@ class Checkpoints:
             self.manager = tf.train.CheckpointManager(self.checkpoint, index_dir, max_to_keep=max_to_keep)
         self.restored: str | None = None
         """The path `restore` read (not always `latest`: a damaged latest one is skipped)."""
+        self.base_digest = base_digest
+        with tf.init_scope():
+            # Tracked from the first save on: a checkpoint written before digests existed has no entry for it.
+            self._base_digest = None if base_digest is None else tf.Variable(base_digest, trainable=False,
+                                                                              name=_BASE_DIGEST)
 
     @property
     def latest(self) -> str | None:
@@ -192,6 +200,11 @@ class Checkpoints:
         extra = sorted(set(saved) - set(self.shapes))
         if extra:
             raise ValueError(f"{path} holds variable {extra[0]!r}, which the model does not have.")
+        reader = _reader(path)
+        if self.base_digest is not None and reader.has_tensor(_BASE_DIGEST + _VALUE_SUFFIX):
+            if reader.get_tensor(_BASE_DIGEST + _VALUE_SUFFIX).decode() != self.base_digest:
+                raise ValueError(f"{path} was trained on another base model (its frozen weights differ from this "
+                                 "one's); resume with the base the run started from, or start a new run.")
 
     def restore(self) -> int:
         """Restores the newest usable checkpoint in `directory`; returns its step (0 when there is none).
@@ -257,12 +270,17 @@ class Checkpoints:
                 previous checkpoint stays the latest.
         """
         self.step.assign(step)
+        if self._base_digest is not None:
+            self.checkpoint.base_digest = self._base_digest
         if self.chief:
             try:
                 return self.manager.save(checkpoint_number=step)
             except tf.errors.OpError as error:  # e.g. a full disk: drop the partial files, keep the last checkpoint
                 complete = self.manager.checkpoints
-                for partial in tf.io.gfile.glob(os.path.join(self.directory, f"ckpt-{step}[._]*")):
+                # Names matched, not a glob of the path: "[", "*" or "?" in the directory would be read as a pattern.
+                partials = [os.path.join(self.directory, name.rstrip("/")) for name in self._listing()
+                            if fnmatch.fnmatch(name.rstrip("/"), f"ckpt-{step}[._]*")]
+                for partial in partials:
                     if any(partial.startswith(path + ".") for path in complete):
                         continue
                     if tf.io.gfile.isdir(partial):

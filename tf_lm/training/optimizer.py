@@ -12,7 +12,8 @@ def no_decay_variables(model: keras.Model) -> list:
 
     Decaying a LayerNorm gain towards 0 or a bias towards 0 fights the normalisation rather than regularising,
     and embeddings are lookups (nanoGPT's `configure_optimizers` draws the same line at >= 2-D weights; we also
-    spare the embedding tables, as the issue asks).
+    spare the embedding tables, as the issue asks). With LoRA on the token table, its factors are spared as the
+    table is: decaying them would pull the table's update, not a projection's, towards 0.
     """
     return [v for v in model.trainable_variables if len(v.shape) < 2 or "embedding" in v.path]
 

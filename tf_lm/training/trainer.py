@@ -47,9 +47,14 @@ class TrainingInterrupted(RuntimeError):
 
 def weights_digest(model: keras.Model) -> str:
     """sha256 of all model weights' bytes: equal digests mean bit-identical weights (e.g. across workers)."""
+    return variables_digest(model.weights)
+
+
+def variables_digest(variables: Sequence) -> str:
+    """sha256 of the variables' bytes, in order."""
     digest = hashlib.sha256()
-    for weight in model.weights:
-        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
+    for variable in variables:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(variable)).tobytes())
     return digest.hexdigest()
 
 
@@ -286,9 +291,12 @@ class Trainer:
         with tf.init_scope():
             self.log_window = tf.Variable([0.0, 0.0], dtype=tf.float64, trainable=False, name="log_window")
 
+        # LoRA's checkpoints hold only what trains, so a resume onto other frozen weights would otherwise pass.
+        base_digest = variables_digest(frozen) if frozen else None
         frozen = {id(variable) for variable in frozen}
         self.checkpoints = Checkpoints(os.path.join(model_dir, "checkpoints"), model, optimizer, chief=self.chief,
-                                       variables=[v for v in model.variables if id(v) not in frozen])
+                                       variables=[v for v in model.variables if id(v) not in frozen],
+                                       base_digest=base_digest)
         self.train_step = make_train_step(
             self._loss, [(optimizer, model.trainable_variables)], strategy, config.grad_clip, jit_compile
         )
