@@ -163,6 +163,23 @@ def test_generation_times_ours_and_hf_in_alternating_windows(monkeypatch):
     assert calls == ["ours", "hf"] * (len(calls) // 2), calls
 
 
+def test_the_speculative_pairs_train_lm_flags_pass_its_checks():
+    # The draft trains on a token store: a --tokenizer beside it is refused, which once stopped the section after
+    # its half-hour target run.
+    from absl import flags
+
+    from experiments.benchmarks import speculative
+    from experiments.flags import configs_from_flags, define_train_flags
+
+    for name, (pair_flags, steps) in speculative.PAIR.items():
+        dataset = "text:corpus.txt" if name == "target" else "store:draft-corpus/store"
+        values = flags.FlagValues()
+        define_train_flags(values)
+        values(["train_lm", f"--dataset={dataset}", f"--steps={steps}", *speculative.COMMON_FLAGS, *pair_flags])
+        model_config, train_config = configs_from_flags(values)
+        assert train_config.steps == steps and model_config.block_size == 320, name
+
+
 def test_distillation_corpus_keeps_the_targets_vocabulary(tmp_path, monkeypatch):
     # The draft's train_lm run takes its char vocabulary from the corpus: it must be the target's, or the draft
     # cannot draft for it. A target that emits its end-of-text id (decoded as "<|endoftext|>") would break it.
