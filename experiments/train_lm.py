@@ -48,9 +48,9 @@ from tf_lm import artifacts
 from tf_lm.configs import LMConfig
 from tf_lm.data import Source, TokenStore, lm_datasets, load_tokenizer, open_source, prepare_store
 from tf_lm.data.pipeline import check_block_size
-from tf_lm.data.store import DEFAULT_BPE_SAMPLE_BYTES, STORE_SCHEME
+from tf_lm.data.store import DEFAULT_BPE_SAMPLE_BYTES, MANIFEST, STORE_SCHEME
 from tf_lm.distribute import is_chief, resolve_strategy
-from tf_lm.fileio import atomic_write, directory_lock, read_json, read_text
+from tf_lm.fileio import EXPORT_MARKER, atomic_write, directory_lock, read_json, read_text
 from tf_lm.pretrained import read_pretrained
 from tf_lm.training import TrainConfig, Trainer, TrainingInterrupted, measure_matmul_peak
 
@@ -69,6 +69,15 @@ _DEFAULTS = TrainConfig()
 # part of the run's identity as the flags are. The directories TFDS reads from and stores are prepared into are not.
 SPLIT_OPTIONS = ("validation_fraction",)
 TFDS_OPTIONS = ("tfds_train_split", "tfds_validation_split", "tfds_text_key")
+
+
+def _check_not_an_output(model_dir: str) -> None:
+    """Raises ValueError if `model_dir` is an export or a token store, which their own commands replace or finish
+    whole, deleting a run written into them; checked before the run's lock file is written there."""
+    for marker, what in ((EXPORT_MARKER, "an export"), (MANIFEST, "a token store")):
+        if tf.io.gfile.exists(os.path.join(model_dir, marker)):
+            raise ValueError(f"--model_dir={model_dir!r} holds {what} ({marker}), not a training run; use a new "
+                             "--model_dir.")
 
 
 def _check_model_dir(model_dir: str, run_config: dict) -> None:
@@ -97,12 +106,15 @@ def _check_model_dir(model_dir: str, run_config: dict) -> None:
         # A store: dataset's store re-prepared from an edited corpus (text: sources are checked by _check_source).
         if known and previous.get("source_digest") not in (None, run_config["source_digest"]):
             changed.append("the source's text (the store was prepared from another version of it)")
-        if previous.get("base_fingerprint") != run_config["base_fingerprint"]:
+        base_changed = previous.get("base_fingerprint") != run_config["base_fingerprint"]
+        if base_changed:
             changed.append("the pretrained weights at init_from")
         if changed:
+            # The weights under --init_from may have changed with the very flags the run started with.
+            resume = "the original flags and base weights" if base_changed else "the original flags"
             raise ValueError(
                 f"--model_dir={model_dir!r} holds a run with a different config ({'; '.join(changed)}); "
-                "use a new --model_dir, or the original flags to resume it."
+                f"use a new --model_dir, or {resume} to resume it."
             )
     if tf.io.gfile.exists(os.path.join(artifacts.saved_dir(model_dir), artifacts.CONFIG_FILE)):
         saved = artifacts.read_config(model_dir).to_dict()
@@ -290,6 +302,7 @@ def train(model_config: LMConfig, train_config: TrainConfig, model_dir: str, str
                 f"{train_config.init_from!r}; the data is tokenised with the checkpoint's, so leave it unset."
             )
         pretrained.state_for(model_config)  # refuses a contradicting config before anything is written
+    _check_not_an_output(model_dir)
     with contextlib.ExitStack() as stack:
         if chief:  # workers only read model_dir; the chief holds it for the whole cluster
             stack.enter_context(directory_lock(model_dir))

@@ -240,8 +240,9 @@ def test_an_earlier_export_holding_a_users_file_is_not_replaced(tmp_path):
     save_gpt2_checkpoint(model, str(out))
     (out / "export-F16.gguf").write_text("llama.cpp's converter writes here by default")
     before = files_of(out)
-    with pytest.raises(ValueError, match=r"earlier export but also holds 'export-F16.gguf', which exporting again "
-                                         r"would delete, so it was left untouched; move that file elsewhere"):
+    with pytest.raises(ValueError, match=r"is an earlier Hugging Face GPT-2 checkpoint but also holds "
+                                         r"'export-F16.gguf', which replacing it would delete, so it was left "
+                                         r"untouched; move that file elsewhere"):
         save_gpt2_checkpoint(model, str(out))
     assert files_of(out) == before and os.listdir(tmp_path) == ["export"]
     (out / "export-F16.gguf").unlink()

@@ -215,6 +215,22 @@ def test_an_output_of_one_kind_never_replaces_one_of_another(tmp_path):
     check_replaceable(str(model), fileio.EXPORT_MARKER, "SavedModel export")
 
 
+def test_an_export_holding_a_file_added_since_is_not_replaced(tmp_path):
+    """The marker lists the files written; a user's notes or a run trained into the export would be deleted."""
+    export = tmp_path / "export"
+    for _ in range(2):  # an export of only its own files is replaced
+        with atomic_directory(str(export), fileio.EXPORT_MARKER, kind="SavedModel export") as staging:
+            os.mkdir(os.path.join(staging, "variables"))
+            fileio.write_export_marker(staging, "test", "SavedModel export")
+    assert fileio.read_json(str(export / fileio.EXPORT_MARKER))["files"] == ["variables"]
+    (export / "NOTES.md").write_text("mine")
+    with pytest.raises(ValueError, match=r"is an earlier SavedModel export but also holds 'NOTES.md', which replacing "
+                                         r"it would delete, so it was left untouched"):
+        with atomic_directory(str(export), fileio.EXPORT_MARKER, kind="SavedModel export"):
+            raise AssertionError("the body must not run")
+    assert sorted(os.listdir(export)) == sorted([fileio.EXPORT_MARKER, "NOTES.md", "variables"])
+
+
 def test_a_lock_on_a_file_is_refused_in_one_line(tmp_path):
     (tmp_path / "run").write_text("not a directory")
     with pytest.raises(ValueError, match=r"run is a file, not a directory; choose a new or empty directory\.$"):

@@ -279,6 +279,20 @@ def test_a_split_too_short_for_the_block_is_refused_before_anything_is_written(t
     train(LMConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), config, str(tmp_path / "run"), verbose=False)
 
 
+@pytest.mark.parametrize("marker", ["tf_lm_export.json", "manifest.json"])
+def test_an_export_or_a_token_store_is_refused_as_a_model_dir_and_left_alone(tmp_path, marker):
+    # Their own commands replace (an export) or finish (a store) the directory whole, which would delete the run.
+    from experiments.train_lm import train
+
+    output = tmp_path / "output"
+    output.mkdir()
+    (output / marker).write_text("{}")
+    config = TrainConfig(dataset="text:unused.txt", batch_size=2, steps=1, warmup_steps=0)
+    with pytest.raises(ValueError, match=rf"holds an? (export|token store) \({marker}\), not a training run"):
+        train(LMConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), config, str(output), verbose=False)
+    assert sorted(path.name for path in output.iterdir()) == [marker]  # not even a lock file
+
+
 def test_a_run_whose_source_was_edited_is_not_resumed_on_the_new_text(tmp_path):
     from experiments.train_lm import train
 

@@ -20,10 +20,8 @@ from tf_lm.configs import LMConfig
 from tf_lm.fileio import (
     EXPORT_MARKER,
     atomic_directory,
-    check_replaceable,
     gfile,
     is_local,
-    normalise_path,
     read_json,
     write_export_marker,
     write_file,
@@ -33,9 +31,6 @@ from tf_lm.model import TransformerLM
 # The files of an HF checkpoint directory that hold the model.
 GPT2_CONFIG_FILE = "config.json"
 GPT2_WEIGHTS_FILE = "model.safetensors"
-# Every file `save_gpt2_checkpoint` may write: a re-export replaces a directory holding only these.
-HF_EXPORT_FILES = (GPT2_CONFIG_FILE, GPT2_WEIGHTS_FILE, "generation_config.json", "tokenizer.json",
-                   "tokenizer_config.json", EXPORT_MARKER)
 HF_EXPORT_KIND = "Hugging Face GPT-2 checkpoint"
 _GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
 
@@ -204,9 +199,9 @@ def save_gpt2_checkpoint(model: TransformerLM, directory: str, tokenizer=None, e
     so `AutoTokenizer.from_pretrained` loads it: a BPE tokenizer as a `GPT2TokenizerFast`, a char tokenizer as a
     `PreTrainedTokenizerFast` over a word-level vocabulary of its characters (see `CharTokenizer.to_hf`). The
     directory is built beside `directory` and swapped in whole (`tf_lm.fileio.atomic_directory`); any
-    `tf.io.gfile` path works. An earlier export is replaced only if it holds nothing but the files an export
-    writes (`HF_EXPORT_FILES`), so a file added to it since (the `.gguf` llama.cpp's converter writes into the
-    model directory by default) is never deleted.
+    `tf.io.gfile` path works. An earlier export is replaced only if it holds nothing but the files it was written
+    with (listed in its `EXPORT_MARKER`), so a file added to it since (the `.gguf` llama.cpp's converter writes
+    into the model directory by default) is never deleted.
 
     Args:
         eos_token_id: the end-of-text id for the configs; default the tokenizer's.
@@ -219,7 +214,6 @@ def save_gpt2_checkpoint(model: TransformerLM, directory: str, tokenizer=None, e
     from safetensors.numpy import save
 
     state = gpt2_state(model)
-    _check_only_export_files(directory)
     if eos_token_id is None and tokenizer is not None:
         eos_token_id = tokenizer.eos_id
     with atomic_directory(directory, marker=EXPORT_MARKER, kind=HF_EXPORT_KIND) as staging:
@@ -229,23 +223,6 @@ def save_gpt2_checkpoint(model: TransformerLM, directory: str, tokenizer=None, e
         if tokenizer is not None:
             _write_hf_tokenizer(tokenizer, staging, model_max_length=model.config.block_size)
         write_export_marker(staging, "tf_lm.convert.save_gpt2_checkpoint", HF_EXPORT_KIND)
-
-
-def _check_only_export_files(directory: str) -> None:
-    """Raises ValueError if `directory` is an earlier export that also holds a file no export writes, which
-    replacing the directory would delete."""
-    check_replaceable(directory, EXPORT_MARKER, HF_EXPORT_KIND)  # anything but an earlier export: refused there
-    path = normalise_path(directory)
-    files = gfile(path)
-    if not files.isdir(path):
-        return
-    # tf.io.gfile lists a subdirectory of an object store with a trailing "/".
-    others = sorted(name.rstrip("/") for name in files.listdir(path) if name.rstrip("/") not in HF_EXPORT_FILES)
-    if others:
-        raise ValueError(
-            f"{path} is an earlier export but also holds {others[0]!r}, which exporting again would delete, so it was "
-            "left untouched; move that file elsewhere, or export to another directory."
-        )
 
 
 def _write_hf_configs(config: LMConfig, directory: str, eos_token_id: int | None) -> None:

@@ -208,23 +208,29 @@ def read_json(path: str):
 
 def write_export_marker(directory: str, exported_by: str, kind: str, **details) -> None:
     """Marks `directory` (an export's staging directory) as one of ours: `EXPORT_MARKER` names what wrote it and
-    the `kind` of output it is (see `check_replaceable`)."""
+    the `kind` of output it is (see `check_replaceable`); `atomic_directory` adds the files it holds."""
     marker = {"kind": kind, "exported_by": exported_by, **details}
     write_file(os.path.join(directory, EXPORT_MARKER), json.dumps(marker, indent=2) + "\n")
 
 
-def _marked_kind(path: str) -> str | None:
-    """The kind an `EXPORT_MARKER` at `path` records; None for a marker that predates kinds, or an unreadable one."""
+def _read_marker(path: str) -> dict:
+    """The `EXPORT_MARKER` at `path`; empty for an unreadable one."""
     try:
         marker = read_json(path)
     except (OSError, ValueError):
-        return None
-    return marker.get("kind") if isinstance(marker, dict) else None
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
+def _names(path: str) -> list[str]:
+    # tf.io.gfile lists a subdirectory of an object store with a trailing "/".
+    return sorted(name.rstrip("/") for name in gfile(path).listdir(path))
 
 
 def check_replaceable(path: str, marker: str, kind: str | None = None) -> None:
     """Raises ValueError unless `path` is absent, an empty directory, or a directory holding the file `marker`
-    (and, with `kind`, not an `EXPORT_MARKER` that records another kind).
+    (and, with `kind`, not an `EXPORT_MARKER` that records another kind; nor one that lists the files written,
+    beside a file added since).
 
     Args:
         path: str, the directory about to be (re)written.
@@ -243,10 +249,21 @@ def check_replaceable(path: str, marker: str, kind: str | None = None) -> None:
             f"{path} is not empty and holds no {marker}, so it is not one of ours and was left untouched; "
             "choose a new or empty directory."
         )
-    found = _marked_kind(os.path.join(path, marker)) if kind is not None and marker == EXPORT_MARKER else None
+    if marker != EXPORT_MARKER:
+        return
+    recorded = _read_marker(os.path.join(path, marker))
+    found = recorded.get("kind") if kind is not None else None  # None: a marker that predates kinds
     if found not in (None, kind):
         raise ValueError(f"{path} holds a {found}, which writing a {kind} there would replace, so it was left "
                          "untouched; choose a new or empty directory.")
+    # A file added since the export (llama.cpp's converter writes its .gguf into the model directory, a training
+    # run into any --model_dir) would be deleted with it. A marker that predates the list records none.
+    written = recorded.get("files")
+    added = [name for name in _names(path) if name != marker and name not in written] if written is not None else []
+    if added:
+        raise ValueError(f"{path} is an earlier {found or 'export'} but also holds {added[0]!r}, which replacing it "
+                         "would delete, so it was left untouched; move that file elsewhere, or choose another "
+                         "directory.")
 
 
 @contextlib.contextmanager
@@ -260,7 +277,8 @@ def atomic_directory(path: str, marker: str, kind: str | None = None) -> Iterato
         path: str, the directory to create or replace (any `tf.io.gfile` path that supports renaming
             directories: local, `gs://`).
         marker: str, a file name only directories written by this project hold. `path` is replaced only if it is
-            absent, empty, or holds `marker`; the staging directory must hold it too on exit.
+            absent, empty, or holds `marker`; the staging directory must hold it too on exit. An `EXPORT_MARKER`
+            then also lists the files written, and a `path` holding any other (added since) is not replaced.
         kind: str or None. The kind of output written, refused over another kind (see `check_replaceable`).
 
     Raises:
@@ -280,6 +298,10 @@ def atomic_directory(path: str, marker: str, kind: str | None = None) -> Iterato
         yield staging
         if not files.exists(os.path.join(staging, marker)):
             raise ValueError(f"The new {path} holds no {marker}; nothing was replaced.")
+        if marker == EXPORT_MARKER:  # the files it wrote, so a later export can tell the ones added since
+            recorded = _read_marker(os.path.join(staging, marker))
+            recorded["files"] = [name for name in _names(staging) if name != marker]
+            write_file(os.path.join(staging, marker), json.dumps(recorded, indent=2) + "\n")
         if files is _LOCAL_FILES:
             _sync_tree(staging)
     except BaseException:
