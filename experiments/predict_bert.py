@@ -38,8 +38,8 @@ def run(model_dir: str, sentences: list[str], max_length: int | None = None, out
 
     Raises:
         FileNotFoundError: if `model_dir` is not a model directory.
-        ValueError: if no sentence is given, `max_length` exceeds the model's positions, or `model_dir` holds
-            another kind of model.
+        ValueError: if no sentence is given, `max_length` exceeds the model's positions, `model_dir` holds another
+            kind of model or a checkpoint without its classifier (a bare encoder), or a file of it is damaged.
     """
     if not sentences:
         raise ValueError('Pass the sentences to classify as arguments: predict_bert --model_dir=DIR "a sentence".')

@@ -215,3 +215,21 @@ def test_read_table_names_the_line_of_non_utf8_bytes(tmp_path):
     path.write_bytes("sentence\tlabel\nfine\t1\ncaf\xe9\t0\n".encode("latin-1"))
     with pytest.raises(ValueError, match=r"latin1.tsv:3: byte 0xe9 is not UTF-8"):
         data.read_table(str(path))
+
+
+@pytest.mark.parametrize("name, text", [
+    ("blank.tsv", "sentence\tlabel\nfine\t1\n\n\nodd\tpositive\n"),
+    ("multi.csv", 'sentence,label\n"a review\nof three\nlines",1\n"odd",positive\n'),
+    ("crlf.csv", 'sentence,label\r\n"two\r\nlines",1\r\n\r\nodd,positive\r\n'),
+])
+def test_read_table_names_the_physical_line_after_blank_lines_and_multiline_fields(tmp_path, name, text):
+    """The line an editor shows: blank lines and the lines inside a quoted field count."""
+    path = tmp_path / name
+    path.write_bytes(text.encode())
+    with pytest.raises(ValueError, match=rf"{name}:5: the label 'positive' is not an integer"):
+        data.read_table(str(path))
+    short = tmp_path / f"short-{name}"
+    short.write_bytes(text.replace("odd\tpositive", "odd").replace('"odd",positive', "odd").replace(
+        "odd,positive", "odd").encode())
+    with pytest.raises(ValueError, match=rf"short-{name}:5 has 1 fields"):
+        data.read_table(str(short))

@@ -236,6 +236,53 @@ def test_a_checkpoint_without_the_epochs_totals_is_refused_in_one_sentence(tmp_p
         run()
 
 
+def test_a_rerun_on_other_data_or_classes_is_refused_before_training(tmp_path, monkeypatch):
+    """An interrupted run's identity holds its data by content and its classes: a rerun on other examples of the
+    same count would resume onto them, one with other class names under those, and one with another class count
+    would fail restoring the head, naming no setting. Each is refused listing what changed; the same rerun resumes."""
+    import signal
+
+    model = tiny_checkpoint(tmp_path / "model")
+    train = dataclasses.replace(short_sst2(tmp_path / "train.tsv", "train.tsv", 16), label_names=["neg", "pos"])
+    config = finetune.FinetuneConfig(max_length=16, batch_size=8, epochs=1, num_buckets=1)
+
+    class Trained(Exception):
+        pass
+
+    def run(train_data=train, eval_data=train, num_labels=None):
+        return finetune.finetune(model, train_data, eval_data, config, str(tmp_path / "run"), resolve_strategy("cpu"),
+                                 num_labels=num_labels)
+
+    def interrupted_without_a_step(self, dataset, steps, stop=None):  # no step traced: the identity is what counts
+        self.steps_done, self.losses = 1, [0.5]
+        os.kill(os.getpid(), signal.SIGTERM)
+        stop()
+        return 0.5
+
+    def train_reached(*args, **kwargs):
+        raise Trained
+
+    with monkeypatch.context() as patch:
+        patch.setattr(finetune.ClassifierTrainer, "train", interrupted_without_a_step)
+        with pytest.raises(finetune.TrainingInterrupted, match="at step 1 of 2"):
+            run()
+    monkeypatch.setattr(finetune.ClassifierTrainer, "train", train_reached)
+    flipped = dataclasses.replace(train, labels=1 - train.labels)
+    for kwargs, listed in [
+        ({"train_data": dataclasses.replace(train, texts=train.texts[::-1])}, r"train_digest: '\w+' -> '\w+'"),
+        ({"eval_data": flipped}, r"eval_digest: '\w+' -> '\w+'"),
+        ({"train_data": dataclasses.replace(train, label_names=None), "num_labels": 3},
+         r"num_labels: 2 -> 3, label_names: \['neg', 'pos'\] -> None"),
+        ({"train_data": dataclasses.replace(train, label_names=["bad", "good"])},
+         r"label_names: \['neg', 'pos'\] -> \['bad', 'good'\]"),
+        ({"train_data": dataclasses.replace(train, text_key="0")}, "text_key: 'sentence' -> '0'"),
+    ]:
+        with pytest.raises(ValueError, match=rf"an interrupted run with other settings \({listed}\); rerun it"):
+            run(**kwargs)
+    with pytest.raises(Trained):  # the same settings (read back from JSON) pass, and restore the checkpoint
+        run(dataclasses.replace(train, texts=list(train.texts), label_names=("neg", "pos")))
+
+
 def test_weights_gone_nan_in_the_last_update_are_never_saved_as_best(tmp_path, monkeypatch):
     """The loss of each step is finite, but the update after the last one leaves NaN weights: the evaluation
     finds them, and the run stops as diverged instead of saving a NaN model (whose accuracy beats "none")."""
@@ -489,3 +536,47 @@ def test_a_damaged_model_keras_is_named_as_damaged(tmp_path):
     (tmp_path / finetune.KERAS_FILE).write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(ValueError, match=r"model.keras: the file is damaged"):
         finetune.load_for_prediction(str(tmp_path))
+
+
+def test_prediction_refuses_a_checkpoint_without_its_classifier(tmp_path):
+    """A bare encoder (MiniLM's own directory, say) has no classifier: predicting with it would print the guesses of
+    an unseeded random head, other ones each run. It is refused, as is a head of other classes than its config's;
+    fine-tuning from either still starts a new head."""
+    from safetensors.numpy import load_file, save_file
+
+    from experiments import predict_bert
+    from tf_lm.bert.model import BertClassifier
+
+    model_dir = tiny_checkpoint(tmp_path / "bare")
+    path = os.path.join(model_dir, weights.SAFETENSORS_FILE)
+    state = load_file(path)
+    save_file({k: v for k, v in state.items() if not k.startswith("classifier.")}, path, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"bare' is not a fine-tuned classifier: its checkpoint has no "
+                                         r"'classifier.weight'; pass the best/ directory of experiments.finetune_bert"):
+        predict_bert.run(model_dir, ["a gorgeous film"], max_length=16)
+    three = {"classifier.weight": np.ones((3, 8), np.float32), "classifier.bias": np.ones(3, np.float32)}
+    save_file({**state, **three}, path, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"has 'classifier.weight' of shape \(8, 3\) where its config.json's 2 "
+                                         r"classes need \(8, 2\)"):
+        finetune.load_for_prediction(model_dir)
+    assert BertClassifier.from_pretrained(model_dir).config.num_labels == 2
+
+
+@pytest.mark.parametrize("backend", finetune.BACKENDS)
+def test_a_damaged_safetensors_or_tokenizer_json_is_named_in_one_sentence(tmp_path, backend):
+    """`safetensors` and `tokenizers` raise their own types (not ValueError or OSError) for a damaged file, which the
+    scripts would print as a traceback: each becomes a ValueError naming the file."""
+    from experiments import predict_bert
+
+    model_dir = tiny_checkpoint(tmp_path / "model")
+    config = finetune.FinetuneConfig(backend=backend)
+    for name in (weights.SAFETENSORS_FILE, "tokenizer.json"):
+        path = tmp_path / "model" / name
+        intact = path.read_bytes()
+        path.write_bytes(intact[:len(intact) // 2])
+        with pytest.raises(ValueError, match=rf"{path} is damaged \(.+\); replace it with an intact copy\.$"):
+            finetune.load_classifier(model_dir, 2, None, config)
+        if backend == "keras":  # predict_bert reads either backend's best/ through the keras code
+            with pytest.raises(ValueError, match=rf"{path} is damaged"):
+                predict_bert.run(model_dir, ["a gorgeous film"], max_length=16)
+        path.write_bytes(intact)

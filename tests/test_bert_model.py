@@ -99,6 +99,37 @@ def test_tokenizer_json_takes_its_configs_normalizer_settings_as_transformers_do
     assert WordPieceTokenizer(str(tmp_path))(texts)["input_ids"] == theirs
 
 
+@pytest.mark.parametrize("form", ["added_tokens_decoder", "added_tokens.json"])
+def test_tokens_added_to_a_vocab_txt_keep_their_ids_and_are_exported(tmp_path, form):
+    """`BertTokenizer.add_tokens` then `save_pretrained` writes no `tokenizer.json`: the new tokens are listed in
+    `tokenizer_config.json`'s `added_tokens_decoder` and (older transformers: only) `added_tokens.json`. Read as
+    transformers reads them they encode whole, as their own ids, not as WordPieces; an export carries them."""
+    import transformers
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "film", "cases", "rise", "co", "##vid", "##19", "<",
+             ">", "ent", "##s"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    slow = transformers.BertTokenizer(str(tmp_path / "vocab.txt"))
+    slow.add_tokens(["covid19", "<ent>"])
+    slow.add_special_tokens({"additional_special_tokens": ["<sp>"]})
+    saved = tmp_path / "saved"
+    slow.save_pretrained(str(saved))
+    assert not (saved / "tokenizer.json").exists() and (saved / "added_tokens.json").exists()
+    if form == "added_tokens.json":
+        config = json.loads((saved / "tokenizer_config.json").read_text())
+        del config["added_tokens_decoder"]
+        (saved / "tokenizer_config.json").write_text(json.dumps(config))
+    texts = ["COVID19 cases <ent> rise <sp> a film", "<SP> covid19s a<ent>film"]
+    theirs = transformers.BertTokenizerFast.from_pretrained(str(saved))(texts)["input_ids"]
+    assert theirs == transformers.AutoTokenizer.from_pretrained(str(saved))(texts)["input_ids"]
+    assert {16, 17, 18} <= set(theirs[0])  # covid19, <ent>, <sp>: the ids past the vocabulary
+    assert WordPieceTokenizer(str(saved))(texts)["input_ids"] == theirs
+    exported = str(tmp_path / "export")
+    weights.export(BertClassifier(TINY), str(saved), exported)
+    assert os.path.isfile(os.path.join(exported, "added_tokens.json"))
+    assert WordPieceTokenizer(exported)(texts)["input_ids"] == theirs
+
+
 def test_truncation_without_max_length_cuts_at_model_max_length(tmp_path):
     """As transformers: `truncation=True` and no `max_length` cut at the checkpoint's `model_max_length`."""
     import shutil

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
+import json
 import math
 import os
 import re
@@ -32,15 +34,29 @@ class TextClassificationData:
         labels: int64 array `[n]`.
         source: str. Where the examples came from, for error messages (`train.tsv`, `tfds:glue/sst2[train]`).
         label_names: list of str or None. Class names by id, when the source has them (TFDS `ClassLabel`).
+        text_key: str or None. The column or feature the texts came from (None: not from a table or TFDS).
+        label_key: str or None. The one the labels came from.
     """
 
     texts: list[str]
     labels: np.ndarray
     source: str
     label_names: list[str] | None = None
+    text_key: str | None = None
+    label_key: str | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def digest(self) -> str:
+        """16 hex digits of a SHA-256 of the texts and labels in order: equal for the same examples wherever they
+        were read from, and different for others (of the same count too).
+
+        Example:
+        >>> read_table("dev.tsv").digest() == read_table("copy-of-dev.tsv").digest()
+        True
+        """
+        return hashlib.sha256(json.dumps([self.texts, self.labels.tolist()]).encode()).hexdigest()[:16]
 
 
 def _column(header: list[str], key: str, path: str, argument: str) -> int:
@@ -96,12 +112,13 @@ def read_table(path: str, text_key: str = "sentence", label_key: str = "label",
     rows = _read_rows(path, _DELIMITERS[extension], csv.QUOTE_NONE if extension == ".tsv" else csv.QUOTE_MINIMAL)
     if not rows:
         raise ValueError(f"{path} is empty; it needs a header row and at least one example.")
+    first_row = rows[0][1]
     if text_key.isdigit() and label_key.isdigit():
-        first_label = rows[0][int(label_key)] if int(label_key) < len(rows[0]) else ""
+        first_label = first_row[int(label_key)] if int(label_key) < len(first_row) else ""
         has_header = not _is_int(first_label)
     else:
         has_header = True
-    header = rows[0] if has_header else []
+    header = first_row if has_header else []
     text_col = _column(header, text_key, path, "text_key")
     label_col = _column(header, label_key, path, "label_key")
     body = rows[1:] if has_header else rows
@@ -110,20 +127,22 @@ def read_table(path: str, text_key: str = "sentence", label_key: str = "label",
     if not body:
         raise ValueError(f"{path} has a header but no examples.")
     texts, labels = [], []
-    first_line = 2 if has_header else 1
-    for line, row in enumerate(body, start=first_line):
+    for line, row in body:
         if max(text_col, label_col) >= len(row):
             raise ValueError(f"{path}:{line} has {len(row)} fields, fewer than the text and label columns need.")
         if not _is_int(row[label_col]):
             raise ValueError(f"{path}:{line}: the label {row[label_col]!r} is not an integer class id.")
         texts.append(row[text_col])
         labels.append(int(row[label_col]))
-    return TextClassificationData(texts, np.asarray(labels, dtype=np.int64), os.path.basename(path))
+    return TextClassificationData(texts, np.asarray(labels, dtype=np.int64), os.path.basename(path),
+                                  text_key=text_key, label_key=label_key)
 
 
-def _read_rows(path: str, delimiter: str, quoting: int) -> list[list[str]]:
-    """The non-empty rows of a UTF-8 file (a byte-order mark, as Excel writes, is dropped); any byte that is not
-    UTF-8 and any field over the csv module's size limit is a ValueError naming the file and line."""
+def _read_rows(path: str, delimiter: str, quoting: int) -> list[tuple[int, list[str]]]:
+    """`(line, row)` for the non-empty rows of a UTF-8 file, `line` the 1-based physical line the row starts on
+    (blank lines and quoted fields of several lines counted), so messages name the line an editor shows. A
+    byte-order mark, as Excel writes, is dropped; any byte that is not UTF-8 and any field over the csv module's
+    size limit is a ValueError naming the file and line."""
     with open(path, "rb") as f:
         raw = f.read()
     try:
@@ -133,11 +152,16 @@ def _read_rows(path: str, delimiter: str, quoting: int) -> list[list[str]]:
         byte = raw[error.start]
         raise ValueError(f"{path}:{line}: byte 0x{byte:02x} is not UTF-8; save the file as UTF-8.") from None
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    rows, line = [], 0
     try:
-        return [row for row in reader if row]
+        for row in reader:
+            if row:
+                rows.append((line + 1, row))
+            line = reader.line_num  # the record's last line: the next starts after it
     except csv.Error as error:
         raise ValueError(f"{path}:{reader.line_num}: {error} (an unbalanced quote makes one field of many lines; "
                          "check the quoting).") from None
+    return rows
 
 
 def _is_int(value: str) -> bool:
@@ -198,7 +222,7 @@ def load_tfds(name: str, split: str, text_key: str = "sentence", label_key: str 
         labels.append(int(example[label_key]))
     if not texts:
         raise ValueError(f"{source} is empty.")
-    return TextClassificationData(texts, np.asarray(labels, dtype=np.int64), source, names)
+    return TextClassificationData(texts, np.asarray(labels, dtype=np.int64), source, names, text_key, label_key)
 
 
 def check_labels(data: TextClassificationData, num_labels: int) -> None:

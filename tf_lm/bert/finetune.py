@@ -427,7 +427,8 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
     saved there atomically as a Hugging Face checkpoint (safetensors, config, tokenizer; the keras backend adds
     `model.keras`). `output_dir/history.json` holds the per-epoch metrics. A checkpoint of model, optimizers and
     the epoch's running totals is written to `output_dir/checkpoints` after every epoch and on SIGTERM/SIGINT; the
-    same call then resumes from it, at the very batch (each epoch's shuffle is fixed by the seed and the epoch).
+    same call then resumes from it, at the very batch (each epoch's shuffle is fixed by the seed and the epoch),
+    and a call with another model, other data (compared by content), classes or config is refused before training.
     The checkpoints are removed when the run completes.
 
     Args:
@@ -446,9 +447,10 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
         and eval_seconds.
 
     Raises:
-        ValueError: for an `output_dir` that is not new, empty or an earlier run's (nothing in it is touched),
-            labels outside `num_labels`, `max_length` beyond the model's position limit, a batch size the
-            replicas cannot split, or a model that cannot be loaded.
+        ValueError: for an `output_dir` that is not new, empty or an earlier run's (nothing in it is touched), an
+            interrupted run there of other settings (listing them), labels outside `num_labels`, `max_length`
+            beyond the model's position limit, a batch size the replicas cannot split, or a model that cannot be
+            loaded (damaged files included).
         TrainingDiverged: when the loss, or an evaluation's loss, becomes NaN/inf (no model of it is saved).
         TrainingInterrupted: on SIGTERM/SIGINT, after a checkpoint (its `signum` says which signal); an epoch the
             signal ended in its last step is evaluated (and its model saved if best) first.
@@ -492,7 +494,15 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
     # By position: the hf backend's tf_keras variables have no Keras 3 path (a resume rebuilds the same model).
     checkpoints = Checkpoints(os.path.join(output_dir, CHECKPOINT_DIR), classifier.model,
                               [*trainer.optimizers, progress], chief=chief, max_to_keep=1, keyed_by="position")
-    identity = {"model": model_name, "train_examples": len(train_data), **dataclasses.asdict(config)}
+    # What a resume must find unchanged. The data by content, not only by count: another file of as many examples
+    # would resume onto other data. The classes: other names would resume silently, another count fail in restore.
+    identity = {
+        "model": model_name, "num_labels": num_labels,
+        "label_names": None if train_data.label_names is None else list(train_data.label_names),
+        "text_key": train_data.text_key, "label_key": train_data.label_key,
+        "train_examples": len(train_data), "train_digest": train_data.digest(),
+        "eval_examples": len(eval_data), "eval_digest": eval_data.digest(), **dataclasses.asdict(config),
+    }
     step = _resume(checkpoints, identity)
     history = _read_history(output_dir, step)
     best_accuracy, epoch = best_on_disk(output_dir).get("eval_accuracy", -1.0), step // steps_per_epoch
@@ -596,11 +606,12 @@ def _read_history(output_dir: str, step: int) -> list[dict]:
 
 def load_for_prediction(model_dir: str):
     """The `BertClassifier` in a fine-tuned directory of either backend: `model.keras` if there is one, else the
-    Hugging Face checkpoint.
+    Hugging Face checkpoint, which must hold the classifier its `config.json` describes.
 
     Raises:
         FileNotFoundError: if `model_dir` holds neither.
-        ValueError: if its `model.keras` is damaged or not a `BertClassifier` (e.g. a language model's directory).
+        ValueError: if its `model.keras` or `model.safetensors` is damaged, or the directory is not a fine-tuned
+            classifier (a language model's, or a bare encoder's checkpoint, whose head would be random).
     """
     from tf_lm.bert.model import BertClassifier
 
@@ -622,7 +633,7 @@ def load_for_prediction(model_dir: str):
     if not os.path.isfile(os.path.join(model_dir, weights.SAFETENSORS_FILE)):
         raise FileNotFoundError(f"No {KERAS_FILE} or {weights.SAFETENSORS_FILE} in {model_dir!r}; pass the best/ "
                                 "directory of experiments.finetune_bert.")
-    return BertClassifier.from_pretrained(model_dir)
+    return BertClassifier.from_pretrained(model_dir, require_head=True)
 
 
 def fine_tuned_max_length(model_dir: str) -> int | None:

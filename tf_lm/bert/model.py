@@ -146,7 +146,7 @@ class BertClassifier(keras.Model):
 
     @classmethod
     def from_pretrained(cls, name: str, num_labels: int | None = None, label_names: list[str] | None = None,
-                        dtype=None) -> BertClassifier:
+                        dtype=None, require_head: bool = False) -> BertClassifier:
         """A classifier with the encoder (and pooler) of a Hugging Face BERT checkpoint; no torch, no transformers.
 
         Args:
@@ -157,13 +157,16 @@ class BertClassifier(keras.Model):
             label_names: list of str, default None (the checkpoint's `id2label`, if any, when `num_labels` is
                 None or its count). Class names by id.
             dtype: Keras dtype policy, default None (the global one).
+            require_head: bool, default False. Refuse a checkpoint without a classifier of `num_labels` classes
+                instead of starting a random one (to predict with it).
 
         Returns:
             A built `BertClassifier`.
 
         Raises:
             FileNotFoundError: if the directory lacks `config.json` or `model.safetensors`.
-            ValueError: if an encoder weight is missing or has another shape, or the config is not BERT's.
+            ValueError: if an encoder weight is missing or has another shape, the config is not BERT's, a file is
+                damaged, or (`require_head`) the checkpoint is not a fine-tuned classifier.
 
         Example:
         >>> model = BertClassifier.from_pretrained("minilm", num_labels=2)
@@ -178,7 +181,7 @@ class BertClassifier(keras.Model):
             overrides["label_names"] = tuple(label_names)
             overrides.setdefault("num_labels", len(label_names))
         model = cls(BertConfig.from_hf(weights.read_config(directory), **overrides), dtype=dtype)
-        weights.load_weights(model, directory)
+        weights.load_weights(model, directory, require_head)
         return model
 
 

@@ -10,6 +10,7 @@ import json
 import os
 
 DEFAULT_MAX_LENGTH = 512
+ADDED_TOKENS_FILE = "added_tokens.json"
 # transformers' BertTokenizerFast defaults for what `tokenizer_config.json` does not say.
 _SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "cls_token": "[CLS]", "pad_token": "[PAD]",
                   "mask_token": "[MASK]"}
@@ -20,6 +21,46 @@ def _special_tokens(config: dict) -> dict[str, str]:
     AddedToken's dict."""
     tokens = {name: config.get(name, default) for name, default in _SPECIAL_TOKENS.items()}
     return {name: token["content"] if isinstance(token, dict) else token for name, token in tokens.items()}
+
+
+def read_tokenizer_json(path: str):
+    """`tokenizers.Tokenizer.from_file(path)`.
+
+    Raises:
+        ValueError: if the file is damaged (`tokenizers` raises a bare Exception, which scripts would print as a
+            traceback).
+    """
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(path)
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path} is damaged ({reason}); replace it with an intact copy.") from None
+
+
+def _added_tokens(directory: str, config: dict, special_tokens: dict[str, str]) -> list:
+    """The tokens `add_tokens` put past `vocab.txt`, in id order, as transformers reads them beside a `vocab.txt`:
+    `tokenizer_config.json`'s `added_tokens_decoder`, else the older `added_tokens.json` (`{token: id}`, the
+    special tokens among them, `additional_special_tokens` included, matched as written, the others after
+    normalisation)."""
+    from tokenizers import AddedToken
+
+    decoder = config.get("added_tokens_decoder")
+    if decoder is not None:
+        fields = ("content", "single_word", "lstrip", "rstrip", "normalized", "special")
+        return [AddedToken(**{key: value for key, value in token.items() if key in fields})
+                for _, token in sorted(decoder.items(), key=lambda item: int(item[0]))]
+    path = os.path.join(directory, ADDED_TOKENS_FILE)
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        encoder = json.load(f)
+    extra = [token["content"] if isinstance(token, dict) else token
+             for token in config.get("additional_special_tokens") or []]
+    specials = {*special_tokens.values(), *extra}
+    return [AddedToken(token, normalized=token not in specials, special=token in specials)
+            for token, _ in sorted(encoder.items(), key=lambda item: item[1])]
 
 
 def _override_normalizer(tokenizer, lowercase: bool, strip_accents: bool | None, chinese_chars: bool) -> None:
@@ -44,8 +85,9 @@ class WordPieceTokenizer:
         directory: str. A checkpoint directory with `tokenizer.json` or `vocab.txt`, and optionally
             `tokenizer_config.json`: its `model_max_length`, `pad_token`, `do_lower_case` (default True),
             `strip_accents` and `tokenize_chinese_chars` (default True), which replace `tokenizer.json`'s own
-            normalizer settings, and, with `vocab.txt`, its special tokens, read as `transformers.BertTokenizerFast`
-            reads them (the same ids as the hf backend).
+            normalizer settings, and, with `vocab.txt`, its special tokens and added tokens (`added_tokens_decoder`,
+            else `added_tokens.json`), read as `transformers.BertTokenizerFast` reads them (the same ids as the hf
+            backend).
 
     Attributes:
         directory: str. Where the files came from (an export copies them).
@@ -54,6 +96,7 @@ class WordPieceTokenizer:
 
     Raises:
         FileNotFoundError: if the directory holds neither file.
+        ValueError: if `tokenizer.json` is damaged.
 
     Example:
     >>> WordPieceTokenizer(resolve_local("minilm"))(["a fine film"])["input_ids"]
@@ -61,7 +104,6 @@ class WordPieceTokenizer:
     """
 
     def __init__(self, directory: str):
-        from tokenizers import Tokenizer
         from tokenizers.implementations import BertWordPieceTokenizer
 
         self.directory = directory
@@ -77,13 +119,15 @@ class WordPieceTokenizer:
                       "chinese_chars": config.get("tokenize_chinese_chars", True)}
         json_path, vocab_path = os.path.join(directory, "tokenizer.json"), os.path.join(directory, "vocab.txt")
         if os.path.isfile(json_path):
-            self._tokenizer = Tokenizer.from_file(json_path)
+            self._tokenizer = read_tokenizer_json(json_path)
             _override_normalizer(self._tokenizer, **normalizer)
         elif os.path.isfile(vocab_path):
             self._tokenizer = BertWordPieceTokenizer(
                 vocab_path, **special_tokens, lowercase=normalizer["lowercase"],
                 strip_accents=normalizer["strip_accents"], handle_chinese_chars=normalizer["chinese_chars"],
             )
+            # One call in id order, as transformers adds them: each new token takes the next id.
+            self._tokenizer.add_tokens(_added_tokens(directory, config, special_tokens))
         else:
             raise FileNotFoundError(f"No tokenizer (tokenizer.json or vocab.txt) in {directory!r}.")
         # Padding and truncation are chosen per call; the file's own settings (MiniLM pads to 128) are dropped.

@@ -9,6 +9,7 @@ dense kernels `[out, in]`), whether the file was written by PyTorch or by transf
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -22,7 +23,9 @@ from tf_lm.fileio import EXPORT_MARKER, atomic_directory, write_export_marker
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
 EXPORT_KIND = "BERT classifier"
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# added_tokens.json: the tokens `add_tokens` put past vocab.txt, which transformers' older tokenizers save only there.
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json")
 
 
 def resolve_local(name: str) -> str:
@@ -62,10 +65,30 @@ def _canonical(key: str, tensor: np.ndarray, tf_format: bool) -> tuple[str, np.n
     return (match.group(3) if match else key), tensor
 
 
-def read_checkpoint(directory: str) -> dict[str, np.ndarray]:
-    """Every tensor of `directory/model.safetensors`, under its canonical name (see the module docstring)."""
-    from safetensors import safe_open
+@contextlib.contextmanager
+def open_safetensors(path: str):
+    """`safetensors.safe_open(path, framework="np")`, whose errors for a damaged file (truncated, or a header that is
+    not safetensors') become one ValueError naming it.
 
+    Raises:
+        ValueError: if the file cannot be read as safetensors.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="np") as archive:
+            yield archive
+    except SafetensorError as error:  # not an OSError or ValueError, so scripts would print a traceback
+        raise ValueError(f"{path} is damaged ({error}); replace it with an intact copy.") from None
+
+
+def read_checkpoint(directory: str) -> dict[str, np.ndarray]:
+    """Every tensor of `directory/model.safetensors`, under its canonical name (see the module docstring).
+
+    Raises:
+        FileNotFoundError: if there is no `model.safetensors`.
+        ValueError: if it is damaged.
+    """
     path = os.path.join(directory, SAFETENSORS_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(
@@ -73,7 +96,7 @@ def read_checkpoint(directory: str) -> dict[str, np.ndarray]:
             "so convert them to safetensors first."
         )
     tensors = {}
-    with safe_open(path, framework="np") as archive:
+    with open_safetensors(path) as archive:
         tf_format = (archive.metadata() or {}).get("format") == "tf"
         for key in archive.keys():
             name, tensor = _canonical(key, archive.get_tensor(key), tf_format)
@@ -130,16 +153,24 @@ def _summarise(names) -> str:
                      for key, members in groups.items())
 
 
-def load_weights(model, directory: str) -> None:
+def load_weights(model, directory: str, require_head: bool = False) -> None:
     """Copies the checkpoint in `directory` into `model`; only the classifier may stay as initialised.
 
     The classifier is taken from the checkpoint when it has one of the same number of classes (a fine-tuned
-    export), and otherwise left random (a bare encoder, or new classes). Every other tensor of the checkpoint
-    must be used, apart from those no classifier uses (`embeddings.position_ids`, the pretraining heads `cls.*`).
+    export), and otherwise left random (a bare encoder, or new classes), unless `require_head`. Every other tensor
+    of the checkpoint must be used, apart from those no classifier uses (`embeddings.position_ids`, the pretraining
+    heads `cls.*`).
+
+    Args:
+        model: a `BertClassifier`.
+        directory: str. A checkpoint directory.
+        require_head: bool, default False. Refuse a checkpoint without the model's classifier (prediction: a
+            random head would print unseeded guesses).
 
     Raises:
         ValueError: naming the first encoder weight that is missing or has another shape, or the checkpoint's
-            tensors nothing used (e.g. `config.json` says 1 layer where the weights hold 2).
+            tensors nothing used (e.g. `config.json` says 1 layer where the weights hold 2); with `require_head`,
+            for a checkpoint whose classifier is missing or has another shape; for a damaged file.
     """
     tensors = read_checkpoint(directory)
     table = _weight_map(model)
@@ -149,6 +180,12 @@ def load_weights(model, directory: str) -> None:
         if _is_head(names):
             if all(p is not None for p in parts) and (parts[0].T if transpose else parts[0]).shape == shape:
                 variable.assign(parts[0].T if transpose else parts[0])
+            elif require_head:
+                found = (f"has no {names[0]!r}" if parts[0] is None else
+                         f"has {names[0]!r} of shape {(parts[0].T if transpose else parts[0]).shape} where its "
+                         f"config.json's {model.config.num_labels} classes need {shape}")
+                raise ValueError(f"{directory!r} is not a fine-tuned classifier: its checkpoint {found}; pass the "
+                                 "best/ directory of experiments.finetune_bert.")
             continue
         missing = [name for name, part in zip(names, parts) if part is None]
         if missing:

@@ -23,6 +23,8 @@ from transformers.modeling_tf_pytorch_utils import (
 
 from tf_lm.bert.checkpoint import hub_reachable, resolve_checkpoint
 from tf_lm.bert.config import check_precision
+from tf_lm.bert.tokenizer import read_tokenizer_json
+from tf_lm.bert.weights import open_safetensors
 
 _CONFIG_FILE = "config.json"
 _SAFETENSORS_FILE = "model.safetensors"
@@ -58,9 +60,7 @@ def _from_hub(loader, name: str, **kwargs):
 
 
 def _safetensors_format(path: str) -> str | None:
-    from safetensors import safe_open
-
-    with safe_open(path, framework="np") as archive:
+    with open_safetensors(path) as archive:  # a damaged file is a ValueError naming it
         return (archive.metadata() or {}).get("format")
 
 
@@ -112,8 +112,6 @@ def _load_local(model_class, directory: str, **config_overrides):
             f"No {_SAFETENSORS_FILE} or {_TF_H5_FILE} in {directory!r}; PyTorch .bin checkpoints need torch, so "
             "convert them to safetensors first."
         )
-    from safetensors.numpy import load_file
-
     config = transformers.AutoConfig.from_pretrained(directory, **config_overrides)
     model = model_class.from_config(config)
     model.build_in_name_scope()
@@ -122,7 +120,9 @@ def _load_local(model_class, directory: str, **config_overrides):
     sizes = {convert_tf_weight_name_to_pt_weight_name(w.name, tf_weight_shape=w.shape)[0]: w.shape.num_elements()
              for w in model.weights}
     head_layers = _head_layers(model)
-    state = {key: tensor for key, tensor in load_file(safetensors_path).items()
+    with open_safetensors(safetensors_path) as archive:
+        state = {key: archive.get_tensor(key) for key in archive.keys()}
+    state = {key: tensor for key, tensor in state.items()
              if key.split(".")[0] not in head_layers or tensor.size == sizes.get(key, tensor.size)}
     # transformers' own PyTorch→TF name mapping: it transposes dense kernels and adds the `bert.` prefix that
     # base-model checkpoints (sentence-transformers among them) leave out.
@@ -151,7 +151,7 @@ def load_tokenizer(name: str):
 
     Raises:
         FileNotFoundError: if a directory holds no tokenizer files.
-        ValueError: for a hub id that cannot be fetched.
+        ValueError: for a hub id that cannot be fetched, or a damaged `tokenizer.json`.
 
     Example:
     >>> load_tokenizer("minilm")(["a fine film"])["input_ids"]
@@ -163,7 +163,14 @@ def load_tokenizer(name: str):
             return _from_hub(transformers.AutoTokenizer, checkpoint)
         if not any(os.path.isfile(os.path.join(checkpoint, f)) for f in ("tokenizer.json", "vocab.txt")):
             raise FileNotFoundError(f"No tokenizer (tokenizer.json or vocab.txt) in {checkpoint!r}.")
-        return transformers.AutoTokenizer.from_pretrained(checkpoint)
+        try:
+            return transformers.AutoTokenizer.from_pretrained(checkpoint)
+        except Exception:
+            # `tokenizers` raises a bare Exception for a damaged tokenizer.json: that case is named in one sentence.
+            json_path = os.path.join(checkpoint, "tokenizer.json")
+            if os.path.isfile(json_path):
+                read_tokenizer_json(json_path)
+            raise
 
 
 @contextlib.contextmanager
