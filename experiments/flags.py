@@ -19,6 +19,7 @@ import sys
 
 from absl import app, flags
 
+from experiments import started
 from tf_lm.configs import PRECISIONS, PRESETS, STRATEGIES, LMConfig, TrainConfig
 from tf_lm.data.store import DEFAULT_BPE_SAMPLE_BYTES, STORE_SCHEME
 from tf_lm.data.tokenizers import DEFAULT_BPE_VOCAB_SIZE
@@ -148,6 +149,7 @@ def run_script(main, takes_arguments: bool = False) -> None:
         takes_arguments: bool, default False. Whether `main` reads positional arguments (`argv[1:]`); if not,
             any is refused rather than ignored (a mistyped flag, such as a missing `--`, would pass unnoticed).
     """
+    started()
     app.define_help_flags()
     for name, short_name in (("help", "?"), ("helpshort", None)):
         for registered in (name, short_name):
@@ -168,6 +170,9 @@ def run_script(main, takes_arguments: bool = False) -> None:
             return main(argv)
         except app.UsageError as error:
             raise SystemExit(f"error: {error}") from None
+        except KeyboardInterrupt:  # a script without a stop of its own to report (train_lm's say where to resume)
+            print("stopped: interrupted.", file=sys.stderr)
+            raise SystemExit(128 + signal.SIGINT) from None
 
     app.run(main_with_usage_errors, flags_parser=parse_flags)
 

@@ -103,6 +103,26 @@ def test_library_errors_name_a_scripts_flags_as_flags_and_end_in_one_line():
         raise KeyError("x")
 
 
+def test_a_ctrl_c_while_a_script_starts_is_one_line_and_writes_nothing(tmp_path):
+    """Loading TensorFlow takes seconds; a Ctrl-C meanwhile printed a traceback through its import."""
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "experiments.train_lm", f"--model_dir={tmp_path / 'run'}"],
+                               cwd=REPO, env=script_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:  # until TensorFlow's library is being loaded
+        with open(f"/proc/{process.pid}/maps") as maps:
+            if "libtensorflow_framework" in maps.read():
+                break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert (process.returncode, stderr, stdout) == (130, "stopped: interrupted while starting; nothing was "
+                                                         "written.\n", "")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_run_stopped_by_a_signal_ends_with_the_shells_status_for_it(capsys):
     """train_lm, finetune_bert and the demo report a stop one way: `stopped: <why>` and 128 + the signal."""
     from tf_lm.training import TrainingInterrupted
