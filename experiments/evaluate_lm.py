@@ -61,7 +61,9 @@ def evaluate_split(model, tokenizer, store: TokenStore, split: str, batch_size: 
     """
     if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int)
                                     or max_batches < 1):
-        raise ValueError(f"max_batches must be an integer >= 1 or None. Received: max_batches={max_batches!r}")
+        raise ValueError(
+            f"`max_batches` must be an integer >= 1 or None. Received: `max_batches={max_batches!r}`"
+        )
     if store.fingerprint != tokenizer.fingerprint:
         raise ValueError(
             f"Token store {store.directory!r} was prepared with another tokenizer than the model's; prepare it with "

@@ -177,12 +177,14 @@ def run_script(main, takes_arguments: bool = False) -> None:
     app.run(main_with_usage_errors, flags_parser=parse_flags)
 
 
-def define_data_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """--dataset and the options of `tf_lm.data.open_source`, shared by training, evaluation and preparation."""
+def define_data_flags(flag_values: flags.FlagValues = flags.FLAGS, stores: bool = True) -> None:
+    """--dataset and the options of `tf_lm.data.open_source`, shared by training, evaluation and preparation
+    (which, with `stores=False`, takes no token store: it writes one)."""
+    sources = "builtin:pydoc, text:<file or glob>, " + (
+        "tfds:<name>, or store:<dir> (a token store written by experiments.prepare_data)." if stores else
+        "or tfds:<name>.")
     with flag_group("data", flag_values):
-        flags.DEFINE_string("dataset", _TRAIN.dataset, "Text source: builtin:pydoc, text:<file or glob>, "
-                            "tfds:<name>, or store:<dir> (a token store written by experiments.prepare_data).",
-            flag_values=flag_values)
+        flags.DEFINE_string("dataset", _TRAIN.dataset, f"Text source: {sources}", flag_values=flag_values)
         flags.DEFINE_float("validation_fraction", 0.1, "Share of the documents (of the text, for a single document) "
                            "held out for validation, when the source has no validation split of its own.",
                            flag_values=flag_values)

@@ -45,7 +45,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    define_data_flags()
+    define_data_flags(stores=False)
     define_tokenizer_flags()
     with flag_group("data"):
         flags.DEFINE_string("tokenizer_dir", None, "Encode with the tokenizer saved in this directory (a model "

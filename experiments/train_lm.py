@@ -298,7 +298,7 @@ def train(model_config: LMConfig, train_config: TrainConfig, model_dir: str, str
         kind = "char" if pretrained.tokenizer.is_char_level else "bpe"
         if train_config.tokenizer != kind:
             raise ValueError(
-                f"tokenizer={train_config.tokenizer!r} contradicts the {kind} tokenizer of the checkpoint in "
+                f"`tokenizer={train_config.tokenizer!r}` contradicts the {kind} tokenizer of the checkpoint in "
                 f"{train_config.init_from!r}; the data is tokenised with the checkpoint's, so leave it unset."
             )
         pretrained.state_for(model_config)  # refuses a contradicting config before anything is written

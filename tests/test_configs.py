@@ -33,18 +33,18 @@ def test_dict_round_trip():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"n_embd": 130, "n_head": 4}, "divisible by n_head"),
+        ({"n_embd": 130, "n_head": 4}, "divisible by `n_head`"),
         ({"block_size": 0}, "block_size"),
         ({"vocab_size": -1}, "vocab_size"),
         ({"dropout": 1.0}, "dropout"),
-        ({"dropout": float("nan")}, "dropout must be in"),
-        ({"dropout": "0.1"}, "dropout must be a number"),
-        ({"layer_norm_epsilon": float("nan")}, "layer_norm_epsilon must be > 0"),
-        ({"layer_norm_epsilon": float("inf")}, "layer_norm_epsilon must be > 0"),
-        ({"layer_norm_epsilon": True}, "layer_norm_epsilon must be a number"),
-        ({"n_layer": True}, "n_layer must be an integer >= 1. Received: n_layer=True"),
-        ({"n_layer": 2.0}, "n_layer must be an integer >= 1. Received: n_layer=2.0"),
-        ({"vocab_size": np.int64(0)}, "vocab_size must be an integer >= 1"),
+        ({"dropout": float("nan")}, "`dropout` must be in"),
+        ({"dropout": "0.1"}, "`dropout` must be a number"),
+        ({"layer_norm_epsilon": float("nan")}, "`layer_norm_epsilon` must be > 0"),
+        ({"layer_norm_epsilon": float("inf")}, "`layer_norm_epsilon` must be > 0"),
+        ({"layer_norm_epsilon": True}, "`layer_norm_epsilon` must be a number"),
+        ({"n_layer": True}, "`n_layer` must be an integer >= 1. Received: `n_layer=True`"),
+        ({"n_layer": 2.0}, "`n_layer` must be an integer >= 1. Received: `n_layer=2.0`"),
+        ({"vocab_size": np.int64(0)}, "`vocab_size` must be an integer >= 1"),
     ],
 )
 def test_inconsistent_configs_are_refused(kwargs, message):
@@ -55,27 +55,57 @@ def test_inconsistent_configs_are_refused(kwargs, message):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"learning_rate": float("nan")}, "learning_rate must be > 0 and finite. Received: learning_rate=nan"),
-        ({"learning_rate": float("inf")}, "learning_rate must be > 0 and finite. Received: learning_rate=inf"),
-        ({"learning_rate": 0.0}, "learning_rate must be > 0"),
-        ({"min_learning_rate": 1.0}, r"min_learning_rate must be in \[0, learning_rate="),
-        ({"weight_decay": -0.1}, "weight_decay must be >= 0"),
-        ({"weight_decay": float("nan")}, "weight_decay must be >= 0"),
-        ({"beta1": 1.0}, r"beta1 must be in \[0, 1\)"),
-        ({"beta2": -0.5}, r"beta2 must be in \[0, 1\)"),
-        ({"grad_clip": float("nan")}, "grad_clip must be >= 0"),
-        ({"seed": -1}, r"seed must be an integer in \[0, 2\*\*32\). Received: seed=-1"),
-        ({"lora_rank": True, "init_from": "base"}, "lora_rank must be an integer >= 0"),
-        ({"batch_size": True}, "batch_size must be an integer >= 1. Received: batch_size=True"),
-        ({"warmup_steps": 1.5}, "warmup_steps must be an integer >= 0. Received: warmup_steps=1.5"),
-        ({"seed": 2.0}, r"seed must be an integer in \[0, 2\*\*32\)"),
-        ({"lora_rank": 8, "init_from": "base", "lora_alpha": float("nan")}, "lora_alpha must be > 0"),
-        ({"lora_rank": 8, "init_from": "base", "lora_alpha": float("inf")}, "lora_alpha must be > 0"),
+        ({"learning_rate": float("nan")}, "`learning_rate` must be > 0 and finite. Received: `learning_rate=nan`"),
+        ({"learning_rate": float("inf")}, "`learning_rate` must be > 0 and finite. Received: `learning_rate=inf`"),
+        ({"learning_rate": 0.0}, "`learning_rate` must be > 0"),
+        ({"min_learning_rate": 1.0}, r"`min_learning_rate` must be in \[0, `learning_rate`\]"),
+        ({"weight_decay": -0.1}, "`weight_decay` must be >= 0"),
+        ({"weight_decay": float("nan")}, "`weight_decay` must be >= 0"),
+        ({"beta1": 1.0}, r"`beta1` must be in \[0, 1\)"),
+        ({"beta2": -0.5}, r"`beta2` must be in \[0, 1\)"),
+        ({"grad_clip": float("nan")}, "`grad_clip` must be >= 0"),
+        ({"seed": -1}, r"`seed` must be an integer in \[0, 2\*\*32\). Received: `seed=-1`"),
+        ({"lora_rank": True, "init_from": "base"}, "`lora_rank` must be an integer >= 0"),
+        ({"batch_size": True}, "`batch_size` must be an integer >= 1. Received: `batch_size=True`"),
+        ({"warmup_steps": 1.5}, "`warmup_steps` must be an integer >= 0. Received: `warmup_steps=1.5`"),
+        ({"seed": 2.0}, r"`seed` must be an integer in \[0, 2\*\*32\)"),
+        ({"lora_rank": 8, "init_from": "base", "lora_alpha": float("nan")}, "`lora_alpha` must be > 0"),
+        ({"lora_rank": 8, "init_from": "base", "lora_alpha": float("inf")}, "`lora_alpha` must be > 0"),
     ],
 )
 def test_train_settings_are_refused_before_a_run_prepares_anything(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**kwargs)
+
+
+def test_train_lm_names_its_flags_in_the_config_errors():
+    """The configs name fields in backticks, so `experiments.train_lm` prints the ones that are its flags as flags."""
+    from absl import flags
+
+    from experiments.flags import define_train_flags, in_flag_terms
+
+    script_flags = flags.FlagValues()
+    define_train_flags(script_flags)
+    for make, message in [
+        (lambda: TrainConfig(batch_size=0), "--batch_size must be an integer >= 1. Received: --batch_size=0"),
+        (lambda: TrainConfig(steps=-5), "--steps must be an integer >= 1. Received: --steps=-5"),
+        (lambda: TrainConfig(steps=20, warmup_steps=100),
+         "--warmup_steps must be in [0, --steps). Received: --warmup_steps=100, --steps=20"),
+        (lambda: TrainConfig(min_learning_rate=1.0),
+         "--min_learning_rate must be in [0, --learning_rate]. Received: --min_learning_rate=1.0, "
+         "--learning_rate=0.001"),
+        (lambda: TrainConfig(lora_embeddings=True),
+         "--lora_alpha, --lora_train_norms and --lora_embeddings only apply with --lora_rank >= 1. Received: "
+         "--lora_alpha=None, --lora_train_norms=False, --lora_embeddings=True"),
+        (lambda: LMConfig.preset("nano", n_layer=0), "--n_layer must be an integer >= 1. Received: --n_layer=0"),
+        (lambda: LMConfig.preset("nano", n_embd=130), "--n_embd must be divisible by --n_head; pick --n_embd as a "
+                                                      "multiple of --n_head. Received: --n_embd=130, --n_head=4"),
+        (lambda: LMConfig.preset("nano", vocab_size=0),  # not a flag: the argument's name stays
+         "`vocab_size` must be an integer >= 1. Received: `vocab_size=0`"),
+    ]:
+        with pytest.raises(ValueError) as error:
+            make()
+        assert in_flag_terms(str(error.value), script_flags) == message
 
 
 def test_numpy_integers_are_taken_and_stored_as_python_ints():

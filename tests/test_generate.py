@@ -126,18 +126,18 @@ def test_context_edges(model):
     [
         ([[1, 2], []], {}, "Prompt 1 is empty"),
         ([[1] * 20], {"max_new_tokens": 5, "context_policy": "refuse"}, "beyond the model's context block_size=24"),
-        ([[1] * 25], {"max_new_tokens": 1, "context_policy": "refuse"}, "or pass context_policy='slide'"),
-        ([[1]], {"context_policy": "crop"}, r"context_policy must be one of \['slide', 'refuse'\]"),
+        ([[1] * 25], {"max_new_tokens": 1, "context_policy": "refuse"}, "or pass `context_policy='slide'`"),
+        ([[1]], {"context_policy": "crop"}, r"`context_policy` must be one of \['slide', 'refuse'\]"),
         ([[1, 13]], {}, r"token id 13, outside the model's vocabulary \[0, 13\)"),
         ([[1, -1]], {}, "token id -1"),
-        ([[1, 2]], {"max_new_tokens": 0}, "max_new_tokens must be an integer >= 1"),
-        ([[1, 2]], {"max_new_tokens": 2.5}, "max_new_tokens must be an integer >= 1"),
+        ([[1, 2]], {"max_new_tokens": 0}, "`max_new_tokens` must be an integer >= 1"),
+        ([[1, 2]], {"max_new_tokens": 2.5}, "`max_new_tokens` must be an integer >= 1"),
         ([1, 2, 3], {}, "wrap a single prompt in a list"),
         ([], {}, "holds no prompts"),
         ([[1.5, 2.0]], {}, "integer token ids"),
         ([[1, 2]], {"padding_mask": [[1, 1]]}, "ragged lists need none"),
         (np.ones((2, 3), np.int32), {"padding_mask": np.ones((2, 4))}, "shape of prompt_ids"),
-        ([[1, 2]], {"seed": -1}, "seed must be an integer"),
+        ([[1, 2]], {"seed": -1}, "`seed` must be an integer"),
         ([[1, 2]], {"stop_token_ids": [99]}, "stop_token_ids"),
         ([[1, 2]], {"sampler": "top_k"}, "needs top_k"),
     ],
@@ -146,6 +146,35 @@ def test_generate_rejects_bad_input(model, prompts, kwargs, message):
     kwargs = {"max_new_tokens": 4, **kwargs}
     with pytest.raises(ValueError, match=message):
         generate(model, prompts, **kwargs)
+
+
+def test_the_generate_script_names_its_flags_in_the_argument_errors(model):
+    """tf_lm names the arguments in backticks; `experiments.generate` prints those that are its flags as flags."""
+    from absl import flags
+
+    from experiments.flags import in_flag_terms
+
+    script_flags = flags.FlagValues()
+    for name in ("max_new_tokens", "seed", "chunk_size", "num_speculative_tokens"):
+        flags.DEFINE_integer(name, None, "", flag_values=script_flags, module_name="experiments.generate")
+    for name in ("context_policy", "drafter"):
+        flags.DEFINE_string(name, None, "", flag_values=script_flags, module_name="experiments.generate")
+    for call, message in [
+        (lambda: generate(model, [[1, 2]], max_new_tokens=0),
+         "--max_new_tokens must be an integer >= 1. Received: --max_new_tokens=0"),
+        (lambda: generate(model, [[1, 2]], max_new_tokens=2, seed=-1),
+         "--seed must be an integer in [0, 2**62) or None. Received: --seed=-1"),
+        (lambda: stream(model, [[1, 2]], max_new_tokens=2, chunk_size=0),
+         "--chunk_size must be an integer >= 1. Received: --chunk_size=0"),
+        (lambda: generate(model, [[1, 2]], max_new_tokens=2, drafter="prompt_lookup", num_speculative_tokens=0),
+         "--num_speculative_tokens must be an integer >= 1. Received: --num_speculative_tokens=0"),
+        (lambda: generate(model, [[1] * 20], max_new_tokens=5, context_policy="refuse"),
+         "Prompt 0 has 20 tokens and --max_new_tokens=5, 25 in all, beyond the model's context block_size=24; "
+         "shorten the prompt (keep its last tokens), ask for fewer new tokens, or pass --context_policy='slide'."),
+    ]:
+        with pytest.raises(ValueError) as error:
+            call()
+        assert in_flag_terms(str(error.value), script_flags) == message
 
 
 # === Past the context: the sliding window ===

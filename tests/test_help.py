@@ -103,6 +103,15 @@ def test_library_errors_name_a_scripts_flags_as_flags_and_end_in_one_line():
         raise KeyError("x")
 
 
+def test_only_the_scripts_that_take_a_token_store_offer_one_for_dataset():
+    from experiments.flags import define_data_flags
+
+    for stores in (True, False):
+        values = flags.FlagValues()
+        define_data_flags(values, stores=stores)
+        assert ("store:<dir>" in values["dataset"].help) is stores  # prepare_data writes stores; it reads none
+
+
 def test_a_ctrl_c_while_a_script_starts_is_one_line_and_writes_nothing(tmp_path):
     """Loading TensorFlow takes seconds; a Ctrl-C meanwhile printed a traceback through its import."""
     import time

@@ -89,8 +89,27 @@ def test_bad_checkpoints_are_refused(tmp_path):
 
 
 def test_a_contradicting_config_is_refused():
-    with pytest.raises(ValueError, match=r"n_layer=3 \(the checkpoint has 2\)"):
+    with pytest.raises(ValueError, match=r"`n_layer=3` \(the checkpoint has 2\)"):
         check_config(dataclasses.replace(CONFIG, n_layer=3), CONFIG, "base")
-    with pytest.raises(ValueError, match="block_size=32 exceeds the 16 positions"):
+    with pytest.raises(ValueError, match="`block_size=32` exceeds the 16 positions"):
         check_config(dataclasses.replace(CONFIG, block_size=32), CONFIG, "base")
     check_config(dataclasses.replace(CONFIG, block_size=8, dropout=0.2), CONFIG, "base")
+
+
+def test_train_lm_names_its_flags_in_the_contradictions():
+    """`experiments.train_lm --init_from` prints the fields in backticks that are its flags as flags."""
+    from absl import flags
+
+    from experiments.flags import define_train_flags, in_flag_terms
+
+    script_flags = flags.FlagValues()
+    define_train_flags(script_flags)
+    with pytest.raises(ValueError) as error:
+        check_config(dataclasses.replace(CONFIG, n_layer=3), CONFIG, "base")
+    assert in_flag_terms(str(error.value), script_flags) == (
+        "The model config contradicts the checkpoint in 'base': --n_layer=3 (the checkpoint has 2); the architecture "
+        "comes from the checkpoint, so leave it (and --preset) unset.")
+    with pytest.raises(ValueError) as error:
+        check_config(dataclasses.replace(CONFIG, block_size=32), CONFIG, "base")
+    assert in_flag_terms(str(error.value), script_flags) == (
+        "--block_size=32 exceeds the 16 positions of the checkpoint in 'base'; use a --block_size <= 16.")

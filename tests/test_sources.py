@@ -83,6 +83,12 @@ def test_chunks_are_bounded_cut_after_newlines_and_resume_from_any_end(tmp_path)
         ("text:/no/such/dir/*.txt", FileNotFoundError, r"No files match 'text:/no/such/dir/\*.txt'"),
         ("http://example.com/x.txt", ValueError, r"Unknown data source 'http://example.com/x.txt'.*builtin:pydoc"),
         ("shakespeare.txt", ValueError, r"Unknown data source 'shakespeare.txt'.*text:"),
+        # A `dataset` that training or evaluation reads may name a prepared store too; a source never does.
+        ("stores:runs/s", ValueError, r"^Unknown data source 'stores:runs/s'; use builtin:pydoc, text:<file or glob> "
+                                      r"or tfds:<dataset name> \(or, to train or evaluate on a token store that is "
+                                      r"prepared already, store:<dir>\)\.$"),
+        ("store:runs/s", ValueError, r"^'store:runs/s' names a token store, which is prepared already: train or "
+                                     r"evaluate on it as it is; prepare from a source: builtin:pydoc, "),
         ("builtin:wikipedia", ValueError, r"Unknown builtin corpus in 'builtin:wikipedia'.*pydoc"),
         ("tfds:no_such_dataset_xyz", ValueError, r"Unknown TFDS dataset in 'tfds:no_such_dataset_xyz'"),
         ("tfds:", ValueError, r"^'tfds:' names no TFDS dataset; use tfds:<name>"),
@@ -91,6 +97,23 @@ def test_chunks_are_bounded_cut_after_newlines_and_resume_from_any_end(tmp_path)
 def test_bad_sources_name_the_input(source, error, match):
     with pytest.raises(error, match=match):
         open_source(source)
+
+
+def test_the_store_scheme_the_messages_name_is_the_stores():
+    from tf_lm.data import sources
+    from tf_lm.data.store import STORE_SCHEME
+
+    assert f"{sources._STORE}:" == STORE_SCHEME
+
+
+def test_a_directory_is_named_as_one_with_the_glob_of_its_files(tmp_path):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text("text\n", encoding="utf-8")
+    for written in (f"{tmp_path}/corpus", f"{tmp_path}/corpus/"):
+        with pytest.raises(FileNotFoundError) as error:
+            open_source(f"text:{written}")
+        assert str(error.value).startswith(f"'text:{written}' is a directory; name its files with a glob, e.g. "
+                                           f"text:'{tmp_path}/corpus/*.txt' (quoted")
 
 
 def test_a_byte_order_mark_is_not_part_of_the_text(tmp_path):
@@ -121,7 +144,8 @@ def test_a_file_that_shrinks_while_read_is_named(tmp_path):
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, "0.1"])
 def test_bad_validation_fraction(fraction):
-    with pytest.raises(ValueError, match="validation_fraction"):
+    with pytest.raises(ValueError, match=r"^`validation_fraction` must be in \(0, 1\). Received: "
+                                         r"`validation_fraction="):
         open_source(validation_fraction=fraction)
 
 

@@ -92,7 +92,7 @@ def test_two_workers_finish_with_identical_weights_and_only_the_chief_writes(tmp
         (["--strategy=tpu"], "error: No TPU is reachable"),
         (["--precision=float8"], "error: flag --precision=float8: value should be one of"),
         (["--block_size=65"], "error: --block_size=65 exceeds the 64 positions of --preset=nano"),
-        (["--batch_size=0"], "error: batch_size must be an integer >= 1"),
+        (["--batch_size=0"], "error: --batch_size must be an integer >= 1. Received: --batch_size=0"),
     ],
 )
 def test_bad_input_fails_in_one_line_and_writes_nothing(tmp_path, args, message):
@@ -165,7 +165,7 @@ def test_a_warmup_the_user_set_is_not_clamped():
     values = flags.FlagValues()
     define_train_flags(values)
     values(["train_lm", "--steps=10", "--warmup_steps=10"])
-    with pytest.raises(ValueError, match="warmup_steps must be in"):
+    with pytest.raises(ValueError, match=r"`warmup_steps` must be in \[0, `steps`\)"):
         configs_from_flags(values)
 
 
@@ -464,7 +464,7 @@ def test_lora_trains_only_the_factors_checkpoints_them_alone_resumes_and_saves_m
 def test_init_from_bad_input_is_refused(tmp_path):
     source = _text_source(tmp_path)
     tf_lm_dir(tmp_path / "base")
-    with pytest.raises(ValueError, match="tokenizer='bpe' contradicts the char tokenizer"):
+    with pytest.raises(ValueError, match="`tokenizer='bpe'` contradicts the char tokenizer"):
         _finetune(tmp_path / "base", tmp_path / "run", source, tokenizer="bpe")
     values = flags.FlagValues()
     define_train_flags(values)
@@ -474,7 +474,7 @@ def test_init_from_bad_input_is_refused(tmp_path):
     assert train_config.tokenizer == "char"
     from experiments.train_lm import train
 
-    with pytest.raises(ValueError, match=r"n_layer=3 \(the checkpoint has 2\)"):
+    with pytest.raises(ValueError, match=r"`n_layer=3` \(the checkpoint has 2\)"):
         train(model_config, train_config, str(tmp_path / "run"), verbose=False)
     (tmp_path / "other").mkdir()
     with pytest.raises(ValueError, match="'Y' .* is not in this CharTokenizer"):  # the data holds characters it lacks

@@ -19,7 +19,7 @@ def _set_integer(config, name: str, low: int, high: int | None, rule: str) -> No
     except TypeError:
         number = None
     if number is None or number < low or (high is not None and number >= high):
-        raise ValueError(f"{rule}. Received: {name}={value!r}")
+        raise ValueError(f"{rule}. Received: `{name}={value!r}`")
     object.__setattr__(config, name, number)
 
 
@@ -54,22 +54,22 @@ class LMConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            _set_integer(self, name, 1, None, f"LMConfig.{name} must be an integer >= 1")
+            _set_integer(self, name, 1, None, f"`{name}` must be an integer >= 1")
         if self.n_embd % self.n_head:
             raise ValueError(
-                f"LMConfig.n_embd must be divisible by n_head; pick n_embd as a multiple of n_head. "
-                f"Received: n_embd={self.n_embd}, n_head={self.n_head}"
+                f"`n_embd` must be divisible by `n_head`; pick `n_embd` as a multiple of `n_head`. "
+                f"Received: `n_embd={self.n_embd}`, `n_head={self.n_head}`"
             )
         # Written to refuse NaN (which fails every comparison), booleans and strings (from a JSON config).
         for name in ("dropout", "layer_norm_epsilon"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise ValueError(f"LMConfig.{name} must be a number. Received: {name}={value!r}")
+                raise ValueError(f"`{name}` must be a number. Received: `{name}={value!r}`")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LMConfig.dropout must be in [0, 1). Received: dropout={self.dropout}")
+            raise ValueError(f"`dropout` must be in [0, 1). Received: `dropout={self.dropout}`")
         if not 0 < self.layer_norm_epsilon < math.inf:
             raise ValueError(
-                f"LMConfig.layer_norm_epsilon must be > 0. Received: layer_norm_epsilon={self.layer_norm_epsilon}"
+                f"`layer_norm_epsilon` must be > 0. Received: `layer_norm_epsilon={self.layer_norm_epsilon}`"
             )
 
     @property
@@ -210,39 +210,42 @@ class TrainConfig:
                      "log_every", "seed", "lora_rank"):
             low, high, rule = {"warmup_steps": (0, None, ">= 0"), "seed": (0, 2**32, "in [0, 2**32)"),
                                "lora_rank": (0, None, ">= 0 (0: no LoRA)")}.get(name, (1, None, ">= 1"))
-            _set_integer(self, name, low, high, f"{name} must be an integer {rule}")
+            _set_integer(self, name, low, high, f"`{name}` must be an integer {rule}")
         if self.tokenizer not in ("char", "bpe"):
-            raise ValueError(f"Unknown tokenizer {self.tokenizer!r}; choose char or bpe.")
+            raise ValueError(f"Unknown `tokenizer={self.tokenizer!r}`; choose 'char' or 'bpe'.")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"Unknown precision {self.precision!r}; choose one of {list(PRECISIONS)}.")
+            raise ValueError(f"Unknown `precision={self.precision!r}`; choose one of {list(PRECISIONS)}.")
         if self.warmup_steps < 0 or self.warmup_steps >= self.steps:
             raise ValueError(
-                f"warmup_steps must be in [0, steps={self.steps}). Received: warmup_steps={self.warmup_steps}"
+                f"`warmup_steps` must be in [0, `steps`). Received: `warmup_steps={self.warmup_steps}`, "
+                f"`steps={self.steps}`"
             )
         # Checked here as well as where they are used (the schedule, the optimizer), so that a run refuses them
         # before it prepares any data. NaN fails every comparison, so each test is written to refuse it.
         if not 0 < self.learning_rate < math.inf:
-            raise ValueError(f"learning_rate must be > 0 and finite. Received: learning_rate={self.learning_rate}")
+            raise ValueError(
+                f"`learning_rate` must be > 0 and finite. Received: `learning_rate={self.learning_rate}`"
+            )
         if not 0 <= self.min_learning_rate <= self.learning_rate:
-            raise ValueError(f"min_learning_rate must be in [0, learning_rate={self.learning_rate}]. "
-                             f"Received: min_learning_rate={self.min_learning_rate}")
+            raise ValueError(f"`min_learning_rate` must be in [0, `learning_rate`]. Received: "
+                             f"`min_learning_rate={self.min_learning_rate}`, `learning_rate={self.learning_rate}`")
         if not 0 <= self.weight_decay < math.inf:
-            raise ValueError(f"weight_decay must be >= 0. Received: weight_decay={self.weight_decay}")
+            raise ValueError(f"`weight_decay` must be >= 0. Received: `weight_decay={self.weight_decay}`")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} must be in [0, 1). Received: {name}={getattr(self, name)}")
+                raise ValueError(f"`{name}` must be in [0, 1). Received: `{name}={getattr(self, name)}`")
         if not 0 <= self.grad_clip < math.inf:
-            raise ValueError(f"grad_clip must be >= 0 (0 disables it). Received: grad_clip={self.grad_clip}")
+            raise ValueError(f"`grad_clip` must be >= 0 (0 disables it). Received: `grad_clip={self.grad_clip}`")
         if self.lora_rank and not self.init_from:
             raise ValueError(f"LoRA adapts a pretrained model; set `init_from`. Received: `lora_rank={self.lora_rank}`")
         if not self.lora_rank and (self.lora_alpha is not None or self.lora_train_norms or self.lora_embeddings):
             raise ValueError(
-                f"lora_alpha, lora_train_norms and lora_embeddings only apply with lora_rank >= 1. Received: "
-                f"lora_alpha={self.lora_alpha}, lora_train_norms={self.lora_train_norms}, "
-                f"lora_embeddings={self.lora_embeddings}"
+                f"`lora_alpha`, `lora_train_norms` and `lora_embeddings` only apply with `lora_rank` >= 1. Received: "
+                f"`lora_alpha={self.lora_alpha}`, `lora_train_norms={self.lora_train_norms}`, "
+                f"`lora_embeddings={self.lora_embeddings}`"
             )
         if self.lora_alpha is not None and not 0 < self.lora_alpha < math.inf:
-            raise ValueError(f"lora_alpha must be > 0. Received: lora_alpha={self.lora_alpha}")
+            raise ValueError(f"`lora_alpha` must be > 0. Received: `lora_alpha={self.lora_alpha}`")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -155,15 +155,15 @@ def read_pretrained(directory: str) -> Pretrained:
 def check_config(config: LMConfig, base: LMConfig, directory: str) -> None:
     """Raises ValueError unless `config` is `base` with at most a shorter context and another dropout."""
     fixed = [field.name for field in dataclasses.fields(LMConfig) if field.name not in ADJUSTABLE_FIELDS]
-    changed = [f"{name}={getattr(config, name)} (the checkpoint has {getattr(base, name)})" for name in fixed
+    changed = [f"`{name}={getattr(config, name)}` (the checkpoint has {getattr(base, name)})" for name in fixed
                if getattr(config, name) != getattr(base, name)]
     if changed:
         raise ValueError(
             f"The model config contradicts the checkpoint in {directory!r}: {', '.join(changed)}; the architecture "
-            "comes from the checkpoint, so leave it (and the preset) unset."
+            "comes from the checkpoint, so leave it (and `preset`) unset."
         )
     if config.block_size > base.block_size:
         raise ValueError(
-            f"block_size={config.block_size} exceeds the {base.block_size} positions of the checkpoint in "
-            f"{directory!r}; use a block size <= {base.block_size}."
+            f"`block_size={config.block_size}` exceeds the {base.block_size} positions of the checkpoint in "
+            f"{directory!r}; use a `block_size` <= {base.block_size}."
         )

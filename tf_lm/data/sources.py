@@ -35,6 +35,10 @@ from collections.abc import Callable, Iterator
 from tf_lm.fileio import gfile, is_local
 
 SCHEMES = ("builtin", "text", "tfds")
+_SOURCES = "builtin:pydoc, text:<file or glob> or tfds:<dataset name>"
+# The scheme of a token store (`tf_lm.data.store.STORE_SCHEME`), which training and evaluation read instead of a
+# source: never a source itself.
+_STORE = "store"
 BUILTIN_CORPORA = ("pydoc",)
 DEFAULT_SOURCE = "builtin:pydoc"
 SPLITS = ("train", "validation")
@@ -193,10 +197,10 @@ def open_source(source: str = DEFAULT_SOURCE, *, validation_fraction: float = 0.
         A `Source` named `source`.
 
     Raises:
-        ValueError: on an unknown scheme or builtin name, an empty corpus, a bad `validation_fraction`, an unknown
-            TFDS dataset or split, or a missing TFDS text feature.
-        FileNotFoundError: if a `text:` glob matches no file, or a TFDS dataset is neither prepared nor
-            downloadable.
+        ValueError: on an unknown scheme or builtin name, a token store (`store:<dir>`), an empty corpus, a bad
+            `validation_fraction`, an unknown TFDS dataset or split, or a missing TFDS text feature.
+        FileNotFoundError: if a `text:` glob matches no file (or names a directory), or a TFDS dataset is neither
+            prepared nor downloadable.
 
     Example:
     >>> source = open_source("builtin:pydoc")
@@ -206,12 +210,19 @@ def open_source(source: str = DEFAULT_SOURCE, *, validation_fraction: float = 0.
     """
     if not isinstance(validation_fraction, (int, float)) or not 0.0 < validation_fraction < 1.0:
         raise ValueError(
-            f"validation_fraction must be in (0, 1). Received: validation_fraction={validation_fraction!r}"
+            f"`validation_fraction` must be in (0, 1). Received: `validation_fraction={validation_fraction!r}`"
         )
     scheme, sep, rest = source.partition(":")
-    if not sep or scheme not in SCHEMES:
+    if sep and scheme == _STORE:
         raise ValueError(
-            f"Unknown data source {source!r}; use builtin:pydoc, text:<file or glob> or tfds:<dataset name>."
+            f"{source!r} names a token store, which is prepared already: train or evaluate on it as it is; prepare "
+            f"from a source: {_SOURCES}."
+        )
+    if not sep or scheme not in SCHEMES:
+        # A `dataset` that training or evaluation reads may also name a prepared store (`TrainConfig.dataset`).
+        raise ValueError(
+            f"Unknown data source {source!r}; use {_SOURCES} (or, to train or evaluate on a token store that is "
+            f"prepared already, {_STORE}:<dir>)."
         )
     if scheme == "tfds":
         options = {"validation_fraction": validation_fraction, "tfds_train_split": tfds_train_split,
@@ -279,6 +290,12 @@ def _text_files(source: str, pattern: str) -> tuple[_Documents, list[int], list]
     else:
         paths = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
     if not paths:
+        directory = pattern.rstrip("/")
+        if directory and gfile(directory).isdir(os.path.expanduser(directory)):
+            raise FileNotFoundError(
+                f"{source!r} is a directory; name its files with a glob, e.g. text:'{directory}/*.txt' (quoted, "
+                "so the shell leaves the glob alone)."
+            )
         raise FileNotFoundError(
             f"No files match {source!r}; check the path, or quote the glob so the shell leaves it alone."
         )

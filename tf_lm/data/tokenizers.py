@@ -151,10 +151,14 @@ class CharTokenizer:
             if self._unknown_id is None:
                 position = int(np.argmax(missing))
                 char = text[position]
+                # Read by a script's user too (a prompt, a text to score or fine-tune on), for whom the fix is
+                # the text or the model: the constructor argument comes last, named as one.
                 raise ValueError(
                     f"Character {char!r} (U+{ord(char):04X}) at position {position} is not in this "
-                    f"CharTokenizer's {self.vocab_size}-character vocabulary; build the tokenizer from text that "
-                    f"contains it, or pass unknown_token='\\ufffd' (any one character) to map unseen characters to it."
+                    f"CharTokenizer's {self.vocab_size}-character vocabulary: the text it was built from (a model's "
+                    f"training text) never holds it. Remove it from the text, or use a model or tokenizer built from "
+                    f"text that holds it; a CharTokenizer constructed in Python can also map unseen characters to one "
+                    f"character, given as its constructor argument `unknown_token` (e.g. `unknown_token='\\ufffd'`)."
                 )
             ids[missing] = self._unknown_id
         return ids

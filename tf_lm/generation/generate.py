@@ -241,16 +241,18 @@ def _drafter(model, draft_model, drafter: str | None, num_speculative_tokens: in
     speculative.check_sampler(sampler)
     k = num_speculative_tokens
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"num_speculative_tokens must be an integer >= 1. Received: num_speculative_tokens={k!r}")
+        raise ValueError(
+            f"`num_speculative_tokens` must be an integer >= 1. Received: `num_speculative_tokens={k!r}`"
+        )
     if drafter not in (None, *DRAFTERS):
-        raise ValueError(f"drafter must be one of {list(DRAFTERS)} or None. Received: drafter={drafter!r}")
+        raise ValueError(f"`drafter` must be one of {list(DRAFTERS)} or None. Received: `drafter={drafter!r}`")
     if drafter == "prompt_lookup":
         if draft_model is not None:
-            raise ValueError("drafter='prompt_lookup' drafts from the context and takes no draft_model; pass one or "
+            raise ValueError("`drafter='prompt_lookup'` drafts from the context and takes no draft_model; pass one or "
                              "the other.")
         return PromptLookupDrafter(int(k), model.config.vocab_size)
     if draft_model is None:
-        raise ValueError("drafter='model' needs a draft_model (a smaller TransformerLM with the same vocabulary).")
+        raise ValueError("`drafter='model'` needs a draft_model (a smaller TransformerLM with the same vocabulary).")
     config, draft_config = model.config, draft_model.config
     if draft_config.vocab_size != config.vocab_size:
         raise ValueError(
@@ -300,7 +302,7 @@ def _seed_tensor(seed: int | None) -> tf.Tensor:
         # Unseeded calls draw from numpy's global generator, which `keras.utils.set_random_seed` also seeds.
         return tf.constant(np.random.randint(0, 2**31 - 1, size=2), tf.int32)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < SEED_LIMIT:
-        raise ValueError(f"seed must be an integer in [0, 2**62) or None. Received: seed={seed!r}")
+        raise ValueError(f"`seed` must be an integer in [0, 2**62) or None. Received: `seed={seed!r}`")
     return tf.constant([int(seed) >> 31, int(seed) & (2**31 - 1)], tf.int32)
 
 
@@ -312,10 +314,13 @@ class _Batch:
         config = model.config
         if context_policy not in CONTEXT_POLICIES:
             raise ValueError(
-                f"context_policy must be one of {list(CONTEXT_POLICIES)}. Received: context_policy={context_policy!r}"
+                f"`context_policy` must be one of {list(CONTEXT_POLICIES)}. "
+                f"Received: `context_policy={context_policy!r}`"
             )
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be an integer >= 1. Received: max_new_tokens={max_new_tokens!r}")
+            raise ValueError(
+                f"`max_new_tokens` must be an integer >= 1. Received: `max_new_tokens={max_new_tokens!r}`"
+            )
         self.max_new_tokens = int(max_new_tokens)
         rows = _prompt_rows(prompt_ids, padding_mask)
         for i, row in enumerate(rows):
@@ -331,10 +336,10 @@ class _Batch:
                 )
             if context_policy == "refuse" and row.size + self.max_new_tokens > config.block_size:
                 raise ValueError(
-                    f"Prompt {i} has {row.size} tokens and max_new_tokens={self.max_new_tokens}, "
+                    f"Prompt {i} has {row.size} tokens and `max_new_tokens={self.max_new_tokens}`, "
                     f"{row.size + self.max_new_tokens} in all, beyond the model's context "
                     f"block_size={config.block_size}; shorten the prompt (keep its last tokens), ask for fewer new "
-                    "tokens, or pass context_policy='slide'."
+                    "tokens, or pass `context_policy='slide'`."
                 )
         stop_token_ids = [] if stop_token_ids is None else [int(t) for t in stop_token_ids]
         bad_stops = [t for t in stop_token_ids if not 0 <= t < config.vocab_size]
@@ -471,7 +476,7 @@ def stream(model, prompt_ids, max_new_tokens: int = 100, sampler: str | Sampler 
     ...     print(tokenizer.decode(chunk[0]), end="", flush=True)
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an integer >= 1. Received: chunk_size={chunk_size!r}")
+        raise ValueError(f"`chunk_size` must be an integer >= 1. Received: `chunk_size={chunk_size!r}`")
     sampler = get_sampler(sampler, temperature, top_k, top_p)
     batch = _Batch(model, prompt_ids, max_new_tokens, seed, stop_token_ids, padding_mask, context_policy,
                    _drafter(model, draft_model, drafter, num_speculative_tokens, sampler))

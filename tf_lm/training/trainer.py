@@ -11,6 +11,7 @@ import hashlib
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -43,6 +44,37 @@ class TrainingInterrupted(RuntimeError):
         super().__init__(message)
         self.signum = signum
         self.exit_code = 128 + signum
+
+
+class _ProgressBar:
+    """Keras's progress bar over a run's steps, or nothing when not `shown`.
+
+    The bar's line gets its newline only at the last step, so a line printed in between, or what reports a run that
+    stops early (`stopped: ...` on stderr after a signal, an error), would be glued to it: `end_line` ends it first,
+    and leaving the `with` block ends it however the run ends.
+    """
+
+    def __init__(self, steps: int, shown: bool):
+        self.steps = steps
+        self.bar = keras.utils.Progbar(steps, stateful_metrics=["loss", "tok/s"]) if shown else None
+        self.line_open = False
+
+    def update(self, step: int, values: list) -> None:
+        if self.bar is not None:
+            self.bar.update(step, values)
+            self.line_open = step < self.steps  # the last step's update ends the line itself
+
+    def end_line(self) -> None:
+        if self.line_open:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+            self.line_open = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.end_line()
 
 
 def weights_digest(model: keras.Model) -> str:
@@ -244,7 +276,8 @@ class Trainer:
             starts from pretrained weights).
         peak_flops: float or None. One device's measured matmul FLOP/s, for MFU (against it times the replicas);
             None leaves MFU out. MFU counts `training_flops_per_token(model)`: the tied head included, 2 FLOPs less
-            per weight that does not train.
+            per weight that does not train. Steps that beat the peak show it was measured low (on a busy machine):
+            the run then goes on without MFU, and says so.
         jit_compile: bool, default True. XLA-compile the step.
         verbose: bool, default True. Show a progress bar (chief only).
         bits_unit: str, default "token". What a bit is per in the printed validation line ("char" for char models).
@@ -451,10 +484,10 @@ class Trainer:
         log = MetricsLog(self.model_dir, start, enabled=self.chief)
         result = {"start_step": start, "step": start, "train_loss": None, "validation": None,
                   "tokens_per_second": None, "mfu": None}
-        progbar = keras.utils.Progbar(config.steps, stateful_metrics=["loss", "tok/s"]) if self.verbose else None
-        with StopOnSignal() as stop_request:
+        with StopOnSignal() as stop_request, _ProgressBar(config.steps, self.verbose) as progress:
             if start == 0 and self.evaluate_at_start:  # where a fine-tuning run starts: the pretrained model's loss
-                result["validation"] = self._evaluate_and_log(validation_dataset_fn, log, 0, time.perf_counter())
+                result["validation"] = self._evaluate_and_log(validation_dataset_fn, log, 0, time.perf_counter(),
+                                                              progress)
             iterator = iter(self._distribute(lambda context: train_dataset_fn(start, context)))
             # Throughput counts training steps only: evaluation, checkpoints and the first step (XLA compilation)
             # are left out of the clock.
@@ -474,17 +507,17 @@ class Trainer:
                 window_sum, window_steps = window_sum + loss, window_steps + 1
                 recent = step_seconds[-50:]
                 rate = len(recent) * self.tokens_per_step / sum(recent) if recent else None  # None: no step timed yet
-                if progbar is not None:
-                    progbar.update(step, [("loss", loss), ("tok/s", rate or 0.0)])
+                progress.update(step, [("loss", loss), ("tok/s", rate or 0.0)])
                 if logged:
-                    mfu = self._mfu(rate)
+                    mfu = self._checked_mfu(rate, progress)
                     train = derived(window_sum / window_steps)
                     log.log(step, "train", **train, learning_rate=learning_rate, tokens_per_second=rate, mfu=mfu,
                             elapsed=time.perf_counter() - started)
                     result.update(train_loss=train["loss"], tokens_per_second=rate, mfu=mfu)
                     window_sum, window_steps = 0.0, 0.0
                 if step % config.eval_every == 0 or step == config.steps:
-                    result["validation"] = self._evaluate_and_log(validation_dataset_fn, log, step, started)
+                    result["validation"] = self._evaluate_and_log(validation_dataset_fn, log, step, started,
+                                                                  progress)
                 result["step"] = step
                 if step % config.checkpoint_every == 0 or step == config.steps or stop:
                     self.log_window.assign([window_sum, window_steps])
@@ -502,11 +535,13 @@ class Trainer:
         result["weights_digest"] = weights_digest(self.model)
         return result
 
-    def _evaluate_and_log(self, validation_dataset_fn: Callable, log: MetricsLog, step: int, started: float) -> dict:
+    def _evaluate_and_log(self, validation_dataset_fn: Callable, log: MetricsLog, step: int, started: float,
+                          progress: _ProgressBar) -> dict:
         v = self.evaluate(validation_dataset_fn)
         log.log(step, "validation", **v, elapsed=time.perf_counter() - started)
         if self.verbose:
-            print(f"\nstep {step}: validation loss {v['loss']:.4f}, perplexity {v['perplexity']:.2f}, "
+            progress.end_line()
+            print(f"step {step}: validation loss {v['loss']:.4f}, perplexity {v['perplexity']:.2f}, "
                   f"{v['bits']:.3f} bits/{self.bits_unit}", flush=True)
         log.plot()
         return v
@@ -516,3 +551,18 @@ class Trainer:
             return None
         # The rate is every replica's together; the peak was measured on one device.
         return self.flops_per_token * tokens_per_second / (self.peak_flops * self.strategy.num_replicas_in_sync)
+
+    def _checked_mfu(self, tokens_per_second: float | None, progress: _ProgressBar) -> float | None:
+        """`_mfu`, or None from the first rate that beats the peak on: no step outruns the machine's true peak, so
+        a peak measured below what the steps reach was measured low (the machine was busy then), and MFU against
+        it means nothing. The run goes on without MFU, and says why once."""
+        mfu = self._mfu(tokens_per_second)
+        if mfu is None or mfu <= 1.0:
+            return mfu
+        if self.verbose:
+            progress.end_line()
+            print(f"note: MFU is left out from here on: the steps reach {mfu:.2f}x the fp32 matmul peak measured "
+                  f"at start-up ({self.peak_flops / 1e9:.1f} GFLOP/s per device), so that measurement came out low "
+                  "(the machine was likely busy then), and any MFU logged before this reads high", flush=True)
+        self.peak_flops = None
+        return None
