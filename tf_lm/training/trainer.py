@@ -343,7 +343,9 @@ class Trainer:
         """A trainer of a new `TransformerLM` of `model_config` and the AdamW that `config` describes.
 
         The model's dtype policy is `config.precision` (its own, passed to every layer: Keras's global policy
-        is left as it was). With `config.lora_rank`, only LoRA factors train (`tf_lm.training.lora`).
+        is left as it was). With `config.lora_rank`, only LoRA factors train (`tf_lm.training.lora`). It seeds the
+        whole process with `config.seed` (`keras.utils.set_random_seed`: Python, NumPy and TensorFlow), so every
+        worker builds the same initial weights and dropout seeds.
 
         Args:
             model_config: `LMConfig`.
