@@ -55,6 +55,16 @@ def test_a_restore_outside_a_run_leaves_the_trainers_extra_values_quietly(tmp_pa
     assert "log_window" not in caplog.text
 
 
+def test_a_checkpoint_of_factors_is_restored_only_onto_the_base_it_was_trained_on(tmp_path):
+    model, optimizer = build()
+    Checkpoints(str(tmp_path), model, optimizer, base_digest="base-a").save(2)
+    with pytest.raises(ValueError, match=r"ckpt-2 was trained on another base model"):
+        Checkpoints(str(tmp_path), *build(), base_digest="base-b").restore()
+    assert Checkpoints(str(tmp_path), *build(), base_digest="base-a").restore() == 2
+    Checkpoints(str(tmp_path / "older"), model, optimizer).save(1)  # written before digests: still restores
+    assert Checkpoints(str(tmp_path / "older"), *build(), base_digest="base-b").restore() == 1
+
+
 def test_keeps_the_latest_two(tmp_path):
     model, optimizer = build()
     checkpoints = Checkpoints(str(tmp_path), model, optimizer)

@@ -375,6 +375,7 @@ def test_a_signal_checkpoints_the_current_step_and_stops(tmp_path, capsys, signu
     assert signal.getsignal(signum) is handler  # the trainer's handler is removed again
 
 
+@pytest.mark.slow  # 7 s; tests/test_checkpoints.py checks the digest itself
 def test_a_lora_run_resumes_only_onto_the_base_it_started_from(tmp_path):
     import keras
 
