@@ -173,7 +173,6 @@ class Checkpoints:
             self.manager = tf.train.CheckpointManager(self.checkpoint, index_dir, max_to_keep=max_to_keep)
         self.restored: str | None = None
         """The path `restore` read (not always `latest`: a damaged latest one is skipped)."""
-        self.base_digest = base_digest
         with tf.init_scope():
             # Tracked from the first save on: a checkpoint written before digests existed has no entry for it.
             self._base_digest = None if base_digest is None else tf.Variable(base_digest, trainable=False,
@@ -185,8 +184,8 @@ class Checkpoints:
 
     def _check_matches(self, path: str) -> None:
         """Raises ValueError naming the first key or shape in which the checkpoint at `path` differs."""
-        saved = {}
-        for name, shape in _reader(path).get_variable_to_shape_map().items():
+        reader, saved = _reader(path), {}
+        for name, shape in reader.get_variable_to_shape_map().items():
             if _SLOT_MARKER in name:  # the optimizer's, restored with it, not a model variable
                 continue
             if name.endswith(_VALUE_SUFFIX) and name.split("/", 1)[0] in self._checked_scopes:
@@ -200,9 +199,8 @@ class Checkpoints:
         extra = sorted(set(saved) - set(self.shapes))
         if extra:
             raise ValueError(f"{path} holds variable {extra[0]!r}, which the model does not have.")
-        reader = _reader(path)
-        if self.base_digest is not None and reader.has_tensor(_BASE_DIGEST + _VALUE_SUFFIX):
-            if reader.get_tensor(_BASE_DIGEST + _VALUE_SUFFIX).decode() != self.base_digest:
+        if self._base_digest is not None and reader.has_tensor(_BASE_DIGEST + _VALUE_SUFFIX):
+            if reader.get_tensor(_BASE_DIGEST + _VALUE_SUFFIX) != self._base_digest.numpy():
                 raise ValueError(f"{path} was trained on another base model (its frozen weights differ from this "
                                  "one's); resume with the base the run started from, or start a new run.")
 
