@@ -23,6 +23,7 @@ from tf_lm.fileio import (
     gfile,
     is_local,
     read_json,
+    safetensors_errors,
     write_export_marker,
     write_file,
 )
@@ -294,20 +295,14 @@ def read_gpt2_state(checkpoint_dir: str) -> dict:
         ValueError: if it is not a readable safetensors file (damaged, or cut short by an interrupted download),
             naming it.
     """
-    from safetensors import SafetensorError
     from safetensors.numpy import load, load_file
 
     path = _checkpoint_file(checkpoint_dir, GPT2_WEIGHTS_FILE)
-    try:
+    with safetensors_errors(path):
         if is_local(path):
             return load_file(path)  # tensor by tensor, without a second copy of the file in memory
         with gfile(path).GFile(path, "rb") as f:
             return load(f.read())
-    except SafetensorError as error:
-        raise ValueError(
-            f"{path} is damaged or incomplete: it is not a readable safetensors file ({error}); download or export "
-            "it again."
-        ) from None
 
 
 def _checkpoint_file(checkpoint_dir: str, name: str) -> str:

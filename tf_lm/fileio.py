@@ -206,6 +206,20 @@ def read_json(path: str):
         raise ValueError(f"{path} is damaged: it is not valid JSON ({error}); restore or remove it.") from None
 
 
+@contextlib.contextmanager
+def safetensors_errors(path: str) -> Iterator[None]:
+    """Reads of the safetensors file `path` inside this context raise one ValueError naming it for a damaged file
+    (cut short by an interrupted download or copy, or a header that is not safetensors'). `SafetensorError` is
+    neither an OSError nor a ValueError, so the scripts would otherwise print it as a traceback.
+    """
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as error:
+        raise ValueError(f"{path} is damaged or incomplete ({error}); replace it with an intact copy.") from None
+
+
 def write_export_marker(directory: str, exported_by: str, kind: str, **details) -> None:
     """Marks `directory` (an export's staging directory) as one of ours: `EXPORT_MARKER` names what wrote it and
     the `kind` of output it is (see `check_replaceable`); `atomic_directory` adds the files it holds."""

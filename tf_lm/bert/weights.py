@@ -18,7 +18,7 @@ import shutil
 import numpy as np
 
 from tf_lm.bert import checkpoint
-from tf_lm.fileio import EXPORT_MARKER, atomic_directory, write_export_marker
+from tf_lm.fileio import EXPORT_MARKER, atomic_directory, safetensors_errors, write_export_marker
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -73,13 +73,10 @@ def open_safetensors(path: str):
     Raises:
         ValueError: if the file cannot be read as safetensors.
     """
-    from safetensors import SafetensorError, safe_open
+    from safetensors import safe_open
 
-    try:
-        with safe_open(path, framework="np") as archive:
-            yield archive
-    except SafetensorError as error:  # not an OSError or ValueError, so scripts would print a traceback
-        raise ValueError(f"{path} is damaged ({error}); replace it with an intact copy.") from None
+    with safetensors_errors(path), safe_open(path, framework="np") as archive:
+        yield archive
 
 
 def read_checkpoint(directory: str) -> dict[str, np.ndarray]:
