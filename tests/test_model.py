@@ -167,6 +167,13 @@ def test_bad_cache_index_is_refused_in_one_line(cache_index, message):
                               position_ids=np.array([[0, 1], [0, 1]], "int32"))
 
 
+def test_a_cache_of_another_batch_is_refused_in_one_line():
+    model = TransformerLM(TINY)
+    with pytest.raises(ValueError, match=r"token_ids has 2 row\(s\) but the cache holds 3; use a cache from "
+                                         r"init_cache\(2, ...\)\."):
+        model.call_with_cache(_ids(time=2), model.init_cache(3, 8), 0)
+
+
 def test_a_preset_name_is_refused_with_the_call_to_use():
     with pytest.raises(TypeError, match=r"use TransformerLM\(LMConfig.preset\('nano'\)\)"):
         TransformerLM("nano")

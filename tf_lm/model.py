@@ -190,9 +190,9 @@ class TransformerLM(keras.Model):
             `(logits [batch, time, vocab_size] float32, updated cache)`.
 
         Raises:
-            ValueError: if the new tokens would not fit in the cache or `cache_index` is negative (checked where it
-                is known before running, as it is eagerly; a write past either end would land on other slots), or
-                an argument has the wrong dtype or shape.
+            ValueError: if the new tokens would not fit in the cache, `cache_index` is negative or the cache holds
+                another batch (checked where it is known before running, as it is eagerly; a write past either end
+                would land on other slots), or an argument has the wrong dtype or shape.
         """
         _check_integers("cache_index", cache_index)
         if not isinstance(cache_index, int):  # an int64 index (np.arange's) would meet int32 positions
@@ -200,6 +200,11 @@ class TransformerLM(keras.Model):
         self._check_ids(token_ids)
         self._check_positions(position_ids, token_ids)
         batch, time, slots = token_ids.shape[0], token_ids.shape[1], cache[0][1].shape[1]
+        cache_rows, heads = cache[0][1].shape[0], self.config.n_head  # a cache row per (sequence, head)
+        cache_batch = None if cache_rows is None else cache_rows // heads
+        if batch is not None and cache_batch is not None and batch != cache_batch:
+            raise ValueError(f"token_ids has {batch} row(s) but the cache holds {cache_batch}; "
+                             f"use a cache from init_cache({batch}, ...).")
         self._check_mask(padding_mask, (batch, slots), "[batch, cache slots]")
         index_shape = _static_shape(cache_index)
         if index_shape is not None and not (index_shape == () or _shapes_agree(index_shape, (batch,))):
