@@ -221,14 +221,29 @@ def test_an_export_holding_a_file_added_since_is_not_replaced(tmp_path):
     for _ in range(2):  # an export of only its own files is replaced
         with atomic_directory(str(export), fileio.EXPORT_MARKER, kind="SavedModel export") as staging:
             os.mkdir(os.path.join(staging, "variables"))
+            with open(os.path.join(staging, "variables", "data"), "w") as f:
+                f.write("weights")
             fileio.write_export_marker(staging, "test", "SavedModel export")
-    assert fileio.read_json(str(export / fileio.EXPORT_MARKER))["files"] == ["variables"]
-    (export / "NOTES.md").write_text("mine")
-    with pytest.raises(ValueError, match=r"is an earlier SavedModel export but also holds 'NOTES.md', which replacing "
-                                         r"it would delete, so it was left untouched"):
-        with atomic_directory(str(export), fileio.EXPORT_MARKER, kind="SavedModel export"):
-            raise AssertionError("the body must not run")
-    assert sorted(os.listdir(export)) == sorted([fileio.EXPORT_MARKER, "NOTES.md", "variables"])
+    assert fileio.read_json(str(export / fileio.EXPORT_MARKER))["files"] == ["variables/data"]
+    for added in ("variables/NOTES.md", "NOTES.md"):  # in a folder of the export too
+        (export / added).write_text("mine")
+        with pytest.raises(ValueError, match=rf"is an earlier SavedModel export but also holds '{added}', which "
+                                             r"replacing it would delete, so it was left untouched"):
+            with atomic_directory(str(export), fileio.EXPORT_MARKER, kind="SavedModel export"):
+                raise AssertionError("the body must not run")
+        assert (export / added).read_text() == "mine" and (export / "variables" / "data").is_file()
+        (export / added).unlink()
+
+
+def test_a_marker_listing_only_the_top_level_still_lets_its_export_be_replaced(tmp_path):
+    """Markers written before files were listed one by one name the folders, not the files in them."""
+    export = tmp_path / "export"
+    (export / "variables").mkdir(parents=True)
+    (export / "variables" / "data").write_text("w")
+    (export / fileio.EXPORT_MARKER).write_text('{"kind": "SavedModel export", "files": ["variables"]}')
+    with atomic_directory(str(export), fileio.EXPORT_MARKER, kind="SavedModel export") as staging:
+        fileio.write_export_marker(staging, "test", "SavedModel export")
+    assert sorted(os.listdir(export)) == [fileio.EXPORT_MARKER]
 
 
 def test_a_lock_on_a_file_is_refused_in_one_line(tmp_path):

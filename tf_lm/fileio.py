@@ -62,7 +62,7 @@ def _local_stat(path: str) -> types.SimpleNamespace:
 _LOCAL_FILES = types.SimpleNamespace(
     GFile=open, exists=os.path.exists, isdir=os.path.isdir, listdir=os.listdir, glob=globbing.glob,
     makedirs=lambda path: os.makedirs(path, exist_ok=True), remove=os.remove, rmtree=shutil.rmtree,
-    rename=_local_rename, stat=_local_stat,
+    rename=_local_rename, stat=_local_stat, walk=os.walk,
 )
 
 
@@ -241,6 +241,23 @@ def _names(path: str) -> list[str]:
     return sorted(name.rstrip("/") for name in gfile(path).listdir(path))
 
 
+def _files_below(path: str) -> list[str]:
+    """Every file under the directory `path`, as a path relative to it ("variables/variables.index")."""
+    files = gfile(path)
+    found = []
+    for root, _, names in files.walk(path):
+        folder = root[len(path):].strip("/")
+        found.extend(f"{folder}/{name}" if folder else name for name in names)
+    return sorted(found)
+
+
+def _is_written(name: str, written: list[str]) -> bool:
+    """Whether the file `name` (relative) is one an export's marker lists, itself or (a marker written before
+    files were listed one by one, which named only the top level) by a folder above it."""
+    parts = name.split("/")
+    return any("/".join(parts[:depth]) in written for depth in range(1, len(parts) + 1))
+
+
 def check_replaceable(path: str, marker: str, kind: str | None = None) -> None:
     """Raises ValueError unless `path` is absent, an empty directory, or a directory holding the file `marker`
     (and, with `kind`, not an `EXPORT_MARKER` that records another kind; nor one that lists the files written,
@@ -271,9 +288,11 @@ def check_replaceable(path: str, marker: str, kind: str | None = None) -> None:
         raise ValueError(f"{path} holds a {found}, which writing a {kind} there would replace, so it was left "
                          "untouched; choose a new or empty directory.")
     # A file added since the export (llama.cpp's converter writes its .gguf into the model directory, a training
-    # run into any --model_dir) would be deleted with it. A marker that predates the list records none.
+    # run into any --model_dir, a user's notes into variables/) would be deleted with it. A marker that predates
+    # the list records none.
     written = recorded.get("files")
-    added = [name for name in _names(path) if name != marker and name not in written] if written is not None else []
+    added = ([name for name in _files_below(path) if name != marker and not _is_written(name, written)]
+             if written is not None else [])
     if added:
         raise ValueError(f"{path} is an earlier {found or 'export'} but also holds {added[0]!r}, which replacing it "
                          "would delete, so it was left untouched; move that file elsewhere, or choose another "
@@ -314,7 +333,7 @@ def atomic_directory(path: str, marker: str, kind: str | None = None) -> Iterato
             raise ValueError(f"The new {path} holds no {marker}; nothing was replaced.")
         if marker == EXPORT_MARKER:  # the files it wrote, so a later export can tell the ones added since
             recorded = _read_marker(os.path.join(staging, marker))
-            recorded["files"] = [name for name in _names(staging) if name != marker]
+            recorded["files"] = [name for name in _files_below(staging) if name != marker]
             write_file(os.path.join(staging, marker), json.dumps(recorded, indent=2) + "\n")
         if files is _LOCAL_FILES:
             _sync_tree(staging)
