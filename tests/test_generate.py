@@ -102,6 +102,24 @@ def test_equal_sampler_settings_share_one_compiled_program(model):
     assert len(programs) == before + 1
 
 
+def test_a_model_changed_by_lora_is_traced_again():
+    """A program traced before `enable_lora` kept running the model without its factors."""
+    from tf_lm.training.lora import enable_lora
+
+    keras.utils.set_random_seed(2)
+    model, draft = TransformerLM(CONFIG), TransformerLM(CONFIG)
+    before = generate(model, PROMPTS[:1], max_new_tokens=6)
+    speculative_before = generate(model, PROMPTS[:1], max_new_tokens=6, draft_model=draft)
+    rng = np.random.default_rng(2)
+    for changed in (model, draft):
+        enable_lora(changed, rank=2)
+        for variable in changed.trainable_weights:  # B starts at zero: give the factors a visible update
+            variable.assign(rng.normal(0, 2.0, variable.shape).astype("float32"))
+    after = generate(model, PROMPTS[:1], max_new_tokens=6)
+    assert after != before and after == [uncached_greedy(model, PROMPTS[0], 6)]
+    assert generate(model, PROMPTS[:1], max_new_tokens=6, draft_model=draft) == after != speculative_before
+
+
 def test_prompts_in_one_bucket_reuse_one_compiled_program(model):
     run = _programs(model, GreedySampler()).run
     generate(model, [[1, 2, 3]], max_new_tokens=4)

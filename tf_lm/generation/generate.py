@@ -217,6 +217,13 @@ class _SpeculativePrograms:
 _PROGRAMS: weakref.WeakKeyDictionary[object, dict] = weakref.WeakKeyDictionary()
 
 
+def _variables(*models) -> tuple:
+    # A traced program keeps running the layers and variables its models had then: after `enable_lora` (factors
+    # added) or a merge (factors dropped) it would silently ignore the change. The variables tell the versions
+    # apart; the models keep them alive, so their ids are not reused while both are compared.
+    return tuple(id(variable) for model in models for variable in model.weights)
+
+
 def _programs(model, sampler: Sampler, drafter=None) -> _Programs | _SpeculativePrograms:
     # Equal settings share one compiled program. A class that defines get_config states all of its settings, and so
     # does an inherited one that names every attribute of the instance (RandomSampler's temperature); a subclass
@@ -226,12 +233,17 @@ def _programs(model, sampler: Sampler, drafter=None) -> _Programs | _Speculative
     described = "get_config" in vars(type(sampler)) or set(vars(sampler)) <= set(config)
     settings = tuple(sorted(config.items())) if described else id(sampler)
     key = (type(sampler), settings, drafter and drafter.key)
+    draft_model = drafter.draft_ref() if isinstance(drafter, ModelDrafter) else None
+    variables = _variables(model) if draft_model is None else _variables(model, draft_model)
     per_model = _PROGRAMS.setdefault(model, {})
     cached = per_model.get(key)
     # A draft model's key holds its id, which a new model may reuse once the old one is gone.
-    if cached is None or (isinstance(drafter, ModelDrafter) and cached.drafter.draft_ref() is not drafter.draft_ref()):
-        per_model[key] = _Programs(model, sampler) if drafter is None else _SpeculativePrograms(model, sampler, drafter)
-    return per_model[key]
+    if (cached is None or cached.variables != variables
+            or (draft_model is not None and cached.drafter.draft_ref() is not draft_model)):
+        cached = _Programs(model, sampler) if drafter is None else _SpeculativePrograms(model, sampler, drafter)
+        cached.variables = variables
+        per_model[key] = cached
+    return cached
 
 
 def _drafter(model, draft_model, drafter: str | None, num_speculative_tokens: int, sampler: Sampler):
