@@ -71,6 +71,8 @@ def test_inconsistent_configs_are_refused(kwargs, message):
         ({"seed": 2.0}, r"`seed` must be an integer in \[0, 2\*\*32\)"),
         ({"lora_rank": 8, "init_from": "base", "lora_alpha": float("nan")}, "`lora_alpha` must be > 0"),
         ({"lora_rank": 8, "init_from": "base", "lora_alpha": float("inf")}, "`lora_alpha` must be > 0"),
+        ({"learning_rate": "1e-3"}, "`learning_rate` must be a number. Received: `learning_rate='1e-3'`"),
+        ({"grad_clip": True}, "`grad_clip` must be a number. Received: `grad_clip=True`"),
     ],
 )
 def test_train_settings_are_refused_before_a_run_prepares_anything(kwargs, message):
@@ -116,6 +118,15 @@ def test_numpy_integers_are_taken_and_stored_as_python_ints():
     train = TrainConfig(batch_size=np.int64(4), steps=np.int32(10), warmup_steps=np.int64(2), seed=np.uint32(7))
     assert (train.batch_size, train.steps, train.warmup_steps, train.seed) == (4, 10, 2, 7)
     assert all(type(value) is int for value in (train.batch_size, train.steps, train.warmup_steps, train.seed))
+
+
+def test_numpy_floats_are_taken_and_stored_as_python_floats():
+    config = LMConfig.preset("nano", dropout=np.float32(0.25), layer_norm_epsilon=np.float64(1e-6))
+    assert (config.dropout, config.layer_norm_epsilon) == (0.25, 1e-6) and type(config.dropout) is float
+    train = TrainConfig(learning_rate=np.float32(0.5), min_learning_rate=np.float64(0.0), beta1=np.float32(0.5),
+                        init_from="base", lora_rank=8, lora_alpha=np.float64(16.0))
+    assert json.loads(json.dumps(train.to_dict())) == train.to_dict()
+    assert (train.learning_rate, train.beta1, train.lora_alpha) == (0.5, 0.5, 16.0)
 
 
 def test_unknown_preset_names_the_choices():

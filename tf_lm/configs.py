@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import operator
 from typing import Any
 
@@ -21,6 +22,16 @@ def _set_integer(config, name: str, low: int, high: int | None, rule: str) -> No
     if number is None or number < low or (high is not None and number >= high):
         raise ValueError(f"{rule}. Received: `{name}={value!r}`")
     object.__setattr__(config, name, number)
+
+
+def _set_number(config, name: str) -> None:
+    """Stores `config.name` as a Python number (a numpy float as a float, so the config stays JSON), or raises
+    ValueError if it is none (a bool, or a string from a JSON config)."""
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"`{name}` must be a number. Received: `{name}={value!r}`")
+    if not isinstance(value, (int, float)):
+        object.__setattr__(config, name, float(value))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,11 +71,9 @@ class LMConfig:
                 f"`n_embd` must be divisible by `n_head`; pick `n_embd` as a multiple of `n_head`. "
                 f"Received: `n_embd={self.n_embd}`, `n_head={self.n_head}`"
             )
-        # Written to refuse NaN (which fails every comparison), booleans and strings (from a JSON config).
+        # The range checks are written to refuse NaN, which fails every comparison.
         for name in ("dropout", "layer_norm_epsilon"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise ValueError(f"`{name}` must be a number. Received: `{name}={value!r}`")
+            _set_number(self, name)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1). Received: `dropout={self.dropout}`")
         if not 0 < self.layer_norm_epsilon < math.inf:
@@ -211,6 +220,10 @@ class TrainConfig:
             low, high, rule = {"warmup_steps": (0, None, ">= 0"), "seed": (0, 2**32, "in [0, 2**32)"),
                                "lora_rank": (0, None, ">= 0 (0: no LoRA)")}.get(name, (1, None, ">= 1"))
             _set_integer(self, name, low, high, f"`{name}` must be an integer {rule}")
+        for name in ("learning_rate", "min_learning_rate", "weight_decay", "beta1", "beta2", "grad_clip"):
+            _set_number(self, name)
+        if self.lora_alpha is not None:
+            _set_number(self, "lora_alpha")
         if self.tokenizer not in ("char", "bpe"):
             raise ValueError(f"Unknown `tokenizer={self.tokenizer!r}`; choose 'char' or 'bpe'.")
         if self.precision not in PRECISIONS:
