@@ -25,3 +25,11 @@ def test_a_second_ctrl_c_stops_at_once():
         assert stop.requested() and stop.signal == signal.SIGINT
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_the_first_signal_is_the_one_reported():
+    """A Ctrl-C followed by the SIGTERM of a supervisor ended with SIGTERM's 143 instead of Ctrl-C's 130."""
+    with StopOnSignal() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signal == signal.SIGINT

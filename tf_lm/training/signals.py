@@ -30,7 +30,8 @@ class StopOnSignal:
         del frame
         if signum == signal.SIGINT and self.signal is not None:
             raise KeyboardInterrupt
-        self.signal = signum
+        if self.signal is None:  # the stop is reported (and exits 128 + signal) as the first signal asked it
+            self.signal = signum
 
     def requested(self) -> bool:
         return self.signal is not None
