@@ -100,14 +100,24 @@ class _HelpFlag(app.HelpFlag):
 _ARGUMENT = re.compile(r"`([a-z][a-z0-9_]*)(=[^`]*)?`")
 
 
+# tf_lm arguments that the scripts take as a flag of another name: a draft model is given by its directory.
+_FLAG_OF_ARGUMENT = {"draft_model": "draft_model_dir"}
+
+
 def in_flag_terms(message: str, flag_values: flags.FlagValues = flags.FLAGS) -> str:
-    """`message` with each backticked argument that is one of the script's flags written as that flag.
+    """`message` with each backticked argument that is one of the script's flags (or that the script takes as its
+    flag in `_FLAG_OF_ARGUMENT`) written as that flag.
 
     >>> in_flag_terms("max_length 600 exceeds 512 positions; lower `max_length`.")  # doctest: +SKIP
     'max_length 600 exceeds 512 positions; lower --max_length.'
     """
     own = script_flag_names(flag_values)
-    return _ARGUMENT.sub(lambda m: f"--{m[1]}{m[2] or ''}" if m[1] in own else m[0], message)
+
+    def as_flag(match):
+        name = _FLAG_OF_ARGUMENT.get(match[1], match[1])
+        return f"--{name}{match[2] or ''}" if name in own else match[0]
+
+    return _ARGUMENT.sub(as_flag, message)
 
 
 @contextlib.contextmanager

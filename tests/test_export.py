@@ -99,6 +99,8 @@ def test_a_refused_request_fails_with_one_readable_line(model_and_tokenizer, tmp
     serve = tf.saved_model.load(str(tmp_path / "refuse")).signatures["generate"]
     for prompts, max_new_tokens, seed, message in [
         (["hello"], 28, 0, "longer than the model context (block_size=32), which this SavedModel refuses"),
+        # The prompt's length plus this wrapped around in int32 and passed, to fail in TensorFlow's range op.
+        (["hello"], 2**31 - 1, 0, "longer than the model context (block_size=32), which this SavedModel refuses"),
         (["hello!"], 2, 0, "a prompt holds a character outside the vocabulary"),
         ([""], 2, 0, "every prompt needs at least one character"),
         ([], 2, 0, "the batch holds no prompts"),
@@ -211,3 +213,7 @@ def test_export_to_a_tensorflow_filesystem(model_and_tokenizer, tmp_path, monkey
     serving = tf.saved_model.load("ram://export_test").signatures["generate"]
     out = serving(prompt=tf.constant(["hello"]), max_new_tokens=tf.constant(5), seed=tf.constant(0, tf.int64))
     assert out["token_ids"].numpy().tolist() == generate(model, [tokenizer.encode("hello")], max_new_tokens=5)
+    # A sliding export (this one) refuses more new tokens than int32 indexes past the prompt, as `generate` does.
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"Invalid generate request: max_new_tokens must be at "
+                                                             r"most 2147483583 for this model \(block_size=32\)"):
+        serving(prompt=tf.constant(["hello"]), max_new_tokens=tf.constant(2**31 - 1), seed=tf.constant(0, tf.int64))

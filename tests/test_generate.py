@@ -150,6 +150,9 @@ def test_context_edges(model):
         ([[1, -1]], {}, "token id -1"),
         ([[1, 2]], {"max_new_tokens": 0}, "`max_new_tokens` must be an integer >= 1"),
         ([[1, 2]], {"max_new_tokens": 2.5}, "`max_new_tokens` must be an integer >= 1"),
+        # Past int32: the compiled loop failed on negative paddings, in a 47-line traceback.
+        ([[1, 2]], {"max_new_tokens": 3_000_000_000}, "`max_new_tokens` must be at most 2147483599 for a model with "
+                                                      "block_size=24"),
         ([1, 2, 3], {}, "wrap a single prompt in a list"),
         ([], {}, "holds no prompts"),
         ([[1.5, 2.0]], {}, "integer token ids"),
@@ -175,7 +178,7 @@ def test_the_generate_script_names_its_flags_in_the_argument_errors(model):
     script_flags = flags.FlagValues()
     for name in ("max_new_tokens", "seed", "chunk_size", "num_speculative_tokens"):
         flags.DEFINE_integer(name, None, "", flag_values=script_flags, module_name="experiments.generate")
-    for name in ("context_policy", "drafter"):
+    for name in ("context_policy", "drafter", "draft_model_dir"):
         flags.DEFINE_string(name, None, "", flag_values=script_flags, module_name="experiments.generate")
     for call, message in [
         (lambda: generate(model, [[1, 2]], max_new_tokens=0),
@@ -189,6 +192,15 @@ def test_the_generate_script_names_its_flags_in_the_argument_errors(model):
         (lambda: generate(model, [[1] * 20], max_new_tokens=5, context_policy="refuse"),
          "Prompt 0 has 20 tokens and --max_new_tokens=5, 25 in all, beyond the model's context block_size=24; "
          "shorten the prompt (keep its last tokens), ask for fewer new tokens, or pass --context_policy='slide'."),
+        # The draft model is a directory on the command line.
+        (lambda: generate(model, [[1, 2]], max_new_tokens=2, drafter="model"),
+         "--drafter='model' needs a --draft_model_dir, a smaller model with the same vocabulary."),
+        (lambda: generate(model, [[1, 2]], max_new_tokens=2, drafter="prompt_lookup", draft_model=model),
+         "--drafter='prompt_lookup' drafts from the context and takes no --draft_model_dir; pass one or the other."),
+        # One past the limit, 2**31 - 1 - 2 * block_size: the prompt bucket and the window past the buffer fit int32.
+        (lambda: generate(model, [[1, 2]], max_new_tokens=2**31 - 48),
+         "--max_new_tokens must be at most 2147483599 for a model with block_size=24: decoding indexes the prompt, "
+         "the new tokens and a window past them with int32. Received: --max_new_tokens=2147483600"),
     ]:
         with pytest.raises(ValueError) as error:
             call()
@@ -331,6 +343,10 @@ def test_cli_rejects_prompts_it_cannot_continue(model_dir):
         with pytest.raises(ValueError, match=message):
             run(model_dir, prompt, out=out, **settings)
         assert out.getvalue() == ""  # refused before printing anything
+    out = io.StringIO()  # it printed the prompt, then the traceback of the compiled loop's int32 overflow
+    with pytest.raises(ValueError, match="`max_new_tokens` must be at most 2147483599"):
+        run(model_dir, "abc", out=out, **{**settings, "max_new_tokens": 3_000_000_000, "context_policy": "slide"})
+    assert out.getvalue() == ""
     # The default policy slides past the context instead.
     out = io.StringIO()
     run(model_dir, "a" * 30, **{**settings, "context_policy": "slide"}, out=out)

@@ -150,6 +150,27 @@ def test_top_k_then_top_p_keeps_what_hf_warpers_keep():
     assert np.flatnonzero(kept).tolist() == [0, 1]
 
 
+def test_top_k_then_top_p_keeps_the_ties_with_the_kth_logit_as_hf_warpers_do():
+    from transformers import TFTopKLogitsWarper, TFTopPLogitsWarper
+
+    # Top-k kept exactly k tokens, dropping those tied with the k-th logit (TopKSampler and HF keep them); the
+    # nucleus then ranks the ties beyond the k sorted by id, and may cut among them (p=0.7 keeps ids 0, 1, 2).
+    logits = tf.constant([[2.0, 1.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0], [1.0, 3.0, 1.0, 1.0, 1.0]])
+    for k, p in [(2, 0.99), (2, 0.7), (2, 0.5), (1, 0.3), (3, 0.9)]:
+        hf = np.isfinite(TFTopPLogitsWarper(p)(None, TFTopKLogitsWarper(k)(None, logits, 0), 0).numpy())
+        filter_logits = TopPSampler(p, k=k).filter_logits
+        np.testing.assert_array_equal(filter_logits(logits).numpy() > -1e29, hf, err_msg=f"k={k}, p={p}")
+        if (k, p) == (2, 0.7):  # under XLA too, as decoding runs it: its top_k must rank ties by id as well
+            np.testing.assert_array_equal(tf.function(filter_logits, jit_compile=True)(logits).numpy() > -1e29, hf)
+
+
+def test_top_p_of_one_keeps_every_token_of_a_large_vocabulary():
+    # The float32 cumsum reached 1 before the end of GPT-2's 50257 tokens: top_p=1 cut 9 of them.
+    logits = tf.constant(np.random.default_rng(0).normal(size=(1, 50257)), tf.float32)
+    assert bool(tf.reduce_all(TopPSampler(1.0).filter_logits(logits) == logits))
+    np.testing.assert_array_equal(TopPSampler(1.0, k=40).filter_logits(logits), TopKSampler(40).filter_logits(logits))
+
+
 def test_same_seed_same_tokens_and_other_seeds_differ():
     sampler = TopPSampler(0.95, temperature=1.5)
     logits = np.zeros(VOCAB)

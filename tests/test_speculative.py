@@ -243,8 +243,8 @@ def test_after_a_round_both_caches_equal_a_plain_decode_of_the_accepted_tokens(p
     [
         ({"num_speculative_tokens": 0}, "`num_speculative_tokens` must be an integer >= 1"),
         ({"drafter": "ngram"}, r"`drafter` must be one of \['model', 'prompt_lookup'\]"),
-        ({"drafter": "prompt_lookup", "draft_model": "draft"}, "takes no draft_model"),
-        ({"drafter": "model", "draft_model": None}, "needs a draft_model"),
+        ({"drafter": "prompt_lookup", "draft_model": "draft"}, "takes no `draft_model`"),
+        ({"drafter": "model", "draft_model": None}, "needs a `draft_model`"),
         ({"draft_model": "other_vocabulary"}, "draft vocab_size=11, model vocab_size=13"),
         ({"draft_model": "shorter_context"}, "draft block_size=24, model block_size=48"),
     ],

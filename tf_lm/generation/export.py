@@ -6,7 +6,8 @@ hash table, id -> character as a constant gathered from), so the `generate` sign
 strings and TensorFlow Serving can serve it as is. The graph keeps dynamic shapes (any batch, prompt length
 and `max_new_tokens`) and is not XLA-compiled, so it runs wherever TensorFlow does. Past the model's context
 it slides the window exactly as `generate` does, or (exported with `context_policy="refuse"`) fails; a bad
-request fails with one `InvalidArgumentError` whose message starts "Invalid generate request: ...".
+request fails with an `InvalidArgumentError` whose message (TensorFlow's "Graph execution error: ...", several lines)
+contains "Invalid generate request: ...", naming what is wrong.
 
 Signature `generate`:
     prompt: string `[batch]`, UTF-8 prompts (at least one; each at least one character, every character in the
@@ -25,7 +26,7 @@ import tensorflow as tf
 
 from tf_lm.fileio import EXPORT_MARKER, atomic_directory, write_export_marker
 from tf_lm.generation import speculative
-from tf_lm.generation.generate import CONTEXT_POLICIES, SEED_LIMIT, _drafter, next_fn, prefill
+from tf_lm.generation.generate import CONTEXT_POLICIES, SEED_LIMIT, _drafter, max_new_tokens_limit, next_fn, prefill
 from tf_lm.generation.samplers import Sampler, get_sampler
 
 EXPORT_KIND = "SavedModel export"
@@ -107,11 +108,21 @@ class GenerationModule(tf.Module):
                 _check(max_new_tokens > 0, "max_new_tokens must be >= 1"),
                 _check((seed >= 0) & (seed < SEED_LIMIT), "seed must be in [0, 2**62), as for generate"),
             ]
+            # One check per policy bounds max_new_tokens from above (refusing bounds it below the int32 limit), so a
+            # request past the limit is told one reason, always the same.
             if context_policy == "refuse":
                 checks.append(_check(
-                    tf.reduce_all(lengths + max_new_tokens <= self.block_size),
+                    # In int64: a prompt plus max_new_tokens near 2**31 would wrap around in int32 and pass.
+                    tf.reduce_all(tf.cast(lengths, tf.int64) + tf.cast(max_new_tokens, tf.int64) <= self.block_size),
                     f"a prompt plus max_new_tokens is longer than the model context (block_size={self.block_size}), "
                     "which this SavedModel refuses (exported with context_policy=refuse)",
+                ))
+            else:
+                limit = max_new_tokens_limit(self.block_size)
+                checks.append(_check(
+                    max_new_tokens <= limit,
+                    f"max_new_tokens must be at most {limit} for this model (block_size={self.block_size}): decoding "
+                    "indexes the prompt, the new tokens and a window past them with int32",
                 ))
             with tf.control_dependencies(checks):
                 right_padded = ids.to_tensor(default_value=0)  # (B, P)

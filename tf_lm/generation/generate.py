@@ -41,6 +41,13 @@ CONTEXT_POLICIES = ("slide", "refuse")
 SEED_LIMIT = 2**62
 
 
+def max_new_tokens_limit(block_size: int) -> int:
+    """The most new tokens one request may ask for: decoding indexes its token buffer (the prompt, at most
+    `block_size` tokens when it slides, then the new tokens) with int32, and the sliding window reads up to
+    `block_size` columns past the buffer's last one."""
+    return 2**31 - 1 - 2 * block_size
+
+
 def _dim(tensor, axis):
     """The static size of `axis` when known (XLA wants constants for shapes), else a dynamic scalar."""
     static = tensor.shape[axis]
@@ -260,11 +267,11 @@ def _drafter(model, draft_model, drafter: str | None, num_speculative_tokens: in
         raise ValueError(f"`drafter` must be one of {list(DRAFTERS)} or None. Received: `drafter={drafter!r}`")
     if drafter == "prompt_lookup":
         if draft_model is not None:
-            raise ValueError("`drafter='prompt_lookup'` drafts from the context and takes no draft_model; pass one or "
-                             "the other.")
+            raise ValueError("`drafter='prompt_lookup'` drafts from the context and takes no `draft_model`; pass one "
+                             "or the other.")
         return PromptLookupDrafter(int(k), model.config.vocab_size)
     if draft_model is None:
-        raise ValueError("`drafter='model'` needs a draft_model (a smaller TransformerLM with the same vocabulary).")
+        raise ValueError("`drafter='model'` needs a `draft_model`, a smaller model with the same vocabulary.")
     config, draft_config = model.config, draft_model.config
     if draft_config.vocab_size != config.vocab_size:
         raise ValueError(
@@ -332,6 +339,13 @@ class _Batch:
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
             raise ValueError(
                 f"`max_new_tokens` must be an integer >= 1. Received: `max_new_tokens={max_new_tokens!r}`"
+            )
+        limit = max_new_tokens_limit(config.block_size)
+        if max_new_tokens > limit:
+            raise ValueError(
+                f"`max_new_tokens` must be at most {limit} for a model with block_size={config.block_size}: decoding "
+                f"indexes the prompt, the new tokens and a window past them with int32. "
+                f"Received: `max_new_tokens={max_new_tokens!r}`"
             )
         self.max_new_tokens = int(max_new_tokens)
         rows = _prompt_rows(prompt_ids, padding_mask)
@@ -408,7 +422,8 @@ def generate(model, prompt_ids, max_new_tokens: int = 100, sampler: str | Sample
         model: a `TransformerLM`.
         prompt_ids: a list of token-id lists (ragged), or an int array `[batch, time]` (with `padding_mask` if
             padded, on either side).
-        max_new_tokens: int >= 1, default 100. New tokens per row (fewer if it stops).
+        max_new_tokens: int >= 1, default 100. New tokens per row (fewer if it stops); at most
+            `max_new_tokens_limit(block_size)`, 2**31 - 1 - 2 * block_size.
         sampler: "greedy" (default), "temperature", "top_k", "top_p", or a `Sampler`.
         temperature: float >= 0, default 1. 0 is greedy.
         top_k: int, for "top_k" (and optionally "top_p").
@@ -434,10 +449,10 @@ def generate(model, prompt_ids, max_new_tokens: int = 100, sampler: str | Sample
         long, or shorter when it ends with a stop token.
 
     Raises:
-        ValueError: for an empty prompt, a token outside the vocabulary, a prompt plus `max_new_tokens` longer
-            than `model.config.block_size` with `context_policy="refuse"`, bad sampler settings, a draft model
-            with another vocabulary or a shorter context, or a drafter with a sampler whose distribution
-            speculation cannot know (`speculative.check_sampler`).
+        ValueError: for an empty prompt, a token outside the vocabulary, a `max_new_tokens` past its limit, a
+            prompt plus `max_new_tokens` longer than `model.config.block_size` with `context_policy="refuse"`, bad
+            sampler settings, a draft model with another vocabulary or a shorter context, or a drafter with a
+            sampler whose distribution speculation cannot know (`speculative.check_sampler`).
 
     Example:
     >>> model = TransformerLM(LMConfig.preset("nano", vocab_size=65))

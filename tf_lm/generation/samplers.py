@@ -197,6 +197,12 @@ def _gumbel_argmax(logits, seed):
     return tf.argmax(logits + gumbel, axis=-1, output_type=tf.int32)
 
 
+def _drop_below_kth(logits, sorted_logits):
+    """Top-k's rule: filters out the logits below the k-th largest, the last of the descending `sorted_logits`
+    `[batch, k]`. Ties with it stay, so more than k tokens may (as HF's `TopKLogitsWarper` keeps them)."""
+    return tf.where(logits < sorted_logits[:, -1:], _FILTERED_LOGIT, logits)
+
+
 class GreedySampler(Sampler):
     """Always the most likely token (ties: the lowest id). Deterministic; ignores the seed.
 
@@ -254,10 +260,7 @@ class TopKSampler(Sampler):
 
     def filter_logits(self, logits):
         logits = super().filter_logits(logits)
-        k = min(self.k, logits.shape[-1])
-        kth_largest = tf.math.top_k(logits, k=k, sorted=True).values[:, -1:]  # (B, 1)
-        # Ties with the k-th logit are kept too; with float logits they are vanishingly rare.
-        return tf.where(logits < kth_largest, _FILTERED_LOGIT, logits)
+        return _drop_below_kth(logits, tf.math.top_k(logits, k=min(self.k, logits.shape[-1])).values)
 
     def get_config(self):
         return {**super().get_config(), "k": self.k}
@@ -267,10 +270,11 @@ class TopPSampler(Sampler):
     """Nucleus sampling: a sample among the smallest set of most likely tokens whose probability reaches `p`.
 
     Args:
-        p: float in (0, 1]. Probability mass of the nucleus; the most likely token is always kept.
-        k: optional int >= 1. Top-k first: the nucleus is then the smallest set of the `k` most likely tokens
-            holding `p` of their renormalised mass (as HF's TopK -> TopP warpers); also limits the sort to `k`
-            entries.
+        p: float in (0, 1]. Probability mass of the nucleus; the most likely token is always kept, and 1 keeps
+            every token (every top-k one, with `k`).
+        k: optional int >= 1. Top-k first, by `TopKSampler`'s rule (tokens tied with the k-th logit stay): the
+            nucleus is then the smallest set of those most likely tokens holding `p` of their renormalised mass,
+            ties ranked by id (as HF's TopK -> TopP warpers); also limits the sort to `k` entries.
         temperature: float > 0, default 1. Applied before the nucleus is computed.
 
     Example:
@@ -292,20 +296,36 @@ class TopPSampler(Sampler):
         logits = super().filter_logits(logits)
         vocab = logits.shape[-1]
         k = vocab if self.k is None else min(self.k, vocab)
+        if self.p >= 1.0:
+            # The nucleus is every (top-k) token, and HF adds no top-p warper at top_p=1: decided here, not by the
+            # cumsum below, which in float32 reaches 1 before the end of a large vocabulary and would cut its tail.
+            return logits if k == vocab else _drop_below_kth(logits, tf.math.top_k(logits, k=k).values)
         sorted_logits, sorted_ids = tf.math.top_k(logits, k=k, sorted=True)  # (B, k) each
-        # Softmax in float32 over the k kept tokens: with top_k the nucleus is measured in the renormalised top-k
-        # distribution, as HF's TopK -> TopP warpers and vLLM measure it (without top_k, k is the vocabulary).
-        log_normaliser = tf.reduce_logsumexp(sorted_logits, axis=-1, keepdims=True)  # (B, 1)
+        if k < vocab:
+            logits = _drop_below_kth(logits, sorted_logits)
+        # Softmax in float32 over the tokens top-k kept: with top_k the nucleus is measured in the renormalised top-k
+        # distribution, as HF's TopK -> TopP warpers and vLLM measure it (without top_k, over the vocabulary).
+        log_normaliser = tf.reduce_logsumexp(logits, axis=-1, keepdims=True)  # (B, 1)
         sorted_probs = tf.exp(sorted_logits - log_normaliser)  # (B, k)
         mass_before = tf.cumsum(sorted_probs, axis=-1, exclusive=True)  # (B, k)
         # A token is in the nucleus if the tokens ranked above it hold less than p; rank 0 always is.
         keep_sorted = tf.logical_or(mass_before < self.p, tf.range(k)[None, :] == 0)  # (B, k)
         batch = tf.shape(logits)[0]
         row_ids = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(sorted_ids))  # (B, k)
-        keep = tf.scatter_nd(
-            tf.stack([row_ids, sorted_ids], axis=-1), tf.cast(keep_sorted, tf.int32), tf.shape(logits)
-        )  # (B, V): 1 inside the nucleus
-        return tf.where(keep > 0, logits, _FILTERED_LOGIT)
+        sorted_state = tf.scatter_nd(
+            tf.stack([row_ids, sorted_ids], axis=-1), tf.where(keep_sorted, 2, 1), tf.shape(logits)
+        )  # (B, V): 2 in the nucleus, 1 sorted but outside it, 0 not among the k sorted
+        keep = sorted_state == 2
+        if k < vocab:
+            # Top-k kept the ties with the k-th logit beyond the k sorted too. A full sort (HF's TopP warper) ranks
+            # them next, lowest id first: each is in the nucleus if the mass ranked before it is under p.
+            kth_largest = sorted_logits[:, -1:]  # (B, 1)
+            beyond = tf.logical_and(logits == kth_largest, sorted_state == 0)  # (B, V)
+            rank_beyond = tf.cumsum(tf.cast(beyond, tf.float32), axis=-1, exclusive=True)  # (B, V)
+            mass_before_beyond = (tf.reduce_sum(sorted_probs, axis=-1, keepdims=True)
+                                  + rank_beyond * tf.exp(kth_largest - log_normaliser))  # (B, V)
+            keep = tf.logical_or(keep, tf.logical_and(beyond, mass_before_beyond < self.p))
+        return tf.where(keep, logits, _FILTERED_LOGIT)
 
     def get_config(self):
         return {**super().get_config(), "p": self.p, "k": self.k}
