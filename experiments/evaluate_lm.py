@@ -33,7 +33,7 @@ from experiments.flags import (
 from tf_lm import artifacts
 from tf_lm.artifacts import load_model_dir
 from tf_lm.data import TokenStore, contiguous_windows, prepare_store
-from tf_lm.data.store import STORE_SCHEME
+from tf_lm.data.store import MANIFEST, STORE_SCHEME
 from tf_lm.fileio import read_json
 from tf_lm.training.metrics import derived, summed_next_token_loss
 
@@ -108,17 +108,31 @@ def score_text(model, tokenizer, text: str) -> dict:
     }
 
 
+def _trained_store(run: dict) -> dict | None:
+    """The `source` and `source_options` a run's token store was prepared from: recorded in its `run_config.json`,
+    or, in one written before that record, read from the manifest of its `store:` dataset if the store is there."""
+    dataset = run.get("train", {}).get("dataset") or ""
+    if "store" in run or not dataset.startswith(STORE_SCHEME):
+        return run.get("store")
+    directory = dataset[len(STORE_SCHEME):]
+    return TokenStore(directory).manifest["request"] if tf.io.gfile.exists(os.path.join(directory, MANIFEST)) else None
+
+
 def run_source_options(flag_values: flags.FlagValues) -> dict:
     """`source_options`, with the split options the model was trained with where the flags leave them unset and
-    --dataset is the run's own (its `run_config.json`): else its validation split would hold training text."""
+    --dataset is the text it was trained on: the run's own dataset (its `run_config.json`), or the source its
+    `store:` dataset was prepared from. Else its validation split would hold training text."""
     options = source_options(flag_values)
     path = os.path.join(flag_values.model_dir, RUN_CONFIG)
     if not tf.io.gfile.exists(path):
         return options
     run = read_json(path)
-    if run.get("train", {}).get("dataset") != flag_values.dataset:
+    if run.get("train", {}).get("dataset") == flag_values.dataset:
+        recorded = run.get("data") or {}
+    elif (store := _trained_store(run)) is not None and store.get("source") == flag_values.dataset:
+        recorded = store.get("source_options") or {}
+    else:
         return options
-    recorded = run.get("data") or {}
     return {**options, **{name: recorded[name] for name in options
                           if name in recorded and not flag_values[name].present}}
 

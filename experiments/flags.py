@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import re
 import signal
 import sys
@@ -208,6 +209,18 @@ def source_options(flag_values: flags.FlagValues) -> dict:
     """The `open_source` options among the parsed data flags."""
     return {"validation_fraction": flag_values.validation_fraction, "tfds_data_dir": flag_values.tfds_data_dir,
             "tfds_manual_dir": flag_values.tfds_manual_dir}
+
+
+def bpe_sample_bytes(flag_values: flags.FlagValues) -> int:
+    """--bpe_sample_mb in bytes.
+
+    Raises:
+        ValueError: if it is less than one byte, or not finite.
+    """
+    if not 1e-6 <= flag_values.bpe_sample_mb < math.inf:  # NaN too
+        raise ValueError(f"--bpe_sample_mb must be at least 0.000001 (one byte). Received: "
+                         f"--bpe_sample_mb={flag_values.bpe_sample_mb}")
+    return int(flag_values.bpe_sample_mb * 1e6)
 
 
 def define_tokenizer_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from absl import flags, logging
 
 from experiments.flags import (
+    bpe_sample_bytes,
     define_data_flags,
     define_tokenizer_flags,
     flag_group,
@@ -39,7 +40,7 @@ def main(argv):
         else:
             tokenizer = FLAGS.tokenizer
         store = prepare_store(FLAGS.dataset, FLAGS.output_dir, tokenizer=tokenizer,
-                              bpe_vocab_size=FLAGS.bpe_vocab_size, bpe_sample_bytes=int(FLAGS.bpe_sample_mb * 1e6),
+                              bpe_vocab_size=FLAGS.bpe_vocab_size, bpe_sample_bytes=bpe_sample_bytes(FLAGS),
                               shard_tokens=FLAGS.shard_tokens, progress=True, **source_options(FLAGS))
     print(f"{store}; train with --dataset=store:{FLAGS.output_dir}")
 

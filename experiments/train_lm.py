@@ -36,6 +36,7 @@ from absl import flags, logging
 
 from experiments.flags import (
     RUN_CONFIG,
+    bpe_sample_bytes,
     configs_from_flags,
     define_train_flags,
     one_line_errors,
@@ -48,6 +49,7 @@ from tf_lm import artifacts
 from tf_lm.configs import LMConfig
 from tf_lm.data import Source, TokenStore, lm_datasets, load_tokenizer, open_source, prepare_store
 from tf_lm.data.pipeline import check_block_size
+from tf_lm.data.sources import SPLITS
 from tf_lm.data.store import DEFAULT_BPE_SAMPLE_BYTES, MANIFEST, STORE_SCHEME
 from tf_lm.distribute import is_chief, resolve_strategy
 from tf_lm.fileio import EXPORT_MARKER, atomic_write, directory_lock, read_json, read_text
@@ -106,6 +108,12 @@ def _check_model_dir(model_dir: str, run_config: dict) -> None:
         # A store: dataset's store re-prepared from an edited corpus (text: sources are checked by _check_source).
         if known and previous.get("source_digest") not in (None, run_config["source_digest"]):
             changed.append("the source's text (the store was prepared from another version of it)")
+        # A store: dataset's store prepared again with another split of the same text (a run_config.json written
+        # before the store was recorded has no record: nothing to compare).
+        recorded_store = previous.get("store")
+        if known and recorded_store is not None:
+            changed += [f"the store's {k}: {recorded_store.get(k)!r} -> {v!r}" for k, v in run_config["store"].items()
+                        if recorded_store.get(k) != v]
         base_changed = previous.get("base_fingerprint") != run_config["base_fingerprint"]
         if base_changed:
             changed.append("the pretrained weights at init_from")
@@ -144,11 +152,18 @@ def data_identity(train_config: TrainConfig, data_options: dict, pretrained: boo
 
 
 def _run_config(model_config, train_config, strategy, tokenizer_fingerprint, pretrained, data, store=None) -> dict:
+    request = {} if store is None else store.manifest["request"]
+    # `store`: the source and options the store was prepared from, and the ids each split holds. A `store:`
+    # dataset's store is only a path, so a resume checks it against these, and evaluate_lm splits that source as
+    # the store did.
     return {"model": model_config.to_dict(), "train": train_config.to_dict(), "data": data,
             "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
             "tokenizer_fingerprint": tokenizer_fingerprint,
             "base_fingerprint": None if pretrained is None else pretrained.fingerprint,
-            "source_digest": None if store is None else store.manifest["request"].get("source_digest")}
+            "source_digest": request.get("source_digest"),
+            "store": None if store is None else {
+                "source": request.get("source"), "source_options": request.get("source_options"),
+                "tokens": {split: store.num_tokens(split) for split in SPLITS}}}
 
 
 def _check_source(model_dir: str, source: Source) -> None:
@@ -256,8 +271,17 @@ def open_training_store(train_config: TrainConfig, model_dir: str, data_options:
     directory = _store_directory(train_config, cache_dir, source, {**options, **bpe}, tokenizer)
     if not chief:
         directory = os.path.join(stack.enter_context(tempfile.TemporaryDirectory(prefix="tf_lm_store_")), "store")
-    return prepare_store(source, directory, tokenizer=train_config.tokenizer if tokenizer is None else tokenizer,
-                         progress=verbose, **bpe)
+    new_cache = not tf.io.gfile.exists(cache_dir)
+    try:
+        return prepare_store(source, directory, tokenizer=train_config.tokenizer if tokenizer is None else tokenizer,
+                             progress=verbose, **bpe)
+    except Exception:
+        # prepare_store removes a store it could not prepare (bad text), not the cache directory made for it: a
+        # failed first run leaves model_dir as it found it (the lock goes with its last other file). An interrupted
+        # preparation keeps its shards, and another run's store in a shared cache is not touched.
+        if new_cache and tf.io.gfile.exists(cache_dir) and not tf.io.gfile.listdir(cache_dir):
+            tf.io.gfile.rmtree(cache_dir)
+        raise
 
 
 def train(model_config: LMConfig, train_config: TrainConfig, model_dir: str, strategy_name: str = "auto",
@@ -393,7 +417,7 @@ def main(argv):
     values = flags.FLAGS
     with reported_stops(TrainingInterrupted), one_line_errors():
         model_config, train_config = configs_from_flags(values)
-        data_options = {**source_options(values), "bpe_sample_bytes": int(values.bpe_sample_mb * 1e6),
+        data_options = {**source_options(values), "bpe_sample_bytes": bpe_sample_bytes(values),
                         "cache_dir": values.data_cache_dir}
         check_flags(values.model_dir, script_flags(values))  # before any data is read: a refused resume costs nothing
         train(model_config, train_config, values.model_dir, values.strategy, values.tpu, data_options,

@@ -108,3 +108,14 @@ def test_the_runs_own_split_is_evaluated_unless_a_flag_says_otherwise(model_dir)
     assert validation_fraction(f"--dataset={dataset}") == 0.05
     assert validation_fraction(f"--dataset={dataset}", "--validation_fraction=0.2") == 0.2
     assert validation_fraction("--dataset=builtin:pydoc") == 0.1  # another source than the run's
+    # A run trained on a store prepared from that source with 5% held out: its run_config.json records it, or
+    # (one written before it did) the store's manifest does.
+    store = prepare_store(dataset, str(path.parent / "store"), validation_fraction=0.05)
+    (path / "run_config.json").write_text(json.dumps({"train": {"dataset": f"store:{store.directory}"}, "data": {},
+                                                      "store": {"source": dataset,
+                                                                "source_options": {"validation_fraction": 0.05}}}))
+    assert validation_fraction(f"--dataset={dataset}") == 0.05
+    assert validation_fraction("--dataset=builtin:pydoc") == 0.1
+    (path / "run_config.json").write_text(json.dumps({"train": {"dataset": f"store:{store.directory}"}, "data": {}}))
+    assert validation_fraction(f"--dataset={dataset}") == 0.05
+    assert validation_fraction(f"--dataset={dataset}", "--validation_fraction=0.2") == 0.2

@@ -83,7 +83,13 @@ def test_tokenizer_dir_takes_a_model_directory_and_an_hf_export_of_a_char_model(
         (["--dataset=text:/no/such/*.txt"], "error: No files match 'text:/no/such/*.txt'"),
         (["--tokenizer=bpe", "--bpe_vocab_size=300", "--tokenizer_dir=/x"],
          "error: --tokenizer_dir brings its own tokenizer; drop --tokenizer, --bpe_vocab_size."),
-        (["--shard_tokens=0"], "error: prepare_store needs shard_tokens to be an integer >= 1"),
+        (["--shard_tokens=0"], "error: prepare_store needs --shard_tokens to be an integer >= 1. Received: "
+                               "--shard_tokens=0"),
+        (["--tokenizer=bpe", "--bpe_sample_mb=-1"], "error: --bpe_sample_mb must be at least 0.000001 (one byte). "
+                                                    "Received: --bpe_sample_mb=-1.0"),
+        (["--tokenizer=bpe", "--bpe_vocab_size=100"], "error: A BPE vocabulary needs --bpe_vocab_size to be an "
+                                                      "integer >= 257 (256 bytes + <|endoftext|>). Received: "
+                                                      "--bpe_vocab_size=100"),
     ],
 )
 def test_bad_input_fails_in_one_line_and_writes_nothing(tmp_path, args, message):

@@ -116,6 +116,15 @@ def test_a_directory_is_named_as_one_with_the_glob_of_its_files(tmp_path):
                                            f"text:'{tmp_path}/corpus/*.txt' (quoted")
 
 
+def test_a_path_naming_a_file_is_read_as_named_not_as_a_glob(tmp_path):
+    (tmp_path / "notes[1].txt").write_text("the file named\n", encoding="utf-8")
+    (tmp_path / "notes1.txt").write_text("the file the glob matches\n", encoding="utf-8")
+    source = open_source(f"text:{tmp_path}/notes[1].txt")
+    assert "".join(read(source, "train") + read(source, "validation")) == "the file named\n"
+    source = open_source(f"text:{tmp_path}/notes[12].txt")  # names no file: a glob
+    assert "".join(read(source, "train") + read(source, "validation")) == "the file the glob matches\n"
+
+
 def test_a_byte_order_mark_is_not_part_of_the_text(tmp_path):
     (tmp_path / "a.txt").write_bytes("\ufeffFirst file.\n".encode("utf-8"))
     (tmp_path / "b.txt").write_bytes("\ufeffSecond \ufeff stays inside.\n".encode("utf-8"))

@@ -173,31 +173,45 @@ def test_an_edited_source_is_not_taken_for_its_store(corpus, tmp_path):
     finally:
         store_module.atomic_write = write
     (tmp_path / "doc0.txt").write_text("First document, edited.\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="unfinished token store .*another version of the source"):
+    with pytest.raises(ValueError, match="unfinished token store .*another version of the source .*cannot be "
+                                         "finished: delete the directory, or choose another directory.$"):
         prepare_store(corpus, str(tmp_path / "killed"), shard_tokens=64)
 
 
 def test_a_refused_argument_leaves_nothing_that_blocks_the_corrected_rerun(corpus, tmp_path):
     directory = tmp_path / "store"
     for bad in ({"tokenizer": "bpe", "bpe_vocab_size": 100}, {"chunk_bytes": 2}):
-        with pytest.raises(ValueError, match="Received: (vocab_size=100|chunk_bytes=2)"):
+        with pytest.raises(ValueError, match="Received: `(bpe_vocab_size=100|chunk_bytes=2)`$"):
             prepare_store(corpus, str(directory), **bad)
         assert not directory.exists()
     # A refusal that only encoding finds (a character the given tokenizer lacks) removes the directory it
-    # created; in a directory that existed it leaves an unfinished store with no finished shard, which a rerun
-    # with other arguments starts again.
+    # created, and empties one that was empty.
     with pytest.raises(ValueError, match="not in this CharTokenizer"):
         prepare_store(corpus, str(directory), tokenizer=CharTokenizer.from_text("abc"))
     assert not directory.exists(), "a directory the failed preparation created was left half prepared"
-    directory.mkdir()  # one that existed before is kept, unfinished, for a rerun
+    directory.mkdir()
     with pytest.raises(ValueError, match="not in this CharTokenizer"):
         prepare_store(corpus, str(directory), tokenizer=CharTokenizer.from_text("abc"))
-    assert directory.exists()
+    assert directory.exists() and not any(directory.iterdir())
     store = prepare_store(corpus, str(directory), tokenizer="bpe", bpe_vocab_size=280)
     assert store.tokenizer.decode(all_ids(store)).replace(END_OF_TEXT, "") == "".join(DOCUMENTS)
     # The default vocabulary named or left unset is one request.
     prepare_store(corpus, str(tmp_path / "default"), tokenizer="bpe")
     prepare_store(corpus, str(tmp_path / "default"), tokenizer="bpe", bpe_vocab_size=4096)
+
+
+def test_a_preparation_failing_after_finished_shards_leaves_an_empty_directory_empty(corpus, tmp_path):
+    # The last document (held out) is not UTF-8: the train split's shards are finished when it fails. Left behind,
+    # they would block the corrected source, a new version of it, as an unfinished store of another one.
+    (tmp_path / "doc9.txt").write_bytes("café\n".encode("latin-1"))
+    directory = tmp_path / "store"
+    directory.mkdir()
+    with pytest.raises(ValueError, match=r"doc9.txt \(from .*\) is not UTF-8"):
+        prepare_store(corpus, str(directory), shard_tokens=16)
+    assert directory.exists() and not any(directory.iterdir())
+    (tmp_path / "doc9.txt").write_text("café\n", encoding="utf-8")
+    store = prepare_store(corpus, str(directory), shard_tokens=16)
+    assert store.tokenizer.decode(all_ids(store)) == "".join(text + END_OF_TEXT for text in DOCUMENTS + ["café\n"])
 
 
 def test_one_process_prepares_a_directory_at_a_time(corpus, tmp_path):
@@ -276,4 +290,23 @@ def test_a_manifest_missing_a_field_is_refused_in_one_sentence(corpus, tmp_path)
     del manifest["end_of_document_id"]
     (directory / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="is not a token store manifest .*end_of_document_id"):
+        TokenStore(str(directory))
+
+
+@pytest.mark.parametrize("shape, reason", [
+    (lambda split: split["shards"][0].pop("file"), "'file'"),
+    (lambda split: split["shards"][0].update(tokens=str(split["shards"][0]["tokens"])),
+     r"a shard's token count is '\d+', not an integer >= 0"),
+    (lambda split: split["shards"][0].update(tokens=-2), "a shard's token count is -2, not an integer >= 0"),
+    (lambda split: split.update(shards=None), "'NoneType' object is not iterable"),
+    (lambda split: split.update(shards=[7]), "'int' object is not subscriptable"),
+])
+def test_a_manifest_of_another_shape_is_refused_in_one_sentence(corpus, tmp_path, shape, reason):
+    directory = tmp_path / "store"
+    prepare_store(corpus, str(directory))
+    manifest = json.loads((directory / MANIFEST).read_text())
+    shape(manifest["splits"]["train"])
+    (directory / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=rf"manifest.json is not a token store manifest \({reason}\); prepare the "
+                                         "store again.$"):
         TokenStore(str(directory))

@@ -312,22 +312,41 @@ def test_a_run_whose_source_was_edited_is_not_resumed_on_the_new_text(tmp_path):
     assert len(list((tmp_path / "run" / "data").iterdir())) == len(stores) + 1
 
 
-def test_a_store_re_prepared_from_an_edited_source_is_not_resumed(tmp_path):
-    from experiments.train_lm import train
+def test_a_store_re_prepared_with_another_split_or_from_an_edited_source_is_not_resumed(tmp_path):
+    from experiments.train_lm import RUN_CONFIG, train
     from tf_lm.data import prepare_store
 
     source, store = tmp_path / "input.txt", tmp_path / "store"
     source.write_text(TEXT)
-    prepare_store(f"text:{source}", str(store))
+    tokens = {split: prepare_store(f"text:{source}", str(store)).num_tokens(split) for split in ("train", "validation")}
     model_config = LMConfig(n_layer=1, n_head=2, n_embd=16, block_size=16)
     config = TrainConfig(dataset=f"store:{store}", batch_size=2, steps=1, warmup_steps=0)
     train(model_config, config, str(tmp_path / "run"), verbose=False)
+    assert json.loads((tmp_path / "run" / RUN_CONFIG).read_text())["store"] == {
+        "source": f"text:{source}", "source_options": {"validation_fraction": 0.1}, "tokens": tokens}
+    # The same text and tokenizer, with text the run held out for validation moved into the train split.
+    shutil.rmtree(store)
+    prepare_store(f"text:{source}", str(store), validation_fraction=0.5)
+    with pytest.raises(ValueError, match=r"a different config \(the store's source_options: \{'validation_fraction': "
+                                         r"0.1\} -> \{'validation_fraction': 0.5\}; the store's tokens: "):
+        train(model_config, config, str(tmp_path / "run"), verbose=False)
     # The same characters (so the same char tokenizer) in another order, prepared at the same path.
     source.write_text("".join(reversed(TEXT.splitlines(keepends=True))))
     shutil.rmtree(store)
     prepare_store(f"text:{source}", str(store))
     with pytest.raises(ValueError, match="holds a run with a different config .*the source's text"):
         train(model_config, config, str(tmp_path / "run"), verbose=False)
+
+
+def test_a_source_that_fails_to_prepare_leaves_no_model_dir(tmp_path):
+    from experiments.train_lm import train
+
+    source = tmp_path / "latin1.txt"
+    source.write_bytes("café\n".encode("latin-1") * 40)
+    config = TrainConfig(dataset=f"text:{source}", batch_size=2, steps=1, warmup_steps=0)
+    with pytest.raises(ValueError, match="latin1.txt .* is not UTF-8 text"):
+        train(LMConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), config, str(tmp_path / "run"), verbose=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_resume_with_other_data_options_is_refused_and_an_older_run_config_resumes(tmp_path):
@@ -342,12 +361,13 @@ def test_a_resume_with_other_data_options_is_refused_and_an_older_run_config_res
     with pytest.raises(ValueError, match=r"a different config \(validation_fraction: 0.1 -> 0.5\)"):
         train(model_config, config, str(tmp_path / "run"), data_options={"validation_fraction": 0.5}, verbose=False)
     assert sorted((tmp_path / "run" / "data").iterdir()) == stores  # refused before a second store was prepared
-    # The default is the same run; a run_config.json from before the options were recorded resumes as it did.
+    # The default is the same run; a run_config.json from before the options and the store were recorded resumes
+    # as it did.
     train(model_config, config, str(tmp_path / "run"), verbose=False)
     path = tmp_path / "run" / RUN_CONFIG
     recorded = json.loads(path.read_text())
     assert recorded["data"] == {"validation_fraction": 0.1}
-    path.write_text(json.dumps({k: v for k, v in recorded.items() if k != "data"}))
+    path.write_text(json.dumps({k: v for k, v in recorded.items() if k not in ("data", "store")}))
     train(model_config, config, str(tmp_path / "run"), data_options={"validation_fraction": 0.1}, verbose=False)
 
 

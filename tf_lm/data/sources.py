@@ -3,15 +3,17 @@
 Schemes:
 - `builtin:pydoc` (the default): the English text of CPython's `pydoc_data.topics`, one document per topic, on
   every machine, offline.
-- `text:<glob>`: UTF-8 files (any `tf.io.gfile` path), one document per file, in sorted path order.
+- `text:<glob>`: UTF-8 files (any `tf.io.gfile` path), one document per file, in sorted path order. A path that
+  names an existing file is that file, even if its name holds glob characters (`notes[1].txt`).
 - `tfds:<name>`: a TFDS dataset whose examples hold a text feature, one document per example, e.g.
   `tfds:tiny_shakespeare`.
 
-A source with its own splits (TFDS) uses them. Otherwise the last `validation_fraction` of the documents that hold
-text is the validation split (at least one, and at least one left to train on), so no document is in both splits.
-A source with a single document (one text file, Tiny Shakespeare's one TFDS example) is cut instead at the last
-`validation_fraction` of its bytes, at a character boundary: the classic contiguous split. Either way the cut is
-found from the documents' sizes, without reading the text.
+A source with its own splits (TFDS: Tiny Shakespeare's train and validation splits hold one example each) uses
+them. Otherwise the last `validation_fraction` of the documents that hold text is the validation split (at least
+one, and at least one left to train on), so no document is in both splits. A source with a single document (one
+text file, or a TFDS train split of one example when the dataset has no `tfds_validation_split`) is cut instead at
+the last `validation_fraction` of its bytes, at a character boundary: the classic contiguous split. Either way the
+cut is found from the documents' sizes, without reading the text.
 
 No step holds a document, a split or the corpus: `Source.chunks` yields at most `chunk_bytes` of text at a time,
 cut after the chunk's last newline where it has one (so BPE rarely sees a word cut in two). Every chunk carries the
@@ -284,11 +286,15 @@ def _builtin(source: str, name: str) -> tuple[_Documents, list[int], str]:
 
 
 def _text_files(source: str, pattern: str) -> tuple[_Documents, list[int], list]:
-    if "://" in pattern:
-        files = gfile(pattern)
-        paths = sorted(p for p in files.glob(pattern) if not files.isdir(p))
+    files = gfile(pattern)
+    path = os.path.expanduser(pattern) if is_local(pattern) else pattern
+    if files.exists(path) and not files.isdir(path):
+        # A file is read as named: as a glob, `notes[1].txt` would match `notes1.txt`, or nothing.
+        paths = [path]
+    elif is_local(pattern):
+        paths = sorted(p for p in glob.glob(path, recursive=True) if os.path.isfile(p))
     else:
-        paths = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
+        paths = sorted(p for p in files.glob(path) if not files.isdir(p))
     if not paths:
         directory = pattern.rstrip("/")
         if directory and gfile(directory).isdir(os.path.expanduser(directory)):

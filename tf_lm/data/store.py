@@ -11,8 +11,10 @@ A store is a directory (any `tf.io.gfile` path: local, `gs://`, `ram://`):
 `prepare_store` streams a source into a store: the tokenizer is built in one streaming pass (char: the characters
 seen; BPE: trained on a bounded sample of the training text), then each split is encoded chunk by chunk (a batch
 of chunks at a time, in parallel for BPE) and every document is followed by the tokenizer's end-of-text id, so
-windows cross documents as in GPT-2's training and a model learns where a document ends. Memory is bounded by
-one shard, whatever the corpus size.
+windows cross documents as in GPT-2's training and a model learns where a document ends. A given tokenizer without
+one (`eos_id` None: a `CharTokenizer` saved with `end_of_text=False`, a GPT-2 style vocabulary lacking
+`<|endoftext|>`) concatenates the documents with no boundary; the manifest's end-of-document id is then null.
+Memory is bounded by one shard, whatever the corpus size.
 
 A killed preparation leaves no manifest, so nothing takes it for a store. Shards are written under temporary
 names and renamed, each followed by a progress note (in `.preparing/`) saying where in the source the next shard
@@ -99,7 +101,8 @@ def prepare_store(source: str | Source, directory: str, *, tokenizer="char", bpe
             (finished; restarted if it has no finished shard and other arguments). One process prepares a local
             directory at a time.
         tokenizer: "char", "bpe", or a tokenizer object (e.g. `load_tokenizer(model_dir + "/tokenizer")`) whose ids
-            the store must hold, such as a pretrained model's.
+            the store must hold, such as a pretrained model's. One without an end-of-text id (`eos_id` None)
+            separates no documents.
         bpe_vocab_size: int or None. BPE's target vocabulary (None: 4096); only with tokenizer="bpe".
         bpe_sample_bytes: int, default 20 MB. BPE is trained on the first this many bytes of the train split.
         shard_tokens: int, default 2**24. A shard is closed once it holds at least this many ids.
@@ -125,18 +128,20 @@ def prepare_store(source: str | Source, directory: str, *, tokenizer="char", bpe
     for name, value, minimum in (("shard_tokens", shard_tokens, 1), ("bpe_sample_bytes", bpe_sample_bytes, 1),
                                  ("chunk_bytes", chunk_bytes, 4)):
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ValueError(f"prepare_store needs {name} to be an integer >= {minimum}. Received: {name}={value!r}")
+            raise ValueError(
+                f"prepare_store needs `{name}` to be an integer >= {minimum}. Received: `{name}={value!r}`"
+            )
     if isinstance(tokenizer, str):
         if tokenizer not in TOKENIZER_KINDS:
             raise ValueError(f"Unknown tokenizer kind {tokenizer!r}; choose one of {list(TOKENIZER_KINDS)}.")
         if tokenizer == "char" and bpe_vocab_size is not None:
             raise ValueError(
-                f"bpe_vocab_size only applies to tokenizer='bpe'. Received: bpe_vocab_size={bpe_vocab_size}"
+                f"`bpe_vocab_size` only applies to `tokenizer='bpe'`. Received: `bpe_vocab_size={bpe_vocab_size}`"
             )
         wanted = {"kind": tokenizer}
         if tokenizer == "bpe":
             bpe_vocab_size = DEFAULT_BPE_VOCAB_SIZE if bpe_vocab_size is None else bpe_vocab_size
-            BPETokenizer.check_vocab_size(bpe_vocab_size)
+            BPETokenizer.check_vocab_size(bpe_vocab_size, "bpe_vocab_size")
             wanted.update(vocab_size=bpe_vocab_size, sample_bytes=bpe_sample_bytes)
     else:
         wanted = {"fingerprint": tokenizer.fingerprint}
@@ -152,7 +157,8 @@ def prepare_store(source: str | Source, directory: str, *, tokenizer="char", bpe
     files, manifest = gfile(directory), os.path.join(directory, MANIFEST)
     if not files.exists(manifest):
         check_replaceable(directory, PREPARING)
-        notes, new_directory = os.path.join(directory, PREPARING), not files.exists(directory)
+        notes, existed = os.path.join(directory, PREPARING), files.exists(directory)
+        empty = not existed or not files.listdir(directory)
         prepared = False
         try:
             with directory_lock(notes):
@@ -160,11 +166,14 @@ def prepare_store(source: str | Source, directory: str, *, tokenizer="char", bpe
                 if prepared:
                     _prepare(opened, directory, request, tokenizer, bpe_sample_bytes, progress)
         except Exception:
-            # Bad input (text that is not UTF-8, a full disk): a directory this call created is not left half
-            # prepared. An interrupted run (KeyboardInterrupt, a kill) keeps its finished shards for a rerun. A call
-            # refused the lock leaves the directory to the process preparing it, which created it a moment ago.
-            if prepared and new_directory and files.exists(directory):
+            # Bad input (text that is not UTF-8, a full disk): a directory that was new or empty is left as it was,
+            # not half prepared, so a rerun with another source or tokenizer is not taken for a resume. An
+            # interrupted run (KeyboardInterrupt, a kill) keeps its finished shards for a rerun. A call refused the
+            # lock leaves the directory to the process preparing it, which created it a moment ago.
+            if prepared and empty and files.exists(directory):
                 files.rmtree(directory)
+                if existed:
+                    files.makedirs(directory)
             raise
         if prepared:
             files.rmtree(notes)
@@ -189,10 +198,15 @@ def _prepare(opened: Source, directory: str, request: dict, tokenizer, bpe_sampl
     request_path = os.path.join(notes, "request.json")
     if files.exists(request_path) and (saved := read_json(request_path)) != request:
         if any(name.endswith(".done") or name.startswith(SPLITS) for name in files.listdir(notes)):
+            # The same source string with another digest: its text changed, so no rerun reads the text that the
+            # finished shards hold.
+            if saved.get("source") == request["source"] and saved.get("source_digest") != request["source_digest"]:
+                fix = "its finished shards hold the text from before, so it cannot be finished: delete the directory"
+            else:
+                fix = "rerun with those arguments to finish it"
             raise ValueError(
                 f"{directory} holds an unfinished token store prepared with other arguments or from another version "
-                f"of the source ({_differences(saved, request)}); rerun with those arguments to finish it, or choose "
-                "another directory."
+                f"of the source ({_differences(saved, request)}); {fix}, or choose another directory."
             )
         # Nothing of it is finished (say, it stopped at an argument the tokenizer refused): start again.
         for name in files.listdir(notes):
@@ -285,6 +299,14 @@ def _write_split(opened, split, tokenizer, directory, dtype, shard_tokens, chunk
     return shards
 
 
+def _shard(directory: str, shard: dict) -> tuple[str, int]:
+    """A manifest's shard entry as `(path, ids)`; TypeError or ValueError for one of another shape."""
+    tokens = shard["tokens"]
+    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+        raise ValueError(f"a shard's token count is {tokens!r}, not an integer >= 0")
+    return os.path.join(directory, shard["file"]), tokens
+
+
 class TokenStore:
     """A finished token store, opened for reading windows of ids.
 
@@ -293,7 +315,7 @@ class TokenStore:
 
     Raises:
         FileNotFoundError: if `directory` has no manifest (no store, or an unfinished one).
-        ValueError: if the manifest is unreadable or of another format, or a shard is missing or its size
+        ValueError: if the manifest is unreadable or of another shape or format, or a shard is missing or its size
             disagrees with the manifest (a truncated or damaged store).
 
     Example:
@@ -315,7 +337,8 @@ class TokenStore:
             self.manifest = read_json(path)
             version = self.manifest.get("format_version")
             self.dtype = np.dtype(self.manifest["dtype"]).newbyteorder("<")
-            splits = {split: self.manifest["splits"][split]["shards"] for split in SPLITS}
+            splits = {split: [_shard(directory, shard) for shard in self.manifest["splits"][split]["shards"]]
+                      for split in SPLITS}
             self.eos_id: int | None = self.manifest["end_of_document_id"]
             self.fingerprint: str = self.manifest["tokenizer"]["fingerprint"]
         except (ValueError, KeyError, TypeError, AttributeError) as error:
@@ -327,8 +350,7 @@ class TokenStore:
             )
         self._shards: dict[str, list[tuple[str, int]]] = {}
         self._bounds: dict[str, np.ndarray] = {}
-        for split in SPLITS:
-            shards = [(os.path.join(directory, shard["file"]), shard["tokens"]) for shard in splits[split]]
+        for split, shards in splits.items():
             for shard_path, tokens in shards:
                 expected = tokens * self.dtype.itemsize
                 size = self._files.stat(shard_path).length if self._files.exists(shard_path) else None

@@ -61,7 +61,8 @@ class CharTokenizer:
         unknown_token: str or None, default None. One character that every character outside the vocabulary
             maps to (added to the vocabulary if missing). With None, such characters raise a ValueError.
         end_of_text: bool, default False. Adds an end-of-text id (`eos_id`, the last id, decoded as
-            `<|endoftext|>`) that a token store puts after every document. `encode` never produces it.
+            `<|endoftext|>`) that a token store puts after every document; a store encoded without one marks no
+            document ends. `encode` never produces it.
 
     Raises:
         ValueError: if `chars` is empty or holds a string that is not exactly one character, or
@@ -328,12 +329,13 @@ class BPETokenizer:
         return cls(tokenizer)
 
     @staticmethod
-    def check_vocab_size(vocab_size) -> None:
-        """Raises ValueError unless `vocab_size` is one `train` accepts: an integer >= 257."""
+    def check_vocab_size(vocab_size, name: str = "vocab_size") -> None:
+        """Raises ValueError unless `vocab_size` is one `train` accepts: an integer >= 257. The message names the
+        caller's argument `name` (`prepare_store`'s is `bpe_vocab_size`)."""
         if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 257:
             raise ValueError(
-                f"BPETokenizer.vocab_size must be an integer >= 257 (256 bytes + {END_OF_TEXT}). "
-                f"Received: vocab_size={vocab_size!r}"
+                f"A BPE vocabulary needs `{name}` to be an integer >= 257 (256 bytes + {END_OF_TEXT}). "
+                f"Received: `{name}={vocab_size!r}`"
             )
 
     @property
