@@ -70,11 +70,12 @@ def test_a_foreign_model_subdirectory_is_refused_untouched(tmp_path):
     assert os.listdir(tmp_path / "model") == ["notes.txt"]
 
 
-def test_a_downloaded_hf_model_in_the_model_subdirectory_is_refused_untouched(tmp_path):
-    # config.json is no sign of ours: an HF checkpoint has one too.
+@pytest.mark.parametrize("keras_file", [False, True])
+def test_a_downloaded_hf_model_in_the_model_subdirectory_is_refused_untouched(tmp_path, keras_file):
+    # config.json is no sign of ours: an HF checkpoint has one too, and a Keras model a model.keras beside it.
     (tmp_path / "model").mkdir()
     foreign = {"config.json": '{"model_type": "gpt2", "n_embd": 768}', "model.safetensors": "weights",
-               "README.md": "notes"}
+               "README.md": "notes", **({"model.keras": "theirs"} if keras_file else {})}
     for name, content in foreign.items():
         (tmp_path / "model" / name).write_text(content)
     with pytest.raises(ValueError, match="not one of ours"):

@@ -169,6 +169,10 @@ def test_random_config_tf_named_checkpoint_loads_with_its_head_and_equal_logits(
     transformers.set_seed(1)
     theirs = transformers.TFBertForSequenceClassification(config)
     _, batch = sst2_batch
+    # Segments 0, 1 and 2 across each row (as sentence pairs have): single sentences alone never read the type table.
+    length = batch["input_ids"].shape[1]
+    batch = {**batch, "token_type_ids": np.broadcast_to(np.arange(length) * 3 // length,
+                                                         batch["input_ids"].shape).astype("int32")}
     theirs(batch)
     # Every weight but the embedding tables moved by noise: logits far from 0, so another GELU shows; the tables
     # keep their std 0.02, so the embedding LayerNorm's input variance (~1e-3) is small enough for its eps to show.

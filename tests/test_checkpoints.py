@@ -125,6 +125,10 @@ def test_a_checkpoint_of_another_model_is_refused_naming_the_first_mismatch(tmp_
     deeper = TransformerLM(LMConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8, dropout=0.1))
     with pytest.raises(ValueError, match="holds no variable 'model_variables/block_1/"):
         Checkpoints(str(tmp_path), deeper, make_optimizer(deeper, 1e-2)).restore()
+    # The other way round: restore reads partially, so a deeper checkpoint would load into the shallower model.
+    Checkpoints(str(tmp_path / "deeper"), deeper, make_optimizer(deeper, 1e-2)).save(1)
+    with pytest.raises(ValueError, match="'model_variables/block_1/.*, which the model does not have"):
+        Checkpoints(str(tmp_path / "deeper"), model, optimizer).restore()
 
 
 def test_a_subset_of_variables_round_trips_and_the_rest_is_left_alone(tmp_path):

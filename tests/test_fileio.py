@@ -136,7 +136,7 @@ def test_atomic_directory_refuses_anything_else_and_touches_nothing(tmp_path, mo
         check_replaceable(path, "ours.txt")
 
 
-def test_atomic_directory_failure_keeps_the_old_directory(tmp_path):
+def test_atomic_directory_failure_keeps_the_old_directory(tmp_path, monkeypatch):
     target = tmp_path / "out"
     with atomic_directory(str(target), marker="ours.txt") as staging:
         (tmp_path / os.path.basename(staging) / "ours.txt").write_text("v1")
@@ -144,6 +144,20 @@ def test_atomic_directory_failure_keeps_the_old_directory(tmp_path):
         with atomic_directory(str(target), marker="ours.txt") as staging:
             (tmp_path / os.path.basename(staging) / "ours.txt").write_text("v2")
             raise RuntimeError("boom")
+    assert (target / "ours.txt").read_text() == "v1"
+    assert _names(tmp_path) == ["out"]
+    # A failure of the swap itself (the rename that brings the new directory in) puts the old one back.
+    replace = os.replace
+
+    def failing_replace(source, target):
+        if ".staging-" in str(source):
+            raise OSError("rename failed")
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="rename failed"):
+        with atomic_directory(str(target), marker="ours.txt") as staging:
+            (tmp_path / os.path.basename(staging) / "ours.txt").write_text("v3")
     assert (target / "ours.txt").read_text() == "v1"
     assert _names(tmp_path) == ["out"]
 

@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -155,6 +156,11 @@ def test_an_edited_source_is_not_taken_for_its_store(corpus, tmp_path):
     directory = str(tmp_path / "store")
     prepare_store(corpus, directory)
     (tmp_path / "doc2.txt").write_text("third, rewritten\n" * 40, encoding="utf-8")
+    with pytest.raises(ValueError, match="from another version of the source .*source_digest"):
+        prepare_store(corpus, directory)
+    shutil.rmtree(directory)
+    prepare_store(corpus, directory)
+    (tmp_path / "doc2.txt").write_text("THIRD, REWRITTEN\n" * 40, encoding="utf-8")  # an edit of the same size
     with pytest.raises(ValueError, match="from another version of the source .*source_digest"):
         prepare_store(corpus, directory)
 
