@@ -52,7 +52,7 @@ from tf_lm.data.pipeline import check_block_size
 from tf_lm.data.sources import SPLITS
 from tf_lm.data.store import DEFAULT_BPE_SAMPLE_BYTES, MANIFEST, STORE_SCHEME
 from tf_lm.distribute import is_chief, resolve_strategy
-from tf_lm.fileio import EXPORT_MARKER, atomic_write, directory_lock, read_json, read_text
+from tf_lm.fileio import EXPORT_MARKER, LOCK_FILE, atomic_write, directory_lock, read_json, read_text
 from tf_lm.pretrained import read_pretrained
 from tf_lm.training import TrainConfig, Trainer, TrainingInterrupted, measure_matmul_peak
 
@@ -73,13 +73,31 @@ SPLIT_OPTIONS = ("validation_fraction",)
 TFDS_OPTIONS = ("tfds_train_split", "tfds_validation_split", "tfds_text_key")
 
 
-def _check_not_an_output(model_dir: str) -> None:
-    """Raises ValueError if `model_dir` is an export or a token store, which their own commands replace or finish
-    whole, deleting a run written into them; checked before the run's lock file is written there."""
+# What a first start leaves in its --model_dir before its run_config.json, when it stops while preparing its data.
+_FIRST_START_FILES = frozenset({LOCK_FILE, "data"})
+# What only a run (one that got past its data) has written.
+_RUN_FILES = frozenset({RUN_CONFIG, FLAGS_FILE, "checkpoints"})
+
+
+def _check_run_directory(model_dir: str) -> None:
+    """Raises ValueError unless `model_dir` may hold this run: new, empty, a run's, or what a first start left.
+
+    Checked before the run's lock file is written there. An export or a token store is replaced or finished whole
+    by its own command, deleting a run written into it; any other directory may hold files of the names a run
+    writes (metrics.csv, model/), which it would overwrite.
+    """
+    if not model_dir:
+        raise ValueError("--model_dir is empty; name the directory the run writes to.")
     for marker, what in ((EXPORT_MARKER, "an export"), (MANIFEST, "a token store")):
         if tf.io.gfile.exists(os.path.join(model_dir, marker)):
             raise ValueError(f"--model_dir={model_dir!r} holds {what} ({marker}), not a training run; use a new "
                              "--model_dir.")
+    if tf.io.gfile.isdir(model_dir):
+        names = {name.rstrip("/") for name in tf.io.gfile.listdir(model_dir) if not name.startswith(".")}
+        if not names & _RUN_FILES and not names <= _FIRST_START_FILES:
+            raise ValueError(f"--model_dir={model_dir!r} holds {sorted(names - _FIRST_START_FILES)[0]!r} but no "
+                             "training run, so it was left untouched; use a new or empty --model_dir.")
+    artifacts.check_saveable(model_dir)  # refused now, not after the run
 
 
 def _check_model_dir(model_dir: str, run_config: dict) -> None:
@@ -326,7 +344,7 @@ def train(model_config: LMConfig, train_config: TrainConfig, model_dir: str, str
                 f"{train_config.init_from!r}; the data is tokenised with the checkpoint's, so leave it unset."
             )
         pretrained.state_for(model_config)  # refuses a contradicting config before anything is written
-    _check_not_an_output(model_dir)
+    _check_run_directory(model_dir)
     with contextlib.ExitStack() as stack:
         if chief:  # workers only read model_dir; the chief holds it for the whole cluster
             stack.enter_context(directory_lock(model_dir))

@@ -293,6 +293,27 @@ def test_an_export_or_a_token_store_is_refused_as_a_model_dir_and_left_alone(tmp
     assert sorted(path.name for path in output.iterdir()) == [marker]  # not even a lock file
 
 
+@pytest.mark.parametrize("files, message", [
+    # A directory of the user's: the run would overwrite its metrics.csv (an empty --model_dir is the cwd).
+    ({"metrics.csv": "my own results"}, r"holds 'metrics.csv' but no training run, so it was left untouched"),
+    # A run's model/ that is not a saved model: refused at the start, not after the whole run.
+    ({"flags.txt": "", "model/notes.txt": "mine"}, r"model is not empty and holds no tf_lm_export.json"),
+])
+def test_a_directory_a_run_would_overwrite_is_refused_before_training(tmp_path, files, message):
+    from experiments.train_lm import train
+
+    output = tmp_path / "output"
+    for name, content in files.items():
+        (output / name).parent.mkdir(parents=True, exist_ok=True)
+        (output / name).write_text(content)
+    config = TrainConfig(dataset="text:unused.txt", batch_size=2, steps=1, warmup_steps=0)
+    with pytest.raises(ValueError, match=message):
+        train(LMConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), config, str(output), verbose=False)
+    assert {str(path.relative_to(output)) for path in output.rglob("*") if path.is_file()} == set(files)
+    with pytest.raises(ValueError, match="--model_dir is empty; name the directory the run writes to"):
+        train(LMConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), config, "", verbose=False)
+
+
 def test_a_run_whose_source_was_edited_is_not_resumed_on_the_new_text(tmp_path):
     from experiments.train_lm import train
 

@@ -14,7 +14,15 @@ import os
 import keras
 
 from tf_lm.configs import LMConfig
-from tf_lm.fileio import EXPORT_MARKER, atomic_directory, gfile, read_json, write_export_marker, write_file
+from tf_lm.fileio import (
+    EXPORT_MARKER,
+    atomic_directory,
+    check_replaceable,
+    gfile,
+    read_json,
+    write_export_marker,
+    write_file,
+)
 from tf_lm.model import TransformerLM
 
 SAVED_DIR = "model"
@@ -40,6 +48,14 @@ def _saved_before_markers(directory: str) -> bool:
     except (OSError, ValueError, TypeError):
         return False
     return True
+
+
+def check_saveable(model_dir: str) -> None:
+    """Raises ValueError if `save_model_dir(model_dir, ...)` would refuse `<model_dir>/model` (a file, or a directory
+    that is not a saved model): a training run checks this before it trains, not at its end."""
+    directory = saved_dir(model_dir)
+    if not _saved_before_markers(directory):
+        check_replaceable(directory, EXPORT_MARKER, EXPORT_KIND)
 
 
 def save_model_dir(model_dir: str, model: TransformerLM, tokenizer) -> None:
