@@ -34,7 +34,7 @@ from tf_lm import artifacts
 from tf_lm.artifacts import load_model_dir
 from tf_lm.data import TokenStore, contiguous_windows, prepare_store
 from tf_lm.data.store import MANIFEST, STORE_SCHEME
-from tf_lm.fileio import read_json
+from tf_lm.fileio import normalise_path, read_json
 from tf_lm.training.metrics import derived, summed_next_token_loss
 
 FLAGS = flags.FLAGS
@@ -118,6 +118,18 @@ def _trained_store(run: dict) -> dict | None:
     return TokenStore(directory).manifest["request"] if tf.io.gfile.exists(os.path.join(directory, MANIFEST)) else None
 
 
+def _same_dataset(recorded: str | None, given: str) -> bool:
+    """Whether two --dataset values name the same data: a `text:` or `store:` path is compared however it is
+    spelled (relative or absolute, `~`, `//`); relative ones are taken from the current directory."""
+    def spelling(dataset: str) -> str:
+        scheme, colon, path = dataset.partition(":")
+        if colon and scheme in ("text", STORE_SCHEME.rstrip(":")):
+            return f"{scheme}:{normalise_path(os.path.expanduser(path))}"
+        return dataset
+
+    return recorded is not None and spelling(recorded) == spelling(given)
+
+
 def run_source_options(flag_values: flags.FlagValues) -> dict:
     """`source_options`, with the split options the model was trained with where the flags leave them unset and
     --dataset is the text it was trained on: the run's own dataset (its `run_config.json`), or the source its
@@ -127,9 +139,9 @@ def run_source_options(flag_values: flags.FlagValues) -> dict:
     if not tf.io.gfile.exists(path):
         return options
     run = read_json(path)
-    if run.get("train", {}).get("dataset") == flag_values.dataset:
+    if _same_dataset(run.get("train", {}).get("dataset"), flag_values.dataset):
         recorded = run.get("data") or {}
-    elif (store := _trained_store(run)) is not None and store.get("source") == flag_values.dataset:
+    elif (store := _trained_store(run)) is not None and _same_dataset(store.get("source"), flag_values.dataset):
         recorded = store.get("source_options") or {}
     else:
         return options

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -108,6 +109,10 @@ def test_the_runs_own_split_is_evaluated_unless_a_flag_says_otherwise(model_dir)
     assert validation_fraction(f"--dataset={dataset}") == 0.05
     assert validation_fraction(f"--dataset={dataset}", "--validation_fraction=0.2") == 0.2
     assert validation_fraction("--dataset=builtin:pydoc") == 0.1  # another source than the run's
+    # The same file spelled another way (relative to the current directory, a doubled "/") is the run's too.
+    relative = os.path.relpath(path.parent / "corpus.txt")
+    assert validation_fraction(f"--dataset=text:{relative}") == 0.05
+    assert validation_fraction(f"--dataset=text:{path.parent}//corpus.txt") == 0.05
     # A run trained on a store prepared from that source with 5% held out: its run_config.json records it, or
     # (one written before it did) the store's manifest does.
     store = prepare_store(dataset, str(path.parent / "store"), validation_fraction=0.05)
