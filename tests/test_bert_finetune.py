@@ -208,7 +208,14 @@ def test_a_resumed_epochs_record_covers_its_steps_before_the_interruption(tmp_pa
         interrupt_at_step(patch, signal.SIGTERM, 1)
         with pytest.raises(finetune.TrainingInterrupted, match="at step 1 of 2"):
             run("resumed")
+    # A better best/ of an earlier run (hand-written: accuracy 1.01 cannot be beaten) must survive the evaluation.
+    best_dir = tmp_path / "resumed" / finetune.BEST_DIR
+    best_dir.mkdir()
+    (best_dir / finetune.METRICS_FILE).write_text(json.dumps({"eval_accuracy": 1.01}))
+    (best_dir / EXPORT_MARKER).write_text("{}")
+    assert finetune.best_on_disk(str(tmp_path / "resumed")) == {"eval_accuracy": 1.01}
     resumed = run("resumed")
+    assert sorted(os.listdir(best_dir)) == sorted([finetune.METRICS_FILE, EXPORT_MARKER])
     assert resumed[0]["train_examples"] == straight[0]["train_examples"] == 16
     assert resumed[0]["train_loss"] == pytest.approx(straight[0]["train_loss"], abs=1e-7)
     assert resumed[0]["train_examples_per_s"] == pytest.approx(16 / resumed[0]["train_seconds"])

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import types
 
 import pytest
 import tensorflow as tf
@@ -88,6 +89,28 @@ def test_auto_connects_to_the_tpu_named_by_tpu_name(monkeypatch):
     with pytest.raises(ValueError, match="No TPU is reachable at 'my-tpu-node'"):
         resolve_strategy("auto")
     assert asked == ["my-tpu-node"]
+    # A TPU VM may also carry a TF_CONFIG: the named TPU still wins over joining a multi-worker cluster.
+    monkeypatch.setattr(tf.distribute, "MultiWorkerMirroredStrategy", lambda: pytest.fail("joined the cluster"))
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    with pytest.raises(ValueError, match="No TPU is reachable at 'my-tpu-node'"):
+        resolve_strategy("auto")
+    assert asked[-1] == "my-tpu-node"
+
+
+def test_in_a_cluster_with_a_chief_job_only_the_chief_is_chief():
+    spec = tf.train.ClusterSpec({"chief": ["h0:1"], "worker": ["h1:1", "h2:1"]})
+
+    def strategy(task_type, task_id):
+        resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(spec, task_type=task_type, task_id=task_id)
+        return types.SimpleNamespace(cluster_resolver=resolver)
+
+    assert is_chief(strategy("chief", 0))
+    assert not is_chief(strategy("worker", 0)) and not is_chief(strategy("worker", 1))
+    # Without a chief job, worker 0 writes the shared outputs.
+    alone = tf.distribute.cluster_resolver.SimpleClusterResolver(tf.train.ClusterSpec({"worker": ["h1:1", "h2:1"]}),
+                                                                 task_type="worker", task_id=0)
+    assert is_chief(types.SimpleNamespace(cluster_resolver=alone))
 
 
 @pytest.mark.parametrize(

@@ -73,6 +73,8 @@ def test_seed_reproduces_and_other_seeds_differ(model):
     first = generate(model, PROMPTS, seed=11, **settings)
     assert generate(model, PROMPTS, seed=11, **settings) == first
     assert generate(model, PROMPTS, seed=12, **settings) != first
+    # Seeds that differ only above the low 31 bits still differ (the seed is split into two int32 words).
+    assert generate(model, PROMPTS, seed=2**31, **settings) != generate(model, PROMPTS, seed=0, **settings)
 
 
 def test_stop_token_ends_a_row_and_includes_the_stop(model):

@@ -34,9 +34,12 @@ def test_embeddings_adds_factors_of_the_tied_token_table():
 
 def test_train_norms_adds_every_layernorm():
     model = TransformerLM(CONFIG)
-    enable_lora(model, rank=1, train_norms=True)
+    frozen = enable_lora(model, rank=1, train_norms=True)
     norms = [v for v in model.trainable_variables if "lora_kernel" not in v.path]
     assert len(norms) == 2 * (2 * CONFIG.n_layer + 1) and all(len(v.shape) == 1 for v in norms)
+    # Checkpoints leave the frozen variables out: a trained norm listed there would revert on a resume.
+    assert frozen and not any(v.trainable for v in frozen)
+    assert {id(v) for v in frozen} == {id(v) for v in model.weights} - {id(v) for v in model.trainable_variables}
 
 
 def test_saving_merges_the_factors_into_a_plain_model(tmp_path):

@@ -102,21 +102,36 @@ def test_validation_covers_the_split_once(store):
     np.testing.assert_array_equal(targets, inputs + 1)
 
 
-def test_input_context_shards_are_disjoint_rows_of_the_global_batch(store):
-    # MultiWorkerMirroredStrategy's shape: two input pipelines (workers), one replica each.
+def test_validation_of_a_whole_number_of_windows_drops_the_last_one(tmp_path):
+    # 95 ids + end-of-text = 96 = 12 * BLOCK tokens: the 12th window's last target would be a 97th token.
+    store = positional_store(tmp_path, 401, 95)
+    assert store.num_tokens("validation") == 12 * BLOCK
+    batches = take(contiguous_windows(store, "validation", BLOCK, 5), 100)
+    assert [len(x) for x, _ in batches] == [5, 5, 1]
+    inputs = np.concatenate([x for x, _ in batches])
+    np.testing.assert_array_equal(inputs.reshape(-1), np.arange(401, 401 + 11 * BLOCK))
+    np.testing.assert_array_equal(np.concatenate([y for _, y in batches]), inputs + 1)
+
+
+@pytest.mark.parametrize("replicas", [2, 4])
+def test_input_context_shards_are_disjoint_rows_of_the_global_batch(store, replicas):
+    # MultiWorkerMirroredStrategy's shape: two input pipelines (workers), with one or two replicas each.
+    per_step, per_replica = replicas // 2, 8 // replicas  # batches each pipeline yields per global step, their rows
     unsharded = take(lm_datasets(store, BLOCK, 8, seed=4)[0], 5)
     shards = []
     for pipeline_id in range(2):
         context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline_id,
-                                             num_replicas_in_sync=2)
+                                             num_replicas_in_sync=replicas)
         train, validation = lm_datasets(store, BLOCK, 8, seed=4, input_context=context)
-        batches = take(train, 5)
-        assert all(x.shape == y.shape == (4, BLOCK) for x, y in batches)  # the per-replica batch
+        batches = take(train, 5 * per_step)
+        assert all(x.shape == y.shape == (per_replica, BLOCK) for x, y in batches)  # the per-replica batch
         shards.append((batches, starts_of(take(validation, 100))))
     (train_a, val_a), (train_b, val_b) = shards
-    for (x, y), (xa, ya), (xb, yb) in zip(unsharded, train_a, train_b):
-        np.testing.assert_array_equal(x, np.concatenate([xa, xb]))  # rows 0..3 and 4..7 of the same global batch
-        np.testing.assert_array_equal(y, np.concatenate([ya, yb]))
+    for step, (x, y) in enumerate(unsharded):
+        rows = train_a[step * per_step:(step + 1) * per_step] + train_b[step * per_step:(step + 1) * per_step]
+        # pipeline 0 holds the first half of the rows of the same global batch, pipeline 1 the second half
+        np.testing.assert_array_equal(x, np.concatenate([xs for xs, _ in rows]))
+        np.testing.assert_array_equal(y, np.concatenate([ys for _, ys in rows]))
     assert not set(val_a) & set(val_b)
     assert sorted(val_a + val_b) == [401 + BLOCK * k for k in range(12)]
 
@@ -190,6 +205,10 @@ def test_bad_arguments(store, tmp_path):
         lm_datasets(store, BLOCK, 2.0)
     with pytest.raises(ValueError, match="start_step=-1"):
         lm_datasets(store, BLOCK, 2, start_step=-1)
+    # Named as the function called and in backticks, which evaluate_lm turns into its --batch_size.
+    with pytest.raises(ValueError, match=r"^contiguous_windows needs `batch_size` to be an integer >= 1. Received: "
+                                         r"`batch_size=0`$"):
+        contiguous_windows(store, "validation", BLOCK, 0)
     with pytest.raises(FileNotFoundError, match="No manifest.json in token store"):
         lm_datasets(str(tmp_path / "nowhere"), BLOCK, 2)
 

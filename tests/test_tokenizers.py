@@ -156,6 +156,17 @@ def test_bpe_loads_gpt2_style_vocab_and_merges(bpe, tmp_path):
     assert loaded.encode(f"x{END_OF_TEXT}") == [loaded.encode("x")[0], bpe.eos_id]
 
 
+def test_bpe_vocab_with_gaps_in_its_ids_sizes_the_vocabulary_by_the_largest_id(tmp_path):
+    # GPT-2 style files may leave ids unused; the embedding needs a row for the largest id, not one per entry.
+    import json
+
+    (tmp_path / "vocab.json").write_text(json.dumps({"a": 0, "b": 1, "ab": 2, END_OF_TEXT: 10}))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\na b\n")
+    loaded = BPETokenizer.load(str(tmp_path))
+    assert loaded.vocab_size == 11 and loaded.eos_id == 10
+    assert loaded.decode([2, 10]) == f"ab{END_OF_TEXT}"
+
+
 def test_gpt2_vocab_and_merges_encode_as_hf_gpt2_tokenizer_fast(bpe, tmp_path):
     """GPT-2's own files (vocab.json + merges.txt) go through HF's `GPT2TokenizerFast` in the ecosystem; a model
     directory holding them must give the very same ids, or a GPT-2 checkpoint would read shifted tokens."""

@@ -276,6 +276,17 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         trainer.fit(poisoned, validation)
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.index")) == ["ckpt-2.index"]
 
+    # An infinite loss stops the run just like NaN: the same trainer resumes from ckpt-2, and its step 3 reports inf.
+    step = trainer.train_step
+
+    def infinite_at_step_3(iterator, stop=False):
+        loss, norm, stop = step(iterator, stop)
+        return (tf.constant(np.inf) if int(trainer.optimizer.iterations.numpy()) >= 3 else loss), norm, stop
+
+    trainer.train_step = infinite_at_step_3
+    with pytest.raises(TrainingDiverged, match="NaN/inf at step 3.*ckpt-2"):
+        trainer.fit(train, validation)
+
 
 def test_batch_not_divisible_by_replicas_is_rejected(tmp_path):
     script = textwrap.dedent(
@@ -315,7 +326,7 @@ def test_mirrored_over_two_cpus_matches_one_device(tmp_path, lora):
         from test_trainer import MODEL, config, synthetic
         from tf_lm.distribute import resolve_strategy
         from tf_lm.training import Trainer
-        weights, validation_losses = {{}}, {{}}
+        weights, validation_losses, train_losses = {{}}, {{}}, {{}}
         for name in ("cpu", "mirrored"):
             train, validation = synthetic()
             trainer = Trainer.from_config(MODEL, config(steps=1, warmup_steps=0, grad_clip=0.05, **{lora!r}),
@@ -323,9 +334,11 @@ def test_mirrored_over_two_cpus_matches_one_device(tmp_path, lora):
             result = trainer.fit(train, validation)
             weights[name] = [np.asarray(w) for w in trainer.model.weights]
             validation_losses[name] = result["validation"]["loss"]
+            train_losses[name] = result["train_loss"]
             print(name, trainer.strategy.num_replicas_in_sync)
         diff = max(float(np.max(np.abs(a - b))) for a, b in zip(weights["cpu"], weights["mirrored"]))
-        print(json.dumps({{"max_abs_diff": diff, "validation_losses": validation_losses}}))
+        print(json.dumps({{"max_abs_diff": diff, "validation_losses": validation_losses,
+                          "train_losses": train_losses}}))
         """
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
@@ -335,6 +348,8 @@ def test_mirrored_over_two_cpus_matches_one_device(tmp_path, lora):
     assert result["max_abs_diff"] < 1e-5
     # config() evaluates 2 of the 3 global batches: the same windows however many replicas share them.
     assert result["validation_losses"]["mirrored"] == pytest.approx(result["validation_losses"]["cpu"], abs=1e-5)
+    # The logged train loss is the global batch's mean too (grad_clip hides a per-replica scale in the weights).
+    assert result["train_losses"]["mirrored"] == pytest.approx(result["train_losses"]["cpu"], abs=1e-5)
 
 
 def test_weights_digest_tells_weights_apart(tmp_path):
@@ -441,6 +456,20 @@ def test_an_update_compiled_on_its_own_equals_the_plain_one():
         finals.append([np.asarray(v) for v in model.variables + legacy.variables])
     for plain, compiled in zip(*finals):
         np.testing.assert_allclose(compiled, plain, rtol=1e-5, atol=1e-7)
+
+
+def test_gradients_are_clipped_by_their_global_norm():
+    import keras
+
+    from tf_lm.training.trainer import make_train_step
+
+    a, c = tf.Variable(0.0), tf.Variable(0.0)
+    step = make_train_step(lambda x: 3 * a + 4 * c + x, [(keras.optimizers.SGD(1.0), [a, c])],
+                           tf.distribute.get_strategy(), grad_clip=1.0, jit_compile=False)
+    _, norm, _ = step(iter([(tf.constant(0.0),)]))
+    assert float(norm) == pytest.approx(5.0)  # the unclipped global norm of the gradients (3, 4)
+    # Scaled together to norm 1: (0.6, 0.8), not each clipped to 1 on its own.
+    assert (float(a), float(c)) == pytest.approx((-0.6, -0.8))
 
 
 def test_the_compiled_step_can_be_inspected_without_running(tmp_path):

@@ -53,10 +53,10 @@ def _check_length(store: TokenStore, split: str, block_size: int) -> None:
         )
 
 
-def _check_sizes(**sizes) -> None:
+def _check_sizes(caller: str, **sizes) -> None:
     for name, value in sizes.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"lm_datasets needs {name} to be an integer >= 1. Received: {name}={value!r}")
+            raise ValueError(f"{caller} needs `{name}` to be an integer >= 1. Received: `{name}={value!r}`")
 
 
 def _pipeline_shape(batch_size: int, input_context) -> tuple[int, int, int]:
@@ -97,7 +97,7 @@ def lm_datasets(store: str | TokenStore, block_size: int, batch_size: int, *, se
     >>> train, validation = lm_datasets(store, block_size=64, batch_size=8)  # doctest: +SKIP
     >>> inputs, targets = next(iter(train))  # int32 [8, 64] each  # doctest: +SKIP
     """
-    _check_sizes(block_size=block_size, batch_size=batch_size)
+    _check_sizes("lm_datasets", block_size=block_size, batch_size=batch_size)
     if not isinstance(start_step, int) or start_step < 0:
         raise ValueError(f"lm_datasets needs start_step to be an integer >= 0. Received: start_step={start_step!r}")
     store = store if isinstance(store, TokenStore) else TokenStore(store)
@@ -119,7 +119,7 @@ def contiguous_windows(store: str | TokenStore, split: str, block_size: int, bat
     Raises:
         ValueError: on non-positive sizes, an unknown split or one shorter than `block_size + 1` tokens.
     """
-    _check_sizes(block_size=block_size, batch_size=batch_size)
+    _check_sizes("contiguous_windows", block_size=block_size, batch_size=batch_size)
     store = store if isinstance(store, TokenStore) else TokenStore(store)
     _check_length(store, split, block_size)
     num_pipelines, pipeline_id, batch = _pipeline_shape(batch_size, input_context)
