@@ -109,6 +109,9 @@ def _check_model_dir(model_dir: str, run_config: dict) -> None:
     path = os.path.join(model_dir, RUN_CONFIG)
     if tf.io.gfile.exists(path):
         previous = read_json(path)
+        if not (isinstance(previous, dict) and all(isinstance(previous.get(k), dict) for k in ("model", "train"))):
+            raise ValueError(f"{path} is damaged: it is not the run config training writes (an object with model and "
+                             "train settings); restore it, or use a new --model_dir.")
         changed = [f"{k}: {previous['model'].get(k)!r} -> {v!r}" for k, v in run_config["model"].items()
                    if previous["model"].get(k) != v and k not in ignored]
         # A field the earlier run's config predates had its default value there.

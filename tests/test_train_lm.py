@@ -314,6 +314,15 @@ def test_a_directory_a_run_would_overwrite_is_refused_before_training(tmp_path, 
         train(LMConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), config, "", verbose=False)
 
 
+@pytest.mark.parametrize("content", ["{}", "[]", '{"model": [], "train": {}}'])
+def test_a_damaged_run_config_is_one_line_naming_it(tmp_path, content):
+    from experiments.train_lm import RUN_CONFIG, _check_model_dir
+
+    (tmp_path / RUN_CONFIG).write_text(content)
+    with pytest.raises(ValueError, match=rf"{RUN_CONFIG} is damaged: it is not the run config training writes"):
+        _check_model_dir(str(tmp_path), {"tokenizer_fingerprint": None})
+
+
 def test_a_run_whose_source_was_edited_is_not_resumed_on_the_new_text(tmp_path):
     from experiments.train_lm import train
 

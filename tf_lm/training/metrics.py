@@ -84,7 +84,12 @@ class MetricsLog:
         # again (its step-0 evaluation included).
         if enabled and start_step > 0 and tf.io.gfile.exists(self.path):
             with tf.io.gfile.GFile(self.path) as f:
-                self.rows = [row for row in csv.DictReader(io.StringIO(f.read())) if int(row["step"]) <= start_step]
+                rows = list(csv.DictReader(io.StringIO(f.read())))
+            try:
+                self.rows = [row for row in rows if int(row["step"]) <= start_step]
+            except (KeyError, TypeError, ValueError):  # edited by hand, or saved by a spreadsheet with ";"
+                raise ValueError(f"{self.path} is damaged: it is not the comma-separated table with a step column "
+                                 "that training writes; move it aside to resume.") from None
         self.writers = {}
         if enabled:
             for split in ("train", "validation"):
