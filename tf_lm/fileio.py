@@ -236,11 +236,6 @@ def _read_marker(path: str) -> dict:
     return marker if isinstance(marker, dict) else {}
 
 
-def _names(path: str) -> list[str]:
-    # tf.io.gfile lists a subdirectory of an object store with a trailing "/".
-    return sorted(name.rstrip("/") for name in gfile(path).listdir(path))
-
-
 def _files_below(path: str) -> list[str]:
     """Every file under the directory `path`, as a path relative to it ("variables/variables.index")."""
     files = gfile(path)
