@@ -118,6 +118,16 @@ def test_a_second_holder_of_a_directory_is_refused_naming_the_first(tmp_path):
     assert (tmp_path / "run" / "lock").read_text() == ""  # no holder line left that reads as a live run
 
 
+def test_a_lock_removes_the_empty_parents_it_created_and_keeps_the_others(tmp_path):
+    with pytest.raises(ValueError, match="refused"):
+        with directory_lock(str(tmp_path / "new" / "deeper" / "run")):
+            raise ValueError("refused")  # as train_lm refuses a run inside the lock
+    assert os.listdir(tmp_path) == []
+    with directory_lock(str(tmp_path / "kept" / "run")):
+        (tmp_path / "kept" / "note.txt").write_text("a file of the user's, written meanwhile")
+    assert os.listdir(tmp_path / "kept") == ["note.txt"]
+
+
 def test_export_over_a_foreign_directory_is_refused_in_one_line_and_touches_nothing(tmp_path, monkeypatch):
     from experiments import export
 

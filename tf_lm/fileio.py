@@ -390,7 +390,7 @@ def directory_lock(directory: str) -> Iterator[None]:
     The lock is an OS file lock (`filelock`, `flock(2)`) on `<directory>/lock`, which also records the holder's
     pid and host while it holds it. The kernel drops it when the holder dies, so a killed run never blocks the
     next one. If this call created `directory` and the body leaves nothing else in it, the directory is removed
-    again.
+    again, and so are the parents this call created that are still empty.
     Object stores (`gs://`) have no such lock: there the body runs unlocked. A `file://` URL locks its local path.
 
     Args:
@@ -410,7 +410,11 @@ def directory_lock(directory: str) -> Iterator[None]:
     directory = normalise_path(directory)
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise ValueError(f"{directory} is a file, not a directory; choose a new or empty directory.")
-    created = not os.path.isdir(directory)
+    created = []  # `directory` and the parents this call makes, innermost first
+    missing = directory
+    while not os.path.exists(missing):
+        created.append(missing)
+        missing = os.path.dirname(missing)
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, LOCK_FILE)
     lock = filelock.FileLock(path)
@@ -434,4 +438,8 @@ def directory_lock(directory: str) -> Iterator[None]:
         lock.release()
         if created and os.listdir(directory) == [LOCK_FILE]:
             os.remove(path)
-            os.rmdir(directory)
+            for empty in created:
+                try:
+                    os.rmdir(empty)
+                except OSError:  # something else was put there meanwhile: it stays, and so do its parents
+                    break
