@@ -116,7 +116,10 @@ def test_a_ctrl_c_while_a_script_starts_is_one_line_and_writes_nothing(tmp_path)
     """Loading TensorFlow takes seconds; a Ctrl-C meanwhile printed a traceback through its import."""
     import time
 
-    process = subprocess.Popen([sys.executable, "-m", "experiments.train_lm", f"--model_dir={tmp_path / 'run'}"],
+    # A signal that comes too late (a machine loaded enough to delay this loop by the seconds the import takes)
+    # meets a missing corpus, so the test fails in seconds instead of waiting for a default run.
+    process = subprocess.Popen([sys.executable, "-m", "experiments.train_lm", f"--model_dir={tmp_path / 'run'}",
+                                f"--dataset=text:{tmp_path / 'missing.txt'}"],
                                cwd=REPO, env=script_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     deadline = time.monotonic() + 120
