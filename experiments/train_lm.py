@@ -255,7 +255,8 @@ def check_flags(model_dir: str, lines: dict[str, str]) -> None:
     if changed:
         raise ValueError(
             f"--model_dir={model_dir!r} holds a run with other flags ({'; '.join(changed)}); resume it with "
-            f"--flagfile={path}, or use a new --model_dir."
+            f"--flagfile={path}, or use a new --model_dir (with --init_from={model_dir} to go on from this run's "
+            "weights once it has finished)."
         )
 
 

@@ -90,6 +90,8 @@ def test_a_resume_with_other_result_flags_is_refused_listing_each_difference(tmp
     assert "--n_layer=2 -> --n_layer unset" in message
     assert "--steps=4 -> --steps=5" in message
     assert f"--flagfile={tmp_path / train_lm.FLAGS_FILE}" in message
+    assert message.endswith(f"or use a new --model_dir (with --init_from={tmp_path} to go on from this run's "
+                            "weights once it has finished).")
 
 
 def test_every_flag_but_the_listed_few_is_part_of_the_run_identity():
