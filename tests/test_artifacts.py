@@ -105,3 +105,17 @@ def test_a_config_that_contradicts_the_model_file_is_refused(tmp_path):
     (tmp_path / "model" / "config.json").write_text(json.dumps(other.to_dict()))
     with pytest.raises(ValueError, match="config.json in .* contradicts its model.keras"):
         load_model_dir(str(tmp_path))
+
+
+def test_check_saveable_refuses_what_a_save_would_refuse_before_any_training(tmp_path):
+    from tf_lm.artifacts import check_saveable
+
+    check_saveable(str(tmp_path / "new"))  # nothing there yet
+    _saved(tmp_path / "run")
+    check_saveable(str(tmp_path / "run"))
+    (tmp_path / "run" / "model" / EXPORT_MARKER).unlink()  # a model/ saved before the marker
+    check_saveable(str(tmp_path / "run"))
+    (tmp_path / "foreign" / "model").mkdir(parents=True)
+    (tmp_path / "foreign" / "model" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not one of ours"):
+        check_saveable(str(tmp_path / "foreign"))

@@ -233,3 +233,9 @@ def test_read_table_names_the_physical_line_after_blank_lines_and_multiline_fiel
         "odd,positive", "odd").encode())
     with pytest.raises(ValueError, match=rf"short-{name}:5 has 1 fields"):
         data.read_table(str(short))
+
+
+def test_check_labels_names_a_negative_label(tmp_path):
+    result = data.read_table(write(tmp_path / "t.tsv", "sentence\tlabel\na\t0\nb\t-1\n"))
+    with pytest.raises(ValueError, match=r"t.tsv: example 1 has label -1, outside the 2 classes \[0, 1\]"):
+        data.check_labels(result, num_labels=2)

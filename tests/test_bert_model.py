@@ -381,3 +381,75 @@ def test_num_labels_equal_to_the_checkpoints_keeps_its_label_names():
     assert BertConfig.from_hf(hf_config, num_labels=3).label_names == ("a", "b", "c")
     assert BertConfig.from_hf(hf_config, num_labels=4).label_names is None
     assert BertConfig.from_hf(hf_config, num_labels=3, label_names=("x", "y", "z")).label_names == ("x", "y", "z")
+
+
+def test_get_config_keeps_the_dtype_policy():
+    model = BertClassifier(TINY, dtype="mixed_bfloat16")
+    clone = BertClassifier.from_config(model.get_config())
+    assert clone.dtype_policy.name == "mixed_bfloat16" and clone.config == TINY
+
+
+def test_label_names_alone_set_the_number_of_classes(tmp_path):
+    """As transformers' `id2label`: two names over a 3-class checkpoint make a new 2-class head."""
+    target = str(tmp_path / "checkpoint")
+    weights.export(BertClassifier(TINY), weights.resolve_local("minilm"), target)
+    model = BertClassifier.from_pretrained(target, label_names=["x", "y"])
+    assert model.config.num_labels == 2 and model.config.labels == ["x", "y"]
+
+
+def test_added_tokens_take_their_ids_in_numeric_order(tmp_path):
+    """`added_tokens_decoder` keys are ids as strings: "10" comes after "9", not before "8"."""
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c"]) + "\n")
+    decoder = {str(i): {"content": f"tok{i}", "special": False, "normalized": True} for i in (8, 9, 10, 11)}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": decoder}))
+    assert WordPieceTokenizer(str(tmp_path))(["tok8 tok9 tok10 tok11"])["input_ids"] == [[2, 8, 9, 10, 11, 3]]
+
+
+def test_a_file_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
+    from tf_lm.bert import checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="^No checkpoint directory at 'model.safetensors'"):
+        checkpoint.resolve_checkpoint("model.safetensors")
+
+
+def test_the_head_is_the_pooler_and_the_classifier():
+    """`head_lr_multiplier` applies to these: the pooler is pretrained, but it is trained as part of the head."""
+    model = BertClassifier(TINY)
+    head = model.pooler.trainable_variables + model.classifier.trainable_variables
+    assert [v.path for v in model.head_variables()] == [v.path for v in head] and len(head) == 4
+
+
+def test_export_names_the_encoder_as_bert_for_sequence_classification_does(tmp_path):
+    """PyTorch's `from_pretrained` reads keys without the `bert.` prefix as a bare encoder's and drops the head."""
+    from safetensors import safe_open
+
+    target = str(tmp_path / "export")
+    weights.export(BertClassifier(TINY), weights.resolve_local("minilm"), target)
+    with safe_open(os.path.join(target, "model.safetensors"), framework="np") as archive:
+        keys = set(archive.keys())
+    assert {"bert.embeddings.word_embeddings.weight", "bert.pooler.dense.weight", "classifier.weight"} <= keys
+    assert all(key.startswith("bert.") for key in keys - {"classifier.weight", "classifier.bias"})
+
+
+def test_the_pad_token_is_the_one_the_config_names(tmp_path):
+    (tmp_path / "vocab.txt").write_text("\n".join(["[UNK]", "[CLS]", "[SEP]", "<pad>", "[MASK]", "a"]) + "\n")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"pad_token": "<pad>"}))
+    assert WordPieceTokenizer(str(tmp_path)).pad_token_id == 3
+
+
+@pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
+def test_either_offline_variable_means_the_hub_is_unreachable(monkeypatch, variable):
+    """Either says "do not try the network", even where the hub would answer."""
+    import socket
+
+    from tf_lm.bert import checkpoint
+
+    connection = type("Connection", (), {"close": lambda self: None})
+    monkeypatch.setattr(socket, "create_connection", lambda *args, **kwargs: connection())  # a reachable hub
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    assert checkpoint.hub_reachable()
+    monkeypatch.setenv(variable, "1")
+    assert not checkpoint.hub_reachable()

@@ -316,3 +316,94 @@ def test_a_manifest_of_another_shape_is_refused_in_one_sentence(corpus, tmp_path
     with pytest.raises(ValueError, match=rf"manifest.json is not a token store manifest \({reason}\); prepare the "
                                          "store again.$"):
         TokenStore(str(directory))
+
+
+def test_a_vocabulary_of_exactly_65536_ids_is_stored_as_uint16(corpus, tmp_path):
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    # GPT-2's layout with the end-of-text token at 65535, the largest id uint16 holds: 2 bytes an id, not 4.
+    vocab = {byte: i for i, byte in enumerate(sorted(ByteLevel.alphabet()))} | {END_OF_TEXT: 65535}
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = load_tokenizer(str(tmp_path))
+    assert tokenizer.vocab_size == 1 << 16
+    store = prepare_store(corpus, str(tmp_path / "store"), tokenizer=tokenizer)
+    assert store.dtype == np.dtype("<u2") and store.manifest["dtype"] == "uint16"
+    assert (all_ids(store) == 65535).sum() == len(DOCUMENTS)
+
+
+def test_a_shard_is_closed_as_soon_as_it_holds_shard_tokens_ids(tmp_path):
+    (tmp_path / "a.txt").write_text("abcdefghijkl", encoding="utf-8")  # one document: train is its first 10 bytes
+    store = prepare_store(f"text:{tmp_path}/a.txt", str(tmp_path / "store"), shard_tokens=4, chunk_bytes=4)
+    assert [shard["tokens"] for shard in store.manifest["splits"]["train"]["shards"]] == [4, 4, 2]
+
+
+def test_a_resumed_preparation_that_fails_keeps_the_shards_finished_before(corpus, tmp_path, monkeypatch):
+    # Only a directory that was new or empty is emptied again on an error: a resumed one keeps its finished shards.
+    write, directory = store_module.atomic_write, tmp_path / "store"
+
+    def fails_writing(name, error):
+        def atomic_write(path, data):
+            if path.endswith(name):
+                raise error
+            write(path, data)
+        return atomic_write
+
+    monkeypatch.setattr(store_module, "atomic_write", fails_writing("train-00002.bin", KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        prepare_store(corpus, str(directory), shard_tokens=30, chunk_bytes=16)
+    monkeypatch.setattr(store_module, "atomic_write", fails_writing("train-00003.bin", OSError("No space left")))
+    with pytest.raises(OSError, match="No space left"):
+        prepare_store(corpus, str(directory), shard_tokens=30, chunk_bytes=16)
+    assert sorted(p.name for p in directory.glob("train-*.bin")) == [f"train-0000{k}.bin" for k in range(3)]
+    assert (directory / PREPARING / "train-00002.json").exists()
+    monkeypatch.setattr(store_module, "atomic_write", write)
+    store = prepare_store(corpus, str(directory), shard_tokens=30, chunk_bytes=16)
+    assert store.tokenizer.decode(all_ids(store)) == "".join(text + END_OF_TEXT for text in DOCUMENTS)
+
+
+def test_a_bpe_vocabulary_size_with_the_char_tokenizer_is_refused(corpus, tmp_path):
+    with pytest.raises(ValueError, match=r"^`bpe_vocab_size` only applies to `tokenizer='bpe'`. Received: "
+                                         r"`bpe_vocab_size=300`$"):
+        prepare_store(corpus, str(tmp_path / "store"), tokenizer="char", bpe_vocab_size=300)
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_negative_length_is_outside_the_split(corpus, tmp_path):
+    store = prepare_store(corpus, str(tmp_path / "store"))
+    with pytest.raises(ValueError, match=r"Ids \[5, 4\) are outside the train split"):
+        store.read("train", 5, -1)
+
+
+def test_a_resumed_preparation_removes_the_temporary_file_of_the_killed_write(corpus, tmp_path, monkeypatch):
+    kwargs = {"shard_tokens": 30, "chunk_bytes": 16}
+    straight = prepare_store(corpus, str(tmp_path / "straight"), **kwargs)
+    write, killed = store_module.atomic_write, tmp_path / "killed"
+
+    def killed_while_writing_the_third_shard(path, data):
+        if path.endswith("train-00002.bin"):
+            (killed / ".train-00002.bin.tmp-0123456789ab").write_bytes(data[:3])  # what atomic_write leaves
+            raise KeyboardInterrupt
+        write(path, data)
+
+    monkeypatch.setattr(store_module, "atomic_write", killed_while_writing_the_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_store(corpus, str(killed), **kwargs)
+    monkeypatch.setattr(store_module, "atomic_write", write)
+    prepare_store(corpus, str(killed), **kwargs)
+    assert files_of(killed) == files_of(tmp_path / "straight") and straight.num_tokens("train") > 0
+
+
+def test_a_remote_store_keeps_its_most_recently_read_shards_open(corpus, tmp_path, monkeypatch):
+    import os
+    import types
+
+    prepare_store(corpus, str(tmp_path / "store"), shard_tokens=64, chunk_bytes=16)
+    monkeypatch.setattr(store_module, "OPEN_REMOTE_SHARDS", 2)
+    store, opened = TokenStore(f"file://{tmp_path / 'store'}"), []
+    gfile = store._files
+    store._files = types.SimpleNamespace(GFile=lambda path, mode: opened.append(os.path.basename(path)) or
+                                         gfile.GFile(path, mode))
+    for shard in (0, 1, 2, 2, 1, 0):  # the third shard closes the least recently read, the first
+        store.read("train", int(store._bounds["train"][shard]), 1)
+    assert opened == ["train-00000.bin", "train-00001.bin", "train-00002.bin", "train-00000.bin"]
