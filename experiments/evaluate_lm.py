@@ -23,6 +23,7 @@ from absl import flags, logging
 
 from experiments.flags import (
     RUN_CONFIG,
+    dataset_path,
     define_data_flags,
     define_trained_model_flag,
     flag_group,
@@ -33,8 +34,9 @@ from experiments.flags import (
 from tf_lm import artifacts
 from tf_lm.artifacts import load_model_dir
 from tf_lm.data import TokenStore, contiguous_windows, prepare_store
-from tf_lm.data.store import MANIFEST, STORE_SCHEME
-from tf_lm.fileio import normalise_path, read_json
+from tf_lm.data.sources import STORE_SCHEME
+from tf_lm.data.store import MANIFEST
+from tf_lm.fileio import read_json
 from tf_lm.training.metrics import derived, summed_next_token_loss
 
 FLAGS = flags.FLAGS
@@ -121,13 +123,7 @@ def _trained_store(run: dict) -> dict | None:
 def _same_dataset(recorded: str | None, given: str) -> bool:
     """Whether two --dataset values name the same data: a `text:` or `store:` path is compared however it is
     spelled (relative or absolute, `~`, `//`); relative ones are taken from the current directory."""
-    def spelling(dataset: str) -> str:
-        scheme, colon, path = dataset.partition(":")
-        if colon and scheme in ("text", STORE_SCHEME.rstrip(":")):
-            return f"{scheme}:{normalise_path(os.path.expanduser(path))}"
-        return dataset
-
-    return recorded is not None and spelling(recorded) == spelling(given)
+    return recorded is not None and dataset_path(recorded) == dataset_path(given)
 
 
 def run_source_options(flag_values: flags.FlagValues) -> dict:
@@ -139,7 +135,9 @@ def run_source_options(flag_values: flags.FlagValues) -> dict:
     if not tf.io.gfile.exists(path):
         return options
     run = read_json(path)
-    if _same_dataset(run.get("train", {}).get("dataset"), flag_values.dataset):
+    # `dataset_path` names the run's dataset from any directory; a run_config.json written before it has only the
+    # flag as typed, relative to a directory it does not record.
+    if _same_dataset(run.get("dataset_path", run.get("train", {}).get("dataset")), flag_values.dataset):
         recorded = run.get("data") or {}
     elif (store := _trained_store(run)) is not None and _same_dataset(store.get("source"), flag_values.dataset):
         recorded = store.get("source_options") or {}
@@ -182,15 +180,23 @@ def main(argv):
           f"perplexity {result['perplexity']:.3f}, {result['bits']:.4f} bits/{unit}")
 
 
-if __name__ == "__main__":
-    with flag_group("model"):
-        define_trained_model_flag()
-    define_data_flags()
-    with flag_group("evaluation"):
-        flags.DEFINE_enum("split", "validation", ["validation", "train"], "Which split of --dataset to evaluate.")
-        flags.DEFINE_integer("batch_size", 16, "Windows per evaluation batch.")
-        flags.DEFINE_integer("max_batches", None, "Evaluate only this many batches (default: the whole split).")
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    with flag_group("model", flag_values):
+        define_trained_model_flag(flag_values)
+    define_data_flags(flag_values)
+    with flag_group("evaluation", flag_values):
+        flags.DEFINE_enum("split", "validation", ["validation", "train"], "Which split of --dataset to evaluate.",
+                          flag_values=flag_values)
+        # bounded here, so a bad value is refused before a corpus is prepared for it
+        flags.DEFINE_integer("batch_size", 16, "Windows per evaluation batch.", lower_bound=1,
+                             flag_values=flag_values)
+        flags.DEFINE_integer("max_batches", None, "Evaluate only this many batches (default: the whole split).",
+                             lower_bound=1, flag_values=flag_values)
         flags.DEFINE_string("score", None, "Instead of a split: print log P(W) of this text and each token's "
-                            "log-prob.")
-    flags.mark_flags_as_required(["model_dir"])
+                            "log-prob.", flag_values=flag_values)
+    flags.mark_flags_as_required(["model_dir"], flag_values)
+
+
+if __name__ == "__main__":
+    define_flags()
     run_script(main)

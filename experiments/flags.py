@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import re
 import signal
 import sys
@@ -22,8 +23,10 @@ from absl import app, flags
 
 from experiments import started
 from tf_lm.configs import PRECISIONS, PRESETS, STRATEGIES, LMConfig, TrainConfig
-from tf_lm.data.store import DEFAULT_BPE_SAMPLE_BYTES, STORE_SCHEME
+from tf_lm.data.sources import STORE_SCHEME
+from tf_lm.data.store import DEFAULT_BPE_SAMPLE_BYTES
 from tf_lm.data.tokenizers import DEFAULT_BPE_VOCAB_SIZE
+from tf_lm.fileio import normalise_path
 
 _TRAIN = TrainConfig()
 # Written by experiments.train_lm into --model_dir: the resolved model, training and data config of the run.
@@ -209,6 +212,20 @@ def source_options(flag_values: flags.FlagValues) -> dict:
     """The `open_source` options among the parsed data flags."""
     return {"validation_fraction": flag_values.validation_fraction, "tfds_data_dir": flag_values.tfds_data_dir,
             "tfds_manual_dir": flag_values.tfds_manual_dir}
+
+
+def dataset_path(dataset: str) -> str:
+    """A --dataset value in the spelling that names the same data from any directory: a `text:` or `store:` path
+    made absolute (`~`, `//` and symlinks resolved); any other dataset as it is.
+
+    Example:
+    >>> dataset_path("text:/data//notes.txt")
+    'text:/data/notes.txt'
+    """
+    scheme, colon, path = dataset.partition(":")
+    if colon and scheme in ("text", STORE_SCHEME.rstrip(":")):
+        return f"{scheme}:{normalise_path(os.path.expanduser(path))}"
+    return dataset
 
 
 def bpe_sample_bytes(flag_values: flags.FlagValues) -> int:

@@ -38,6 +38,7 @@ from experiments.flags import (
     RUN_CONFIG,
     bpe_sample_bytes,
     configs_from_flags,
+    dataset_path,
     define_train_flags,
     one_line_errors,
     reported_stops,
@@ -49,8 +50,8 @@ from tf_lm import artifacts
 from tf_lm.configs import LMConfig
 from tf_lm.data import Source, TokenStore, lm_datasets, load_tokenizer, open_source, prepare_store
 from tf_lm.data.pipeline import check_block_size
-from tf_lm.data.sources import SPLITS
-from tf_lm.data.store import DEFAULT_BPE_SAMPLE_BYTES, MANIFEST, STORE_SCHEME
+from tf_lm.data.sources import SPLITS, STORE_SCHEME
+from tf_lm.data.store import DEFAULT_BPE_SAMPLE_BYTES, MANIFEST
 from tf_lm.distribute import is_chief, resolve_strategy
 from tf_lm.fileio import EXPORT_MARKER, LOCK_FILE, atomic_write, directory_lock, read_json, read_text
 from tf_lm.pretrained import read_pretrained
@@ -177,7 +178,8 @@ def _run_config(model_config, train_config, strategy, tokenizer_fingerprint, pre
     # `store`: the source and options the store was prepared from, and the ids each split holds. A `store:`
     # dataset's store is only a path, so a resume checks it against these, and evaluate_lm splits that source as
     # the store did.
-    return {"model": model_config.to_dict(), "train": train_config.to_dict(), "data": data,
+    return {"model": model_config.to_dict(), "train": train_config.to_dict(),
+            "dataset_path": dataset_path(train_config.dataset), "data": data,
             "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
             "tokenizer_fingerprint": tokenizer_fingerprint,
             "base_fingerprint": None if pretrained is None else pretrained.fingerprint,

@@ -124,3 +124,56 @@ def test_the_runs_own_split_is_evaluated_unless_a_flag_says_otherwise(model_dir)
     (path / "run_config.json").write_text(json.dumps({"train": {"dataset": f"store:{store.directory}"}, "data": {}}))
     assert validation_fraction(f"--dataset={dataset}") == 0.05
     assert validation_fraction(f"--dataset={dataset}", "--validation_fraction=0.2") == 0.2
+
+
+def test_score_takes_a_text_of_the_whole_context_and_refuses_a_single_token(model_dir):
+    _, model, tokenizer = model_dir
+    assert len(score_text(model, tokenizer, "t" * 16)["token_log_probs"]) == 15
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        score_text(model, tokenizer, "t")
+
+
+def test_max_batches_bounds_the_batches_scored(model_dir, monkeypatch):
+    import tensorflow as tf
+
+    from experiments import evaluate_lm
+
+    path, model, tokenizer = model_dir
+    store = prepare_store(f"text:{path.parent / 'corpus.txt'}", str(path.parent / "store"), tokenizer=tokenizer,
+                          validation_fraction=0.25)  # 15 windows of 16
+    # Each token counted at a loss of 1, without the model: the count is what is checked, and compiles fast.
+    monkeypatch.setattr(evaluate_lm, "summed_next_token_loss",
+                        lambda model, inputs, targets: (tf.cast(tf.size(targets), tf.float32), tf.size(targets)))
+    assert evaluate_split(model, tokenizer, store, "validation", batch_size=4, max_batches=2)["tokens"] == 2 * 4 * 16
+    assert evaluate_split(model, tokenizer, store, "validation", batch_size=4)["tokens"] == 15 * 16
+
+
+@pytest.mark.parametrize("flag", ["--batch_size=0", "--max_batches=0"])
+def test_a_count_below_one_is_refused_when_the_flags_are_read(flag):
+    """Before main runs, so before a corpus is prepared for the evaluation."""
+    from absl import flags
+
+    from experiments.evaluate_lm import define_flags
+
+    values = flags.FlagValues()
+    define_flags(values)
+    with pytest.raises(flags.IllegalFlagValueError, match=rf"{flag}: 0 is not a positive integer"):
+        values(["evaluate_lm", "--model_dir=m", flag])
+
+
+def test_a_runs_relative_dataset_is_recognised_from_another_directory(model_dir, tmp_path, monkeypatch):
+    from absl import flags
+
+    from experiments.evaluate_lm import define_flags, run_source_options
+
+    path, _, _ = model_dir
+    # Trained from tmp_path as text:corpus.txt with 5% held out; train_lm also records the path from anywhere.
+    (path / "run_config.json").write_text(json.dumps({
+        "train": {"dataset": "text:corpus.txt"}, "dataset_path": f"text:{tmp_path / 'corpus.txt'}",
+        "data": {"validation_fraction": 0.05}}))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    values = flags.FlagValues()
+    define_flags(values)
+    values(["evaluate_lm", f"--model_dir={path}", "--dataset=text:../corpus.txt"])
+    assert run_source_options(values)["validation_fraction"] == 0.05

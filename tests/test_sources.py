@@ -99,13 +99,6 @@ def test_bad_sources_name_the_input(source, error, match):
         open_source(source)
 
 
-def test_the_store_scheme_the_messages_name_is_the_stores():
-    from tf_lm.data import sources
-    from tf_lm.data.store import STORE_SCHEME
-
-    assert f"{sources._STORE}:" == STORE_SCHEME
-
-
 def test_a_directory_is_named_as_one_with_the_glob_of_its_files(tmp_path):
     (tmp_path / "corpus").mkdir()
     (tmp_path / "corpus" / "a.txt").write_text("text\n", encoding="utf-8")
@@ -211,3 +204,21 @@ def test_tfds_tiny_shakespeare_prepares_offline_from_manual_dir(tmp_path):
     assert read(carved, "train")[0] + read(carved, "validation")[0] == train
     with pytest.raises(ValueError, match=r"no split 'dev'.*tfds_train_split"):
         open_source("tfds:tiny_shakespeare", tfds_data_dir=str(tmp_path), tfds_train_split="dev")
+
+
+def test_a_single_document_cut_in_two_ends_only_where_its_validation_split_ends(tmp_path):
+    # The train split stops inside the document: no chunk of it ends the document (a store would put an
+    # end-of-text id there, in the middle of the text).
+    path = tmp_path / "one.txt"
+    path.write_text("line\n" * 20, encoding="utf-8")
+    source = open_source(f"text:{path}", validation_fraction=0.25)
+    for split in ("train", "validation"):
+        chunks = list(source.chunks(split, chunk_bytes=16))
+        assert [chunk.ends_document for chunk in chunks] == [False] * (len(chunks) - 1) + [split == "validation"]
+
+
+def test_a_byte_order_mark_inside_a_file_is_text_where_a_chunk_starts(tmp_path):
+    (tmp_path / "a.txt").write_bytes("line\n\ufeffword\n".encode("utf-8"))  # the second chunk starts at the mark
+    (tmp_path / "b.txt").write_text("held out\n", encoding="utf-8")
+    source = open_source(f"text:{tmp_path}/*.txt", validation_fraction=0.5)
+    assert [chunk.text for chunk in source.chunks("train", chunk_bytes=8)] == ["line\n", "\ufeffword\n"]

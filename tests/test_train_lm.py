@@ -323,6 +323,19 @@ def test_a_damaged_run_config_is_one_line_naming_it(tmp_path, content):
         _check_model_dir(str(tmp_path), {"tokenizer_fingerprint": None})
 
 
+def test_the_run_config_names_a_relative_dataset_from_any_directory(tmp_path, monkeypatch):
+    """evaluate_lm, run from another directory, finds the run's own text (and its split) through it."""
+    import tensorflow as tf
+
+    from experiments.train_lm import _run_config
+
+    monkeypatch.chdir(tmp_path)
+    recorded = _run_config(LMConfig(), TrainConfig(dataset="text:corpus.txt"), tf.distribute.get_strategy(), None,
+                           None, {})
+    assert (recorded["train"]["dataset"], recorded["dataset_path"]) == ("text:corpus.txt",
+                                                                        f"text:{tmp_path / 'corpus.txt'}")
+
+
 def test_a_run_whose_source_was_edited_is_not_resumed_on_the_new_text(tmp_path):
     from experiments.train_lm import train
 

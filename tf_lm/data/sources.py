@@ -38,9 +38,9 @@ from tf_lm.fileio import gfile, is_local
 
 SCHEMES = ("builtin", "text", "tfds")
 _SOURCES = "builtin:pydoc, text:<file or glob> or tfds:<dataset name>"
-# The scheme of a token store (`tf_lm.data.store.STORE_SCHEME`), which training and evaluation read instead of a
-# source: never a source itself.
-_STORE = "store"
+# A --dataset naming a token store (`tf_lm.data.store`), which training and evaluation read instead of a source:
+# never a source itself.
+STORE_SCHEME = "store:"
 BUILTIN_CORPORA = ("pydoc",)
 DEFAULT_SOURCE = "builtin:pydoc"
 SPLITS = ("train", "validation")
@@ -215,7 +215,7 @@ def open_source(source: str = DEFAULT_SOURCE, *, validation_fraction: float = 0.
             f"`validation_fraction` must be in (0, 1). Received: `validation_fraction={validation_fraction!r}`"
         )
     scheme, sep, rest = source.partition(":")
-    if sep and scheme == _STORE:
+    if source.startswith(STORE_SCHEME):
         raise ValueError(
             f"{source!r} names a token store, which is prepared already: train or evaluate on it as it is; prepare "
             f"from a source: {_SOURCES}."
@@ -224,7 +224,7 @@ def open_source(source: str = DEFAULT_SOURCE, *, validation_fraction: float = 0.
         # A `dataset` that training or evaluation reads may also name a prepared store (`TrainConfig.dataset`).
         raise ValueError(
             f"Unknown data source {source!r}; use {_SOURCES} (or, to train or evaluate on a token store that is "
-            f"prepared already, {_STORE}:<dir>)."
+            f"prepared already, {STORE_SCHEME}<dir>)."
         )
     if scheme == "tfds":
         options = {"validation_fraction": validation_fraction, "tfds_train_split": tfds_train_split,

@@ -43,7 +43,6 @@ from tf_lm.data.tokenizers import DEFAULT_BPE_VOCAB_SIZE, TOKENIZER_KINDS, BPETo
 from tf_lm.fileio import LOCK_FILE, atomic_write, check_replaceable, directory_lock, gfile, is_local, read_json
 
 FORMAT_VERSION = 1
-STORE_SCHEME = "store:"  # a --dataset naming a store rather than a source to prepare
 MANIFEST = "manifest.json"
 TOKENIZER_DIR = "tokenizer"
 # Present only while a store is being written: the preparation's arguments and one note per finished shard.
