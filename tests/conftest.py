@@ -103,6 +103,18 @@ def files_of(directory) -> dict[str, bytes]:
             for root, _, names in os.walk(directory) for name in names}
 
 
+def tensorboard_values(directory) -> dict[tuple[str, int], list[float]]:
+    """{(tag, step): its values} over every event file in `directory`, as TensorBoard reads them."""
+    import tensorflow as tf
+
+    values = {}
+    for path in sorted(Path(directory).glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                values.setdefault((value.tag, event.step), []).append(float(tf.make_ndarray(value.tensor)))
+    return values
+
+
 def copy_to_tensorflow_filesystem(local, remote: str) -> None:
     """Copies the directory tree `local` to `remote`, a path of a TensorFlow filesystem (`ram://...`)."""
     import tensorflow as tf

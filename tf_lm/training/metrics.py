@@ -92,22 +92,40 @@ class MetricsLog:
                                  "that training writes; move it aside to resume.") from None
         self.writers = {}
         if enabled:
-            for split in ("train", "validation"):
-                self.writers[split] = tf.summary.create_file_writer(os.path.join(model_dir, "logs", split))
+            self._restart_tensorboard()
+
+    def _restart_tensorboard(self) -> None:
+        """New TensorBoard event files holding the kept rows, replacing the earlier ones: those also hold the
+        steps about to be redone, and TensorBoard would show both values of each. The old files are deleted only
+        once the new ones are written, so a run killed in between shows a step twice but loses none."""
+        for split in ("train", "validation"):
+            directory = os.path.join(self.model_dir, "logs", split)
+            earlier = tf.io.gfile.glob(os.path.join(directory, "events.out.tfevents.*"))
+            self.writers[split] = tf.summary.create_file_writer(directory)
+            self._write_tensorboard(split, [row for row in self.rows if row["split"] == split])
+            for path in earlier:
+                tf.io.gfile.remove(path)
+
+    def _write_tensorboard(self, split: str, rows: list[dict]) -> None:
+        try:
+            for row in rows:
+                with self.writers[split].as_default(step=int(row["step"])):
+                    for name in FIELDS[2:]:
+                        if row.get(name) not in ("", None):
+                            tf.summary.write(name, tf.constant(float(row[name])), metadata=_SCALAR_METADATA)
+            self.writers[split].flush()
+        except tf.errors.OpError as error:  # a full disk reaches us as a TensorFlow error
+            raise OSError(f"Could not write the TensorBoard log in {self.model_dir}: {error.message}") from None
+        except ValueError:  # a number column edited by hand
+            raise ValueError(f"{self.path} is damaged: a value of step {row['step']} is not a number; move it "
+                             "aside to resume.") from None
 
     def log(self, step: int, split: str, **values) -> None:
         if not self.enabled:
             return
         row = {"step": step, "split": split, **{k: values.get(k, "") for k in FIELDS[2:]}}
         self.rows.append(row)
-        try:
-            with self.writers[split].as_default(step=step):
-                for name, value in values.items():
-                    if value != "" and value is not None:
-                        tf.summary.write(name, tf.constant(float(value)), metadata=_SCALAR_METADATA)
-            self.writers[split].flush()
-        except tf.errors.OpError as error:  # a full disk reaches us as a TensorFlow error
-            raise OSError(f"Could not write the TensorBoard log in {self.model_dir}: {error.message}") from None
+        self._write_tensorboard(split, [row])
         table = io.StringIO(newline="")
         writer = csv.DictWriter(table, fieldnames=FIELDS)
         writer.writeheader()
