@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 from conftest import check_layer
@@ -142,3 +143,37 @@ def test_bidirectional_layer_refuses_a_cache():
     with pytest.raises(ValueError, match="causal=False"):
         CausalSelfAttention(num_heads=2, causal=False)(_inputs(), cache=(np.zeros((4, 4, 8), "float32"),
                                                                          np.zeros((4, 8, 4), "float32")), cache_index=0)
+
+
+def _seed_states(layer):
+    return [np.asarray(v) for v in layer.non_trainable_variables]  # the dropouts' seed-generator states
+
+
+def test_training_draws_a_mask_at_both_dropouts():
+    """Dropout on the attention weights and on the output: a training call draws a mask at each (its seed
+    generator advances), an inference call at neither."""
+    layer = CausalSelfAttention(num_heads=2, dropout=0.5)
+    x = _inputs()
+    layer(x)
+    before = _seed_states(layer)
+    layer(x)
+    assert len(before) == 2 and all(np.array_equal(a, b) for a, b in zip(before, _seed_states(layer)))
+    layer(x, training=True)
+    assert not any(np.array_equal(a, b) for a, b in zip(before, _seed_states(layer)))
+
+
+def test_config_keeps_every_argument():
+    layer = CausalSelfAttention(num_heads=4, dropout=0.25, causal=False, output_kernel_initializer="zeros",
+                                kernel_initializer=keras.initializers.RandomNormal(stddev=0.5, seed=1))
+    clone = CausalSelfAttention.from_config(layer.get_config())
+    assert (clone.num_heads, clone.dropout, clone.causal) == (4, 0.25, False)
+    assert keras.initializers.serialize(clone.kernel_initializer) == keras.initializers.serialize(
+        layer.kernel_initializer)
+    assert isinstance(clone.output_kernel_initializer, keras.initializers.Zeros)
+
+
+def test_the_output_projection_takes_the_output_initializer():
+    # TransformerLM scales the projections that write into the residual stream by 1/sqrt(2·n_layer) this way.
+    layer = CausalSelfAttention(num_heads=2, output_kernel_initializer="zeros")
+    layer.build((2, 5, 8))
+    assert not np.any(np.asarray(layer.output_dense.kernel)) and np.all(np.asarray(layer.qkv_dense.kernel) != 0)

@@ -66,3 +66,30 @@ def test_post_norm_exact_gelu_block_matches_numpy():
     gelu = 0.5 * inner * (1 + np.vectorize(math.erf)(inner / np.sqrt(2)))
     expected = norm(h + dense(gelu, block.mlp_out), block.mlp_norm)
     np.testing.assert_allclose(y, expected, atol=1e-5)
+
+
+def test_training_draws_a_mask_at_every_dropout():
+    """Attention weights, attention output and MLP output: a training call advances each dropout's seed generator."""
+    block = TransformerBlock(num_heads=2, dropout=0.5)
+    x = _inputs()
+    block(x)
+    before = [np.asarray(v) for v in block.non_trainable_variables]
+    block(x, training=True)
+    after = [np.asarray(v) for v in block.non_trainable_variables]
+    assert len(before) == 3 and not any(np.array_equal(a, b) for a, b in zip(before, after))
+
+
+def test_both_residual_projections_take_the_output_initializer():
+    block = TransformerBlock(num_heads=2, output_kernel_initializer="zeros")
+    block.build((2, 5, 8))
+    for dense in (block.attention.output_dense, block.mlp_out):
+        assert not np.any(np.asarray(dense.kernel)), dense.name
+    for dense in (block.attention.qkv_dense, block.mlp_in):
+        assert np.all(np.asarray(dense.kernel) != 0), dense.name
+
+
+def test_config_keeps_every_argument():
+    arguments = dict(num_heads=2, intermediate_dim=16, dropout=0.25, layer_norm_epsilon=1e-12, causal=False,
+                     norm_first=False, approximate_gelu=False)
+    clone = TransformerBlock.from_config(TransformerBlock(**arguments).get_config())
+    assert {name: getattr(clone, name) for name in arguments} == arguments

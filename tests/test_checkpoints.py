@@ -74,6 +74,15 @@ def test_keeps_the_latest_two(tmp_path):
     assert sorted(p for p in os.listdir(tmp_path) if p.endswith(".index")) == ["ckpt-4.index", "ckpt-6.index"]
 
 
+def test_the_newest_checkpoint_is_the_highest_step_not_the_last_name(tmp_path):
+    model, optimizer = build()
+    checkpoints = Checkpoints(str(tmp_path), model, optimizer)
+    for step in (9, 10):  # "ckpt-9" sorts after "ckpt-10" as a string
+        checkpoints.save(step)
+    restored = Checkpoints(str(tmp_path), *build())
+    assert restored.restore() == 10 and restored.restored.endswith("ckpt-10")
+
+
 def test_a_failed_save_removes_its_partial_files_in_a_directory_named_like_a_glob(tmp_path, monkeypatch):
     directory = tmp_path / "run[x]" / "checkpoints"
     checkpoints = Checkpoints(str(directory), *build())
@@ -87,6 +96,10 @@ def test_a_failed_save_removes_its_partial_files_in_a_directory_named_like_a_glo
     monkeypatch.setattr(checkpoints.manager, "save", full_disk)
     with pytest.raises(OSError, match="Could not write checkpoint 2 .* the last complete one .*ckpt-1"):
         checkpoints.save(2)
+    assert sorted(os.listdir(directory)) == ["checkpoint", "ckpt-1.data-00000-of-00001", "ckpt-1.index"]
+    # Saving a step that is already complete (again after a resume) fails the same way: only the partial goes.
+    with pytest.raises(OSError, match="Could not write checkpoint 1 .* the last complete one .*ckpt-1"):
+        checkpoints.save(1)
     assert sorted(os.listdir(directory)) == ["checkpoint", "ckpt-1.data-00000-of-00001", "ckpt-1.index"]
 
 
@@ -105,6 +118,8 @@ def test_variables_are_keyed_by_path_not_position(tmp_path):
     keras.utils.set_random_seed(5)
     other, other_optimizer = build()  # a second model in this process: Keras numbers its names differently
     assert "block_0/attention/qkv/kernel" in variable_keys(other)
+    # A layer's seed generators are numbered from 0 (the keys of checkpoints on disk).
+    assert "block_0/attention/seed_generator_0/seed_generator_state" in variable_keys(other)
     assert "block_0/attention/seed_generator_1/seed_generator_state" in variable_keys(other)
     # Reversed positions: a position-keyed restore would swap same-shaped tensors (the blocks' gamma/beta).
     reordered = Checkpoints(str(tmp_path), other, other_optimizer, variables=list(reversed(other.variables)))

@@ -17,6 +17,7 @@ def _with_lora(layer_class):
     layer.build(X.shape)
     layer.enable_lora(2, lora_alpha=3.0)
     layer.lora_kernel_b.assign(RNG.normal(scale=0.5, size=layer.lora_kernel_b.shape).astype("float32"))
+    layer.bias.assign(RNG.normal(size=layer.bias.shape).astype("float32"))  # a dropped bias cannot hide behind 0
     return layer
 
 

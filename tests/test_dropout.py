@@ -50,6 +50,13 @@ def test_gradient_is_the_mask_and_xla_compiles_it():
     np.testing.assert_allclose(gradient.numpy(), y.numpy() / 2.0, rtol=1e-6)
 
 
+def test_a_seeded_layer_rebuilt_from_its_config_draws_the_same_masks():
+    layer = Dropout(0.5, seed=3)
+    clone = Dropout.from_config(layer.get_config())
+    x = np.ones((8, 8), "float32")
+    np.testing.assert_array_equal(np.asarray(clone(x, training=True)), np.asarray(layer(x, training=True)))
+
+
 def test_bfloat16_inputs_keep_their_dtype():
     y = Dropout(0.1, dtype="mixed_bfloat16")(np.ones((4, 8), "float32"), training=True)
     assert y.dtype == tf.bfloat16

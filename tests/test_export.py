@@ -101,6 +101,7 @@ def test_a_refused_request_fails_with_one_readable_line(model_and_tokenizer, tmp
         (["hello"], 28, 0, "longer than the model context (block_size=32), which this SavedModel refuses"),
         # The prompt's length plus this wrapped around in int32 and passed, to fail in TensorFlow's range op.
         (["hello"], 2**31 - 1, 0, "longer than the model context (block_size=32), which this SavedModel refuses"),
+        (["hello"], 0, 0, "max_new_tokens must be >= 1"),
         (["hello!"], 2, 0, "a prompt holds a character outside the vocabulary"),
         ([""], 2, 0, "every prompt needs at least one character"),
         ([], 2, 0, "the batch holds no prompts"),
@@ -112,6 +113,10 @@ def test_a_refused_request_fails_with_one_readable_line(model_and_tokenizer, tmp
                   seed=tf.constant(seed, tf.int64))
         lines = [line for line in str(error.value).splitlines() if "Invalid generate request" in line]
         assert len(lines) == 1 and message in lines[0] and "\\" not in lines[0], str(error.value)
+    # A prompt and max_new_tokens that fill the context exactly are not refused.
+    out = serve(prompt=tf.constant(["hello world, how are you?hello"]), max_new_tokens=tf.constant(2),
+                seed=tf.constant(0, tf.int64))
+    assert out["lengths"].numpy().tolist() == [2]
     with pytest.raises(ValueError, match="context_policy must be one of"):
         export_saved_model(model, tokenizer, str(tmp_path / "bad"), context_policy="crop")
 
@@ -213,6 +218,11 @@ def test_export_to_a_tensorflow_filesystem(model_and_tokenizer, tmp_path, monkey
     serving = tf.saved_model.load("ram://export_test").signatures["generate"]
     out = serving(prompt=tf.constant(["hello"]), max_new_tokens=tf.constant(5), seed=tf.constant(0, tf.int64))
     assert out["token_ids"].numpy().tolist() == generate(model, [tokenizer.encode("hello")], max_new_tokens=5)
+    # A prompt longer than the context: the model sees its last block_size characters, as in generate.
+    long_prompt = "how are you? hello world, how are you?"
+    whole, last = (serving(prompt=tf.constant([prompt]), max_new_tokens=tf.constant(3), seed=tf.constant(0, tf.int64))
+                   for prompt in (long_prompt, long_prompt[-32:]))
+    assert whole["token_ids"].numpy().tolist() == last["token_ids"].numpy().tolist()
     # A sliding export (this one) refuses more new tokens than int32 indexes past the prompt, as `generate` does.
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"Invalid generate request: max_new_tokens must be at "
                                                              r"most 2147483583 for this model \(block_size=32\)"):

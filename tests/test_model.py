@@ -1,3 +1,5 @@
+import math
+
 import keras
 import numpy as np
 import pytest
@@ -300,3 +302,23 @@ def test_no_two_initial_weight_tensors_are_equal(preset):
         key = values[: min(len(v) for v in random_weights.values())].tobytes()
         assert key not in seen, f"{path} starts with the same values as {seen[key]}"
         seen[key] = path
+
+
+def test_training_draws_a_mask_at_every_dropout():
+    """The embedding's dropout and each block's three: a training call advances every seed generator."""
+    model = TransformerLM(LMConfig(vocab_size=13, block_size=16, n_layer=2, n_head=2, n_embd=8, dropout=0.1))
+    states = [v for v in model.non_trainable_variables if "seed_generator" in v.path]
+    before = [np.asarray(v) for v in states]
+    model(_ids(), training=True)
+    assert len(states) == 1 + 3 * 2
+    assert not [v.path for v, b in zip(states, before) if np.array_equal(np.asarray(v), b)]
+
+
+def test_residual_projections_start_at_gpt2s_scaled_init():
+    """GPT-2's init: N(0, 0.02) for every kernel, but N(0, 0.02/sqrt(2·n_layer)) for the attention output and
+    mlp_out, which write into the residual stream."""
+    model = TransformerLM(LMConfig(vocab_size=13, block_size=16, n_layer=2, n_head=2, n_embd=32))
+    residual = np.concatenate([np.ravel(d.kernel) for b in model.blocks for d in (b.attention.output_dense, b.mlp_out)])
+    other = np.concatenate([np.ravel(d.kernel) for b in model.blocks for d in (b.attention.qkv_dense, b.mlp_in)])
+    assert np.std(residual) == pytest.approx(0.02 / math.sqrt(2 * 2), rel=0.05)
+    assert np.std(other) == pytest.approx(0.02, rel=0.05)

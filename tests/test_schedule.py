@@ -37,7 +37,7 @@ def test_serialises_through_keras():
 @pytest.mark.parametrize(
     "args, message",
     [((0.0, 0.0, 1, 10), "learning_rate must be > 0"), ((1e-3, 1e-2, 1, 10), "min_learning_rate must be in"),
-     ((1e-3, 1e-4, 10, 10), "warmup_steps < decay_steps")],
+     ((1e-3, -1e-4, 1, 10), "min_learning_rate must be in"), ((1e-3, 1e-4, 10, 10), "warmup_steps < decay_steps")],
 )
 def test_bad_arguments(args, message):
     with pytest.raises(ValueError, match=message):
