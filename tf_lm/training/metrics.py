@@ -90,6 +90,12 @@ class MetricsLog:
             except (KeyError, TypeError, ValueError):  # edited by hand, or saved by a spreadsheet with ";"
                 raise ValueError(f"{self.path} is damaged: it is not the comma-separated table with a step column "
                                  "that training writes; move it aside to resume.") from None
+            for row in self.rows:  # TensorBoard is written again from these
+                try:
+                    [float(row[name]) for name in FIELDS[2:] if row.get(name) not in ("", None)]
+                except ValueError:  # a number edited by hand
+                    raise ValueError(f"{self.path} is damaged: a value of step {row['step']} is not a number; move "
+                                     "it aside to resume.") from None
         self.writers = {}
         if enabled:
             self._restart_tensorboard()
@@ -116,9 +122,6 @@ class MetricsLog:
             self.writers[split].flush()
         except tf.errors.OpError as error:  # a full disk reaches us as a TensorFlow error
             raise OSError(f"Could not write the TensorBoard log in {self.model_dir}: {error.message}") from None
-        except ValueError:  # a number column edited by hand
-            raise ValueError(f"{self.path} is damaged: a value of step {row['step']} is not a number; move it "
-                             "aside to resume.") from None
 
     def log(self, step: int, split: str, **values) -> None:
         if not self.enabled:
