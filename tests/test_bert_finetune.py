@@ -473,6 +473,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow  # 50 s; the language model's mirrored test covers the step both share (make_train_step)
 def test_mirrored_fine_tuning_on_two_logical_cpus_equals_one_device():
     result = run_python(MIRRORED_SCRIPT)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]

@@ -2,6 +2,7 @@
 
 import re
 
+import pytest
 from conftest import run_module
 
 from experiments.demo import PROMPTS, known_word_share
@@ -12,6 +13,7 @@ def test_known_word_share_counts_words_of_two_or_more_letters():
     assert known_word_share(["  \n"], {"The"}) == 0.0
 
 
+@pytest.mark.slow  # 55 s: the nano model's compiles, sampling and training, end to end
 def test_demo_prints_the_loss_curve_and_samples_before_and_after(tmp_path):
     model_dir = tmp_path / "demo"
     result = run_module("experiments.demo", f"--model_dir={model_dir}", "--steps=20", timeout=600)

@@ -157,7 +157,7 @@ def test_export_cli_writes_a_saved_model_and_reports_errors_in_one_line(model_an
     assert sorted(os.listdir(saved)) == before and "model.keras" in before
 
 
-def test_export_cli_samples_with_top_k_alone_and_is_greedy_without_sampling_flags(model_and_tokenizer, tmp_path):
+def test_sampling_flags_are_greedy_unless_top_k_or_top_p_ask_to_sample():
     from experiments.generate import sampling_kwargs
 
     # --temperature is unset in export: greedy, unless --top_k/--top_p ask to sample (then at temperature 1). Its
@@ -165,6 +165,10 @@ def test_export_cli_samples_with_top_k_alone_and_is_greedy_without_sampling_flag
     assert sampling_kwargs(None, None, None) == {"sampler": "temperature", "temperature": 0.0, "top_k": None,
                                                  "top_p": None}
     assert sampling_kwargs(None, 5, None)["temperature"] == sampling_kwargs(None, None, 0.9)["temperature"] == 1.0
+
+
+@pytest.mark.slow  # 40 s: the export script, then a fresh interpreter that serves three seeds
+def test_export_cli_samples_with_top_k_alone(model_and_tokenizer, tmp_path):
     model, tokenizer = model_and_tokenizer
     save_model_dir(str(tmp_path / "model"), model, tokenizer)
     result = run_command([sys.executable, "-m", "experiments.export", f"--model_dir={tmp_path / 'model'}",

@@ -50,6 +50,13 @@ def config(**overrides):
     return TrainConfig(**{**values, **overrides})
 
 
+def uncompiled_trainer(model_config, cfg, model_dir, **kwargs):
+    """A `Trainer` of a plain `tf.function` step, for tests of what the loop records rather than of the compiled
+    program: XLA's compilation would be most of such a test's time."""
+    return Trainer.from_config(model_config, cfg, resolve_strategy(), model_dir, jit_compile=False,
+                               **{"verbose": False, **kwargs})
+
+
 def test_loss_falls_on_a_learnable_stream(tmp_path):
     def repeating(start_step, context):
         del start_step, context
@@ -76,7 +83,7 @@ def test_metrics_rows_log_the_rate_each_update_used_and_no_rate_before_one_is_ti
 
     train, validation = synthetic()
     cfg = config(steps=6, warmup_steps=3, learning_rate=1.0, min_learning_rate=0.0, eval_every=100)
-    Trainer.from_config(MODEL, cfg, resolve_strategy(), str(tmp_path), verbose=False).fit(train, validation)
+    uncompiled_trainer(MODEL, cfg, str(tmp_path)).fit(train, validation)
     rows = [row for row in _rows(tmp_path) if row["split"] == "train"]
     schedule = WarmupCosine(1.0, 0.0, 3, 6)
     # Update k (the k-th step) runs with the schedule at k - 1: 0.25, 0.5, 0.75, 1.0, then the cosine.
@@ -89,7 +96,7 @@ def test_a_restart_from_step_0_does_not_log_step_0_twice(tmp_path):
     train, validation = synthetic()
     cfg = config(steps=2, checkpoint_every=100)
     for _ in range(2):  # the second run finds no checkpoint (every 100 steps): it starts at 0 again
-        trainer = Trainer.from_config(MODEL, cfg, resolve_strategy(), str(tmp_path), verbose=False)
+        trainer = uncompiled_trainer(MODEL, cfg, str(tmp_path))
         trainer.evaluate_at_start = True  # as for a fine-tuning run
         trainer.fit(train, validation)
         for path in (tmp_path / "checkpoints").iterdir():
@@ -112,7 +119,7 @@ def test_steps_that_beat_the_measured_peak_leave_mfu_out_and_say_why_once(tmp_pa
     or logged as if real; the run goes on without MFU and says so once, on a line of its own."""
     train, validation = synthetic()
     cfg = config(steps=4, eval_every=100, checkpoint_every=100)
-    trainer = Trainer.from_config(MODEL, cfg, resolve_strategy(), str(tmp_path), verbose=True, peak_flops=1.0)
+    trainer = uncompiled_trainer(MODEL, cfg, str(tmp_path), verbose=True, peak_flops=1.0)
     result = trainer.fit(train, validation)
     assert result["mfu"] is None and result["tokens_per_second"] > 0
     assert [row["mfu"] for row in _rows(tmp_path)] == [""] * 5  # 4 train rows (step 1 untimed), 1 validation
@@ -239,14 +246,14 @@ def test_a_resume_off_the_log_grid_logs_the_rows_of_a_run_that_never_stopped(tmp
 
     train, validation = synthetic()
     cfg = config(steps=4, log_every=2, checkpoint_every=3, eval_every=100)
-    straight = Trainer.from_config(MODEL, cfg, resolve_strategy(), str(tmp_path / "straight"), verbose=False)
+    straight = uncompiled_trainer(MODEL, cfg, str(tmp_path / "straight"))
     straight.fit(train, validation)
     # Stopped after step 3, as a SIGTERM stops a run between two rows: the row at step 4 averages steps 3 and 4.
     shutil.copytree(tmp_path / "straight", tmp_path / "stopped")
     for path in (tmp_path / "stopped" / "checkpoints").glob("ckpt-4*"):
         path.unlink()
     (tmp_path / "stopped" / "checkpoints" / "checkpoint").unlink()
-    resumed = Trainer.from_config(MODEL, cfg, resolve_strategy(), str(tmp_path / "stopped"), verbose=False)
+    resumed = uncompiled_trainer(MODEL, cfg, str(tmp_path / "stopped"))
     assert resumed.fit(train, validation)["start_step"] == 3
 
     def losses(model_dir):
@@ -255,10 +262,10 @@ def test_a_resume_off_the_log_grid_logs_the_rows_of_a_run_that_never_stopped(tmp
     assert losses(tmp_path / "stopped") == losses(tmp_path / "straight")  # the very same numbers
 
     # A checkpoint written before the window was saved still resumes; its first row averages the steps since.
-    older = Trainer.from_config(MODEL, cfg, resolve_strategy(), str(tmp_path / "older"), verbose=False)
+    older = uncompiled_trainer(MODEL, cfg, str(tmp_path / "older"))
     older.checkpoints.save(3)  # as fit saves, but without the window: fit tracks it only after restoring
     assert "log_window" not in str(tf.train.list_variables(older.checkpoints.latest))
-    again = Trainer.from_config(MODEL, cfg, resolve_strategy(), str(tmp_path / "older"), verbose=False)
+    again = uncompiled_trainer(MODEL, cfg, str(tmp_path / "older"))
     assert again.fit(train, validation)["start_step"] == 3
     assert [row["step"] for row in _rows(tmp_path / "older") if row["split"] == "train"] == ["4"]
 
@@ -376,8 +383,8 @@ def test_a_signal_checkpoints_the_current_step_and_stops(tmp_path, capsys, signu
         return train(start_step, context).enumerate(start_step).map(fetch)
 
     handler = signal.getsignal(signum)
-    trainer = Trainer.from_config(MODEL, config(steps=8, checkpoint_every=100, eval_every=100), resolve_strategy(),
-                                  str(tmp_path), verbose=True)
+    trainer = uncompiled_trainer(MODEL, config(steps=8, checkpoint_every=100, eval_every=100), str(tmp_path),
+                                 verbose=True)
     with pytest.raises(TrainingInterrupted, match=rf"by {signal.Signals(signum).name} at step [23];") as stopped:
         trainer.fit(signalling, validation)
     # The progress bar's line is ended (on stdout, which it shares with no newline), so the `stopped: ...` line a
@@ -480,6 +487,7 @@ def test_the_compiled_step_can_be_inspected_without_running(tmp_path):
     assert int(trainer.optimizer.iterations.numpy()) == 0
 
 
+@pytest.mark.slow  # 30 s: a fresh interpreter, four compiles
 def test_a_trainer_built_in_the_mirrored_scope_distributes_and_a_constant_rate_is_logged(tmp_path):
     # Logical devices must be configured before TensorFlow initialises them, hence a fresh interpreter.
     script = textwrap.dedent(
@@ -520,8 +528,7 @@ def test_a_trainer_built_in_the_mirrored_scope_distributes_and_a_constant_rate_i
 
 def test_a_trailing_slash_on_model_dir_names_the_same_checkpoints():
     train, validation = synthetic()
-    Trainer.from_config(MODEL, config(steps=2), resolve_strategy(), "ram://trainer_slash/", verbose=False).fit(
-        train, validation)
-    rerun = Trainer.from_config(MODEL, config(steps=2), resolve_strategy(), "ram://trainer_slash", verbose=False)
+    uncompiled_trainer(MODEL, config(steps=2), "ram://trainer_slash/").fit(train, validation)
+    rerun = uncompiled_trainer(MODEL, config(steps=2), "ram://trainer_slash")
     assert rerun.checkpoints.directory == "ram://trainer_slash/checkpoints"
     assert rerun.checkpoints.restore() == 2
