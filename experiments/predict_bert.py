@@ -7,7 +7,6 @@ Prints one line per sentence: the predicted label, its probability and the sente
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import flags
@@ -43,7 +42,9 @@ def run(model_dir: str, sentences: list[str], max_length: int | None = None, out
     """
     if not sentences:
         raise ValueError('Pass the sentences to classify as arguments: predict_bert --model_dir=DIR "a sentence".')
-    if not os.path.isdir(model_dir):
+    from tf_lm.fileio import gfile
+
+    if not gfile(model_dir).isdir(model_dir):
         raise FileNotFoundError(f"No model directory at {model_dir!r}; train one with experiments.finetune_bert.")
     from tf_lm.bert.finetune import classify, fine_tuned_max_length, load_for_prediction
     from tf_lm.bert.tokenizer import WordPieceTokenizer

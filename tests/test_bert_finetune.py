@@ -1,6 +1,7 @@
 """tf_lm.bert.finetune: config checks, metrics, and a tiny end-to-end fine-tune whose best model is saved."""
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import script_environment
 
+from experiments import predict_bert
 from experiments.benchmarks.common import SHARED_DATA
 from tf_lm.bert import data, finetune, weights
 from tf_lm.bert.tokenizer import WordPieceTokenizer
@@ -132,6 +134,33 @@ def test_finetune_saves_the_best_model_and_history(tmp_path, backend):
     np.testing.assert_allclose(probabilities[:4], alone, atol=1e-5)
     with pytest.raises(ValueError, match="at least one text"):
         finetune.classify(model, WordPieceTokenizer(str(best_dir)), [], 16)
+
+
+def test_a_run_on_a_tensorflow_filesystem_saves_resumes_its_record_and_predicts(tmp_path):
+    """An `output_dir` on a TensorFlow filesystem (ram:// here, gs:// for a user) holds what a local one does; a
+    rerun reads its best model's record there and keeps it, and the model predicts from there."""
+    import tensorflow as tf
+
+    train = short_sst2(tmp_path / "train.tsv", "train.tsv", 8)
+    config = finetune.FinetuneConfig(max_length=16, batch_size=8, max_steps=2, num_buckets=1)
+    output_dir = f"ram://{tmp_path.name}/run"
+    checkpoint = tiny_checkpoint(tmp_path / "checkpoint")
+    history = finetune.finetune(checkpoint, train, train, config, output_dir, resolve_strategy("cpu"))
+    assert sorted(tf.io.gfile.listdir(output_dir)) == [finetune.BEST_DIR, finetune.HISTORY_FILE]
+    best = f"{output_dir}/{finetune.BEST_DIR}"
+    assert {finetune.KERAS_FILE, "model.safetensors", "vocab.txt", "metrics.json"} <= set(tf.io.gfile.listdir(best))
+    recorded = finetune.best_on_disk(output_dir)
+    assert recorded == max(history, key=lambda record: record["eval_accuracy"])
+    finetune.finetune(checkpoint, train, train, dataclasses.replace(config, max_steps=1), output_dir,
+                      resolve_strategy("cpu"))
+    assert finetune.best_on_disk(output_dir) == recorded  # the rerun's one step did not beat it
+    model = finetune.load_for_prediction(best)
+    max_length = finetune.fine_tuned_max_length(best)
+    predictions, _ = finetune.classify(model, WordPieceTokenizer(best), train.texts, max_length)
+    assert np.mean(predictions == train.labels) == pytest.approx(recorded["eval_accuracy"])
+    printed = io.StringIO()
+    predict_bert.run(best, train.texts[:2], out=printed)  # the script's own check finds the directory there too
+    assert [line.split("\t")[2] for line in printed.getvalue().splitlines()] == train.texts[:2]
 
 
 @pytest.mark.slow  # 15 s

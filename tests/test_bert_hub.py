@@ -175,6 +175,21 @@ def test_save_pretrained_round_trip_matches_transformers_loader(classifier, toke
     assert hub.load_tokenizer(str(target))(["A Fine Film"])["input_ids"] == [[101, 1037, 2986, 2143, 102]]
 
 
+def test_save_pretrained_to_a_tensorflow_filesystem_writes_the_local_files(classifier, tokenizer, tmp_path):
+    """transformers writes local files only; on a TensorFlow filesystem (ram:// here, gs:// for a user) the same
+    files arrive through a local scratch directory, and nothing is left behind beside the target."""
+    import tensorflow as tf
+
+    local, remote = tmp_path / "best", f"ram://{tmp_path.name}/run/best"
+    for target in (str(local), remote):
+        hub.save_pretrained(target, classifier, tokenizer, {"metrics.json": {"accuracy": 0.5}})
+    assert sorted(tf.io.gfile.listdir(remote)) == sorted(os.listdir(local))
+    for name in os.listdir(local):
+        with tf.io.gfile.GFile(f"{remote}/{name}", "rb") as f:
+            assert f.read() == (local / name).read_bytes(), name
+    assert tf.io.gfile.listdir(f"ram://{tmp_path.name}/run") == ["best"]
+
+
 def write_tiny_classifier(directory, writer: str, num_hidden_layers: int = 1) -> None:
     """A 2-class BERT classifier checkpoint of a tiny shape, written by our exporter (PyTorch-named safetensors,
     `writer="keras"`) or by transformers' `save_pretrained` (TF-format safetensors, `writer="hf"`)."""

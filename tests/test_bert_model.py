@@ -130,6 +130,40 @@ def test_tokens_added_to_a_vocab_txt_keep_their_ids_and_are_exported(tmp_path, f
     assert WordPieceTokenizer(exported)(texts)["input_ids"] == theirs
 
 
+@pytest.mark.parametrize("tokenizer_file", ["tokenizer.json", "vocab.txt"])
+def test_an_export_to_a_tensorflow_filesystem_is_the_local_one_and_its_tokenizer_reads_back(tmp_path,
+                                                                                          tokenizer_file):
+    """`weights.export` writes through `tf.io.gfile` (ram:// here, gs:// for a user) the very bytes it writes
+    locally, and `WordPieceTokenizer` reads them there, a vocab.txt with added tokens included."""
+    import shutil
+
+    import tensorflow as tf
+
+    source = tmp_path / "source"
+    source.mkdir()
+    minilm = weights.resolve_local("minilm")
+    if tokenizer_file == "tokenizer.json":
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(os.path.join(minilm, name), source)
+    else:
+        (source / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "film"]) + "\n")
+        (source / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 16}))
+        (source / "added_tokens.json").write_text(json.dumps({"covid19": 7}))
+    model = BertClassifier(TINY)
+    local, remote = str(tmp_path / "export"), f"ram://{tmp_path.name}/export"
+    for target in (local, remote):
+        weights.export(model, str(source), target, {"metrics.json": {"accuracy": 0.5}})
+    names = sorted(os.listdir(local))
+    assert sorted(tf.io.gfile.listdir(remote)) == names and tokenizer_file in names
+    for name in names:
+        with tf.io.gfile.GFile(f"{remote}/{name}", "rb") as f:
+            assert f.read() == (tmp_path / "export" / name).read_bytes(), name
+    texts = ["A film, covid19 a FILM", "word " * 30]
+    expected = WordPieceTokenizer(local)(texts)["input_ids"]
+    assert WordPieceTokenizer(remote)(texts)["input_ids"] == expected
+    assert WordPieceTokenizer(remote).model_max_length == WordPieceTokenizer(local).model_max_length
+
+
 def test_truncation_without_max_length_cuts_at_model_max_length(tmp_path):
     """As transformers: `truncation=True` and no `max_length` cut at the checkpoint's `model_max_length`."""
     import shutil

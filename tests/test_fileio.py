@@ -249,6 +249,19 @@ def test_an_export_holding_a_file_added_since_is_not_replaced(tmp_path):
         (export / added).unlink()
 
 
+def test_an_export_on_a_tensorflow_filesystem_lists_its_files_too():
+    # ram:// appends to a file opened for writing again: the marker, rewritten with the list, must be whole JSON.
+    export = "ram://fileio_listed/export"
+    with atomic_directory(export, fileio.EXPORT_MARKER, kind="SavedModel export") as staging:
+        fileio.write_file(f"{staging}/data", "weights")
+        fileio.write_export_marker(staging, "test", "SavedModel export")
+    assert fileio.read_json(f"{export}/{fileio.EXPORT_MARKER}")["files"] == ["data"]
+    fileio.write_file(f"{export}/NOTES.md", "mine")
+    with pytest.raises(ValueError, match="is an earlier SavedModel export but also holds 'NOTES.md'"):
+        with atomic_directory(export, fileio.EXPORT_MARKER, kind="SavedModel export"):
+            raise AssertionError("the body must not run")
+
+
 def test_a_marker_listing_only_the_top_level_still_lets_its_export_be_replaced(tmp_path):
     """Markers written before files were listed one by one name the folders, not the files in them."""
     export = tmp_path / "export"

@@ -165,19 +165,16 @@ def write_file(path: str, data: bytes | str) -> None:
         f.write(data)
 
 
-def read_text(path: str) -> str:
-    """The UTF-8 text of the file `path`, on any filesystem.
+def read_bytes(path: str) -> bytes:
+    """The bytes of the file `path`, on any filesystem.
 
     Raises:
         OSError: if it cannot be read (FileNotFoundError if it is missing), naming it.
-        ValueError: if it is not UTF-8 text (a damaged file), naming it.
     """
     files = gfile(path)
     try:
         with files.GFile(path, "rb") as f:
-            return f.read().decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path} is damaged: it is not UTF-8 text ({error.reason}); restore or remove it.") from None
+            return f.read()
     except Exception as error:
         if files is not _LOCAL_FILES:
             import tensorflow as tf
@@ -186,6 +183,19 @@ def read_text(path: str) -> str:
                 kind = FileNotFoundError if isinstance(error, tf.errors.NotFoundError) else OSError
                 raise kind(f"Could not read {path}: {error.message}") from None
         raise
+
+
+def read_text(path: str) -> str:
+    """The UTF-8 text of the file `path`, on any filesystem.
+
+    Raises:
+        OSError: if it cannot be read (FileNotFoundError if it is missing), naming it.
+        ValueError: if it is not UTF-8 text (a damaged file), naming it.
+    """
+    try:
+        return read_bytes(path).decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is damaged: it is not UTF-8 text ({error.reason}); restore or remove it.") from None
 
 
 def read_json(path: str):
@@ -329,6 +339,7 @@ def atomic_directory(path: str, marker: str, kind: str | None = None) -> Iterato
         if marker == EXPORT_MARKER:  # the files it wrote, so a later export can tell the ones added since
             recorded = _read_marker(os.path.join(staging, marker))
             recorded["files"] = [name for name in _files_below(staging) if name != marker]
+            files.remove(os.path.join(staging, marker))  # ram:// appends to a file opened for writing again
             write_file(os.path.join(staging, marker), json.dumps(recorded, indent=2) + "\n")
         if files is _LOCAL_FILES:
             _sync_tree(staging)

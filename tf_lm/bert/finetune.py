@@ -12,11 +12,11 @@ instead (`BertClassifier` called with `packed=True`), 14 tokens a phrase.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
-import shutil
 import signal
 import time
 
@@ -29,7 +29,7 @@ from tf_lm.bert import data as data_lib
 from tf_lm.bert import weights
 from tf_lm.bert.config import check_precision
 from tf_lm.distribute import is_chief
-from tf_lm.fileio import EXPORT_MARKER, atomic_directory, atomic_write, check_replaceable, read_json
+from tf_lm.fileio import EXPORT_MARKER, atomic_directory, atomic_write, check_replaceable, gfile, read_json
 from tf_lm.training.checkpoints import Checkpoints
 from tf_lm.training.signals import StopOnSignal
 from tf_lm.training.trainer import TrainingDiverged, TrainingInterrupted, make_train_step
@@ -411,10 +411,7 @@ def best_on_disk(output_dir: str) -> dict:
     """The metrics record of the model already in `output_dir/best` ({} if there is none), so a rerun keeps it
     unless it does better; equal to an entry of the history when that evaluation's model is the one saved."""
     path = os.path.join(output_dir, BEST_DIR, METRICS_FILE)
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
+    return read_json(path) if gfile(path).exists(path) else {}
 
 
 def finetune(model_name: str, train_data: data_lib.TextClassificationData,
@@ -566,7 +563,8 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
             if step < total_steps:
                 checkpoints.save(step)
     if chief:  # complete: the checkpoints only served a resume, and a rerun starts afresh
-        shutil.rmtree(checkpoints.directory, ignore_errors=True)
+        with contextlib.suppress(Exception):  # what is left of them is never read again: a rerun starts afresh
+            gfile(checkpoints.directory).rmtree(checkpoints.directory)
     return history
 
 
@@ -581,8 +579,7 @@ def _resume(checkpoints: Checkpoints, identity: dict) -> int:
     if checkpoints.latest is None:
         atomic_write(path, json.dumps(identity, indent=2))
         return 0
-    with open(path) as f:
-        saved = json.load(f)
+    saved = read_json(path)
     changed = {k: (saved.get(k), v) for k, v in identity.items() if saved.get(k) != v}
     if changed:
         listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
@@ -598,10 +595,9 @@ def _resume(checkpoints: Checkpoints, identity: dict) -> int:
 def _read_history(output_dir: str, step: int) -> list[dict]:
     """The evaluations an interrupted run already made (up to `step`)."""
     path = os.path.join(output_dir, HISTORY_FILE)
-    if not step or not os.path.isfile(path):
+    if not step or not gfile(path).exists(path):
         return []
-    with open(path) as f:
-        return [record for record in json.load(f) if record["step"] <= step]
+    return [record for record in read_json(path) if record["step"] <= step]
 
 
 def load_for_prediction(model_dir: str):
@@ -616,7 +612,7 @@ def load_for_prediction(model_dir: str):
     from tf_lm.bert.model import BertClassifier
 
     keras_path = os.path.join(model_dir, KERAS_FILE)
-    if os.path.isfile(keras_path):
+    if gfile(keras_path).exists(keras_path):
         try:
             model = keras.models.load_model(keras_path, safe_mode=True)
         except Exception as error:  # Keras raises a zoo of types (even FileNotFoundError) for a damaged zip.
@@ -627,10 +623,12 @@ def load_for_prediction(model_dir: str):
         return model
     from tf_lm import artifacts
 
-    if os.path.isfile(os.path.join(artifacts.saved_dir(model_dir), artifacts.MODEL_FILE)):
+    lm_file = os.path.join(artifacts.saved_dir(model_dir), artifacts.MODEL_FILE)
+    if gfile(lm_file).exists(lm_file):
         raise ValueError(f"{model_dir!r} holds a TransformerLM (a language model of experiments.train_lm), not a "
                          "fine-tuned classifier; pass the best/ directory of experiments.finetune_bert.")
-    if not os.path.isfile(os.path.join(model_dir, weights.SAFETENSORS_FILE)):
+    safetensors_file = os.path.join(model_dir, weights.SAFETENSORS_FILE)
+    if not gfile(safetensors_file).exists(safetensors_file):
         raise FileNotFoundError(f"No {KERAS_FILE} or {weights.SAFETENSORS_FILE} in {model_dir!r}; pass the best/ "
                                 "directory of experiments.finetune_bert.")
     return BertClassifier.from_pretrained(model_dir, require_head=True)
@@ -644,7 +642,7 @@ def fine_tuned_max_length(model_dir: str) -> int | None:
         ValueError: if `finetune_config.json` is damaged or not a JSON object.
     """
     path = os.path.join(model_dir, FINETUNE_CONFIG_FILE)
-    if not os.path.isfile(path):
+    if not gfile(path).exists(path):
         return None
     recorded = read_json(path)
     if not isinstance(recorded, dict):

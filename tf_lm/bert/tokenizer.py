@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+
+from tf_lm.fileio import gfile, is_local, read_bytes, read_json, read_text
 
 DEFAULT_MAX_LENGTH = 512
 ADDED_TOKENS_FILE = "added_tokens.json"
@@ -24,7 +27,7 @@ def _special_tokens(config: dict) -> dict[str, str]:
 
 
 def read_tokenizer_json(path: str):
-    """`tokenizers.Tokenizer.from_file(path)`.
+    """`tokenizers.Tokenizer.from_file(path)`, on any filesystem.
 
     Raises:
         ValueError: if the file is damaged (`tokenizers` raises a bare Exception, which scripts would print as a
@@ -33,7 +36,7 @@ def read_tokenizer_json(path: str):
     from tokenizers import Tokenizer
 
     try:
-        return Tokenizer.from_file(path)
+        return Tokenizer.from_str(read_text(path))
     except Exception as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"{path} is damaged ({reason}); replace it with an intact copy.") from None
@@ -52,10 +55,9 @@ def _added_tokens(directory: str, config: dict, special_tokens: dict[str, str]) 
         return [AddedToken(**{key: value for key, value in token.items() if key in fields})
                 for _, token in sorted(decoder.items(), key=lambda item: int(item[0]))]
     path = os.path.join(directory, ADDED_TOKENS_FILE)
-    if not os.path.isfile(path):
+    if not gfile(path).exists(path):
         return []
-    with open(path) as f:
-        encoder = json.load(f)
+    encoder = read_json(path)
     extra = [token["content"] if isinstance(token, dict) else token
              for token in config.get("additional_special_tokens") or []]
     specials = {*special_tokens.values(), *extra}
@@ -108,24 +110,28 @@ class WordPieceTokenizer:
 
         self.directory = directory
         config_path = os.path.join(directory, "tokenizer_config.json")
-        config = {}
-        if os.path.isfile(config_path):
-            with open(config_path) as f:
-                config = json.load(f)
+        config = read_json(config_path) if gfile(config_path).exists(config_path) else {}
         self.model_max_length = min(int(config.get("model_max_length", DEFAULT_MAX_LENGTH)), 10**6)
         special_tokens = _special_tokens(config)
         # strip_accents None: strip them when lowercasing, as BERT's uncased models were trained.
         normalizer = {"lowercase": config.get("do_lower_case", True), "strip_accents": config.get("strip_accents"),
                       "chinese_chars": config.get("tokenize_chinese_chars", True)}
         json_path, vocab_path = os.path.join(directory, "tokenizer.json"), os.path.join(directory, "vocab.txt")
-        if os.path.isfile(json_path):
+        if gfile(json_path).exists(json_path):
             self._tokenizer = read_tokenizer_json(json_path)
             _override_normalizer(self._tokenizer, **normalizer)
-        elif os.path.isfile(vocab_path):
-            self._tokenizer = BertWordPieceTokenizer(
-                vocab_path, **special_tokens, lowercase=normalizer["lowercase"],
-                strip_accents=normalizer["strip_accents"], handle_chinese_chars=normalizer["chinese_chars"],
-            )
+        elif gfile(vocab_path).exists(vocab_path):
+            # `tokenizers` reads a vocabulary from a local file only; one elsewhere is read through a local copy,
+            # so its lines are parsed by the same code.
+            with tempfile.TemporaryDirectory(prefix="tf_lm_vocab_") as scratch:
+                if not is_local(vocab_path):
+                    with open(os.path.join(scratch, "vocab.txt"), "wb") as f:
+                        f.write(read_bytes(vocab_path))
+                    vocab_path = f.name
+                self._tokenizer = BertWordPieceTokenizer(
+                    vocab_path, **special_tokens, lowercase=normalizer["lowercase"],
+                    strip_accents=normalizer["strip_accents"], handle_chinese_chars=normalizer["chinese_chars"],
+                )
             # One call in id order, as transformers adds them: each new token takes the next id.
             self._tokenizer.add_tokens(_added_tokens(directory, config, special_tokens))
         else:

@@ -13,12 +13,19 @@ import contextlib
 import json
 import os
 import re
-import shutil
 
 import numpy as np
 
 from tf_lm.bert import checkpoint
-from tf_lm.fileio import EXPORT_MARKER, atomic_directory, safetensors_errors, write_export_marker
+from tf_lm.fileio import (
+    EXPORT_MARKER,
+    atomic_directory,
+    gfile,
+    read_bytes,
+    safetensors_errors,
+    write_export_marker,
+    write_file,
+)
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -230,7 +237,7 @@ def write_export(model, tokenizer_dir: str, directory: str, extra_json: dict[str
         directory: str. An existing directory (a staging one: see `export`).
         extra_json: dict, default None. `{"file.json": object}` written beside the weights.
     """
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     tensors = {}
     for variable, names, transpose in _weight_map(model):
@@ -239,14 +246,13 @@ def write_export(model, tokenizer_dir: str, directory: str, extra_json: dict[str
         for name, part in zip(names, parts):
             key = name if _is_head(names) else f"bert.{name}"
             tensors[key] = np.ascontiguousarray(part.T if transpose else part)
-    save_file(tensors, os.path.join(directory, SAFETENSORS_FILE), metadata={"format": "pt"})
-    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-        json.dump(model.config.to_hf(), f, indent=2)
+    # Serialised in memory and written through `write_file`, so `directory` may be on any TensorFlow filesystem.
+    write_file(os.path.join(directory, SAFETENSORS_FILE), save(tensors, metadata={"format": "pt"}))
+    write_file(os.path.join(directory, CONFIG_FILE), json.dumps(model.config.to_hf(), indent=2))
     for filename in TOKENIZER_FILES:
         source = os.path.join(tokenizer_dir, filename)
-        if os.path.isfile(source):
-            shutil.copyfile(source, os.path.join(directory, filename))
+        if gfile(source).exists(source):
+            write_file(os.path.join(directory, filename), read_bytes(source))
     for filename, content in (extra_json or {}).items():
-        with open(os.path.join(directory, filename), "w") as f:
-            json.dump(content, f, indent=2)
+        write_file(os.path.join(directory, filename), json.dumps(content, indent=2))
     write_export_marker(directory, __name__, EXPORT_KIND)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 import transformers
 
 from tf_lm.bert.hub.loading import load_model, load_tokenizer, quiet_transformers
 from tf_lm.bert.weights import EXPORT_KIND
-from tf_lm.fileio import EXPORT_MARKER, atomic_directory, write_export_marker
+from tf_lm.fileio import EXPORT_MARKER, atomic_directory, is_local, read_bytes, write_export_marker, write_file
 
 
 def save_pretrained(model_dir: str, model, tokenizer, extra_json: dict[str, dict] | None = None) -> None:
@@ -29,12 +30,17 @@ def save_pretrained(model_dir: str, model, tokenizer, extra_json: dict[str, dict
     >>> save_pretrained("runs/sst2/best", model, tokenizer, {"metrics.json": {"accuracy": 0.9}})
     """
     with atomic_directory(model_dir, marker=EXPORT_MARKER, kind=EXPORT_KIND) as staging:
-        with quiet_transformers():
-            model.save_pretrained(staging, safe_serialization=True)
-            tokenizer.save_pretrained(staging)
+        # transformers writes local files only: for a TensorFlow filesystem's target they are copied over.
+        with tempfile.TemporaryDirectory(prefix="tf_lm_hf_save_") as scratch:
+            local = staging if is_local(staging) else scratch
+            with quiet_transformers():
+                model.save_pretrained(local, safe_serialization=True)
+                tokenizer.save_pretrained(local)
+            if local != staging:
+                for name in os.listdir(local):
+                    write_file(os.path.join(staging, name), read_bytes(os.path.join(local, name)))
         for filename, content in (extra_json or {}).items():
-            with open(os.path.join(staging, filename), "w") as f:
-                json.dump(content, f, indent=2)
+            write_file(os.path.join(staging, filename), json.dumps(content, indent=2))
         write_export_marker(staging, __name__, EXPORT_KIND)
 
 
