@@ -163,6 +163,13 @@ def test_a_run_on_a_tensorflow_filesystem_saves_resumes_its_record_and_predicts(
     assert [line.split("\t")[2] for line in printed.getvalue().splitlines()] == train.texts[:2]
 
 
+def test_an_hf_checkpoint_on_a_tensorflow_filesystem_is_refused_for_prediction_in_one_line(tmp_path):
+    best = tiny_checkpoint(f"ram://{tmp_path.name}/best")  # safetensors and config, no model.keras
+    with pytest.raises(ValueError, match=r"holds a Hugging Face checkpoint without model.keras \(the hf backend's "
+                                         r"output\), which is read from local directories only; copy it"):
+        finetune.load_for_prediction(best)
+
+
 @pytest.mark.slow  # 15 s
 def test_rerun_keeps_a_better_model_already_on_disk(tmp_path):
     train = short_sst2(tmp_path / "train.tsv", "train.tsv", 8)

@@ -29,7 +29,7 @@ from tf_lm.bert import data as data_lib
 from tf_lm.bert import weights
 from tf_lm.bert.config import check_precision
 from tf_lm.distribute import is_chief
-from tf_lm.fileio import EXPORT_MARKER, atomic_directory, atomic_write, check_replaceable, gfile, read_json
+from tf_lm.fileio import EXPORT_MARKER, atomic_directory, atomic_write, check_replaceable, gfile, is_local, read_json
 from tf_lm.training.checkpoints import Checkpoints
 from tf_lm.training.signals import StopOnSignal
 from tf_lm.training.trainer import TrainingDiverged, TrainingInterrupted, make_train_step
@@ -631,6 +631,9 @@ def load_for_prediction(model_dir: str):
     if not gfile(safetensors_file).exists(safetensors_file):
         raise FileNotFoundError(f"No {KERAS_FILE} or {weights.SAFETENSORS_FILE} in {model_dir!r}; pass the best/ "
                                 "directory of experiments.finetune_bert.")
+    if not is_local(model_dir):  # safetensors opens local files only; model.keras is read anywhere
+        raise ValueError(f"{model_dir!r} holds a Hugging Face checkpoint without {KERAS_FILE} (the hf backend's "
+                         "output), which is read from local directories only; copy it to a local directory first.")
     return BertClassifier.from_pretrained(model_dir, require_head=True)
 
 
