@@ -125,9 +125,10 @@ class WordPieceTokenizer:
             # so its lines are parsed by the same code.
             with tempfile.TemporaryDirectory(prefix="tf_lm_vocab_") as scratch:
                 if not is_local(vocab_path):
-                    with open(os.path.join(scratch, "vocab.txt"), "wb") as f:
+                    local_copy = os.path.join(scratch, "vocab.txt")
+                    with open(local_copy, "wb") as f:
                         f.write(read_bytes(vocab_path))
-                    vocab_path = f.name
+                    vocab_path = local_copy
                 self._tokenizer = BertWordPieceTokenizer(
                     vocab_path, **special_tokens, lowercase=normalizer["lowercase"],
                     strip_accents=normalizer["strip_accents"], handle_chinese_chars=normalizer["chinese_chars"],
