@@ -64,6 +64,11 @@ def measure_matmul_peak(size: int = 2048, repeats: int = 3, seconds: float = 0.5
     return 2 * size**3 / min(times)
 
 
+def _values(row: dict) -> dict[str, float]:
+    """The numbers of a metrics row, by name: its fields past step and split that hold one (blank ones do not)."""
+    return {name: float(row[name]) for name in FIELDS[2:] if row.get(name) not in ("", None)}
+
+
 class MetricsLog:
     """Appends rows to `<model_dir>/metrics.csv` (rewritten atomically), TensorBoard and `loss.png`.
 
@@ -92,7 +97,7 @@ class MetricsLog:
                                  "that training writes; move it aside to resume.") from None
             for row in self.rows:  # TensorBoard is written again from these
                 try:
-                    [float(row[name]) for name in FIELDS[2:] if row.get(name) not in ("", None)]
+                    _values(row)
                 except ValueError:  # a number edited by hand
                     raise ValueError(f"{self.path} is damaged: a value of step {row['step']} is not a number; move "
                                      "it aside to resume.") from None
@@ -116,9 +121,8 @@ class MetricsLog:
         try:
             for row in rows:
                 with self.writers[split].as_default(step=int(row["step"])):
-                    for name in FIELDS[2:]:
-                        if row.get(name) not in ("", None):
-                            tf.summary.write(name, tf.constant(float(row[name])), metadata=_SCALAR_METADATA)
+                    for name, value in _values(row).items():
+                        tf.summary.write(name, tf.constant(value), metadata=_SCALAR_METADATA)
             self.writers[split].flush()
         except tf.errors.OpError as error:  # a full disk reaches us as a TensorFlow error
             raise OSError(f"Could not write the TensorBoard log in {self.model_dir}: {error.message}") from None
