@@ -160,8 +160,11 @@ def atomic_write(path: str, data: bytes | str) -> None:
 
 def write_file(path: str, data: bytes | str) -> None:
     """Writes `data` to `path` in place, on any filesystem: for a file inside a staging directory, which
-    `atomic_directory` publishes (and syncs) whole."""
-    with gfile(path).GFile(path, "wb" if isinstance(data, bytes) else "w") as f:
+    `atomic_directory` publishes (and syncs) whole. An existing file is replaced."""
+    files = gfile(path)
+    if files is not _LOCAL_FILES and files.exists(path):
+        files.remove(path)  # ram:// appends to a file opened for writing again
+    with files.GFile(path, "wb" if isinstance(data, bytes) else "w") as f:
         f.write(data)
 
 
@@ -339,7 +342,6 @@ def atomic_directory(path: str, marker: str, kind: str | None = None) -> Iterato
         if marker == EXPORT_MARKER:  # the files it wrote, so a later export can tell the ones added since
             recorded = _read_marker(os.path.join(staging, marker))
             recorded["files"] = [name for name in _files_below(staging) if name != marker]
-            files.remove(os.path.join(staging, marker))  # ram:// appends to a file opened for writing again
             write_file(os.path.join(staging, marker), json.dumps(recorded, indent=2) + "\n")
         if files is _LOCAL_FILES:
             _sync_tree(staging)
