@@ -14,9 +14,8 @@ from absl import flags, logging
 
 from experiments.flags import flag_group, one_line_errors, reported_stops, run_script
 from experiments.train_lm import train
-from tf_lm import LMConfig, TransformerLM, generate
+from tf_lm.configs import LMConfig, TrainConfig
 from tf_lm.data import open_source
-from tf_lm.training import TrainConfig, TrainingInterrupted
 
 with flag_group("demo"):
     flags.DEFINE_string("model_dir", "runs/demo", "Where the demo run is written (rerun to resume).")
@@ -37,6 +36,8 @@ def known_word_share(texts: list[str], vocabulary: set[str]) -> float:
 
 def continuations(model, tokenizer) -> list[str]:
     """What the model adds to each prompt: top-k 5 at temperature 0.6, seed 0."""
+    from tf_lm.generation import generate
+
     new = generate(model, [tokenizer.encode(prompt) for prompt in PROMPTS], max_new_tokens=NEW_CHARACTERS,
                    sampler="top_k", top_k=5, temperature=0.6, seed=0)
     return [tokenizer.decode(tokens) for tokens in new]
@@ -59,6 +60,9 @@ def _train_demo():
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
+    from tf_lm.model import TransformerLM  # loads TensorFlow: imported once the flags are good
+    from tf_lm.training import TrainingInterrupted
+
     with reported_stops(TrainingInterrupted), one_line_errors():
         trainer, tokenizer = _train_demo()
     source = open_source(DATASET)

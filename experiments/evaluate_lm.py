@@ -18,7 +18,6 @@ import os
 import tempfile
 
 import numpy as np
-import tensorflow as tf
 from absl import flags, logging
 
 from experiments.flags import (
@@ -32,12 +31,10 @@ from experiments.flags import (
     source_options,
 )
 from tf_lm import artifacts
-from tf_lm.artifacts import load_model_dir
-from tf_lm.data import TokenStore, contiguous_windows, prepare_store
+from tf_lm.data import TokenStore, prepare_store
 from tf_lm.data.sources import STORE_SCHEME
 from tf_lm.data.store import MANIFEST
-from tf_lm.fileio import read_json
-from tf_lm.training.metrics import derived, summed_next_token_loss
+from tf_lm.fileio import gfile, read_json
 
 FLAGS = flags.FLAGS
 
@@ -61,6 +58,11 @@ def evaluate_split(model, tokenizer, store: TokenStore, split: str, batch_size: 
         ValueError: for an unknown split, a split shorter than one window, a store of another tokenizer, or
             `max_batches` < 1.
     """
+    import tensorflow as tf
+
+    from tf_lm.data.pipeline import contiguous_windows
+    from tf_lm.training.metrics import derived, summed_next_token_loss
+
     if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int)
                                     or max_batches < 1):
         raise ValueError(
@@ -117,7 +119,8 @@ def _trained_store(run: dict) -> dict | None:
     if "store" in run or not dataset.startswith(STORE_SCHEME):
         return run.get("store")
     directory = dataset[len(STORE_SCHEME):]
-    return TokenStore(directory).manifest["request"] if tf.io.gfile.exists(os.path.join(directory, MANIFEST)) else None
+    manifest = os.path.join(directory, MANIFEST)
+    return TokenStore(directory).manifest["request"] if gfile(manifest).exists(manifest) else None
 
 
 def _same_dataset(recorded: str | None, given: str) -> bool:
@@ -132,7 +135,7 @@ def run_source_options(flag_values: flags.FlagValues) -> dict:
     `store:` dataset was prepared from. Else its validation split would hold training text."""
     options = source_options(flag_values)
     path = os.path.join(flag_values.model_dir, RUN_CONFIG)
-    if not tf.io.gfile.exists(path):
+    if not gfile(path).exists(path):
         return options
     run = read_json(path)
     # `dataset_path` names the run's dataset from any directory; a run_config.json written before it has only the
@@ -155,7 +158,11 @@ def main(argv):
                                                 "tfds_data_dir", "tfds_manual_dir") if FLAGS[name].present]
         if FLAGS.score is not None and split_flags:
             raise ValueError(f"--score scores its own text, not a split; drop {', '.join(split_flags)}.")
-        model, tokenizer = load_model_dir(FLAGS.model_dir)
+        preparing = [f"--{name}" for name in source_options(FLAGS) if FLAGS[name].present]
+        if FLAGS.dataset.startswith(STORE_SCHEME) and preparing:
+            raise ValueError(f"--dataset={FLAGS.dataset} is prepared already (its splits are the store's); "
+                             f"drop {', '.join(preparing)}.")
+        model, tokenizer = artifacts.load_model_dir(FLAGS.model_dir)  # TensorFlow loads here, once flags are good
         unit = "char" if tokenizer.is_char_level else "token"
         if FLAGS.score is not None:
             result = score_text(model, tokenizer, FLAGS.score)
@@ -167,10 +174,6 @@ def main(argv):
             return
         with tempfile.TemporaryDirectory(prefix="tf_lm_eval_") as scratch:
             if FLAGS.dataset.startswith(STORE_SCHEME):
-                preparing = [f"--{name}" for name in source_options(FLAGS) if FLAGS[name].present]
-                if preparing:
-                    raise ValueError(f"--dataset={FLAGS.dataset} is prepared already (its splits are the store's); "
-                                     f"drop {', '.join(preparing)}.")
                 store = TokenStore(FLAGS.dataset[len(STORE_SCHEME):])
             else:
                 store = prepare_store(FLAGS.dataset, os.path.join(scratch, "store"), tokenizer=tokenizer,

@@ -15,8 +15,6 @@ from __future__ import annotations
 from absl import flags, logging
 
 from experiments.flags import define_trained_model_flag, flag_group, one_line_errors, run_script
-from tf_lm.artifacts import load_model_dir
-from tf_lm.convert import save_gpt2_checkpoint
 
 FLAGS = flags.FLAGS
 
@@ -29,6 +27,9 @@ def export_hf(model_dir: str, output_dir: str) -> None:
         ValueError: if the model is not a plain GPT-2 architecture, or `output_dir` is a non-empty directory
             that no export wrote, or an earlier export that also holds other files (it is left untouched).
     """
+    from tf_lm.artifacts import load_model_dir
+    from tf_lm.convert import save_gpt2_checkpoint  # loads TensorFlow: imported once the flags are good
+
     model, tokenizer = load_model_dir(model_dir)
     save_gpt2_checkpoint(model, output_dir, tokenizer)
 

@@ -21,7 +21,6 @@ import sys
 
 from absl import app, flags
 
-from experiments import started
 from tf_lm.configs import PRECISIONS, PRESETS, STRATEGIES, LMConfig, TrainConfig
 from tf_lm.data.sources import STORE_SCHEME
 from tf_lm.data.store import DEFAULT_BPE_SAMPLE_BYTES
@@ -163,7 +162,6 @@ def run_script(main, takes_arguments: bool = False) -> None:
         takes_arguments: bool, default False. Whether `main` reads positional arguments (`argv[1:]`); if not,
             any is refused rather than ignored (a mistyped flag, such as a missing `--`, would pass unnoticed).
     """
-    started()
     app.define_help_flags()
     for name, short_name in (("help", "?"), ("helpshort", None)):
         for registered in (name, short_name):

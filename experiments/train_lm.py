@@ -31,7 +31,6 @@ import os
 import re
 import tempfile
 
-import tensorflow as tf
 from absl import flags, logging
 
 from experiments.flags import (
@@ -47,15 +46,11 @@ from experiments.flags import (
     source_options,
 )
 from tf_lm import artifacts
-from tf_lm.configs import LMConfig
-from tf_lm.data import Source, TokenStore, lm_datasets, load_tokenizer, open_source, prepare_store
-from tf_lm.data.pipeline import check_block_size
+from tf_lm.configs import LMConfig, TrainConfig
+from tf_lm.data import Source, TokenStore, load_tokenizer, open_source, prepare_store
 from tf_lm.data.sources import SPLITS, STORE_SCHEME
 from tf_lm.data.store import DEFAULT_BPE_SAMPLE_BYTES, MANIFEST
-from tf_lm.distribute import is_chief, resolve_strategy
-from tf_lm.fileio import EXPORT_MARKER, LOCK_FILE, atomic_write, directory_lock, read_json, read_text
-from tf_lm.pretrained import read_pretrained
-from tf_lm.training import TrainConfig, Trainer, TrainingInterrupted, measure_matmul_peak
+from tf_lm.fileio import EXPORT_MARKER, LOCK_FILE, atomic_write, directory_lock, gfile, read_json, read_text
 
 FLAGS_FILE = "flags.txt"
 # Flags that decide where, how often or on which machine things are written, shown or run, but not the trained
@@ -89,12 +84,13 @@ def _check_run_directory(model_dir: str) -> None:
     """
     if not model_dir:
         raise ValueError("--model_dir is empty; name the directory the run writes to.")
+    files = gfile(model_dir)
     for marker, what in ((EXPORT_MARKER, "an export"), (MANIFEST, "a token store")):
-        if tf.io.gfile.exists(os.path.join(model_dir, marker)):
+        if files.exists(os.path.join(model_dir, marker)):
             raise ValueError(f"--model_dir={model_dir!r} holds {what} ({marker}), not a training run; use a new "
                              "--model_dir.")
-    if tf.io.gfile.isdir(model_dir):
-        names = {name.rstrip("/") for name in tf.io.gfile.listdir(model_dir) if not name.startswith(".")}
+    if files.isdir(model_dir):
+        names = {name.rstrip("/") for name in files.listdir(model_dir) if not name.startswith(".")}
         if not names & _RUN_FILES and not names <= _FIRST_START_FILES:
             raise ValueError(f"--model_dir={model_dir!r} holds {sorted(names - _FIRST_START_FILES)[0]!r} but no "
                              "training run, so it was left untouched; use a new or empty --model_dir.")
@@ -108,7 +104,7 @@ def _check_model_dir(model_dir: str, run_config: dict) -> None:
     known = run_config["tokenizer_fingerprint"] is not None
     ignored = () if known else ("vocab_size", "tokenizer")
     path = os.path.join(model_dir, RUN_CONFIG)
-    if tf.io.gfile.exists(path):
+    if gfile(path).exists(path):
         previous = read_json(path)
         if not (isinstance(previous, dict) and all(isinstance(previous.get(k), dict) for k in ("model", "train"))):
             raise ValueError(f"{path} is damaged: it is not the run config training writes (an object with model and "
@@ -146,7 +142,8 @@ def _check_model_dir(model_dir: str, run_config: dict) -> None:
                 f"--model_dir={model_dir!r} holds a run with a different config ({'; '.join(changed)}); "
                 f"use a new --model_dir, or {resume} to resume it."
             )
-    if tf.io.gfile.exists(os.path.join(artifacts.saved_dir(model_dir), artifacts.CONFIG_FILE)):
+    saved_config = os.path.join(artifacts.saved_dir(model_dir), artifacts.CONFIG_FILE)
+    if gfile(saved_config).exists(saved_config):
         saved = artifacts.read_config(model_dir).to_dict()
         if {k: v for k, v in saved.items() if k not in ignored} != {
                 k: v for k, v in run_config["model"].items() if k not in ignored}:
@@ -193,7 +190,7 @@ def _check_source(model_dir: str, source: Source) -> None:
     """Raises ValueError if the run in `model_dir` was trained on another version of `source` (an edited file):
     checked before a store is prepared, so a resume neither tokenises the edited corpus nor mixes the two."""
     path = os.path.join(model_dir, RUN_CONFIG)
-    if not tf.io.gfile.exists(path):
+    if not gfile(path).exists(path):
         return
     recorded = read_json(path).get("source_digest")
     if recorded is not None and recorded != source.digest:
@@ -246,7 +243,7 @@ def check_flags(model_dir: str, lines: dict[str, str]) -> None:
         lines: `script_flags(FLAGS)` of this invocation.
     """
     path = os.path.join(model_dir, FLAGS_FILE)
-    if not tf.io.gfile.exists(path):
+    if not gfile(path).exists(path):
         return
     defaults = _default_lines()
     known = {**defaults, **lines}
@@ -295,7 +292,8 @@ def open_training_store(train_config: TrainConfig, model_dir: str, data_options:
     directory = _store_directory(train_config, cache_dir, source, {**options, **bpe}, tokenizer)
     if not chief:
         directory = os.path.join(stack.enter_context(tempfile.TemporaryDirectory(prefix="tf_lm_store_")), "store")
-    new_cache = not tf.io.gfile.exists(cache_dir)
+    files = gfile(cache_dir)
+    new_cache = not files.exists(cache_dir)
     try:
         return prepare_store(source, directory, tokenizer=train_config.tokenizer if tokenizer is None else tokenizer,
                              progress=verbose, **bpe)
@@ -303,8 +301,8 @@ def open_training_store(train_config: TrainConfig, model_dir: str, data_options:
         # prepare_store removes a store it could not prepare (bad text), not the cache directory made for it: a
         # failed first run leaves model_dir as it found it (the lock goes with its last other file). An interrupted
         # preparation keeps its shards, and another run's store in a shared cache is not touched.
-        if new_cache and tf.io.gfile.exists(cache_dir) and not tf.io.gfile.listdir(cache_dir):
-            tf.io.gfile.rmtree(cache_dir)
+        if new_cache and files.exists(cache_dir) and not files.listdir(cache_dir):
+            files.rmtree(cache_dir)
         raise
 
 
@@ -338,6 +336,9 @@ def train(model_config: LMConfig, train_config: TrainConfig, model_dir: str, str
         TrainingInterrupted: on SIGTERM or SIGINT, after a checkpoint.
         OSError: if writing into `model_dir` fails (e.g. a full disk); the last complete checkpoint is kept.
     """
+    from tf_lm.distribute import is_chief, resolve_strategy
+    from tf_lm.pretrained import read_pretrained
+
     strategy = resolve_strategy(strategy_name, tpu)
     chief = is_chief(strategy)
     pretrained = None
@@ -358,10 +359,14 @@ def train(model_config: LMConfig, train_config: TrainConfig, model_dir: str, str
         _check_model_dir(model_dir, _run_config(model_config, train_config, strategy, None, pretrained, data))
         store = open_training_store(train_config, model_dir, data_options or {}, chief, stack, verbose,
                                     tokenizer=None if pretrained is None else pretrained.tokenizer)
-        return _train(model_config, train_config, model_dir, strategy, store, verbose, flagfile, pretrained, data)
+        return _train(model_config, train_config, model_dir, strategy, chief, store, verbose, flagfile, pretrained,
+                      data)
 
 
-def _train(model_config, train_config, model_dir, strategy, store, verbose, flagfile, pretrained, data):
+def _train(model_config, train_config, model_dir, strategy, chief, store, verbose, flagfile, pretrained, data):
+    from tf_lm.data.pipeline import check_block_size, lm_datasets
+    from tf_lm.training import Trainer, measure_matmul_peak
+
     tokenizer = store.tokenizer
     if pretrained is not None and tokenizer.fingerprint != pretrained.tokenizer.fingerprint:
         raise ValueError(
@@ -370,7 +375,7 @@ def _train(model_config, train_config, model_dir, strategy, store, verbose, flag
             "source."
         )
     tokenizer_dir = os.path.join(artifacts.saved_dir(model_dir), artifacts.TOKENIZER_DIR)
-    if tf.io.gfile.isdir(tokenizer_dir) and load_tokenizer(tokenizer_dir).fingerprint != tokenizer.fingerprint:
+    if gfile(tokenizer_dir).isdir(tokenizer_dir) and load_tokenizer(tokenizer_dir).fingerprint != tokenizer.fingerprint:
         raise ValueError(
             f"Token store {store.directory!r} was prepared with another tokenizer than the model in "
             f"--model_dir={model_dir!r}; prepare it with --tokenizer_dir={tokenizer_dir}, or use a new --model_dir."
@@ -389,12 +394,12 @@ def _train(model_config, train_config, model_dir, strategy, store, verbose, flag
                                   peak_flops=peak, verbose=verbose, bits_unit=unit)
     if pretrained is not None:
         pretrained.release_weights()  # the model holds the weights now; the host copy would stay resident all run
-    chief = is_chief(strategy)
     if chief:
         # Written by the first run only: a resume has just been checked to be the same run.
-        if not tf.io.gfile.exists(os.path.join(model_dir, RUN_CONFIG)):
+        files = gfile(model_dir)
+        if not files.exists(os.path.join(model_dir, RUN_CONFIG)):
             atomic_write(os.path.join(model_dir, RUN_CONFIG), json.dumps(run_config, indent=2))
-        if flagfile is not None and not tf.io.gfile.exists(os.path.join(model_dir, FLAGS_FILE)):
+        if flagfile is not None and not files.exists(os.path.join(model_dir, FLAGS_FILE)):
             atomic_write(os.path.join(model_dir, FLAGS_FILE), flagfile)
     if verbose:
         print(f"{model_config}\n{train_config}\nstrategy: {type(strategy).__name__} with "
@@ -439,11 +444,16 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # TensorFlow's per-checkpoint INFO lines would bury the progress bar
     values = flags.FLAGS
-    with reported_stops(TrainingInterrupted), one_line_errors():
+    with one_line_errors():
         model_config, train_config = configs_from_flags(values)
         data_options = {**source_options(values), "bpe_sample_bytes": bpe_sample_bytes(values),
                         "cache_dir": values.data_cache_dir}
         check_flags(values.model_dir, script_flags(values))  # before any data is read: a refused resume costs nothing
+    # TensorFlow loads only now, so bad flags and a refused resume are answered at once; a Ctrl-C while it loads
+    # is run_script's plain "stopped", since nothing has started that a rerun would resume.
+    from tf_lm.training import TrainingInterrupted
+
+    with reported_stops(TrainingInterrupted), one_line_errors():
         train(model_config, train_config, values.model_dir, values.strategy, values.tpu, data_options,
               flagfile="".join(line + "\n" for line in given_flags(values).values()))
 

@@ -136,13 +136,13 @@ def test_score_takes_a_text_of_the_whole_context_and_refuses_a_single_token(mode
 def test_max_batches_bounds_the_batches_scored(model_dir, monkeypatch):
     import tensorflow as tf
 
-    from experiments import evaluate_lm
+    from tf_lm.training import metrics
 
     path, model, tokenizer = model_dir
     store = prepare_store(f"text:{path.parent / 'corpus.txt'}", str(path.parent / "store"), tokenizer=tokenizer,
                           validation_fraction=0.25)  # 15 windows of 16
     # Each token counted at a loss of 1, without the model: the count is what is checked, and compiles fast.
-    monkeypatch.setattr(evaluate_lm, "summed_next_token_loss",
+    monkeypatch.setattr(metrics, "summed_next_token_loss",
                         lambda model, inputs, targets: (tf.cast(tf.size(targets), tf.float32), tf.size(targets)))
     assert evaluate_split(model, tokenizer, store, "validation", batch_size=4, max_batches=2)["tokens"] == 2 * 4 * 16
     assert evaluate_split(model, tokenizer, store, "validation", batch_size=4)["tokens"] == 15 * 16

@@ -448,7 +448,7 @@ def test_init_from_starts_at_the_source_models_loss(tmp_path, kind, monkeypatch)
     import gc
     import weakref
 
-    import experiments.train_lm
+    import tf_lm.pretrained
     from experiments.evaluate_lm import evaluate_split
     from tf_lm.convert import load_gpt2_state
     from tf_lm.data import prepare_store
@@ -468,7 +468,7 @@ def test_init_from_starts_at_the_source_models_loss(tmp_path, kind, monkeypatch)
         return fit(trainer, *args, **kwargs)
 
     fit = Trainer.fit
-    monkeypatch.setattr(experiments.train_lm, "read_pretrained", read_and_watch)
+    monkeypatch.setattr(tf_lm.pretrained, "read_pretrained", read_and_watch)  # train_lm imports it when it runs
     monkeypatch.setattr(Trainer, "fit", fit_once_released)
 
     source = _text_source(tmp_path)

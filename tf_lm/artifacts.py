@@ -3,15 +3,15 @@ needed to use it, and `tf_lm.fileio.EXPORT_MARKER`, so a save replaces only a `m
 
 The three live in their own subdirectory, beside whatever else a run keeps in its directory (checkpoints,
 metrics), so that a save replaces them as one set (`tf_lm.fileio.atomic_directory`): a crash leaves the old set
-or the new one, never a new `model.keras` beside an old `config.json`.
+or the new one, never a new `model.keras` beside an old `config.json`. Only loading a model imports Keras: a
+script checks a directory, and reads its config, before TensorFlow loads.
 """
 
 from __future__ import annotations
 
 import json
 import os
-
-import keras
+from typing import TYPE_CHECKING
 
 from tf_lm.configs import LMConfig
 from tf_lm.fileio import (
@@ -23,7 +23,9 @@ from tf_lm.fileio import (
     write_export_marker,
     write_file,
 )
-from tf_lm.model import TransformerLM
+
+if TYPE_CHECKING:
+    from tf_lm.model import TransformerLM
 
 SAVED_DIR = "model"
 EXPORT_KIND = "trained tf_lm model"
@@ -106,6 +108,9 @@ def load_model_dir(model_dir: str):
             f"No {MODEL_FILE} in {model_dir!r} (looked in its {SAVED_DIR}/); train one with "
             "`python -m experiments.train_lm`."
         )
+    import keras
+
+    import tf_lm.model  # noqa: F401  registers TransformerLM, which safe mode loads by its registered name
     try:
         model = keras.models.load_model(model_path, safe_mode=True)
     except Exception as error:  # Keras raises a zoo of types for a damaged zip or config.
