@@ -449,8 +449,10 @@ def main(argv):
         data_options = {**source_options(values), "bpe_sample_bytes": bpe_sample_bytes(values),
                         "cache_dir": values.data_cache_dir}
         check_flags(values.model_dir, script_flags(values))  # before any data is read: a refused resume costs nothing
-    # TensorFlow loads only now, so bad flags and a refused resume are answered at once; a Ctrl-C while it loads
-    # is run_script's plain "stopped", since nothing has started that a rerun would resume.
+        if train_config.dataset.startswith("text:"):  # `train` opens it again; here only to refuse a bad one now
+            open_source(train_config.dataset, **source_options(values))
+    # TensorFlow loads only now, so bad flags, a refused resume and a missing or empty corpus are answered at once;
+    # a Ctrl-C while it loads is run_script's plain "stopped", since nothing has started that a rerun would resume.
     from tf_lm.training import TrainingInterrupted
 
     with reported_stops(TrainingInterrupted), one_line_errors():

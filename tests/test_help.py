@@ -124,9 +124,11 @@ def test_a_ctrl_c_while_a_script_starts_is_one_line_and_writes_nothing(tmp_path)
     import time
 
     # A signal that comes too late (a machine loaded enough to delay this loop by the seconds the import takes)
-    # meets a missing corpus, so the test fails in seconds instead of waiting for a default run.
+    # meets a run of one step, so the test fails in seconds instead of waiting for a default run.
+    (tmp_path / "corpus.txt").write_text("To be, or not to be, that is the question.\n" * 100)
     process = subprocess.Popen([sys.executable, "-m", "experiments.train_lm", f"--model_dir={tmp_path / 'run'}",
-                                f"--dataset=text:{tmp_path / 'missing.txt'}"],
+                                f"--dataset=text:{tmp_path / 'corpus.txt'}", "--preset=nano", "--steps=1",
+                                "--warmup_steps=0"],
                                cwd=REPO, env=script_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     deadline = time.monotonic() + 120
@@ -177,19 +179,22 @@ def test_a_stray_argument_ends_every_script_that_takes_none_in_one_error_line():
 
 def test_help_and_bad_flags_are_answered_before_tensorflow_loads(tmp_path):
     """Loading TensorFlow takes seconds (train_lm took 6 s to refuse --batch_size=0): every script parses and
-    checks its flags first, and train_lm also its flag combinations and a resume with other flags."""
+    checks its flags first, and train_lm also its flag combinations, a resume with other flags and its corpus."""
     for arguments in (["--help"], ["--no_such_flag=1"]):
         for script, outcome in run_every_script(*arguments, tensorflow=False).items():
             assert outcome["code"] in (0, "error: Unknown command line flag 'no_such_flag'"), (script, outcome["code"])
     run = tmp_path / "run"
     run.mkdir()
     (run / "flags.txt").write_text("--steps=5\n")
+    (tmp_path / "empty.txt").touch()
     refused = {
         f"--model_dir={run} --steps=6": "holds a run with other flags (--steps=5 -> --steps=6;",
         f"--model_dir={tmp_path / 'new'} --bpe_vocab_size=300": "--bpe_vocab_size only apply with --tokenizer=bpe",
+        f"--model_dir={tmp_path / 'new'} --dataset=text:{tmp_path / 'missing.txt'}": "No files match",
+        f"--model_dir={tmp_path / 'new'} --dataset=text:{tmp_path / 'empty.txt'}": "is empty",
     }
     for arguments, message in refused.items():
         code = run_every_script(*arguments.split(), scripts=["experiments.train_lm"],
                                 tensorflow=False)["experiments.train_lm"]["code"]
         assert code.startswith("error: ") and message in code, code
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["run"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["empty.txt", "run"]
