@@ -446,11 +446,11 @@ def main(argv):
     values = flags.FLAGS
     with one_line_errors():
         model_config, train_config = configs_from_flags(values)
-        data_options = {**source_options(values), "bpe_sample_bytes": bpe_sample_bytes(values),
-                        "cache_dir": values.data_cache_dir}
+        options = source_options(values)
+        data_options = {**options, "bpe_sample_bytes": bpe_sample_bytes(values), "cache_dir": values.data_cache_dir}
         check_flags(values.model_dir, script_flags(values))  # before any data is read: a refused resume costs nothing
         if train_config.dataset.startswith("text:"):  # `train` opens it again; here only to refuse a bad one now
-            open_source(train_config.dataset, **source_options(values))
+            open_source(train_config.dataset, **options)
     # TensorFlow loads only now, so bad flags, a refused resume and a missing or empty corpus are answered at once;
     # a Ctrl-C while it loads is run_script's plain "stopped", since nothing has started that a rerun would resume.
     from tf_lm.training import TrainingInterrupted
