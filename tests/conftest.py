@@ -14,6 +14,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # differed). Scripts the tests run inherit it; set XLA_FLAGS (even empty) for XLA's own default.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=1")
 
+# tf_lm before Keras, which imports TensorFlow: tf_lm makes that import quiet.
+import tf_lm  # noqa: E402, F401, I001
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -79,6 +81,14 @@ def check_layer(layer, inputs, tmp_path, trainable_weights, **call_kwargs):
 def script_environment(**extra):
     """The environment a script runs in: the repo importable, TensorFlow's C++ logging quiet, then `extra`."""
     return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO), **extra}
+
+
+def as_from_a_terminal(command: list[str]) -> list[str]:
+    """`command` started with Ctrl-C's default action, as a terminal starts it: a background job (`make test &`, or
+    a CI runner's) inherits SIGINT ignored, and a Python started so never raises KeyboardInterrupt."""
+    restore = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+               "os.execv(sys.argv[1], sys.argv[1:])")
+    return [sys.executable, "-c", restore, *command]
 
 
 def run_module(module, *args, env=None, timeout=300):

@@ -43,3 +43,24 @@ def test_tensorflow_loads_quietly_after_a_lookup_and_leaves_the_log_level_to_chi
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "None"
     assert "oneDNN" not in result.stderr and "cuda" not in result.stderr.lower(), result.stderr
+
+
+def _run_holding_stderr(ending: str) -> subprocess.CompletedProcess:
+    code = ("import os; from tf_lm import _backend\n"
+            "with _backend._stderr_held():\n"
+            "    os.write(2, b'F0000 cpu_feature_guard: this CPU lacks AVX\\n')\n"
+            f"    {ending}\n"
+            "os.write(2, b'after\\n')")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+def test_what_tensorflow_writes_while_loading_is_dropped_once_it_has_loaded():
+    result = _run_holding_stderr("pass")
+    assert result.returncode == 0 and result.stderr == "after\n", result.stderr
+
+
+def test_a_fatal_error_while_tensorflow_loads_still_reaches_stderr():
+    """A fatal C++ error aborts the process before Python can restore stderr; its reason must not die with it."""
+    result = _run_holding_stderr("os.abort()")
+    assert result.returncode < 0
+    assert "F0000 cpu_feature_guard: this CPU lacks AVX" in result.stderr and "after" not in result.stderr

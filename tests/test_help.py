@@ -9,7 +9,7 @@ import sys
 
 import pytest
 from absl import flags
-from conftest import REPO, run_module, script_environment
+from conftest import REPO, as_from_a_terminal, run_module, script_environment
 
 from experiments.flags import UNGROUPED, in_flag_terms, one_line_errors, reported_stops
 
@@ -120,17 +120,16 @@ def test_only_the_scripts_that_take_a_token_store_offer_one_for_dataset():
 
 def test_a_ctrl_c_while_a_script_starts_is_one_line_and_writes_nothing(tmp_path):
     """Loading TensorFlow takes seconds; a Ctrl-C meanwhile printed a traceback through its import. (It loads once
-    the flags are good, while descriptor 2 is discarded: the line must still reach stderr.)"""
+    the flags are good, while descriptor 2 is held back: the line must still reach stderr.)"""
     import time
 
     # A signal that comes too late (a machine loaded enough to delay this loop by the seconds the import takes)
     # meets a run of one step, so the test fails in seconds instead of waiting for a default run.
     (tmp_path / "corpus.txt").write_text("To be, or not to be, that is the question.\n" * 100)
-    process = subprocess.Popen([sys.executable, "-m", "experiments.train_lm", f"--model_dir={tmp_path / 'run'}",
-                                f"--dataset=text:{tmp_path / 'corpus.txt'}", "--preset=nano", "--steps=1",
-                                "--warmup_steps=0"],
-                               cwd=REPO, env=script_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    command = [sys.executable, "-m", "experiments.train_lm", f"--model_dir={tmp_path / 'run'}",
+               f"--dataset=text:{tmp_path / 'corpus.txt'}", "--preset=nano", "--steps=1", "--warmup_steps=0"]
+    process = subprocess.Popen(as_from_a_terminal(command), cwd=REPO, env=script_environment(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:  # until TensorFlow's library is being loaded
         with open(f"/proc/{process.pid}/maps") as maps:

@@ -11,6 +11,7 @@ import importlib.abc
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 
 
@@ -30,34 +31,72 @@ def _configured_backend() -> str:
         return "tensorflow"
 
 
+# The keeper holds what is written to descriptor 2 while TensorFlow loads. Told that loading finished (the mark),
+# it drops what came before; if the process dies first (a fatal C++ error aborts it), it writes everything out,
+# so the reason is not lost with the process.
+_DONE_MARK = b"\0tf_lm: tensorflow loaded\0"
+_KEEPER = f"""
+import os, sys
+chunks = []
+while chunk := os.read(0, 65536):
+    chunks.append(chunk)
+held = b"".join(chunks)
+mark = {_DONE_MARK!r}
+sys.stderr.buffer.write(held.partition(mark)[2] if mark in held else held)
+"""
+
+
+def _start_keeper(stderr: int) -> tuple[subprocess.Popen | None, int]:
+    """Returns the keeper and the descriptor that feeds it; with no pipe or process to spare, no keeper and null."""
+    try:
+        read_end, write_end = os.pipe()
+    except OSError:
+        return None, os.open(os.devnull, os.O_WRONLY)
+    try:
+        return subprocess.Popen([sys.executable, "-I", "-S", "-c", _KEEPER], stdin=read_end,
+                                stdout=subprocess.DEVNULL, stderr=stderr,
+                                start_new_session=True), write_end  # a Ctrl-C for the group is not for it
+    except OSError:
+        os.close(write_end)
+        return None, os.open(os.devnull, os.O_WRONLY)
+    finally:
+        os.close(read_end)
+
+
 @contextlib.contextmanager
-def _stderr_discarded():
+def _stderr_held():
+    """Hands descriptor 2 to a keeper process: dropped if the block finishes or raises, written out if we die."""
     try:
         saved = os.dup(2)
-    except OSError:  # no stderr (a daemon's closed descriptor 2): nothing to discard
-        saved = None
-    if saved is None:
+    except OSError:  # no stderr (a daemon's closed descriptor 2): nothing to hold
         yield
         return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
+    keeper, write_end = _start_keeper(saved)
+    os.dup2(write_end, 2)
     try:
         yield
     finally:
+        with contextlib.suppress(OSError):
+            os.write(2, _DONE_MARK)
         os.dup2(saved, 2)
         os.close(saved)
-        os.close(devnull)
+        os.close(write_end)
+        if keeper is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                keeper.wait(timeout=10)
 
 
 class _QuietLoader(importlib.abc.Loader):
-    """TensorFlow's own loader, run with its C++ start-up log lines discarded.
+    """TensorFlow's own loader, run with its C++ start-up log lines held back.
 
-    TF_CPP_MIN_LOG_LEVEL=2 (the default while TensorFlow loads) silences TensorFlow's own INFO and WARNING logs,
-    but its 8-13 start-up lines (oneDNN, CUDA drivers, CPU features, cuInit) come from C++ absl logging before it
-    is initialised, which writes to stderr whatever the level; so stderr (file descriptor 2) is discarded while
-    TensorFlow loads and finds its devices. Python errors still surface: they are raised after stderr is
-    restored. Set TF_CPP_MIN_LOG_LEVEL=0 to see the lines. The variable is unset again afterwards, so the
-    process's children log as they would have (TensorFlow has read its level by then).
+    TF_CPP_MIN_LOG_LEVEL=2 (the default while TensorFlow loads) silences TensorFlow's own INFO and WARNING logs, but
+    its 8-13 start-up lines (oneDNN, CUDA drivers, CPU features, cuInit) come from C++ absl logging before it is
+    initialised, which writes to stderr whatever the level; so stderr (file descriptor 2) is held while TensorFlow
+    loads and finds its devices, and dropped once it has. Python errors still surface: they are raised after stderr
+    is restored; and a fatal C++ error, which aborts the process (a CPU without the instructions TensorFlow was
+    built for), reaches stderr through the keeper process that held it. Set TF_CPP_MIN_LOG_LEVEL=0 to see the lines.
+    The variable is unset again afterwards, so the process's children log as they would have (TensorFlow has read
+    its level by then).
     """
 
     def __init__(self, loader, finder):
@@ -72,7 +111,7 @@ class _QuietLoader(importlib.abc.Loader):
         defaulted = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
         quiet = os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2").strip() not in ("0", "1")
         try:
-            with _stderr_discarded() if quiet else contextlib.nullcontext():
+            with _stderr_held() if quiet else contextlib.nullcontext():
                 self._loader.exec_module(module)
                 # Listing the physical devices runs the CUDA probe (its cuInit error line) now, without
                 # initialising the runtime, so logical-device and threading settings made later still apply.
