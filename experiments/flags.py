@@ -26,6 +26,7 @@ from tf_lm.data.sources import STORE_SCHEME
 from tf_lm.data.store import DEFAULT_BPE_SAMPLE_BYTES
 from tf_lm.data.tokenizers import DEFAULT_BPE_VOCAB_SIZE
 from tf_lm.fileio import normalise_path
+from tf_lm.pretrained import pretrained_config
 
 _TRAIN = TrainConfig()
 # Written by experiments.train_lm into --model_dir: the resolved model, training and data config of the run.
@@ -369,8 +370,6 @@ def configs_from_flags(flag_values: flags.FlagValues) -> tuple[LMConfig, TrainCo
     if flag_values.init_from and not flag_values["preset"].present:
         if flag_values["bpe_vocab_size"].present:
             raise ValueError("--bpe_vocab_size does not apply with --init_from: the tokenizer is the checkpoint's.")
-        from tf_lm.pretrained import pretrained_config  # loads TensorFlow, which prepare_data never needs
-
         base, tokenizer = pretrained_config(flag_values.init_from)
         train_values.setdefault("tokenizer", tokenizer)  # a different --tokenizer is refused by `train`
         if flag_values["block_size"].present:

@@ -449,10 +449,15 @@ def main(argv):
         options = source_options(values)
         data_options = {**options, "bpe_sample_bytes": bpe_sample_bytes(values), "cache_dir": values.data_cache_dir}
         check_flags(values.model_dir, script_flags(values))  # before any data is read: a refused resume costs nothing
-        if train_config.dataset.startswith("text:"):  # `train` opens it again; here only to refuse a bad one now
+        # `train` checks these again; here only to refuse a bad start before TensorFlow loads.
+        _check_run_directory(values.model_dir)
+        if train_config.dataset.startswith(STORE_SCHEME):
+            TokenStore(train_config.dataset[len(STORE_SCHEME):])
+        elif train_config.dataset.startswith("text:"):
             open_source(train_config.dataset, **options)
-    # TensorFlow loads only now, so bad flags, a refused resume and a missing or empty corpus are answered at once;
-    # a Ctrl-C while it loads is run_script's plain "stopped", since nothing has started that a rerun would resume.
+    # TensorFlow loads only now, so bad flags, a refused resume, a model_dir that is not a run's, a bad --init_from
+    # and a missing corpus or store are answered at once; a Ctrl-C while it loads is run_script's plain "stopped",
+    # since nothing has started that a rerun would resume.
     from tf_lm.training import TrainingInterrupted
 
     with reported_stops(TrainingInterrupted), one_line_errors():

@@ -12,6 +12,7 @@ from absl import flags
 from conftest import REPO, as_from_a_terminal, run_module, script_environment
 
 from experiments.flags import UNGROUPED, in_flag_terms, one_line_errors, reported_stops
+from tf_lm.fileio import EXPORT_MARKER
 
 # Every module of experiments/ that runs as a script.
 SCRIPTS = sorted(f"experiments.{path.stem}" for path in (REPO / "experiments").glob("*.py")
@@ -178,7 +179,8 @@ def test_a_stray_argument_ends_every_script_that_takes_none_in_one_error_line():
 
 def test_help_and_bad_flags_are_answered_before_tensorflow_loads(tmp_path):
     """Loading TensorFlow takes seconds (train_lm took 6 s to refuse --batch_size=0): every script parses and
-    checks its flags first, and train_lm also its flag combinations, a resume with other flags and its corpus."""
+    checks its flags first, and train_lm also its flag combinations, a resume with other flags, its model_dir, its
+    --init_from and its corpus."""
     for arguments in (["--help"], ["--no_such_flag=1"]):
         for script, outcome in run_every_script(*arguments, tensorflow=False).items():
             assert outcome["code"] in (0, "error: Unknown command line flag 'no_such_flag'"), (script, outcome["code"])
@@ -186,7 +188,13 @@ def test_help_and_bad_flags_are_answered_before_tensorflow_loads(tmp_path):
     run.mkdir()
     (run / "flags.txt").write_text("--steps=5\n")
     (tmp_path / "empty.txt").touch()
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / EXPORT_MARKER).write_text("{}")
     refused = {
+        f"--model_dir={tmp_path / 'export'}": "holds an export",
+        f"--model_dir={tmp_path / 'new'} --init_from={tmp_path / 'missing'}": "checkpoint directory",
+        f"--model_dir={tmp_path / 'new'} --init_from={tmp_path}": "is neither a tf_lm model directory",
+        f"--model_dir={tmp_path / 'new'} --dataset=store:{tmp_path / 'missing'}": "No manifest.json in token store",
         f"--model_dir={run} --steps=6": "holds a run with other flags (--steps=5 -> --steps=6;",
         f"--model_dir={tmp_path / 'new'} --bpe_vocab_size=300": "--bpe_vocab_size only apply with --tokenizer=bpe",
         f"--model_dir={tmp_path / 'new'} --dataset=text:{tmp_path / 'missing.txt'}": "No files match",
@@ -196,4 +204,4 @@ def test_help_and_bad_flags_are_answered_before_tensorflow_loads(tmp_path):
         code = run_every_script(*arguments.split(), scripts=["experiments.train_lm"],
                                 tensorflow=False)["experiments.train_lm"]["code"]
         assert code.startswith("error: ") and message in code, code
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["empty.txt", "run"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["empty.txt", "export", "run"]

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
 from tf_lm.configs import LMConfig
@@ -27,7 +27,9 @@ from tf_lm.fileio import (
     write_export_marker,
     write_file,
 )
-from tf_lm.model import TransformerLM
+
+if TYPE_CHECKING:  # Keras loads TensorFlow: reading a checkpoint's config and tensors needs neither
+    from tf_lm.model import TransformerLM
 
 # The files of an HF checkpoint directory that hold the model.
 GPT2_CONFIG_FILE = "config.json"
@@ -166,7 +168,7 @@ def gpt2_state(model: TransformerLM) -> dict[str, np.ndarray]:
             f"The model has weights a GPT-2 checkpoint has no place for ({', '.join(extra[:3])}); only a plain "
             "TransformerLM (no LoRA factors, 4·n_embd MLP) exports."
         )
-    return {f"transformer.{name}": np.ascontiguousarray(keras.ops.convert_to_numpy(variable), dtype=np.float32)
+    return {f"transformer.{name}": np.ascontiguousarray(variable.numpy(), dtype=np.float32)
             for name, variable in variables.items()}
 
 
@@ -265,6 +267,8 @@ def from_hf_gpt2(hf_model) -> TransformerLM:
     >>> hf = TFGPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=32))
     >>> model = from_hf_gpt2(hf)
     """
+    from tf_lm.model import TransformerLM
+
     if not getattr(hf_model, "built", False):
         hf_model(hf_model.dummy_inputs)
     config = config_from_gpt2(hf_model.config.to_dict())
@@ -318,4 +322,6 @@ def from_gpt2_safetensors(checkpoint_dir: str) -> TransformerLM:
     Raises:
         FileNotFoundError: if either file is missing.
     """
+    from tf_lm.model import TransformerLM
+
     return load_gpt2_state(TransformerLM(read_gpt2_config(checkpoint_dir)), read_gpt2_state(checkpoint_dir))

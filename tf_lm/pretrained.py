@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,7 +20,9 @@ from tf_lm.configs import LMConfig
 from tf_lm.convert import GPT2_WEIGHTS_FILE, gpt2_state, load_gpt2_state, read_gpt2_config, read_gpt2_state
 from tf_lm.data.tokenizers import CHAR_FILE, load_tokenizer
 from tf_lm.fileio import gfile
-from tf_lm.model import TransformerLM
+
+if TYPE_CHECKING:  # Keras loads TensorFlow, which describing a checkpoint (`pretrained_config`) does not need
+    from tf_lm.model import TransformerLM
 
 # What may differ from the checkpoint: the context may shrink (positions cropped) and dropout is a training choice.
 ADJUSTABLE_FIELDS = ("block_size", "dropout")
@@ -135,6 +138,8 @@ def read_pretrained(directory: str) -> Pretrained:
     >>> base = read_pretrained("runs/pydoc")  # doctest: +SKIP
     >>> load_gpt2_state(TransformerLM(base.config), base.state)  # doctest: +SKIP
     """
+    from tf_lm.model import TransformerLM
+
     kind, config = _described(directory)
     if kind == "tf_lm":
         model, tokenizer = artifacts.load_model_dir(directory)
