@@ -106,3 +106,27 @@ def test_every_readme_block_runs_as_written(tmp_path):
             session.wait()
     # Every block runs even after a failure (a later one may fail on its own account), then all are reported.
     assert not failures, "\n\n".join(failures) + f"\n--- python session\n{python_log.read_text()[-3000:]}"
+
+
+# A test named in prose, `tests/test_x.py::test_name`, and the ones after it in the same cell or paragraph written
+# `..._rest_of_the_name` (same file, the name shortened at its start; a trailing `...` shortens its end too).
+TEST_REFERENCE = re.compile(r"`(tests/\w+\.py)::(\w+)[^`]*`|`\.\.\.(\w+?)(\.\.\.)?`")
+
+
+def test_every_test_the_readme_and_docs_name_exists():
+    """The Guarantees table and the benchmark notes cite tests as proof; a renamed or removed test must not leave
+    a promise that nothing proves."""
+    missing = []
+    for document in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for passage in re.split(r"\n\s*\n|\n(?=\|)", document.read_text()):  # paragraphs, and table rows
+            current = None
+            for path, name, shortened, open_end in TEST_REFERENCE.findall(passage):
+                if path:
+                    current, pattern = path, rf"def {name}\("
+                elif current is None:
+                    continue  # `...x` that is not a test's name
+                else:
+                    pattern = rf"def test\w*{shortened}" + (r"\w*\(" if open_end else r"\(")
+                if not re.search(pattern, (REPO / current).read_text()):
+                    missing.append(f"{document.name}: {current}::{name or '...' + shortened}")
+    assert not missing, missing
