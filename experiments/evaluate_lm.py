@@ -34,7 +34,7 @@ from tf_lm import artifacts
 from tf_lm.data import TokenStore, prepare_store
 from tf_lm.data.sources import STORE_SCHEME
 from tf_lm.data.store import MANIFEST
-from tf_lm.fileio import gfile, read_json
+from tf_lm.fileio import gfile, read_json_object
 
 FLAGS = flags.FLAGS
 
@@ -137,7 +137,7 @@ def run_source_options(flag_values: flags.FlagValues) -> dict:
     path = os.path.join(flag_values.model_dir, RUN_CONFIG)
     if not gfile(path).exists(path):
         return options
-    run = read_json(path)
+    run = read_json_object(path)
     # `dataset_path` names the run's dataset from any directory; a run_config.json written before it has only the
     # flag as typed, relative to a directory it does not record.
     if _same_dataset(run.get("dataset_path", run.get("train", {}).get("dataset")), flag_values.dataset):

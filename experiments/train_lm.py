@@ -50,7 +50,16 @@ from tf_lm.configs import LMConfig, TrainConfig
 from tf_lm.data import Source, TokenStore, load_tokenizer, open_source, prepare_store
 from tf_lm.data.sources import SPLITS, STORE_SCHEME
 from tf_lm.data.store import DEFAULT_BPE_SAMPLE_BYTES, MANIFEST
-from tf_lm.fileio import EXPORT_MARKER, LOCK_FILE, atomic_write, directory_lock, gfile, read_json, read_text
+from tf_lm.fileio import (
+    EXPORT_MARKER,
+    LOCK_FILE,
+    atomic_write,
+    directory_lock,
+    gfile,
+    read_json,
+    read_json_object,
+    read_text,
+)
 
 FLAGS_FILE = "flags.txt"
 # Flags that decide where, how often or on which machine things are written, shown or run, but not the trained
@@ -192,7 +201,7 @@ def _check_source(model_dir: str, source: Source) -> None:
     path = os.path.join(model_dir, RUN_CONFIG)
     if not gfile(path).exists(path):
         return
-    recorded = read_json(path).get("source_digest")
+    recorded = read_json_object(path).get("source_digest")
     if recorded is not None and recorded != source.digest:
         raise ValueError(
             f"--model_dir={model_dir!r} holds a run trained on another version of {source.name!r} (a file's size or "

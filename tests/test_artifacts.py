@@ -36,9 +36,31 @@ def test_missing_directory_says_how_to_make_one(tmp_path):
 
 def test_corrupt_model_file_is_one_clear_error(tmp_path):
     _saved(tmp_path)
-    (tmp_path / "model" / "model.keras").write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="damaged or not a tf_lm model"):
+    model_file = tmp_path / "model" / "model.keras"
+    for damage, reason in ((lambda: model_file.write_bytes(b"not a zip"), "it is not a .keras zip archive"),
+                           (lambda: model_file.unlink() or model_file.mkdir(), "it is a directory")):
+        damage()
+        with pytest.raises(ValueError, match=f"damaged or not a tf_lm model \\({reason}") as error:
+            load_model_dir(str(tmp_path))
+        assert "\n" not in str(error.value)
+
+
+def test_weights_that_do_not_fit_the_models_config_are_one_line(tmp_path):
+    """Keras's message lists every layer that could not be loaded, one paragraph after another."""
+    import zipfile
+
+    _saved(tmp_path)
+    model_file = tmp_path / "model" / "model.keras"
+    with zipfile.ZipFile(model_file) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    entries["config.json"] = entries["config.json"].replace(b'"n_embd": 8', b'"n_embd": 4')
+    with zipfile.ZipFile(model_file, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    expected = r"could not be loaded\. Example error message .*: Layer '\w+' expected"
+    with pytest.raises(ValueError, match=expected) as error:
         load_model_dir(str(tmp_path))
+    assert "\n" not in str(error.value)
 
 
 def test_tokenizer_larger_than_the_model_is_refused(tmp_path):
@@ -119,3 +141,11 @@ def test_check_saveable_refuses_what_a_save_would_refuse_before_any_training(tmp
     (tmp_path / "foreign" / "model" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="not one of ours"):
         check_saveable(str(tmp_path / "foreign"))
+
+
+@pytest.mark.parametrize("content", ["[]", "null", "5"])
+def test_a_config_that_is_json_but_not_an_object_is_one_error_naming_it(tmp_path, content):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(content)
+    with pytest.raises(ValueError, match=r"config.json is damaged: it holds a JSON \w+, not an object"):
+        read_config(str(tmp_path))

@@ -279,3 +279,18 @@ def test_a_lock_on_a_file_is_refused_in_one_line(tmp_path):
         with fileio.directory_lock(str(tmp_path / "run")):
             raise AssertionError("the body must not run")
     assert (tmp_path / "run").read_text() == "not a directory"
+
+
+@pytest.mark.parametrize("marker", ["not json", "[]"])
+def test_a_directory_whose_export_marker_is_damaged_is_refused_untouched(tmp_path, marker):
+    """An unreadable marker was taken for one from before markers recorded anything, and the directory (a user's
+    notes in it) was replaced."""
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / fileio.EXPORT_MARKER).write_text(marker)
+    (target / "notes.txt").write_text("precious")
+    with pytest.raises(ValueError, match=rf"{fileio.EXPORT_MARKER} is damaged: .*restore or remove it"):
+        with atomic_directory(str(target), marker=fileio.EXPORT_MARKER, kind="SavedModel export"):
+            raise AssertionError("the body must not run")
+    assert (target / "notes.txt").read_text() == "precious" and _names(target) == sorted(
+        [fileio.EXPORT_MARKER, "notes.txt"])

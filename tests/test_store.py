@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import os
 import shutil
 
 import numpy as np
@@ -407,3 +408,58 @@ def test_a_remote_store_keeps_its_most_recently_read_shards_open(corpus, tmp_pat
     for shard in (0, 1, 2, 2, 1, 0):  # the third shard closes the least recently read, the first
         store.read("train", int(store._bounds["train"][shard]), 1)
     assert opened == ["train-00000.bin", "train-00001.bin", "train-00002.bin", "train-00000.bin"]
+
+
+def _killed_before_validation(corpus, directory, monkeypatch):
+    """A preparation of `directory` killed after its train split finished (train.done written)."""
+    write = store_module.atomic_write
+
+    def killed_at_validation(path, data):
+        if os.path.basename(path).startswith("validation-"):
+            raise KeyboardInterrupt
+        write(path, data)
+
+    monkeypatch.setattr(store_module, "atomic_write", killed_at_validation)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_store(corpus, str(directory), shard_tokens=30, chunk_bytes=16)
+    monkeypatch.setattr(store_module, "atomic_write", write)
+    assert (directory / PREPARING / "train.done").exists() and not (directory / MANIFEST).exists()
+
+
+def test_a_resume_whose_notes_lost_a_finished_shard_is_refused_not_cut_short(corpus, tmp_path, monkeypatch):
+    """A lost note ended the split at the gap, and the store was published without the shards after it."""
+    directory = tmp_path / "store"
+    _killed_before_validation(corpus, directory, monkeypatch)
+    (directory / PREPARING / "train-00002.json").unlink()
+    with pytest.raises(ValueError, match=r"train split has \d+ shards but notes for only 2 \(\.preparing is damaged\)"):
+        prepare_store(corpus, str(directory), shard_tokens=30, chunk_bytes=16)
+    assert not (directory / MANIFEST).exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_resume_checks_the_shards_it_did_not_write_before_publishing_the_store(corpus, tmp_path, monkeypatch,
+                                                                                   damage):
+    directory = tmp_path / "store"
+    _killed_before_validation(corpus, directory, monkeypatch)
+    shard = directory / "train-00001.bin"
+    shard.unlink() if damage == "missing" else shard.write_bytes(shard.read_bytes()[:7])
+    with pytest.raises(ValueError, match=r"is damaged: train-00001.bin (is missing|holds 7 bytes), its notes say"):
+        prepare_store(corpus, str(directory), shard_tokens=30, chunk_bytes=16)
+    assert not (directory / MANIFEST).exists()
+
+
+@pytest.mark.parametrize("note, content", [("request.json", "[]"), ("train-00000.json", '{"file": 3}')])
+def test_a_damaged_note_of_an_unfinished_store_is_one_error_naming_it(corpus, tmp_path, monkeypatch, note, content):
+    directory = tmp_path / "store"
+    _killed_before_validation(corpus, directory, monkeypatch)
+    (directory / PREPARING / note).write_text(content)
+    with pytest.raises(ValueError, match=rf"{note} is damaged"):
+        prepare_store(corpus, str(directory), shard_tokens=30, chunk_bytes=16)
+
+
+def test_a_manifest_whose_request_is_not_an_object_is_not_a_store(corpus, tmp_path):
+    store = prepare_store(corpus, str(tmp_path / "store"))
+    manifest = {**store.manifest, "request": "x"}
+    (tmp_path / "store" / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="is not a token store manifest \\(its request is a JSON str"):
+        prepare_store(corpus, str(tmp_path / "store"))

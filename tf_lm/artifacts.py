@@ -19,7 +19,7 @@ from tf_lm.fileio import (
     atomic_directory,
     check_replaceable,
     gfile,
-    read_json,
+    read_json_object,
     write_export_marker,
     write_file,
 )
@@ -46,7 +46,7 @@ def _saved_before_markers(directory: str) -> bool:
     if files.exists(os.path.join(directory, EXPORT_MARKER)) or not files.exists(os.path.join(directory, MODEL_FILE)):
         return False
     try:
-        LMConfig.from_dict(read_json(os.path.join(directory, CONFIG_FILE)))
+        LMConfig.from_dict(read_json_object(os.path.join(directory, CONFIG_FILE)))
     except (OSError, ValueError, TypeError):
         return False
     return True
@@ -90,7 +90,24 @@ def read_config(model_dir: str) -> LMConfig:
         raise FileNotFoundError(
             f"No {CONFIG_FILE} in {model_dir!r} (looked in its {SAVED_DIR}/); is it a tf_lm model directory?"
         )
-    return LMConfig.from_dict(read_json(path))
+    return LMConfig.from_dict(read_json_object(path))
+
+
+def _load_failure(model_path: str, error: Exception) -> str:
+    """Why Keras could not load `model_path`, in one line.
+
+    Keras says "File not found" for a file that is not a zip (truncated, or another kind), and its message for
+    weights that do not fit the config runs to dozens of lines: an overview ending in ":", its example, then a
+    list of every layer.
+    """
+    files = gfile(model_path)
+    if files.isdir(model_path):
+        return "it is a directory, not a .keras file"
+    with files.GFile(model_path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":
+            return "it is not a .keras zip archive: cut short, or another kind of file"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
 
 
 def load_model_dir(model_dir: str):
@@ -114,7 +131,8 @@ def load_model_dir(model_dir: str):
     try:
         model = keras.models.load_model(model_path, safe_mode=True)
     except Exception as error:  # Keras raises a zoo of types for a damaged zip or config.
-        raise ValueError(f"Could not load {model_path}: the file is damaged or not a tf_lm model ({error}).") from None
+        raise ValueError(f"Could not load {model_path}: the file is damaged or not a tf_lm model "
+                         f"({_load_failure(model_path, error)}).") from None
     if read_config(model_dir) != model.config:
         raise ValueError(
             f"The {CONFIG_FILE} in {model_dir!r} contradicts its {MODEL_FILE}; the directory mixes files from "

@@ -22,7 +22,7 @@ from tf_lm.fileio import (
     atomic_directory,
     gfile,
     is_local,
-    read_json,
+    read_json_object,
     safetensors_errors,
     write_export_marker,
     write_file,
@@ -284,10 +284,7 @@ def read_gpt2_config(checkpoint_dir: str) -> LMConfig:
             express (see `config_from_gpt2`).
     """
     path = _checkpoint_file(checkpoint_dir, GPT2_CONFIG_FILE)
-    hf_config = read_json(path)  # names the file if it is not valid JSON
-    if not isinstance(hf_config, dict):
-        raise ValueError(f"{path} is damaged: it holds a JSON {type(hf_config).__name__}, not a config object.")
-    return config_from_gpt2(hf_config)
+    return config_from_gpt2(read_json_object(path))
 
 
 def read_gpt2_state(checkpoint_dir: str) -> dict:

@@ -219,6 +219,20 @@ def read_json(path: str):
         raise ValueError(f"{path} is damaged: it is not valid JSON ({error}); restore or remove it.") from None
 
 
+def read_json_object(path: str) -> dict:
+    """`read_json` of a file that must hold a JSON object (a config, a manifest, a note).
+
+    Raises:
+        OSError: as `read_json`.
+        ValueError: if it is not valid JSON, or valid JSON of another kind (`[]`, `null`), naming it.
+    """
+    value = read_json(path)
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} is damaged: it holds a JSON {type(value).__name__}, not an object; restore or "
+                         "remove it.")
+    return value
+
+
 @contextlib.contextmanager
 def safetensors_errors(path: str) -> Iterator[None]:
     """Reads of the safetensors file `path` inside this context raise one ValueError naming it for a damaged file
@@ -238,15 +252,6 @@ def write_export_marker(directory: str, exported_by: str, kind: str, **details) 
     the `kind` of output it is (see `check_replaceable`); `atomic_directory` adds the files it holds."""
     marker = {"kind": kind, "exported_by": exported_by, **details}
     write_file(os.path.join(directory, EXPORT_MARKER), json.dumps(marker, indent=2) + "\n")
-
-
-def _read_marker(path: str) -> dict:
-    """The `EXPORT_MARKER` at `path`; empty for an unreadable one."""
-    try:
-        marker = read_json(path)
-    except (OSError, ValueError):
-        return {}
-    return marker if isinstance(marker, dict) else {}
 
 
 def _files_below(path: str) -> list[str]:
@@ -288,9 +293,10 @@ def check_replaceable(path: str, marker: str, kind: str | None = None) -> None:
             f"{path} is not empty and holds no {marker}, so it is not one of ours and was left untouched; "
             "choose a new or empty directory."
         )
-    if marker != EXPORT_MARKER:
+    if marker != EXPORT_MARKER or not files.exists(os.path.join(path, marker)):  # not an export, or empty
         return
-    recorded = _read_marker(os.path.join(path, marker))
+    # A damaged marker is refused like a foreign directory: what the directory holds besides our files is unknown.
+    recorded = read_json_object(os.path.join(path, marker))
     found = recorded.get("kind") if kind is not None else None  # None: a marker that predates kinds
     if found not in (None, kind):
         raise ValueError(f"{path} holds a {found}, which writing a {kind} there would replace, so it was left "
@@ -340,7 +346,7 @@ def atomic_directory(path: str, marker: str, kind: str | None = None) -> Iterato
         if not files.exists(os.path.join(staging, marker)):
             raise ValueError(f"The new {path} holds no {marker}; nothing was replaced.")
         if marker == EXPORT_MARKER:  # the files it wrote, so a later export can tell the ones added since
-            recorded = _read_marker(os.path.join(staging, marker))
+            recorded = read_json_object(os.path.join(staging, marker))
             recorded["files"] = [name for name in _files_below(staging) if name != marker]
             write_file(os.path.join(staging, marker), json.dumps(recorded, indent=2) + "\n")
         if files is _LOCAL_FILES:

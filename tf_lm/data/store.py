@@ -40,7 +40,17 @@ import numpy as np
 
 from tf_lm.data.sources import DEFAULT_CHUNK_BYTES, SPLITS, Source, open_source
 from tf_lm.data.tokenizers import DEFAULT_BPE_VOCAB_SIZE, TOKENIZER_KINDS, BPETokenizer, build_tokenizer, load_tokenizer
-from tf_lm.fileio import LOCK_FILE, atomic_write, check_replaceable, directory_lock, gfile, is_local, read_json
+from tf_lm.fileio import (
+    LOCK_FILE,
+    atomic_write,
+    check_replaceable,
+    directory_lock,
+    gfile,
+    is_local,
+    read_json,
+    read_json_object,
+    read_text,
+)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -195,7 +205,7 @@ def _prepare(opened: Source, directory: str, request: dict, tokenizer, bpe_sampl
     """Writes the store's shards and manifest, continuing an unfinished preparation of the same request."""
     files, notes = gfile(directory), os.path.join(directory, PREPARING)
     request_path = os.path.join(notes, "request.json")
-    if files.exists(request_path) and (saved := read_json(request_path)) != request:
+    if files.exists(request_path) and (saved := read_json_object(request_path)) != request:
         if any(name.endswith(".done") or name.startswith(SPLITS) for name in files.listdir(notes)):
             # The same source string with another digest: its text changed, so no rerun reads the text that the
             # finished shards hold.
@@ -242,6 +252,9 @@ def _prepare(opened: Source, directory: str, request: dict, tokenizer, bpe_sampl
         shards = _write_split(opened, split, tokenizer, directory, dtype, request["shard_tokens"], chunk_bytes, report)
         report.close()
         splits[split] = {"tokens": sum(shard["tokens"] for shard in shards), "shards": shards}
+    for entry in splits.values():  # shards an earlier, killed run wrote may have been damaged since
+        for shard in entry["shards"]:
+            _check_shard(directory, shard["file"], shard["tokens"], dtype, "its notes say")
     manifest = {"format_version": FORMAT_VERSION, "request": request, "dtype": dtype.name,
                 "tokenizer": {"fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size,
                               "directory": TOKENIZER_DIR},
@@ -263,10 +276,22 @@ def _write_split(opened, split, tokenizer, directory, dtype, shard_tokens, chunk
     shards, start = [], None
     # Shards finished by an earlier, killed run: keep them and continue where the last one ended.
     while files.exists(note := os.path.join(notes, f"{split}-{len(shards):05d}.json")):
-        finished = read_json(note)
-        shards.append({"file": finished["file"], "tokens": finished["tokens"]})
-        start = tuple(finished["end"])
-    if files.exists(os.path.join(notes, f"{split}.done")):
+        finished = read_json_object(note)
+        try:
+            shards.append({"file": str(finished["file"]), "tokens": int(finished["tokens"])})
+            start = tuple(finished["end"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{note} is damaged: it is not a finished shard's note; delete the directory and "
+                             "prepare it again.") from None
+    done = os.path.join(notes, f"{split}.done")
+    if files.exists(done):
+        # It records how many shards the split has (empty from versions before it did): a note lost since would
+        # otherwise end the split early, silently dropping every shard after it.
+        recorded = read_text(done).strip()
+        if recorded and recorded != str(len(shards)):
+            raise ValueError(f"{directory} holds an unfinished token store whose {split} split has {recorded} shards "
+                             f"but notes for only {len(shards)} ({PREPARING} is damaged); delete the directory and "
+                             "prepare it again.")
         return shards
 
     pending, pending_tokens = [], 0
@@ -294,8 +319,19 @@ def _write_split(opened, split, tokenizer, directory, dtype, shard_tokens, chunk
                 close_shard(end)
     if pending_tokens:
         close_shard(end)
-    atomic_write(os.path.join(notes, f"{split}.done"), "")
+    atomic_write(done, str(len(shards)))
     return shards
+
+
+def _check_shard(directory: str, name: str, tokens: int, dtype: np.dtype, source: str) -> None:
+    """Raises ValueError if the shard file `name` is missing or does not hold `tokens` ids (`source`: who says so)."""
+    path, expected = os.path.join(directory, name), tokens * dtype.itemsize
+    files = gfile(path)
+    size = files.stat(path).length if files.exists(path) else None
+    if size != expected:
+        found = "is missing" if size is None else f"holds {size:,} bytes"
+        raise ValueError(f"Token store {directory!r} is damaged: {name} {found}, {source} {expected:,} ({tokens:,} "
+                         "ids); prepare the store again into a new directory.")
 
 
 def _shard(directory: str, shard: dict) -> tuple[str, int]:
@@ -340,6 +376,8 @@ class TokenStore:
                       for split in SPLITS}
             self.eos_id: int | None = self.manifest["end_of_document_id"]
             self.fingerprint: str = self.manifest["tokenizer"]["fingerprint"]
+            if not isinstance(self.manifest["request"], dict):
+                raise TypeError(f"its request is a JSON {type(self.manifest['request']).__name__}, not an object")
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"{path} is not a token store manifest ({error}); prepare the store again.") from None
         if version != FORMAT_VERSION:
@@ -351,14 +389,7 @@ class TokenStore:
         self._bounds: dict[str, np.ndarray] = {}
         for split, shards in splits.items():
             for shard_path, tokens in shards:
-                expected = tokens * self.dtype.itemsize
-                size = self._files.stat(shard_path).length if self._files.exists(shard_path) else None
-                if size != expected:
-                    found = "is missing" if size is None else f"holds {size:,} bytes"
-                    raise ValueError(
-                        f"Token store {directory!r} is damaged: {os.path.basename(shard_path)} {found}, its manifest "
-                        f"says {expected:,} ({tokens:,} ids); prepare the store again into a new directory."
-                    )
+                _check_shard(directory, os.path.basename(shard_path), tokens, self.dtype, "its manifest says")
             self._shards[split] = shards
             self._bounds[split] = np.cumsum([0] + [tokens for _, tokens in shards], dtype=np.int64)  # [shards + 1]
         self._local = is_local(directory)
