@@ -193,7 +193,7 @@ def test_contiguous_windows_of_the_train_split(store):
 )
 def test_split_shorter_than_a_window_is_rejected(tmp_path, train_len, validation_len, split):
     store = positional_store(tmp_path, train_len, validation_len)
-    message = rf"The {split} split of token store '.*store' has {BLOCK} tokens.*smaller block_size"
+    message = rf"The {split} split of token store '.*store' \(from '.*'\) has {BLOCK} tokens.*block_size of a shorter"
     with pytest.raises(ValueError, match=message):
         lm_datasets(store, BLOCK, 2)
 

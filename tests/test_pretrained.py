@@ -68,6 +68,10 @@ def test_both_formats_read_from_a_tensorflow_filesystem(tmp_path, write):
 def test_bad_checkpoints_are_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_pretrained(str(tmp_path / "missing"))
+    (tmp_path / "weights.safetensors").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match="weights.safetensors' is a file, not a directory"):
+        read_pretrained(str(tmp_path / "weights.safetensors"))
+    (tmp_path / "weights.safetensors").unlink()
     (tmp_path / "neither").mkdir()
     (tmp_path / "neither" / "notes.txt").write_text("x")
     with pytest.raises(ValueError, match="neither a tf_lm model directory .* nor an HF GPT-2 checkpoint"):

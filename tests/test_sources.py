@@ -62,6 +62,14 @@ def test_single_file_splits_at_a_character_boundary_and_keeps_unicode(tmp_path):
         assert abs(len(train[0].encode("utf-8")) - len(text.encode("utf-8")) * (1 - fraction)) < 4
 
 
+@pytest.mark.parametrize("text, fraction, empty", [("To be, or not to be.\n" * 20, 0.9999, "train"),
+                                                   ("abcé", 0.1, "validation")])  # cut inside é: moved past it
+def test_a_fraction_that_leaves_a_single_documents_split_empty_is_refused(tmp_path, text, fraction, empty):
+    (tmp_path / "short.txt").write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"`validation_fraction={fraction}` leaves the {empty} split of .* empty"):
+        open_source(f"text:{tmp_path / 'short.txt'}", validation_fraction=fraction)
+
+
 def test_chunks_are_bounded_cut_after_newlines_and_resume_from_any_end(tmp_path):
     path = tmp_path / "lines.txt"
     text = "".join(f"line {i} ünïcödé\n" for i in range(200)) + "x" * 300 + "é" * 100

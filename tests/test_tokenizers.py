@@ -204,6 +204,10 @@ def test_bpe_rejects_bad_inputs(bpe, tmp_path):
 def test_load_tokenizer_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_tokenizer(str(tmp_path / "missing"))
+    (tmp_path / "vocab.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="vocab.json' is a file, not a directory"):
+        load_tokenizer(str(tmp_path / "vocab.json"))
+    (tmp_path / "vocab.json").unlink()
     with pytest.raises(FileNotFoundError, match="char_tokenizer.json"):
         load_tokenizer(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="char_tokenizer.json"):

@@ -104,8 +104,10 @@ def _kind(directory: str) -> str:
 
 def _described(directory: str) -> tuple[str, LMConfig]:
     """`(kind "tf_lm" or "hf", LMConfig)` of a checkpoint directory."""
-    if not gfile(directory).isdir(directory):
-        raise FileNotFoundError(f"The pretrained checkpoint directory {directory!r} does not exist.")
+    files = gfile(directory)
+    if not files.isdir(directory):
+        what = "is a file, not a directory" if files.exists(directory) else "does not exist"
+        raise FileNotFoundError(f"The pretrained checkpoint directory {directory!r} {what}.")
     kind = _kind(directory)
     return kind, artifacts.read_config(directory) if kind == "tf_lm" else read_gpt2_config(directory)
 

@@ -46,10 +46,12 @@ def check_block_size(store: TokenStore, block_size: int) -> None:
 def _check_length(store: TokenStore, split: str, block_size: int) -> None:
     num_ids = store.num_tokens(split)
     if num_ids < block_size + 1:
+        # A store prepared for one evaluation lives in a temporary directory: its source is what the user named.
+        source = store.manifest["request"].get("source")
         raise ValueError(
-            f"The {split} split of token store {store.directory!r} has {num_ids} tokens, fewer than "
-            f"block_size+1={block_size + 1}; use a longer corpus, a smaller block_size or a different "
-            "validation_fraction."
+            f"The {split} split of token store {store.directory!r}{f' (from {source!r})' if source else ''} has "
+            f"{num_ids} tokens, fewer than block_size+1={block_size + 1} (a window and its targets); use a longer "
+            "corpus, a model or block_size of a shorter context, or a different `validation_fraction`."
         )
 
 

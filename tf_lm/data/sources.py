@@ -244,6 +244,12 @@ def _carve(source: str, documents: _Documents, sizes: list[int], validation_frac
         raise ValueError(f"The data source {source!r} is empty; point it at text that holds something.")
     if len(filled) == 1:
         begin = _byte_cut(documents, sizes, filled[0], validation_fraction)
+        if begin[1] in (0, sizes[filled[0]]):
+            raise ValueError(
+                f"`validation_fraction={validation_fraction}` leaves the {'train' if begin[1] == 0 else 'validation'} "
+                f"split of {source!r} empty: it is one document of {sizes[filled[0]]:,} bytes, split by bytes; use a "
+                "fraction that leaves text on both sides."
+            )
     else:
         held_out = min(len(filled) - 1, max(1, int(len(filled) * validation_fraction + 0.5)))
         begin = (filled[-held_out], 0)

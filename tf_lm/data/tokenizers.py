@@ -463,8 +463,9 @@ def load_tokenizer(directory: str) -> CharTokenizer | BPETokenizer:
     """
     files = gfile(directory)
     if not files.isdir(directory):
+        what = "is a file, not a directory" if files.exists(directory) else "does not exist"
         raise FileNotFoundError(
-            f"Tokenizer directory {directory!r} does not exist; pass the directory a tokenizer was saved to."
+            f"Tokenizer directory {directory!r} {what}; pass the directory a tokenizer was saved to."
         )
     if files.exists(os.path.join(directory, CHAR_FILE)):
         return CharTokenizer.load(directory)
