@@ -141,16 +141,30 @@ def reported_stops(interrupted: type[Exception]):
 
     `interrupted` is `tf_lm.training.TrainingInterrupted` (raised after the run's checkpoint; its `exit_code` says
     which signal). It is passed in so that this module does not load TensorFlow. A Ctrl-C before training starts,
-    or a second one during it, is a `KeyboardInterrupt` and ends the same way.
+    or a second one during it, is a `KeyboardInterrupt`, and a SIGTERM before it starts is `run_script`'s
+    `_Terminated`: both end the same way.
     """
     try:
         yield
     except interrupted as error:
         print(f"stopped: {error}", file=sys.stderr)
         raise SystemExit(error.exit_code) from None
-    except KeyboardInterrupt:
-        print("stopped: interrupted; rerunning the same command resumes from the last checkpoint.", file=sys.stderr)
-        raise SystemExit(128 + signal.SIGINT) from None
+    except (KeyboardInterrupt, _Terminated) as stop:
+        why, signum = ("interrupted", signal.SIGINT) if isinstance(stop, KeyboardInterrupt) else ("terminated",
+                                                                                                 signal.SIGTERM)
+        print(f"stopped: {why}; rerunning the same command resumes from the last checkpoint.", file=sys.stderr)
+        raise SystemExit(128 + signum) from None
+
+
+class _Terminated(BaseException):
+    """SIGTERM outside a training loop (which checkpoints first): unwinds like Ctrl-C, so `finally` blocks remove
+    what a write left half done (a staging directory, a temporary file), where the default action would just end
+    the process."""
+
+
+def _terminate(signum, frame):
+    del frame
+    raise _Terminated(signum)
 
 
 def run_script(main, takes_arguments: bool = False) -> None:
@@ -186,7 +200,12 @@ def run_script(main, takes_arguments: bool = False) -> None:
         except KeyboardInterrupt:  # a script without a stop of its own to report (train_lm's say where to resume)
             print("stopped: interrupted.", file=sys.stderr)
             raise SystemExit(128 + signal.SIGINT) from None
+        except _Terminated:
+            print("stopped: terminated.", file=sys.stderr)
+            raise SystemExit(128 + signal.SIGTERM) from None
 
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # one the process was started ignoring stays ignored
+        signal.signal(signal.SIGTERM, _terminate)
     app.run(main_with_usage_errors, flags_parser=parse_flags)
 
 

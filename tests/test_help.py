@@ -11,6 +11,7 @@ import pytest
 from absl import flags
 from conftest import REPO, as_from_a_terminal, run_module, script_environment
 
+import experiments.flags
 from experiments.flags import UNGROUPED, in_flag_terms, one_line_errors, reported_stops
 from tf_lm.fileio import EXPORT_MARKER
 
@@ -119,9 +120,12 @@ def test_only_the_scripts_that_take_a_token_store_offer_one_for_dataset():
         assert ("store:<dir>" in values["dataset"].help) is stores  # prepare_data writes stores; it reads none
 
 
-def test_a_ctrl_c_while_a_script_starts_is_one_line_and_writes_nothing(tmp_path):
-    """Loading TensorFlow takes seconds; a Ctrl-C meanwhile printed a traceback through its import. (It loads once
-    the flags are good, while descriptor 2 is held back: the line must still reach stderr.)"""
+@pytest.mark.parametrize("signum, status, line", [(signal.SIGINT, 130, "stopped: interrupted.\n"),
+                                                  (signal.SIGTERM, 143, "stopped: terminated.\n")])
+def test_a_ctrl_c_while_a_script_starts_is_one_line_and_writes_nothing(tmp_path, signum, status, line):
+    """Loading TensorFlow takes seconds; a Ctrl-C meanwhile printed a traceback through its import, and a SIGTERM
+    ended the process silently, skipping the `finally` blocks that remove a half-done write. (TensorFlow loads
+    once the flags are good, while descriptor 2 is held back: the line must still reach stderr.)"""
     import time
 
     # A signal that comes too late (a machine loaded enough to delay this loop by the seconds the import takes)
@@ -137,9 +141,9 @@ def test_a_ctrl_c_while_a_script_starts_is_one_line_and_writes_nothing(tmp_path)
             if "libtensorflow_framework" in maps.read():
                 break
         time.sleep(0.01)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=120)
-    assert (process.returncode, stderr, stdout) == (130, "stopped: interrupted.\n", "")
+    assert (process.returncode, stderr, stdout) == (status, line, "")
     assert not (tmp_path / "run").exists()
 
 
@@ -155,6 +159,10 @@ def test_a_run_stopped_by_a_signal_ends_with_the_shells_status_for_it(capsys):
         raise KeyboardInterrupt  # Ctrl-C before training started
     assert stop.value.code == 130
     assert capsys.readouterr().err.startswith("stopped: interrupted; rerunning the same command resumes")
+    with pytest.raises(SystemExit) as stop, reported_stops(TrainingInterrupted):
+        raise experiments.flags._Terminated(signal.SIGTERM)  # SIGTERM before training started, under run_script
+    assert stop.value.code == 143
+    assert capsys.readouterr().err.startswith("stopped: terminated; rerunning the same command resumes")
     with pytest.raises(ValueError), reported_stops(TrainingInterrupted):  # anything else is not a stop
         raise ValueError("x")
 
