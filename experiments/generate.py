@@ -8,7 +8,8 @@ The sampler follows the flags: --temperature=0 is greedy (refused beside --top_k
 sampling. Tokens are decoded in chunks of --chunk_size steps, each chunk a compiled program that carries the KV
 cache on, so text appears as it is made.
 Past the model's context the window slides (--context_policy=slide, the default) or the run is refused (refuse).
-With --draft_model_dir (or --drafter=prompt_lookup) decoding is speculative; the last line reports the acceptance.
+With --draft_model_dir (or --drafter=prompt_lookup) decoding is speculative, drafting --num_speculative_tokens per
+round (refused without a drafter, which would ignore it); the last line reports the acceptance.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def define_speculative_flags() -> None:
         flags.DEFINE_enum("drafter", None, ["model", "prompt_lookup"], "'model' (the default with "
                           "--draft_model_dir) or 'prompt_lookup' (drafts what followed the last n-gram earlier in "
                           "the context; no draft model).")
-        flags.DEFINE_integer("num_speculative_tokens", 4, "Tokens drafted per speculative round (with a drafter).")
+        flags.DEFINE_integer("num_speculative_tokens", 4, "Tokens drafted per speculative round (only with "
+                             "--draft_model_dir or --drafter).")
 
 
 def stop_token_ids(tokenizer) -> list[int] | None:

@@ -68,6 +68,15 @@ def test_temperature_zero_equals_greedy(model):
     assert generate(model, PROMPTS, max_new_tokens=6, sampler="temperature", temperature=0.0, seed=9) == greedy
 
 
+@pytest.mark.parametrize("temperature", [1e-30, 1e-45])
+def test_a_tiny_temperature_decodes_the_greedy_tokens(model, temperature):
+    # The limit of a vanishing temperature; at 1e-45 (a float32 subnormal, flushed to 0) decoding was NaN logits
+    # and token 0 throughout.
+    greedy = generate(model, PROMPTS, max_new_tokens=6)
+    for settings in ({"sampler": "temperature"}, {"sampler": "top_p", "top_p": 0.9, "top_k": 5}):
+        assert generate(model, PROMPTS, max_new_tokens=6, temperature=temperature, seed=9, **settings) == greedy
+
+
 def test_seed_reproduces_and_other_seeds_differ(model):
     settings = dict(max_new_tokens=12, sampler="temperature", temperature=3.0)
     first = generate(model, PROMPTS, seed=11, **settings)
@@ -176,6 +185,8 @@ def test_context_edges(model):
         ([[1, 2]], {"seed": -1}, "`seed` must be an integer"),
         ([[1, 2]], {"stop_token_ids": [99]}, "stop_token_ids"),
         ([[1, 2]], {"sampler": "top_k"}, "needs top_k"),
+        # Plain decoding would ignore it, as greedy would top_k (refused by get_sampler).
+        ([[1, 2]], {"num_speculative_tokens": 3}, "`num_speculative_tokens` only applies to speculative decoding"),
     ],
 )
 def test_generate_rejects_bad_input(model, prompts, kwargs, message):
@@ -212,6 +223,9 @@ def test_the_generate_script_names_its_flags_in_the_argument_errors(model):
          "--drafter='model' needs a --draft_model_dir, a smaller model with the same vocabulary."),
         (lambda: generate(model, [[1, 2]], max_new_tokens=2, drafter="prompt_lookup", draft_model=model),
          "--drafter='prompt_lookup' drafts from the context and takes no --draft_model_dir; pass one or the other."),
+        (lambda: stream(model, [[1, 2]], max_new_tokens=2, num_speculative_tokens=3),
+         "--num_speculative_tokens only applies to speculative decoding, with a --draft_model_dir or a --drafter; "
+         "pass one, or drop it. Received: --num_speculative_tokens=3"),
         # One past the limit, 2**31 - 1 - 2 * block_size: the prompt bucket and the window past the buffer fit int32.
         (lambda: generate(model, [[1, 2]], max_new_tokens=2**31 - 48),
          "--max_new_tokens must be at most 2147483599 for a model with block_size=24: decoding indexes the prompt, "
@@ -371,6 +385,10 @@ def test_cli_rejects_prompts_it_cannot_continue(model_dir):
     out = io.StringIO()
     with pytest.raises(ValueError, match=r"--seed \+ --num_samples must be <= 2\*\*62"):  # sample 2's seed
         run(model_dir, "a", out=out, **{**settings, "seed": 2**62 - 1, "num_samples": 2})
+    assert out.getvalue() == ""
+    out = io.StringIO()  # it decoded without drafts, ignoring the setting
+    with pytest.raises(ValueError, match="`num_speculative_tokens` only applies to speculative decoding"):
+        run(model_dir, "a", out=out, **settings, num_speculative_tokens=3)
     assert out.getvalue() == ""
 
 

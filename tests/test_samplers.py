@@ -102,6 +102,24 @@ def test_temperature_sharpens_and_flattens():
     np.testing.assert_allclose(hot, [1 / 3] * 3, atol=0.03)
 
 
+@pytest.mark.parametrize("temperature", [1e-30, 1e-45])
+def test_a_tiny_temperature_draws_the_argmax_without_nan(temperature):
+    # Its limit is greedy. 1e-45 is a float32 subnormal, which the CPU flushes to 0: logits / temperature was +-inf
+    # and 0 / 0 = NaN, and decoding emitted token 0. At 1e-30 an all-negative row divided below the filtered-out
+    # logits, so top-k drew a token it had dropped. Rows from all-negative to all-positive logits:
+    logits = np.random.default_rng(0).normal(0.0, 2.0, size=(16, 50)) + np.linspace(-100.0, 100.0, 16)[:, None]
+    logits = tf.constant(logits, tf.float32)
+    greedy = np.argmax(logits.numpy(), axis=-1)
+    for sampler in (RandomSampler(temperature), TopKSampler(5, temperature), TopPSampler(0.9, 5, temperature),
+                    TopPSampler(0.9, temperature=temperature)):
+        for filter_logits in (sampler.filter_logits, tf.function(sampler.filter_logits, jit_compile=True)):
+            assert not np.isnan(filter_logits(logits).numpy()).any(), sampler.get_config()
+        # What speculative decoding draws from: one-hot on the argmax.
+        np.testing.assert_allclose(sampler.probabilities(logits).numpy(), np.eye(50)[greedy], atol=1e-6)
+        for seed in range(5):
+            np.testing.assert_array_equal(sampler.get_next_token(logits, tf.constant([seed, 7])).numpy(), greedy)
+
+
 def test_temperature_zero_is_greedy():
     logits = [0.1, 2.0, 1.9, -1.0]
     for name in ("temperature", "greedy"):

@@ -247,6 +247,8 @@ def test_after_a_round_both_caches_equal_a_plain_decode_of_the_accepted_tokens(p
         ({"drafter": "model", "draft_model": None}, "needs a `draft_model`"),
         ({"draft_model": "other_vocabulary"}, "draft vocab_size=11, model vocab_size=13"),
         ({"draft_model": "shorter_context"}, "draft block_size=24, model block_size=48"),
+        # Without a drafter decoding is plain, and would ignore it.
+        ({"draft_model": None, "num_speculative_tokens": 3}, "`num_speculative_tokens` only applies to speculative"),
     ],
 )
 def test_bad_speculative_arguments_are_refused(pair, kwargs, message):

@@ -40,6 +40,10 @@ CONTEXT_POLICIES = ("slide", "refuse")
 # Seeds are two int32 halves of 31 bits each: [0, 2**62) is what they carry.
 SEED_LIMIT = 2**62
 
+# `num_speculative_tokens`' default (of `generate`, `stream` and the export): the only value it may have without a
+# drafter.
+DEFAULT_NUM_SPECULATIVE_TOKENS = 4
+
 
 def max_new_tokens_limit(block_size: int) -> int:
     """The most new tokens one request may ask for: decoding indexes its token buffer (the prompt, at most
@@ -254,8 +258,17 @@ def _programs(model, sampler: Sampler, drafter=None) -> _Programs | _Speculative
 
 
 def _drafter(model, draft_model, drafter: str | None, num_speculative_tokens: int, sampler: Sampler):
-    """Checks the speculative-decoding arguments (the sampler's too); returns the drafter they ask for, or None."""
+    """Checks the speculative-decoding arguments (the sampler's too); returns the drafter they ask for, or None.
+
+    Without a drafter, `num_speculative_tokens` must keep its default, as `get_sampler` refuses the settings a sampler
+    would ignore: a k set for plain decoding would be ignored without a word.
+    """
     if drafter is None and draft_model is None:
+        if num_speculative_tokens != DEFAULT_NUM_SPECULATIVE_TOKENS:
+            raise ValueError(
+                "`num_speculative_tokens` only applies to speculative decoding, with a `draft_model` or a `drafter`; "
+                f"pass one, or drop it. Received: `num_speculative_tokens={num_speculative_tokens!r}`"
+            )
         return None
     speculative.check_sampler(sampler)
     k = num_speculative_tokens
@@ -440,7 +453,8 @@ def generate(model, prompt_ids, max_new_tokens: int = 100, sampler: str | Sample
             distribution (not the same tokens for a seed as without a draft). A request that does not fit the
             context with `num_speculative_tokens` spare positions decodes without drafts (speculation never
             slides).
-        num_speculative_tokens: int >= 1, default 4. Tokens drafted per round, with a drafter.
+        num_speculative_tokens: int >= 1, default 4. Tokens drafted per round; only with a drafter (another value
+            without one is refused rather than ignored).
         drafter: None, "model" (the default with `draft_model`) or "prompt_lookup" (drafts the tokens that followed
             the last n-gram's latest earlier occurrence; no draft model).
 
@@ -451,8 +465,9 @@ def generate(model, prompt_ids, max_new_tokens: int = 100, sampler: str | Sample
     Raises:
         ValueError: for an empty prompt, a token outside the vocabulary, a `max_new_tokens` past its limit, a
             prompt plus `max_new_tokens` longer than `model.config.block_size` with `context_policy="refuse"`, bad
-            sampler settings, a draft model with another vocabulary or a shorter context, or a drafter with a
-            sampler whose distribution speculation cannot know (`speculative.check_sampler`).
+            sampler settings, a draft model with another vocabulary or a shorter context, a drafter with a
+            sampler whose distribution speculation cannot know (`speculative.check_sampler`), or a
+            `num_speculative_tokens` other than the default without a drafter.
 
     Example:
     >>> model = TransformerLM(LMConfig.preset("nano", vocab_size=65))

@@ -21,6 +21,8 @@ import tensorflow as tf
 
 # Finite rather than -inf: a filtered-out logit plus Gumbel noise must stay below every kept one, never NaN.
 _FILTERED_LOGIT = -1e30
+# The smallest positive float32 that is not subnormal: the least a temperature divides by (`Sampler.filter_logits`).
+_SMALLEST_NORMAL_FLOAT32 = 2.0**-126
 
 
 class Sampler:
@@ -37,8 +39,9 @@ class Sampler:
       distribution.
 
     Args:
-        temperature: float > 0, default 1. Logits are divided by it before sampling; below 1 sharpens,
-            above 1 flattens. (Greedy decoding is `GreedySampler`; `get_sampler` maps temperature 0 to it.)
+        temperature: float > 0, default 1. Logits are divided by it before sampling; below 1 sharpens (a tiny
+            one, 1e-45 say, draws the argmax as greedy decoding does), above 1 flattens. (Greedy decoding is
+            `GreedySampler`; `get_sampler` maps temperature 0 to it.)
 
     Call args:
         next: callable `(tokens, cache, index) -> (logits [batch, vocab] float32, cache)`: the logits of
@@ -79,8 +82,20 @@ class Sampler:
         return _gumbel_argmax(self.filter_logits(logits), seed)
 
     def filter_logits(self, logits):
-        """Returns `logits` / temperature with every token this sampler must never emit set very negative."""
-        return logits / self.temperature
+        """Returns `logits` / temperature (shifted by a constant per row below temperature 1) with every token this
+        sampler must never emit set very negative.
+
+        Below temperature 1 the division enlarges the logits, so each row's largest is subtracted first (softmax does
+        not change): it stays 0 and the others can only fall, to -inf at worst. A tiny temperature then draws the
+        argmax, its limit, instead of overflowing to inf - inf = NaN or sinking the kept logits below the filtered-out
+        ones (`_FILTERED_LOGIT`). A temperature under float32's smallest normal number divides as that number: the CPU
+        flushes a subnormal divisor to 0, and 0 / 0 is NaN. At 1 and above the logits are divided as they are, since
+        they only shrink.
+        """
+        if self.temperature >= 1.0:
+            return logits / self.temperature
+        shifted = logits - tf.reduce_max(logits, axis=-1, keepdims=True)
+        return shifted / max(self.temperature, _SMALLEST_NORMAL_FLOAT32)
 
     def probabilities(self, logits):
         """The distribution this sampler draws from: float32 `[..., vocab]` from logits `[..., vocab]`.
