@@ -85,13 +85,18 @@ def load_data(dataset: str | None, train_file: str | None, eval_file: str | None
     """(train, eval) `TextClassificationData` from a `tfds:` dataset or a pair of files.
 
     Raises:
-        ValueError: if neither or both sources are given, or the data are bad (see `tf_lm.bert.data`).
+        ValueError: if neither or both sources are given, `max_train_examples` < 1, or the data are bad (see
+            `tf_lm.bert.data`).
         FileNotFoundError: for a missing file.
     """
     from tf_lm.bert import data
 
     if (dataset is None) == (train_file is None):
         raise ValueError("Pass exactly one of --dataset=tfds:<name> or --train_file (with --eval_file).")
+    # Checked here, in the flag's name: the loaders call it `max_examples`.
+    if max_train_examples is not None and max_train_examples < 1:
+        raise ValueError(f"--max_train_examples must be >= 1 (unset keeps every example). Received: "
+                         f"--max_train_examples={max_train_examples}")
     if dataset is not None:
         if not dataset.startswith(TFDS_PREFIX):
             raise ValueError(f"--dataset must look like tfds:<name>, e.g. tfds:glue/sst2. Received: {dataset!r}")

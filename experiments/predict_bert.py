@@ -7,6 +7,7 @@ Prints one line per sentence: the predicted label, its probability and the sente
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import flags
@@ -46,14 +47,19 @@ def run(model_dir: str, sentences: list[str], max_length: int | None = None, out
 
     if not gfile(model_dir).isdir(model_dir):
         raise FileNotFoundError(f"No model directory at {model_dir!r}; train one with experiments.finetune_bert.")
-    from tf_lm.bert.finetune import classify, fine_tuned_max_length, load_for_prediction
+    from tf_lm.bert.finetune import FINETUNE_CONFIG_FILE, classify, fine_tuned_max_length, load_for_prediction
     from tf_lm.bert.tokenizer import WordPieceTokenizer
 
     model = load_for_prediction(model_dir)
+    limit = model.config.max_position_embeddings
     if max_length is None:
         # Read sentences as in fine-tuning: past that length the model meets positions it was never tuned on.
-        max_length = fine_tuned_max_length(model_dir) or DEFAULT_MAX_LENGTH
-    limit = model.config.max_position_embeddings
+        recorded = fine_tuned_max_length(model_dir)
+        if recorded is not None and recorded > limit:  # fine-tuning refuses a max_length beyond the positions
+            raise ValueError(f"{os.path.join(model_dir, FINETUNE_CONFIG_FILE)} records max_length {recorded}, beyond "
+                             f"the model's {limit} positions, so it does not belong to this model; restore it, or "
+                             "pass --max_length.")
+        max_length = recorded or DEFAULT_MAX_LENGTH
     if not 2 <= max_length <= limit:
         raise ValueError(f"--max_length must lie in [2, {limit}]. Received: {max_length}")
     names = model.config.labels

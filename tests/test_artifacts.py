@@ -147,5 +147,5 @@ def test_check_saveable_refuses_what_a_save_would_refuse_before_any_training(tmp
 def test_a_config_that_is_json_but_not_an_object_is_one_error_naming_it(tmp_path, content):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text(content)
-    with pytest.raises(ValueError, match=r"config.json is damaged: it holds a JSON \w+, not an object"):
+    with pytest.raises(ValueError, match=r"config.json is damaged: it holds (an array|null|a number), not an object"):
         read_config(str(tmp_path))

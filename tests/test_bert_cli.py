@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 
 import pytest
 from conftest import failure_line, run_module
@@ -147,3 +148,104 @@ def test_predict_on_a_language_model_directory_says_so_in_one_line(tmp_path):
     result = run_module("experiments.predict_bert", f"--model_dir={tmp_path}", "a sentence")
     assert_one_line_error(result, "holds a TransformerLM (a language model of experiments.train_lm), not a fine-tuned")
     assert ".bin" not in result.stderr
+
+
+def assert_only_error_line(result, line):
+    """The contract for bad input: exit 1 and nothing on stderr but the one `error:` line."""
+    assert result.returncode == 1 and result.stderr.splitlines() == [line], result.stderr[-3000:]
+
+
+def save_tiny_classifier(directory, extra_json=None) -> str:
+    """A random 2-class BertClassifier one block 8 wide (160 positions), with MiniLM's vocabulary, saved as
+    finetune_bert saves its best/ (model.keras and the Hugging Face checkpoint)."""
+    from tf_lm.bert import finetune, weights
+    from tf_lm.bert.config import BertConfig
+    from tf_lm.bert.model import BertClassifier
+    from tf_lm.bert.tokenizer import WordPieceTokenizer
+
+    model = BertClassifier(BertConfig(vocab_size=30522, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=16, max_position_embeddings=160))
+    classifier = finetune.keras_classifier(model, WordPieceTokenizer(weights.resolve_local("minilm")))
+    classifier.save(str(directory), extra_json or {})
+    return str(directory)
+
+
+def damaged_json_error(path) -> str:
+    """The one line a script ends with for the damaged JSON file `path`: `tf_lm.fileio.read_json_object`'s error,
+    which names it."""
+    from tf_lm.fileio import read_json_object
+
+    with pytest.raises(ValueError, match="is damaged") as error:
+        read_json_object(str(path))
+    assert str(path) in str(error.value)
+    return f"error: {error.value}"
+
+
+@pytest.mark.parametrize("backend, text", [
+    ("keras", "[]"),  # was AttributeError: 'list' object has no attribute 'get'
+    ("hf", "[]"),  # was a 46-line TypeError from transformers
+    ("keras", '{"model_type": "bert",\n'),  # was `error: Expecting property name ...`, naming no file
+])
+def test_finetune_from_a_damaged_config_json_fails_in_one_line_naming_it(tmp_path, backend, text):
+    model = save_tiny_classifier(tmp_path / "model")
+    config = tmp_path / "model" / "config.json"
+    config.write_text(text)
+    train = write_tsv(tmp_path / "train.tsv", [("a gorgeous film", 1), ("a dull mess", 0)])
+    result = run_module("experiments.finetune_bert", f"--model={model}", f"--backend={backend}",
+                        f"--train_file={train}", f"--eval_file={train}", f"--output_dir={tmp_path / 'run'}",
+                        "--max_length=8", "--strategy=cpu")
+    assert_only_error_line(result, damaged_json_error(config))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name, text, message", [
+    # best/ of the hf backend (no model.keras): config.json is read as the model's description.
+    ("config.json", "[]", None),  # was AttributeError: 'list' object has no attribute 'get'
+    ("config.json", '{"a": "x\ty"}', None),  # was `error: Invalid control character at: ...`, naming no file
+    # Was TypeError: '<=' not supported between instances of 'int' and 'str'.
+    ("finetune_config.json", '{"max_length": "abc"}', "{path} is damaged: its max_length is 'abc', not an integer >= "
+                                                      "2; restore it, or pass --max_length explicitly."),
+    # Was blamed on a --max_length the user never passed.
+    ("finetune_config.json", '{"max_length": 600}', "{path} records max_length 600, beyond the model's 160 "
+                                                    "positions, so it does not belong to this model; restore it, or "
+                                                    "pass --max_length."),
+])
+def test_predict_with_a_damaged_model_dir_file_fails_in_one_line_naming_it(tmp_path, name, text, message):
+    best = save_tiny_classifier(tmp_path / "best", {"finetune_config.json": {"max_length": 16}})
+    if name == "config.json":
+        (tmp_path / "best" / "model.keras").unlink()
+    path = tmp_path / "best" / name
+    path.write_text(text)
+    result = run_module("experiments.predict_bert", f"--model_dir={best}", "a gorgeous film")
+    assert_only_error_line(result, damaged_json_error(path) if message is None else
+                           "error: " + message.format(path=path))
+
+
+@pytest.mark.parametrize("rows, flags, message", [
+    # The loaders call it max_examples, which is no flag of finetune_bert.
+    ([("good", 1), ("bad", 0)], ["--max_train_examples=0"],
+     "--max_train_examples must be >= 1 (unset keeps every example). Received: --max_train_examples=0"),
+    ([("good", 1), ("bad", 0), ("odd", 2)], ["--num_labels=2"],
+     "train.tsv: example 2 has label 2, outside the 2 classes [0, 1]; fix the data or pass a larger --num_labels."),
+    ([("good", 1), ("bad", 0)], ["--num_labels=1"], "A classifier needs --num_labels >= 2. Received: --num_labels=1"),
+])
+def test_finetune_errors_name_the_flag_to_change(tmp_path, rows, flags, message):
+    train = write_tsv(tmp_path / "train.tsv", rows)
+    result = run_module("experiments.finetune_bert", f"--train_file={train}", f"--eval_file={train}",
+                        f"--output_dir={tmp_path / 'run'}", "--strategy=cpu", *flags)
+    assert_only_error_line(result, f"error: {message}")
+
+
+def test_finetune_refuses_a_damaged_best_metrics_json_before_training(tmp_path):
+    """It was found only after training, in the comparison with the new model's accuracy (a TypeError), with the
+    run's checkpoints/ left behind."""
+    model = save_tiny_classifier(tmp_path / "model")
+    best = save_tiny_classifier(tmp_path / "run" / "best", {"metrics.json": {"eval_accuracy": "abc"}})
+    before = sorted(os.listdir(best))
+    train = write_tsv(tmp_path / "train.tsv", [("a gorgeous film", 1), ("a dull mess", 0)])
+    result = run_module("experiments.finetune_bert", f"--model={model}", f"--train_file={train}",
+                        f"--eval_file={train}", f"--output_dir={tmp_path / 'run'}", "--max_length=8",
+                        "--batch_size=2", "--max_steps=1", "--strategy=cpu")
+    assert_only_error_line(result, f"error: {best}/metrics.json is damaged: it records eval_accuracy 'abc', not a "
+                                   "number; restore it, or remove it to let this run replace best/.")
+    assert os.listdir(tmp_path / "run") == ["best"] and sorted(os.listdir(best)) == before

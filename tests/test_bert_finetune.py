@@ -5,6 +5,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -194,6 +195,59 @@ def test_a_foreign_best_dir_is_refused_before_training(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="not one of ours and was left untouched"):
         finetune.finetune("minilm", train, train, config, str(tmp_path / "run"), resolve_strategy("cpu"))
     assert os.listdir(best_dir) == ["precious.txt"]
+
+
+@pytest.mark.parametrize("text, match", [
+    ('{"eval_accuracy": 0.5', r"is damaged: it is not valid JSON \(Expecting ',' delimiter"),
+    ("[]", r"is damaged: it holds (an array|null), not an object"),
+    ('{"eval_accuracy": "0.5"}', "is damaged: it records eval_accuracy '0.5', not a number; restore it, or remove it "
+                                 "to let this run replace best/."),
+    ("{}", "is damaged: it records no eval_accuracy"),
+])
+def test_a_damaged_best_metrics_json_is_refused_before_training(tmp_path, monkeypatch, text, match):
+    """It was read after the model was loaded and the run's checkpoints/ begun (valid JSON of another kind, or a
+    string accuracy, failed with a traceback, the latter only after training): now with the output dir's checks."""
+    train = short_sst2(tmp_path / "train.tsv", "train.tsv", 8)
+    run = tmp_path / "run"
+    best_dir = run / finetune.BEST_DIR
+    best_dir.mkdir(parents=True)
+    (best_dir / EXPORT_MARKER).write_text("{}")
+    (best_dir / finetune.METRICS_FILE).write_text(text)
+    monkeypatch.setattr(finetune, "load_classifier", lambda *args: pytest.fail("loaded a model before refusing"))
+    config = finetune.FinetuneConfig(max_length=16, batch_size=8, max_steps=1, num_buckets=1)
+    with pytest.raises(ValueError, match=re.escape(str(best_dir / finetune.METRICS_FILE)) + " " + match):
+        finetune.finetune("minilm", train, train, config, str(run), resolve_strategy("cpu"))
+    assert os.listdir(run) == [finetune.BEST_DIR]
+    assert (best_dir / finetune.METRICS_FILE).read_text() == text
+
+
+@pytest.mark.parametrize("history", [{}, [1], [{"epoch": 1, "step": "1", "eval_accuracy": 0.5, "eval_f1": 0.5}],
+                                     [{"epoch": 1, "step": 1, "eval_f1": 0.5}]])
+def test_a_damaged_history_json_is_named_on_resume(tmp_path, history):
+    """A resume reads the evaluations already made; a list of other things failed in a subscript (TypeError), a
+    record without its accuracy later, in the run's report (KeyError)."""
+    path = tmp_path / finetune.HISTORY_FILE
+    path.write_text(json.dumps(history))
+    with pytest.raises(ValueError, match=re.escape(f"{path} is damaged: it is not a list of evaluation records")):
+        finetune._read_history(str(tmp_path), step=1)
+    record = {"epoch": 1, "step": 1, "eval_accuracy": 0.5, "eval_f1": 0.25}
+    path.write_text(json.dumps([record, {**record, "epoch": 2, "step": 2}]))
+    assert finetune._read_history(str(tmp_path), step=1) == [record]
+
+
+@pytest.mark.parametrize("max_length", ["abc", "16", 1, 16.0, True, [16]])
+def test_a_damaged_fine_tuned_max_length_is_named(tmp_path, max_length):
+    """predict_bert compared it with an int (TypeError for a string, printed as a traceback)."""
+    path = tmp_path / finetune.FINETUNE_CONFIG_FILE
+    path.write_text(json.dumps({"max_length": max_length}))
+    with pytest.raises(ValueError, match=re.escape(f"{path} is damaged: its max_length is {max_length!r}, not an "
+                                                   "integer >= 2; restore it, or pass `max_length` explicitly.")):
+        finetune.fine_tuned_max_length(str(tmp_path))
+    path.write_text(json.dumps({"max_length": None}))
+    assert finetune.fine_tuned_max_length(str(tmp_path)) is None
+    path.write_text("[]")
+    with pytest.raises(ValueError, match=re.escape(f"{path} is damaged: it holds an array, not an object")):
+        finetune.fine_tuned_max_length(str(tmp_path))
 
 
 def short_run(tmp_path, **config):

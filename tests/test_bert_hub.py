@@ -251,6 +251,28 @@ def test_directory_without_weights_or_config(tmp_path):
         hub.load_classifier(str(tmp_path))
 
 
+@pytest.mark.parametrize("text, match", [
+    ("[]", r"is damaged: it holds (an array|null), not an object; restore or remove it\."),
+    ('{"model_type": "bert",\n', r"is damaged: it is not valid JSON \(Expecting property name .*line 2"),
+])
+def test_a_config_json_that_is_not_a_json_object_is_named_as_the_keras_backend_names_it(tmp_path, text, match):
+    """transformers failed on `[]` with a TypeError deep in its config code (a 46-line traceback), and said an
+    invalid file is "not a valid JSON file" in words of its own."""
+    write_tiny_classifier(tmp_path, "keras")
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "config.json")) + " " + match):
+        hub.load_classifier(str(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["tokenizer_config.json", "special_tokens_map.json"])
+def test_a_tokenizer_file_that_is_not_a_json_object_is_named(tmp_path, name):
+    """transformers failed on `[]` in a subscript (a TypeError, printed as a traceback)."""
+    write_tiny_classifier(tmp_path, "keras")
+    (tmp_path / name).write_text("[]")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / name} is damaged: it holds an array, not an object")):
+        hub.load_tokenizer(str(tmp_path))
+
+
 def test_label_names_must_match_num_labels():
     with pytest.raises(ValueError, match="3 label names for 2 labels"):
         hub.load_classifier("minilm", num_labels=2, label_names=["a", "b", "c"])

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 
 import keras
 import numpy as np
@@ -338,6 +339,71 @@ def test_bad_configs_and_sources_are_one_sentence(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(ValueError, match="model_type='gpt2'"):
         BertClassifier.from_pretrained(str(tmp_path))
+
+
+def exported_tiny(directory) -> str:
+    """`TINY` exported as a Hugging Face checkpoint into `directory`, with MiniLM's tokenizer files."""
+    weights.export(BertClassifier(TINY), weights.resolve_local("minilm"), str(directory))
+    return str(directory)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("[]", r"is damaged: it holds (an array|null), not an object; restore or remove it\."),
+    ("null", r"is damaged: it holds (an array|null), not an object"),
+    ('{"model_type": "bert",\n', r"is damaged: it is not valid JSON \(Expecting property name .*line 2"),
+])
+def test_a_config_json_that_is_not_a_json_object_is_named(tmp_path, text, match):
+    """Valid JSON of another kind failed in `.get` (an AttributeError, printed as a traceback); invalid JSON with
+    json's words alone (`Expecting value: line 2 column 1`), naming no file."""
+    model_dir = exported_tiny(tmp_path / "model")
+    path = tmp_path / "model" / "config.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=re.escape(str(path)) + " " + match):
+        BertClassifier.from_pretrained(model_dir)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("hidden_dropout_prob", "0.1", "BertConfig.hidden_dropout_prob must be a finite number. Received: "
+                                   "hidden_dropout_prob='0.1'"),
+    ("classifier_dropout", [0.1], "BertConfig.classifier_dropout must be a finite number"),
+    ("layer_norm_eps", "1e-12", "BertConfig.layer_norm_eps must be a finite number"),
+    ("initializer_range", True, "BertConfig.initializer_range must be a finite number"),
+    ("pad_token_id", "0", "BertConfig.pad_token_id must be an integer >= 0"),
+    ("hidden_size", "8", "BertConfig.hidden_size must be an integer >= 1"),
+    ("architectures", "BertForSequenceClassification", "architectures must be a list of class names"),
+    ("architectures", 5, "architectures must be a list of class names"),
+    ("id2label", 5, "id2label must map the class ids 0, 1, ... to their names"),
+    ("id2label", ["a", "b", "c"], "id2label must map the class ids"),
+    ("id2label", {"1": "a", "2": "b", "3": "c"}, "id2label must map the class ids"),
+    ("id2label", {"0": "a"}, "A classifier needs num_labels >= 2. Received: num_labels=1"),
+    ("model_type", "gpt2", "Only BERT checkpoints load into BertClassifier. Received: model_type='gpt2'"),
+])
+def test_a_config_json_field_of_the_wrong_type_is_refused_naming_the_file(tmp_path, field, value, match):
+    """A damaged value failed in a comparison (a TypeError, printed as a traceback), or passed unchecked into the
+    layers; each is refused in one sentence that names the file."""
+    model_dir = exported_tiny(tmp_path / "model")
+    path = tmp_path / "model" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+    with pytest.raises(ValueError, match=re.escape(f"{path}: {match}")):
+        BertClassifier.from_pretrained(model_dir)
+
+
+def test_an_override_that_does_not_fit_is_not_blamed_on_the_config_json():
+    hf_config = TINY.to_hf()
+    with pytest.raises(ValueError, match=r"^2 label names for 3 labels"):
+        BertConfig.from_hf(hf_config, source="/x/config.json", num_labels=3, label_names=("a", "b"))
+    with pytest.raises(ValueError, match=r"^A classifier needs num_labels >= 2. Received: num_labels='2'"):
+        BertConfig(num_labels="2")
+
+
+@pytest.mark.parametrize("name", ["tokenizer_config.json", "added_tokens.json"])
+def test_a_tokenizer_file_that_is_not_a_json_object_is_named(tmp_path, name):
+    import shutil
+
+    shutil.copy(os.path.join(weights.resolve_local("minilm"), "vocab.txt"), tmp_path)  # added_tokens.json: with it
+    (tmp_path / name).write_text("[]")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / name} is damaged: it holds an array, not an object")):
+        WordPieceTokenizer(str(tmp_path))
 
 
 @pytest.mark.parametrize("architectures, num_labels", [

@@ -231,7 +231,7 @@ def test_damaged_checkpoint_files_are_named_in_one_line(tmp_path):
         from_gpt2_safetensors(str(tmp_path))
     assert str(tmp_path) in str(error.value)
     (tmp_path / "config.json").write_text("[]")
-    with pytest.raises(ValueError, match=r"config.json is damaged: it holds a JSON list"):
+    with pytest.raises(ValueError, match=r"config.json is damaged: it holds an array, not an object"):
         read_gpt2_config(str(tmp_path))
 
 

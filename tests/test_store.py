@@ -461,5 +461,5 @@ def test_a_manifest_whose_request_is_not_an_object_is_not_a_store(corpus, tmp_pa
     store = prepare_store(corpus, str(tmp_path / "store"))
     manifest = {**store.manifest, "request": "x"}
     (tmp_path / "store" / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="is not a token store manifest \\(its request is a JSON str"):
+    with pytest.raises(ValueError, match="is not a token store manifest \\(its request is a string, not an object"):
         prepare_store(corpus, str(tmp_path / "store"))

@@ -228,9 +228,16 @@ def read_json_object(path: str) -> dict:
     """
     value = read_json(path)
     if not isinstance(value, dict):
-        raise ValueError(f"{path} is damaged: it holds a JSON {type(value).__name__}, not an object; restore or "
-                         "remove it.")
+        raise ValueError(f"{path} is damaged: it holds {json_kind(value)}, not an object; restore or remove it.")
     return value
+
+
+def json_kind(value) -> str:
+    """What a parsed JSON value is, in JSON's words ("an array", "null"), for messages about a damaged file."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    kinds = ((dict, "an object"), (list, "an array"), (str, "a string"), ((int, float), "a number"))
+    return next(kind for types, kind in kinds if isinstance(value, types))
 
 
 @contextlib.contextmanager

@@ -7,12 +7,19 @@ maps onto it key by key and an export writes it back unchanged.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 # float16 would also need loss scaling in the train step; bfloat16 has float32's range and needs none.
 PRECISIONS = ("float32", "mixed_bfloat16")
 # BERT's "gelu" is the exact erf form; "gelu_new" (GPT-2's) the tanh approximation.
 ACTIVATIONS = ("gelu", "gelu_new")
+
+
+def is_finite_number(value) -> bool:
+    """Whether a JSON value is a finite int or float (not a bool, which Python counts as an int: a `true` is no
+    rate)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +78,15 @@ class BertConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"BertConfig.{name} must be an integer >= 1. Received: {name}={value!r}")
+        # Checked for type first: a string from a damaged config.json would fail the range tests with a TypeError.
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "layer_norm_eps", "initializer_range",
+                     "classifier_dropout"):
+            value = getattr(self, name)
+            if not is_finite_number(value) and not (name == "classifier_dropout" and value is None):
+                raise ValueError(f"BertConfig.{name} must be a finite number. Received: {name}={value!r}")
+        if not isinstance(self.pad_token_id, int) or isinstance(self.pad_token_id, bool) or self.pad_token_id < 0:
+            raise ValueError(f"BertConfig.pad_token_id must be an integer >= 0. Received: "
+                             f"pad_token_id={self.pad_token_id!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"BertConfig.hidden_size must be divisible by num_attention_heads. Received: "
                              f"hidden_size={self.hidden_size}, num_attention_heads={self.num_attention_heads}")
@@ -89,8 +105,8 @@ class BertConfig:
                 f"layer). Received: attention_probs_dropout_prob={self.attention_probs_dropout_prob}, "
                 f"hidden_dropout_prob={self.hidden_dropout_prob}"
             )
-        if self.num_labels < 2:
-            raise ValueError(f"A classifier needs num_labels >= 2. Received: num_labels={self.num_labels}")
+        if not isinstance(self.num_labels, int) or isinstance(self.num_labels, bool) or self.num_labels < 2:
+            raise ValueError(f"A classifier needs num_labels >= 2. Received: num_labels={self.num_labels!r}")
         if self.label_names is not None and len(self.label_names) != self.num_labels:
             raise ValueError(f"{len(self.label_names)} label names for {self.num_labels} labels. "
                              f"Received: label_names={list(self.label_names)}")
@@ -117,16 +133,39 @@ class BertConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_hf(cls, hf_config: dict[str, Any], **overrides: Any) -> BertConfig:
+    def from_hf(cls, hf_config: dict[str, Any], source: str = "config.json", **overrides: Any) -> BertConfig:
         """From a Hugging Face BERT `config.json` dict; keys this model does not use are ignored.
 
         `num_labels` and `label_names` come from `id2label` when the checkpoint has a classifier, and
         `overrides` (e.g. `num_labels=3`) replace any field. As in transformers, a `num_labels` override keeps the
         checkpoint's class names when it equals their count, and drops them otherwise.
 
+        Args:
+            hf_config: dict, the contents of a `config.json`.
+            source: str, default "config.json". The file `hf_config` was read from, named in its errors.
+            **overrides: `BertConfig` fields that replace the file's.
+
         Raises:
-            ValueError: for a `model_type` other than bert, or an unsupported position embedding type.
+            ValueError: for a `model_type` other than bert, an unsupported position embedding type, or a field of
+                the file out of range or of the wrong type (a damaged file), each naming `source`.
         """
+        try:
+            values = cls._values_of_hf(hf_config)
+        except ValueError as error:
+            raise ValueError(f"{source}: {error}") from None
+        if "num_labels" in overrides and overrides["num_labels"] != values.get("num_labels"):
+            values.pop("label_names", None)  # other classes than the checkpoint's: their names do not apply
+        values.update(overrides)
+        try:
+            return cls(**values)
+        except ValueError as error:  # without overrides, the classes too are the file's (its `id2label`)
+            if overrides:
+                raise
+            raise ValueError(f"{source}: {error}") from None
+
+    @classmethod
+    def _values_of_hf(cls, hf_config: dict[str, Any]) -> dict[str, Any]:
+        """`from_hf`'s fields of `hf_config` before overrides, each checked (the classes' fields only for type)."""
         if hf_config.get("model_type", "bert") != "bert":
             raise ValueError(f"Only BERT checkpoints load into BertClassifier. Received: "
                              f"model_type={hf_config.get('model_type')!r}")
@@ -135,17 +174,22 @@ class BertConfig:
                              f"position_embedding_type={hf_config['position_embedding_type']!r}")
         fields = {f.name for f in dataclasses.fields(cls)} - {"num_labels", "label_names"}
         values = {key: hf_config[key] for key in fields if hf_config.get(key) is not None}
+        cls(**values)  # the encoder's fields, checked here, where a failure is the file's
         id2label = hf_config.get("id2label")
-        architectures = hf_config.get("architectures") or ()
+        architectures = hf_config.get("architectures") or []
+        if not isinstance(architectures, list) or not all(isinstance(name, str) for name in architectures):
+            raise ValueError(f"architectures must be a list of class names. Received: architectures={architectures!r}")
         if id2label and any(name.endswith("ForSequenceClassification") for name in architectures):
-            names = [id2label[str(i)] if str(i) in id2label else id2label[i] for i in range(len(id2label))]
+            # JSON keys are strings; a dict built in Python may use ints.
+            names = (None if not isinstance(id2label, dict) else
+                     [id2label.get(str(i), id2label.get(i)) for i in range(len(id2label))])
+            if names is None or not all(isinstance(name, str) for name in names):
+                raise ValueError("id2label must map the class ids 0, 1, ... to their names. Received: "
+                                 f"id2label={id2label!r}")
             values["num_labels"] = len(names)
             if names != [f"LABEL_{i}" for i in range(len(names))]:
                 values["label_names"] = tuple(names)
-        if "num_labels" in overrides and overrides["num_labels"] != values.get("num_labels"):
-            values.pop("label_names", None)  # other classes than the checkpoint's: their names do not apply
-        values.update(overrides)
-        return cls(**values)
+        return values
 
     def to_hf(self) -> dict[str, Any]:
         """A `config.json` dict that `transformers.BertConfig` / `TFBertForSequenceClassification` read."""

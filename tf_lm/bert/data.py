@@ -235,7 +235,7 @@ def check_labels(data: TextClassificationData, num_labels: int) -> None:
     if bad.size:
         raise ValueError(
             f"{data.source}: example {bad[0]} has label {data.labels[bad[0]]}, outside the {num_labels} classes "
-            f"[0, {num_labels - 1}]; fix the data or pass a larger num_labels."
+            f"[0, {num_labels - 1}]; fix the data or pass a larger `num_labels`."
         )
 
 

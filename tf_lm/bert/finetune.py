@@ -27,9 +27,18 @@ from absl import logging
 
 from tf_lm.bert import data as data_lib
 from tf_lm.bert import weights
-from tf_lm.bert.config import check_precision
+from tf_lm.bert.config import check_precision, is_finite_number
 from tf_lm.distribute import is_chief
-from tf_lm.fileio import EXPORT_MARKER, atomic_directory, atomic_write, check_replaceable, gfile, is_local, read_json
+from tf_lm.fileio import (
+    EXPORT_MARKER,
+    atomic_directory,
+    atomic_write,
+    check_replaceable,
+    gfile,
+    is_local,
+    read_json,
+    read_json_object,
+)
 from tf_lm.training.checkpoints import Checkpoints
 from tf_lm.training.signals import StopOnSignal
 from tf_lm.training.trainer import TrainingDiverged, TrainingInterrupted, make_train_step
@@ -403,15 +412,27 @@ def _resolve_num_labels(num_labels: int | None, train_data: data_lib.TextClassif
         num_labels = len(train_data.label_names) if train_data.label_names else int(train_data.labels.max()) + 1
         num_labels = max(num_labels, 2)
     if num_labels < 2:
-        raise ValueError(f"A classifier needs num_labels >= 2. Received: num_labels={num_labels}")
+        raise ValueError(f"A classifier needs `num_labels` >= 2. Received: `num_labels={num_labels}`")
     return num_labels
 
 
 def best_on_disk(output_dir: str) -> dict:
     """The metrics record of the model already in `output_dir/best` ({} if there is none), so a rerun keeps it
-    unless it does better; equal to an entry of the history when that evaluation's model is the one saved."""
+    unless it does better; equal to an entry of the history when that evaluation's model is the one saved.
+
+    Raises:
+        ValueError: if its `metrics.json` is damaged: not a JSON object, or without a numeric `eval_accuracy`.
+    """
     path = os.path.join(output_dir, BEST_DIR, METRICS_FILE)
-    return read_json(path) if gfile(path).exists(path) else {}
+    if not gfile(path).exists(path):
+        return {}
+    record = read_json_object(path)
+    accuracy = record.get("eval_accuracy")
+    if not is_finite_number(accuracy):
+        found = "no eval_accuracy" if accuracy is None else f"eval_accuracy {accuracy!r}, not a number"
+        raise ValueError(f"{path} is damaged: it records {found}; restore it, or remove it to let this run replace "
+                         f"{BEST_DIR}/.")
+    return record
 
 
 def finetune(model_name: str, train_data: data_lib.TextClassificationData,
@@ -460,8 +481,10 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
     earlier_run = (HISTORY_FILE, BEST_DIR, os.path.join(CHECKPOINT_DIR, RUN_FILE))
     if not any(tf.io.gfile.exists(os.path.join(output_dir, name)) for name in earlier_run):
         check_replaceable(output_dir, HISTORY_FILE)
-    # best/ is replaced only if a run of ours wrote it: refused now, not after an epoch of training.
+    # best/ is replaced only if a run of ours wrote it, and only by a better model than its metrics.json records:
+    # both are checked now, not after an epoch of training.
     check_replaceable(os.path.join(output_dir, BEST_DIR), EXPORT_MARKER, weights.EXPORT_KIND)
+    best_accuracy = best_on_disk(output_dir).get("eval_accuracy", -1.0)
     num_labels = _resolve_num_labels(num_labels, train_data)
     for split in (train_data, eval_data):
         data_lib.check_labels(split, num_labels)
@@ -502,7 +525,7 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
     }
     step = _resume(checkpoints, identity)
     history = _read_history(output_dir, step)
-    best_accuracy, epoch = best_on_disk(output_dir).get("eval_accuracy", -1.0), step // steps_per_epoch
+    epoch = step // steps_per_epoch
     with StopOnSignal() as stop:
         while step < total_steps:
             epoch += 1
@@ -579,7 +602,7 @@ def _resume(checkpoints: Checkpoints, identity: dict) -> int:
     if checkpoints.latest is None:
         atomic_write(path, json.dumps(identity, indent=2))
         return 0
-    saved = read_json(path)
+    saved = read_json_object(path)
     changed = {k: (saved.get(k), v) for k, v in identity.items() if saved.get(k) != v}
     if changed:
         listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
@@ -593,11 +616,25 @@ def _resume(checkpoints: Checkpoints, identity: dict) -> int:
 
 
 def _read_history(output_dir: str, step: int) -> list[dict]:
-    """The evaluations an interrupted run already made (up to `step`)."""
+    """The evaluations an interrupted run already made (up to `step`).
+
+    Raises:
+        ValueError: if `history.json` is damaged: not a JSON array of records, each with the epoch, step, eval
+            accuracy and F1 that a run's report reads.
+    """
     path = os.path.join(output_dir, HISTORY_FILE)
     if not step or not gfile(path).exists(path):
         return []
-    return [record for record in read_json(path) if record["step"] <= step]
+    history = read_json(path)
+
+    def is_record(record) -> bool:
+        return (isinstance(record, dict) and all(type(record.get(key)) is int for key in ("epoch", "step"))
+                and all(is_finite_number(record.get(key)) for key in ("eval_accuracy", "eval_f1")))
+
+    if not isinstance(history, list) or not all(is_record(record) for record in history):
+        raise ValueError(f"{path} is damaged: it is not a list of evaluation records (each with its epoch, step, "
+                         "eval_accuracy and eval_f1); restore or remove it.")
+    return [record for record in history if record["step"] <= step]
 
 
 def load_for_prediction(model_dir: str):
@@ -642,15 +679,17 @@ def fine_tuned_max_length(model_dir: str) -> int | None:
     `finetune_config.json`; None when the directory does not record it.
 
     Raises:
-        ValueError: if `finetune_config.json` is damaged or not a JSON object.
+        ValueError: if `finetune_config.json` is damaged: not a JSON object, or its `max_length` not an integer >= 2.
     """
     path = os.path.join(model_dir, FINETUNE_CONFIG_FILE)
     if not gfile(path).exists(path):
         return None
-    recorded = read_json(path)
-    if not isinstance(recorded, dict):
-        raise ValueError(f"{path} is not a JSON object; pass `max_length` explicitly.")
-    return recorded.get("max_length")
+    max_length = read_json_object(path).get("max_length")
+    if max_length is not None and not (isinstance(max_length, int) and not isinstance(max_length, bool)
+                                       and max_length >= 2):
+        raise ValueError(f"{path} is damaged: its max_length is {max_length!r}, not an integer >= 2; restore it, or "
+                         "pass `max_length` explicitly.")
+    return max_length
 
 
 def classify(model, tokenizer, texts: list[str], max_length: int = 128) -> tuple[np.ndarray, np.ndarray]:

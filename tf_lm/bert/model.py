@@ -7,6 +7,8 @@ summed and normalised; the pooler is a tanh dense layer on the [CLS] token.
 
 from __future__ import annotations
 
+import os
+
 import keras
 from keras import ops
 
@@ -166,7 +168,8 @@ class BertClassifier(keras.Model):
         Raises:
             FileNotFoundError: if the directory lacks `config.json` or `model.safetensors`.
             ValueError: if an encoder weight is missing or has another shape, the config is not BERT's, a file is
-                damaged, or (`require_head`) the checkpoint is not a fine-tuned classifier.
+                damaged (a `config.json` that is not a JSON object, or has a field of the wrong type, is named), or
+                (`require_head`) the checkpoint is not a fine-tuned classifier.
 
         Example:
         >>> model = BertClassifier.from_pretrained("minilm", num_labels=2)
@@ -180,7 +183,8 @@ class BertClassifier(keras.Model):
         if label_names is not None:
             overrides["label_names"] = tuple(label_names)
             overrides.setdefault("num_labels", len(label_names))
-        model = cls(BertConfig.from_hf(weights.read_config(directory), **overrides), dtype=dtype)
+        config_path = os.path.join(directory, weights.CONFIG_FILE)
+        model = cls(BertConfig.from_hf(weights.read_config(directory), source=config_path, **overrides), dtype=dtype)
         weights.load_weights(model, directory, require_head)
         return model
 

@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 
-from tf_lm.fileio import gfile, is_local, read_bytes, read_json, read_text
+from tf_lm.fileio import gfile, is_local, read_bytes, read_json_object, read_text
 
 DEFAULT_MAX_LENGTH = 512
 ADDED_TOKENS_FILE = "added_tokens.json"
@@ -57,7 +57,7 @@ def _added_tokens(directory: str, config: dict, special_tokens: dict[str, str]) 
     path = os.path.join(directory, ADDED_TOKENS_FILE)
     if not gfile(path).exists(path):
         return []
-    encoder = read_json(path)
+    encoder = read_json_object(path)
     extra = [token["content"] if isinstance(token, dict) else token
              for token in config.get("additional_special_tokens") or []]
     specials = {*special_tokens.values(), *extra}
@@ -98,7 +98,8 @@ class WordPieceTokenizer:
 
     Raises:
         FileNotFoundError: if the directory holds neither file.
-        ValueError: if `tokenizer.json` is damaged.
+        ValueError: if `tokenizer.json` is damaged, or `tokenizer_config.json` or `added_tokens.json` is not a JSON
+            object.
 
     Example:
     >>> WordPieceTokenizer(resolve_local("minilm"))(["a fine film"])["input_ids"]
@@ -110,7 +111,7 @@ class WordPieceTokenizer:
 
         self.directory = directory
         config_path = os.path.join(directory, "tokenizer_config.json")
-        config = read_json(config_path) if gfile(config_path).exists(config_path) else {}
+        config = read_json_object(config_path) if gfile(config_path).exists(config_path) else {}
         self.model_max_length = min(int(config.get("model_max_length", DEFAULT_MAX_LENGTH)), 10**6)
         special_tokens = _special_tokens(config)
         # strip_accents None: strip them when lowercasing, as BERT's uncased models were trained.

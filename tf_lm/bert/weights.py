@@ -22,6 +22,7 @@ from tf_lm.fileio import (
     atomic_directory,
     gfile,
     read_bytes,
+    read_json_object,
     safetensors_errors,
     write_export_marker,
     write_file,
@@ -54,8 +55,13 @@ def resolve_local(name: str) -> str:
 
 
 def read_config(directory: str) -> dict:
-    with open(os.path.join(directory, CONFIG_FILE)) as f:
-        return json.load(f)
+    """The Hugging Face `config.json` of the checkpoint `directory`, as a dict.
+
+    Raises:
+        OSError: if it cannot be read (FileNotFoundError if it is missing).
+        ValueError: if it is not valid JSON or not a JSON object (a damaged file), naming it.
+    """
+    return read_json_object(os.path.join(directory, CONFIG_FILE))
 
 
 def _canonical(key: str, tensor: np.ndarray, tf_format: bool) -> tuple[str, np.ndarray]:

@@ -47,6 +47,7 @@ from tf_lm.fileio import (
     directory_lock,
     gfile,
     is_local,
+    json_kind,
     read_json,
     read_json_object,
     read_text,
@@ -377,7 +378,7 @@ class TokenStore:
             self.eos_id: int | None = self.manifest["end_of_document_id"]
             self.fingerprint: str = self.manifest["tokenizer"]["fingerprint"]
             if not isinstance(self.manifest["request"], dict):
-                raise TypeError(f"its request is a JSON {type(self.manifest['request']).__name__}, not an object")
+                raise TypeError(f"its request is {json_kind(self.manifest['request'])}, not an object")
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"{path} is not a token store manifest ({error}); prepare the store again.") from None
         if version != FORMAT_VERSION:

@@ -24,11 +24,14 @@ from transformers.modeling_tf_pytorch_utils import (
 from tf_lm.bert.checkpoint import hub_reachable, resolve_checkpoint
 from tf_lm.bert.config import check_precision
 from tf_lm.bert.tokenizer import read_tokenizer_json
-from tf_lm.bert.weights import open_safetensors
+from tf_lm.bert.weights import open_safetensors, read_config
+from tf_lm.fileio import read_json_object
 
 _CONFIG_FILE = "config.json"
 _SAFETENSORS_FILE = "model.safetensors"
 _TF_H5_FILE = "tf_model.h5"
+# The JSON objects beside the vocabulary that `AutoTokenizer.from_pretrained` reads.
+_TOKENIZER_JSON_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", _CONFIG_FILE)
 
 
 @contextlib.contextmanager
@@ -97,6 +100,9 @@ def _load_local(model_class, directory: str, **config_overrides):
     config_path = os.path.join(directory, _CONFIG_FILE)
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"No {_CONFIG_FILE} in {directory!r}; is it a Hugging Face checkpoint directory?")
+    # Read as the keras backend reads it first: transformers fails on valid JSON of another kind (`[]`) with a
+    # TypeError, and names an invalid file in words of its own.
+    read_config(directory)
     safetensors_path = os.path.join(directory, _SAFETENSORS_FILE)
     has_tf_weights = os.path.isfile(os.path.join(directory, _TF_H5_FILE)) or (
         os.path.isfile(safetensors_path) and _safetensors_format(safetensors_path) == "tf"
@@ -151,7 +157,8 @@ def load_tokenizer(name: str):
 
     Raises:
         FileNotFoundError: if a directory holds no tokenizer files.
-        ValueError: for a hub id that cannot be fetched, or a damaged `tokenizer.json`.
+        ValueError: for a hub id that cannot be fetched, a damaged `tokenizer.json`, or a tokenizer's JSON file
+            (`tokenizer_config.json`, ...) that is not a JSON object.
 
     Example:
     >>> load_tokenizer("minilm")(["a fine film"])["input_ids"]
@@ -163,6 +170,11 @@ def load_tokenizer(name: str):
             return _from_hub(transformers.AutoTokenizer, checkpoint)
         if not any(os.path.isfile(os.path.join(checkpoint, f)) for f in ("tokenizer.json", "vocab.txt")):
             raise FileNotFoundError(f"No tokenizer (tokenizer.json or vocab.txt) in {checkpoint!r}.")
+        # transformers fails on valid JSON of another kind (`[]`) in a subscript: each file is named here instead.
+        for name in _TOKENIZER_JSON_FILES:
+            path = os.path.join(checkpoint, name)
+            if os.path.isfile(path):
+                read_json_object(path)
         try:
             return transformers.AutoTokenizer.from_pretrained(checkpoint)
         except Exception:
