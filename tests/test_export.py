@@ -84,8 +84,8 @@ def test_saved_model_reproduces_in_process_generation_without_tf_lm(model_and_to
     # The baked-in sampler draws the same noise as the XLA-compiled generate, stop token included.
     # Speculative sampling with the draft baked in draws what XLA's does; past the context, it decodes plainly.
     for served, max_new_tokens, draft_model in ((sampled, 9, None), (speculated, 9, draft), (past_context, 40, draft)):
-        expected = generate(model, prompt_ids, max_new_tokens=max_new_tokens, seed=77, **sampling,
-                            draft_model=draft_model, num_speculative_tokens=3)
+        speculation = {} if draft_model is None else {"draft_model": draft_model, "num_speculative_tokens": 3}
+        expected = generate(model, prompt_ids, max_new_tokens=max_new_tokens, seed=77, **sampling, **speculation)
         assert served["lengths"] == [len(row) for row in expected]
         assert [row[:length] for row, length in zip(served["token_ids"], served["lengths"])] == expected
         assert served["text"] == [tokenizer.decode(row) for row in expected]
