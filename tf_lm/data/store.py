@@ -253,9 +253,6 @@ def _prepare(opened: Source, directory: str, request: dict, tokenizer, bpe_sampl
         shards = _write_split(opened, split, tokenizer, directory, dtype, request["shard_tokens"], chunk_bytes, report)
         report.close()
         splits[split] = {"tokens": sum(shard["tokens"] for shard in shards), "shards": shards}
-    for entry in splits.values():  # shards an earlier, killed run wrote may have been damaged since
-        for shard in entry["shards"]:
-            _check_shard(directory, shard["file"], shard["tokens"], dtype, "its notes say")
     manifest = {"format_version": FORMAT_VERSION, "request": request, "dtype": dtype.name,
                 "tokenizer": {"fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size,
                               "directory": TOKENIZER_DIR},
@@ -284,6 +281,8 @@ def _write_split(opened, split, tokenizer, directory, dtype, shard_tokens, chunk
         except (KeyError, TypeError, ValueError):
             raise ValueError(f"{note} is damaged: it is not a finished shard's note; delete the directory and "
                              "prepare it again.") from None
+        # Written by an earlier, killed run: it may have been damaged since.
+        _check_shard(directory, shards[-1]["file"], shards[-1]["tokens"], dtype, "its notes say")
     done = os.path.join(notes, f"{split}.done")
     if files.exists(done):
         # It records how many shards the split has (empty from versions before it did): a note lost since would
