@@ -150,8 +150,7 @@ def reported_stops(interrupted: type[Exception]):
         print(f"stopped: {error}", file=sys.stderr)
         raise SystemExit(error.exit_code) from None
     except (KeyboardInterrupt, _Terminated) as stop:
-        why, signum = ("interrupted", signal.SIGINT) if isinstance(stop, KeyboardInterrupt) else ("terminated",
-                                                                                                 signal.SIGTERM)
+        why, signum = _signal_stop(stop)
         print(f"stopped: {why}; rerunning the same command resumes from the last checkpoint.", file=sys.stderr)
         raise SystemExit(128 + signum) from None
 
@@ -165,6 +164,11 @@ class _Terminated(BaseException):
 def _terminate(signum, frame):
     del frame
     raise _Terminated(signum)
+
+
+def _signal_stop(stop: KeyboardInterrupt | _Terminated) -> tuple[str, int]:
+    """`(why, signal)` of a stop by Ctrl-C or SIGTERM, for its `stopped:` line and exit status."""
+    return ("terminated", signal.SIGTERM) if isinstance(stop, _Terminated) else ("interrupted", signal.SIGINT)
 
 
 def run_script(main, takes_arguments: bool = False) -> None:
@@ -197,12 +201,10 @@ def run_script(main, takes_arguments: bool = False) -> None:
             return main(argv)
         except app.UsageError as error:
             raise SystemExit(f"error: {error}") from None
-        except KeyboardInterrupt:  # a script without a stop of its own to report (train_lm's say where to resume)
-            print("stopped: interrupted.", file=sys.stderr)
-            raise SystemExit(128 + signal.SIGINT) from None
-        except _Terminated:
-            print("stopped: terminated.", file=sys.stderr)
-            raise SystemExit(128 + signal.SIGTERM) from None
+        except (KeyboardInterrupt, _Terminated) as stop:  # no stop of its own to report (train_lm's say how to resume)
+            why, signum = _signal_stop(stop)
+            print(f"stopped: {why}.", file=sys.stderr)
+            raise SystemExit(128 + signum) from None
 
     if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # one the process was started ignoring stays ignored
         signal.signal(signal.SIGTERM, _terminate)
