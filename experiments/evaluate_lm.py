@@ -56,11 +56,11 @@ def evaluate_split(model, tokenizer, store: TokenStore, split: str, batch_size: 
 
     Raises:
         ValueError: for an unknown split, a split shorter than one window, a store of another tokenizer, or
-            `max_batches` < 1.
+            `max_batches` < 1; `DamagedStoreError` (a ValueError) for a shard holding an id outside the vocabulary.
     """
     import tensorflow as tf
 
-    from tf_lm.data.pipeline import contiguous_windows
+    from tf_lm.data.pipeline import contiguous_windows, damaged_store_errors
     from tf_lm.training.metrics import derived, summed_next_token_loss
 
     if max_batches is not None and (isinstance(max_batches, bool) or not isinstance(max_batches, int)
@@ -80,9 +80,10 @@ def evaluate_split(model, tokenizer, store: TokenStore, split: str, batch_size: 
     batch_loss = tf.function(lambda inputs, targets: summed_next_token_loss(model, inputs, targets),
                              jit_compile=True)
     total, count = 0.0, 0
-    for inputs, targets in windows:
-        batch_total, batch_count = batch_loss(inputs, targets)
-        total, count = total + float(batch_total), count + int(batch_count)
+    with damaged_store_errors():
+        for inputs, targets in windows:
+            batch_total, batch_count = batch_loss(inputs, targets)
+            total, count = total + float(batch_total), count + int(batch_count)
     return {**derived(total / count), "tokens": count}
 
 

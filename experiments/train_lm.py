@@ -373,7 +373,7 @@ def train(model_config: LMConfig, train_config: TrainConfig, model_dir: str, str
 
 
 def _train(model_config, train_config, model_dir, strategy, chief, store, verbose, flagfile, pretrained, data):
-    from tf_lm.data.pipeline import check_block_size, lm_datasets
+    from tf_lm.data.pipeline import check_block_size, damaged_store_errors, lm_datasets
     from tf_lm.training import Trainer, measure_matmul_peak
 
     tokenizer = store.tokenizer
@@ -433,7 +433,8 @@ def _train(model_config, train_config, model_dir, strategy, chief, store, verbos
             validation_sets[key] = datasets(0, context)[1]
         return validation_sets[key]
 
-    result = trainer.fit(lambda start, context: datasets(start, context)[0], validation)
+    with damaged_store_errors():
+        result = trainer.fit(lambda start, context: datasets(start, context)[0], validation)
     if chief:
         artifacts.save_model_dir(model_dir, trainer.model, tokenizer)
     if verbose:

@@ -177,3 +177,14 @@ def test_a_runs_relative_dataset_is_recognised_from_another_directory(model_dir,
     define_flags(values)
     values(["evaluate_lm", f"--model_dir={path}", "--dataset=text:../corpus.txt"])
     assert run_source_options(values)["validation_fraction"] == 0.05
+
+
+def test_a_store_holding_an_id_outside_the_vocabulary_is_refused_not_scored_nan(model_dir):
+    path, _, tokenizer = model_dir
+    store = prepare_store(f"text:{path.parent / 'corpus.txt'}", str(path.parent / "store"), tokenizer=tokenizer)
+    shard = path.parent / "store" / "validation-00000.bin"
+    shard.write_bytes(b"\xff\xff" + shard.read_bytes()[2:])
+    out = run_module("experiments.evaluate_lm", f"--model_dir={path}", f"--dataset=store:{store.directory}")
+    assert failure_line(out) == (f"error: Token store {store.directory!r} is damaged: validation-00000.bin holds id "
+                                 f"65535 (at position 0), outside its tokenizer's {tokenizer.vocab_size} ids; "
+                                 "prepare the store again into a new directory.")

@@ -3,6 +3,8 @@ import pytest
 import tensorflow as tf
 
 from tf_lm.data import TokenStore, contiguous_windows, lm_datasets, prepare_store
+from tf_lm.data.pipeline import damaged_store_errors
+from tf_lm.data.store import DamagedStoreError
 
 BLOCK = 8
 
@@ -223,3 +225,20 @@ def test_store_directory_and_documents_crossing_windows(tmp_path):
     # One of the three documents is held out whole: validation is c*30 <eot> = 31 ids -> 3 windows
     assert store.num_tokens("validation") == 31
     assert sum(len(x) for x, _ in take(validation, 100)) == (31 - 1) // BLOCK
+
+
+def test_a_damaged_store_met_while_iterating_raises_its_own_one_line_error(store):
+    shard = f"{store.directory}/validation-00000.bin"
+    damaged = bytearray(open(shard, "rb").read())
+    damaged[6:8] = (1000).to_bytes(2, "little")
+    open(shard, "wb").write(bytes(damaged))
+    validation = contiguous_windows(TokenStore(store.directory), "validation", BLOCK, 4)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Traceback"):  # what TensorFlow makes of it
+        list(validation)
+    with pytest.raises(DamagedStoreError, match=r"^Token store '.*' is damaged: validation-00000.bin holds id 1000 "
+                                                r"\(at position 3\), outside its tokenizer's 502 ids; [^\n]*$"):
+        with damaged_store_errors():
+            list(validation)
+    with pytest.raises(tf.errors.InvalidArgumentError):  # any other failure is left as it is
+        with damaged_store_errors():
+            tf.debugging.assert_equal(1, 2)

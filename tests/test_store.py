@@ -11,7 +11,7 @@ from conftest import files_of
 
 from tf_lm.data import BPETokenizer, CharTokenizer, TokenStore, lm_datasets, load_tokenizer, prepare_store
 from tf_lm.data import store as store_module
-from tf_lm.data.store import MANIFEST, PREPARING
+from tf_lm.data.store import MANIFEST, PREPARING, DamagedStoreError
 from tf_lm.data.tokenizers import END_OF_TEXT
 
 DOCUMENTS = ["First document: naïve café.\nSecond line.\n", "Second — with “quotes” 😀\n" * 3, "third\n" * 40,
@@ -151,6 +151,22 @@ def test_bad_stores_are_refused_in_one_sentence(corpus, tmp_path):
         prepare_store(corpus, str(tmp_path / "never"), shard_tokens=0)
     with pytest.raises(ValueError, match="Unknown tokenizer kind 'word'"):
         prepare_store(corpus, str(tmp_path / "never"), tokenizer="word")
+
+
+def test_an_id_outside_the_vocabulary_is_refused_when_read_naming_its_shard(corpus, tmp_path):
+    directory = tmp_path / "store"
+    store = prepare_store(corpus, str(directory), shard_tokens=64)
+    shard = directory / "train-00001.bin"
+    damaged = bytearray(shard.read_bytes())
+    damaged[10:12] = store.vocab_size.to_bytes(2, "little")  # id 5 of the shard: the first id past the vocabulary
+    shard.write_bytes(bytes(damaged))
+    store = TokenStore(str(directory))  # sizes agree: only a read can tell
+    second = store.manifest["splits"]["train"]["shards"][0]["tokens"]  # where train-00001.bin starts
+    store.read("train", 0, second + 5)  # the ids before the damaged one
+    with pytest.raises(DamagedStoreError, match=rf"^Token store '.*store' is damaged: train-00001.bin holds id "
+                                                rf"{store.vocab_size} \(at position 5\), outside its tokenizer's "
+                                                rf"{store.vocab_size} ids; prepare the store again"):
+        store.read("train", second - 3, 10)
 
 
 def test_an_edited_source_is_not_taken_for_its_store(corpus, tmp_path):

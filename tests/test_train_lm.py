@@ -381,6 +381,21 @@ def test_a_store_re_prepared_with_another_split_or_from_an_edited_source_is_not_
         train(model_config, config, str(tmp_path / "run"), verbose=False)
 
 
+def test_a_store_holding_an_id_outside_the_vocabulary_stops_training_with_its_error(tmp_path):
+    from experiments.train_lm import train
+    from tf_lm.data import prepare_store
+    from tf_lm.data.store import DamagedStoreError
+
+    source, store = tmp_path / "input.txt", tmp_path / "store"
+    source.write_text(TEXT)
+    vocab_size = prepare_store(f"text:{source}", str(store)).vocab_size
+    shard = store / "train-00000.bin"
+    shard.write_bytes(vocab_size.to_bytes(2, "little") * (shard.stat().st_size // 2))  # every window is damaged
+    config = TrainConfig(dataset=f"store:{store}", batch_size=2, steps=1, warmup_steps=0)
+    with pytest.raises(DamagedStoreError, match=rf"train-00000.bin holds id {vocab_size} \(at position \d+\)"):
+        train(LMConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), config, str(tmp_path / "run"), verbose=False)
+
+
 def test_a_source_that_fails_to_prepare_leaves_no_model_dir(tmp_path):
     from experiments.train_lm import train
 

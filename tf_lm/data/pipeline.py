@@ -14,14 +14,18 @@ is dropped).
 Windows are read from the store's shards by position (`TokenStore.windows`, through `tf.numpy_function`), so
 memory does not grow with the corpus; the pipeline still runs far ahead of training. Because the reads are Python,
 drop an iterator before the interpreter shuts down (a function's local, not a module global): a prefetch thread
-still reading while Python finalizes can never take the GIL again, and TensorFlow waits for it forever.
+still reading while Python finalizes can never take the GIL again, and TensorFlow waits for it forever. A read
+that finds the store damaged fails the iteration; `damaged_store_errors` gives that failure back its own error.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
+
 import tensorflow as tf
 
-from tf_lm.data.store import TokenStore
+from tf_lm.data.store import DamagedStoreError, TokenStore
 
 
 def _windows_to_pairs(store: TokenStore, split: str, block_size: int):
@@ -34,6 +38,22 @@ def _windows_to_pairs(store: TokenStore, split: str, block_size: int):
         return windows[:, :-1], windows[:, 1:]  # targets are the inputs shifted by one token
 
     return to_pairs
+
+
+@contextlib.contextmanager
+def damaged_store_errors():
+    """Inside the block, iterating a pipeline over a damaged store raises the store's `DamagedStoreError`.
+
+    TensorFlow hands an exception raised inside `tf.numpy_function` on as an `InvalidArgumentError` whose message
+    adds the failing op and the Python traceback; the store's own one-line message is taken back out of it.
+    """
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as error:
+        found = re.search(rf"\b{DamagedStoreError.__name__}: ([^\n]*)", error.message)
+        if found is None:
+            raise
+        raise DamagedStoreError(found.group(1)) from None
 
 
 def check_block_size(store: TokenStore, block_size: int) -> None:

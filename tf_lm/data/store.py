@@ -323,15 +323,21 @@ def _write_split(opened, split, tokenizer, directory, dtype, shard_tokens, chunk
     return shards
 
 
+class DamagedStoreError(ValueError):
+    """A store's files contradict its manifest: a shard missing, of another size, or holding an id outside the
+    tokenizer's vocabulary (which a model would embed as garbage, and train or evaluate to NaN, without an error)."""
+
+
 def _check_shard(directory: str, name: str, tokens: int, dtype: np.dtype, source: str) -> None:
-    """Raises ValueError if the shard file `name` is missing or does not hold `tokens` ids (`source`: who says so)."""
+    """Raises DamagedStoreError if the shard file `name` is missing or does not hold `tokens` ids (`source`: who
+    says so)."""
     path, expected = os.path.join(directory, name), tokens * dtype.itemsize
     files = gfile(path)
     size = files.stat(path).length if files.exists(path) else None
     if size != expected:
         found = "is missing" if size is None else f"holds {size:,} bytes"
-        raise ValueError(f"Token store {directory!r} is damaged: {name} {found}, {source} {expected:,} ({tokens:,} "
-                         "ids); prepare the store again into a new directory.")
+        raise DamagedStoreError(f"Token store {directory!r} is damaged: {name} {found}, {source} {expected:,} "
+                                f"({tokens:,} ids); prepare the store again into a new directory.")
 
 
 def _shard(directory: str, shard: dict) -> tuple[str, int]:
@@ -376,6 +382,9 @@ class TokenStore:
                       for split in SPLITS}
             self.eos_id: int | None = self.manifest["end_of_document_id"]
             self.fingerprint: str = self.manifest["tokenizer"]["fingerprint"]
+            self.vocab_size: int = self.manifest["tokenizer"]["vocab_size"]
+            if not isinstance(self.vocab_size, int) or isinstance(self.vocab_size, bool) or self.vocab_size < 1:
+                raise ValueError(f"its vocabulary size is {self.vocab_size!r}, not an integer >= 1")
             if not isinstance(self.manifest["request"], dict):
                 raise TypeError(f"its request is {json_kind(self.manifest['request'])}, not an object")
         except (ValueError, KeyError, TypeError, AttributeError) as error:
@@ -446,6 +455,7 @@ class TokenStore:
 
         Raises:
             ValueError: if the range is outside the split.
+            DamagedStoreError: if a shard holds an id outside the tokenizer's vocabulary.
         """
         bounds = self._bounds[self._split(split)]
         if start < 0 or length < 0 or start + length > bounds[-1]:
@@ -458,7 +468,15 @@ class TokenStore:
         while position < end:
             path, _ = self._shards[split][shard]
             count = min(end, int(bounds[shard + 1])) - position
-            pieces.append(np.frombuffer(self._read_shard(path, position - int(bounds[shard]), count), self.dtype))
+            ids = np.frombuffer(self._read_shard(path, position - int(bounds[shard]), count), self.dtype)
+            if count and ids.max() >= self.vocab_size:  # a max per read: microseconds, against a model step's ms
+                offset = position - int(bounds[shard]) + int(np.argmax(ids >= self.vocab_size))
+                raise DamagedStoreError(
+                    f"Token store {self.directory!r} is damaged: {os.path.basename(path)} holds id "
+                    f"{int(ids.max())} (at position {offset:,}), outside its tokenizer's {self.vocab_size:,} ids; "
+                    "prepare the store again into a new directory."
+                )
+            pieces.append(ids)
             position += count
             shard += 1
         return np.concatenate(pieces).astype(np.int32) if pieces else np.zeros([0], np.int32)
