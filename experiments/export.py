@@ -20,6 +20,7 @@ from experiments.generate import (
     define_sampling_flags,
     define_speculative_flags,
     sampling_kwargs,
+    speculative_flags,
     speculative_kwargs,
     stop_token_ids,
 )
@@ -62,7 +63,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # TensorFlow's SavedModel writer logs INFO lines (signatures, fingerprint)
     with one_line_errors():
         run(FLAGS.model_dir, FLAGS.export_dir, sampling_kwargs(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p),
-            FLAGS.context_policy, FLAGS.draft_model_dir, FLAGS.drafter, FLAGS.num_speculative_tokens)
+            FLAGS.context_policy, *speculative_flags())
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import flags
+from absl import app, flags
 
 from experiments.flags import define_trained_model_flag, flag_group, one_line_errors, run_script
 
@@ -63,6 +63,17 @@ def define_speculative_flags() -> None:
                           "the context; no draft model).")
         flags.DEFINE_integer("num_speculative_tokens", 4, "Tokens drafted per speculative round (only with "
                              "--draft_model_dir or --drafter).")
+
+
+def speculative_flags() -> tuple[str | None, str | None, int]:
+    """(--draft_model_dir, --drafter, --num_speculative_tokens). A --num_speculative_tokens given without a drafter
+    is refused even at its default value, which `generate` cannot tell from no value: it would be ignored."""
+    if FLAGS["num_speculative_tokens"].present and FLAGS.draft_model_dir is None and FLAGS.drafter is None:
+        raise app.UsageError(
+            "--num_speculative_tokens only applies to speculative decoding, with a --draft_model_dir or a --drafter; "
+            f"pass one, or drop it. Received: --num_speculative_tokens={FLAGS.num_speculative_tokens}"
+        )
+    return FLAGS.draft_model_dir, FLAGS.drafter, FLAGS.num_speculative_tokens
 
 
 def stop_token_ids(tokenizer) -> list[int] | None:
@@ -184,8 +195,7 @@ def main(argv):
     del argv
     with one_line_errors():
         run(FLAGS.model_dir, FLAGS.prompt, FLAGS.max_new_tokens, FLAGS.seed, FLAGS.num_samples, FLAGS.chunk_size,
-            sampling_kwargs(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p), FLAGS.context_policy,
-            FLAGS.draft_model_dir, FLAGS.drafter, FLAGS.num_speculative_tokens)
+            sampling_kwargs(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p), FLAGS.context_policy, *speculative_flags())
 
 
 if __name__ == "__main__":

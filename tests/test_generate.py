@@ -444,3 +444,14 @@ def test_cli_errors_are_one_line_and_exit_non_zero():
     result = run_module("experiments.generate", "--model_dir=/nonexistent/model", "--prompt=hi",
                         env={"TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=120)
     assert failure_line(result).startswith("error: No model.keras in '/nonexistent/model'")
+
+
+@pytest.mark.parametrize("script", ["generate", "export"])
+def test_num_speculative_tokens_given_without_a_drafter_is_refused_even_at_its_default(script, tmp_path):
+    """`generate` cannot tell the default 4 from no value; the scripts can, and refuse what would be ignored."""
+    output = [f"--export_dir={tmp_path / 'out'}"] if script == "export" else []
+    result = run_module(f"experiments.{script}", f"--model_dir={tmp_path}", *output, "--num_speculative_tokens=4",
+                        timeout=120)
+    assert failure_line(result) == ("error: --num_speculative_tokens only applies to speculative decoding, with a "
+                                    "--draft_model_dir or a --drafter; pass one, or drop it. Received: "
+                                    "--num_speculative_tokens=4")
