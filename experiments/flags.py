@@ -367,8 +367,8 @@ def configs_from_flags(flag_values: flags.FlagValues) -> tuple[LMConfig, TrainCo
         `(model_config, train_config)`.
 
     Raises:
-        ValueError: for --block_size beyond the preset's context, --bpe_vocab_size with --init_from, a flag that
-            prepares data with a `store:` dataset, or any out-of-range value.
+        ValueError: for --block_size beyond the preset's context, --preset or --bpe_vocab_size with --init_from, a
+            flag that prepares data with a `store:` dataset, or any out-of-range value.
         FileNotFoundError: if --init_from does not exist.
 
     Example:
@@ -388,10 +388,12 @@ def configs_from_flags(flag_values: flags.FlagValues) -> tuple[LMConfig, TrainCo
         print(f"note: the default --warmup_steps={_TRAIN.warmup_steps} does not fit --steps={steps}; warming up "
               f"for {steps - 1} steps (set --warmup_steps to choose)", flush=True)
     overrides = {name: flag_values[name].value for name in MODEL_FIELDS if flag_values[name].present}
-    if flag_values.init_from and not flag_values["preset"].present:
+    if flag_values.init_from:
         if flag_values["bpe_vocab_size"].present:
             raise ValueError("--bpe_vocab_size does not apply with --init_from: the tokenizer is the checkpoint's.")
         base, tokenizer = pretrained_config(flag_values.init_from)
+        if flag_values["preset"].present:  # its placeholder vocabulary would be listed among the contradictions
+            raise ValueError("--preset does not apply with --init_from: the architecture is the checkpoint's.")
         train_values.setdefault("tokenizer", tokenizer)  # a different --tokenizer is refused by `train`
         if flag_values["block_size"].present:
             overrides["block_size"] = flag_values.block_size  # `train` refuses one beyond the checkpoint's

@@ -557,6 +557,10 @@ def test_init_from_bad_input_is_refused(tmp_path):
     (tmp_path / "other").mkdir()
     with pytest.raises(ValueError, match="'Y' .* is not in this CharTokenizer"):  # the data holds characters it lacks
         _finetune(tmp_path / "base", tmp_path / "run", _text_source(tmp_path / "other", "You are all resolved\n" * 99))
+    values(["train_lm", f"--init_from={tmp_path / 'base'}", "--preset=nano"])
+    with pytest.raises(ValueError, match=r"^--preset does not apply with --init_from: the architecture is the "
+                                         r"checkpoint's.$"):
+        configs_from_flags(values)
     result = run_command(train_lm_command(tmp_path / "run", f"--init_from={tmp_path / 'neither'}"))
     assert "does not exist" in failure_line(result)
     result = run_command(train_lm_command(tmp_path / "run", "--lora_rank=4"))
