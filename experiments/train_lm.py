@@ -229,10 +229,10 @@ def given_flags(flag_values: flags.FlagValues) -> dict[str, str]:
 
 
 @functools.cache
-def _default_lines() -> dict[str, str]:
+def _defaults() -> flags.FlagValues:
     defaults = flags.FlagValues()
     define_train_flags(defaults)
-    return script_flags(defaults)
+    return defaults
 
 
 def _flag_name(line: str, known: dict[str, str]) -> str:
@@ -254,10 +254,22 @@ def check_flags(model_dir: str, lines: dict[str, str]) -> None:
     path = os.path.join(model_dir, FLAGS_FILE)
     if not gfile(path).exists(path):
         return
-    defaults = _default_lines()
+    defaults = script_flags(_defaults())
+    names = script_flag_names(_defaults())
     known = {**defaults, **lines}
-    saved_lines = [line.strip() for line in read_text(path).splitlines() if line.startswith("--")]
-    saved = {**defaults, **{_flag_name(line, known): line for line in saved_lines}}
+    saved = dict(defaults)
+    for number, line in enumerate(read_text(path).splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        # Every line this script writes is a flag of its own: anything else is damage, or a run of another version,
+        # and would otherwise be reported as a resume with other flags.
+        if not line.startswith("--") or _flag_name(line, known) not in names:
+            raise ValueError(
+                f"{path} is damaged: line {number} ({line[:60]!r}) is not a flag of train_lm; restore it, or delete it "
+                "and rerun (run_config.json still checks the run's configuration, and the rerun writes it again)."
+            )
+        saved[_flag_name(line, known)] = line
     changed = [f"{saved.get(name, f'--{name} unset')} -> {known.get(name, f'--{name} unset')}"
                for name in sorted((set(saved) | set(known)) - NOT_IDENTITY) if saved.get(name) != known.get(name)]
     if changed:

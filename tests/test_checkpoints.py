@@ -2,6 +2,7 @@
 
 import gc
 import os
+import re
 
 import keras
 import numpy as np
@@ -162,7 +163,7 @@ def test_a_subset_of_variables_round_trips_and_the_rest_is_left_alone(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncated data", "corrupt index"])
-def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, damage):
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, damage, caplog):
     model, optimizer = build()
     checkpoints = Checkpoints(str(tmp_path), model, optimizer)
     checkpoints.save(2)
@@ -178,13 +179,19 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, da
     keras.utils.set_random_seed(9)
     other, other_optimizer = build()
     restored = Checkpoints(str(tmp_path), other, other_optimizer)
-    assert restored.restore() == 2 and restored.restored.endswith("ckpt-2")
+    with caplog.at_level("WARNING"):
+        assert restored.restore() == 2 and restored.restored.endswith("ckpt-2")
     for a, b in zip(expected, other.variables):
         np.testing.assert_array_equal(a, np.asarray(b))
+    (warning,) = caplog.messages
+    assert re.fullmatch(r"Checkpoint .*ckpt-4 is damaged \(.+\); restored .*ckpt-2 instead\.", warning), warning
 
+    caplog.clear()
     (tmp_path / "ckpt-2.index").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match=r"No usable checkpoint in .*ckpt-4.*ckpt-2.*move the directory aside"):
+    with caplog.at_level("WARNING"), pytest.raises(
+            ValueError, match=r"No usable checkpoint in .*ckpt-4: .*; .*ckpt-2: .*move the directory aside"):
         Checkpoints(str(tmp_path), other, other_optimizer).restore()
+    assert caplog.messages == []  # the error names them all: no warning that a previous one is tried
 
 
 @pytest.mark.parametrize("state", ["", "garbage {"])

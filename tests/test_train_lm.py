@@ -1,6 +1,7 @@
 """experiments/train_lm.py as a user runs it: exact resume after SIGKILL, two workers, bad input."""
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -636,3 +637,19 @@ def test_unreadable_or_damaged_run_files_are_errors_naming_them(tmp_path, monkey
         check_flags("ram://unreadable_run", {})
     with pytest.raises(OSError, match=r"^Could not read ram://unreadable_run/run_config.json: .*Permission denied"):
         _check_model_dir("ram://unreadable_run", run_config)
+
+
+@pytest.mark.parametrize("damage, line", [("--learning_ra", "'--learning_ra'"),
+                                          ("\x00\x00\x00\x00\n", "'\\x00\\x00\\x00\\x00'")])
+def test_a_damaged_flags_txt_is_called_damaged_not_a_run_with_other_flags(tmp_path, damage, line):
+    """A cut-short or zero-filled flags.txt (a crash during the write of an older version, a full disk)."""
+    from experiments.train_lm import FLAGS_FILE, check_flags, given_flags, script_flags
+
+    values = _parsed(f"--model_dir={tmp_path}", "--steps=10", f"--init_from={tmp_path}")
+    configs = "".join(line + "\n" for line in given_flags(values).values())
+    (tmp_path / FLAGS_FILE).write_text(configs)
+    check_flags(str(tmp_path), script_flags(values))
+    (tmp_path / FLAGS_FILE).write_text(configs + damage)
+    with pytest.raises(ValueError, match=rf"^{tmp_path / FLAGS_FILE} is damaged: line 4 \({re.escape(line)}\) is not "
+                                         r"a flag of train_lm; restore it, or delete it and rerun"):
+        check_flags(str(tmp_path), script_flags(values))

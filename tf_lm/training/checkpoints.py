@@ -207,7 +207,8 @@ class Checkpoints:
     def restore(self) -> int:
         """Restores the newest usable checkpoint in `directory`; returns its step (0 when there is none).
 
-        A damaged checkpoint (truncated or corrupt files) is skipped with a warning for the one before it.
+        A damaged checkpoint (truncated or corrupt files) is skipped for the one before it, with a warning once
+        one restores (when none does, the error alone names them all).
 
         Raises:
             ValueError: if checkpoints exist but none can be read, or the newest readable one was written for a
@@ -223,7 +224,7 @@ class Checkpoints:
             try:
                 _reader(path)  # reads the index: fails at once on a damaged one
             except tf.errors.OpError as error:
-                problems.append(self._damaged(path, error))
+                problems.append((path, _first_line(error)))
                 continue
             self._check_matches(path)
             try:
@@ -231,15 +232,16 @@ class Checkpoints:
                 # once a run starts) may stay unread; `_check_matches` has already held the model's to the file.
                 self.checkpoint.restore(path).assert_existing_objects_matched().expect_partial()
             except (tf.errors.OpError, IndexError) as error:  # IndexError: a truncated data file
-                problems.append(self._damaged(path, error))
+                problems.append((path, _first_line(error)))
                 continue
+            for damaged, reason in problems:
+                logging.warning("Checkpoint %s is damaged (%s); restored %s instead.", damaged, reason, path)
             self.restored = path
             return int(self.step.numpy())
         if problems:
-            raise ValueError(
-                f"No usable checkpoint in {self.directory} ({'; '.join(problems)}); move the directory aside to "
-                "start over."
-            )
+            damage = "; ".join(f"{damaged}: {reason}" for damaged, reason in problems)
+            raise ValueError(f"No usable checkpoint in {self.directory} ({damage}); move the directory aside to "
+                             "start over.")
         return 0
 
     def _listing(self) -> list[str]:
@@ -253,12 +255,6 @@ class Checkpoints:
                 f"Cannot list the checkpoint directory {self.directory} ({error.message.splitlines()[-1]}); give "
                 "this user read access to it, or move it aside to start over."
             ) from None
-
-    @staticmethod
-    def _damaged(path: str, error: Exception) -> str:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        logging.warning("Checkpoint %s is damaged (%s); trying the previous one.", path, reason)
-        return f"{path}: {reason}"
 
     def save(self, step: int) -> str:
         """Writes the state after `step` updates; returns the checkpoint's path (a temporary one on non-chiefs).
@@ -295,3 +291,8 @@ class Checkpoints:
             return self.checkpoint.write(os.path.join(scratch, "ckpt"))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _first_line(error: Exception) -> str:
+    """Why a checkpoint could not be read, in one line (TensorFlow's messages run to several)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
