@@ -70,6 +70,23 @@ def test_tokenizer_larger_than_the_model_is_refused(tmp_path):
         load_model_dir(str(tmp_path))
 
 
+def test_a_tokenizer_edited_since_the_save_is_refused_and_one_saved_before_fingerprints_loads(tmp_path):
+    _, tokenizer = _saved(tmp_path)
+    path = tmp_path / "model" / "tokenizer" / "char_tokenizer.json"
+    saved = json.loads(path.read_text())
+    path.write_text(json.dumps({**saved, "chars": saved["chars"][1:]}))  # a character lost: later ids shift by one
+    with pytest.raises(ValueError, match=r"The tokenizer in '.*' is not the one its model was saved with: its files "
+                                         r"were edited or damaged since"):
+        load_model_dir(str(tmp_path))
+    path.write_text(json.dumps(saved))
+    marker = tmp_path / "model" / EXPORT_MARKER
+    recorded = json.loads(marker.read_text())
+    assert recorded["tokenizer_fingerprint"] == tokenizer.fingerprint
+    del recorded["tokenizer_fingerprint"]  # a model/ saved before the marker recorded it
+    marker.write_text(json.dumps(recorded))
+    assert load_model_dir(str(tmp_path))[1].encode(TEXT) == tokenizer.encode(TEXT)
+
+
 def test_a_failed_save_leaves_the_previous_set_whole(tmp_path):
     model, _ = _saved(tmp_path)
     before = {p: p.read_bytes() for p in (tmp_path / "model").rglob("*") if p.is_file()}

@@ -75,7 +75,7 @@ def save_model_dir(model_dir: str, model: TransformerLM, tokenizer) -> None:
         model.save(os.path.join(staging, MODEL_FILE))
         write_file(os.path.join(staging, CONFIG_FILE), json.dumps(model.config.to_dict(), indent=2))
         tokenizer.save(os.path.join(staging, TOKENIZER_DIR))
-        write_export_marker(staging, __name__, EXPORT_KIND)
+        write_export_marker(staging, __name__, EXPORT_KIND, tokenizer_fingerprint=tokenizer.fingerprint)
 
 
 def read_config(model_dir: str) -> LMConfig:
@@ -115,7 +115,8 @@ def load_model_dir(model_dir: str):
 
     Raises:
         FileNotFoundError: if the directory, its model, config or tokenizer is missing.
-        ValueError: if the model file is corrupt, or the config or the tokenizer does not match the model.
+        ValueError: if the model file is corrupt, or the config or the tokenizer does not match the model (a tokenizer
+            that is not the one saved with it is refused, so no text is encoded to ids the model never learnt).
     """
     from tf_lm.data.tokenizers import load_tokenizer
 
@@ -144,4 +145,19 @@ def load_model_dir(model_dir: str):
             f"The tokenizer in {model_dir!r} has {tokenizer.vocab_size} ids but the model only "
             f"{model.config.vocab_size}; the directory mixes files from different runs."
         )
+    if tokenizer.fingerprint != _saved_fingerprint(model_dir, tokenizer.fingerprint):
+        # A character dropped from a char tokenizer's file still loads, with every id after it shifted by one.
+        raise ValueError(
+            f"The tokenizer in {model_dir!r} is not the one its model was saved with: its files were edited or "
+            "damaged since, or come from another run; restore them, or save the model with its tokenizer again."
+        )
     return model, tokenizer
+
+
+def _saved_fingerprint(model_dir: str, default: str) -> str:
+    """The fingerprint of the tokenizer `save_model_dir` saved, from its marker; `default` for a model/ saved
+    before markers recorded it."""
+    path = os.path.join(saved_dir(model_dir), EXPORT_MARKER)
+    if not gfile(path).exists(path):
+        return default
+    return read_json_object(path).get("tokenizer_fingerprint", default)
