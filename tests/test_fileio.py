@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tf_lm import fileio
-from tf_lm.fileio import atomic_directory, atomic_write, check_replaceable
+from tf_lm.fileio import atomic_directory, atomic_write, check_replaceable, not_a_directory
 
 
 def _names(directory):
@@ -294,3 +294,11 @@ def test_a_directory_whose_export_marker_is_damaged_is_refused_untouched(tmp_pat
             raise AssertionError("the body must not run")
     assert (target / "notes.txt").read_text() == "precious" and _names(target) == sorted(
         [fileio.EXPORT_MARKER, "notes.txt"])
+
+
+def test_not_a_directory_says_why_a_path_cannot_be_read_as_one(tmp_path):
+    (tmp_path / "file").write_text("x")
+    assert not_a_directory(str(tmp_path)) is None
+    assert not_a_directory(str(tmp_path / "file")) == "is a file, not a directory"
+    assert not_a_directory(str(tmp_path / "missing")) == "does not exist"
+    assert not_a_directory("ram://nowhere") == "does not exist"

@@ -102,6 +102,14 @@ def _sync_tree(directory: str) -> None:
         _sync(root)
 
 
+def not_a_directory(path: str) -> str | None:
+    """Why `path` cannot be read as a directory ("does not exist", "is a file, not a directory"), or None."""
+    files = gfile(path)
+    if files.isdir(path):
+        return None
+    return "is a file, not a directory" if files.exists(path) else "does not exist"
+
+
 def normalise_path(path: str) -> str:
     """`path` in the one spelling every writer and reader of it uses: no trailing "/" (`ram://run/` is
     `ram://run`, whose `run//checkpoints` would be another directory), and a local path absolute with its symlinks

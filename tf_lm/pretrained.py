@@ -19,7 +19,7 @@ from tf_lm import artifacts
 from tf_lm.configs import LMConfig
 from tf_lm.convert import GPT2_WEIGHTS_FILE, gpt2_state, load_gpt2_state, read_gpt2_config, read_gpt2_state
 from tf_lm.data.tokenizers import CHAR_FILE, load_tokenizer
-from tf_lm.fileio import gfile
+from tf_lm.fileio import gfile, not_a_directory
 
 if TYPE_CHECKING:  # Keras loads TensorFlow, which describing a checkpoint (`pretrained_config`) does not need
     from tf_lm.model import TransformerLM
@@ -104,10 +104,9 @@ def _kind(directory: str) -> str:
 
 def _described(directory: str) -> tuple[str, LMConfig]:
     """`(kind "tf_lm" or "hf", LMConfig)` of a checkpoint directory."""
-    files = gfile(directory)
-    if not files.isdir(directory):
-        what = "is a file, not a directory" if files.exists(directory) else "does not exist"
-        raise FileNotFoundError(f"The pretrained checkpoint directory {directory!r} {what}.")
+    problem = not_a_directory(directory)
+    if problem is not None:
+        raise FileNotFoundError(f"The pretrained checkpoint directory {directory!r} {problem}.")
     kind = _kind(directory)
     return kind, artifacts.read_config(directory) if kind == "tf_lm" else read_gpt2_config(directory)
 

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from tf_lm.fileio import atomic_write, gfile, read_text
+from tf_lm.fileio import atomic_write, gfile, not_a_directory, read_text
 
 CHAR_FILE = "char_tokenizer.json"
 BPE_FILE = "tokenizer.json"
@@ -461,12 +461,12 @@ def load_tokenizer(directory: str) -> CharTokenizer | BPETokenizer:
     Example:
     >>> tok = load_tokenizer("runs/shakespeare/tokenizer")  # doctest: +SKIP
     """
-    files = gfile(directory)
-    if not files.isdir(directory):
-        what = "is a file, not a directory" if files.exists(directory) else "does not exist"
+    problem = not_a_directory(directory)
+    if problem is not None:
         raise FileNotFoundError(
-            f"Tokenizer directory {directory!r} {what}; pass the directory a tokenizer was saved to."
+            f"Tokenizer directory {directory!r} {problem}; pass the directory a tokenizer was saved to."
         )
+    files = gfile(directory)
     if files.exists(os.path.join(directory, CHAR_FILE)):
         return CharTokenizer.load(directory)
     json_path = os.path.join(directory, BPE_FILE)
