@@ -15,7 +15,9 @@ from absl import flags
 from experiments.flags import flag_group, one_line_errors, run_script
 
 FLAGS = flags.FLAGS
-DEFAULT_MAX_LENGTH = 128  # for a model directory that does not record its fine-tuning length
+# For a model directory that does not record its fine-tuning length (finetune_bert's default), cut to a model's
+# positions when it has fewer.
+DEFAULT_MAX_LENGTH = 128
 
 
 def define_predict_flags() -> None:
@@ -23,7 +25,8 @@ def define_predict_flags() -> None:
         flags.DEFINE_string("model_dir", None, "A fine-tuned model directory (<output_dir>/best of finetune_bert).")
         flags.DEFINE_integer(
             "max_length", None, "Longer sentences are cut to this many tokens. Default: the max_length the model "
-            "was fine-tuned at (recorded in <model_dir>/finetune_config.json), else 128.")
+            "was fine-tuned at (recorded in <model_dir>/finetune_config.json), else 128, or the model's positions "
+            "if it has fewer.")
 
 
 def run(model_dir: str, sentences: list[str], max_length: int | None = None, out=sys.stdout) -> None:
@@ -33,13 +36,15 @@ def run(model_dir: str, sentences: list[str], max_length: int | None = None, out
         model_dir: str. A fine-tuned model directory (`<output_dir>/best` of `experiments.finetune_bert`).
         sentences: list of str. What to classify.
         max_length: int, default None: the `max_length` the model was fine-tuned at (its
-            `finetune_config.json`), else 128. Longer sentences are cut to this many tokens.
+            `finetune_config.json`), else 128, or the model's positions if it has fewer. Longer sentences are cut
+            to this many tokens.
         out: text stream, default stdout.
 
     Raises:
         FileNotFoundError: if `model_dir` is not a model directory.
-        ValueError: if no sentence is given, `max_length` exceeds the model's positions, `model_dir` holds another
-            kind of model or a checkpoint without its classifier (a bare encoder), or a file of it is damaged.
+        ValueError: if no sentence is given, `max_length` (given, or recorded in `finetune_config.json`) exceeds
+            the model's positions, `model_dir` holds another kind of model or a checkpoint without its classifier
+            (a bare encoder), or a file of it is damaged.
     """
     if not sentences:
         raise ValueError('Pass the sentences to classify as arguments: predict_bert --model_dir=DIR "a sentence".')
@@ -59,7 +64,8 @@ def run(model_dir: str, sentences: list[str], max_length: int | None = None, out
             raise ValueError(f"{os.path.join(model_dir, FINETUNE_CONFIG_FILE)} records max_length {recorded}, beyond "
                              f"the model's {limit} positions, so it does not belong to this model; restore it, or "
                              "pass --max_length.")
-        max_length = recorded or DEFAULT_MAX_LENGTH
+        # Not `max_length`'s fault when the model has fewer positions: the user did not pass it.
+        max_length = recorded or min(DEFAULT_MAX_LENGTH, limit)
     if not 2 <= max_length <= limit:
         raise ValueError(f"--max_length must lie in [2, {limit}]. Received: {max_length}")
     names = model.config.labels

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 
 import pytest
 from conftest import failure_line, run_module
@@ -68,6 +69,26 @@ def test_predict_cuts_sentences_at_the_fine_tuned_max_length(tmp_path):
     assert result.stdout == predict(best, 5)
     classifier.save(str(tmp_path / "unrecorded"), {})
     assert predict(str(tmp_path / "unrecorded")) == predict(str(tmp_path / "unrecorded"), 128)
+
+
+def test_predict_cuts_at_a_models_fewer_positions_unless_max_length_is_passed(tmp_path):
+    """A model of fewer than 128 positions in a directory without finetune_config.json was refused for a
+    --max_length of 128 the user never passed; it is read at its positions, and only a --max_length passed beyond
+    them is refused."""
+    from experiments import predict_bert
+
+    # Large random weights: every token read moves the probabilities.
+    model_dir = save_tiny_classifier(tmp_path / "best", max_position_embeddings=32, initializer_range=0.5)
+    sentences = ["a gorgeous , witty , seductive movie that never once loses its nerve or its sense of humour ." * 2]
+
+    def predict(max_length=None):
+        out = io.StringIO()
+        predict_bert.run(model_dir, sentences, max_length=max_length, out=out)
+        return out.getvalue()
+
+    assert predict() == predict(32) != predict(16)
+    with pytest.raises(ValueError, match=re.escape("--max_length must lie in [2, 32]. Received: 128")):
+        predict(128)
 
 
 @pytest.mark.slow
@@ -155,16 +176,18 @@ def assert_only_error_line(result, line):
     assert result.returncode == 1 and result.stderr.splitlines() == [line], result.stderr[-3000:]
 
 
-def save_tiny_classifier(directory, extra_json=None) -> str:
+def save_tiny_classifier(directory, extra_json=None, **config) -> str:
     """A random 2-class BertClassifier one block 8 wide (160 positions), with MiniLM's vocabulary, saved as
-    finetune_bert saves its best/ (model.keras and the Hugging Face checkpoint)."""
+    finetune_bert saves its best/ (model.keras and the Hugging Face checkpoint); `config` overrides BertConfig's
+    fields."""
     from tf_lm.bert import finetune, weights
     from tf_lm.bert.config import BertConfig
     from tf_lm.bert.model import BertClassifier
     from tf_lm.bert.tokenizer import WordPieceTokenizer
 
-    model = BertClassifier(BertConfig(vocab_size=30522, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                                      intermediate_size=16, max_position_embeddings=160))
+    shape = {"vocab_size": 30522, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "intermediate_size": 16, "max_position_embeddings": 160}
+    model = BertClassifier(BertConfig(**{**shape, **config}))
     classifier = finetune.keras_classifier(model, WordPieceTokenizer(weights.resolve_local("minilm")))
     classifier.save(str(directory), extra_json or {})
     return str(directory)

@@ -273,6 +273,27 @@ def test_a_tokenizer_file_that_is_not_a_json_object_is_named(tmp_path, name):
         hub.load_tokenizer(str(tmp_path))
 
 
+@pytest.mark.parametrize("key, value, message", [
+    # A TypeError (or AttributeError) from transformers or `tokenizers`, printed as a traceback.
+    ("do_lower_case", "yes", "its do_lower_case is 'yes', not true or false"),
+    ("additional_special_tokens", [5], "its additional_special_tokens[0] is 5, not a token"),
+    ("added_tokens_decoder", None, "its added_tokens_decoder is None, not an object of tokens by id"),
+    # Loaded as is, then compared with the model's positions by `finetune` (a TypeError).
+    ("model_max_length", "abc", "its model_max_length is 'abc', not a positive integer"),
+])
+def test_a_tokenizer_config_value_of_another_type_is_named_with_its_key(tmp_path, key, value, message):
+    import json
+    import shutil
+
+    minilm = hub.resolve_checkpoint("minilm")
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(minilm, name), tmp_path)
+    path = tmp_path / "tokenizer_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))
+    with pytest.raises(ValueError, match="^" + re.escape(f"{path} is damaged: {message}")):
+        hub.load_tokenizer(str(tmp_path))
+
+
 def test_label_names_must_match_num_labels():
     with pytest.raises(ValueError, match="3 label names for 2 labels"):
         hub.load_classifier("minilm", num_labels=2, label_names=["a", "b", "c"])

@@ -406,6 +406,32 @@ def test_a_tokenizer_file_that_is_not_a_json_object_is_named(tmp_path, name):
         WordPieceTokenizer(str(tmp_path))
 
 
+# Each a TypeError, AttributeError or KeyError from `tokenizers` or in our code (printed by the scripts as a
+# traceback), or, for model_max_length "abc", int()'s ValueError naming neither file nor key.
+BAD_TOKENIZER_CONFIG_VALUES = [
+    ("do_lower_case", "yes", "its do_lower_case is 'yes', not true or false"),
+    ("strip_accents", "no", "its strip_accents is 'no', not true, false or null"),
+    ("tokenize_chinese_chars", None, "its tokenize_chinese_chars is None, not true or false"),
+    ("model_max_length", "abc", "its model_max_length is 'abc', not a positive integer"),
+    ("model_max_length", [512], "its model_max_length is [512], not a positive integer"),
+    ("pad_token", 5, "its pad_token is 5, not a token (a string, or an object with a string content)"),
+    ("unk_token", {"text": "[UNK]"}, "its unk_token is {'text': '[UNK]'}, not a token"),
+    ("additional_special_tokens", ["<sp>", 5], "its additional_special_tokens[1] is 5, not a token"),
+    ("added_tokens_decoder", {"8": "tok"}, "its added_tokens_decoder['8'] is 'tok', not an object with a string "
+                                           "content and flags"),
+    ("added_tokens_decoder", {"x": {"content": "tok"}}, "its added_tokens_decoder has the key 'x', not a token id"),
+]
+
+
+@pytest.mark.parametrize("key, value, message", BAD_TOKENIZER_CONFIG_VALUES)
+def test_a_tokenizer_config_value_of_another_type_is_named_with_its_key(tmp_path, key, value, message):
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"]) + "\n")
+    path = tmp_path / "tokenizer_config.json"
+    path.write_text(json.dumps({key: value}))
+    with pytest.raises(ValueError, match="^" + re.escape(f"{path} is damaged: {message}")):
+        WordPieceTokenizer(str(tmp_path))
+
+
 @pytest.mark.parametrize("architectures, num_labels", [
     (["BertForSequenceClassification"], 3), (["BertModel", "BertForSequenceClassification"], 3),
     (["BertModel"], 2), (None, 2), ([], 2),

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 
 from tf_lm.fileio import gfile, is_local, read_bytes, read_json_object, read_text
 
 DEFAULT_MAX_LENGTH = 512
 ADDED_TOKENS_FILE = "added_tokens.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 # transformers' BertTokenizerFast defaults for what `tokenizer_config.json` does not say.
 _SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "cls_token": "[CLS]", "pad_token": "[PAD]",
                   "mask_token": "[MASK]"}
@@ -24,6 +26,71 @@ def _special_tokens(config: dict) -> dict[str, str]:
     AddedToken's dict."""
     tokens = {name: config.get(name, default) for name, default in _SPECIAL_TOKENS.items()}
     return {name: token["content"] if isinstance(token, dict) else token for name, token in tokens.items()}
+
+
+_TOKEN = "a token (a string, or an object with a string content)"
+_ADDED_TOKEN_FLAGS = ("single_word", "lstrip", "rstrip", "normalized", "special")
+
+
+def _is_token(value) -> bool:
+    """A special token as `tokenizer_config.json` holds one: a string, or an AddedToken's dict."""
+    return isinstance(value, str) or isinstance(value, dict) and isinstance(value.get("content"), str)
+
+
+def _is_added_token(value) -> bool:
+    """An `added_tokens_decoder` entry: an AddedToken's dict (transformers takes no string there), its flags bools."""
+    return (isinstance(value, dict) and _is_token(value)
+            and all(isinstance(value.get(flag, False), bool) for flag in _ADDED_TOKEN_FLAGS))
+
+
+def _is_bool(value) -> bool:
+    return isinstance(value, bool)
+
+
+# The keys of `tokenizer_config.json` that this module or transformers' `BertTokenizerFast` reads, with what each
+# must hold: of another type, `tokenizers` and transformers fail deep inside (a TypeError, an AttributeError), or
+# `finetune` compares a string `model_max_length` with a number, all printed by the scripts as tracebacks. null is
+# what transformers takes for "unset" where it does so.
+_TOKENIZER_CONFIG_TYPES = {
+    "do_lower_case": (_is_bool, "true or false"),
+    "tokenize_chinese_chars": (_is_bool, "true or false"),
+    "strip_accents": (lambda value: value is None or _is_bool(value), "true, false or null"),
+    "model_max_length": (lambda value: value is None or type(value) is int and value >= 1, "a positive integer"),
+    **{name: (_is_token, _TOKEN) for name in _SPECIAL_TOKENS},
+    "additional_special_tokens": (lambda value: value is None or isinstance(value, list), "a list of tokens"),
+    "added_tokens_decoder": (lambda value: isinstance(value, dict), "an object of tokens by id"),
+}
+
+
+def read_tokenizer_config(directory: str) -> dict:
+    """The `tokenizer_config.json` of `directory`, {} if it has none.
+
+    Raises:
+        ValueError: if the file is not a JSON object, or a key either backend reads holds a value of another type,
+            naming the file and the key (and the entry of a list or object).
+    """
+    path = os.path.join(directory, TOKENIZER_CONFIG_FILE)
+    if not gfile(path).exists(path):
+        return {}
+    config = read_json_object(path)
+
+    def damaged(what: str) -> ValueError:
+        return ValueError(f"{path} is damaged: {what}; restore it, or correct that value.")
+
+    for key, (is_valid, expected) in _TOKENIZER_CONFIG_TYPES.items():
+        if key in config and not is_valid(config[key]):
+            raise damaged(f"its {key} is {config[key]!r}, not {expected}")
+    # Their entries one by one: a file's list of tokens can be long, and the message names the one that is wrong.
+    for i, token in enumerate(config.get("additional_special_tokens") or []):
+        if not _is_token(token):
+            raise damaged(f"its additional_special_tokens[{i}] is {token!r}, not {_TOKEN}")
+    for token_id, token in config.get("added_tokens_decoder", {}).items():
+        if not re.fullmatch(r"[0-9]+", token_id):
+            raise damaged(f"its added_tokens_decoder has the key {token_id!r}, not a token id (a string of digits)")
+        if not _is_added_token(token):
+            raise damaged(f"its added_tokens_decoder[{token_id!r}] is {token!r}, not an object with a string "
+                          f"content and flags ({', '.join(_ADDED_TOKEN_FLAGS)}) true or false")
+    return config
 
 
 def read_tokenizer_json(path: str):
@@ -98,8 +165,8 @@ class WordPieceTokenizer:
 
     Raises:
         FileNotFoundError: if the directory holds neither file.
-        ValueError: if `tokenizer.json` is damaged, or `tokenizer_config.json` or `added_tokens.json` is not a JSON
-            object.
+        ValueError: if `tokenizer.json` is damaged, `tokenizer_config.json` or `added_tokens.json` is not a JSON
+            object, or a key of `tokenizer_config.json` it reads holds a value of another type.
 
     Example:
     >>> WordPieceTokenizer(resolve_local("minilm"))(["a fine film"])["input_ids"]
@@ -110,9 +177,8 @@ class WordPieceTokenizer:
         from tokenizers.implementations import BertWordPieceTokenizer
 
         self.directory = directory
-        config_path = os.path.join(directory, "tokenizer_config.json")
-        config = read_json_object(config_path) if gfile(config_path).exists(config_path) else {}
-        self.model_max_length = min(int(config.get("model_max_length", DEFAULT_MAX_LENGTH)), 10**6)
+        config = read_tokenizer_config(directory)
+        self.model_max_length = min(config.get("model_max_length") or DEFAULT_MAX_LENGTH, 10**6)
         special_tokens = _special_tokens(config)
         # strip_accents None: strip them when lowercasing, as BERT's uncased models were trained.
         normalizer = {"lowercase": config.get("do_lower_case", True), "strip_accents": config.get("strip_accents"),

@@ -23,15 +23,15 @@ from transformers.modeling_tf_pytorch_utils import (
 
 from tf_lm.bert.checkpoint import hub_reachable, resolve_checkpoint
 from tf_lm.bert.config import check_precision
-from tf_lm.bert.tokenizer import read_tokenizer_json
+from tf_lm.bert.tokenizer import read_tokenizer_config, read_tokenizer_json
 from tf_lm.bert.weights import open_safetensors, read_config
 from tf_lm.fileio import read_json_object
 
 _CONFIG_FILE = "config.json"
 _SAFETENSORS_FILE = "model.safetensors"
 _TF_H5_FILE = "tf_model.h5"
-# The JSON objects beside the vocabulary that `AutoTokenizer.from_pretrained` reads.
-_TOKENIZER_JSON_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", _CONFIG_FILE)
+# The JSON objects beside the vocabulary that `AutoTokenizer.from_pretrained` reads, `tokenizer_config.json` aside.
+_TOKENIZER_JSON_FILES = ("special_tokens_map.json", "added_tokens.json", _CONFIG_FILE)
 
 
 @contextlib.contextmanager
@@ -157,8 +157,9 @@ def load_tokenizer(name: str):
 
     Raises:
         FileNotFoundError: if a directory holds no tokenizer files.
-        ValueError: for a hub id that cannot be fetched, a damaged `tokenizer.json`, or a tokenizer's JSON file
-            (`tokenizer_config.json`, ...) that is not a JSON object.
+        ValueError: for a hub id that cannot be fetched, a damaged `tokenizer.json`, a tokenizer's JSON file
+            (`tokenizer_config.json`, ...) that is not a JSON object, or a key of `tokenizer_config.json` that holds
+            a value of another type.
 
     Example:
     >>> load_tokenizer("minilm")(["a fine film"])["input_ids"]
@@ -170,7 +171,9 @@ def load_tokenizer(name: str):
             return _from_hub(transformers.AutoTokenizer, checkpoint)
         if not any(os.path.isfile(os.path.join(checkpoint, f)) for f in ("tokenizer.json", "vocab.txt")):
             raise FileNotFoundError(f"No tokenizer (tokenizer.json or vocab.txt) in {checkpoint!r}.")
-        # transformers fails on valid JSON of another kind (`[]`) in a subscript: each file is named here instead.
+        # transformers fails on valid JSON of another kind (`[]`) in a subscript, and on a value of another type
+        # in `tokenizer_config.json` deep inside (a TypeError): each file is named here instead.
+        read_tokenizer_config(checkpoint)
         for name in _TOKENIZER_JSON_FILES:
             path = os.path.join(checkpoint, name)
             if os.path.isfile(path):
