@@ -20,7 +20,6 @@ from experiments.generate import (
     define_sampling_flags,
     define_speculative_flags,
     sampling_kwargs,
-    speculative_flags,
     speculative_kwargs,
     stop_token_ids,
 )
@@ -38,7 +37,8 @@ def define_export_flags() -> None:
 
 
 def run(model_dir: str, export_dir: str, sampling: dict, context_policy: str = "slide",
-        draft_model_dir: str | None = None, drafter: str | None = None, num_speculative_tokens: int = 4) -> None:
+        draft_model_dir: str | None = None, drafter: str | None = None,
+        num_speculative_tokens: int | None = None) -> None:
     """Loads `model_dir` and writes its SavedModel to `export_dir`.
 
     Raises:
@@ -63,7 +63,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # TensorFlow's SavedModel writer logs INFO lines (signatures, fingerprint)
     with one_line_errors():
         run(FLAGS.model_dir, FLAGS.export_dir, sampling_kwargs(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p),
-            FLAGS.context_policy, *speculative_flags())
+            FLAGS.context_policy, FLAGS.draft_model_dir, FLAGS.drafter, FLAGS.num_speculative_tokens)
 
 
 if __name__ == "__main__":

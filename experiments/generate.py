@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from experiments.flags import define_trained_model_flag, flag_group, one_line_errors, run_script
 
@@ -61,19 +61,8 @@ def define_speculative_flags() -> None:
         flags.DEFINE_enum("drafter", None, ["model", "prompt_lookup"], "'model' (the default with "
                           "--draft_model_dir) or 'prompt_lookup' (drafts what followed the last n-gram earlier in "
                           "the context; no draft model).")
-        flags.DEFINE_integer("num_speculative_tokens", 4, "Tokens drafted per speculative round (only with "
-                             "--draft_model_dir or --drafter).")
-
-
-def speculative_flags() -> tuple[str | None, str | None, int]:
-    """(--draft_model_dir, --drafter, --num_speculative_tokens). A --num_speculative_tokens given without a drafter
-    is refused even at its default value, which `generate` cannot tell from no value: it would be ignored."""
-    if FLAGS["num_speculative_tokens"].present and FLAGS.draft_model_dir is None and FLAGS.drafter is None:
-        raise app.UsageError(
-            "--num_speculative_tokens only applies to speculative decoding, with a --draft_model_dir or a --drafter; "
-            f"pass one, or drop it. Received: --num_speculative_tokens={FLAGS.num_speculative_tokens}"
-        )
-    return FLAGS.draft_model_dir, FLAGS.drafter, FLAGS.num_speculative_tokens
+        flags.DEFINE_integer("num_speculative_tokens", None, "Tokens drafted per speculative round (default 4; "
+                             "only with --draft_model_dir or --drafter).")
 
 
 def stop_token_ids(tokenizer) -> list[int] | None:
@@ -82,7 +71,7 @@ def stop_token_ids(tokenizer) -> list[int] | None:
 
 
 def speculative_kwargs(tokenizer, draft_model_dir: str | None, drafter: str | None,
-                       num_speculative_tokens: int) -> dict:
+                       num_speculative_tokens: int | None) -> dict:
     """The one mapping from the speculative flags to `generate`'s arguments; loads the draft model directory.
 
     Raises:
@@ -140,7 +129,7 @@ class _TextPrinter:
 
 def run(model_dir: str, prompt: str, max_new_tokens: int, seed: int | None, num_samples: int, chunk_size: int,
         sampling: dict, context_policy: str = "slide", draft_model_dir: str | None = None, drafter: str | None = None,
-        num_speculative_tokens: int = 4, out=sys.stdout) -> None:
+        num_speculative_tokens: int | None = None, out=sys.stdout) -> None:
     """Loads `model_dir` and streams `num_samples` continuations of `prompt` to `out`.
 
     With a drafter (`draft_model_dir` or `drafter="prompt_lookup"`) the last line reports how many drafted tokens
@@ -152,7 +141,7 @@ def run(model_dir: str, prompt: str, max_new_tokens: int, seed: int | None, num_
     """
     from tf_lm.artifacts import load_model_dir
     from tf_lm.generation import stream
-    from tf_lm.generation.generate import SEED_LIMIT
+    from tf_lm.generation.generate import DEFAULT_NUM_SPECULATIVE_TOKENS, SEED_LIMIT
     from tf_lm.generation.speculative import SpeculationStats
 
     if num_samples < 1:
@@ -164,6 +153,7 @@ def run(model_dir: str, prompt: str, max_new_tokens: int, seed: int | None, num_
     speculation = speculative_kwargs(tokenizer, draft_model_dir, drafter, num_speculative_tokens)
     prompt_ids, stops = tokenizer.encode(prompt), stop_token_ids(tokenizer)
     rounds = accepted = tokens = 0
+    drafted = DEFAULT_NUM_SPECULATIVE_TOKENS if num_speculative_tokens is None else num_speculative_tokens
     for sample in range(num_samples):
         # `stream` checks the prompt and settings when called, so a refusal comes before any output.
         chunks = stream(model, [prompt_ids], max_new_tokens=max_new_tokens,
@@ -184,18 +174,19 @@ def run(model_dir: str, prompt: str, max_new_tokens: int, seed: int | None, num_
             tokens += chunks.speculation.tokens
     if draft_model_dir is not None or drafter is not None:
         if rounds:
-            stats = SpeculationStats(rounds, accepted, tokens, num_speculative_tokens)
+            stats = SpeculationStats(rounds, accepted, tokens, drafted)
             out.write(f"[speculative decoding: {stats}]\n")
         else:
             out.write(f"[speculative decoding off: the prompt, {max_new_tokens} new tokens and "
-                      f"{num_speculative_tokens} drafted ones pass the model's context; decoded without drafts]\n")
+                      f"{drafted} drafted ones pass the model's context; decoded without drafts]\n")
 
 
 def main(argv):
     del argv
     with one_line_errors():
         run(FLAGS.model_dir, FLAGS.prompt, FLAGS.max_new_tokens, FLAGS.seed, FLAGS.num_samples, FLAGS.chunk_size,
-            sampling_kwargs(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p), FLAGS.context_policy, *speculative_flags())
+            sampling_kwargs(FLAGS.temperature, FLAGS.top_k, FLAGS.top_p), FLAGS.context_policy,
+            FLAGS.draft_model_dir, FLAGS.drafter, FLAGS.num_speculative_tokens)
 
 
 if __name__ == "__main__":

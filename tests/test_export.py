@@ -142,7 +142,7 @@ def test_export_cli_writes_a_saved_model_and_reports_errors_in_one_line(model_an
 
     parsed = SimpleNamespace(model_dir=str(tmp_path / "missing"), export_dir=str(tmp_path / "export2"),
                              temperature=0.0, top_k=None, top_p=None, context_policy="slide", draft_model_dir=None,
-                             drafter=None, num_speculative_tokens=4)
+                             drafter=None, num_speculative_tokens=None)
     monkeypatch.setattr(export, "FLAGS", parsed)
     with pytest.raises(SystemExit, match=r"^error: No model.keras in .*missing") as exit_info:
         export.main(["export"])

@@ -142,7 +142,7 @@ def test_export_over_a_foreign_directory_is_refused_in_one_line_and_touches_noth
     for export_dir in (foreign, foreign / "precious.txt"):
         parsed = SimpleNamespace(model_dir=str(tmp_path / "model"), export_dir=str(export_dir), temperature=0.0,
                                  top_k=None, top_p=None, context_policy="slide", draft_model_dir=None, drafter=None,
-                                 num_speculative_tokens=4)
+                                 num_speculative_tokens=None)
         monkeypatch.setattr(export, "FLAGS", parsed)
         with pytest.raises(SystemExit, match=r"^error: .*precious.*choose a new or empty directory") as stopped:
             export.main(["export"])

@@ -63,7 +63,7 @@ class GenerationModule(tf.Module):
     """
 
     def __init__(self, model, tokenizer, sampler: Sampler, stop_token_ids=None, context_policy: str = "slide",
-                 draft_model=None, drafter: str | None = None, num_speculative_tokens: int = 4):
+                 draft_model=None, drafter: str | None = None, num_speculative_tokens: int | None = None):
         super().__init__(name="tf_lm_generation")
         drafter = _drafter(model, draft_model, drafter, num_speculative_tokens, sampler)
         if context_policy not in CONTEXT_POLICIES:
@@ -180,7 +180,7 @@ class GenerationModule(tf.Module):
 def export_saved_model(model, tokenizer, export_dir: str, sampler: str | Sampler = "greedy", temperature: float = 1.0,
                        top_k: int | None = None, top_p: float | None = None, stop_token_ids=None,
                        context_policy: str = "slide", draft_model=None, drafter: str | None = None,
-                       num_speculative_tokens: int = 4) -> None:
+                       num_speculative_tokens: int | None = None) -> None:
     """Writes a SavedModel with a `generate` signature (text in, text out) to `export_dir`.
 
     The directory is built beside `export_dir` and swapped into place (`tf_lm.fileio.atomic_directory`): an

@@ -257,21 +257,21 @@ def _programs(model, sampler: Sampler, drafter=None) -> _Programs | _Speculative
     return cached
 
 
-def _drafter(model, draft_model, drafter: str | None, num_speculative_tokens: int, sampler: Sampler):
+def _drafter(model, draft_model, drafter: str | None, num_speculative_tokens: int | None, sampler: Sampler):
     """Checks the speculative-decoding arguments (the sampler's too); returns the drafter they ask for, or None.
 
-    Without a drafter, `num_speculative_tokens` must keep its default, as `get_sampler` refuses the settings a sampler
-    would ignore: a k set for plain decoding would be ignored without a word.
+    Without a drafter, `num_speculative_tokens` must be None, as `get_sampler` refuses the settings a sampler would
+    ignore: a k set for plain decoding, even the default one, would be ignored without a word.
     """
     if drafter is None and draft_model is None:
-        if num_speculative_tokens != DEFAULT_NUM_SPECULATIVE_TOKENS:
+        if num_speculative_tokens is not None:
             raise ValueError(
                 "`num_speculative_tokens` only applies to speculative decoding, with a `draft_model` or a `drafter`; "
                 f"pass one, or drop it. Received: `num_speculative_tokens={num_speculative_tokens!r}`"
             )
         return None
     speculative.check_sampler(sampler)
-    k = num_speculative_tokens
+    k = DEFAULT_NUM_SPECULATIVE_TOKENS if num_speculative_tokens is None else num_speculative_tokens
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(
             f"`num_speculative_tokens` must be an integer >= 1. Received: `num_speculative_tokens={k!r}`"
@@ -421,7 +421,8 @@ def _trim(tokens: np.ndarray, stop_token_ids: set[int]) -> list[int]:
 def generate(model, prompt_ids, max_new_tokens: int = 100, sampler: str | Sampler = "greedy",
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
              stop_token_ids: Sequence[int] | None = None, padding_mask=None, context_policy: str = "slide",
-             draft_model=None, num_speculative_tokens: int = 4, drafter: str | None = None) -> list[list[int]]:
+             draft_model=None, num_speculative_tokens: int | None = None,
+             drafter: str | None = None) -> list[list[int]]:
     """Continues each prompt by up to `max_new_tokens` tokens, with the KV cache, in one XLA-compiled loop.
 
     Prefills the prompts once, then runs one cached step per new token (and, past the context, one window
@@ -453,8 +454,8 @@ def generate(model, prompt_ids, max_new_tokens: int = 100, sampler: str | Sample
             distribution (not the same tokens for a seed as without a draft). A request that does not fit the
             context with `num_speculative_tokens` spare positions decodes without drafts (speculation never
             slides).
-        num_speculative_tokens: int >= 1, default 4. Tokens drafted per round; only with a drafter (another value
-            without one is refused rather than ignored).
+        num_speculative_tokens: int >= 1 or None (default: 4 with a drafter). Tokens drafted per round; only with
+            a drafter (a value without one is refused rather than ignored).
         drafter: None, "model" (the default with `draft_model`) or "prompt_lookup" (drafts the tokens that followed
             the last n-gram's latest earlier occurrence; no draft model).
 
@@ -467,7 +468,7 @@ def generate(model, prompt_ids, max_new_tokens: int = 100, sampler: str | Sample
             prompt plus `max_new_tokens` longer than `model.config.block_size` with `context_policy="refuse"`, bad
             sampler settings, a draft model with another vocabulary or a shorter context, a drafter with a
             sampler whose distribution speculation cannot know (`speculative.check_sampler`), or a
-            `num_speculative_tokens` other than the default without a drafter.
+            `num_speculative_tokens` without a drafter.
 
     Example:
     >>> model = TransformerLM(LMConfig.preset("nano", vocab_size=65))
@@ -490,7 +491,7 @@ def generate(model, prompt_ids, max_new_tokens: int = 100, sampler: str | Sample
 def stream(model, prompt_ids, max_new_tokens: int = 100, sampler: str | Sampler = "greedy",
            temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
            stop_token_ids: Sequence[int] | None = None, padding_mask=None, context_policy: str = "slide",
-           draft_model=None, num_speculative_tokens: int = 4, drafter: str | None = None,
+           draft_model=None, num_speculative_tokens: int | None = None, drafter: str | None = None,
            chunk_size: int = 8) -> Stream:
     """`generate`, yielding the new tokens `chunk_size` steps at a time as they are produced.
 
