@@ -1,3 +1,5 @@
+import weakref
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -242,3 +244,17 @@ def test_a_damaged_store_met_while_iterating_raises_its_own_one_line_error(store
     with pytest.raises(tf.errors.InvalidArgumentError):  # any other failure is left as it is
         with damaged_store_errors():
             tf.debugging.assert_equal(1, 2)
+
+    # The error keeps no frame holding the iterator, whose other reads are in flight: kept to the interpreter's
+    # exit (in a reference cycle), it would be destroyed as Python finalizes and wait for them forever.
+    def consume(held):
+        iterator = iter(validation)
+        held.append(weakref.ref(iterator))
+        while True:
+            next(iterator)
+
+    held = []
+    with pytest.raises(DamagedStoreError) as raised:  # held, as a script's exit status holds it to the end
+        with damaged_store_errors():
+            consume(held)
+    assert held[0]() is None, raised

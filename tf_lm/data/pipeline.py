@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import traceback
 
 import tensorflow as tf
 
@@ -53,6 +54,10 @@ def damaged_store_errors():
         found = re.search(rf"\b{DamagedStoreError.__name__}: ([^\n]*)", error.message)
         if found is None:
             raise
+        # The finished frames in TensorFlow's traceback hold the pipeline's iterator, whose other reads are still in
+        # flight. Kept alive by the exception chain until the interpreter exits, the iterator would be destroyed
+        # while Python finalizes, waiting forever for reads that can no longer take the GIL: drop it now.
+        traceback.clear_frames(error.__traceback__)
         raise DamagedStoreError(found.group(1)) from None
 
 
