@@ -55,6 +55,7 @@ from tf_lm.fileio import (
     LOCK_FILE,
     atomic_write,
     directory_lock,
+    files_within,
     gfile,
     read_json,
     read_json_object,
@@ -196,8 +197,15 @@ def _run_config(model_config, train_config, strategy, tokenizer_fingerprint, pre
 
 
 def _check_source(model_dir: str, source: Source) -> None:
-    """Raises ValueError if the run in `model_dir` was trained on another version of `source` (an edited file):
-    checked before a store is prepared, so a resume neither tokenises the edited corpus nor mixes the two."""
+    """Raises ValueError if `source` reads files inside `model_dir` (the run's own files, its lock first of all, would
+    be its text), or the run in `model_dir` was trained on another version of `source` (an edited file): checked
+    before a store is prepared, so a resume neither tokenises the edited corpus nor mixes the two."""
+    inside = files_within(source.files, model_dir)
+    if inside:
+        raise ValueError(
+            f"--dataset={source.name} reads {len(inside)} file(s) inside --model_dir={model_dir} (such as "
+            f"{inside[0]}), where the run writes; narrow the glob, or keep --model_dir outside it."
+        )
     path = os.path.join(model_dir, RUN_CONFIG)
     if not gfile(path).exists(path):
         return
@@ -476,7 +484,7 @@ def main(argv):
         if train_config.dataset.startswith(STORE_SCHEME):
             TokenStore(train_config.dataset[len(STORE_SCHEME):])
         elif train_config.dataset.startswith("text:"):
-            open_source(train_config.dataset, **options)
+            _check_source(values.model_dir, open_source(train_config.dataset, **options))
     # TensorFlow loads only now, so bad flags, a refused resume, a model_dir that is not a run's, a bad --init_from
     # and a missing corpus or store are answered at once; a Ctrl-C while it loads is run_script's plain "stopped",
     # since nothing has started that a rerun would resume.

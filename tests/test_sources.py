@@ -230,3 +230,10 @@ def test_a_byte_order_mark_inside_a_file_is_text_where_a_chunk_starts(tmp_path):
     (tmp_path / "b.txt").write_text("held out\n", encoding="utf-8")
     source = open_source(f"text:{tmp_path}/*.txt", validation_fraction=0.5)
     assert [chunk.text for chunk in source.chunks("train", chunk_bytes=8)] == ["line\n", "\ufeffword\n"]
+
+
+def test_a_text_source_lists_the_files_it_reads(tmp_path):
+    for name in ("b.txt", "a.txt"):
+        (tmp_path / name).write_text("text\n")
+    assert open_source(f"text:{tmp_path}/*.txt").files == (str(tmp_path / "a.txt"), str(tmp_path / "b.txt"))
+    assert open_source("builtin:pydoc").files == ()

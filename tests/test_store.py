@@ -479,3 +479,13 @@ def test_a_manifest_whose_request_is_not_an_object_is_not_a_store(corpus, tmp_pa
     (tmp_path / "store" / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="is not a token store manifest \\(its request is a string, not an object"):
         prepare_store(corpus, str(tmp_path / "store"))
+
+
+def test_a_source_that_reads_files_inside_the_store_directory_is_refused(tmp_path):
+    (tmp_path / "a.txt").write_text("some text\n" * 50)
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "train-00000.bin").write_bytes(b"\x01\x00" * 10)  # a killed preparation's shard
+    with pytest.raises(ValueError, match=rf"^The source 'text:{tmp_path}/\*\*' reads 1 file\(s\) inside the store "
+                                         rf"directory '{tmp_path / 'store'}' \(such as "):
+        prepare_store(f"text:{tmp_path}/**", str(tmp_path / "store"))
+    assert os.listdir(tmp_path / "store") == ["train-00000.bin"]

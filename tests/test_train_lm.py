@@ -653,3 +653,18 @@ def test_a_damaged_flags_txt_is_called_damaged_not_a_run_with_other_flags(tmp_pa
     with pytest.raises(ValueError, match=rf"^{tmp_path / FLAGS_FILE} is damaged: line 4 \({re.escape(line)}\) is not "
                                          r"a flag of train_lm; restore it, or delete it and rerun"):
         check_flags(str(tmp_path), script_flags(values))
+
+
+def test_a_dataset_glob_that_reads_the_runs_own_files_is_refused(tmp_path):
+    """`text:corpus/**` with --model_dir=corpus/run: the run's lock file was its validation text."""
+    from experiments.train_lm import _check_source
+    from tf_lm.data import open_source
+
+    (tmp_path / "a.txt").write_text(TEXT)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "lock").write_text("pid 1 on host h")
+    with pytest.raises(ValueError, match=rf"^--dataset=text:{tmp_path}/\*\* reads 1 file\(s\) inside "
+                                         rf"--model_dir={tmp_path / 'run'} \(such as {tmp_path / 'run' / 'lock'}\), "
+                                         "where the run writes; narrow the glob"):
+        _check_source(str(tmp_path / "run"), open_source(f"text:{tmp_path}/**"))
+    _check_source(str(tmp_path / "run"), open_source(f"text:{tmp_path}/*"))  # the directory itself is no file

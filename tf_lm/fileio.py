@@ -110,6 +110,12 @@ def not_a_directory(path: str) -> str | None:
     return "is a file, not a directory" if files.exists(path) else "does not exist"
 
 
+def files_within(paths, directory: str) -> list[str]:
+    """Those of `paths` that lie inside `directory` (compared as `normalise_path` spells them)."""
+    root = normalise_path(directory) + "/"
+    return [path for path in paths if normalise_path(path).startswith(root)]
+
+
 def normalise_path(path: str) -> str:
     """`path` in the one spelling every writer and reader of it uses: no trailing "/" (`ram://run/` is
     `ram://run`, whose `run//checkpoints` would be another directory), and a local path absolute with its symlinks

@@ -99,11 +99,14 @@ class Source:
         digest: str, a sha256 of what the text is, found without reading it (each file's path, size and modification
             time; the builtin text itself; a TFDS dataset's name and version), so a token store prepared from an
             earlier version of the source is not taken for one of this version.
+        files: tuple of str, the files a `text:` source reads (empty for the others), so a writer can refuse to
+            write where its own input is.
     """
 
-    def __init__(self, name: str, options: dict, splits: dict[str, _Range], contents):
+    def __init__(self, name: str, options: dict, splits: dict[str, _Range], contents, files: tuple[str, ...] = ()):
         self.name = name
         self.options = options
+        self.files = files
         self.digest = hashlib.sha256(json.dumps(contents, sort_keys=True).encode("utf-8")).hexdigest()
         self._splits = splits
 
@@ -232,9 +235,14 @@ def open_source(source: str = DEFAULT_SOURCE, *, validation_fraction: float = 0.
         splits, version = _tfds_splits(source, rest, validation_fraction, tfds_data_dir, tfds_manual_dir,
                                        tfds_train_split, tfds_validation_split, tfds_text_key)
         return Source(source, options, splits, version)
-    documents, sizes, contents = _builtin(source, rest) if scheme == "builtin" else _text_files(source, rest)
+    if scheme == "builtin":
+        documents, sizes, contents = _builtin(source, rest)
+        files = ()
+    else:
+        documents, sizes, contents = _text_files(source, rest)
+        files = tuple(path for path, _, _ in contents)
     return Source(source, {"validation_fraction": validation_fraction},
-                  _carve(source, documents, sizes, validation_fraction), contents)
+                  _carve(source, documents, sizes, validation_fraction), contents, files)
 
 
 def _carve(source: str, documents: _Documents, sizes: list[int], validation_fraction: float) -> dict[str, _Range]:

@@ -45,6 +45,7 @@ from tf_lm.fileio import (
     atomic_write,
     check_replaceable,
     directory_lock,
+    files_within,
     gfile,
     is_local,
     json_kind,
@@ -161,6 +162,12 @@ def prepare_store(source: str | Source, directory: str, *, tokenizer="char", bpe
         opened = source
     else:
         opened = open_source(source, **source_options)
+    inside = files_within(opened.files, directory)
+    if inside:  # its own shards and notes would become its text, and an edit of the source on every resume
+        raise ValueError(
+            f"The source {opened.name!r} reads {len(inside)} file(s) inside the store directory {directory!r} (such "
+            f"as {inside[0]!r}); narrow the glob, or prepare the store outside it."
+        )
     request = {"source": opened.name, "source_digest": opened.digest, "source_options": opened.options,
                "tokenizer": wanted, "shard_tokens": shard_tokens, "chunk_bytes": chunk_bytes,
                "format_version": FORMAT_VERSION}
