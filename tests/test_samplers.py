@@ -226,6 +226,10 @@ def test_loop_compiles_with_xla_and_matches_eager():
         ({"sampler": "temperature", "top_k": 5}, "does not use"),
         ({"sampler": "greedy", "temperature": 0.5}, "no temperature"),
         ({"sampler": "temperature", "temperature": -1.0}, "`temperature` must be >= 0"),
+        # Beyond float32 the logits divide to zeros, and a filtered logit to NaN: uniform noise, not a sample.
+        ({"sampler": "temperature", "temperature": float("inf")}, "`temperature` must be >= 0 .* finite float32"),
+        ({"sampler": "top_k", "top_k": 3, "temperature": 1e300}, "`temperature` must be >= 0 .* finite float32"),
+        ({"sampler": "temperature", "temperature": float("nan")}, "`temperature` must be >= 0"),
         ({"sampler": "top_k", "top_k": 0}, "`top_k` must be an integer >= 1"),
         ({"sampler": "top_p", "top_p": 1.5}, r"`top_p` must be in \(0, 1\]"),
         ({"sampler": "top_p", "top_p": 0.5, "top_k": 0, "temperature": 0.0}, "`top_k` must be"),
@@ -243,3 +247,9 @@ def test_get_sampler_builds_combinations():
     assert isinstance(get_sampler("top_k", top_k=5), TopKSampler)
     assert isinstance(get_sampler("temperature", temperature=1.3), RandomSampler)
     assert isinstance(get_sampler(), GreedySampler)
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0, float("inf"), float("nan"), 1e39])
+def test_a_sampler_refuses_a_temperature_it_cannot_divide_by(temperature):
+    with pytest.raises(ValueError, match=r"^`temperature` must be > 0 and a finite float32"):
+        RandomSampler(temperature=temperature)

@@ -23,6 +23,8 @@ import tensorflow as tf
 _FILTERED_LOGIT = -1e30
 # The smallest positive float32 that is not subnormal: the least a temperature divides by (`Sampler.filter_logits`).
 _SMALLEST_NORMAL_FLOAT32 = 2.0**-126
+# The largest float32: a temperature beyond it is inf once cast, and a filtered logit divided by it NaN.
+_LARGEST_FLOAT32 = (2 - 2.0**-23) * 2.0**127
 
 
 class Sampler:
@@ -69,10 +71,10 @@ class Sampler:
     """
 
     def __init__(self, temperature: float = 1.0):
-        if not temperature > 0:
+        if not 0 < temperature <= _LARGEST_FLOAT32:
             raise ValueError(
-                f"temperature must be > 0; use GreedySampler (or temperature=0 in get_sampler) for greedy "
-                f"decoding. Received: temperature={temperature}"
+                f"`temperature` must be > 0 and a finite float32; use GreedySampler (or temperature=0 in "
+                f"get_sampler) for greedy decoding. Received: `temperature={temperature}`"
             )
         self.temperature = float(temperature)
 
@@ -380,8 +382,9 @@ def get_sampler(sampler: str | Sampler = "greedy", temperature: float = 1.0, top
         return sampler
     if sampler not in SAMPLERS:
         raise ValueError(f"Unknown sampler {sampler!r}; choose one of {list(SAMPLERS)} or pass a Sampler.")
-    if temperature is None or not temperature >= 0:
-        raise ValueError(f"`temperature` must be >= 0 (0 means greedy). Received: `temperature={temperature}`")
+    if temperature is None or not 0 <= temperature <= _LARGEST_FLOAT32:
+        raise ValueError(f"`temperature` must be >= 0 (0 means greedy) and a finite float32. Received: "
+                         f"`temperature={temperature}`")
     unused = {
         "greedy": {"top_k": top_k, "top_p": top_p},
         "temperature": {"top_k": top_k, "top_p": top_p},
