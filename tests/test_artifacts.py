@@ -87,6 +87,25 @@ def test_a_tokenizer_edited_since_the_save_is_refused_and_one_saved_before_finge
     assert load_model_dir(str(tmp_path))[1].encode(TEXT) == tokenizer.encode(TEXT)
 
 
+def test_a_marker_with_a_fingerprint_of_another_type_is_called_damaged(tmp_path):
+    _saved(tmp_path)
+    marker = tmp_path / "model" / EXPORT_MARKER
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "tokenizer_fingerprint": 123}))
+    with pytest.raises(ValueError, match=rf"^{marker} is damaged: its tokenizer_fingerprint is a number, not a "
+                                         "string; save the model again.$"):
+        load_model_dir(str(tmp_path))
+
+
+def test_a_truncated_model_file_and_the_model_subdirectory_itself_are_named_so(tmp_path):
+    _saved(tmp_path)
+    model_file = tmp_path / "model" / "model.keras"
+    with pytest.raises(FileNotFoundError, match=rf"pass the run directory that holds it: '{tmp_path}'\.$"):
+        load_model_dir(str(tmp_path / "model"))
+    model_file.write_bytes(model_file.read_bytes()[:3000])  # the zip's header kept, its directory lost
+    with pytest.raises(ValueError, match=r"\(it is not a \.keras zip archive: cut short, or another kind of file\)"):
+        load_model_dir(str(tmp_path))
+
+
 def test_a_failed_save_leaves_the_previous_set_whole(tmp_path):
     model, _ = _saved(tmp_path)
     before = {p: p.read_bytes() for p in (tmp_path / "model").rglob("*") if p.is_file()}

@@ -302,3 +302,17 @@ def test_not_a_directory_says_why_a_path_cannot_be_read_as_one(tmp_path):
     assert not_a_directory(str(tmp_path / "file")) == "is a file, not a directory"
     assert not_a_directory(str(tmp_path / "missing")) == "does not exist"
     assert not_a_directory("ram://nowhere") == "does not exist"
+
+
+@pytest.mark.parametrize("files", ['"notes.txt config.json"', "[1, 2]", "{}"])
+def test_a_marker_whose_file_list_is_damaged_is_refused_untouched(tmp_path, files):
+    """A string was read as a list: any file whose name is part of it counted as the export's own."""
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / fileio.EXPORT_MARKER).write_text(f'{{"kind": "SavedModel export", "files": {files}}}')
+    (target / "notes.txt").write_text("precious")
+    with pytest.raises(ValueError, match=rf"{fileio.EXPORT_MARKER} is damaged: its files is .*, not a list of file "
+                                         "names, so the directory was left untouched"):
+        with atomic_directory(str(target), marker=fileio.EXPORT_MARKER, kind="SavedModel export"):
+            raise AssertionError("the body must not run")
+    assert (target / "notes.txt").read_text() == "precious"

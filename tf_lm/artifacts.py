@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from typing import TYPE_CHECKING
 
 from tf_lm.configs import LMConfig
@@ -19,6 +20,8 @@ from tf_lm.fileio import (
     atomic_directory,
     check_replaceable,
     gfile,
+    json_kind,
+    normalise_path,
     read_json_object,
     write_export_marker,
     write_file,
@@ -104,7 +107,8 @@ def _load_failure(model_path: str, error: Exception) -> str:
     if files.isdir(model_path):
         return "it is a directory, not a .keras file"
     with files.GFile(model_path, "rb") as f:
-        if f.read(4) != b"PK\x03\x04":
+        # A zip's directory is at its end: a file cut short keeps its first bytes and loses that.
+        if f.read(4) != b"PK\x03\x04" or not zipfile.is_zipfile(f):
             return "it is not a .keras zip archive: cut short, or another kind of file"
     lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
     return f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
@@ -122,6 +126,9 @@ def load_model_dir(model_dir: str):
 
     model_path = os.path.join(saved_dir(model_dir), MODEL_FILE)
     if not gfile(model_path).exists(model_path):
+        if gfile(model_dir).exists(os.path.join(model_dir, MODEL_FILE)):  # the model/ subdirectory itself
+            raise FileNotFoundError(f"No {MODEL_FILE} in {model_dir!r} (looked in its {SAVED_DIR}/); pass the run "
+                                    f"directory that holds it: {os.path.dirname(normalise_path(model_dir))!r}.")
         raise FileNotFoundError(
             f"No {MODEL_FILE} in {model_dir!r} (looked in its {SAVED_DIR}/); train one with "
             "`python -m experiments.train_lm`."
@@ -156,8 +163,16 @@ def load_model_dir(model_dir: str):
 
 def _saved_fingerprint(model_dir: str, default: str) -> str:
     """The fingerprint of the tokenizer `save_model_dir` saved, from its marker; `default` for a model/ saved
-    before markers recorded it."""
+    before markers recorded it.
+
+    Raises:
+        ValueError: if the marker is damaged (not a JSON object, or a fingerprint that is not a string).
+    """
     path = os.path.join(saved_dir(model_dir), EXPORT_MARKER)
     if not gfile(path).exists(path):
         return default
-    return read_json_object(path).get("tokenizer_fingerprint", default)
+    fingerprint = read_json_object(path).get("tokenizer_fingerprint", default)
+    if not isinstance(fingerprint, str):
+        raise ValueError(f"{path} is damaged: its tokenizer_fingerprint is {json_kind(fingerprint)}, not a string; "
+                         "save the model again.")
+    return fingerprint

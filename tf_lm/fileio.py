@@ -326,6 +326,9 @@ def check_replaceable(path: str, marker: str, kind: str | None = None) -> None:
     # run into any --model_dir, a user's notes into variables/) would be deleted with it. A marker that predates
     # the list records none.
     written = recorded.get("files")
+    if written is not None and not (isinstance(written, list) and all(isinstance(name, str) for name in written)):
+        raise ValueError(f"{os.path.join(path, marker)} is damaged: its files is {json_kind(written)}, not a list of "
+                         "file names, so the directory was left untouched; choose a new or empty directory.")
     added = ([name for name in _files_below(path) if name != marker and not _is_written(name, written)]
              if written is not None else [])
     if added:
