@@ -57,6 +57,7 @@ from tf_lm.fileio import (
     directory_lock,
     files_within,
     gfile,
+    json_kind,
     read_json,
     read_json_object,
     read_text,
@@ -107,6 +108,15 @@ def _check_run_directory(model_dir: str) -> None:
     artifacts.check_saveable(model_dir)  # refused now, not after the run
 
 
+def _same_json_type(saved, current) -> bool:
+    """Whether two settings are of one JSON type (any two numbers are; null stands for any unset setting)."""
+    if saved is None or current is None:
+        return True
+    if isinstance(saved, bool) or isinstance(current, bool):
+        return type(saved) is type(current)
+    return isinstance(saved, (int, float)) and isinstance(current, (int, float)) or type(saved) is type(current)
+
+
 def _check_model_dir(model_dir: str, run_config: dict) -> None:
     """Raises ValueError if `model_dir` already holds a run or model that differs from `run_config`."""
     # Before the token store is open the vocabulary is unknown (fingerprint None): everything else is checked, so
@@ -119,10 +129,17 @@ def _check_model_dir(model_dir: str, run_config: dict) -> None:
         if not (isinstance(previous, dict) and all(isinstance(previous.get(k), dict) for k in ("model", "train"))):
             raise ValueError(f"{path} is damaged: it is not the run config training writes (an object with model and "
                              "train settings); restore it, or use a new --model_dir.")
-        changed = [f"{k}: {previous['model'].get(k)!r} -> {v!r}" for k, v in run_config["model"].items()
-                   if previous["model"].get(k) != v and k not in ignored]
         # A field the earlier run's config predates had its default value there.
         before = {k: previous["train"].get(k, getattr(_DEFAULTS, k)) for k in RUN_IDENTITY}
+        for section, saved_values in (("model", previous["model"]), ("train", before)):
+            for k, v in run_config[section].items():
+                if k in saved_values and not _same_json_type(saved_values[k], v):  # damage, not another setting
+                    raise ValueError(
+                        f"{path} is damaged: its {section} {k} is {json_kind(saved_values[k])} "
+                        f"({saved_values[k]!r}), not {json_kind(v)}; restore it, or use a new --model_dir."
+                    )
+        changed = [f"{k}: {previous['model'].get(k)!r} -> {v!r}" for k, v in run_config["model"].items()
+                   if previous["model"].get(k) != v and k not in ignored]
         changed += [f"{k}: {before[k]!r} -> {run_config['train'][k]!r}" for k in RUN_IDENTITY
                     if before[k] != run_config["train"][k] and k not in ignored]
         # A run_config.json written before the data options were recorded holds none: nothing to compare.

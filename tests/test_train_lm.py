@@ -324,6 +324,25 @@ def test_a_damaged_run_config_is_one_line_naming_it(tmp_path, content):
         _check_model_dir(str(tmp_path), {"tokenizer_fingerprint": None})
 
 
+@pytest.mark.parametrize("section, field, value, kinds", [("train", "steps", "20", "a string ('20'), not a number"),
+                                                         ("model", "n_head", None, None),
+                                                         ("model", "dropout", [0.0], "an array ([0.0]), not a number")])
+def test_a_run_config_value_of_another_type_is_damage_not_another_setting(tmp_path, section, field, value, kinds):
+    from experiments.train_lm import RUN_CONFIG, _check_model_dir
+
+    run_config = {"model": LMConfig.preset("nano").to_dict(), "train": TrainConfig().to_dict(), "data": {},
+                  "tokenizer_fingerprint": None, "base_fingerprint": None}
+    damaged = {**run_config, section: {**run_config[section], field: value}}
+    (tmp_path / RUN_CONFIG).write_text(json.dumps(damaged))
+    if kinds is None:  # null: a setting the run left unset, compared as another setting
+        with pytest.raises(ValueError, match=rf"holds a run with a different config \({field}: None -> "):
+            _check_model_dir(str(tmp_path), run_config)
+        return
+    with pytest.raises(ValueError, match=rf"^{tmp_path / RUN_CONFIG} is damaged: its {section} {field} is "
+                                         rf"{re.escape(kinds)}; restore it, or use a new --model_dir.$"):
+        _check_model_dir(str(tmp_path), run_config)
+
+
 def test_the_run_config_names_a_relative_dataset_from_any_directory(tmp_path, monkeypatch):
     """evaluate_lm, run from another directory, finds the run's own text (and its split) through it."""
     import tensorflow as tf
