@@ -88,7 +88,13 @@ def test_bad_checkpoints_are_refused(tmp_path):
     config = json.loads((tmp_path / "bert" / "config.json").read_text())
     del config["n_embd"]
     (tmp_path / "bert" / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
-    with pytest.raises(ValueError, match="not a GPT-2 config: it has no n_embd"):
+    with pytest.raises(ValueError, match=r"config.json is not a GPT-2 config tf_lm loads: the config has no n_embd, "
+                                         "which every GPT-2 config has"):
+        read_pretrained(str(tmp_path / "bert"))
+    # The file's keys are not the script's flags: no backticks for `in_flag_terms` to turn into --n_head.
+    (tmp_path / "bert" / "config.json").write_text(json.dumps({**config, "n_embd": 32, "n_head": "4"}))
+    with pytest.raises(ValueError, match=rf"^{tmp_path / 'bert' / 'config.json'} is not a GPT-2 config tf_lm loads: "
+                                         r"n_head must be [^`]*$"):
         read_pretrained(str(tmp_path / "bert"))
 
 

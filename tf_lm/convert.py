@@ -48,7 +48,7 @@ def config_from_gpt2(hf_config: dict) -> LMConfig:
     missing = [key for key in ("vocab_size", "n_positions", "n_layer", "n_head", "n_embd") if key not in hf_config]
     if missing:
         raise ValueError(
-            f"config.json is not a GPT-2 config: it has no {', '.join(missing)}. "
+            f"The config has no {', '.join(missing)}, which every GPT-2 config has. "
             f"Received: model_type={hf_config.get('model_type')!r}"
         )
     activation = hf_config.get("activation_function", "gelu_new")
@@ -280,11 +280,18 @@ def read_gpt2_config(checkpoint_dir: str) -> LMConfig:
 
     Raises:
         FileNotFoundError: if the file is missing.
-        ValueError: if it is damaged (not a JSON object), naming it, or not a GPT-2 config `TransformerLM` can
-            express (see `config_from_gpt2`).
+        ValueError: if it is damaged (not a JSON object), or not a GPT-2 config `TransformerLM` can express (see
+            `config_from_gpt2`), naming it.
     """
     path = _checkpoint_file(checkpoint_dir, GPT2_CONFIG_FILE)
-    return config_from_gpt2(read_json_object(path))
+    hf_config = read_json_object(path)
+    try:
+        return config_from_gpt2(hf_config)
+    except ValueError as error:
+        # The names in the message are the file's keys, not arguments: without backticks, a script does not
+        # print them as its flags (`n_head` would read as --n_head).
+        reason = str(error).replace("`", "")
+        raise ValueError(f"{path} is not a GPT-2 config tf_lm loads: {reason[0].lower()}{reason[1:]}") from None
 
 
 def read_gpt2_state(checkpoint_dir: str) -> dict:
