@@ -92,7 +92,7 @@ def test_a_marker_with_a_fingerprint_of_another_type_is_called_damaged(tmp_path)
     marker = tmp_path / "model" / EXPORT_MARKER
     marker.write_text(json.dumps({**json.loads(marker.read_text()), "tokenizer_fingerprint": 123}))
     with pytest.raises(ValueError, match=rf"^{marker} is damaged: its tokenizer_fingerprint is a number, not a "
-                                         "string; save the model again.$"):
+                                         "string; write the directory again.$"):
         load_model_dir(str(tmp_path))
 
 

@@ -55,6 +55,20 @@ def test_an_hf_export_of_a_char_model_reads_with_its_char_tokenizer(tmp_path):
     assert base.tokenizer.is_char_level and base.tokenizer.fingerprint == tokenizer.fingerprint
 
 
+def test_an_hf_export_whose_tokenizer_was_edited_since_is_refused(tmp_path):
+    """Two characters' ids swapped in tokenizer.json: it loaded (as a generic tokenizer), and each character took
+    the other's pretrained embedding."""
+    model, tokenizer = tf_lm_dir(tmp_path / "run")
+    save_gpt2_checkpoint(model, str(tmp_path / "hf"), tokenizer)
+    path = tmp_path / "hf" / "tokenizer.json"
+    saved = json.loads(path.read_text())
+    vocab = saved["model"]["vocab"]
+    vocab["a"], vocab["e"] = vocab["e"], vocab["a"]
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"The tokenizer files in '.*hf' are not the ones exported with its weights"):
+        read_pretrained(str(tmp_path / "hf"))
+
+
 @pytest.mark.parametrize("write", [tf_lm_dir, hf_dir], ids=["tf_lm", "hf"])
 def test_both_formats_read_from_a_tensorflow_filesystem(tmp_path, write):
     write(tmp_path)

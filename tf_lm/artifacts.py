@@ -20,9 +20,9 @@ from tf_lm.fileio import (
     atomic_directory,
     check_replaceable,
     gfile,
-    json_kind,
     normalise_path,
     read_json_object,
+    recorded_tokenizer,
     write_export_marker,
     write_file,
 )
@@ -152,7 +152,7 @@ def load_model_dir(model_dir: str):
             f"The tokenizer in {model_dir!r} has {tokenizer.vocab_size} ids but the model only "
             f"{model.config.vocab_size}; the directory mixes files from different runs."
         )
-    if tokenizer.fingerprint != _saved_fingerprint(model_dir, tokenizer.fingerprint):
+    if recorded_tokenizer(saved_dir(model_dir)) not in (None, tokenizer.fingerprint):
         # A character dropped from a char tokenizer's file still loads, with every id after it shifted by one.
         raise ValueError(
             f"The tokenizer in {model_dir!r} is not the one its model was saved with: its files were edited or "
@@ -160,19 +160,3 @@ def load_model_dir(model_dir: str):
         )
     return model, tokenizer
 
-
-def _saved_fingerprint(model_dir: str, default: str) -> str:
-    """The fingerprint of the tokenizer `save_model_dir` saved, from its marker; `default` for a model/ saved
-    before markers recorded it.
-
-    Raises:
-        ValueError: if the marker is damaged (not a JSON object, or a fingerprint that is not a string).
-    """
-    path = os.path.join(saved_dir(model_dir), EXPORT_MARKER)
-    if not gfile(path).exists(path):
-        return default
-    fingerprint = read_json_object(path).get("tokenizer_fingerprint", default)
-    if not isinstance(fingerprint, str):
-        raise ValueError(f"{path} is damaged: its tokenizer_fingerprint is {json_kind(fingerprint)}, not a string; "
-                         "save the model again.")
-    return fingerprint

@@ -223,9 +223,15 @@ def save_gpt2_checkpoint(model: TransformerLM, directory: str, tokenizer=None, e
         # transformers refuses a safetensors file whose metadata does not name its framework.
         write_file(os.path.join(staging, GPT2_WEIGHTS_FILE), save(state, metadata={"format": "pt"}))
         _write_hf_configs(model.config, staging, eos_token_id)
+        fingerprint = {}
         if tokenizer is not None:
+            from tf_lm.data.tokenizers import load_tokenizer
+
             _write_hf_tokenizer(tokenizer, staging, model_max_length=model.config.block_size)
-        write_export_marker(staging, "tf_lm.convert.save_gpt2_checkpoint", HF_EXPORT_KIND)
+            # As a reader will load the files (a char tokenizer comes back from its tokenizer.json), so that
+            # `--init_from` of this directory can tell them from files edited or swapped since.
+            fingerprint = {"tokenizer_fingerprint": load_tokenizer(staging).fingerprint}
+        write_export_marker(staging, "tf_lm.convert.save_gpt2_checkpoint", HF_EXPORT_KIND, **fingerprint)
 
 
 def _write_hf_configs(config: LMConfig, directory: str, eos_token_id: int | None) -> None:

@@ -275,6 +275,23 @@ def write_export_marker(directory: str, exported_by: str, kind: str, **details) 
     write_file(os.path.join(directory, EXPORT_MARKER), json.dumps(marker, indent=2) + "\n")
 
 
+def recorded_tokenizer(directory: str) -> str | None:
+    """The tokenizer fingerprint the `EXPORT_MARKER` in `directory` records, so a reader can tell the tokenizer
+    files it finds from those written (None: no marker, or one written before markers recorded it).
+
+    Raises:
+        ValueError: if the marker is damaged (not a JSON object, or a fingerprint that is not a string).
+    """
+    path = os.path.join(directory, EXPORT_MARKER)
+    if not gfile(path).exists(path):
+        return None
+    fingerprint = read_json_object(path).get("tokenizer_fingerprint")
+    if fingerprint is not None and not isinstance(fingerprint, str):
+        raise ValueError(f"{path} is damaged: its tokenizer_fingerprint is {json_kind(fingerprint)}, not a string; "
+                         "write the directory again.")
+    return fingerprint
+
+
 def _files_below(path: str) -> list[str]:
     """Every file under the directory `path`, as a path relative to it ("variables/variables.index")."""
     files = gfile(path)

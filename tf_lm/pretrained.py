@@ -19,7 +19,7 @@ from tf_lm import artifacts
 from tf_lm.configs import LMConfig
 from tf_lm.convert import GPT2_WEIGHTS_FILE, gpt2_state, load_gpt2_state, read_gpt2_config, read_gpt2_state
 from tf_lm.data.tokenizers import CHAR_FILE, load_tokenizer
-from tf_lm.fileio import gfile, not_a_directory
+from tf_lm.fileio import gfile, not_a_directory, recorded_tokenizer
 
 if TYPE_CHECKING:  # Keras loads TensorFlow, which describing a checkpoint (`pretrained_config`) does not need
     from tf_lm.model import TransformerLM
@@ -154,6 +154,11 @@ def read_pretrained(directory: str) -> Pretrained:
         raise ValueError(
             f"The tokenizer in {directory!r} has {tokenizer.vocab_size} ids but the model only {config.vocab_size}; "
             "the tokenizer files belong to another checkpoint."
+        )
+    if recorded_tokenizer(directory) not in (None, tokenizer.fingerprint):  # an export_hf directory records it
+        raise ValueError(
+            f"The tokenizer files in {directory!r} are not the ones exported with its weights: edited or damaged "
+            "since, or copied from another export; restore them, or export the model again."
         )
     return Pretrained(directory, config, tokenizer, state)
 
