@@ -1,3 +1,4 @@
+import json
 import os
 import time
 
@@ -276,3 +277,16 @@ def test_load_tokenizer_takes_a_model_directory(tmp_path):
     (tmp_path / "run" / "model" / "tokenizer" / "char_tokenizer.json").unlink()
     with pytest.raises(FileNotFoundError, match="No tokenizer in .*model/tokenizer"):
         load_tokenizer(str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("payload, reason", [
+    ({"chars": "abc", "end_of_text": True}, "its chars is a string and its end_of_text true"),
+    ({"chars": ["a", "b"], "end_of_text": "no"}, "its end_of_text a string"),
+    ({"chars": ["a", "bc"]}, "single-character strings"),
+    ({"char": ["a"]}, "'chars'"),
+])
+def test_a_char_tokenizer_file_of_another_shape_is_refused_naming_it(tmp_path, payload, reason):
+    """A string of characters loaded as its characters, and "no" as true: an end-of-text id the model never saw."""
+    (tmp_path / "char_tokenizer.json").write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match=rf"char_tokenizer.json is not a valid CharTokenizer file \(.*{reason}"):
+        CharTokenizer.load(str(tmp_path))

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from tf_lm.fileio import atomic_write, gfile, not_a_directory, read_text
+from tf_lm.fileio import atomic_write, gfile, json_kind, not_a_directory, read_text
 
 CHAR_FILE = "char_tokenizer.json"
 BPE_FILE = "tokenizer.json"
@@ -262,8 +262,13 @@ class CharTokenizer:
         try:
             payload = json.loads(text)
             # Files written before the end-of-text id existed have no "end_of_text": they load as they were.
-            return cls(payload["chars"], payload.get("unknown_token"), payload.get("end_of_text", False))
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            chars, end_of_text = payload["chars"], payload.get("end_of_text", False)
+            # Of another type they would still load: a string as its characters, "no" as true.
+            if not isinstance(chars, list) or not isinstance(end_of_text, bool):
+                raise TypeError(f"its chars is {json_kind(chars)} and its end_of_text {json_kind(end_of_text)}, not "
+                                "an array and true or false")
+            return cls(chars, payload.get("unknown_token"), end_of_text)
+        except (ValueError, KeyError, TypeError) as error:  # ValueError: not JSON, or characters of another kind
             raise ValueError(f"{path} is not a valid CharTokenizer file ({error}); save the tokenizer again.") from None
 
     def __repr__(self) -> str:
