@@ -19,7 +19,7 @@ from tf_lm.data import open_source
 
 with flag_group("demo"):
     flags.DEFINE_string("model_dir", "runs/demo", "Where the demo run is written (rerun to resume).")
-    flags.DEFINE_integer("steps", 1000, "Training steps.")
+    flags.DEFINE_integer("steps", 1000, "Training steps.", lower_bound=1)  # refused before TensorFlow loads
 FLAGS = flags.FLAGS
 DATASET = "builtin:pydoc"
 # Openings of the manual's prose (not of its indented code and tables), so a trained model continues in English.

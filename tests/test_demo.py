@@ -3,7 +3,7 @@
 import re
 
 import pytest
-from conftest import run_module
+from conftest import failure_line, run_module
 
 from experiments.demo import PROMPTS, known_word_share
 
@@ -25,3 +25,8 @@ def test_demo_prints_the_loss_curve_and_samples_before_and_after(tmp_path):
         assert re.match(r"\d+% of the sampled words occur in the corpus\):\n", section)
         samples = [line[4:] for line in section.splitlines() if line.startswith("  | ")]
         assert all(any(sample.startswith(prompt) for sample in samples) for prompt in PROMPTS)
+
+
+def test_a_step_count_below_one_is_refused_before_tensorflow_loads():
+    result = run_module("experiments.demo", "--steps=0", timeout=120)
+    assert failure_line(result) == "error: flag --steps=0: 0 is not a positive integer"
