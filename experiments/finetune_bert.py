@@ -24,60 +24,74 @@ FLAGS = flags.FLAGS
 TFDS_PREFIX = "tfds:"
 
 
-def define_finetune_flags() -> None:
-    with flag_group("model"):
+def define_finetune_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """The flags of `finetune_bert`, in --help's groups: model, data, optimisation, run, distribution."""
+    with flag_group("model", flag_values):
         flags.DEFINE_enum("backend", "keras", ["keras", "hf"],
-                          "keras: our BertClassifier (Keras 3); hf: transformers' TFBertForSequenceClassification.")
+                          "keras: our BertClassifier (Keras 3); hf: transformers' TFBertForSequenceClassification.",
+                          flag_values=flag_values)
         flags.DEFINE_string("model", "minilm",
-                            "'minilm' (offline MiniLM-L6 BERT), a checkpoint directory, or (--backend=hf) a hub id.")
-    with flag_group("data"):
+                            "'minilm' (offline MiniLM-L6 BERT), a checkpoint directory, or (--backend=hf) a hub id.",
+                            flag_values=flag_values)
+    with flag_group("data", flag_values):
         flags.DEFINE_string("dataset", None, "A TFDS text-classification dataset, e.g. tfds:glue/sst2 (or "
-                            "--train_file).")
-        flags.DEFINE_string("train_split", "train", "TFDS split to train on.")
-        flags.DEFINE_string("eval_split", "validation", "TFDS split to evaluate on.")
-        flags.DEFINE_string("tfds_data_dir", None, "Where prepared TFDS datasets live (TFDS's default if unset).")
-        flags.DEFINE_string("train_file", None, "Training TSV/CSV file with a header (instead of --dataset).")
-        flags.DEFINE_string("eval_file", None, "Evaluation TSV/CSV file, with --train_file.")
-        flags.DEFINE_string("text_key", "sentence", "Text column / feature (a column name, or a 0-based index).")
-        flags.DEFINE_string("label_key", "label", "Integer label column / feature (a column name, or a 0-based index).")
-        flags.DEFINE_integer("num_labels", None, "Number of classes; inferred from the data if unset.")
-        flags.DEFINE_list("label_names", None, "Class names by id, e.g. negative,positive (default: TFDS names).")
-        flags.DEFINE_integer("max_train_examples", None, "Train on only the first this many examples.")
-        flags.DEFINE_integer("max_length", 128, "Longest sequence in tokens ([CLS]/[SEP] included); longer are cut.")
-        flags.DEFINE_integer("num_buckets", 8, "Length buckets (few padded shapes); 0 pads each batch to its longest.")
+                            "--train_file).", flag_values=flag_values)
+        flags.DEFINE_string("train_split", "train", "TFDS split to train on.", flag_values=flag_values)
+        flags.DEFINE_string("eval_split", "validation", "TFDS split to evaluate on.", flag_values=flag_values)
+        flags.DEFINE_string("tfds_data_dir", None, "Where prepared TFDS datasets live (TFDS's default if unset).",
+                            flag_values=flag_values)
+        flags.DEFINE_string("train_file", None, "Training TSV/CSV file with a header (instead of --dataset).",
+                            flag_values=flag_values)
+        flags.DEFINE_string("eval_file", None, "Evaluation TSV/CSV file, with --train_file.", flag_values=flag_values)
+        flags.DEFINE_string("text_key", "sentence", "Text column / feature (a column name, or a 0-based index).",
+                            flag_values=flag_values)
+        flags.DEFINE_string("label_key", "label", "Integer label column / feature (a column name, or a 0-based index).",
+                            flag_values=flag_values)
+        flags.DEFINE_integer("num_labels", None, "Number of classes; inferred from the data if unset.",
+                             flag_values=flag_values)
+        flags.DEFINE_list("label_names", None, "Class names by id, e.g. negative,positive (default: TFDS names).",
+                          flag_values=flag_values)
+        flags.DEFINE_integer("max_train_examples", None, "Train on only the first this many examples.",
+                             flag_values=flag_values)
+        flags.DEFINE_integer("max_length", 128, "Longest sequence in tokens ([CLS]/[SEP] included); longer are cut.",
+                             flag_values=flag_values)
+        flags.DEFINE_integer("num_buckets", 8, "Length buckets (few padded shapes); 0 pads each batch to its longest.",
+                             flag_values=flag_values)
         flags.DEFINE_bool("packing", None, "Pack each (random) training batch's sentences into rows as wide as its "
                           "longest (default: on for --backend=keras without --jit_compile, the only setting that can; "
-                          "buckets then serve evaluation).")
-    with flag_group("optimisation"):
-        flags.DEFINE_integer("batch_size", 32, "Global batch size, split across replicas.")
-        flags.DEFINE_float("learning_rate", 5e-5, "Peak AdamW learning rate (linear warm-up, then linear decay).")
+                          "buckets then serve evaluation).", flag_values=flag_values)
+    with flag_group("optimisation", flag_values):
+        flags.DEFINE_integer("batch_size", 32, "Global batch size, split across replicas.", flag_values=flag_values)
+        flags.DEFINE_float("learning_rate", 5e-5, "Peak AdamW learning rate (linear warm-up, then linear decay).",
+                           flag_values=flag_values)
         flags.DEFINE_float("head_lr_multiplier", 1.0, "Pooler and classifier train at this multiple of "
-                           "--learning_rate.")
-        flags.DEFINE_float("warmup_fraction", 0.1, "Share of the training steps spent warming up.")
-        flags.DEFINE_float("weight_decay", 0.01, "AdamW weight decay (not applied to LayerNorm and biases).")
-        flags.DEFINE_integer("epochs", 3, "Passes over the training data.")
-        flags.DEFINE_integer("max_steps", None, "Train this many steps instead of --epochs passes.")
-    with flag_group("run"):
-        flags.DEFINE_string("output_dir", None, "Where best/ and history.json are written.")
-        flags.DEFINE_integer("seed", 0, "Seed of the shuffling, the new head's initial weights and dropout.")
-        flags.DEFINE_bool("jit_compile", False, "XLA-compile the train and eval steps.")
-    with flag_group("distribution"):
-        define_strategy_flags()
+                           "--learning_rate.", flag_values=flag_values)
+        flags.DEFINE_float("warmup_fraction", 0.1, "Share of the training steps spent warming up.",
+                           flag_values=flag_values)
+        flags.DEFINE_float("weight_decay", 0.01, "AdamW weight decay (not applied to LayerNorm and biases).",
+                           flag_values=flag_values)
+        flags.DEFINE_integer("epochs", 3, "Passes over the training data.", flag_values=flag_values)
+        flags.DEFINE_integer("max_steps", None, "Train this many steps instead of --epochs passes.",
+                             flag_values=flag_values)
+    with flag_group("run", flag_values):
+        flags.DEFINE_string("output_dir", None, "Where best/ and history.json are written.", flag_values=flag_values)
+        flags.DEFINE_integer("seed", 0, "Seed of the shuffling, the new head's initial weights and dropout.",
+                             flag_values=flag_values)
+        flags.DEFINE_bool("jit_compile", False, "XLA-compile the train and eval steps.", flag_values=flag_values)
+    with flag_group("distribution", flag_values):
+        define_strategy_flags(flag_values)
         flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16"], "mixed_bfloat16: bfloat16 "
-                          "compute, float32 weights (fast on AVX512_BF16/AMX CPUs, GPUs, TPUs).")
+                          "compute, float32 weights (fast on AVX512_BF16/AMX CPUs, GPUs, TPUs).",
+                          flag_values=flag_values)
 
 
-def config_from_flags():
+def config_from_flags(flag_values: flags.FlagValues = FLAGS):
     """The one mapping from flags to a `FinetuneConfig`."""
     from tf_lm.bert.finetune import FinetuneConfig
 
-    return FinetuneConfig(
-        max_length=FLAGS.max_length, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
-        head_lr_multiplier=FLAGS.head_lr_multiplier,
-        epochs=FLAGS.epochs, max_steps=FLAGS.max_steps, warmup_fraction=FLAGS.warmup_fraction,
-        weight_decay=FLAGS.weight_decay, num_buckets=FLAGS.num_buckets, jit_compile=FLAGS.jit_compile,
-        precision=FLAGS.precision, seed=FLAGS.seed, backend=FLAGS.backend, packing=FLAGS.packing,
-    )
+    names = ("max_length", "batch_size", "learning_rate", "head_lr_multiplier", "epochs", "max_steps",
+             "warmup_fraction", "weight_decay", "num_buckets", "jit_compile", "precision", "seed", "backend", "packing")
+    return FinetuneConfig(**{name: flag_values[name].value for name in names})
 
 
 def load_data(dataset: str | None, train_file: str | None, eval_file: str | None, text_key: str, label_key: str,
@@ -99,7 +113,8 @@ def load_data(dataset: str | None, train_file: str | None, eval_file: str | None
                          f"--max_train_examples={max_train_examples}")
     if dataset is not None:
         if not dataset.startswith(TFDS_PREFIX):
-            raise ValueError(f"--dataset must look like tfds:<name>, e.g. tfds:glue/sst2. Received: {dataset!r}")
+            raise ValueError(f"--dataset must look like tfds:<name>, e.g. tfds:glue/sst2. Received: "
+                             f"--dataset={dataset!r}")
         name = dataset.removeprefix(TFDS_PREFIX)
         return (
             data.load_tfds(name, train_split, text_key, label_key, tfds_data_dir, max_train_examples),

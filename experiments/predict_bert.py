@@ -67,7 +67,7 @@ def run(model_dir: str, sentences: list[str], max_length: int | None = None, out
         # Not `max_length`'s fault when the model has fewer positions: the user did not pass it.
         max_length = recorded or min(DEFAULT_MAX_LENGTH, limit)
     if not 2 <= max_length <= limit:
-        raise ValueError(f"--max_length must lie in [2, {limit}]. Received: {max_length}")
+        raise ValueError(f"--max_length must lie in [2, {limit}]. Received: --max_length={max_length}")
     names = model.config.labels
     predictions, probabilities = classify(model, WordPieceTokenizer(model_dir), sentences, max_length)
     for sentence, label, probability in zip(sentences, predictions, probabilities):

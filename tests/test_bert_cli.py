@@ -87,7 +87,7 @@ def test_predict_cuts_at_a_models_fewer_positions_unless_max_length_is_passed(tm
         return out.getvalue()
 
     assert predict() == predict(32) != predict(16)
-    with pytest.raises(ValueError, match=re.escape("--max_length must lie in [2, 32]. Received: 128")):
+    with pytest.raises(ValueError, match=re.escape("--max_length must lie in [2, 32]. Received: --max_length=128")):
         predict(128)
 
 
@@ -251,12 +251,43 @@ def test_predict_with_a_damaged_model_dir_file_fails_in_one_line_naming_it(tmp_p
     ([("good", 1), ("bad", 0), ("odd", 2)], ["--num_labels=2"],
      "train.tsv: example 2 has label 2, outside the 2 classes [0, 1]; fix the data or pass a larger --num_labels."),
     ([("good", 1), ("bad", 0)], ["--num_labels=1"], "A classifier needs --num_labels >= 2. Received: --num_labels=1"),
+    # Found by BertConfig, deep in the model's loading: the library's argument comes back as the flag.
+    ([("good", 1), ("bad", 0)], ["--label_names=a"], "1 label names for 2 labels. Received: --label_names=['a']"),
 ])
 def test_finetune_errors_name_the_flag_to_change(tmp_path, rows, flags, message):
     train = write_tsv(tmp_path / "train.tsv", rows)
     result = run_module("experiments.finetune_bert", f"--train_file={train}", f"--eval_file={train}",
                         f"--output_dir={tmp_path / 'run'}", "--strategy=cpu", *flags)
     assert_only_error_line(result, f"error: {message}")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--learning_rate=nan"], "--learning_rate must be finite and > 0. Received: --learning_rate=nan"),
+    (["--learning_rate=inf"], "--learning_rate must be finite and > 0. Received: --learning_rate=inf"),
+    (["--head_lr_multiplier=-1"], "--head_lr_multiplier must be finite and > 0. Received: --head_lr_multiplier=-1.0"),
+    (["--warmup_fraction=2"], "--warmup_fraction must lie in [0, 1). Received: --warmup_fraction=2.0"),
+    (["--weight_decay=nan"], "--weight_decay must be finite and >= 0. Received: --weight_decay=nan"),
+    (["--max_steps=0"], "--max_steps must be >= 1 or None. Received: --max_steps=0"),
+    (["--batch_size=0"], "--batch_size must be >= 1. Received: --batch_size=0"),
+    (["--num_buckets=-1"], "--num_buckets must lie in [0, --max_length]. Received: --num_buckets=-1, --max_length=128"),
+    (["--max_length=1"], "--max_length must leave room for [CLS] and [SEP]. Received: --max_length=1"),
+    (["--backend=hf", "--packing"], "--packing needs --backend='keras': transformers' BERT takes only a 2-D "
+     "attention mask, so it cannot keep packed sequences apart. Received: --packing=True, --backend='hf'"),
+])
+def test_finetune_names_its_flags_in_the_configs_errors(argv, message):
+    """`FinetuneConfig` names its arguments in backticks; finetune_bert's `one_line_errors` prints them as its flags
+    (in-process: the same `config_from_flags` and `in_flag_terms`, on a FlagValues of finetune_bert's own flags)."""
+    from absl import flags
+
+    from experiments.finetune_bert import config_from_flags, define_finetune_flags
+    from experiments.flags import in_flag_terms
+
+    script_flags = flags.FlagValues()
+    define_finetune_flags(script_flags)
+    script_flags(["finetune_bert", *argv])
+    with pytest.raises(ValueError) as error:
+        config_from_flags(script_flags)
+    assert in_flag_terms(str(error.value), script_flags) == message
 
 
 def test_finetune_refuses_a_damaged_best_metrics_json_before_training(tmp_path):

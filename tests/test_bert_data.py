@@ -77,7 +77,7 @@ def test_read_table_rejects_bad_files(tmp_path, name, text, kwargs, error, match
 def test_max_examples_below_one_is_refused(tmp_path, max_examples):
     """A count below 1 would have been read as "all but the last one" (a slice) or "all" (TFDS's `take`)."""
     path = write(tmp_path / "t.tsv", "sentence\tlabel\na\t0\nb\t1\n")
-    match = f"max_examples must be >= 1 .*Received: max_examples={max_examples}"
+    match = f"^`max_examples` must be >= 1 .*Received: `max_examples={max_examples}`$"
     with pytest.raises(ValueError, match=match):
         data.read_table(path, max_examples=max_examples)
     with pytest.raises(ValueError, match=match):

@@ -26,23 +26,23 @@ SST2 = SHARED_DATA / "sst2"
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"max_length": 1}, "Received: max_length=1"),
-    ({"batch_size": 0}, "Received: batch_size=0"),
-    ({"max_steps": 0}, "Received: max_steps=0"),
-    ({"warmup_fraction": 1.0}, "Received: warmup_fraction=1.0"),
-    ({"learning_rate": -1.0}, "Received: learning_rate=-1.0"),
-    ({"learning_rate": math.nan}, "Received: learning_rate=nan"),  # NaN fails every comparison: each must refuse it
-    ({"learning_rate": math.inf}, "Received: learning_rate=inf"),
-    ({"head_lr_multiplier": math.nan}, "Received: head_lr_multiplier=nan"),
-    ({"weight_decay": -0.01}, "Received: weight_decay=-0.01"),
-    ({"weight_decay": math.nan}, "Received: weight_decay=nan"),
-    ({"warmup_fraction": math.nan}, "Received: warmup_fraction=nan"),
-    ({"num_buckets": 65, "max_length": 64}, "Received: num_buckets=65"),
-    ({"precision": "float16"}, "Unknown precision 'float16' for fine-tuning"),
-    ({"head_lr_multiplier": 0.0}, "Received: head_lr_multiplier=0.0"),
-    ({"backend": "torch"}, "Unknown backend 'torch'"),
-    ({"backend": "hf", "packing": True}, "packing needs backend=.keras."),
-    ({"packing": True, "jit_compile": True}, "packing cannot be XLA-compiled"),
+    ({"max_length": 1}, "Received: `max_length=1`"),
+    ({"batch_size": 0}, "Received: `batch_size=0`"),
+    ({"max_steps": 0}, "Received: `max_steps=0`"),
+    ({"warmup_fraction": 1.0}, "Received: `warmup_fraction=1.0`"),
+    ({"learning_rate": -1.0}, "Received: `learning_rate=-1.0`"),
+    ({"learning_rate": math.nan}, "Received: `learning_rate=nan`"),  # NaN fails every comparison: each must refuse it
+    ({"learning_rate": math.inf}, "Received: `learning_rate=inf`"),
+    ({"head_lr_multiplier": math.nan}, "Received: `head_lr_multiplier=nan`"),
+    ({"weight_decay": -0.01}, "Received: `weight_decay=-0.01`"),
+    ({"weight_decay": math.nan}, "Received: `weight_decay=nan`"),
+    ({"warmup_fraction": math.nan}, "Received: `warmup_fraction=nan`"),
+    ({"num_buckets": 65, "max_length": 64}, "Received: `num_buckets=65`, `max_length=64`"),
+    ({"precision": "float16"}, "Unknown `precision='float16'` for fine-tuning"),
+    ({"head_lr_multiplier": 0.0}, "Received: `head_lr_multiplier=0.0`"),
+    ({"backend": "torch"}, "Unknown `backend='torch'`"),
+    ({"backend": "hf", "packing": True}, "`packing` needs `backend=.keras.`"),
+    ({"packing": True, "jit_compile": True}, "`packing` cannot be XLA-compiled"),
 ])
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -156,7 +156,7 @@ def test_mixed_bfloat16_classifier_keeps_float32_weights_and_the_global_policy(c
     # bfloat16 keeps 8 bits of mantissa: the same encoder, to within a few hundredths on tanh outputs.
     reference = classifier.bert(features, training=False).pooler_output.numpy()
     np.testing.assert_allclose(pooled.numpy().astype(np.float32), reference, atol=0.05)
-    with pytest.raises(ValueError, match="Unknown precision 'mixed_float16'"):
+    with pytest.raises(ValueError, match="Unknown `precision='mixed_float16'`"):
         hub.load_classifier("minilm", precision="mixed_float16")
 
 
@@ -295,13 +295,16 @@ def test_a_tokenizer_config_value_of_another_type_is_named_with_its_key(tmp_path
 
 
 def test_label_names_must_match_num_labels():
-    with pytest.raises(ValueError, match="3 label names for 2 labels"):
+    match = re.escape("3 label names for 2 labels. Received: `label_names=['a', 'b', 'c']`")
+    with pytest.raises(ValueError, match=match):
         hub.load_classifier("minilm", num_labels=2, label_names=["a", "b", "c"])
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"learning_rate": 0.0, "num_train_steps": 10, "warmup_steps": 1}, "learning_rate"),
-    ({"learning_rate": 1e-4, "num_train_steps": 10, "warmup_steps": 11}, "warmup_steps"),
+    ({"learning_rate": 0.0, "num_train_steps": 10, "warmup_steps": 1},
+     "`learning_rate` and `num_train_steps` must be positive. Received: `learning_rate=0.0`, `num_train_steps=10`"),
+    ({"learning_rate": 1e-4, "num_train_steps": 10, "warmup_steps": 11},
+     r"`warmup_steps` must lie in \[0, 10\]. Received: `warmup_steps=11`"),
 ])
 def test_create_optimizer_rejects_bad_schedules(kwargs, match):
     with pytest.raises(ValueError, match=match):

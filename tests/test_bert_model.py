@@ -328,7 +328,7 @@ def test_missing_or_misshapen_encoder_weight_is_named(tmp_path):
 
 
 def test_bad_configs_and_sources_are_one_sentence(tmp_path):
-    with pytest.raises(ValueError, match="Received: hidden_size=10, num_attention_heads=4"):
+    with pytest.raises(ValueError, match="Received: `hidden_size=10`, `num_attention_heads=4`"):
         BertConfig(hidden_size=10, num_attention_heads=4)
     with pytest.raises(ValueError, match="hidden_act"):
         BertConfig(hidden_act="relu")
@@ -364,7 +364,7 @@ def test_a_config_json_that_is_not_a_json_object_is_named(tmp_path, text, match)
 
 @pytest.mark.parametrize("field, value, match", [
     ("hidden_dropout_prob", "0.1", "BertConfig.hidden_dropout_prob must be a finite number. Received: "
-                                   "hidden_dropout_prob='0.1'"),
+                                   "`hidden_dropout_prob='0.1'`"),
     ("classifier_dropout", [0.1], "BertConfig.classifier_dropout must be a finite number"),
     ("layer_norm_eps", "1e-12", "BertConfig.layer_norm_eps must be a finite number"),
     ("initializer_range", True, "BertConfig.initializer_range must be a finite number"),
@@ -375,7 +375,7 @@ def test_a_config_json_that_is_not_a_json_object_is_named(tmp_path, text, match)
     ("id2label", 5, "id2label must map the class ids 0, 1, ... to their names"),
     ("id2label", ["a", "b", "c"], "id2label must map the class ids"),
     ("id2label", {"1": "a", "2": "b", "3": "c"}, "id2label must map the class ids"),
-    ("id2label", {"0": "a"}, "A classifier needs num_labels >= 2. Received: num_labels=1"),
+    ("id2label", {"0": "a"}, "A classifier needs `num_labels` >= 2. Received: `num_labels=1`"),
     ("model_type", "gpt2", "Only BERT checkpoints load into BertClassifier. Received: model_type='gpt2'"),
 ])
 def test_a_config_json_field_of_the_wrong_type_is_refused_naming_the_file(tmp_path, field, value, match):
@@ -392,7 +392,7 @@ def test_an_override_that_does_not_fit_is_not_blamed_on_the_config_json():
     hf_config = TINY.to_hf()
     with pytest.raises(ValueError, match=r"^2 label names for 3 labels"):
         BertConfig.from_hf(hf_config, source="/x/config.json", num_labels=3, label_names=("a", "b"))
-    with pytest.raises(ValueError, match=r"^A classifier needs num_labels >= 2. Received: num_labels='2'"):
+    with pytest.raises(ValueError, match=r"^A classifier needs `num_labels` >= 2. Received: `num_labels='2'`"):
         BertConfig(num_labels="2")
 
 
@@ -466,7 +466,7 @@ def test_classifier_dropout_is_read_written_and_used_as_transformers_does(tmp_pa
     assert keras.models.load_model(path, safe_mode=True).classifier_dropout.rate == 0.5
     older = {key: value for key, value in TINY.to_dict().items() if key != "classifier_dropout"}
     assert BertClassifier.from_config({"config": older}).config == TINY
-    with pytest.raises(ValueError, match="Received: classifier_dropout=1.0"):
+    with pytest.raises(ValueError, match="Received: `classifier_dropout=1.0`"):
         BertConfig(classifier_dropout=1.0)
 
 

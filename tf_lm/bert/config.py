@@ -77,39 +77,39 @@ class BertConfig:
                      "max_position_embeddings", "type_vocab_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"BertConfig.{name} must be an integer >= 1. Received: {name}={value!r}")
+                raise ValueError(f"BertConfig.{name} must be an integer >= 1. Received: `{name}={value!r}`")
         # Checked for type first: a string from a damaged config.json would fail the range tests with a TypeError.
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "layer_norm_eps", "initializer_range",
                      "classifier_dropout"):
             value = getattr(self, name)
             if not is_finite_number(value) and not (name == "classifier_dropout" and value is None):
-                raise ValueError(f"BertConfig.{name} must be a finite number. Received: {name}={value!r}")
+                raise ValueError(f"BertConfig.{name} must be a finite number. Received: `{name}={value!r}`")
         if not isinstance(self.pad_token_id, int) or isinstance(self.pad_token_id, bool) or self.pad_token_id < 0:
             raise ValueError(f"BertConfig.pad_token_id must be an integer >= 0. Received: "
-                             f"pad_token_id={self.pad_token_id!r}")
+                             f"`pad_token_id={self.pad_token_id!r}`")
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"BertConfig.hidden_size must be divisible by num_attention_heads. Received: "
-                             f"hidden_size={self.hidden_size}, num_attention_heads={self.num_attention_heads}")
+            raise ValueError(f"BertConfig.hidden_size must be divisible by `num_attention_heads`. Received: "
+                             f"`hidden_size={self.hidden_size}`, `num_attention_heads={self.num_attention_heads}`")
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"BertConfig.hidden_act must be one of {list(ACTIVATIONS)}. "
-                             f"Received: hidden_act={self.hidden_act!r}")
+                             f"Received: `hidden_act={self.hidden_act!r}`")
         if not 0.0 <= self.hidden_dropout_prob < 1.0:
             raise ValueError(f"BertConfig.hidden_dropout_prob must be in [0, 1). "
-                             f"Received: hidden_dropout_prob={self.hidden_dropout_prob}")
+                             f"Received: `hidden_dropout_prob={self.hidden_dropout_prob}`")
         if self.classifier_dropout is not None and not 0.0 <= self.classifier_dropout < 1.0:
             raise ValueError(f"BertConfig.classifier_dropout must be None or in [0, 1). "
-                             f"Received: classifier_dropout={self.classifier_dropout}")
+                             f"Received: `classifier_dropout={self.classifier_dropout}`")
         if self.attention_probs_dropout_prob != self.hidden_dropout_prob:
             raise ValueError(
-                "BertConfig.attention_probs_dropout_prob must equal hidden_dropout_prob (one rate per attention "
-                f"layer). Received: attention_probs_dropout_prob={self.attention_probs_dropout_prob}, "
-                f"hidden_dropout_prob={self.hidden_dropout_prob}"
+                "BertConfig.attention_probs_dropout_prob must equal `hidden_dropout_prob` (one rate per attention "
+                f"layer). Received: `attention_probs_dropout_prob={self.attention_probs_dropout_prob}`, "
+                f"`hidden_dropout_prob={self.hidden_dropout_prob}`"
             )
         if not isinstance(self.num_labels, int) or isinstance(self.num_labels, bool) or self.num_labels < 2:
-            raise ValueError(f"A classifier needs num_labels >= 2. Received: num_labels={self.num_labels!r}")
+            raise ValueError(f"A classifier needs `num_labels` >= 2. Received: `num_labels={self.num_labels!r}`")
         if self.label_names is not None and len(self.label_names) != self.num_labels:
             raise ValueError(f"{len(self.label_names)} label names for {self.num_labels} labels. "
-                             f"Received: label_names={list(self.label_names)}")
+                             f"Received: `label_names={list(self.label_names)}`")
 
     @property
     def classifier_dropout_rate(self) -> float:
@@ -207,4 +207,4 @@ class BertConfig:
 def check_precision(precision: str) -> None:
     """Raises ValueError unless `precision` is one of `PRECISIONS` (the fine-tuning precisions)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"Unknown precision {precision!r} for fine-tuning; choose one of {list(PRECISIONS)}.")
+        raise ValueError(f"Unknown `precision={precision!r}` for fine-tuning; choose one of {list(PRECISIONS)}.")

@@ -73,7 +73,8 @@ def _column(header: list[str], key: str, path: str, argument: str) -> int:
 def _check_max_examples(max_examples: int | None) -> None:
     # Not left to the slice or `take`: they read -1 as "all but the last one" and "all".
     if max_examples is not None and max_examples < 1:
-        raise ValueError(f"max_examples must be >= 1 (None keeps every example). Received: max_examples={max_examples}")
+        raise ValueError(f"`max_examples` must be >= 1 (None keeps every example). Received: "
+                         f"`max_examples={max_examples}`")
 
 
 def read_table(path: str, text_key: str = "sentence", label_key: str = "label",
@@ -301,15 +302,15 @@ def make_dataset(token_ids: list[np.ndarray], labels: np.ndarray, batch_size: in
     >>> ds = make_dataset(encode(tokenizer, texts, 64), labels, batch_size=32, bucket_widths=(16, 32, 64))
     """
     if not token_ids or len(token_ids) != len(labels):
-        raise ValueError(f"Need as many token sequences as labels, at least one. Received: {len(token_ids)} "
+        raise ValueError(f"Need as many `token_ids` sequences as `labels`, at least one. Received: {len(token_ids)} "
                          f"sequences, {len(labels)} labels")
     lengths = np.asarray([len(row) for row in token_ids], dtype=np.int64)
     if bucket_widths is not None:
         widths = tuple(int(w) for w in bucket_widths)
         if list(widths) != sorted(set(widths)) or widths[-1] < lengths.max():
             raise ValueError(
-                f"bucket_widths must ascend strictly and the last must cover the longest sequence "
-                f"({lengths.max()}). Received: bucket_widths={bucket_widths}"
+                f"`bucket_widths` must ascend strictly and the last must cover the longest sequence "
+                f"({lengths.max()}). Received: `bucket_widths={bucket_widths}`"
             )
     flat = tf.constant(np.concatenate(token_ids).astype(np.int32))  # [total tokens]
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])

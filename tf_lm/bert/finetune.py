@@ -105,30 +105,33 @@ class FinetuneConfig:
     def __post_init__(self):
         for name in ("batch_size", "epochs"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1. Received: {name}={getattr(self, name)}")
+                raise ValueError(f"`{name}` must be >= 1. Received: `{name}={getattr(self, name)}`")
         if self.max_length < 2:
-            raise ValueError(f"max_length must leave room for [CLS] and [SEP]. Received: max_length={self.max_length}")
+            raise ValueError(f"`max_length` must leave room for [CLS] and [SEP]. Received: "
+                             f"`max_length={self.max_length}`")
         if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1 or None. Received: max_steps={self.max_steps}")
+            raise ValueError(f"`max_steps` must be >= 1 or None. Received: `max_steps={self.max_steps}`")
         # NaN fails every comparison, so each test of a float is written to refuse it.
         if not 0 <= self.warmup_fraction < 1:
-            raise ValueError(f"warmup_fraction must lie in [0, 1). Received: warmup_fraction={self.warmup_fraction}")
+            raise ValueError(f"`warmup_fraction` must lie in [0, 1). Received: "
+                             f"`warmup_fraction={self.warmup_fraction}`")
         for name in ("learning_rate", "head_lr_multiplier"):
             if not 0 < getattr(self, name) < math.inf:
-                raise ValueError(f"{name} must be finite and > 0. Received: {name}={getattr(self, name)}")
+                raise ValueError(f"`{name}` must be finite and > 0. Received: `{name}={getattr(self, name)}`")
         if not 0 <= self.weight_decay < math.inf:
-            raise ValueError(f"weight_decay must be finite and >= 0. Received: weight_decay={self.weight_decay}")
+            raise ValueError(f"`weight_decay` must be finite and >= 0. Received: `weight_decay={self.weight_decay}`")
         check_precision(self.precision)
         if self.backend not in BACKENDS:
-            raise ValueError(f"Unknown backend {self.backend!r}; choose one of {list(BACKENDS)}.")
+            raise ValueError(f"Unknown `backend={self.backend!r}`; choose one of {list(BACKENDS)}.")
         if not 0 <= self.num_buckets <= self.max_length:
-            raise ValueError(f"num_buckets must lie in [0, max_length]. Received: num_buckets={self.num_buckets}")
+            raise ValueError(f"`num_buckets` must lie in [0, `max_length`]. Received: "
+                             f"`num_buckets={self.num_buckets}`, `max_length={self.max_length}`")
         if self.packing and self.backend == "hf":
-            raise ValueError("packing needs backend='keras': transformers' BERT takes only a 2-D attention mask, so "
-                             "it cannot keep packed sequences apart. Received: packing=True, backend='hf'")
+            raise ValueError("`packing` needs `backend='keras'`: transformers' BERT takes only a 2-D attention mask, "
+                             "so it cannot keep packed sequences apart. Received: `packing=True`, `backend='hf'`")
         if self.packing and self.jit_compile:
-            raise ValueError("packing cannot be XLA-compiled: a batch's row count depends on its lengths. Pass "
-                             "packing=False or jit_compile=False. Received: packing=True, jit_compile=True")
+            raise ValueError("`packing` cannot be XLA-compiled: a batch's row count depends on its lengths. Pass "
+                             "`packing=False` or `jit_compile=False`. Received: `packing=True`, `jit_compile=True`")
 
     @property
     def packs(self) -> bool:
@@ -321,7 +324,7 @@ class ClassifierTrainer:
             if not math.isfinite(loss):
                 raise TrainingDiverged(
                     f"Training diverged: the loss became {loss} at step {step} of this epoch; stopped. Lower "
-                    "learning_rate or raise warmup_fraction, then rerun."
+                    "`learning_rate` or raise `warmup_fraction`, then rerun."
                 )
             self.losses.append(loss)
             self.steps_done = step
@@ -490,7 +493,8 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
         data_lib.check_labels(split, num_labels)
     if config.batch_size % strategy.num_replicas_in_sync:
         raise ValueError(
-            f"batch_size {config.batch_size} does not split evenly over {strategy.num_replicas_in_sync} replicas."
+            f"`batch_size` must split evenly over the {strategy.num_replicas_in_sync} replicas. Received: "
+            f"`batch_size={config.batch_size}`"
         )
     with strategy.scope():
         classifier = load_classifier(model_name, num_labels, train_data.label_names, config)
@@ -556,7 +560,7 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
                 if not math.isfinite(metrics["loss"]):
                     raise TrainingDiverged(
                         f"Training diverged: the eval loss became {metrics['loss']} after step {step}; stopped "
-                        "without saving the model. Lower learning_rate or raise warmup_fraction, then rerun."
+                        "without saving the model. Lower `learning_rate` or raise `warmup_fraction`, then rerun."
                     )
                 record = {
                     "epoch": epoch, "step": step, "train_loss": train_loss, "train_examples": seen,
@@ -708,7 +712,7 @@ def classify(model, tokenizer, texts: list[str], max_length: int = 128) -> tuple
     >>> ids, probs = classify(model, tokenizer, ["a gorgeous film", "a dull mess"])
     """
     if not texts:
-        raise ValueError("classify needs at least one text. Received: texts=[]")
+        raise ValueError("classify needs at least one text. Received: `texts=[]`")
     token_ids = data_lib.encode(tokenizer, texts, max_length)
     width = max(len(row) for row in token_ids)
     ids = np.full((len(texts), width), tokenizer.pad_token_id, np.int32)  # [n, T]

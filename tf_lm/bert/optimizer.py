@@ -30,10 +30,10 @@ class LinearWarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, learning_rate: float, warmup_steps: int, total_steps: int):
         if learning_rate <= 0 or total_steps <= 0:
-            raise ValueError(f"learning_rate and total_steps must be positive. Received: learning_rate="
-                             f"{learning_rate}, total_steps={total_steps}")
+            raise ValueError(f"`learning_rate` and `total_steps` must be positive. Received: "
+                             f"`learning_rate={learning_rate}`, `total_steps={total_steps}`")
         if not 0 <= warmup_steps <= total_steps:
-            raise ValueError(f"warmup_steps must lie in [0, {total_steps}]. Received: warmup_steps={warmup_steps}")
+            raise ValueError(f"`warmup_steps` must lie in [0, {total_steps}]. Received: `warmup_steps={warmup_steps}`")
         self.learning_rate = float(learning_rate)
         self.warmup_steps = int(warmup_steps)
         self.total_steps = int(total_steps)

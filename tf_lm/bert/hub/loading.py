@@ -232,7 +232,8 @@ def load_classifier(name: str, num_labels: int | None = None, label_names: list[
         overrides["num_labels"] = num_labels
     if label_names is not None:
         if num_labels is not None and len(label_names) != num_labels:
-            raise ValueError(f"{len(label_names)} label names for {num_labels} labels. Received: {label_names}")
+            raise ValueError(f"{len(label_names)} label names for {num_labels} labels. Received: "
+                             f"`label_names={list(label_names)}`")
         overrides["id2label"] = dict(enumerate(label_names))
         overrides["label2id"] = {label: i for i, label in enumerate(label_names)}
     with _dtype_policy(precision):

@@ -30,11 +30,12 @@ def create_optimizer(learning_rate: float, num_train_steps: int, warmup_steps: i
     """
     if learning_rate <= 0 or num_train_steps <= 0:
         raise ValueError(
-            f"learning_rate and num_train_steps must be positive. Received: learning_rate={learning_rate}, "
-            f"num_train_steps={num_train_steps}"
+            f"`learning_rate` and `num_train_steps` must be positive. Received: `learning_rate={learning_rate}`, "
+            f"`num_train_steps={num_train_steps}`"
         )
     if not 0 <= warmup_steps <= num_train_steps:
-        raise ValueError(f"warmup_steps must lie in [0, {num_train_steps}]. Received: warmup_steps={warmup_steps}")
+        raise ValueError(f"`warmup_steps` must lie in [0, {num_train_steps}]. Received: "
+                         f"`warmup_steps={warmup_steps}`")
     optimizer, _ = transformers.create_optimizer(
         init_lr=learning_rate,
         num_train_steps=num_train_steps,
