@@ -632,7 +632,8 @@ def test_ctrl_c_checkpoints_and_the_rerun_resumes_to_the_same_result(tmp_path, m
 
 def test_a_damaged_model_keras_is_named_as_damaged(tmp_path):
     (tmp_path / finetune.KERAS_FILE).write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(ValueError, match=r"model.keras: the file is damaged"):
+    with pytest.raises(ValueError, match=r"model.keras: the file is damaged \(it is not a \.keras zip archive: cut "
+                                         r"short, or another kind of file\); fine-tune again"):  # not "File not found"
         finetune.load_for_prediction(str(tmp_path))
 
 

@@ -96,7 +96,7 @@ def read_config(model_dir: str) -> LMConfig:
     return LMConfig.from_dict(read_json_object(path))
 
 
-def _load_failure(model_path: str, error: Exception) -> str:
+def keras_load_failure(model_path: str, error: Exception) -> str:
     """Why Keras could not load `model_path`, in one line.
 
     Keras says "File not found" for a file that is not a zip (truncated, or another kind), and its message for
@@ -140,7 +140,7 @@ def load_model_dir(model_dir: str):
         model = keras.models.load_model(model_path, safe_mode=True)
     except Exception as error:  # Keras raises a zoo of types for a damaged zip or config.
         raise ValueError(f"Could not load {model_path}: the file is damaged or not a tf_lm model "
-                         f"({_load_failure(model_path, error)}).") from None
+                         f"({keras_load_failure(model_path, error)}).") from None
     if read_config(model_dir) != model.config:
         raise ValueError(
             f"The {CONFIG_FILE} in {model_dir!r} contradicts its {MODEL_FILE}; the directory mixes files from "

@@ -650,6 +650,7 @@ def load_for_prediction(model_dir: str):
         ValueError: if its `model.keras` or `model.safetensors` is damaged, or the directory is not a fine-tuned
             classifier (a language model's, or a bare encoder's checkpoint, whose head would be random).
     """
+    from tf_lm import artifacts
     from tf_lm.bert.model import BertClassifier
 
     keras_path = os.path.join(model_dir, KERAS_FILE)
@@ -657,13 +658,12 @@ def load_for_prediction(model_dir: str):
         try:
             model = keras.models.load_model(keras_path, safe_mode=True)
         except Exception as error:  # Keras raises a zoo of types (even FileNotFoundError) for a damaged zip.
-            raise ValueError(f"Could not load {keras_path}: the file is damaged ({error}); fine-tune again.") from None
+            raise ValueError(f"Could not load {keras_path}: the file is damaged "
+                             f"({artifacts.keras_load_failure(keras_path, error)}); fine-tune again.") from None
         if not isinstance(model, BertClassifier):
             raise ValueError(f"{model_dir!r} holds a {type(model).__name__}, not a fine-tuned classifier; pass the "
                              "best/ directory of experiments.finetune_bert.")
         return model
-    from tf_lm import artifacts
-
     lm_file = os.path.join(artifacts.saved_dir(model_dir), artifacts.MODEL_FILE)
     if gfile(lm_file).exists(lm_file):
         raise ValueError(f"{model_dir!r} holds a TransformerLM (a language model of experiments.train_lm), not a "
