@@ -289,12 +289,13 @@ def check_flags(model_dir: str, lines: dict[str, str]) -> None:
             continue
         # Every line this script writes is a flag of its own: anything else is damage, or a run of another version,
         # and would otherwise be reported as a resume with other flags.
-        if not line.startswith("--") or _flag_name(line, known) not in names:
+        name = _flag_name(line, known)
+        if not line.startswith("--") or name not in names:
             raise ValueError(
                 f"{path} is damaged: line {number} ({line[:60]!r}) is not a flag of train_lm; restore it, or delete it "
                 "and rerun (run_config.json still checks the run's configuration, and the rerun writes it again)."
             )
-        saved[_flag_name(line, known)] = line
+        saved[name] = line
     changed = [f"{saved.get(name, f'--{name} unset')} -> {known.get(name, f'--{name} unset')}"
                for name in sorted((set(saved) | set(known)) - NOT_IDENTITY) if saved.get(name) != known.get(name)]
     if changed:
