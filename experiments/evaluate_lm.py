@@ -56,7 +56,9 @@ def evaluate_split(model, tokenizer, store: TokenStore, split: str, batch_size: 
 
     Raises:
         ValueError: for an unknown split, a split shorter than one window, a store of another tokenizer, or
-            `max_batches` < 1; `DamagedStoreError` (a ValueError) for a shard holding an id outside the vocabulary.
+            `max_batches` < 1; `DamagedStoreError` (a ValueError) for a shard of `split` that is not the one its
+            store prepared (scoring the whole split, its checksums are compared first: one more read of the split,
+            against a model's pass over it).
     """
     import tensorflow as tf
 
@@ -73,6 +75,8 @@ def evaluate_split(model, tokenizer, store: TokenStore, split: str, batch_size: 
             f"Token store {store.directory!r} was prepared with another tokenizer than the model's; prepare it with "
             f"experiments.prepare_data --tokenizer_dir=<model_dir>/{artifacts.SAVED_DIR}/{artifacts.TOKENIZER_DIR}."
         )
+    if max_batches is None:
+        store.verify(split)
     windows = contiguous_windows(store, split, model.config.block_size, batch_size)
     if max_batches is not None:
         windows = windows.take(max_batches)

@@ -6,10 +6,13 @@
 The source is streamed in bounded chunks and encoded on every core; a progress line shows MB, tokens and
 tokens/s. `--tokenizer_dir` encodes with a saved tokenizer (a train_lm `--model_dir` or its `model/tokenizer/`, an
 export_hf `--output_dir`, or GPT-2's `vocab.json` + `merges.txt`) instead of building one. A killed run leaves no
-manifest; rerun the same command to finish the store (finished shards are kept).
+manifest; rerun the same command to finish the store (finished shards are kept). Rerun on a finished store, the
+command reads it whole and compares each shard's checksum with the manifest's.
 """
 
 from __future__ import annotations
+
+import os
 
 from absl import flags, logging
 
@@ -23,7 +26,8 @@ from experiments.flags import (
     source_options,
 )
 from tf_lm.data import load_tokenizer, prepare_store
-from tf_lm.data.store import DEFAULT_SHARD_TOKENS
+from tf_lm.data.store import DEFAULT_SHARD_TOKENS, MANIFEST
+from tf_lm.fileio import gfile
 
 FLAGS = flags.FLAGS
 
@@ -39,10 +43,13 @@ def main(argv):
             tokenizer = load_tokenizer(FLAGS.tokenizer_dir)
         else:
             tokenizer = FLAGS.tokenizer
+        manifest = os.path.join(FLAGS.output_dir, MANIFEST)
+        finished = gfile(manifest).exists(manifest)
         store = prepare_store(FLAGS.dataset, FLAGS.output_dir, tokenizer=tokenizer,
                               bpe_vocab_size=FLAGS.bpe_vocab_size, bpe_sample_bytes=bpe_sample_bytes(FLAGS),
                               shard_tokens=FLAGS.shard_tokens, progress=True, **source_options(FLAGS))
-    print(f"{store}; train with --dataset=store:{FLAGS.output_dir}")
+        verified = f"; {store.verify()} shard checksums verified" if finished else ""
+    print(f"{store}{verified}; train with --dataset=store:{FLAGS.output_dir}")
 
 
 if __name__ == "__main__":

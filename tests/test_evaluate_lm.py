@@ -12,6 +12,7 @@ from experiments.evaluate_lm import evaluate_split, score_text
 from tf_lm import LMConfig, TransformerLM
 from tf_lm.artifacts import save_model_dir
 from tf_lm.data import build_tokenizer, prepare_store
+from tf_lm.data.store import DamagedStoreError
 
 TEXT = "the cat sat on the mat. " * 40
 
@@ -184,7 +185,19 @@ def test_a_store_holding_an_id_outside_the_vocabulary_is_refused_not_scored_nan(
     store = prepare_store(f"text:{path.parent / 'corpus.txt'}", str(path.parent / "store"), tokenizer=tokenizer)
     shard = path.parent / "store" / "validation-00000.bin"
     shard.write_bytes(b"\xff\xff" + shard.read_bytes()[2:])
-    out = run_module("experiments.evaluate_lm", f"--model_dir={path}", f"--dataset=store:{store.directory}")
+    # --max_batches: a part of the split, whose reads check the ids they read (the whole split is checksummed first)
+    out = run_module("experiments.evaluate_lm", f"--model_dir={path}", f"--dataset=store:{store.directory}",
+                     "--max_batches=100")
     assert failure_line(out) == (f"error: Token store {store.directory!r} is damaged: validation-00000.bin holds id "
                                  f"65535 (at position 0), outside its tokenizer's {tokenizer.vocab_size} ids; "
                                  "prepare the store again into a new directory.")
+
+
+def test_a_split_overwritten_with_valid_ids_is_refused_not_scored(model_dir):
+    path, model, tokenizer = model_dir
+    store = prepare_store(f"text:{path.parent / 'corpus.txt'}", str(path.parent / "store"), tokenizer=tokenizer)
+    shard = path.parent / "store" / "validation-00000.bin"
+    shard.write_bytes(bytes(shard.stat().st_size))  # all id 0: a valid id, of the right size
+    with pytest.raises(DamagedStoreError, match="validation-00000.bin does not hold the ids its manifest records"):
+        evaluate_split(model, tokenizer, store, "validation")
+    assert evaluate_split(model, tokenizer, store, "validation", max_batches=1)["tokens"] > 0  # a part: not verified

@@ -46,6 +46,17 @@ def test_sigkill_mid_preparation_then_rerun_gives_the_uninterrupted_store(corpus
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert files_of(killed) == files_of(tmp_path / "straight")
 
+    # Rerun on the finished store: it is read back whole and checked, which a shard of the right size but other ids
+    # (no read of a window can tell) does not pass.
+    shards = len(list(killed.glob("*.bin")))
+    again = run_module("experiments.prepare_data", *args, f"--output_dir={killed}")
+    assert again.returncode == 0 and f"; {shards} shard checksums verified; train with" in again.stdout, again.stderr
+    shard = killed / "train-00001.bin"
+    shard.write_bytes(bytes(shard.stat().st_size))
+    damaged = run_module("experiments.prepare_data", *args, f"--output_dir={killed}")
+    assert failure_line(damaged).startswith(f"error: Token store {str(killed)!r} is damaged: train-00001.bin does not "
+                                            "hold the ids its manifest records"), damaged.stderr
+
 
 @pytest.mark.slow
 def test_tokenizer_dir_reuses_a_saved_tokenizer(corpus, tmp_path):

@@ -169,6 +169,48 @@ def test_an_id_outside_the_vocabulary_is_refused_when_read_naming_its_shard(corp
         store.read("train", second - 3, 10)
 
 
+def test_verify_finds_a_shard_overwritten_at_its_own_size_which_sizes_and_ids_cannot(corpus, tmp_path, monkeypatch):
+    directory = tmp_path / "store"
+    store = prepare_store(corpus, str(directory), shard_tokens=64)
+    shards = {split: len(store.manifest["splits"][split]["shards"]) for split in ("train", "validation")}
+    monkeypatch.setattr(store_module, "CHECKSUM_READ_BYTES", 5)  # a checksum carried across reads
+    assert store.verify() == shards["train"] + shards["validation"]
+    shard = directory / "train-00001.bin"
+    shard.write_bytes(bytes(shard.stat().st_size))  # id 0 is a valid id: reads take it for text
+    store = TokenStore(str(directory))
+    store.read("train", 0, store.num_tokens("train"))
+    assert store.verify("validation") == shards["validation"]
+    with pytest.raises(DamagedStoreError, match=r"^Token store '.*store' is damaged: train-00001.bin does not hold "
+                                                r"the ids its manifest records \(its CRC-32 is [0-9a-f]{8}, not "
+                                                r"[0-9a-f]{8}\); prepare the store again into a new directory.$"):
+        store.verify()
+    with pytest.raises(ValueError, match="Unknown split 'test'"):
+        store.verify("test")
+
+
+def test_a_store_written_before_checksums_reads_and_has_nothing_to_verify(corpus, tmp_path):
+    directory = tmp_path / "store"
+    store = prepare_store(corpus, str(directory))
+    manifest = json.loads((directory / MANIFEST).read_text())
+    for split in manifest["splits"].values():
+        for shard in split["shards"]:
+            del shard["crc32"]
+    (directory / MANIFEST).write_text(json.dumps(manifest))
+    old = TokenStore(str(directory))
+    np.testing.assert_array_equal(all_ids(old), all_ids(store))
+    assert old.verify() == 0
+
+
+def test_a_resume_from_notes_written_before_checksums_finishes_without_theirs(corpus, tmp_path, monkeypatch):
+    directory = tmp_path / "store"
+    _killed_before_validation(corpus, directory, monkeypatch)
+    for note in (directory / PREPARING).glob("train-*.json"):
+        note.write_text(json.dumps({k: v for k, v in json.loads(note.read_text()).items() if k != "crc32"}))
+    store = prepare_store(corpus, str(directory), shard_tokens=30, chunk_bytes=16)
+    assert store.verify() == len(store.manifest["splits"]["validation"]["shards"])  # the shards written since
+    assert store.read("train", 0, store.num_tokens("train")).size == store.num_tokens("train")
+
+
 def test_an_edited_source_is_not_taken_for_its_store(corpus, tmp_path):
     directory = str(tmp_path / "store")
     prepare_store(corpus, directory)
@@ -321,6 +363,7 @@ def test_a_manifest_missing_a_field_is_refused_in_one_sentence(corpus, tmp_path)
     (lambda split: split["shards"][0].update(tokens=str(split["shards"][0]["tokens"])),
      r"a shard's token count is '\d+', not an integer >= 0"),
     (lambda split: split["shards"][0].update(tokens=-2), "a shard's token count is -2, not an integer >= 0"),
+    (lambda split: split["shards"][0].update(crc32=-1), "a shard's crc32 is -1, not an unsigned 32-bit integer"),
     (lambda split: split.update(shards=None), "'NoneType' object is not iterable"),
     (lambda split: split.update(shards=[7]), "'int' object is not subscriptable"),
 ])
@@ -452,14 +495,20 @@ def test_a_resume_whose_notes_lost_a_finished_shard_is_refused_not_cut_short(cor
     assert not (directory / MANIFEST).exists()
 
 
-@pytest.mark.parametrize("damage", ["truncated", "missing"])
+@pytest.mark.parametrize("damage, message", [
+    ("truncated", "holds 7 bytes, its notes say"), ("missing", "is missing, its notes say"),
+    ("zeroed", "does not hold the ids its notes record"),
+])
 def test_a_resume_checks_the_shards_it_did_not_write_before_publishing_the_store(corpus, tmp_path, monkeypatch,
-                                                                                   damage):
+                                                                                   damage, message):
     directory = tmp_path / "store"
     _killed_before_validation(corpus, directory, monkeypatch)
     shard = directory / "train-00001.bin"
-    shard.unlink() if damage == "missing" else shard.write_bytes(shard.read_bytes()[:7])
-    with pytest.raises(ValueError, match=r"is damaged: train-00001.bin (is missing|holds 7 bytes), its notes say"):
+    if damage == "missing":
+        shard.unlink()
+    else:
+        shard.write_bytes(shard.read_bytes()[:7] if damage == "truncated" else bytes(shard.stat().st_size))
+    with pytest.raises(DamagedStoreError, match=rf"is damaged: train-00001.bin {message}"):
         prepare_store(corpus, str(directory), shard_tokens=30, chunk_bytes=16)
     assert not (directory / MANIFEST).exists()
 

@@ -414,6 +414,13 @@ def test_a_store_holding_an_id_outside_the_vocabulary_stops_training_with_its_er
     config = TrainConfig(dataset=f"store:{store}", batch_size=2, steps=1, warmup_steps=0)
     with pytest.raises(DamagedStoreError, match=rf"train-00000.bin holds id {vocab_size} \(at position \d+\)"):
         train(LMConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), config, str(tmp_path / "run"), verbose=False)
+    # A validation shard of valid ids that are not the store's: refused before training, not scored.
+    shard.write_bytes(bytes(shard.stat().st_size))
+    shard = store / "validation-00000.bin"
+    shard.write_bytes(bytes(shard.stat().st_size))
+    with pytest.raises(DamagedStoreError, match="validation-00000.bin does not hold the ids its manifest records"):
+        train(LMConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), config, str(tmp_path / "run2"), verbose=False)
+    assert not (tmp_path / "run2").exists()
 
 
 def test_a_source_that_fails_to_prepare_leaves_no_model_dir(tmp_path):

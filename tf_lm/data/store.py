@@ -3,7 +3,8 @@
 A store is a directory (any `tf.io.gfile` path: local, `gs://`, `ram://`):
 
     manifest.json           written last: format version, tokenizer fingerprint, dtype, end-of-document id,
-                            the source and options it was prepared from, and each split's shards and token counts
+                            the source and options it was prepared from, and each split's shards, token counts
+                            and CRC-32 checksums
     tokenizer/              the tokenizer the ids come from (`load_tokenizer` reads it)
     train-00000.bin ...     raw little-endian ids, uint16 when the vocabulary fits, else uint32
     validation-00000.bin ...
@@ -23,7 +24,9 @@ depends only on where it starts, the finished store is byte-identical to one pre
 
 `TokenStore` opens a finished store and reads windows of ids by position, without holding the ids: `os.pread` on
 local files (unlike a memory map, the pages read never count towards the process's memory), `tf.io.gfile` reads
-elsewhere.
+elsewhere. Opening checks each shard's size; a read checks that its ids are in the vocabulary; `TokenStore.verify`
+reads shards whole and compares their checksums, which catches the damage sizes and ids cannot (a shard
+overwritten with zeros). Evaluation verifies the split it scores, and a rerun of prepare_data the whole store.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import os
 import sys
 import threading
 import time
+import zlib
 
 import numpy as np
 
@@ -283,13 +287,19 @@ def _write_split(opened, split, tokenizer, directory, dtype, shard_tokens, chunk
     while files.exists(note := os.path.join(notes, f"{split}-{len(shards):05d}.json")):
         finished = read_json_object(note)
         try:
-            shards.append({"file": str(finished["file"]), "tokens": int(finished["tokens"])})
+            shard = {"file": str(finished["file"]), "tokens": int(finished["tokens"])}
+            if "crc32" in finished:  # notes written before checksums have none
+                shard["crc32"] = _checksum(finished["crc32"])
+            shards.append(shard)
             start = tuple(finished["end"])
         except (KeyError, TypeError, ValueError):
             raise ValueError(f"{note} is damaged: it is not a finished shard's note; delete the directory and "
                              "prepare it again.") from None
-        # Written by an earlier, killed run: it may have been damaged since.
-        _check_shard(directory, shards[-1]["file"], shards[-1]["tokens"], dtype, "its notes say")
+        # Written by an earlier, killed run: it may have been damaged since (reading it back costs far less than
+        # encoding it did).
+        _check_shard(directory, shard["file"], shard["tokens"], dtype, "its notes say")
+        if "crc32" in shard:
+            _check_checksum(directory, shard["file"], shard["crc32"], "its notes record")
     done = os.path.join(notes, f"{split}.done")
     if files.exists(done):
         # It records how many shards the split has (empty from versions before it did): a note lost since would
@@ -306,10 +316,11 @@ def _write_split(opened, split, tokenizer, directory, dtype, shard_tokens, chunk
     def close_shard(end):
         nonlocal pending, pending_tokens
         name = f"{split}-{len(shards):05d}.bin"
-        atomic_write(os.path.join(directory, name), b"".join(ids.tobytes() for ids in pending))
-        _write_json(os.path.join(notes, f"{split}-{len(shards):05d}.json"),
-                    {"file": name, "tokens": pending_tokens, "end": list(end)})
-        shards.append({"file": name, "tokens": pending_tokens})
+        data = b"".join(ids.tobytes() for ids in pending)
+        atomic_write(os.path.join(directory, name), data)
+        shard = {"file": name, "tokens": pending_tokens, "crc32": zlib.crc32(data)}
+        _write_json(os.path.join(notes, f"{split}-{len(shards):05d}.json"), {**shard, "end": list(end)})
+        shards.append(shard)
         pending, pending_tokens = [], 0
 
     chunks = opened.chunks(split, start, chunk_bytes)
@@ -331,8 +342,9 @@ def _write_split(opened, split, tokenizer, directory, dtype, shard_tokens, chunk
 
 
 class DamagedStoreError(ValueError):
-    """A store's files contradict its manifest: a shard missing, of another size, or holding an id outside the
-    tokenizer's vocabulary (which a model would embed as garbage, and train or evaluate to NaN, without an error)."""
+    """A store's files contradict its manifest: a shard missing, of another size, of another checksum, or holding an
+    id outside the tokenizer's vocabulary (which a model would embed as garbage, and train or evaluate to NaN,
+    without an error)."""
 
 
 def _check_shard(directory: str, name: str, tokens: int, dtype: np.dtype, source: str) -> None:
@@ -347,12 +359,36 @@ def _check_shard(directory: str, name: str, tokens: int, dtype: np.dtype, source
                                 f"({tokens:,} ids); prepare the store again into a new directory.")
 
 
-def _shard(directory: str, shard: dict) -> tuple[str, int]:
-    """A manifest's shard entry as `(path, ids)`; TypeError or ValueError for one of another shape."""
+# Bytes a checksum reads at a time: the memory a verification holds, whatever the shard's size.
+CHECKSUM_READ_BYTES = 1 << 22
+
+
+def _checksum(value) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 32:
+        raise ValueError(f"a shard's crc32 is {value!r}, not an unsigned 32-bit integer")
+    return value
+
+
+def _check_checksum(directory: str, name: str, crc32: int, source: str) -> None:
+    """Raises DamagedStoreError if the shard file `name` (of the right size) does not have checksum `crc32`."""
+    path, found = os.path.join(directory, name), 0
+    with gfile(path).GFile(path, "rb") as shard:
+        while block := shard.read(CHECKSUM_READ_BYTES):
+            found = zlib.crc32(block, found)
+    if found != crc32:
+        raise DamagedStoreError(f"Token store {directory!r} is damaged: {name} does not hold the ids {source} (its "
+                                f"CRC-32 is {found:08x}, not {crc32:08x}); prepare the store again into a new "
+                                "directory.")
+
+
+def _shard(directory: str, shard: dict) -> tuple[str, int, int | None]:
+    """A manifest's shard entry as `(path, ids, crc32)` (crc32 None in a store written before checksums);
+    TypeError or ValueError for one of another shape."""
     tokens = shard["tokens"]
     if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
         raise ValueError(f"a shard's token count is {tokens!r}, not an integer >= 0")
-    return os.path.join(directory, shard["file"]), tokens
+    crc32 = _checksum(shard["crc32"]) if "crc32" in shard else None
+    return os.path.join(directory, shard["file"]), tokens, crc32
 
 
 class TokenStore:
@@ -363,8 +399,8 @@ class TokenStore:
 
     Raises:
         FileNotFoundError: if `directory` has no manifest (no store, or an unfinished one).
-        ValueError: if the manifest is unreadable or of another shape or format, or a shard is missing or its size
-            disagrees with the manifest (a truncated or damaged store).
+        ValueError: if the manifest is unreadable or of another shape or format; `DamagedStoreError` (a ValueError)
+            if a shard is missing or its size disagrees with the manifest (a truncated or damaged store).
 
     Example:
     >>> store = TokenStore("runs/stores/pydoc-char")  # doctest: +SKIP
@@ -401,13 +437,13 @@ class TokenStore:
                 f"Token store {directory!r} has format version {version!r}; this code reads {FORMAT_VERSION}. "
                 "Prepare the store again."
             )
-        self._shards: dict[str, list[tuple[str, int]]] = {}
+        self._shards: dict[str, list[tuple[str, int, int | None]]] = {}
         self._bounds: dict[str, np.ndarray] = {}
         for split, shards in splits.items():
-            for shard_path, tokens in shards:
+            for shard_path, tokens, _ in shards:
                 _check_shard(directory, os.path.basename(shard_path), tokens, self.dtype, "its manifest says")
             self._shards[split] = shards
-            self._bounds[split] = np.cumsum([0] + [tokens for _, tokens in shards], dtype=np.int64)  # [shards + 1]
+            self._bounds[split] = np.cumsum([0] + [tokens for _, tokens, _ in shards], dtype=np.int64)  # [shards + 1]
         self._local = is_local(directory)
         self._remote_handles: collections.OrderedDict[str, object] = collections.OrderedDict()  # least recent first
         self._lock = threading.Lock()
@@ -433,6 +469,27 @@ class TokenStore:
     def num_tokens(self, split: str) -> int:
         """How many ids `split` holds."""
         return int(self._bounds[self._split(split)][-1])
+
+    def verify(self, split: str | None = None) -> int:
+        """Reads the shards of `split` (None: every split) whole and compares their checksums with the manifest's.
+
+        This reads the split once (a store's manifest records a checksum per shard; one written before that
+        records none, and has nothing to verify).
+
+        Returns:
+            How many shards were verified.
+
+        Raises:
+            DamagedStoreError: for the first shard whose checksum differs, naming it.
+            ValueError: for an unknown split.
+        """
+        verified = 0
+        for name in SPLITS if split is None else [self._split(split)]:
+            for path, _, crc32 in self._shards[name]:
+                if crc32 is not None:
+                    _check_checksum(self.directory, os.path.basename(path), crc32, "its manifest records")
+                    verified += 1
+        return verified
 
     def _split(self, split: str) -> str:
         if split not in SPLITS:
@@ -473,7 +530,7 @@ class TokenStore:
         pieces, position, end = [], start, start + length
         shard = int(np.searchsorted(bounds, start, side="right")) - 1
         while position < end:
-            path, _ = self._shards[split][shard]
+            path, _, _ = self._shards[split][shard]
             count = min(end, int(bounds[shard + 1])) - position
             ids = np.frombuffer(self._read_shard(path, position - int(bounds[shard]), count), self.dtype)
             if count and ids.max() >= self.vocab_size:  # a max per read: microseconds, against a model step's ms
