@@ -87,7 +87,7 @@ def define_finetune_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 
 def config_from_flags(flag_values: flags.FlagValues = FLAGS):
     """The one mapping from flags to a `FinetuneConfig`."""
-    from tf_lm.bert.finetune import FinetuneConfig
+    from tf_lm.bert.config import FinetuneConfig
 
     names = ("max_length", "batch_size", "learning_rate", "head_lr_multiplier", "epochs", "max_steps",
              "warmup_fraction", "weight_decay", "num_buckets", "jit_compile", "precision", "seed", "backend", "packing")

@@ -54,7 +54,7 @@ SOURCES = ("experiments/benchmarks/finetune.py", "tf_lm/bert/**/*.py", "tf_lm/la
 
 
 def _config(**overrides):
-    from tf_lm.bert.finetune import FinetuneConfig
+    from tf_lm.bert.config import FinetuneConfig
 
     return FinetuneConfig(max_length=MAX_LENGTH, batch_size=BATCH_SIZE, learning_rate=LEARNING_RATE,
                           head_lr_multiplier=HEAD_LR_MULTIPLIER, **overrides)

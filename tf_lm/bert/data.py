@@ -18,9 +18,12 @@ import json
 import math
 import os
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 _DELIMITERS = {".tsv": "\t", ".csv": ","}
 
@@ -301,6 +304,8 @@ def make_dataset(token_ids: list[np.ndarray], labels: np.ndarray, batch_size: in
     Example:
     >>> ds = make_dataset(encode(tokenizer, texts, 64), labels, batch_size=32, bucket_widths=(16, 32, 64))
     """
+    import tensorflow as tf  # here, not above: finetune_bert reads and checks its data before TensorFlow loads
+
     if not token_ids or len(token_ids) != len(labels):
         raise ValueError(f"Need as many `token_ids` sequences as `labels`, at least one. Received: {len(token_ids)} "
                          f"sequences, {len(labels)} labels")

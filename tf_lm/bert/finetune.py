@@ -27,7 +27,7 @@ from absl import logging
 
 from tf_lm.bert import data as data_lib
 from tf_lm.bert import weights
-from tf_lm.bert.config import check_precision, is_finite_number
+from tf_lm.bert.config import FinetuneConfig, is_finite_number
 from tf_lm.distribute import is_chief
 from tf_lm.fileio import (
     EXPORT_MARKER,
@@ -50,110 +50,6 @@ KERAS_FILE = "model.keras"
 CHECKPOINT_DIR = "checkpoints"
 RUN_FILE = "run.json"
 FINETUNE_CONFIG_FILE = "finetune_config.json"
-BACKENDS = ("keras", "hf")
-
-
-@dataclasses.dataclass(frozen=True)
-class FinetuneConfig:
-    """How to fine-tune.
-
-    Attributes:
-        max_length: int, default 128. Longest sequence in tokens ([CLS] and [SEP] included); longer are cut.
-        batch_size: int, default 32. Global batch size (split across replicas).
-        learning_rate: float, default 5e-5. Peak AdamW learning rate.
-        head_lr_multiplier: float, default 1.0. The pooler and classifier (`hub.head_variables`) train at this
-            multiple of `learning_rate`, with their own AdamW on the same schedule: the classifier starts from
-            random weights and the pooler was not trained for the task, so in a short fine-tune a larger step
-            lets them keep up with the pretrained encoder.
-        epochs: int, default 3. Passes over the training data (evaluated after each).
-        max_steps: int or None, default None. If set, train exactly this many steps instead of `epochs`
-            passes (still evaluating after every pass and at the end).
-        warmup_fraction: float, default 0.1. Share of the steps spent warming the learning rate up from 0.
-        weight_decay: float, default 0.01. AdamW decoupled weight decay (not on LayerNorm and biases).
-        num_buckets: int, default 8. Length buckets, widths spread evenly up to `max_length`; 0 pads each
-            batch to its own longest sequence instead (every batch a new shape). Evaluation batches always, and
-            training batches without packing.
-        packing: bool or None, default None (on for the keras backend without `jit_compile`). Train on random batches
-            whose sequences the model packs into rows as wide as each batch's longest, each attending only within
-            itself (same logits, fewer padded tokens than buckets). The hf backend cannot: transformers' BERT takes
-            only a 2-D attention mask; nor can XLA, since a batch's row count depends on its lengths.
-        jit_compile: bool, default False. XLA-compile the train and eval steps. Without it the keras backend's
-            optimizer update is still XLA-compiled on its own (one fused pass over weights and AdamW slots).
-        precision: str, default "float32". Or "mixed_bfloat16": bfloat16 compute, float32 weights and loss;
-            it pays where the hardware has bfloat16 matmuls (AVX512_BF16 or AMX CPUs, recent GPUs, TPUs).
-        backend: str, default "keras". `keras` (`BertClassifier`, Keras 3) or `hf` (transformers'
-            `TFBertForSequenceClassification`, tf_keras).
-        seed: int, default 0. Seeds the shuffling, the new head's initial weights and dropout, so a rerun
-            repeats a run.
-    """
-
-    max_length: int = 128
-    batch_size: int = 32
-    learning_rate: float = 5e-5
-    head_lr_multiplier: float = 1.0
-    epochs: int = 3
-    max_steps: int | None = None
-    warmup_fraction: float = 0.1
-    weight_decay: float = 0.01
-    num_buckets: int = 8
-    jit_compile: bool = False
-    precision: str = "float32"
-    seed: int = 0
-    backend: str = "keras"
-    packing: bool | None = None
-
-    def __post_init__(self):
-        for name in ("batch_size", "epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be >= 1. Received: `{name}={getattr(self, name)}`")
-        if self.max_length < 2:
-            raise ValueError(f"`max_length` must leave room for [CLS] and [SEP]. Received: "
-                             f"`max_length={self.max_length}`")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"`max_steps` must be >= 1 or None. Received: `max_steps={self.max_steps}`")
-        # NaN fails every comparison, so each test of a float is written to refuse it.
-        if not 0 <= self.warmup_fraction < 1:
-            raise ValueError(f"`warmup_fraction` must lie in [0, 1). Received: "
-                             f"`warmup_fraction={self.warmup_fraction}`")
-        for name in ("learning_rate", "head_lr_multiplier"):
-            if not 0 < getattr(self, name) < math.inf:
-                raise ValueError(f"`{name}` must be finite and > 0. Received: `{name}={getattr(self, name)}`")
-        if not 0 <= self.weight_decay < math.inf:
-            raise ValueError(f"`weight_decay` must be finite and >= 0. Received: `weight_decay={self.weight_decay}`")
-        check_precision(self.precision)
-        if self.backend not in BACKENDS:
-            raise ValueError(f"Unknown `backend={self.backend!r}`; choose one of {list(BACKENDS)}.")
-        if not 0 <= self.num_buckets <= self.max_length:
-            raise ValueError(f"`num_buckets` must lie in [0, `max_length`]. Received: "
-                             f"`num_buckets={self.num_buckets}`, `max_length={self.max_length}`")
-        if self.packing and self.backend == "hf":
-            raise ValueError("`packing` needs `backend='keras'`: transformers' BERT takes only a 2-D attention mask, "
-                             "so it cannot keep packed sequences apart. Received: `packing=True`, `backend='hf'`")
-        if self.packing and self.jit_compile:
-            raise ValueError("`packing` cannot be XLA-compiled: a batch's row count depends on its lengths. Pass "
-                             "`packing=False` or `jit_compile=False`. Received: `packing=True`, `jit_compile=True`")
-
-    @property
-    def packs(self) -> bool:
-        """Whether training batches are packed: `packing`, or by default with the keras backend without XLA."""
-        return self.backend == "keras" and not self.jit_compile if self.packing is None else self.packing
-
-    @property
-    def train_bucket_widths(self) -> tuple[int, ...] | None:
-        """The training batches' `bucket_widths`: None when packing (random batches pack tighter than buckets)."""
-        return None if self.packs else self.bucket_widths
-
-    @property
-    def bucket_widths(self) -> tuple[int, ...] | None:
-        """Ascending pad widths, the last `max_length`; None when `num_buckets` is 0.
-
-        Example:
-        >>> FinetuneConfig(max_length=64, num_buckets=4).bucket_widths
-        (16, 32, 48, 64)
-        """
-        if self.num_buckets == 0:
-            return None
-        return tuple(sorted({math.ceil(self.max_length * (i + 1) / self.num_buckets) for i in range(self.num_buckets)}))
 
 
 def classification_metrics(labels: np.ndarray, predictions: np.ndarray, num_labels: int) -> dict[str, float]:
