@@ -18,6 +18,7 @@ from conftest import script_environment
 from experiments import predict_bert
 from experiments.benchmarks.common import SHARED_DATA
 from tf_lm.bert import data, finetune, weights
+from tf_lm.bert.config import BACKENDS, FinetuneConfig
 from tf_lm.bert.tokenizer import WordPieceTokenizer
 from tf_lm.distribute import resolve_strategy
 from tf_lm.fileio import EXPORT_MARKER
@@ -46,18 +47,18 @@ SST2 = SHARED_DATA / "sst2"
 ])
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        finetune.FinetuneConfig(**kwargs)
+        FinetuneConfig(**kwargs)
 
 
 def test_bucket_widths():
-    assert finetune.FinetuneConfig(max_length=64, num_buckets=4).bucket_widths == (16, 32, 48, 64)
-    assert finetune.FinetuneConfig(max_length=10, num_buckets=3).bucket_widths == (4, 7, 10)
-    assert finetune.FinetuneConfig(num_buckets=0).bucket_widths is None
+    assert FinetuneConfig(max_length=64, num_buckets=4).bucket_widths == (16, 32, 48, 64)
+    assert FinetuneConfig(max_length=10, num_buckets=3).bucket_widths == (4, 7, 10)
+    assert FinetuneConfig(num_buckets=0).bucket_widths is None
     # Packing (the keras backend's default) trains on random batches; evaluation keeps the buckets.
-    assert finetune.FinetuneConfig(max_length=64, num_buckets=4).train_bucket_widths is None
-    assert finetune.FinetuneConfig(max_length=64, num_buckets=4, packing=False).train_bucket_widths == (16, 32, 48, 64)
-    assert finetune.FinetuneConfig(max_length=64, num_buckets=4, backend="hf").train_bucket_widths == (16, 32, 48, 64)
-    assert not finetune.FinetuneConfig(jit_compile=True).packs
+    assert FinetuneConfig(max_length=64, num_buckets=4).train_bucket_widths is None
+    assert FinetuneConfig(max_length=64, num_buckets=4, packing=False).train_bucket_widths == (16, 32, 48, 64)
+    assert FinetuneConfig(max_length=64, num_buckets=4, backend="hf").train_bucket_widths == (16, 32, 48, 64)
+    assert not FinetuneConfig(jit_compile=True).packs
 
 
 def test_classification_metrics():
@@ -110,7 +111,7 @@ def interrupt_at_step(monkeypatch, signum, step):
 def test_finetune_saves_the_best_model_and_history(tmp_path, backend):
     train = short_sst2(tmp_path / "train.tsv", "train.tsv", 24)
     dev = short_sst2(tmp_path / "dev.tsv", "dev.tsv", 12)
-    config = finetune.FinetuneConfig(max_length=16, batch_size=8, learning_rate=1e-4, max_steps=5, num_buckets=2,
+    config = FinetuneConfig(max_length=16, batch_size=8, learning_rate=1e-4, max_steps=5, num_buckets=2,
                                      backend=backend)
     history = finetune.finetune("minilm", train, dev, config, str(tmp_path / "run"), resolve_strategy("cpu"))
 
@@ -143,7 +144,7 @@ def test_a_run_on_a_tensorflow_filesystem_saves_resumes_its_record_and_predicts(
     import tensorflow as tf
 
     train = short_sst2(tmp_path / "train.tsv", "train.tsv", 8)
-    config = finetune.FinetuneConfig(max_length=16, batch_size=8, max_steps=2, num_buckets=1)
+    config = FinetuneConfig(max_length=16, batch_size=8, max_steps=2, num_buckets=1)
     output_dir = f"ram://{tmp_path.name}/run"
     checkpoint = tiny_checkpoint(tmp_path / "checkpoint")
     history = finetune.finetune(checkpoint, train, train, config, output_dir, resolve_strategy("cpu"))
@@ -179,7 +180,7 @@ def test_rerun_keeps_a_better_model_already_on_disk(tmp_path):
     (best_dir / "config.json").write_text("{}")
     (best_dir / finetune.METRICS_FILE).write_text(json.dumps({"eval_accuracy": 1.01}))
     (best_dir / EXPORT_MARKER).write_text("{}")
-    config = finetune.FinetuneConfig(max_length=16, batch_size=8, max_steps=1, num_buckets=1)
+    config = FinetuneConfig(max_length=16, batch_size=8, max_steps=1, num_buckets=1)
     history = finetune.finetune("minilm", train, train, config, str(tmp_path / "run"), resolve_strategy("cpu"))
     assert len(history) == 1
     assert sorted(os.listdir(best_dir)) == sorted(["config.json", finetune.METRICS_FILE, EXPORT_MARKER])
@@ -191,7 +192,7 @@ def test_a_foreign_best_dir_is_refused_before_training(tmp_path, monkeypatch):
     best_dir.mkdir(parents=True)
     (best_dir / "precious.txt").write_text("mine")
     monkeypatch.setattr(finetune, "load_classifier", lambda *args: pytest.fail("loaded a model before refusing"))
-    config = finetune.FinetuneConfig(max_length=16, batch_size=8, max_steps=1, num_buckets=1)
+    config = FinetuneConfig(max_length=16, batch_size=8, max_steps=1, num_buckets=1)
     with pytest.raises(ValueError, match="not one of ours and was left untouched"):
         finetune.finetune("minilm", train, train, config, str(tmp_path / "run"), resolve_strategy("cpu"))
     assert os.listdir(best_dir) == ["precious.txt"]
@@ -214,7 +215,7 @@ def test_a_damaged_best_metrics_json_is_refused_before_training(tmp_path, monkey
     (best_dir / EXPORT_MARKER).write_text("{}")
     (best_dir / finetune.METRICS_FILE).write_text(text)
     monkeypatch.setattr(finetune, "load_classifier", lambda *args: pytest.fail("loaded a model before refusing"))
-    config = finetune.FinetuneConfig(max_length=16, batch_size=8, max_steps=1, num_buckets=1)
+    config = FinetuneConfig(max_length=16, batch_size=8, max_steps=1, num_buckets=1)
     with pytest.raises(ValueError, match=re.escape(str(best_dir / finetune.METRICS_FILE)) + " " + match):
         finetune.finetune("minilm", train, train, config, str(run), resolve_strategy("cpu"))
     assert os.listdir(run) == [finetune.BEST_DIR]
@@ -223,16 +224,20 @@ def test_a_damaged_best_metrics_json_is_refused_before_training(tmp_path, monkey
 
 @pytest.mark.parametrize("history", [{}, [1], [{"epoch": 1, "step": "1", "eval_accuracy": 0.5, "eval_f1": 0.5}],
                                      [{"epoch": 1, "step": 1, "eval_f1": 0.5}]])
-def test_a_damaged_history_json_is_named_on_resume(tmp_path, history):
+def test_a_damaged_history_json_is_named_not_overwritten(tmp_path, history):
     """A resume reads the evaluations already made; a list of other things failed in a subscript (TypeError), a
-    record without its accuracy later, in the run's report (KeyError)."""
+    record without its accuracy later, in the run's report (KeyError). A new run read none and overwrote it."""
     path = tmp_path / finetune.HISTORY_FILE
     path.write_text(json.dumps(history))
     with pytest.raises(ValueError, match=re.escape(f"{path} is damaged: it is not a list of evaluation records")):
-        finetune._read_history(str(tmp_path), step=1)
+        finetune._read_history(str(tmp_path))
+    with pytest.raises(ValueError, match=re.escape(f"{path} is damaged")):  # before the model loads
+        finetune.finetune("no-such-model", None, None, FinetuneConfig(), str(tmp_path),
+                          resolve_strategy("cpu"))
+    assert json.loads(path.read_text()) == history
     record = {"epoch": 1, "step": 1, "eval_accuracy": 0.5, "eval_f1": 0.25}
     path.write_text(json.dumps([record, {**record, "epoch": 2, "step": 2}]))
-    assert finetune._read_history(str(tmp_path), step=1) == [record]
+    assert finetune._read_history(str(tmp_path)) == [record, {**record, "epoch": 2, "step": 2}]
 
 
 @pytest.mark.parametrize("max_length", ["abc", "16", 1, 16.0, True, [16]])
@@ -255,7 +260,7 @@ def short_run(tmp_path, **config):
     into `tmp_path/name`, with `config` (epochs, buckets) on top of the shared settings."""
     model = tiny_checkpoint(tmp_path / "model")
     train = short_sst2(tmp_path / "train.tsv", "train.tsv", 16)
-    settings = finetune.FinetuneConfig(max_length=16, batch_size=8, learning_rate=1e-3, **config)
+    settings = FinetuneConfig(max_length=16, batch_size=8, learning_rate=1e-3, **config)
 
     def run(name):
         return finetune.finetune(model, train, train, settings, str(tmp_path / name), resolve_strategy("cpu"))
@@ -317,7 +322,7 @@ def test_a_checkpoint_without_the_epochs_totals_is_refused_in_one_sentence(tmp_p
 
     model = tiny_checkpoint(tmp_path / "model")
     train = short_sst2(tmp_path / "train.tsv", "train.tsv", 16)
-    config = finetune.FinetuneConfig(max_length=16, batch_size=8, epochs=1, num_buckets=1)
+    config = FinetuneConfig(max_length=16, batch_size=8, epochs=1, num_buckets=1)
 
     def run():
         return finetune.finetune(model, train, train, config, str(tmp_path / "run"), resolve_strategy("cpu"))
@@ -341,7 +346,7 @@ def test_a_rerun_on_other_data_or_classes_is_refused_before_training(tmp_path, m
 
     model = tiny_checkpoint(tmp_path / "model")
     train = dataclasses.replace(short_sst2(tmp_path / "train.tsv", "train.tsv", 16), label_names=["neg", "pos"])
-    config = finetune.FinetuneConfig(max_length=16, batch_size=8, epochs=1, num_buckets=1)
+    config = FinetuneConfig(max_length=16, batch_size=8, epochs=1, num_buckets=1)
 
     class Trained(Exception):
         pass
@@ -394,7 +399,7 @@ def test_weights_gone_nan_in_the_last_update_are_never_saved_as_best(tmp_path, m
         return loss
 
     monkeypatch.setattr(finetune.ClassifierTrainer, "train", train_then_poison)
-    config = finetune.FinetuneConfig(max_length=16, batch_size=8, max_steps=2, num_buckets=2)
+    config = FinetuneConfig(max_length=16, batch_size=8, max_steps=2, num_buckets=2)
     with pytest.raises(finetune.TrainingDiverged, match="eval loss became nan after step 2; stopped without saving"):
         finetune.finetune(model, train, train, config, str(tmp_path / "run"), resolve_strategy("cpu"))
     assert not (tmp_path / "run" / finetune.BEST_DIR).exists()
@@ -405,9 +410,9 @@ def test_label_outside_num_labels_is_rejected(tmp_path):
     (tmp_path / "t.tsv").write_text("sentence\tlabel\ngood\t1\nbad\t0\nodd\t2\n")
     train = data.read_table(str(tmp_path / "t.tsv"))
     dev = data.read_table(str(SST2 / "dev.tsv"), max_examples=4)
-    for backend in finetune.BACKENDS:
+    for backend in BACKENDS:
         with pytest.raises(ValueError, match="t.tsv: example 2 has label 2, outside the 2 classes"):
-            finetune.finetune("minilm", train, dev, finetune.FinetuneConfig(backend=backend),
+            finetune.finetune("minilm", train, dev, FinetuneConfig(backend=backend),
                               str(tmp_path / "out"), resolve_strategy("cpu"), num_labels=2)
 
 
@@ -416,7 +421,7 @@ def test_a_foreign_output_dir_is_refused_untouched(tmp_path):
     (tmp_path / "precious.txt").write_text("mine")
     train = data.read_table(str(SST2 / "dev.tsv"), max_examples=4)
     with pytest.raises(ValueError, match="not one of ours and was left untouched"):
-        finetune.finetune("minilm", train, train, finetune.FinetuneConfig(max_steps=1), str(tmp_path),
+        finetune.finetune("minilm", train, train, FinetuneConfig(max_steps=1), str(tmp_path),
                           resolve_strategy("cpu"))
     assert sorted(os.listdir(tmp_path)) == ["checkpoints", "precious.txt"]
 
@@ -424,7 +429,7 @@ def test_a_foreign_output_dir_is_refused_untouched(tmp_path):
 def test_max_length_over_the_model_limit_is_rejected(tmp_path):
     dev = data.read_table(str(SST2 / "dev.tsv"), max_examples=4)
     with pytest.raises(ValueError, match="max_length 1024 exceeds .*512"):
-        finetune.finetune("minilm", dev, dev, finetune.FinetuneConfig(max_length=1024), str(tmp_path),
+        finetune.finetune("minilm", dev, dev, FinetuneConfig(max_length=1024), str(tmp_path),
                           resolve_strategy("cpu"))
 
 
@@ -438,7 +443,7 @@ def dev_batches(n):
 @pytest.mark.slow  # 37 s
 def test_same_seed_repeats_a_run(tmp_path):
     train = short_sst2(tmp_path / "train.tsv", "train.tsv", 16)
-    config = finetune.FinetuneConfig(max_length=16, batch_size=8, learning_rate=1e-4, max_steps=2, num_buckets=2)
+    config = FinetuneConfig(max_length=16, batch_size=8, learning_rate=1e-4, max_steps=2, num_buckets=2)
     runs = [finetune.finetune("minilm", train, train, config, str(tmp_path / f"run{i}"), resolve_strategy("cpu"))
             for i in range(2)]
     assert runs[0][-1]["train_loss"] == runs[1][-1]["train_loss"]
@@ -451,7 +456,7 @@ def test_head_trains_at_its_multiple_of_the_learning_rate():
     dataset = dev_batches(4)
     with strategy.scope():
         classifier = finetune.load_keras_classifier("minilm", 2, None, "float32", seed=0)
-    config = finetune.FinetuneConfig(learning_rate=1e-4, head_lr_multiplier=10, warmup_fraction=0, weight_decay=0)
+    config = FinetuneConfig(learning_rate=1e-4, head_lr_multiplier=10, warmup_fraction=0, weight_decay=0)
     trainer = finetune.make_trainer(classifier, config, total_steps=10, strategy=strategy)
     model = classifier.model
     head = {id(v) for v in model.head_variables()}
@@ -469,7 +474,7 @@ def test_nan_loss_stops_training():
     strategy = resolve_strategy("cpu")
     with strategy.scope():
         classifier = finetune.load_keras_classifier("minilm", 2, None, "float32", seed=0)
-    config = finetune.FinetuneConfig(learning_rate=1e-4)
+    config = FinetuneConfig(learning_rate=1e-4)
     trainer = finetune.make_trainer(classifier, config, total_steps=4, strategy=strategy)
     poisoned = dev_batches(4).map(lambda features, labels, weights: (features, labels, weights * np.nan))
     with pytest.raises(finetune.TrainingDiverged, match="loss became nan at step 1"):
@@ -495,7 +500,7 @@ def test_both_backends_train_alike_without_dropout(tmp_path):
     rng = np.random.default_rng(0)
     token_ids = [rng.integers(1, 40, size=rng.integers(3, 12)).astype("int32") for _ in range(24)]
     labels = rng.integers(0, 2, size=24)
-    tune = finetune.FinetuneConfig(max_length=12, batch_size=4, learning_rate=1e-3, head_lr_multiplier=10,
+    tune = FinetuneConfig(max_length=12, batch_size=4, learning_rate=1e-3, head_lr_multiplier=10,
                                    warmup_fraction=0.25, weight_decay=0.1)
     strategy = resolve_strategy("cpu")
     losses, final = {}, {}
@@ -518,7 +523,7 @@ def test_jit_compiled_trainer_matches_the_plain_one():
     dataset = dev_batches(6)
     with strategy.scope():
         classifier = finetune.load_keras_classifier("minilm", 2, None, "float32", seed=0)
-    config = finetune.FinetuneConfig(max_steps=4, warmup_fraction=0)
+    config = FinetuneConfig(max_steps=4, warmup_fraction=0)
     plain = finetune.make_trainer(classifier, config, 4, strategy)
     compiled = finetune.make_trainer(classifier, dataclasses.replace(config, jit_compile=True), 4, strategy)
     np.testing.assert_allclose(compiled.predict(dataset)[0], plain.predict(dataset)[0], atol=1e-4)
@@ -533,7 +538,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras
 from tf_lm.bert import data, finetune
-from tf_lm.bert.config import BertConfig
+from tf_lm.bert.config import BertConfig, FinetuneConfig
 from tf_lm.bert.model import BertClassifier
 from tf_lm.distribute import resolve_strategy
 from tf_lm.fileio import EXPORT_MARKER
@@ -544,7 +549,7 @@ config = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_atte
 rng = np.random.default_rng(0)
 token_ids = [rng.integers(1, 40, size=rng.integers(3, 12)).astype("int32") for _ in range(20)]
 dataset = data.make_dataset(token_ids, rng.integers(0, 2, size=20), batch_size=8, bucket_widths=(6, 12)).repeat()
-tune = finetune.FinetuneConfig(max_length=12, batch_size=8, learning_rate=1e-3, head_lr_multiplier=5)
+tune = FinetuneConfig(max_length=12, batch_size=8, learning_rate=1e-3, head_lr_multiplier=5)
 for packed in (False, True):  # each replica packs its own share of the batch
     final = []
     for name in ("cpu", "mirrored"):
@@ -575,11 +580,12 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from tf_lm.bert import data, finetune
+from tf_lm.bert.config import FinetuneConfig
 from tf_lm.distribute import resolve_strategy
 from tf_lm.fileio import EXPORT_MARKER
 strategy = resolve_strategy("mirrored")
 dev = data.read_table(sys.argv[1], max_examples=10)
-config = finetune.FinetuneConfig(max_length=16, batch_size=4, epochs=1, num_buckets=2, backend=sys.argv[3])
+config = FinetuneConfig(max_length=16, batch_size=4, epochs=1, num_buckets=2, backend=sys.argv[3])
 history = finetune.finetune("minilm", dev, dev, config, sys.argv[2], strategy)
 assert history[-1]["train_examples"] == 10 and 0 <= history[-1]["eval_accuracy"] <= 1, history
 print("ok")
@@ -587,7 +593,7 @@ print("ok")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", finetune.BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_finetune_under_a_two_replica_mirrored_strategy(tmp_path, backend):
     result = run_python(CLI_MIRRORED_SCRIPT, str(SST2 / "dev.tsv"), str(tmp_path), backend)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
@@ -599,12 +605,12 @@ def run_python(code, *args):
 
 
 @pytest.mark.slow  # three fine-tunes, ~1 minute a backend
-@pytest.mark.parametrize("backend", finetune.BACKENDS)  # hf: a tf_keras model and legacy optimizers' slots
+@pytest.mark.parametrize("backend", BACKENDS)  # hf: a tf_keras model and legacy optimizers' slots
 def test_ctrl_c_checkpoints_and_the_rerun_resumes_to_the_same_result(tmp_path, monkeypatch, backend):
     import signal
 
     train = short_sst2(tmp_path / "train.tsv", "train.tsv", 24)
-    config = finetune.FinetuneConfig(max_length=16, batch_size=8, learning_rate=1e-4, max_steps=5, num_buckets=2,
+    config = FinetuneConfig(max_length=16, batch_size=8, learning_rate=1e-4, max_steps=5, num_buckets=2,
                                      backend=backend)
 
     def run(name):
@@ -661,14 +667,14 @@ def test_prediction_refuses_a_checkpoint_without_its_classifier(tmp_path):
     assert BertClassifier.from_pretrained(model_dir).config.num_labels == 2
 
 
-@pytest.mark.parametrize("backend", finetune.BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_damaged_safetensors_or_tokenizer_json_is_named_in_one_sentence(tmp_path, backend):
     """`safetensors` and `tokenizers` raise their own types (not ValueError or OSError) for a damaged file, which the
     scripts would print as a traceback: each becomes a ValueError naming the file."""
     from experiments import predict_bert
 
     model_dir = tiny_checkpoint(tmp_path / "model")
-    config = finetune.FinetuneConfig(backend=backend)
+    config = FinetuneConfig(backend=backend)
     for name in (weights.SAFETENSORS_FILE, "tokenizer.json"):
         path = tmp_path / "model" / name
         intact = path.read_bytes()

@@ -384,6 +384,8 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
     # both are checked now, not after an epoch of training.
     check_replaceable(os.path.join(output_dir, BEST_DIR), EXPORT_MARKER, weights.EXPORT_KIND)
     best_accuracy = best_on_disk(output_dir).get("eval_accuracy", -1.0)
+    # Read whatever the step: a history.json of another shape is not an earlier run's, and is not overwritten.
+    earlier_history = _read_history(output_dir)
     num_labels = _resolve_num_labels(num_labels, train_data)
     for split in (train_data, eval_data):
         data_lib.check_labels(split, num_labels)
@@ -424,7 +426,7 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
         "eval_examples": len(eval_data), "eval_digest": eval_data.digest(), **dataclasses.asdict(config),
     }
     step = _resume(checkpoints, identity)
-    history = _read_history(output_dir, step)
+    history = [record for record in earlier_history if record["step"] <= step]  # the evaluations it already made
     epoch = step // steps_per_epoch
     with StopOnSignal() as stop:
         while step < total_steps:
@@ -515,15 +517,15 @@ def _resume(checkpoints: Checkpoints, identity: dict) -> int:
                          f"({str(error).splitlines()[0]}); move it aside to start the run over.") from None
 
 
-def _read_history(output_dir: str, step: int) -> list[dict]:
-    """The evaluations an interrupted run already made (up to `step`).
+def _read_history(output_dir: str) -> list[dict]:
+    """The evaluations recorded in `output_dir`'s history.json ([] if there is none).
 
     Raises:
         ValueError: if `history.json` is damaged: not a JSON array of records, each with the epoch, step, eval
             accuracy and F1 that a run's report reads.
     """
     path = os.path.join(output_dir, HISTORY_FILE)
-    if not step or not gfile(path).exists(path):
+    if not gfile(path).exists(path):
         return []
     history = read_json(path)
 
@@ -534,7 +536,7 @@ def _read_history(output_dir: str, step: int) -> list[dict]:
     if not isinstance(history, list) or not all(is_record(record) for record in history):
         raise ValueError(f"{path} is damaged: it is not a list of evaluation records (each with its epoch, step, "
                          "eval_accuracy and eval_f1); restore or remove it.")
-    return [record for record in history if record["step"] <= step]
+    return history
 
 
 def load_for_prediction(model_dir: str):
