@@ -19,6 +19,13 @@ import tf_lm  # noqa: E402, F401, I001
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# Two logical CPUs in every test process, as on a two-device machine, so a mirrored strategy (two replicas) runs
+# in the test itself. They must be set before TensorFlow initialises its devices, which nothing above does; the one
+# device of the default and "cpu" strategies is unchanged.
+tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
+                                           [tf.config.LogicalDeviceConfiguration()] * 2)
 
 from tf_lm.configs import LMConfig  # noqa: E402
 
@@ -27,6 +34,16 @@ REPO = Path(__file__).resolve().parents[1]
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 30
 # The model of `tf_lm_dir` and `hf_dir`: two blocks 16 wide, 16 positions.
 CONFIG = LMConfig(vocab_size=30, block_size=16, n_layer=2, n_head=2, n_embd=16)
+
+
+@pytest.fixture(scope="session")
+def mirrored():
+    """The process's one mirrored strategy over its two logical CPUs. One, as in a training process: each
+    strategy numbers its collective ops from the same start, so a second one's all-reduces would meet the first's
+    in TensorFlow's collective executor (a shape mismatch)."""
+    from tf_lm.distribute import resolve_strategy
+
+    return resolve_strategy("mirrored")
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,3 @@
-import subprocess
-import sys
-import textwrap
-
 import keras
 import numpy as np
 import pytest
@@ -72,24 +68,12 @@ def test_no_random_state_at_rate_zero():
     assert Dropout(0.0).variables == [] and len(Dropout(0.1).variables) == 1  # as keras.layers.Dropout
 
 
-def test_replicas_draw_masks_of_their_own():
-    # Two logical CPUs must be configured before TensorFlow initialises them, hence a fresh interpreter.
-    script = textwrap.dedent(
-        """
-        import numpy as np, tensorflow as tf
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from tf_lm.distribute import resolve_strategy
-        from tf_lm.layers import Dropout
-        strategy = resolve_strategy("mirrored")
-        with strategy.scope():
-            layer = Dropout(0.5, seed=3)
-        # As the trainer runs a replica's step: an XLA program called from a Python replica function.
-        compiled = tf.function(lambda: layer(tf.ones((64,)), training=True), jit_compile=True)
-        masks = strategy.experimental_local_results(tf.function(lambda: strategy.run(lambda: compiled()))())
-        print(int(np.sum(masks[0].numpy() != masks[1].numpy())))
-        """
-    )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert int(out.stdout.split()[-1]) > 10  # independent masks differ in about half of the 64 elements
+def test_replicas_draw_masks_of_their_own(mirrored):
+    strategy = mirrored
+    with strategy.scope():
+        layer = Dropout(0.5, seed=3)
+    # As the trainer runs a replica's step: an XLA program called from a Python replica function.
+    compiled = tf.function(lambda: layer(tf.ones((64,)), training=True), jit_compile=True)
+    masks = strategy.experimental_local_results(tf.function(lambda: strategy.run(lambda: compiled()))())
+    # Independent masks differ in about half of the 64 elements.
+    assert int(np.sum(masks[0].numpy() != masks[1].numpy())) > 10

@@ -1,14 +1,11 @@
 """`Trainer`: the custom step learns, matches across replica counts, resumes exactly and stops on NaN."""
 
 import dataclasses
-import json
 import os
 import re
 import signal
-import subprocess
-import sys
-import textwrap
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -295,24 +292,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         trainer.fit(train, validation)
 
 
-def test_batch_not_divisible_by_replicas_is_rejected(tmp_path):
-    script = textwrap.dedent(
-        f"""
-        import tensorflow as tf
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from tf_lm.configs import LMConfig
-        from tf_lm.distribute import resolve_strategy
-        from tf_lm.training import TrainConfig, Trainer
-        try:
-            Trainer.from_config(LMConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8),
-                                TrainConfig(batch_size=3), resolve_strategy("mirrored"), {str(tmp_path)!r})
-        except ValueError as error:
-            print(error)
-        """
-    )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert "batch_size=3 is not divisible by the 2 replicas" in out.stdout
+def test_batch_not_divisible_by_replicas_is_rejected(tmp_path, mirrored):
+    with pytest.raises(ValueError, match="batch_size=3 is not divisible by the 2 replicas"):
+        Trainer.from_config(LMConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8),
+                            TrainConfig(batch_size=3), mirrored, str(tmp_path))
 
 
 # LoRA's layers back-propagate through a gradient of their own (`tf_lm.layers.dense`): it must hold per replica
@@ -321,42 +304,23 @@ LORA = {"lora_rank": 2, "lora_embeddings": True, "init_from": "seeded random wei
 
 
 @pytest.mark.parametrize("lora", [{}, pytest.param(LORA, marks=pytest.mark.slow)], ids=["full", "lora"])  # lora: 24 s
-def test_mirrored_over_two_cpus_matches_one_device(tmp_path, lora):
-    # Logical devices must be configured before TensorFlow initialises them, hence a fresh interpreter.
-    script = textwrap.dedent(
-        f"""
-        import json, sys
-        import numpy as np, tensorflow as tf
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
-        from test_trainer import MODEL, config, synthetic
-        from tf_lm.distribute import resolve_strategy
-        from tf_lm.training import Trainer
-        weights, validation_losses, train_losses = {{}}, {{}}, {{}}
-        for name in ("cpu", "mirrored"):
-            train, validation = synthetic()
-            trainer = Trainer.from_config(MODEL, config(steps=1, warmup_steps=0, grad_clip=0.05, **{lora!r}),
-                                          resolve_strategy(name), {str(tmp_path)!r} + "/" + name, verbose=False)
-            result = trainer.fit(train, validation)
-            weights[name] = [np.asarray(w) for w in trainer.model.weights]
-            validation_losses[name] = result["validation"]["loss"]
-            train_losses[name] = result["train_loss"]
-            print(name, trainer.strategy.num_replicas_in_sync)
-        diff = max(float(np.max(np.abs(a - b))) for a, b in zip(weights["cpu"], weights["mirrored"]))
-        print(json.dumps({{"max_abs_diff": diff, "validation_losses": validation_losses,
-                          "train_losses": train_losses}}))
-        """
-    )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "mirrored 2" in out.stdout
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["max_abs_diff"] < 1e-5
+def test_mirrored_over_two_cpus_matches_one_device(tmp_path, mirrored, lora):
+    weights, validation_losses, train_losses = {}, {}, {}
+    for name, strategy in (("cpu", resolve_strategy("cpu")), ("mirrored", mirrored)):
+        train, validation = synthetic()
+        keras.utils.set_random_seed(0)
+        trainer = Trainer.from_config(MODEL, config(steps=1, warmup_steps=0, grad_clip=0.05, **lora),
+                                      strategy, str(tmp_path / name), verbose=False)
+        result = trainer.fit(train, validation)
+        assert trainer.strategy.num_replicas_in_sync == (1 if name == "cpu" else 2)
+        weights[name] = [np.asarray(w) for w in trainer.model.weights]
+        validation_losses[name] = result["validation"]["loss"]
+        train_losses[name] = result["train_loss"]
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(weights["cpu"], weights["mirrored"])) < 1e-5
     # config() evaluates 2 of the 3 global batches: the same windows however many replicas share them.
-    assert result["validation_losses"]["mirrored"] == pytest.approx(result["validation_losses"]["cpu"], abs=1e-5)
+    assert validation_losses["mirrored"] == pytest.approx(validation_losses["cpu"], abs=1e-5)
     # The logged train loss is the global batch's mean too (grad_clip hides a per-replica scale in the weights).
-    assert result["train_losses"]["mirrored"] == pytest.approx(result["train_losses"]["cpu"], abs=1e-5)
+    assert train_losses["mirrored"] == pytest.approx(train_losses["cpu"], abs=1e-5)
 
 
 def test_weights_digest_tells_weights_apart(tmp_path):
@@ -487,41 +451,28 @@ def test_the_compiled_step_can_be_inspected_without_running(tmp_path):
     assert int(trainer.optimizer.iterations.numpy()) == 0
 
 
-@pytest.mark.slow  # 30 s: a fresh interpreter, four compiles
-def test_a_trainer_built_in_the_mirrored_scope_distributes_and_a_constant_rate_is_logged(tmp_path):
-    # Logical devices must be configured before TensorFlow initialises them, hence a fresh interpreter.
-    script = textwrap.dedent(
-        f"""
-        import csv, json, sys
-        import keras, tensorflow as tf
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
-        from test_trainer import MODEL, config, synthetic
-        from tf_lm.distribute import resolve_strategy
-        from tf_lm.model import TransformerLM
-        from tf_lm.training import Trainer, make_optimizer, weights_digest
-        strategy, results = resolve_strategy("mirrored"), {{}}
-        for where in ("outside", "inside"):
-            keras.utils.set_random_seed(0)
-            model_dir = {str(tmp_path)!r} + "/" + where
-            with strategy.scope():
-                model = TransformerLM(MODEL)
-                optimizer = make_optimizer(model, 1e-2)  # a constant rate: a mirrored variable under the strategy
-                if where == "inside":
-                    trainer = Trainer(model, optimizer, config(steps=2), strategy, model_dir, verbose=False)
-            if where == "outside":
+@pytest.mark.slow  # four compiles
+def test_a_trainer_built_in_the_mirrored_scope_distributes_and_a_constant_rate_is_logged(tmp_path, mirrored):
+    import csv
+
+    from tf_lm.model import TransformerLM
+    from tf_lm.training import make_optimizer
+
+    strategy, results = mirrored, {}
+    for where in ("outside", "inside"):
+        keras.utils.set_random_seed(0)
+        model_dir = str(tmp_path / where)
+        with strategy.scope():
+            model = TransformerLM(MODEL)
+            optimizer = make_optimizer(model, 1e-2)  # a constant rate: a mirrored variable under the strategy
+            if where == "inside":
                 trainer = Trainer(model, optimizer, config(steps=2), strategy, model_dir, verbose=False)
-            trainer.fit(*synthetic())
-            with open(model_dir + "/metrics.csv") as f:
-                rates = [float(row["learning_rate"]) for row in csv.DictReader(f) if row["split"] == "train"]
-            results[where] = {{"fused": trainer.fused, "digest": weights_digest(model), "rates": rates}}
-        print(json.dumps(results))
-        """
-    )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    results = json.loads(out.stdout.strip().splitlines()[-1])
+        if where == "outside":
+            trainer = Trainer(model, optimizer, config(steps=2), strategy, model_dir, verbose=False)
+        trainer.fit(*synthetic())
+        with open(model_dir + "/metrics.csv") as f:
+            rates = [float(row["learning_rate"]) for row in csv.DictReader(f) if row["split"] == "train"]
+        results[where] = {"fused": trainer.fused, "digest": weights_digest(model), "rates": rates}
     assert results["inside"] == results["outside"]
     assert results["inside"]["fused"] is False and results["inside"]["rates"] == pytest.approx([1e-2, 1e-2])
 
