@@ -147,26 +147,37 @@ def report(history: list[dict], output_dir: str) -> str:
             f"{where}")
 
 
+def run(flag_values: flags.FlagValues = FLAGS) -> str:
+    """Fine-tunes as the flags say; returns the line the run ends with (`report`).
+
+    Raises:
+        ValueError, FileNotFoundError: for bad flags or data (before TensorFlow loads), or a bad model or output
+            directory. A SIGTERM or SIGINT ends it after a checkpoint, as `reported_stops` says.
+    """
+    values = flag_values
+    config = config_from_flags(values)
+    train_data, eval_data = load_data(
+        values.dataset, values.train_file, values.eval_file, values.text_key, values.label_key,
+        values.max_train_examples, values.train_split, values.eval_split, values.tfds_data_dir,
+    )
+    if values.label_names:
+        train_data = dataclasses.replace(train_data, label_names=values.label_names)
+    # Imported only now: TensorFlow (and, for --backend=hf, transformers) need not load for bad flags or data.
+    from tf_lm.bert.finetune import finetune
+    from tf_lm.distribute import resolve_strategy
+    from tf_lm.training.trainer import TrainingInterrupted
+
+    strategy = resolve_strategy(values.strategy, values.tpu)
+    with reported_stops(TrainingInterrupted):
+        history = finetune(values.model, train_data, eval_data, config, values.output_dir, strategy,
+                           values.num_labels, verbose=True)
+    return report(history, values.output_dir)
+
+
 def main(argv):
     del argv
     with one_line_errors():
-        config = config_from_flags()
-        train_data, eval_data = load_data(
-            FLAGS.dataset, FLAGS.train_file, FLAGS.eval_file, FLAGS.text_key, FLAGS.label_key,
-            FLAGS.max_train_examples, FLAGS.train_split, FLAGS.eval_split, FLAGS.tfds_data_dir,
-        )
-        if FLAGS.label_names:
-            train_data = dataclasses.replace(train_data, label_names=FLAGS.label_names)
-        # Imported only now: TensorFlow (and, for --backend=hf, transformers) need not load for bad flags or data.
-        from tf_lm.bert.finetune import finetune
-        from tf_lm.distribute import resolve_strategy
-        from tf_lm.training.trainer import TrainingInterrupted
-
-        strategy = resolve_strategy(FLAGS.strategy, FLAGS.tpu)
-        with reported_stops(TrainingInterrupted):
-            history = finetune(FLAGS.model, train_data, eval_data, config, FLAGS.output_dir, strategy,
-                               FLAGS.num_labels, verbose=True)
-        print(report(history, FLAGS.output_dir))
+        print(run(FLAGS))
 
 
 if __name__ == "__main__":

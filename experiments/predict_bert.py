@@ -20,13 +20,14 @@ FLAGS = flags.FLAGS
 DEFAULT_MAX_LENGTH = 128
 
 
-def define_predict_flags() -> None:
-    with flag_group("prediction"):
-        flags.DEFINE_string("model_dir", None, "A fine-tuned model directory (<output_dir>/best of finetune_bert).")
+def define_predict_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    with flag_group("prediction", flag_values):
+        flags.DEFINE_string("model_dir", None, "A fine-tuned model directory (<output_dir>/best of finetune_bert).",
+                            flag_values=flag_values)
         flags.DEFINE_integer(
             "max_length", None, "Longer sentences are cut to this many tokens. Default: the max_length the model "
             "was fine-tuned at (recorded in <model_dir>/finetune_config.json), else 128, or the model's positions "
-            "if it has fewer.")
+            "if it has fewer.", flag_values=flag_values)
 
 
 def run(model_dir: str, sentences: list[str], max_length: int | None = None, out=sys.stdout) -> None:

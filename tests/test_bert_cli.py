@@ -18,6 +18,37 @@ def assert_one_line_error(result, match):
     assert last.startswith("error:") and match in last, last
 
 
+def finetune_error(*argv) -> str:
+    """The line finetune_bert ends with for bad input `argv`: its `run` on a FlagValues of its own flags, in this
+    process (TensorFlow has loaded here already), with the error in flag terms as `one_line_errors` prints it.
+    The scripts' own one-line exits are tested by the cases that fail before TensorFlow loads."""
+    from absl import flags
+
+    from experiments.finetune_bert import define_finetune_flags, run
+    from experiments.flags import in_flag_terms
+
+    script_flags = flags.FlagValues()
+    define_finetune_flags(script_flags)
+    script_flags(["finetune_bert", *argv])
+    with pytest.raises((ValueError, OSError)) as error:
+        run(script_flags)
+    return f"error: {in_flag_terms(str(error.value), script_flags)}"
+
+
+def predict_error(model_dir) -> str:
+    """The line predict_bert ends with for `model_dir` (its `run`, in this process, the error in its flag terms)."""
+    from absl import flags
+
+    from experiments.flags import in_flag_terms
+    from experiments.predict_bert import define_predict_flags, run
+
+    script_flags = flags.FlagValues()
+    define_predict_flags(script_flags)
+    with pytest.raises((ValueError, OSError)) as error:
+        run(str(model_dir), ["a gorgeous film"], out=io.StringIO())
+    return f"error: {in_flag_terms(str(error.value), script_flags)}"
+
+
 def write_tsv(path, rows):
     path.write_text("sentence\tlabel\n" + "".join(f"{text}\t{label}\n" for text, label in rows))
     return str(path)
@@ -166,14 +197,9 @@ def test_predict_on_a_language_model_directory_says_so_in_one_line(tmp_path):
     tokenizer = CharTokenizer.from_text("hello world")
     save_model_dir(str(tmp_path), TransformerLM(LMConfig(vocab_size=tokenizer.vocab_size, block_size=8, n_layer=1,
                                                            n_head=2, n_embd=8)), tokenizer)
-    result = run_module("experiments.predict_bert", f"--model_dir={tmp_path}", "a sentence")
-    assert_one_line_error(result, "holds a TransformerLM (a language model of experiments.train_lm), not a fine-tuned")
-    assert ".bin" not in result.stderr
-
-
-def assert_only_error_line(result, line):
-    """The contract for bad input: exit 1 and nothing on stderr but the one `error:` line."""
-    assert result.returncode == 1 and result.stderr.splitlines() == [line], result.stderr[-3000:]
+    line = predict_error(tmp_path)
+    assert "holds a TransformerLM (a language model of experiments.train_lm), not a fine-tuned" in line
+    assert ".bin" not in line
 
 
 def save_tiny_classifier(directory, extra_json=None, **config) -> str:
@@ -214,10 +240,9 @@ def test_finetune_from_a_damaged_config_json_fails_in_one_line_naming_it(tmp_pat
     config = tmp_path / "model" / "config.json"
     config.write_text(text)
     train = write_tsv(tmp_path / "train.tsv", [("a gorgeous film", 1), ("a dull mess", 0)])
-    result = run_module("experiments.finetune_bert", f"--model={model}", f"--backend={backend}",
-                        f"--train_file={train}", f"--eval_file={train}", f"--output_dir={tmp_path / 'run'}",
-                        "--max_length=8", "--strategy=cpu")
-    assert_only_error_line(result, damaged_json_error(config))
+    assert finetune_error(f"--model={model}", f"--backend={backend}", f"--train_file={train}", f"--eval_file={train}",
+                          f"--output_dir={tmp_path / 'run'}", "--max_length=8",
+                          "--strategy=cpu") == damaged_json_error(config)
     assert not (tmp_path / "run").exists()
 
 
@@ -239,9 +264,8 @@ def test_predict_with_a_damaged_model_dir_file_fails_in_one_line_naming_it(tmp_p
         (tmp_path / "best" / "model.keras").unlink()
     path = tmp_path / "best" / name
     path.write_text(text)
-    result = run_module("experiments.predict_bert", f"--model_dir={best}", "a gorgeous film")
-    assert_only_error_line(result, damaged_json_error(path) if message is None else
-                           "error: " + message.format(path=path))
+    assert predict_error(best) == (damaged_json_error(path) if message is None else
+                                   "error: " + message.format(path=path))
 
 
 @pytest.mark.parametrize("rows, flags, message", [
@@ -256,9 +280,8 @@ def test_predict_with_a_damaged_model_dir_file_fails_in_one_line_naming_it(tmp_p
 ])
 def test_finetune_errors_name_the_flag_to_change(tmp_path, rows, flags, message):
     train = write_tsv(tmp_path / "train.tsv", rows)
-    result = run_module("experiments.finetune_bert", f"--train_file={train}", f"--eval_file={train}",
-                        f"--output_dir={tmp_path / 'run'}", "--strategy=cpu", *flags)
-    assert_only_error_line(result, f"error: {message}")
+    assert finetune_error(f"--train_file={train}", f"--eval_file={train}", f"--output_dir={tmp_path / 'run'}",
+                          "--strategy=cpu", *flags) == f"error: {message}"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -297,9 +320,9 @@ def test_finetune_refuses_a_damaged_best_metrics_json_before_training(tmp_path):
     best = save_tiny_classifier(tmp_path / "run" / "best", {"metrics.json": {"eval_accuracy": "abc"}})
     before = sorted(os.listdir(best))
     train = write_tsv(tmp_path / "train.tsv", [("a gorgeous film", 1), ("a dull mess", 0)])
-    result = run_module("experiments.finetune_bert", f"--model={model}", f"--train_file={train}",
-                        f"--eval_file={train}", f"--output_dir={tmp_path / 'run'}", "--max_length=8",
-                        "--batch_size=2", "--max_steps=1", "--strategy=cpu")
-    assert_only_error_line(result, f"error: {best}/metrics.json is damaged: it records eval_accuracy 'abc', not a "
-                                   "number; restore it, or remove it to let this run replace best/.")
+    assert finetune_error(f"--model={model}", f"--train_file={train}", f"--eval_file={train}",
+                          f"--output_dir={tmp_path / 'run'}", "--max_length=8", "--batch_size=2", "--max_steps=1",
+                          "--strategy=cpu") == (f"error: {best}/metrics.json is damaged: it records eval_accuracy "
+                                                "'abc', not a number; restore it, or remove it to let this run "
+                                                "replace best/.")
     assert os.listdir(tmp_path / "run") == ["best"] and sorted(os.listdir(best)) == before

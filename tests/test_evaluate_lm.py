@@ -46,7 +46,8 @@ def test_split_loss_is_the_mean_token_nll(model_dir):
     assert result["bits"] == pytest.approx(expected / math.log(2), rel=1e-6)
     other = prepare_store(f"text:{path.parent / 'corpus.txt'}", str(path.parent / "other"), tokenizer="bpe",
                           bpe_vocab_size=300)
-    with pytest.raises(ValueError, match="prepared with another tokenizer than the model's"):
+    with pytest.raises(ValueError, match=r"^Token store .* was prepared with another tokenizer than the model's; "
+                                         r"prepare it with .* --tokenizer_dir=<model_dir>/model/tokenizer.$"):
         evaluate_split(model, tokenizer, other, "validation")
     for bad in (0, -3):  # not "no limit"; evaluate_lm prints the argument as its flag (`in_flag_terms`)
         with pytest.raises(ValueError, match=f"^`max_batches` must be an integer >= 1 or None. Received: "
@@ -75,11 +76,6 @@ def test_script_reports_and_scores(model_dir):
     out = run_module(*args, "--split=train", timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "perplexity" in out.stdout and "bits/char" in out.stdout
-    prepare_store(f"text:{path.parent / 'corpus.txt'}", str(path.parent / "store"), tokenizer="bpe",
-                  bpe_vocab_size=300)
-    out = run_module("experiments.evaluate_lm", f"--model_dir={path}", f"--dataset=store:{path.parent / 'store'}")
-    line = failure_line(out)
-    assert line.startswith("error: Token store ") and "--tokenizer_dir=<model_dir>/model/tokenizer." in line
     out = run_module("experiments.evaluate_lm", f"--model_dir={path}", f"--dataset=store:{path.parent / 'store'}",
                      "--validation_fraction=0.5")
     assert failure_line(out) == (f"error: --dataset=store:{path.parent / 'store'} is prepared already (its splits "

@@ -1,5 +1,6 @@
 """experiments/train_lm.py as a user runs it: exact resume after SIGKILL, two workers, bad input."""
 
+import contextlib
 import json
 import re
 import shutil
@@ -357,7 +358,7 @@ def test_the_run_config_names_a_relative_dataset_from_any_directory(tmp_path, mo
 
 
 def test_a_run_whose_source_was_edited_is_not_resumed_on_the_new_text(tmp_path):
-    from experiments.train_lm import train
+    from experiments.train_lm import open_training_store, train
 
     source = tmp_path / "input.txt"
     source.write_text(TEXT)
@@ -370,9 +371,11 @@ def test_a_run_whose_source_was_edited_is_not_resumed_on_the_new_text(tmp_path):
         train(model_config, config, str(tmp_path / "run"), verbose=False)
     assert sorted((tmp_path / "run" / "data").iterdir()) == stores  # the edited text was not tokenised
     # A new run on the edited text gets a store of its own in a shared cache, not the stale one.
-    train(model_config, config, str(tmp_path / "other"), data_options={"cache_dir": str(tmp_path / "run" / "data")},
-          verbose=False)
+    with contextlib.ExitStack() as stack:
+        store = open_training_store(config, str(tmp_path / "other"), {"cache_dir": str(tmp_path / "run" / "data")},
+                                    True, stack, verbose=False)
     assert len(list((tmp_path / "run" / "data").iterdir())) == len(stores) + 1
+    assert "SPEAK" in store.tokenizer.decode(store.read("train", 0, store.num_tokens("train")))
 
 
 def test_a_store_re_prepared_with_another_split_or_from_an_edited_source_is_not_resumed(tmp_path):

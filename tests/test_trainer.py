@@ -221,6 +221,7 @@ def test_trains_a_model_and_optimizer_built_by_the_caller(tmp_path):
     assert len([name for name in saved if name.startswith("model_variables/")]) == len(model.variables)
 
 
+@pytest.mark.slow  # the default suite's SIGKILL test (test_train_lm.py) resumes a run with dropout bit for bit too
 def test_resume_continues_exactly_with_dropout(tmp_path):
     train, validation = synthetic()
     cfg, model = config(steps=4), dataclasses.replace(MODEL, dropout=0.2)
