@@ -13,6 +13,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # third less, and a 20-step run of `train_lm` ended with the same weights bit for bit at both levels (at -O0 they
 # differed). Scripts the tests run inherit it; set XLA_FLAGS (even empty) for XLA's own default.
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=1")
+# One intra-op thread per TensorFlow process: two pytest workers (and the scripts they start) share the machine's two
+# cores, and TensorFlow's default of a thread per core in each process made them contend. The whole suite took 479 s
+# (854 s of CPU) with it, 582 s (1,026 s of CPU) without, on this 2-core machine; tiny shapes gain nothing from a
+# second thread. Set TF_NUM_INTRAOP_THREADS for TensorFlow's default.
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
 # tf_lm before Keras, which imports TensorFlow: tf_lm makes that import quiet.
 import tf_lm  # noqa: E402, F401, I001
