@@ -56,9 +56,9 @@ def evaluate_split(model, tokenizer, store: TokenStore, split: str, batch_size: 
 
     Raises:
         ValueError: for an unknown split, a split shorter than one window, a store of another tokenizer, or
-            `max_batches` < 1; `DamagedStoreError` (a ValueError) for a shard of `split` that is not the one its
-            store prepared (scoring the whole split, its checksums are compared first: one more read of the split,
-            against a model's pass over it).
+            `max_batches` < 1; `DamagedStoreError` (a ValueError) for a damaged shard of `split`: one whose
+            checksum differs (compared first when the whole split is scored: one more read of it, against the
+            model's pass over it), or one holding an id outside the vocabulary.
     """
     import tensorflow as tf
 
