@@ -69,11 +69,10 @@ def test_no_random_state_at_rate_zero():
 
 
 def test_replicas_draw_masks_of_their_own(mirrored):
-    strategy = mirrored
-    with strategy.scope():
+    with mirrored.scope():
         layer = Dropout(0.5, seed=3)
     # As the trainer runs a replica's step: an XLA program called from a Python replica function.
     compiled = tf.function(lambda: layer(tf.ones((64,)), training=True), jit_compile=True)
-    masks = strategy.experimental_local_results(tf.function(lambda: strategy.run(lambda: compiled()))())
+    masks = mirrored.experimental_local_results(tf.function(lambda: mirrored.run(lambda: compiled()))())
     # Independent masks differ in about half of the 64 elements.
     assert int(np.sum(masks[0].numpy() != masks[1].numpy())) > 10

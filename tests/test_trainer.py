@@ -304,7 +304,7 @@ def test_batch_not_divisible_by_replicas_is_rejected(tmp_path, mirrored):
 LORA = {"lora_rank": 2, "lora_embeddings": True, "init_from": "seeded random weights"}
 
 
-@pytest.mark.parametrize("lora", [{}, pytest.param(LORA, marks=pytest.mark.slow)], ids=["full", "lora"])  # lora: 24 s
+@pytest.mark.parametrize("lora", [{}, pytest.param(LORA, marks=pytest.mark.slow)], ids=["full", "lora"])  # lora: 12 s
 def test_mirrored_over_two_cpus_matches_one_device(tmp_path, mirrored, lora):
     weights, validation_losses, train_losses = {}, {}, {}
     for name, strategy in (("cpu", resolve_strategy("cpu")), ("mirrored", mirrored)):
