@@ -56,9 +56,9 @@ def evaluate_split(model, tokenizer, store: TokenStore, split: str, batch_size: 
 
     Raises:
         ValueError: for an unknown split, a split shorter than one window, a store of another tokenizer, or
-            `max_batches` < 1; `DamagedStoreError` (a ValueError) for a damaged shard of `split`: one whose
-            checksum differs (compared first when the whole split is scored: one more read of it, against the
-            model's pass over it), or one holding an id outside the vocabulary.
+            `max_batches` < 1; `DamagedStoreError` (a ValueError) for a damaged shard of `split` among those
+            read: one whose checksum differs (the store compares it at its first read), or one holding an id
+            outside the vocabulary.
     """
     import tensorflow as tf
 
@@ -75,8 +75,6 @@ def evaluate_split(model, tokenizer, store: TokenStore, split: str, batch_size: 
             f"Token store {store.directory!r} was prepared with another tokenizer than the model's; prepare it with "
             f"experiments.prepare_data --tokenizer_dir=<model_dir>/{artifacts.SAVED_DIR}/{artifacts.TOKENIZER_DIR}."
         )
-    if max_batches is None:
-        store.verify(split)
     windows = contiguous_windows(store, split, model.config.block_size, batch_size)
     if max_batches is not None:
         windows = windows.take(max_batches)

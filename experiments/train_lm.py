@@ -428,9 +428,9 @@ def _train(model_config, train_config, model_dir, strategy, chief, store, verbos
             f"--model_dir={model_dir!r}; prepare it with --tokenizer_dir={tokenizer_dir}, or use a new --model_dir."
         )
     check_block_size(store, model_config.block_size)
-    # Every evaluation reads the validation split whole: one more read checks it, so no run is scored on a damaged
-    # one. The training split is read by random windows, each checked for ids outside the vocabulary only; a rerun
-    # of prepare_data verifies all of it.
+    # The store compares a shard's checksum at its first read, so neither split is ever used damaged; the validation
+    # split (read whole by every evaluation anyway) is compared now, so that damage there stops the run before it
+    # writes anything rather than at its first evaluation.
     store.verify("validation")
     train_config = dataclasses.replace(train_config, tokenizer="char" if tokenizer.is_char_level else "bpe")
     if pretrained is None:

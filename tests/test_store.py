@@ -162,11 +162,15 @@ def test_an_id_outside_the_vocabulary_is_refused_when_read_naming_its_shard(corp
     shard.write_bytes(bytes(damaged))
     store = TokenStore(str(directory))  # sizes agree: only a read can tell
     second = store.manifest["splits"]["train"]["shards"][0]["tokens"]  # where train-00001.bin starts
-    store.read("train", 0, second + 5)  # the ids before the damaged one
+    store.read("train", 0, second)  # train-00000.bin is whole
+    # A window holding the id names it, before the shard's checksum is compared (a store written before checksums
+    # has only this check).
     with pytest.raises(DamagedStoreError, match=rf"^Token store '.*store' is damaged: train-00001.bin holds id "
                                                 rf"{store.vocab_size} \(at position 5\), outside its tokenizer's "
                                                 rf"{store.vocab_size} ids; prepare the store again"):
         store.read("train", second - 3, 10)
+    with pytest.raises(DamagedStoreError, match="train-00001.bin does not hold the ids its manifest records"):
+        store.read("train", second, 5)  # the ids before it: valid, but from a shard that is not what was written
 
 
 def test_verify_finds_a_shard_overwritten_at_its_own_size_which_sizes_and_ids_cannot(corpus, tmp_path, monkeypatch):
@@ -178,7 +182,6 @@ def test_verify_finds_a_shard_overwritten_at_its_own_size_which_sizes_and_ids_ca
     shard = directory / "train-00001.bin"
     shard.write_bytes(bytes(shard.stat().st_size))  # id 0 is a valid id: reads take it for text
     store = TokenStore(str(directory))
-    store.read("train", 0, store.num_tokens("train"))
     assert store.verify("validation") == shards["validation"]
     with pytest.raises(DamagedStoreError, match=r"^Token store '.*store' is damaged: train-00001.bin does not hold "
                                                 r"the ids its manifest records \(its CRC-32 is [0-9a-f]{8}, not "
@@ -186,6 +189,28 @@ def test_verify_finds_a_shard_overwritten_at_its_own_size_which_sizes_and_ids_ca
         store.verify()
     with pytest.raises(ValueError, match="Unknown split 'test'"):
         store.verify("test")
+
+
+def test_the_first_read_from_a_shard_compares_its_checksum_once(corpus, tmp_path, monkeypatch):
+    directory = tmp_path / "store"
+    prepare_store(corpus, str(directory), shard_tokens=32)
+    compared = []
+    check = store_module._check_checksum
+    monkeypatch.setattr(store_module, "_check_checksum", lambda *args: (compared.append(args[1]), check(*args)))
+    store = TokenStore(str(directory))
+    first = store.manifest["splits"]["train"]["shards"][0]["tokens"]
+    for start in range(0, first - 8, 8):
+        store.read("train", start, 8)
+    assert compared == ["train-00000.bin"]
+    store.read("train", first - 4, 8)  # across the boundary
+    assert compared == ["train-00000.bin", "train-00001.bin"]
+    shard = directory / "train-00002.bin"
+    shard.write_bytes(bytes(shard.stat().st_size))  # id 0 is a valid id: only a checksum tells
+    third = int(np.cumsum([shard["tokens"] for shard in store.manifest["splits"]["train"]["shards"]])[1])
+    for _ in range(2):  # refused at every read, with one comparison
+        with pytest.raises(DamagedStoreError, match="train-00002.bin does not hold the ids its manifest records"):
+            store.read("train", third, 4)
+    assert compared.count("train-00002.bin") == 1
 
 
 def test_a_store_written_before_checksums_reads_and_has_nothing_to_verify(corpus, tmp_path):

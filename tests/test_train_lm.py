@@ -419,11 +419,17 @@ def test_a_store_holding_an_id_outside_the_vocabulary_stops_training_with_its_er
         train(LMConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), config, str(tmp_path / "run"), verbose=False)
     # A validation shard of valid ids that are not the store's: refused before training, not scored.
     shard.write_bytes(bytes(shard.stat().st_size))
-    shard = store / "validation-00000.bin"
-    shard.write_bytes(bytes(shard.stat().st_size))
+    validation = store / "validation-00000.bin"
+    written = validation.read_bytes()
+    validation.write_bytes(bytes(len(written)))
     with pytest.raises(DamagedStoreError, match="validation-00000.bin does not hold the ids its manifest records"):
         train(LMConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), config, str(tmp_path / "run2"), verbose=False)
     assert not (tmp_path / "run2").exists()
+    # A training shard of valid ids that are not the store's: its first window read stops the run, not trained on.
+    validation.write_bytes(written)
+    with pytest.raises(DamagedStoreError, match="train-00000.bin does not hold the ids its manifest records"):
+        train(LMConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), config, str(tmp_path / "run3"), verbose=False)
+    assert not list((tmp_path / "run3").glob("**/*.index"))  # no checkpoint
 
 
 def test_a_source_that_fails_to_prepare_leaves_no_model_dir(tmp_path):

@@ -24,9 +24,11 @@ depends only on where it starts, the finished store is byte-identical to one pre
 
 `TokenStore` opens a finished store and reads windows of ids by position, without holding the ids: `os.pread` on
 local files (unlike a memory map, the pages read never count towards the process's memory), `tf.io.gfile` reads
-elsewhere. Opening checks each shard's size; a read checks that its ids are in the vocabulary; `TokenStore.verify`
-reads shards whole and compares their checksums, which catches the damage sizes and ids cannot (a shard
-overwritten with zeros). Evaluation verifies the split it scores, and a rerun of prepare_data the whole store.
+elsewhere. Opening checks each shard's size; a read checks that its ids are in the vocabulary, and the first read
+from a shard reads it whole and compares its checksum with the manifest's, which catches the damage sizes and ids
+cannot (a shard overwritten with zeros): no id of a shard is returned before its checksum has been checked, at the
+cost of one extra read of each shard a `TokenStore` touches. `TokenStore.verify` checks whole splits up front:
+evaluation verifies the split it scores, training its validation split, and a rerun of prepare_data the whole store.
 """
 
 from __future__ import annotations
@@ -447,6 +449,10 @@ class TokenStore:
         self._local = is_local(directory)
         self._remote_handles: collections.OrderedDict[str, object] = collections.OrderedDict()  # least recent first
         self._lock = threading.Lock()
+        # Shards whose checksum this object has compared (path -> None when it matched, else its DamagedStoreError),
+        # and one lock per shard being compared: parallel reads of one shard wait for one comparison.
+        self._checked: dict[str, DamagedStoreError | None] = {}
+        self._checking: dict[str, threading.Lock] = {}
         self._tokenizer = None
 
     @property
@@ -487,9 +493,31 @@ class TokenStore:
         for name in SPLITS if split is None else [self._split(split)]:
             for path, _, crc32 in self._shards[name]:
                 if crc32 is not None:
-                    _check_checksum(self.directory, os.path.basename(path), crc32, "its manifest records")
+                    self._compare_checksum(path, crc32)
                     verified += 1
         return verified
+
+    def _compare_checksum(self, path: str, crc32: int) -> None:
+        """Reads the shard at `path` whole and records (and raises) whether its checksum is `crc32`."""
+        try:
+            _check_checksum(self.directory, os.path.basename(path), crc32, "its manifest records")
+        except DamagedStoreError as error:
+            self._checked[path] = error
+            raise
+        self._checked[path] = None
+
+    def _check_once(self, path: str, crc32: int | None) -> None:
+        """Compares the shard's checksum unless this object already has; raises its DamagedStoreError if it
+        differs (again at every read)."""
+        if crc32 is None or (path in self._checked and self._checked[path] is None):
+            return
+        with self._lock:
+            lock = self._checking.setdefault(path, threading.Lock())
+        with lock:
+            if path not in self._checked:
+                self._compare_checksum(path, crc32)
+        if (error := self._checked[path]) is not None:
+            raise DamagedStoreError(str(error))
 
     def _split(self, split: str) -> str:
         if split not in SPLITS:
@@ -517,9 +545,12 @@ class TokenStore:
     def read(self, split: str, start: int, length: int) -> np.ndarray:
         """The ids `[start, start + length)` of `split` (across shard boundaries) as int32 `[length]`.
 
+        The first read from a shard also reads it whole to compare its checksum (once per `TokenStore`).
+
         Raises:
             ValueError: if the range is outside the split.
-            DamagedStoreError: if a shard holds an id outside the tokenizer's vocabulary.
+            DamagedStoreError: if a shard read holds an id outside the tokenizer's vocabulary, or does not have the
+                checksum its manifest records.
         """
         bounds = self._bounds[self._split(split)]
         if start < 0 or length < 0 or start + length > bounds[-1]:
@@ -530,7 +561,7 @@ class TokenStore:
         pieces, position, end = [], start, start + length
         shard = int(np.searchsorted(bounds, start, side="right")) - 1
         while position < end:
-            path, _, _ = self._shards[split][shard]
+            path, _, crc32 = self._shards[split][shard]
             count = min(end, int(bounds[shard + 1])) - position
             ids = np.frombuffer(self._read_shard(path, position - int(bounds[shard]), count), self.dtype)
             if count and ids.max() >= self.vocab_size:  # a max per read: microseconds, against a model step's ms
@@ -540,6 +571,7 @@ class TokenStore:
                     f"{int(ids.max())} (at position {offset:,}), outside its tokenizer's {self.vocab_size:,} ids; "
                     "prepare the store again into a new directory."
                 )
+            self._check_once(path, crc32)  # after the ids: a damaged window names its id, more than a checksum can
             pieces.append(ids)
             position += count
             shard += 1
