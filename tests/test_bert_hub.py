@@ -280,6 +280,7 @@ def test_a_tokenizer_file_that_is_not_a_json_object_is_named(tmp_path, name):
     ("added_tokens_decoder", None, "its added_tokens_decoder is None, not an object of tokens by id"),
     # Loaded as is, then compared with the model's positions by `finetune` (a TypeError).
     ("model_max_length", "abc", "its model_max_length is 'abc', not a positive integer"),
+    ("tokenizer_class", 5, "its tokenizer_class is 5, not a class name or null"),
 ])
 def test_a_tokenizer_config_value_of_another_type_is_named_with_its_key(tmp_path, key, value, message):
     import json

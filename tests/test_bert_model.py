@@ -181,6 +181,12 @@ def test_truncation_without_max_length_cuts_at_model_max_length(tmp_path):
     shutil.copy(os.path.join(minilm, "vocab.txt"), tmp_path)
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 16}))
     assert len(WordPieceTokenizer(str(tmp_path))(long_text, truncation=True)["input_ids"][0]) == 16
+    # A config that sets no limit: none of the tokenizer's own (the model's positions are the limit), as transformers.
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    ours = WordPieceTokenizer(str(tmp_path))
+    theirs = transformers.BertTokenizerFast.from_pretrained(str(tmp_path))
+    assert ours(long_text)["input_ids"] == theirs(long_text, truncation=True)["input_ids"]
+    assert len(ours(long_text)["input_ids"][0]) == 602
 
 
 def test_minilm_logits_equal_tf_bert_for_sequence_classification(sst2_batch):
@@ -407,7 +413,8 @@ def test_a_tokenizer_file_that_is_not_a_json_object_is_named(tmp_path, name):
 
 
 # Each a TypeError, AttributeError or KeyError from `tokenizers` or in our code (printed by the scripts as a
-# traceback), or, for model_max_length "abc", int()'s ValueError naming neither file nor key.
+# traceback), or, for model_max_length "abc", int()'s ValueError naming neither file nor key; a string
+# model_input_names makes transformers' tokenizer return the ids alone, without a word.
 BAD_TOKENIZER_CONFIG_VALUES = [
     ("do_lower_case", "yes", "its do_lower_case is 'yes', not true or false"),
     ("strip_accents", "no", "its strip_accents is 'no', not true, false or null"),
@@ -420,6 +427,9 @@ BAD_TOKENIZER_CONFIG_VALUES = [
     ("added_tokens_decoder", {"8": "tok"}, "its added_tokens_decoder['8'] is 'tok', not an object with a string "
                                            "content and flags"),
     ("added_tokens_decoder", {"x": {"content": "tok"}}, "its added_tokens_decoder has the key 'x', not a token id"),
+    ("tokenizer_class", 5, "its tokenizer_class is 5, not a class name or null"),
+    ("model_input_names", "input_ids", "its model_input_names is 'input_ids', not a list of input names"),
+    ("model_input_names", ["input_ids", 1], "its model_input_names is ['input_ids', 1], not a list of input names"),
 ]
 
 

@@ -13,7 +13,8 @@ import tempfile
 
 from tf_lm.fileio import gfile, is_local, read_bytes, read_json_object, read_text
 
-DEFAULT_MAX_LENGTH = 512
+# transformers' "no limit" for a checkpoint whose config sets none is 1e30; `tokenizers` truncates to a usize.
+UNLIMITED_LENGTH = 10**6
 ADDED_TOKENS_FILE = "added_tokens.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 # transformers' BertTokenizerFast defaults for what `tokenizer_config.json` does not say.
@@ -59,6 +60,11 @@ _TOKENIZER_CONFIG_TYPES = {
     **{name: (_is_token, _TOKEN) for name in _SPECIAL_TOKENS},
     "additional_special_tokens": (lambda value: value is None or isinstance(value, list), "a list of tokens"),
     "added_tokens_decoder": (lambda value: isinstance(value, dict), "an object of tokens by id"),
+    # Read by transformers' AutoTokenizer only: a class name (an int there fails in getattr), and the names of the
+    # inputs a call returns (a string there returns the ids alone).
+    "tokenizer_class": (lambda value: value is None or isinstance(value, str), "a class name or null"),
+    "model_input_names": (lambda value: isinstance(value, list) and all(isinstance(name, str) for name in value),
+                          "a list of input names"),
 }
 
 
@@ -161,7 +167,8 @@ class WordPieceTokenizer:
     Attributes:
         directory: str. Where the files came from (an export copies them).
         pad_token_id: int. Id of `[PAD]`.
-        model_max_length: int. Longest input the checkpoint accepts (512 if the config does not say).
+        model_max_length: int. Longest input the checkpoint's tokenizer config allows; if it sets none,
+            `UNLIMITED_LENGTH` (as transformers, the model's positions are then the only limit).
 
     Raises:
         FileNotFoundError: if the directory holds neither file.
@@ -178,7 +185,7 @@ class WordPieceTokenizer:
 
         self.directory = directory
         config = read_tokenizer_config(directory)
-        self.model_max_length = min(config.get("model_max_length") or DEFAULT_MAX_LENGTH, 10**6)
+        self.model_max_length = min(config.get("model_max_length") or UNLIMITED_LENGTH, UNLIMITED_LENGTH)
         special_tokens = _special_tokens(config)
         # strip_accents None: strip them when lowercasing, as BERT's uncased models were trained.
         normalizer = {"lowercase": config.get("do_lower_case", True), "strip_accents": config.get("strip_accents"),
