@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import io
 import json
 import os
 import re
@@ -201,6 +200,8 @@ def _plot(runs: dict, path: Path) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
+    from tf_lm.training.metrics import write_png
+
     figure, axes = plt.subplots(figsize=(7, 4))
     for label, run in runs.items():
         steps = sorted(run["validation"])
@@ -210,11 +211,7 @@ def _plot(runs: dict, path: Path) -> None:
     axes.set_title("Tiny Shakespeare, nano char model")
     axes.grid(alpha=0.3)
     axes.legend()
-    figure.tight_layout()
-    image = io.BytesIO()
-    figure.savefig(image, format="png", dpi=100)
-    plt.close(figure)
-    atomic_write(str(path), image.getvalue())
+    write_png(figure, str(path))
 
 
 def output_paths(quick: bool) -> tuple[Path, Path, Path]:

@@ -158,8 +158,15 @@ class MetricsLog:
         axes.set_ylabel("loss (nats per token)")
         axes.grid(alpha=0.3)
         axes.legend()
-        figure.tight_layout()
-        image = io.BytesIO()
-        figure.savefig(image, format="png", dpi=100)
-        plt.close(figure)
-        atomic_write(os.path.join(self.model_dir, "loss.png"), image.getvalue())
+        write_png(figure, os.path.join(self.model_dir, "loss.png"))
+
+
+def write_png(figure, path: str) -> None:
+    """Writes a matplotlib `figure` as a PNG to `path` (any `tf.io.gfile` path, whole or not at all) and closes it."""
+    from matplotlib import pyplot as plt
+
+    figure.tight_layout()
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=100)
+    plt.close(figure)
+    atomic_write(path, image.getvalue())
