@@ -145,7 +145,7 @@ def run(model_dir: str, prompt: str, max_new_tokens: int, seed: int | None, num_
     from tf_lm.generation.speculative import SpeculationStats
 
     if num_samples < 1:
-        raise ValueError(f"--num_samples must be >= 1. Received: {num_samples}")
+        raise ValueError(f"--num_samples must be >= 1. Received: --num_samples={num_samples}")
     if seed is not None and seed + num_samples > SEED_LIMIT:  # sample k draws with seed + k
         raise ValueError(f"--seed + --num_samples must be <= 2**62. Received: --seed={seed}, "
                          f"--num_samples={num_samples}")

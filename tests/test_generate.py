@@ -381,7 +381,7 @@ def test_cli_rejects_prompts_it_cannot_continue(model_dir):
     out = io.StringIO()
     run(model_dir, "a" * 30, **{**settings, "context_policy": "slide"}, out=out)
     assert out.getvalue().startswith("a" * 30) and len(out.getvalue()) == 30 + 3 + 1
-    with pytest.raises(ValueError, match="num_samples"):
+    with pytest.raises(ValueError, match="^--num_samples must be >= 1. Received: --num_samples=0$"):
         run(model_dir, "a", **{**settings, "num_samples": 0})
     out = io.StringIO()
     with pytest.raises(ValueError, match=r"--seed \+ --num_samples must be <= 2\*\*62"):  # sample 2's seed
