@@ -28,7 +28,7 @@ elsewhere. Opening checks each shard's size; a read checks that its ids are in t
 from a shard reads it whole and compares its checksum with the manifest's, which catches the damage sizes and ids
 cannot (a shard overwritten with zeros): no id of a shard is returned before its checksum has been checked, at the
 cost of one extra read of each shard a `TokenStore` touches. `TokenStore.verify` checks whole splits up front:
-evaluation verifies the split it scores, training its validation split, and a rerun of prepare_data the whole store.
+training its validation split before it writes anything, and a rerun of prepare_data the whole store.
 """
 
 from __future__ import annotations
