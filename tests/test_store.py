@@ -180,7 +180,7 @@ def test_verify_finds_a_shard_overwritten_at_its_own_size_which_sizes_and_ids_ca
     monkeypatch.setattr(store_module, "CHECKSUM_READ_BYTES", 5)  # a checksum carried across reads
     assert store.verify() == shards["train"] + shards["validation"]
     shard = directory / "train-00001.bin"
-    shard.write_bytes(bytes(shard.stat().st_size))  # id 0 is a valid id: reads take it for text
+    shard.write_bytes(bytes(shard.stat().st_size))  # id 0 is a valid id: only a checksum tells
     store = TokenStore(str(directory))
     assert store.verify("validation") == shards["validation"]
     with pytest.raises(DamagedStoreError, match=r"^Token store '.*store' is damaged: train-00001.bin does not hold "
@@ -206,7 +206,7 @@ def test_the_first_read_from_a_shard_compares_its_checksum_once(corpus, tmp_path
     assert compared == ["train-00000.bin", "train-00001.bin"]
     shard = directory / "train-00002.bin"
     shard.write_bytes(bytes(shard.stat().st_size))  # id 0 is a valid id: only a checksum tells
-    third = int(np.cumsum([shard["tokens"] for shard in store.manifest["splits"]["train"]["shards"]])[1])
+    third = int(np.cumsum([entry["tokens"] for entry in store.manifest["splits"]["train"]["shards"]])[1])
     for _ in range(2):  # refused at every read, with one comparison
         with pytest.raises(DamagedStoreError, match="train-00002.bin does not hold the ids its manifest records"):
             store.read("train", third, 4)
