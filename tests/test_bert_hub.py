@@ -295,6 +295,39 @@ def test_a_tokenizer_config_value_of_another_type_is_named_with_its_key(tmp_path
         hub.load_tokenizer(str(tmp_path))
 
 
+@pytest.mark.parametrize("key, value", [("cls_token", True), ("additional_special_tokens", [5])])
+def test_a_special_tokens_map_value_of_another_type_is_named_with_its_key(tmp_path, key, value):
+    """transformers raised a TypeError ("Special token cls_token has to be either str or AddedToken")."""
+    import json
+    import shutil
+
+    minilm = hub.resolve_checkpoint("minilm")
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(os.path.join(minilm, name), tmp_path)
+    path = tmp_path / "special_tokens_map.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))
+    with pytest.raises(ValueError, match="^" + re.escape(f"{path} is damaged: its {key}")):
+        hub.load_tokenizer(str(tmp_path))
+
+
+@pytest.mark.parametrize("key, value, message", [
+    # Each a TypeError or KeyError while transformers builds the model, printed as a traceback.
+    ("model_type", [], "its model_type is [], not a model type name"),
+    ("num_hidden_layers", "2", "its num_hidden_layers is '2', not a positive integer"),
+    ("hidden_size", None, "its hidden_size is None, not a positive integer"),
+    ("vocab_size", 1.5, "its vocab_size is 1.5, not a positive integer"),
+    ("hidden_act", "swishy", "its hidden_act is 'swishy', not an activation transformers knows (gelu, "),
+])
+def test_a_config_json_value_of_another_type_is_named_with_its_key(tmp_path, key, value, message):
+    import json
+
+    write_tiny_classifier(tmp_path, "keras")
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))
+    with pytest.raises(ValueError, match="^" + re.escape(f"{path} is damaged: {message}")):
+        hub.load_classifier(str(tmp_path))
+
+
 def test_label_names_must_match_num_labels():
     match = re.escape("3 label names for 2 labels. Received: `label_names=['a', 'b', 'c']`")
     with pytest.raises(ValueError, match=match):

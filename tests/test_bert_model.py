@@ -75,6 +75,58 @@ def test_vocab_only_tokenizer_reads_its_config_as_transformers_does(tmp_path, co
     assert WordPieceTokenizer(str(tmp_path))(texts)["input_ids"] == theirs
 
 
+# A config written before `added_tokens_decoder` existed (MiniLM's), edited special_tokens_map.json; and one with it.
+MINILM_DECODER = {str(i): {"content": token, "special": True}
+                  for i, token in ((0, "[PAD]"), (100, "[UNK]"), (101, "[CLS]"), (102, "[SEP]"), (103, "[MASK]"))}
+
+
+@pytest.mark.parametrize("tokenizer_file", ["tokenizer.json", "vocab.txt"])
+@pytest.mark.parametrize("special_tokens_map, config", [
+    ({"cls_token": "[MASK]", "unk_token": "[PAD]"}, {}),  # was ignored: [CLS] 101 and [UNK] 100 from vocab.txt
+    ({"pad_token": "[MASK]"}, {}),  # was ignored: padded with 0
+    ({"additional_special_tokens": ["[unused1]"]}, {"additional_special_tokens": ["[unused2]"]}),  # were split
+    ({"cls_token": "[MASK]"}, {"added_tokens_decoder": MINILM_DECODER}),  # transformers then ignores the map
+], ids=["specials", "pad", "additional", "ignored_beside_added_tokens_decoder"])
+def test_special_tokens_map_is_read_as_transformers_reads_it(tmp_path, tokenizer_file, special_tokens_map, config):
+    """transformers takes the special tokens of `special_tokens_map.json` over `tokenizer_config.json`'s (when the
+    config has no `added_tokens_decoder`), and matches every special token whole, before WordPiece."""
+    import shutil
+
+    import transformers
+
+    minilm = weights.resolve_local("minilm")
+    for name in (tokenizer_file, "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(os.path.join(minilm, name), tmp_path)
+    for name, edit in (("special_tokens_map.json", special_tokens_map), ("tokenizer_config.json", config)):
+        (tmp_path / name).write_text(json.dumps({**json.loads((tmp_path / name).read_text()), **edit}))
+    texts = ["a [MASK] film ☃", "x[unused1]y [UNUSED2] [unused2] [CLS]"]
+    theirs = transformers.BertTokenizerFast.from_pretrained(str(tmp_path))
+    ours = WordPieceTokenizer(str(tmp_path))
+    assert ours(texts)["input_ids"] == theirs(texts)["input_ids"]
+    assert ours.pad_token_id == theirs.pad_token_id
+
+
+@pytest.mark.parametrize("tokenizer_file", ["tokenizer.json", "vocab.txt"])
+@pytest.mark.parametrize("name, edit", [
+    ("special_tokens_map.json", {"cls_token": "<cls>"}),  # vocab.txt: was a TypeError from `tokenizers`
+    ("tokenizer_config.json", {"pad_token": "<pad>", "added_tokens_decoder": MINILM_DECODER}),  # was padded with 0
+    ("special_tokens_map.json", {"additional_special_tokens": ["<e1>"]}),  # was split into pieces
+])
+def test_a_special_token_missing_from_the_vocabulary_is_named(tmp_path, tokenizer_file, name, edit):
+    """transformers adds it as a new token, an id past the checkpoint's embeddings."""
+    import shutil
+
+    minilm = weights.resolve_local("minilm")
+    for file in (tokenizer_file, "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(os.path.join(minilm, file), tmp_path)
+    (tmp_path / name).write_text(json.dumps({**json.loads((tmp_path / name).read_text()), **edit}))
+    key, token = next((key, value[0] if isinstance(value, list) else value)
+                      for key, value in edit.items() if key != "added_tokens_decoder")
+    with pytest.raises(ValueError, match="^" + re.escape(f"The {key} {token!r} of the tokenizer in {str(tmp_path)!r}")
+                       + ".* is not in its vocabulary; restore those files"):
+        WordPieceTokenizer(str(tmp_path))
+
+
 @pytest.mark.parametrize("json_lowercase", [True, False], ids=["uncased_json", "cased_json"])  # MiniLM's, a cased
 @pytest.mark.parametrize("config", [
     None, {}, {"do_lower_case": False}, {"do_lower_case": True}, {"strip_accents": False},
@@ -433,10 +485,22 @@ BAD_TOKENIZER_CONFIG_VALUES = [
 ]
 
 
-@pytest.mark.parametrize("key, value, message", BAD_TOKENIZER_CONFIG_VALUES)
-def test_a_tokenizer_config_value_of_another_type_is_named_with_its_key(tmp_path, key, value, message):
+# Each a TypeError from transformers (the hf backend) or our code, printed as a traceback.
+BAD_SPECIAL_TOKENS_MAP_VALUES = [
+    ("cls_token", True, "its cls_token is True, not a token (a string, or an object with a string content)"),
+    ("unk_token", ["[UNK]"], "its unk_token is ['[UNK]'], not a token"),
+    ("bos_token", 1.5, "its bos_token is 1.5, not a token (a string, or an object with a string content) or null"),
+    ("additional_special_tokens", ["<sp>", 5], "its additional_special_tokens[1] is 5, not a token"),
+]
+
+
+@pytest.mark.parametrize("name, key, value, message", [
+    *(("tokenizer_config.json", *case) for case in BAD_TOKENIZER_CONFIG_VALUES),
+    *(("special_tokens_map.json", *case) for case in BAD_SPECIAL_TOKENS_MAP_VALUES),
+])
+def test_a_tokenizer_file_value_of_another_type_is_named_with_its_key(tmp_path, name, key, value, message):
     (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"]) + "\n")
-    path = tmp_path / "tokenizer_config.json"
+    path = tmp_path / name
     path.write_text(json.dumps({key: value}))
     with pytest.raises(ValueError, match="^" + re.escape(f"{path} is damaged: {message}")):
         WordPieceTokenizer(str(tmp_path))

@@ -316,3 +316,12 @@ def test_a_marker_whose_file_list_is_damaged_is_refused_untouched(tmp_path, file
         with atomic_directory(str(target), marker=fileio.EXPORT_MARKER, kind="SavedModel export"):
             raise AssertionError("the body must not run")
     assert (target / "notes.txt").read_text() == "precious"
+
+
+def test_check_json_types_names_the_file_and_the_first_key_it_refuses():
+    types = {"size": (lambda value: type(value) is int, "an integer"), "name": (lambda value: isinstance(value, str),
+                                                                                 "a string")}
+    fileio.check_json_types("/x/config.json", {"name": "a", "other": None}, types)  # absent keys are not checked
+    with pytest.raises(ValueError, match=r"^/x/config\.json is damaged: its size is '3', not an integer; restore it, "
+                                         r"or correct that value\.$"):
+        fileio.check_json_types("/x/config.json", {"size": "3", "name": 5}, types)

@@ -246,6 +246,19 @@ def read_json_object(path: str) -> dict:
     return value
 
 
+def damaged_json(path: str, what: str) -> ValueError:
+    """The error for the JSON file `path` holding a value that its readers cannot take (`what` says which)."""
+    return ValueError(f"{path} is damaged: {what}; restore it, or correct that value.")
+
+
+def check_json_types(path: str, values: dict, types: dict) -> None:
+    """Raises `damaged_json` for the first key of `types` (`key -> (is_valid, what it must hold)`) that `values`,
+    read from `path`, holds with a value `is_valid` refuses; absent keys are not checked."""
+    for key, (is_valid, expected) in types.items():
+        if key in values and not is_valid(values[key]):
+            raise damaged_json(path, f"its {key} is {values[key]!r}, not {expected}")
+
+
 def json_kind(value) -> str:
     """What a parsed JSON value is, in JSON's words ("an array", "null"), for messages about a damaged file."""
     if value is None or isinstance(value, bool):

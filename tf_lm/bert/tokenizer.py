@@ -10,26 +10,26 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterable
 
-from tf_lm.fileio import gfile, is_local, read_bytes, read_json_object, read_text
+from tf_lm.fileio import check_json_types, damaged_json, gfile, is_local, read_bytes, read_json_object, read_text
 
 # transformers' "no limit" for a checkpoint whose config sets none is 1e30; `tokenizers` truncates to a usize.
 UNLIMITED_LENGTH = 10**6
 ADDED_TOKENS_FILE = "added_tokens.json"
+SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 # transformers' BertTokenizerFast defaults for what `tokenizer_config.json` does not say.
 _SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "cls_token": "[CLS]", "pad_token": "[PAD]",
                   "mask_token": "[MASK]"}
-
-
-def _special_tokens(config: dict) -> dict[str, str]:
-    """The special tokens of a `tokenizer_config.json`, each a string or (as older transformers wrote them) an
-    AddedToken's dict."""
-    tokens = {name: config.get(name, default) for name, default in _SPECIAL_TOKENS.items()}
-    return {name: token["content"] if isinstance(token, dict) else token for name, token in tokens.items()}
-
-
 _TOKEN = "a token (a string, or an object with a string content)"
+
+
+def _content(token) -> str:
+    """A special token's text: a string, or (as older transformers wrote them) an AddedToken's dict."""
+    return token["content"] if isinstance(token, dict) else token
+
+
 _ADDED_TOKEN_FLAGS = ("single_word", "lstrip", "rstrip", "normalized", "special")
 
 
@@ -48,6 +48,10 @@ def _is_bool(value) -> bool:
     return isinstance(value, bool)
 
 
+# Special tokens BERT does not use, which transformers still takes as tokens (another type fails in its TypeError).
+_UNUSED_TOKENS = ("bos_token", "eos_token")
+
+
 # The keys of `tokenizer_config.json` that this module or transformers' `BertTokenizerFast` reads, with what each
 # must hold: of another type, `tokenizers` and transformers fail deep inside (a TypeError, an AttributeError), or
 # `finetune` compares a string `model_max_length` with a number, all printed by the scripts as tracebacks. null is
@@ -58,6 +62,7 @@ _TOKENIZER_CONFIG_TYPES = {
     "strip_accents": (lambda value: value is None or _is_bool(value), "true, false or null"),
     "model_max_length": (lambda value: value is None or type(value) is int and value >= 1, "a positive integer"),
     **{name: (_is_token, _TOKEN) for name in _SPECIAL_TOKENS},
+    **{name: (lambda value: value is None or _is_token(value), f"{_TOKEN} or null") for name in _UNUSED_TOKENS},
     "additional_special_tokens": (lambda value: value is None or isinstance(value, list), "a list of tokens"),
     "added_tokens_decoder": (lambda value: isinstance(value, dict), "an object of tokens by id"),
     # Read by transformers' AutoTokenizer only: a class name (an int there fails in getattr), and the names of the
@@ -78,25 +83,55 @@ def read_tokenizer_config(directory: str) -> dict:
     path = os.path.join(directory, TOKENIZER_CONFIG_FILE)
     if not gfile(path).exists(path):
         return {}
-    config = read_json_object(path)
-
-    def damaged(what: str) -> ValueError:
-        return ValueError(f"{path} is damaged: {what}; restore it, or correct that value.")
-
-    for key, (is_valid, expected) in _TOKENIZER_CONFIG_TYPES.items():
-        if key in config and not is_valid(config[key]):
-            raise damaged(f"its {key} is {config[key]!r}, not {expected}")
-    # Their entries one by one: a file's list of tokens can be long, and the message names the one that is wrong.
-    for i, token in enumerate(config.get("additional_special_tokens") or []):
-        if not _is_token(token):
-            raise damaged(f"its additional_special_tokens[{i}] is {token!r}, not {_TOKEN}")
+    config = _read_token_file(path, _TOKENIZER_CONFIG_TYPES)
     for token_id, token in config.get("added_tokens_decoder", {}).items():
         if not re.fullmatch(r"[0-9]+", token_id):
-            raise damaged(f"its added_tokens_decoder has the key {token_id!r}, not a token id (a string of digits)")
+            raise damaged_json(path, f"its added_tokens_decoder has the key {token_id!r}, not a token id (a string "
+                                     "of digits)")
         if not _is_added_token(token):
-            raise damaged(f"its added_tokens_decoder[{token_id!r}] is {token!r}, not an object with a string "
-                          f"content and flags ({', '.join(_ADDED_TOKEN_FLAGS)}) true or false")
+            raise damaged_json(path, f"its added_tokens_decoder[{token_id!r}] is {token!r}, not an object with a "
+                                     f"string content and flags ({', '.join(_ADDED_TOKEN_FLAGS)}) true or false")
     return config
+
+
+def read_special_tokens_map(directory: str) -> dict:
+    """The `special_tokens_map.json` of `directory`, {} if it has none.
+
+    Raises:
+        ValueError: if the file is not a JSON object, or one of its tokens is not a token, naming the file and key.
+    """
+    path = os.path.join(directory, SPECIAL_TOKENS_MAP_FILE)
+    if not gfile(path).exists(path):
+        return {}
+    return _read_token_file(path, {key: _TOKENIZER_CONFIG_TYPES[key]
+                                   for key in (*_SPECIAL_TOKENS, *_UNUSED_TOKENS, "additional_special_tokens")})
+
+
+def _read_token_file(path: str, types: dict) -> dict:
+    """The JSON object in `path`, its keys checked against `types` and its additional special tokens one by one
+    (a file's list of tokens can be long, and the message names the one that is wrong)."""
+    values = read_json_object(path)
+    check_json_types(path, values, types)
+    for i, token in enumerate(values.get("additional_special_tokens") or []):
+        if not _is_token(token):
+            raise damaged_json(path, f"its additional_special_tokens[{i}] is {token!r}, not {_TOKEN}")
+    return values
+
+
+def _special_tokens(directory: str, config: dict) -> tuple[dict[str, str], list[str]]:
+    """The special tokens transformers gives a BERT tokenizer of `directory`, and its additional special tokens.
+
+    `tokenizer_config.json`'s, except that a config written before `added_tokens_decoder` existed is overridden by
+    `special_tokens_map.json`, whose additional tokens are appended: transformers reads the map in that case only.
+    """
+    tokens = {name: config.get(name, default) for name, default in _SPECIAL_TOKENS.items()}
+    additional = [_content(token) for token in config.get("additional_special_tokens") or []]
+    if "added_tokens_decoder" not in config:
+        mapped = read_special_tokens_map(directory)
+        tokens.update({name: mapped[name] for name in _SPECIAL_TOKENS if name in mapped})
+        additional += [token for token in map(_content, mapped.get("additional_special_tokens") or [])
+                       if token not in additional]
+    return {name: _content(token) for name, token in tokens.items()}, additional
 
 
 def read_tokenizer_json(path: str):
@@ -115,10 +150,10 @@ def read_tokenizer_json(path: str):
         raise ValueError(f"{path} is damaged ({reason}); replace it with an intact copy.") from None
 
 
-def _added_tokens(directory: str, config: dict, special_tokens: dict[str, str]) -> list:
+def _added_tokens(directory: str, config: dict, special_tokens: dict[str, str], additional: list[str]) -> list:
     """The tokens `add_tokens` put past `vocab.txt`, in id order, as transformers reads them beside a `vocab.txt`:
     `tokenizer_config.json`'s `added_tokens_decoder`, else the older `added_tokens.json` (`{token: id}`, the
-    special tokens among them, `additional_special_tokens` included, matched as written, the others after
+    special tokens among them, the `additional` ones included, matched as written, the others after
     normalisation)."""
     from tokenizers import AddedToken
 
@@ -131,11 +166,21 @@ def _added_tokens(directory: str, config: dict, special_tokens: dict[str, str]) 
     if not gfile(path).exists(path):
         return []
     encoder = read_json_object(path)
-    extra = [token["content"] if isinstance(token, dict) else token
-             for token in config.get("additional_special_tokens") or []]
-    specials = {*special_tokens.values(), *extra}
+    specials = {*special_tokens.values(), *additional}
     return [AddedToken(token, normalized=token not in specials, special=token in specials)
             for token, _ in sorted(encoder.items(), key=lambda item: item[1])]
+
+
+def _check_in_vocabulary(directory: str, named: Iterable[tuple[str, str]], vocabulary) -> None:
+    """Raises ValueError for a special token (`(name, token)` pairs) that `vocabulary` lacks. transformers would add
+    it as a new token, past the embeddings of a checkpoint whose files did not record it (a damaged or hand-edited
+    file): the model's lookup of that id fails, or (on a GPU) reads zeros."""
+    for name, token in named:
+        if token not in vocabulary:
+            raise ValueError(
+                f"The {name} {token!r} of the tokenizer in {directory!r} (from its {TOKENIZER_CONFIG_FILE} or "
+                f"{SPECIAL_TOKENS_MAP_FILE}) is not in its vocabulary; restore those files."
+            )
 
 
 def _override_normalizer(tokenizer, lowercase: bool, strip_accents: bool | None, chinese_chars: bool) -> None:
@@ -161,8 +206,9 @@ class WordPieceTokenizer:
             `tokenizer_config.json`: its `model_max_length`, `pad_token`, `do_lower_case` (default True),
             `strip_accents` and `tokenize_chinese_chars` (default True), which replace `tokenizer.json`'s own
             normalizer settings, and, with `vocab.txt`, its special tokens and added tokens (`added_tokens_decoder`,
-            else `added_tokens.json`), read as `transformers.BertTokenizerFast` reads them (the same ids as the hf
-            backend).
+            else `added_tokens.json`); and `special_tokens_map.json`, whose special tokens replace the config's
+            when it has no `added_tokens_decoder`. Read as `transformers.BertTokenizerFast` reads them (the same ids
+            as the hf backend).
 
     Attributes:
         directory: str. Where the files came from (an export copies them).
@@ -172,8 +218,9 @@ class WordPieceTokenizer:
 
     Raises:
         FileNotFoundError: if the directory holds neither file.
-        ValueError: if `tokenizer.json` is damaged, `tokenizer_config.json` or `added_tokens.json` is not a JSON
-            object, or a key of `tokenizer_config.json` it reads holds a value of another type.
+        ValueError: if `tokenizer.json` is damaged, `tokenizer_config.json`, `special_tokens_map.json` or
+            `added_tokens.json` is not a JSON object, a key of the first two holds a value of another type, or a
+            special token is not in the vocabulary.
 
     Example:
     >>> WordPieceTokenizer(resolve_local("minilm"))(["a fine film"])["input_ids"]
@@ -181,12 +228,14 @@ class WordPieceTokenizer:
     """
 
     def __init__(self, directory: str):
+        from tokenizers import AddedToken
         from tokenizers.implementations import BertWordPieceTokenizer
 
         self.directory = directory
         config = read_tokenizer_config(directory)
         self.model_max_length = min(config.get("model_max_length") or UNLIMITED_LENGTH, UNLIMITED_LENGTH)
-        special_tokens = _special_tokens(config)
+        special_tokens, additional = _special_tokens(directory, config)
+        named = [*special_tokens.items(), *(("additional_special_tokens", token) for token in additional)]
         # strip_accents None: strip them when lowercasing, as BERT's uncased models were trained.
         normalizer = {"lowercase": config.get("do_lower_case", True), "strip_accents": config.get("strip_accents"),
                       "chinese_chars": config.get("tokenize_chinese_chars", True)}
@@ -194,7 +243,10 @@ class WordPieceTokenizer:
         if gfile(json_path).exists(json_path):
             self._tokenizer = read_tokenizer_json(json_path)
             _override_normalizer(self._tokenizer, **normalizer)
+            _check_in_vocabulary(directory, named, self._tokenizer.get_vocab())
         elif gfile(vocab_path).exists(vocab_path):
+            from tokenizers.models import WordPiece
+
             # `tokenizers` reads a vocabulary from a local file only; one elsewhere is read through a local copy,
             # so its lines are parsed by the same code.
             with tempfile.TemporaryDirectory(prefix="tf_lm_vocab_") as scratch:
@@ -203,18 +255,28 @@ class WordPieceTokenizer:
                     with open(local_copy, "wb") as f:
                         f.write(read_bytes(vocab_path))
                     vocab_path = local_copy
-                self._tokenizer = BertWordPieceTokenizer(
-                    vocab_path, **special_tokens, lowercase=normalizer["lowercase"],
-                    strip_accents=normalizer["strip_accents"], handle_chinese_chars=normalizer["chinese_chars"],
-                )
+                vocabulary = WordPiece.read_file(vocab_path)
+            added = _added_tokens(directory, config, special_tokens, additional)
+            # [CLS] ... [SEP] are built from vocab.txt's ids alone; the additional tokens may be added ones.
+            _check_in_vocabulary(directory, special_tokens.items(), vocabulary)
+            _check_in_vocabulary(directory, named, {*vocabulary, *(token.content for token in added)})
+            self._tokenizer = BertWordPieceTokenizer(
+                vocabulary, **special_tokens, lowercase=normalizer["lowercase"],
+                strip_accents=normalizer["strip_accents"], handle_chinese_chars=normalizer["chinese_chars"],
+            )
             # One call in id order, as transformers adds them: each new token takes the next id.
-            self._tokenizer.add_tokens(_added_tokens(directory, config, special_tokens))
+            self._tokenizer.add_tokens(added)
         else:
             raise FileNotFoundError(f"No tokenizer (tokenizer.json or vocab.txt) in {directory!r}.")
+        # As transformers, every special token is matched whole before WordPiece, the additional ones too, which the
+        # files may hold as plain vocabulary entries.
+        registered = {token.content for token in self._tokenizer.get_added_tokens_decoder().values()}
+        self._tokenizer.add_tokens([AddedToken(token, special=True)
+                                    for token in dict.fromkeys(token for _, token in named) if token not in registered])
         # Padding and truncation are chosen per call; the file's own settings (MiniLM pads to 128) are dropped.
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
-        self.pad_token_id = self._tokenizer.token_to_id(special_tokens["pad_token"]) or 0
+        self.pad_token_id = self._tokenizer.token_to_id(special_tokens["pad_token"])
 
     def __call__(self, texts: list[str], truncation: bool = True, max_length: int | None = None) -> dict:
         """`{"input_ids": list of lists of int}`, each cut to `max_length` tokens (specials included) if

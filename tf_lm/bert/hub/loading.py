@@ -16,6 +16,7 @@ import re
 
 import tf_keras
 import transformers
+from transformers.activations_tf import ACT2FN
 from transformers.modeling_tf_pytorch_utils import (
     convert_tf_weight_name_to_pt_weight_name,
     load_pytorch_state_dict_in_tf2_model,
@@ -23,15 +24,37 @@ from transformers.modeling_tf_pytorch_utils import (
 
 from tf_lm.bert.checkpoint import hub_reachable, resolve_checkpoint
 from tf_lm.bert.config import check_precision
-from tf_lm.bert.tokenizer import read_tokenizer_config, read_tokenizer_json
+from tf_lm.bert.tokenizer import (
+    ADDED_TOKENS_FILE,
+    read_special_tokens_map,
+    read_tokenizer_config,
+    read_tokenizer_json,
+)
 from tf_lm.bert.weights import open_safetensors, read_config
-from tf_lm.fileio import read_json_object
+from tf_lm.fileio import check_json_types, read_json_object
 
 _CONFIG_FILE = "config.json"
 _SAFETENSORS_FILE = "model.safetensors"
 _TF_H5_FILE = "tf_model.h5"
-# The JSON objects beside the vocabulary that `AutoTokenizer.from_pretrained` reads, `tokenizer_config.json` aside.
-_TOKENIZER_JSON_FILES = ("special_tokens_map.json", "added_tokens.json", _CONFIG_FILE)
+# The JSON objects beside the vocabulary that `AutoTokenizer.from_pretrained` reads, besides the two tokenizer
+# files that `tf_lm.bert.tokenizer` reads.
+_TOKENIZER_JSON_FILES = (ADDED_TOKENS_FILE, _CONFIG_FILE)
+
+
+def _is_size(value) -> bool:
+    return type(value) is int and value >= 1
+
+
+# The `config.json` fields that transformers' TF BERT family builds its layers from: of another type, or naming an
+# activation it does not know, they fail deep inside (a TypeError, a KeyError), printed by the scripts as tracebacks.
+_CONFIG_TYPES = {
+    "model_type": (lambda value: isinstance(value, str), "a model type name"),
+    **{name: (_is_size, "a positive integer") for name in ("vocab_size", "hidden_size", "num_hidden_layers",
+                                                           "num_attention_heads", "intermediate_size",
+                                                           "max_position_embeddings", "type_vocab_size")},
+    "hidden_act": (lambda value: isinstance(value, str) and value in ACT2FN,
+                   f"an activation transformers knows ({', '.join(sorted(ACT2FN))})"),
+}
 
 
 @contextlib.contextmanager
@@ -102,7 +125,7 @@ def _load_local(model_class, directory: str, **config_overrides):
         raise FileNotFoundError(f"No {_CONFIG_FILE} in {directory!r}; is it a Hugging Face checkpoint directory?")
     # Read as the keras backend reads it first: transformers fails on valid JSON of another kind (`[]`) with a
     # TypeError, and names an invalid file in words of its own.
-    read_config(directory)
+    check_json_types(config_path, read_config(directory), _CONFIG_TYPES)
     safetensors_path = os.path.join(directory, _SAFETENSORS_FILE)
     has_tf_weights = os.path.isfile(os.path.join(directory, _TF_H5_FILE)) or (
         os.path.isfile(safetensors_path) and _safetensors_format(safetensors_path) == "tf"
@@ -174,6 +197,7 @@ def load_tokenizer(name: str):
         # transformers fails on valid JSON of another kind (`[]`) in a subscript, and on a value of another type
         # in `tokenizer_config.json` deep inside (a TypeError): each file is named here instead.
         read_tokenizer_config(checkpoint)
+        read_special_tokens_map(checkpoint)
         for name in _TOKENIZER_JSON_FILES:
             path = os.path.join(checkpoint, name)
             if os.path.isfile(path):
