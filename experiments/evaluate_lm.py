@@ -27,6 +27,7 @@ from experiments.flags import (
     define_trained_model_flag,
     flag_group,
     one_line_errors,
+    read_run_config,
     run_script,
     source_options,
 )
@@ -34,7 +35,7 @@ from tf_lm import artifacts
 from tf_lm.data import TokenStore, prepare_store
 from tf_lm.data.sources import STORE_SCHEME
 from tf_lm.data.store import MANIFEST
-from tf_lm.fileio import gfile, read_json_object
+from tf_lm.fileio import gfile
 
 FLAGS = flags.FLAGS
 
@@ -140,7 +141,7 @@ def run_source_options(flag_values: flags.FlagValues) -> dict:
     path = os.path.join(flag_values.model_dir, RUN_CONFIG)
     if not gfile(path).exists(path):
         return options
-    run = read_json_object(path)
+    run = read_run_config(path)
     # `dataset_path` names the run's dataset from any directory; a run_config.json written before it has only the
     # flag as typed, relative to a directory it does not record.
     if _same_dataset(run.get("dataset_path", run.get("train", {}).get("dataset")), flag_values.dataset):

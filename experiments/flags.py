@@ -25,12 +25,54 @@ from tf_lm.configs import PRECISIONS, PRESETS, STRATEGIES, LMConfig, TrainConfig
 from tf_lm.data.sources import STORE_SCHEME
 from tf_lm.data.store import DEFAULT_BPE_SAMPLE_BYTES
 from tf_lm.data.tokenizers import DEFAULT_BPE_VOCAB_SIZE
-from tf_lm.fileio import normalise_path
+from tf_lm.fileio import check_json_types, normalise_path, read_json
 from tf_lm.pretrained import pretrained_config
 
 _TRAIN = TrainConfig()
 # Written by experiments.train_lm into --model_dir: the resolved model, training and data config of the run.
 RUN_CONFIG = "run_config.json"
+def _is_object_or_null(value) -> bool:
+    return value is None or isinstance(value, dict)
+
+
+def _is_text_or_null(value) -> bool:
+    return value is None or isinstance(value, str)
+
+
+# The fields of a run_config.json that a resume and evaluate_lm read beyond its model and train settings (which a
+# resume compares one by one): of another type, reading them failed in an AttributeError or a TypeError.
+_RUN_CONFIG_TYPES = {
+    "dataset_path": (lambda value: isinstance(value, str), "a dataset (a string)"),
+    "data": (_is_object_or_null, "an object of data options or null"),
+    "store": (_is_object_or_null, "an object or null"),
+    **{name: (_is_text_or_null, "a string or null")
+       for name in ("tokenizer_fingerprint", "base_fingerprint", "source_digest")},
+}
+_RUN_STORE_TYPES = {"source": (_is_text_or_null, "a source (a string) or null"),
+                    "source_options": (_is_object_or_null, "an object of options or null"),
+                    "tokens": (_is_object_or_null, "an object of token counts or null")}
+
+
+def read_run_config(path: str) -> dict:
+    """The run_config.json at `path`, as experiments.train_lm wrote it.
+
+    Raises:
+        OSError: if it cannot be read.
+        ValueError: if it is damaged: not JSON, not an object with model and train settings, or a field its readers
+            take holds a value of another type (naming it).
+    """
+    run = read_json(path)
+    if not (isinstance(run, dict) and all(isinstance(run.get(k), dict) for k in ("model", "train"))):
+        raise ValueError(f"{path} is damaged: it is not the run config training writes (an object with model and "
+                         "train settings); restore it, or use a new --model_dir.")
+    check_json_types(path, run, _RUN_CONFIG_TYPES)
+    check_json_types(path, {f"train {k}": v for k, v in run["train"].items()},
+                     {"train dataset": (lambda value: isinstance(value, str), "a dataset (a string)")})
+    check_json_types(path, {f"store {k}": v for k, v in (run.get("store") or {}).items()},
+                     {f"store {k}": check for k, check in _RUN_STORE_TYPES.items()})
+    return run
+
+
 # Model fields a flag may override; vocab_size comes from the tokenizer, block_size from --block_size.
 MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "dropout")
 TRAIN_FIELDS = tuple(field.name for field in dataclasses.fields(TrainConfig))

@@ -40,6 +40,7 @@ from experiments.flags import (
     dataset_path,
     define_train_flags,
     one_line_errors,
+    read_run_config,
     reported_stops,
     run_script,
     script_flag_names,
@@ -58,8 +59,6 @@ from tf_lm.fileio import (
     files_within,
     gfile,
     json_kind,
-    read_json,
-    read_json_object,
     read_text,
 )
 
@@ -125,10 +124,7 @@ def _check_model_dir(model_dir: str, run_config: dict) -> None:
     ignored = () if known else ("vocab_size", "tokenizer")
     path = os.path.join(model_dir, RUN_CONFIG)
     if gfile(path).exists(path):
-        previous = read_json(path)
-        if not (isinstance(previous, dict) and all(isinstance(previous.get(k), dict) for k in ("model", "train"))):
-            raise ValueError(f"{path} is damaged: it is not the run config training writes (an object with model and "
-                             "train settings); restore it, or use a new --model_dir.")
+        previous = read_run_config(path)
         # A field the earlier run's config predates had its default value there.
         before = {k: previous["train"].get(k, getattr(_DEFAULTS, k)) for k in RUN_IDENTITY}
         for section, saved_values in (("model", previous["model"]), ("train", before)):
@@ -226,7 +222,7 @@ def _check_source(model_dir: str, source: Source) -> None:
     path = os.path.join(model_dir, RUN_CONFIG)
     if not gfile(path).exists(path):
         return
-    recorded = read_json_object(path).get("source_digest")
+    recorded = read_run_config(path).get("source_digest")
     if recorded is not None and recorded != source.digest:
         raise ValueError(
             f"--model_dir={model_dir!r} holds a run trained on another version of {source.name!r} (a file's size or "

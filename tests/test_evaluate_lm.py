@@ -93,7 +93,7 @@ def test_the_runs_own_split_is_evaluated_unless_a_flag_says_otherwise(model_dir)
     path, _, _ = model_dir
     dataset = f"text:{path.parent / 'corpus.txt'}"
     # A run trained with 5% held out: the default 10% would score training text as validation.
-    (path / "run_config.json").write_text(json.dumps({"train": {"dataset": dataset},
+    (path / "run_config.json").write_text(json.dumps({"model": {}, "train": {"dataset": dataset},
                                                       "data": {"validation_fraction": 0.05}}))
 
     def validation_fraction(*args):
@@ -113,12 +113,12 @@ def test_the_runs_own_split_is_evaluated_unless_a_flag_says_otherwise(model_dir)
     # A run trained on a store prepared from that source with 5% held out: its run_config.json records it, or
     # (one written before it did) the store's manifest does.
     store = prepare_store(dataset, str(path.parent / "store"), validation_fraction=0.05)
-    (path / "run_config.json").write_text(json.dumps({"train": {"dataset": f"store:{store.directory}"}, "data": {},
-                                                      "store": {"source": dataset,
-                                                                "source_options": {"validation_fraction": 0.05}}}))
+    trained_on_store = {"model": {}, "train": {"dataset": f"store:{store.directory}"}, "data": {}}
+    (path / "run_config.json").write_text(json.dumps({
+        **trained_on_store, "store": {"source": dataset, "source_options": {"validation_fraction": 0.05}}}))
     assert validation_fraction(f"--dataset={dataset}") == 0.05
     assert validation_fraction("--dataset=builtin:pydoc") == 0.1
-    (path / "run_config.json").write_text(json.dumps({"train": {"dataset": f"store:{store.directory}"}, "data": {}}))
+    (path / "run_config.json").write_text(json.dumps(trained_on_store))
     assert validation_fraction(f"--dataset={dataset}") == 0.05
     assert validation_fraction(f"--dataset={dataset}", "--validation_fraction=0.2") == 0.2
 
@@ -166,7 +166,7 @@ def test_a_runs_relative_dataset_is_recognised_from_another_directory(model_dir,
     path, _, _ = model_dir
     # Trained from tmp_path as text:corpus.txt with 5% held out; train_lm also records the path from anywhere.
     (path / "run_config.json").write_text(json.dumps({
-        "train": {"dataset": "text:corpus.txt"}, "dataset_path": f"text:{tmp_path / 'corpus.txt'}",
+        "model": {}, "train": {"dataset": "text:corpus.txt"}, "dataset_path": f"text:{tmp_path / 'corpus.txt'}",
         "data": {"validation_fraction": 0.05}}))
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")

@@ -325,6 +325,32 @@ def test_a_damaged_run_config_is_one_line_naming_it(tmp_path, content):
         _check_model_dir(str(tmp_path), {"tokenizer_fingerprint": None})
 
 
+@pytest.mark.parametrize("edit, message", [
+    # Each an AttributeError or TypeError in a resume's comparison or in evaluate_lm, printed as a traceback.
+    ({"data": []}, "its data is [], not an object of data options or null"),
+    ({"store": 1.5}, "its store is 1.5, not an object or null"),
+    ({"store": {"source": 5}}, "its store source is 5, not a source (a string) or null"),
+    ({"dataset_path": True}, "its dataset_path is True, not a dataset (a string)"),
+    ({"train": {"dataset": 5}}, "its train dataset is 5, not a dataset (a string)"),
+])
+def test_a_run_config_field_its_readers_take_is_named_when_damaged(tmp_path, edit, message):
+    """A resume (train_lm) and evaluate_lm read run_config.json through one reader."""
+    from experiments.evaluate_lm import define_flags, run_source_options
+    from experiments.train_lm import RUN_CONFIG, _check_model_dir
+
+    run_config = {"model": LMConfig.preset("nano").to_dict(), "train": TrainConfig().to_dict(),
+                  "dataset_path": "builtin:pydoc", "data": {}, "tokenizer_fingerprint": None,
+                  "base_fingerprint": None, "store": None}
+    (tmp_path / RUN_CONFIG).write_text(json.dumps({**run_config, **edit}))
+    values = flags.FlagValues()
+    define_flags(values)
+    values(["evaluate_lm", f"--model_dir={tmp_path}", "--dataset=builtin:pydoc"])
+    match = "^" + re.escape(f"{tmp_path / RUN_CONFIG} is damaged: {message}; restore it, or correct that value.")
+    for read in (lambda: _check_model_dir(str(tmp_path), run_config), lambda: run_source_options(values)):
+        with pytest.raises(ValueError, match=match):
+            read()
+
+
 @pytest.mark.parametrize("section, field, value, kinds", [("train", "steps", "20", "a string ('20'), not a number"),
                                                          ("model", "n_head", None, None),
                                                          ("model", "dropout", [0.0], "an array ([0.0]), not a number")])
