@@ -83,13 +83,13 @@ def prepare_checkpoint(model: str, checkpoint_dir: str) -> str:
         ValueError: if `checkpoint_dir` holds the conversion of another model (recorded in `SOURCE_FILE`).
     """
     from tf_lm.bert import hub
-    from tf_lm.fileio import atomic_write, read_json
+    from tf_lm.fileio import atomic_write, read_json_object
 
     source = os.path.join(checkpoint_dir, SOURCE_FILE)
     if not os.path.isfile(os.path.join(checkpoint_dir, "config.json")):
         hub.export_tf_checkpoint(model, checkpoint_dir)
         atomic_write(source, json.dumps({"model": model}))
-    elif os.path.isfile(source) and (converted := read_json(source).get("model")) != model:
+    elif os.path.isfile(source) and (converted := read_json_object(source).get("model")) != model:
         raise ValueError(f"--checkpoint_dir={checkpoint_dir} holds the conversion of {converted!r}, not of "
                          f"--model={model}; pass another --checkpoint_dir.")
     return checkpoint_dir

@@ -1,5 +1,6 @@
 """experiments.doc_snippet: it runs the design document's code verbatim; as written it fails in fit, the fix trains."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,15 @@ def test_a_conversion_is_reused_for_its_own_model_only(checkpoint):
     assert doc_snippet.prepare_checkpoint("minilm", checkpoint) == checkpoint
     with pytest.raises(ValueError, match=r"holds the conversion of 'minilm', not of --model=\./other-bert"):
         doc_snippet.prepare_checkpoint("./other-bert", checkpoint)
+
+
+def test_a_damaged_conversion_record_is_named(tmp_path):
+    """Valid JSON of another kind failed in `.get` (an AttributeError, printed as a traceback)."""
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / doc_snippet.SOURCE_FILE).write_text("[]")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / doc_snippet.SOURCE_FILE} is damaged: it holds an "
+                                                   "array, not an object")):
+        doc_snippet.prepare_checkpoint("minilm", str(tmp_path))
 
 
 def test_snippet_as_written_fails_inside_fit(checkpoint):
