@@ -31,6 +31,14 @@ from tf_lm.pretrained import pretrained_config
 _TRAIN = TrainConfig()
 # Written by experiments.train_lm into --model_dir: the resolved model, training and data config of the run.
 RUN_CONFIG = "run_config.json"
+# Model fields a flag may override; vocab_size comes from the tokenizer, block_size from --block_size.
+MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "dropout")
+TRAIN_FIELDS = tuple(field.name for field in dataclasses.fields(TrainConfig))
+# The --help heading of a script's flag defined outside any `flag_group` (tests/test_help.py keeps it empty).
+UNGROUPED = "ungrouped (define these inside a flag_group)"
+_GROUP_OF: dict[flags.Flag, str] = {}
+
+
 def _is_object_or_null(value) -> bool:
     return value is None or isinstance(value, dict)
 
@@ -66,19 +74,9 @@ def read_run_config(path: str) -> dict:
         raise ValueError(f"{path} is damaged: it is not the run config training writes (an object with model and "
                          "train settings); restore it, or use a new --model_dir.")
     check_json_types(path, run, _RUN_CONFIG_TYPES)
-    check_json_types(path, {f"train {k}": v for k, v in run["train"].items()},
-                     {"train dataset": (lambda value: isinstance(value, str), "a dataset (a string)")})
-    check_json_types(path, {f"store {k}": v for k, v in (run.get("store") or {}).items()},
-                     {f"store {k}": check for k, check in _RUN_STORE_TYPES.items()})
+    check_json_types(path, run["train"], {"dataset": _RUN_CONFIG_TYPES["dataset_path"]}, within="train")
+    check_json_types(path, run.get("store") or {}, _RUN_STORE_TYPES, within="store")
     return run
-
-
-# Model fields a flag may override; vocab_size comes from the tokenizer, block_size from --block_size.
-MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "dropout")
-TRAIN_FIELDS = tuple(field.name for field in dataclasses.fields(TrainConfig))
-# The --help heading of a script's flag defined outside any `flag_group` (tests/test_help.py keeps it empty).
-UNGROUPED = "ungrouped (define these inside a flag_group)"
-_GROUP_OF: dict[flags.Flag, str] = {}
 
 
 @contextlib.contextmanager

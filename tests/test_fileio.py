@@ -325,3 +325,5 @@ def test_check_json_types_names_the_file_and_the_first_key_it_refuses():
     with pytest.raises(ValueError, match=r"^/x/config\.json is damaged: its size is '3', not an integer; restore it, "
                                          r"or correct that value\.$"):
         fileio.check_json_types("/x/config.json", {"size": "3", "name": 5}, types)
+    with pytest.raises(ValueError, match=r"^/x/config\.json is damaged: its model name is 5, not a string;"):
+        fileio.check_json_types("/x/config.json", {"name": 5}, types, within="model")

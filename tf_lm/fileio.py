@@ -251,12 +251,14 @@ def damaged_json(path: str, what: str) -> ValueError:
     return ValueError(f"{path} is damaged: {what}; restore it, or correct that value.")
 
 
-def check_json_types(path: str, values: dict, types: dict) -> None:
+def check_json_types(path: str, values: dict, types: dict, within: str | None = None) -> None:
     """Raises `damaged_json` for the first key of `types` (`key -> (is_valid, what it must hold)`) that `values`,
-    read from `path`, holds with a value `is_valid` refuses; absent keys are not checked."""
+    read from `path` (its object `within`, if named), holds with a value `is_valid` refuses; absent keys are not
+    checked."""
     for key, (is_valid, expected) in types.items():
         if key in values and not is_valid(values[key]):
-            raise damaged_json(path, f"its {key} is {values[key]!r}, not {expected}")
+            name = key if within is None else f"{within} {key}"
+            raise damaged_json(path, f"its {name} is {values[key]!r}, not {expected}")
 
 
 def json_kind(value) -> str:
