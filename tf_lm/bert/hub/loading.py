@@ -181,8 +181,8 @@ def load_tokenizer(name: str):
     Raises:
         FileNotFoundError: if a directory holds no tokenizer files.
         ValueError: for a hub id that cannot be fetched, a damaged `tokenizer.json`, a tokenizer's JSON file
-            (`tokenizer_config.json`, ...) that is not a JSON object, or a key of `tokenizer_config.json` that holds
-            a value of another type.
+            (`tokenizer_config.json`, ...) that is not a JSON object, or a key of `tokenizer_config.json` or
+            `special_tokens_map.json` that holds a value of another type.
 
     Example:
     >>> load_tokenizer("minilm")(["a fine film"])["input_ids"]
