@@ -119,7 +119,7 @@ def score_text(model, tokenizer, text: str) -> dict:
 def _trained_store(run: dict) -> dict | None:
     """The `source` and `source_options` a run's token store was prepared from: recorded in its `run_config.json`,
     or, in one written before that record, read from the manifest of its `store:` dataset if the store is there."""
-    dataset = run.get("train", {}).get("dataset") or ""
+    dataset = run["train"].get("dataset") or ""
     if "store" in run or not dataset.startswith(STORE_SCHEME):
         return run.get("store")
     directory = dataset[len(STORE_SCHEME):]
@@ -144,7 +144,7 @@ def run_source_options(flag_values: flags.FlagValues) -> dict:
     run = read_run_config(path)
     # `dataset_path` names the run's dataset from any directory; a run_config.json written before it has only the
     # flag as typed, relative to a directory it does not record.
-    if _same_dataset(run.get("dataset_path", run.get("train", {}).get("dataset")), flag_values.dataset):
+    if _same_dataset(run.get("dataset_path", run["train"].get("dataset")), flag_values.dataset):
         recorded = run.get("data") or {}
     elif (store := _trained_store(run)) is not None and _same_dataset(store.get("source"), flag_values.dataset):
         recorded = store.get("source_options") or {}

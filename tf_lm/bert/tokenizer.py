@@ -48,7 +48,7 @@ def _is_bool(value) -> bool:
     return isinstance(value, bool)
 
 
-# Special tokens BERT does not use, which transformers still takes as tokens (another type fails in its TypeError).
+# Special tokens BERT does not use, which transformers still reads as tokens (of another type: its TypeError).
 _UNUSED_TOKENS = ("bos_token", "eos_token")
 
 
@@ -235,7 +235,8 @@ class WordPieceTokenizer:
         config = read_tokenizer_config(directory)
         self.model_max_length = min(config.get("model_max_length") or UNLIMITED_LENGTH, UNLIMITED_LENGTH)
         special_tokens, additional = _special_tokens(directory, config)
-        named = [*special_tokens.items(), *(("additional_special_tokens", token) for token in additional)]
+        named_additional = [("additional_special_tokens", token) for token in additional]
+        named = [*special_tokens.items(), *named_additional]
         # strip_accents None: strip them when lowercasing, as BERT's uncased models were trained.
         normalizer = {"lowercase": config.get("do_lower_case", True), "strip_accents": config.get("strip_accents"),
                       "chinese_chars": config.get("tokenize_chinese_chars", True)}
@@ -259,7 +260,7 @@ class WordPieceTokenizer:
             added = _added_tokens(directory, config, special_tokens, additional)
             # [CLS] ... [SEP] are built from vocab.txt's ids alone; the additional tokens may be added ones.
             _check_in_vocabulary(directory, special_tokens.items(), vocabulary)
-            _check_in_vocabulary(directory, named, {*vocabulary, *(token.content for token in added)})
+            _check_in_vocabulary(directory, named_additional, {*vocabulary, *(token.content for token in added)})
             self._tokenizer = BertWordPieceTokenizer(
                 vocabulary, **special_tokens, lowercase=normalizer["lowercase"],
                 strip_accents=normalizer["strip_accents"], handle_chinese_chars=normalizer["chinese_chars"],
