@@ -167,11 +167,29 @@ def in_flag_terms(message: str, flag_values: flags.FlagValues = flags.FLAGS) -> 
 @contextlib.contextmanager
 def one_line_errors(errors: tuple[type[Exception], ...] = (ValueError, OSError)):
     """Inside the block, an exception of `errors` (bad input: a bad value, a missing or unwritable path, a full
-    disk) ends the script with `error: <its message in flag terms>` and exit status 1, not a traceback."""
+    disk), or TensorFlow running out of memory (a batch or model too large for the device), ends the script with
+    `error: <its message in flag terms>` and exit status 1, not a traceback."""
     try:
         yield
     except errors as error:
         raise SystemExit(f"error: {in_flag_terms(str(error))}") from None
+    except Exception as error:
+        if (line := _out_of_memory(error)) is None:
+            raise
+        raise SystemExit(f"error: {in_flag_terms(line)}") from None
+
+
+def _out_of_memory(error: Exception) -> str | None:
+    """One line for TensorFlow's `ResourceExhaustedError` (its message runs over several lines of graph node
+    names), or None for any other error. TensorFlow is not imported for it: only a process that loaded it can
+    have raised one."""
+    tensorflow = sys.modules.get("tensorflow")
+    if tensorflow is None or not isinstance(error, tensorflow.errors.ResourceExhaustedError):
+        return None
+    tensor = re.search(r"OOM when allocating tensor with shape\[([^\]]*)\] and type (\w+) on (\S+)", error.message)
+    what = (f"a tensor of shape [{tensor[1]}] ({tensor[2]}) does not fit on {tensor[3].rpartition('device:')[2]}"
+            if tensor else " ".join(error.message.split())[:300])
+    return f"Out of memory: {what}; lower `batch_size`, or use a smaller model or context."
 
 
 @contextlib.contextmanager

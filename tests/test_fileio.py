@@ -212,6 +212,24 @@ def test_read_json_turns_tensorflow_filesystem_errors_into_os_errors(monkeypatch
         fileio.read_json("ram://fileio_test/a.json")
 
 
+def test_a_tensorflow_filesystem_raises_what_os_raises_in_one_line(monkeypatch):
+    """So a script reports a `gs://` bucket it cannot reach, or `s3://` (which TensorFlow no longer reads), as it
+    reports a missing local path: one `error:` line, not a TensorFlow traceback."""
+    with pytest.raises(OSError, match=r"^File system scheme 's3' not implemented \(file: 's3://b/x'\)$"):
+        fileio.gfile("s3://b/x").exists("s3://b/x")
+    with pytest.raises(FileNotFoundError):
+        fileio.gfile("ram://fileio_none").listdir("ram://fileio_none")
+    with pytest.raises(FileNotFoundError), fileio.gfile("ram://fileio_none/a").GFile("ram://fileio_none/a", "rb") as f:
+        f.read()
+
+    def unreachable(path):
+        raise tf.errors.FailedPreconditionError(None, None, f"Could not resolve host\n\t when reading {path}")
+
+    monkeypatch.setattr(tf.io.gfile, "isdir", unreachable)
+    with pytest.raises(OSError, match=r"^Could not resolve host when reading gs://b/x$"):
+        fileio.gfile("gs://b/x").isdir("gs://b/x")
+
+
 def test_an_output_of_one_kind_never_replaces_one_of_another(tmp_path):
     """Every output of ours carries EXPORT_MARKER: the kind it records keeps an export off a trained model."""
     model = tmp_path / "run" / "model"

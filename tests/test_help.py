@@ -111,6 +111,20 @@ def test_library_errors_name_a_scripts_flags_as_flags_and_end_in_one_line():
         raise KeyError("x")
 
 
+def test_running_out_of_memory_ends_a_script_in_one_line_naming_the_tensor():
+    """TensorFlow's message runs over lines of graph node names; a script shows `batch_size` as its flag."""
+    import tensorflow as tf
+
+    with pytest.raises(SystemExit) as stop, one_line_errors():
+        tf.random.stateless_uniform([1 << 50], seed=[0, 0], dtype=tf.int64, minval=0, maxval=9)
+    assert stop.value.code == ("error: Out of memory: a tensor of shape [1125899906842624] (int64) does not fit on "
+                               "CPU:0; lower `batch_size`, or use a smaller model or context.")
+    with pytest.raises(SystemExit) as stop, one_line_errors():
+        raise tf.errors.ResourceExhaustedError(None, None, "Out of memory while trying to allocate 8 bytes.\n\tx")
+    assert stop.value.code == ("error: Out of memory: Out of memory while trying to allocate 8 bytes. x; lower "
+                               "`batch_size`, or use a smaller model or context.")
+
+
 def test_only_the_scripts_that_take_a_token_store_offer_one_for_dataset():
     from experiments.flags import define_data_flags
 
@@ -183,6 +197,24 @@ def test_a_stray_argument_ends_every_script_that_takes_none_in_one_error_line():
         else:
             assert outcome["code"] == "error: Unexpected arguments ['steps=5']; every option is a --flag.", (
                 script, outcome["code"])
+
+
+def test_a_path_tensorflow_cannot_open_ends_every_script_in_one_error_line(tmp_path):
+    """`s3://` (which TensorFlow no longer reads) stands for any path `tf.io.gfile` fails on, such as a `gs://`
+    bucket that is unreachable or refused: each script's first path is named, as a missing local one would be."""
+    table = tmp_path / "train.tsv"
+    table.write_text("sentence\tlabel\na good film\t1\na bad film\t0\n")
+    paths = ["--model_dir=s3://b/m", "--output_dir=s3://b/o", "--export_dir=s3://b/e"]
+    runs = [(["--dataset=text:s3://b/x.txt"], ["demo", "evaluate_lm", "export", "export_hf", "generate",
+                                                "prepare_data", "train_lm"]),
+            ([f"--train_file={table}", f"--eval_file={table}", "--model=minilm"], ["finetune_bert"])]
+    for extra, scripts in runs:
+        arguments = [*paths, *extra]
+        undefined_ok = "--undefok=" + ",".join(flag[2:].split("=")[0] for flag in arguments)
+        outcomes = run_every_script(undefined_ok, *arguments, scripts=[f"experiments.{name}" for name in scripts])
+        for script, outcome in outcomes.items():
+            assert re.fullmatch(r"error: File system scheme 's3' not implemented \(file: 's3://b/\S+'\)",
+                                str(outcome["code"])), (script, outcome["code"])
 
 
 def test_help_and_bad_flags_are_answered_before_tensorflow_loads(tmp_path):

@@ -22,6 +22,7 @@ one then still exists under its `.old-` name beside it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob as globbing
 import json
 import os
@@ -66,17 +67,66 @@ _LOCAL_FILES = types.SimpleNamespace(
 )
 
 
+def _raising_os_errors(operation):
+    """`operation` of `tf.io.gfile`, raising what Python's `os` raises where it raises a TensorFlow error: a missing
+    file is a `FileNotFoundError`, a refused one a `PermissionError`, an unreachable bucket or an unknown scheme
+    (`s3://`, which TensorFlow no longer reads) an `OSError`, each in one line."""
+    import tensorflow as tf
+
+    @functools.wraps(operation)
+    def call(*args, **kwargs):
+        try:
+            return operation(*args, **kwargs)
+        except tf.errors.OpError as error:
+            kind = {tf.errors.NotFoundError: FileNotFoundError,
+                    tf.errors.PermissionDeniedError: PermissionError}.get(type(error), OSError)
+            raise kind(" ".join(error.message.split())) from None
+
+    return call
+
+
+class _TensorFlowFile:
+    """A `tf.io.gfile.GFile` whose every method raises `OSError` as a Python file's does."""
+
+    def __init__(self, *args, **kwargs):
+        import tensorflow as tf
+
+        self._file = _raising_os_errors(tf.io.gfile.GFile)(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        value = getattr(self._file, name)
+        return _raising_os_errors(value) if callable(value) else value
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+class _TensorFlowFiles:
+    """`tf.io.gfile` with Python's errors (see `_raising_os_errors`): callers handle one kind of error on every
+    filesystem, and a script reports a `gs://` path it cannot reach as it reports a missing local file."""
+
+    GFile = _TensorFlowFile
+
+    def __getattr__(self, name: str):
+        import tensorflow as tf
+
+        return _raising_os_errors(getattr(tf.io.gfile, name))
+
+
+_TENSORFLOW_FILES = _TensorFlowFiles()
+
+
 def gfile(path: str):
-    """The filesystem of `path`: `tf.io.gfile` (imported on first use), or its local equivalent for local paths.
+    """The filesystem of `path`: `tf.io.gfile` (imported on first use), its errors raised as `OSError`, or its
+    local equivalent for local paths.
 
     Example:
     >>> gfile("runs/x").exists("runs/x/flags.txt")  # doctest: +SKIP
     """
-    if is_local(path):
-        return _LOCAL_FILES
-    import tensorflow as tf
-
-    return tf.io.gfile
+    return _LOCAL_FILES if is_local(path) else _TENSORFLOW_FILES
 
 
 def _sibling(path: str, kind: str) -> str:
@@ -164,11 +214,8 @@ def atomic_write(path: str, data: bytes | str) -> None:
         with contextlib.suppress(Exception):
             if files.exists(temporary):
                 files.remove(temporary)
-        if files is not _LOCAL_FILES:
-            import tensorflow as tf
-
-            if isinstance(error, tf.errors.OpError):  # gfile reports a full disk as a TensorFlow error
-                raise OSError(f"Could not write {path}: {error.message}") from None
+        if files is not _LOCAL_FILES and isinstance(error, OSError):  # name the file being written, not its sibling
+            raise type(error)(f"Could not write {path}: {error}") from None
         raise
 
 
@@ -188,18 +235,13 @@ def read_bytes(path: str) -> bytes:
     Raises:
         OSError: if it cannot be read (FileNotFoundError if it is missing), naming it.
     """
-    files = gfile(path)
     try:
-        with files.GFile(path, "rb") as f:
+        with gfile(path).GFile(path, "rb") as f:
             return f.read()
-    except Exception as error:
-        if files is not _LOCAL_FILES:
-            import tensorflow as tf
-
-            if isinstance(error, tf.errors.OpError):  # gfile reports a missing or unreadable file this way
-                kind = FileNotFoundError if isinstance(error, tf.errors.NotFoundError) else OSError
-                raise kind(f"Could not read {path}: {error.message}") from None
-        raise
+    except OSError as error:
+        if is_local(path):  # Python's message names the file
+            raise
+        raise type(error)(f"Could not read {path}: {error}") from None
 
 
 def read_text(path: str) -> str:

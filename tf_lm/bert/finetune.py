@@ -378,7 +378,7 @@ def finetune(model_name: str, train_data: data_lib.TextClassificationData,
     """
     # Only a new, empty or earlier run's directory is written into: a run removes output_dir/checkpoints when done.
     earlier_run = (HISTORY_FILE, BEST_DIR, os.path.join(CHECKPOINT_DIR, RUN_FILE))
-    if not any(tf.io.gfile.exists(os.path.join(output_dir, name)) for name in earlier_run):
+    if not any(gfile(output_dir).exists(os.path.join(output_dir, name)) for name in earlier_run):
         check_replaceable(output_dir, HISTORY_FILE)
     # best/ is replaced only if a run of ours wrote it, and only by a better model than its metrics.json records:
     # both are checked now, not after an epoch of training.
