@@ -277,6 +277,8 @@ def test_predict_with_a_damaged_model_dir_file_fails_in_one_line_naming_it(tmp_p
     ([("good", 1), ("bad", 0)], ["--num_labels=1"], "A classifier needs --num_labels >= 2. Received: --num_labels=1"),
     # Found by BertConfig, deep in the model's loading: the library's argument comes back as the flag.
     ([("good", 1), ("bad", 0)], ["--label_names=a"], "1 label names for 2 labels. Received: --label_names=['a']"),
+    ([("good", 1), ("bad", 0)], ["--label_names=a,"],
+     "Label names must be distinct, non-empty strings. Received: --label_names=['a', '']"),
 ])
 def test_finetune_errors_name_the_flag_to_change(tmp_path, rows, flags, message):
     train = write_tsv(tmp_path / "train.tsv", rows)

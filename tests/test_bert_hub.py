@@ -328,10 +328,14 @@ def test_a_config_json_value_of_another_type_is_named_with_its_key(tmp_path, key
         hub.load_classifier(str(tmp_path))
 
 
-def test_label_names_must_match_num_labels():
+def test_label_names_must_match_num_labels_and_name_each_class_once():
     match = re.escape("3 label names for 2 labels. Received: `label_names=['a', 'b', 'c']`")
     with pytest.raises(ValueError, match=match):
         hub.load_classifier("minilm", num_labels=2, label_names=["a", "b", "c"])
+    for names in (["a", "a"], ["a", ""], ["a", None]):
+        with pytest.raises(ValueError, match=re.escape(f"must be distinct, non-empty strings. Received: "
+                                                       f"`label_names={names}`")):
+            hub.load_classifier("minilm", num_labels=2, label_names=names)
 
 
 @pytest.mark.parametrize("kwargs, match", [

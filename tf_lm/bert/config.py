@@ -24,6 +24,19 @@ def is_finite_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def check_label_names(label_names, num_labels: int | None) -> None:
+    """Raises ValueError unless `label_names` names each of `num_labels` classes (any number if None) once.
+
+    transformers' `label2id` maps each name back to its id, so an empty or repeated name has no single id.
+    """
+    if num_labels is not None and len(label_names) != num_labels:
+        raise ValueError(f"{len(label_names)} label names for {num_labels} labels. "
+                         f"Received: `label_names={list(label_names)}`")
+    if not all(isinstance(name, str) and name for name in label_names) or len(set(label_names)) != len(label_names):
+        raise ValueError(f"Label names must be distinct, non-empty strings. Received: "
+                         f"`label_names={list(label_names)}`")
+
+
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
     """Shape, regularisation and classes of a `BertClassifier`.
@@ -109,9 +122,8 @@ class BertConfig:
             )
         if not isinstance(self.num_labels, int) or isinstance(self.num_labels, bool) or self.num_labels < 2:
             raise ValueError(f"A classifier needs `num_labels` >= 2. Received: `num_labels={self.num_labels!r}`")
-        if self.label_names is not None and len(self.label_names) != self.num_labels:
-            raise ValueError(f"{len(self.label_names)} label names for {self.num_labels} labels. "
-                             f"Received: `label_names={list(self.label_names)}`")
+        if self.label_names is not None:
+            check_label_names(self.label_names, self.num_labels)
 
     @property
     def classifier_dropout_rate(self) -> float:
@@ -185,8 +197,9 @@ class BertConfig:
             # JSON keys are strings; a dict built in Python may use ints.
             names = (None if not isinstance(id2label, dict) else
                      [id2label.get(str(i), id2label.get(i)) for i in range(len(id2label))])
-            if names is None or not all(isinstance(name, str) for name in names):
-                raise ValueError("id2label must map the class ids 0, 1, ... to their names. Received: "
+            if names is None or not all(isinstance(name, str) and name for name in names) or len(set(names)) != len(
+                    names):
+                raise ValueError("id2label must map the class ids 0, 1, ... to distinct names. Received: "
                                  f"id2label={id2label!r}")
             values["num_labels"] = len(names)
             if names != [f"LABEL_{i}" for i in range(len(names))]:

@@ -23,7 +23,7 @@ from transformers.modeling_tf_pytorch_utils import (
 )
 
 from tf_lm.bert.checkpoint import hub_reachable, resolve_checkpoint
-from tf_lm.bert.config import check_precision
+from tf_lm.bert.config import check_label_names, check_precision
 from tf_lm.bert.tokenizer import (
     ADDED_TOKENS_FILE,
     read_special_tokens_map,
@@ -255,9 +255,7 @@ def load_classifier(name: str, num_labels: int | None = None, label_names: list[
     if num_labels is not None:
         overrides["num_labels"] = num_labels
     if label_names is not None:
-        if num_labels is not None and len(label_names) != num_labels:
-            raise ValueError(f"{len(label_names)} label names for {num_labels} labels. Received: "
-                             f"`label_names={list(label_names)}`")
+        check_label_names(label_names, num_labels)
         overrides["id2label"] = dict(enumerate(label_names))
         overrides["label2id"] = {label: i for i, label in enumerate(label_names)}
     with _dtype_policy(precision):
