@@ -24,15 +24,17 @@ def is_finite_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check_label_names(label_names, num_labels: int | None) -> None:
-    """Raises ValueError unless `label_names` names each of `num_labels` classes (any number if None) once.
+def _names_each_class_once(names) -> bool:
+    # transformers' `label2id` maps each name back to its id, so an empty or repeated name has no single id.
+    return all(isinstance(name, str) and name for name in names) and len(set(names)) == len(names)
 
-    transformers' `label2id` maps each name back to its id, so an empty or repeated name has no single id.
-    """
+
+def check_label_names(label_names, num_labels: int | None) -> None:
+    """Raises ValueError unless `label_names` names each of `num_labels` classes (any number if None) once."""
     if num_labels is not None and len(label_names) != num_labels:
         raise ValueError(f"{len(label_names)} label names for {num_labels} labels. "
                          f"Received: `label_names={list(label_names)}`")
-    if not all(isinstance(name, str) and name for name in label_names) or len(set(label_names)) != len(label_names):
+    if not _names_each_class_once(label_names):
         raise ValueError(f"Label names must be distinct, non-empty strings. Received: "
                          f"`label_names={list(label_names)}`")
 
@@ -197,8 +199,7 @@ class BertConfig:
             # JSON keys are strings; a dict built in Python may use ints.
             names = (None if not isinstance(id2label, dict) else
                      [id2label.get(str(i), id2label.get(i)) for i in range(len(id2label))])
-            if names is None or not all(isinstance(name, str) and name for name in names) or len(set(names)) != len(
-                    names):
+            if names is None or not _names_each_class_once(names):
                 raise ValueError("id2label must map the class ids 0, 1, ... to distinct names. Received: "
                                  f"id2label={id2label!r}")
             values["num_labels"] = len(names)
